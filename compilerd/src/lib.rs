@@ -1,0 +1,1 @@
+//! compilerd library.

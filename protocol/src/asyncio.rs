@@ -1,0 +1,192 @@
+//! Async framing and handshake over tokio streams, for compilerd and the coordinator.
+//!
+//! The codec is [`LengthDelimitedCodec`] with a 4-byte big-endian length and
+//! [`MAX_FRAME_LEN`] enforced on both encode and decode: the same bytes as [`crate::frame`].
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::frame::{MAX_FRAME_LEN, decode, encode};
+use crate::handshake::{
+    AuthConfig, AuthOutcome, ClientAuth, PREAMBLE_LEN, PeerKind, STATUS_OK,
+    STATUS_VERSION_MISMATCH, ServerHello, check_preamble, preamble, random_nonce, verify_outcome,
+};
+use crate::ProtocolError;
+
+/// A connection after the handshake.
+pub type Conn<S> = Framed<S, LengthDelimitedCodec>;
+
+/// The frame codec: 4-byte big-endian length, [`MAX_FRAME_LEN`] both ways.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME_LEN)
+        .new_codec()
+}
+
+fn map_codec_err(err: std::io::Error) -> ProtocolError {
+    // LengthDelimitedCodec reports an oversized frame as InvalidData wrapping its own error.
+    if err.kind() == std::io::ErrorKind::InvalidData {
+        ProtocolError::FrameTooLarge { len: MAX_FRAME_LEN + 1, max: MAX_FRAME_LEN }
+    } else if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        ProtocolError::Malformed("stream ended inside a frame".into())
+    } else {
+        ProtocolError::Io(err)
+    }
+}
+
+/// Sends one message.
+pub async fn send<S, T>(conn: &mut Conn<S>, msg: &T) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body = encode(msg)?;
+    conn.send(Bytes::from(body)).await.map_err(map_codec_err)
+}
+
+/// Receives one message; a clean close is [`ProtocolError::Closed`].
+pub async fn recv<S, T>(conn: &mut Conn<S>) -> Result<T, ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: DeserializeOwned,
+{
+    match conn.next().await {
+        None => Err(ProtocolError::Closed),
+        Some(Err(e)) => Err(map_codec_err(e)),
+        Some(Ok(body)) => decode(&body),
+    }
+}
+
+/// Server side of the handshake. On any refusal the peer has been told why (where it speaks
+/// our protocol) and the error says why for our logs.
+pub async fn server_handshake<S>(
+    mut stream: S,
+    auth: &AuthConfig,
+    peer: PeerKind,
+) -> Result<Conn<S>, ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    read_exact_or_closed(&mut stream, &mut theirs).await?;
+    if let Err(err) = check_preamble(&theirs) {
+        let status = match err {
+            ProtocolError::VersionMismatch { .. } => STATUS_VERSION_MISMATCH,
+            _ => 2,
+        };
+        // Best effort: a peer that speaks our preamble learns our version.
+        let _ = stream.write_all(&preamble(status)).await;
+        let _ = stream.shutdown().await;
+        return Err(err);
+    }
+    stream.write_all(&preamble(STATUS_OK)).await?;
+    let mut conn = Framed::new(stream, codec());
+    let challenge = random_nonce();
+    send(&mut conn, &ServerHello { challenge, token_required: auth.has_token() }).await?;
+    let client: ClientAuth = recv(&mut conn).await?;
+    match auth.admit(peer, &challenge, &client) {
+        Ok(()) => {
+            let proof = auth.server_proof(&client.nonce, &challenge);
+            send(&mut conn, &AuthOutcome::Accepted { proof }).await?;
+            Ok(conn)
+        }
+        Err(reason) => {
+            let _ = send(&mut conn, &AuthOutcome::Refused { reason: reason.clone() }).await;
+            Err(ProtocolError::Auth(reason))
+        }
+    }
+}
+
+/// Client side of the handshake.
+pub async fn client_handshake<S>(mut stream: S, auth: &AuthConfig) -> Result<Conn<S>, ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&preamble(STATUS_OK)).await?;
+    let mut reply = [0u8; PREAMBLE_LEN];
+    read_exact_or_closed(&mut stream, &mut reply).await?;
+    check_preamble(&reply)?;
+    let mut conn = Framed::new(stream, codec());
+    let hello: ServerHello = recv(&mut conn).await?;
+    let nonce = random_nonce();
+    let proof = auth.client_proof(&hello.challenge, &nonce);
+    send(&mut conn, &ClientAuth { nonce, proof }).await?;
+    let outcome: AuthOutcome = recv(&mut conn).await?;
+    verify_outcome(auth, outcome, &nonce, &hello.challenge)?;
+    Ok(conn)
+}
+
+async fn read_exact_or_closed<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                ProtocolError::Closed
+            } else {
+                ProtocolError::Malformed("stream ended inside the preamble".into())
+            });
+        }
+        filled += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Request, Response};
+
+    #[tokio::test]
+    async fn handshake_and_exchange_over_duplex() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut conn = server_handshake(b, &AuthConfig::with_token("t"), PeerKind::Remote)
+                .await
+                .unwrap();
+            let req: Request = recv(&mut conn).await.unwrap();
+            assert!(matches!(req, Request::Ping));
+            send(&mut conn, &Response::Pong).await.unwrap();
+        });
+        let mut conn = client_handshake(a, &AuthConfig::with_token("t")).await.unwrap();
+        send(&mut conn, &Request::Ping).await.unwrap();
+        let resp: Response = recv(&mut conn).await.unwrap();
+        assert!(matches!(resp, Response::Pong));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_refused_with_reason() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            server_handshake(b, &AuthConfig::with_token("right"), PeerKind::Remote).await
+        });
+        let err = client_handshake(a, &AuthConfig::with_token("wrong")).await.unwrap_err();
+        assert!(err.to_string().contains("wrong farm token"), "{err}");
+        assert!(server.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn version_mismatch_is_reported_to_both_sides() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let server =
+            tokio::spawn(async move { server_handshake(b, &AuthConfig::none(), PeerKind::Unix).await });
+        let mut old = preamble(STATUS_OK);
+        old[4..6].copy_from_slice(&999u16.to_be_bytes());
+        a.write_all(&old).await.unwrap();
+        let mut reply = [0u8; PREAMBLE_LEN];
+        a.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[6], STATUS_VERSION_MISMATCH);
+        let err = server.await.unwrap().unwrap_err();
+        assert!(matches!(err, ProtocolError::VersionMismatch { theirs: 999, .. }), "{err}");
+    }
+}

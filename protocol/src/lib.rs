@@ -1,0 +1,40 @@
+//! discomy's wire protocol: the only place wire types are defined.
+//!
+//! Every connection (wrapper → agent over a Unix socket, agent → worker over TCP) starts with the
+//! same handshake, then carries length-delimited postcard frames.
+//!
+//! # Layout
+//! - [`digest`]: the blake3 [`Digest`] newtype used for content addresses and compiler identity.
+//! - [`frame`]: frame size limits and the synchronous frame reader/writer (used by the wrapper).
+//! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
+//! - [`message`]: requests and responses.
+//! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
+//! - `asyncio` (feature `tokio`): the same framing and handshake over tokio streams.
+//!
+//! # Crate features
+//! - `tokio`: async framing ([`tokio_util::codec::LengthDelimitedCodec`]) and handshake.
+#![warn(missing_docs)]
+
+#[cfg(feature = "tokio")]
+pub mod asyncio;
+pub mod digest;
+mod error;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod payload;
+
+pub use digest::Digest;
+pub use error::ProtocolError;
+pub use handshake::{AuthConfig, PeerKind};
+pub use message::{
+    CompileRequest, CompileResult, CompilerId, Language, OutputKind, Refusal, RefusalKind,
+    Request, Response,
+};
+pub use payload::Payload;
+
+/// Protocol version numbers. A peer with a different version is refused during the preamble.
+pub mod version {
+    /// The version this build speaks. Since version 1: handshake, `Compile`, `Ping`.
+    pub const CURRENT: u16 = 1;
+}

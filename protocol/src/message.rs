@@ -1,0 +1,125 @@
+//! Request and response messages, exchanged after the handshake.
+//!
+//! Enum variants are append-only: never reorder or remove one (postcard encodes the index).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, Payload};
+
+/// What a client asks of an agent or worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Compile one preprocessed unit. Since version 1.
+    Compile(CompileRequest),
+    /// Liveness check; answered with [`Response::Pong`]. Since version 1.
+    Ping,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The compiler ran (its exit status may still be non-zero). Since version 1.
+    Compiled(CompileResult),
+    /// The unit was not compiled; the client compiles it locally instead. Since version 1.
+    Refused(Refusal),
+    /// Answer to [`Request::Ping`]. Since version 1.
+    Pong,
+}
+
+/// The compiler a unit must be compiled with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompilerId {
+    /// The name the build used (`gcc`, `x86_64-linux-gnu-g++-12`, …), for logs and matching.
+    pub name: String,
+    /// blake3 over the driver, `cc1`, `cc1plus`, `as` and the `-dumpmachine`/`-dumpversion` text.
+    pub identity: Digest,
+}
+
+/// Source language of a unit; selects the `-x` the worker compiles it as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Language {
+    /// C, sent as `cpp-output`.
+    C,
+    /// C++, sent as `c++-cpp-output`.
+    Cxx,
+}
+
+/// What the compile step produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputKind {
+    /// `-c`: an object file.
+    Object,
+    /// `-S`: assembly text.
+    Assembly,
+}
+
+/// One unit to compile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompileRequest {
+    /// Which compiler to use; a worker without an identical one refuses.
+    pub compiler: CompilerId,
+    /// Language of the unit.
+    pub language: Language,
+    /// Object or assembly.
+    pub output: OutputKind,
+    /// Compiler arguments for the compile step: no input, no output, no preprocessor options.
+    pub args: Vec<String>,
+    /// The source's name as the build gave it, for logs.
+    pub source_name: String,
+    /// The unit, preprocessed with `-fdirectives-only`.
+    pub unit: Payload,
+}
+
+/// A finished compile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompileResult {
+    /// The compiler's exit status.
+    pub exit_code: i32,
+    /// The compiler's standard output.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// The compiler's standard error.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// The object or assembly, when the compile succeeded.
+    pub output: Option<Payload>,
+    /// The node that ran it.
+    pub node: String,
+    /// Wall time of the compiler on the node, in milliseconds.
+    pub compile_ms: u64,
+}
+
+/// Why a unit was not compiled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub kind: RefusalKind,
+    /// Human-readable detail, shown in logs.
+    pub message: String,
+}
+
+/// Reasons a unit is refused. Every one makes the client compile locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// No compiler identical to the client's on this node.
+    NoToolchain,
+    /// The arguments are not on the allow-list.
+    BadArguments,
+    /// The node is shutting down or has no slot.
+    Unavailable,
+    /// No worker could take it (agent only).
+    NoWorker,
+    /// The compiler could not be run or was killed (signal, time limit).
+    CompilerFailed,
+    /// The unit or its payload was invalid.
+    BadRequest,
+    /// Something went wrong inside the node.
+    Internal,
+}
+
+impl Response {
+    /// Shorthand for a refusal.
+    pub fn refused(kind: RefusalKind, message: impl Into<String>) -> Response {
+        Response::Refused(Refusal { kind, message: message.into() })
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what discomy's build, demo, tests and benchmarks need on a Debian machine, and fetches
+# the real open-source projects the tests build (Debian source packages, via deb-src).
+# Idempotent: safe to run again. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+projects=${DISCOMY_PROJECTS_DIR:-$here/target/projects}
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+need=()
+for cmd in gcc g++ make dpkg-source distcc distccd; do
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing packages for: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc xz-utils >/dev/null
+fi
+
+# apt-get source needs deb-src next to deb in the Debian sources file.
+src=/etc/apt/sources.list.d/debian.sources
+if [ -f "$src" ] && ! grep -q '^Types:.*deb-src' "$src"; then
+  echo "setup: enabling deb-src in $src" >&2
+  $sudo sed -i 's/^Types: deb$/Types: deb deb-src/' "$src"
+  $sudo apt-get update -qq
+fi
+
+# The real project the demo and tests build: Lua 5.4 (plain make, 33 C files, nobody here wrote it).
+mkdir -p "$projects"
+if ! ls "$projects"/lua5.4_*.orig.tar.gz >/dev/null 2>&1; then
+  echo "setup: fetching Debian source package lua5.4 into $projects" >&2
+  (cd "$projects" && apt-get source --download-only lua5.4 >/dev/null)
+fi
+echo "setup: projects in $projects" >&2

@@ -1,0 +1,1 @@
+//! Shared helpers for discomy's end-to-end tests (see `tests/`).

@@ -1,0 +1,461 @@
+//! Parsing and classifying compiler arguments.
+//!
+//! A call is distributable when it compiles exactly one C or C++ source with `-c` or `-S` and
+//! every argument is one we understand and know to be safe to split into a local preprocessing
+//! step (`-E -fdirectives-only`) and a remote compile step (`-fpreprocessed -fdirectives-only`).
+//! Anything else runs the real compiler directly, exactly as if discomy were absent.
+
+use std::path::{Path, PathBuf};
+
+use discomy_protocol::{Language, OutputKind};
+
+/// How a call is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Not a compile of one source (linking, `--version`, `-E`, …): run the compiler, no stats.
+    Passthrough(&'static str),
+    /// A compile that must run locally, with the reason.
+    Local(String),
+    /// A compile that can go to the farm.
+    Distribute(Unit),
+}
+
+/// A distributable compile, split into its two steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// The source file as given.
+    pub source: String,
+    /// Source language.
+    pub language: Language,
+    /// `-c` or `-S`.
+    pub output_kind: OutputKind,
+    /// Where the object (or assembly) goes.
+    pub output: PathBuf,
+    /// Arguments for the local preprocessing run, without `-E`, `-o` and our own additions.
+    pub cpp_args: Vec<String>,
+    /// Arguments for the remote compile: no input, output, `-c`/`-S`, `-x` or preprocessor options.
+    pub compile_args: Vec<String>,
+    /// Extra dependency-file arguments that make `-E` write what `-c` would have written.
+    pub dep_args: Vec<String>,
+}
+
+/// Source language from a file name's suffix, as gcc decides it (before `-x`).
+pub fn source_language(name: &str) -> Option<Language> {
+    let ext = Path::new(name).extension()?.to_str()?;
+    match ext {
+        "c" => Some(Language::C),
+        "cc" | "cp" | "cxx" | "cpp" | "CPP" | "c++" | "C" => Some(Language::Cxx),
+        _ => None,
+    }
+}
+
+/// Options whose value is the next argument, for options we otherwise pass through.
+const TAKES_VALUE: &[&str] = &[
+    "-o", "-x", "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter",
+    "-iprefix", "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-MF", "-MT", "-MQ",
+    "-Xpreprocessor", "-Xassembler", "-Xlinker", "-L", "-l", "-u", "-T", "-z", "-e", "--param",
+    "-aux-info", "-wrapper", "-B", "-specs", "-dumpbase", "-dumpdir", "-dumpbase-ext", "--sysroot",
+    "-A", "-target", "-arch", "-Xclang",
+];
+
+/// Preprocessor-only options that take a value (joined or separate).
+const CPP_WITH_VALUE: &[&str] = &[
+    "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter", "-iprefix",
+    "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-MF", "-MT", "-MQ", "-Xpreprocessor", "-A",
+];
+
+/// Classifies a call to the compiler named `compiler_name` with `args`.
+pub fn classify(compiler_name: &str, args: &[String]) -> Class {
+    let mut parser = Parser::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let takes_value = TAKES_VALUE.contains(&arg.as_str());
+        let value = if takes_value { args.get(i + 1).cloned() } else { None };
+        if takes_value && value.is_none() {
+            return Class::Passthrough("option without its value");
+        }
+        if let Some(early) = parser.take(arg, value.as_deref()) {
+            return early;
+        }
+        i += if takes_value { 2 } else { 1 };
+    }
+    parser.finish(compiler_name)
+}
+
+#[derive(Default)]
+struct Parser {
+    mode: Option<OutputKind>,
+    output: Option<String>,
+    language_override: Option<Option<Language>>,
+    sources: Vec<(String, Option<Language>)>,
+    other_inputs: usize,
+    cpp_args: Vec<String>,
+    compile_args: Vec<String>,
+    local_reason: Option<String>,
+    debug: bool,
+    switches_unrecorded: bool,
+    has_md: bool,
+    has_mf: bool,
+    has_target: bool,
+}
+
+impl Parser {
+    fn local(&mut self, reason: impl Into<String>) {
+        if self.local_reason.is_none() {
+            self.local_reason = Some(reason.into());
+        }
+    }
+
+    fn both(&mut self, arg: &str, value: Option<&str>) {
+        for list in [&mut self.cpp_args, &mut self.compile_args] {
+            list.push(arg.to_string());
+            if let Some(v) = value {
+                list.push(v.to_string());
+            }
+        }
+    }
+
+    fn cpp(&mut self, arg: &str, value: Option<&str>) {
+        self.cpp_args.push(arg.to_string());
+        if let Some(v) = value {
+            self.cpp_args.push(v.to_string());
+        }
+    }
+
+    /// Handles one argument; returns a final class when the call is decided early.
+    fn take(&mut self, arg: &str, value: Option<&str>) -> Option<Class> {
+        if !arg.starts_with('-') || arg == "-" {
+            if arg == "-" {
+                self.local("source from standard input");
+            }
+            if arg.starts_with('@') {
+                self.local("response file (@file)");
+                self.other_inputs += 1;
+                return None;
+            }
+            let lang = match self.language_override {
+                Some(explicit) => explicit,
+                None => source_language(arg),
+            };
+            if self.language_override.is_some() || source_language(arg).is_some() {
+                self.sources.push((arg.to_string(), lang));
+            } else {
+                self.other_inputs += 1;
+            }
+            return None;
+        }
+        match arg {
+            "-c" => self.mode = Some(OutputKind::Object),
+            "-S" => self.mode = Some(OutputKind::Assembly),
+            "-E" | "-M" | "-MM" => return Some(Class::Passthrough("preprocessing only")),
+            "-o" => {
+                let out = value.unwrap_or_default();
+                if out == "-" {
+                    self.local("output to standard output");
+                }
+                self.output = Some(out.to_string());
+            }
+            "-x" => {
+                self.language_override = match value.unwrap_or_default() {
+                    "none" => None,
+                    "c" => Some(Some(Language::C)),
+                    "c++" => Some(Some(Language::Cxx)),
+                    other => {
+                        self.local(format!("language -x {other}"));
+                        Some(None)
+                    }
+                };
+                self.cpp(arg, value);
+            }
+            "-MD" | "-MMD" => {
+                self.has_md = true;
+                self.cpp(arg, None);
+            }
+            "-MF" => {
+                self.has_mf = true;
+                self.cpp(arg, value);
+            }
+            "-MT" | "-MQ" => {
+                self.has_target = true;
+                self.cpp(arg, value);
+            }
+            "-MP" | "-MG" | "-nostdinc" | "-nostdinc++" | "-undef" => self.cpp(arg, None),
+            "-C" | "-CC" | "-P" | "-H" | "-traditional-cpp" | "-fpreprocessed"
+            | "-fdirectives-only" | "-frecord-gcc-switches" | "-v" | "-###" | "-gsplit-dwarf"
+            | "-fsyntax-only" | "-fstack-usage" | "-ftest-coverage" | "--coverage"
+            | "-fprofile-arcs" | "-fbranch-probabilities" | "-fcallgraph-info" | "-pipe-debug" => {
+                self.local(format!("option {arg}"));
+            }
+            "-gno-record-gcc-switches" => {
+                self.switches_unrecorded = true;
+                self.both(arg, None);
+            }
+            "-grecord-gcc-switches" => {
+                self.switches_unrecorded = false;
+                self.both(arg, None);
+            }
+            _ if TAKES_VALUE.contains(&arg) => {
+                if CPP_WITH_VALUE.contains(&arg) {
+                    self.cpp(arg, value);
+                } else if matches!(arg, "-Xassembler" | "-Xlinker" | "-L" | "-l" | "-u" | "-z") {
+                    self.both(arg, value);
+                } else {
+                    self.local(format!("option {arg}"));
+                }
+            }
+            _ => self.take_prefixed(arg),
+        }
+        None
+    }
+
+    fn take_prefixed(&mut self, arg: &str) {
+        let cpp_prefixes = [
+            "-I", "-D", "-U", "-isystem", "-iquote", "-idirafter", "-MF", "-MT", "-MQ",
+            "-Wp,", "-isysroot", "--sysroot=",
+        ];
+        if cpp_prefixes.iter().any(|p| arg.starts_with(p)) {
+            if arg.starts_with("-MF") {
+                self.has_mf = true;
+            }
+            if arg.starts_with("-MT") || arg.starts_with("-MQ") {
+                self.has_target = true;
+            }
+            self.cpp(arg, None);
+            return;
+        }
+        if arg.starts_with("-M") {
+            return self.local(format!("dependency option {arg}"));
+        }
+        let refused_prefixes = [
+            "-B", "-specs", "-fplugin", "-save-temps", "-fdump-", "-d", "-wrapper", "-fprofile-",
+            "-fauto-profile", "-flto", "-fcompare-debug", "-fdebug-prefix-map", "-ffile-prefix-map",
+            "-fmacro-prefix-map", "-frandom-seed", "-iplugindir", "-fworking-directory",
+        ];
+        if arg == "-fno-lto" {
+            return self.both(arg, None);
+        }
+        if refused_prefixes.iter().any(|p| arg.starts_with(p)) {
+            return self.local(format!("option {arg}"));
+        }
+        if arg.ends_with("=native") {
+            return self.local(format!("option {arg} depends on the build host's CPU"));
+        }
+        if let Some(level) = arg.strip_prefix("-g") {
+            self.debug = !matches!(level, "0" | "gdb0") && !level.starts_with("no-");
+            return self.both(arg, None);
+        }
+        if let Some(wa) = arg.strip_prefix("-Wa,") {
+            if wa.split(',').any(|a| a.starts_with("-a") || a == "--MD" || a.starts_with("--MD")) {
+                return self.local("assembler listing or dependency output");
+            }
+            return self.both(arg, None);
+        }
+        let compile_prefixes =
+            ["-f", "-m", "-W", "-O", "-std=", "-w", "-pedantic", "-ansi", "-Wl,", "-l", "-L"];
+        let compile_exact = ["-pipe", "-pthread", "-p", "-pg", "-fPIC", "-shared", "-static", "-pie"];
+        if compile_prefixes.iter().any(|p| arg.starts_with(p)) || compile_exact.contains(&arg) {
+            return self.both(arg, None);
+        }
+        if arg.starts_with("-trigraphs") {
+            return self.both(arg, None);
+        }
+        if arg.starts_with("--help") || arg.starts_with("--version") || arg.starts_with("-dump")
+            || arg.starts_with("-print-")
+        {
+            self.other_inputs += 1;
+            return self.local(format!("informational option {arg}"));
+        }
+        self.local(format!("unrecognised option {arg}"));
+    }
+
+    fn finish(mut self, compiler_name: &str) -> Class {
+        let Some(mode) = self.mode else {
+            return Class::Passthrough("not a compile (no -c or -S)");
+        };
+        if self.sources.len() + self.other_inputs == 0 {
+            return Class::Passthrough("no input file");
+        }
+        if self.sources.len() != 1 || self.other_inputs != 0 {
+            return Class::Local("not exactly one C/C++ source".into());
+        }
+        let (source, lang) = self.sources.remove(0);
+        let default_cxx = compiler_name.contains("++");
+        let language = match lang {
+            Some(Language::C) if default_cxx && self.language_override.is_none() => Language::Cxx,
+            Some(l) => l,
+            None => return Class::Local(format!("{source}: not a C or C++ source")),
+        };
+        if let Some(reason) = self.local_reason {
+            return Class::Local(reason);
+        }
+        let file = Path::new(&source).file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        if file.starts_with("conftest.") || file.starts_with("tmp.conftest.") {
+            return Class::Local("autoconf test (conftest)".into());
+        }
+        if self.debug && !self.switches_unrecorded {
+            // With -g, gcc records its cc1 switches in DW_AT_producer, and the remote step's
+            // -fdirectives-only would appear there (and reorder .debug_str): not byte-identical.
+            return Class::Local(
+                "debug info records compiler switches (add -gno-record-gcc-switches to distribute)"
+                    .into(),
+            );
+        }
+        let output = match &self.output {
+            Some(out) => PathBuf::from(out),
+            None => {
+                let stem = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or("a");
+                let ext = if mode == OutputKind::Object { "o" } else { "s" };
+                PathBuf::from(format!("{stem}.{ext}"))
+            }
+        };
+        let mut dep_args = Vec::new();
+        if self.has_md {
+            if !self.has_mf {
+                dep_args.push("-MF".to_string());
+                dep_args.push(dep_file_for(&output, self.output.is_some(), file));
+            }
+            if !self.has_target {
+                dep_args.push("-MQ".to_string());
+                dep_args.push(output.to_string_lossy().into_owned());
+            }
+        }
+        let mut cpp_args = self.cpp_args;
+        cpp_args.push(source.clone());
+        Class::Distribute(Unit {
+            source,
+            language,
+            output_kind: mode,
+            output,
+            cpp_args,
+            compile_args: self.compile_args,
+            dep_args,
+        })
+    }
+}
+
+/// Where gcc's driver puts the `-MD` file: next to `-o` with its suffix replaced, else `<stem>.d`.
+fn dep_file_for(output: &Path, explicit_output: bool, source_file: &str) -> String {
+    if explicit_output {
+        output.with_extension("d").to_string_lossy().into_owned()
+    } else {
+        let stem = Path::new(source_file).file_stem().and_then(|s| s.to_str()).unwrap_or("a");
+        format!("{stem}.d")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &str) -> Vec<String> {
+        args.split_whitespace().map(String::from).collect()
+    }
+
+    fn unit(args: &str) -> Unit {
+        match classify("gcc", &v(args)) {
+            Class::Distribute(u) => u,
+            other => panic!("{args}: expected distributable, got {other:?}"),
+        }
+    }
+
+    fn is_local(args: &str) -> bool {
+        matches!(classify("gcc", &v(args)), Class::Local(_))
+    }
+
+    fn is_passthrough(args: &str) -> bool {
+        matches!(classify("gcc", &v(args)), Class::Passthrough(_))
+    }
+
+    #[test]
+    fn simple_compile_splits_cpp_and_compile_args() {
+        let u = unit("-O2 -Wall -Iinc -DX=1 -include cfg.h -c src/a.c -o obj/a.o");
+        assert_eq!(u.source, "src/a.c");
+        assert_eq!(u.output, PathBuf::from("obj/a.o"));
+        assert_eq!(u.language, Language::C);
+        assert_eq!(u.compile_args, v("-O2 -Wall"));
+        assert_eq!(u.cpp_args, v("-O2 -Wall -Iinc -DX=1 -include cfg.h src/a.c"));
+        assert!(u.dep_args.is_empty());
+    }
+
+    #[test]
+    fn default_output_and_assembly() {
+        assert_eq!(unit("-c dir/x.cpp").output, PathBuf::from("x.o"));
+        let s = unit("-S x.c");
+        assert_eq!(s.output, PathBuf::from("x.s"));
+        assert_eq!(s.output_kind, OutputKind::Assembly);
+        assert_eq!(unit("-c x.cpp").language, Language::Cxx);
+    }
+
+    #[test]
+    fn cxx_driver_compiles_c_files_as_cxx() {
+        let Class::Distribute(u) = classify("g++", &v("-c x.c")) else { panic!() };
+        assert_eq!(u.language, Language::Cxx);
+        let Class::Distribute(u) = classify("g++", &v("-x c -c x.c")) else { panic!() };
+        assert_eq!(u.language, Language::C);
+    }
+
+    #[test]
+    fn dependency_files_follow_the_driver() {
+        let u = unit("-MD -c a.c -o obj/a.o");
+        assert_eq!(u.dep_args, v("-MF obj/a.d -MQ obj/a.o"));
+        let u = unit("-MMD -MF x.d -c a.c");
+        assert_eq!(u.dep_args, v("-MQ a.o"));
+        let u = unit("-MD -MT t -c a.c");
+        assert_eq!(u.dep_args, v("-MF a.d"));
+        assert!(unit("-c a.c -MP").dep_args.is_empty());
+    }
+
+    #[test]
+    fn non_compiles_pass_through() {
+        assert!(is_passthrough("a.o b.o -o prog"));
+        assert!(is_passthrough("-E a.c"));
+        assert!(is_passthrough("-M a.c"));
+        assert!(is_passthrough("--version"));
+        assert!(is_passthrough("-c"));
+    }
+
+    #[test]
+    fn unsafe_or_unknown_compiles_stay_local() {
+        for args in [
+            "-c a.c b.c",
+            "-c conftest.c",
+            "-march=native -c a.c",
+            "-fprofile-generate -c a.c",
+            "--coverage -c a.c",
+            "-c a.c -o -",
+            "-wrapper /bin/sh,-c,touch -c a.c",
+            "@args -c a.c",
+            "-specs=/x.specs -c a.c",
+            "-fplugin=annobin -c a.c",
+            "-B/tmp -c a.c",
+            "-save-temps -c a.c",
+            "-flto -c a.c",
+            "-g -c a.c",
+            "-O2 -g3 -c a.c",
+            "-x assembler-with-cpp -c a.S",
+            "-c a.s",
+            "-c - ",
+            "--frobnicate -c a.c",
+            "-frecord-gcc-switches -c a.c",
+            "-c a.i",
+            "-gsplit-dwarf -gno-record-gcc-switches -c a.c",
+            "-Wa,-adhln=x.lst -c a.c",
+            "-c a.c x.o",
+        ] {
+            assert!(is_local(args), "{args} should be local: {:?}", classify("gcc", &v(args)));
+        }
+    }
+
+    #[test]
+    fn debug_without_recorded_switches_distributes() {
+        let u = unit("-g -gno-record-gcc-switches -c a.c");
+        assert_eq!(u.compile_args, v("-g -gno-record-gcc-switches"));
+        assert!(!is_local("-g0 -c a.c"));
+    }
+
+    #[test]
+    fn missing_option_value_passes_through() {
+        assert!(is_passthrough("-c a.c -o"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The distributed path: classify, preprocess locally, ship, write the output atomically, and
+//! fall back to a local compile on any farm failure.
+//!
+//! Diagnostics are always the real compiler's own: when preprocessing or the remote compile
+//! prints anything or fails, the call is compiled locally and the local output is what the build
+//! sees, so warnings and errors are byte-identical to a build without discomy.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::{
+    CompileRequest, CompilerId, Payload, Request, Response,
+};
+use tracing::{debug, info};
+
+use crate::args::{Class, Unit, classify};
+use crate::client::{AgentClient, socket_path};
+use crate::invocation::Invocation;
+use crate::stats::{self, Outcome};
+use crate::{identity, local};
+
+/// Handles one resolved call.
+pub fn dispatch(inv: &Invocation) -> ExitCode {
+    if std::env::var_os(crate::ENV_SAFEGUARD).is_some() {
+        return local::exec(inv);
+    }
+    let Some(args) = inv.args.iter().map(|a| a.to_str().map(String::from)).collect::<Option<Vec<_>>>()
+    else {
+        return local::exec(inv);
+    };
+    match classify(&inv.name, &args) {
+        Class::Passthrough(why) => {
+            debug!(why, "not a compile");
+            local::exec(inv)
+        }
+        Class::Local(reason) => {
+            debug!(%reason, "compiling locally");
+            run_local(inv, Outcome::Local, &source_of(&args))
+        }
+        Class::Distribute(unit) if disabled() => run_local(inv, Outcome::Local, &unit.source),
+        Class::Distribute(unit) => match remote(inv, &unit) {
+            Ok(()) => {
+                stats::record(Outcome::Remote, 0, &unit.source);
+                ExitCode::SUCCESS
+            }
+            Err(reason) => {
+                info!(source = %unit.source, %reason, "compiling locally instead");
+                run_local(inv, Outcome::Fallback, &unit.source)
+            }
+        },
+    }
+}
+
+fn disabled() -> bool {
+    std::env::var_os(crate::ENV_DISABLE).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn source_of(args: &[String]) -> String {
+    args.iter()
+        .find(|a| crate::args::source_language(a).is_some())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn run_local(inv: &Invocation, outcome: Outcome, source: &str) -> ExitCode {
+    let (code, raw) = local::run(inv);
+    stats::record(outcome, raw, source);
+    code
+}
+
+/// Tries the farm. `Err` carries why the call must be compiled locally instead.
+fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
+    let socket = socket_path();
+    let mut agent = AgentClient::connect(&socket)
+        .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+    let identity = identity::compiler_identity(&inv.compiler, &inv.child_path)
+        .map_err(|e| e.to_string())?;
+    let unit_text = preprocess(inv, unit)?;
+    if memchr_str(&unit_text, b"__TIMESTAMP__") {
+        return Err("source uses __TIMESTAMP__, which depends on the local file".into());
+    }
+    let request = Request::Compile(CompileRequest {
+        compiler: CompilerId { name: inv.name.clone(), identity },
+        language: unit.language,
+        output: unit.output_kind,
+        args: unit.compile_args.clone(),
+        source_name: unit.source.clone(),
+        unit: Payload::compress(&unit_text),
+    });
+    drop(unit_text);
+    let result = match agent.call(&request).map_err(|e| format!("agent: {e}"))? {
+        Response::Compiled(result) => result,
+        Response::Refused(refusal) => {
+            return Err(format!("farm refused ({:?}): {}", refusal.kind, refusal.message));
+        }
+        Response::Pong => return Err("agent answered out of turn".into()),
+    };
+    if result.exit_code != 0 || !result.stderr.is_empty() {
+        return Err(format!(
+            "compile on {} reported diagnostics (exit {}); replaying locally for exact output",
+            result.node, result.exit_code
+        ));
+    }
+    let output = result.output.ok_or("farm returned no output file")?;
+    let bytes = output.decompress(MAX_RAW_LEN).map_err(|e| e.to_string())?;
+    write_atomically(&unit.output, &bytes)
+        .map_err(|e| format!("failed to write {}: {e}", unit.output.display()))?;
+    if !result.stdout.is_empty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&result.stdout);
+        let _ = out.flush();
+    }
+    debug!(source = %unit.source, node = %result.node, ms = result.compile_ms, "compiled remotely");
+    Ok(())
+}
+
+fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs the local preprocessing step (`-E -fdirectives-only`), which also writes any
+/// dependency file exactly where and how `-c` would have. Diagnostics mean "compile locally".
+fn preprocess(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
+    let tmp = TempPath(temp_name("i"));
+    let mut cmd = std::process::Command::new(&inv.compiler);
+    cmd.args(&unit.cpp_args)
+        .args(&unit.dep_args)
+        .args(["-E", "-fdirectives-only", "-o"])
+        .arg(&tmp.0)
+        .env("PATH", &inv.child_path)
+        .env(crate::ENV_SAFEGUARD, "1")
+        .stdin(Stdio::null());
+    let out = cmd.output().map_err(|e| format!("failed to run the preprocessor: {e}"))?;
+    if !out.status.success() || !out.stderr.is_empty() || !out.stdout.is_empty() {
+        return Err("preprocessing reported diagnostics".into());
+    }
+    fs::read(&tmp.0).map_err(|e| format!("failed to read the preprocessed unit: {e}"))
+}
+
+/// A temporary file removed on drop.
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn temp_name(ext: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("discomy-{}-{nanos}-{n}.{ext}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// partial output never exists under the real name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = TempPath(dir.join(format!(".{name}.discomy-{}.tmp", std::process::id())));
+    {
+        let mut file = fs::File::create(&tmp.0)?;
+        file.write_all(bytes)?;
+    }
+    fs::rename(&tmp.0, path)?;
+    std::mem::forget(tmp);
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! discomy-cc, the compiler wrapper.
+//!
+//! It runs once per compiler call inside the build (often inside a mock chroot), decides whether
+//! the call is a distributable unit, preprocesses it locally, ships it to the local agent over a
+//! Unix socket and writes the returned object atomically. Any farm failure falls back to running
+//! the real compiler exactly as the build asked. It never prints its own messages to stdout.
+//!
+//! # Layout
+//! - [`invocation`]: which real compiler was meant (explicit, masquerade link, launcher).
+//! - [`args`]: parsing and classifying the compiler arguments.
+//! - [`identity`]: the compiler identity digest, cached across calls.
+//! - [`client`]: the blocking agent client.
+//! - [`compile`]: the distributed path (preprocess, ship, write output, fall back).
+//! - [`local`]: running the real compiler locally.
+//! - [`stats`]: per-call outcome lines for `discomy run`'s summary.
+//! - [`names`]: compiler names for masquerade directories.
+
+pub mod args;
+pub mod client;
+pub mod compile;
+pub mod identity;
+pub mod invocation;
+pub mod local;
+pub mod names;
+pub mod stats;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// Environment variable: set to `1` to never distribute.
+pub const ENV_DISABLE: &str = "DISCOMY_DISABLE";
+/// Environment variable: the agent's Unix socket.
+pub const ENV_SOCKET: &str = "DISCOMY_SOCKET";
+/// Environment variable: set in the real compiler's environment so nested calls run directly.
+pub const ENV_SAFEGUARD: &str = "DISCOMY_SAFEGUARD";
+/// Environment variable: log filter for the wrapper (logs go to stderr or `DISCOMY_LOG_FILE`).
+pub const ENV_LOG: &str = "DISCOMY_LOG";
+
+/// Exit code when the wrapper cannot find or start the real compiler (as a shell would).
+pub const EXIT_NO_COMPILER: u8 = 127;
+/// Exit code for a wrapper usage error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Runs one wrapper invocation and returns the exit code to leave with.
+pub fn run(argv: Vec<OsString>) -> ExitCode {
+    init_logging();
+    let inv = match invocation::Invocation::resolve(argv) {
+        Ok(invocation::Resolved::Compile(inv)) => inv,
+        Ok(invocation::Resolved::Version) => {
+            return report(&format!("discomy-cc {}", env!("CARGO_PKG_VERSION")), 0);
+        }
+        Err(err) => {
+            let code = match err {
+                invocation::InvocationError::Usage(_) => EXIT_USAGE,
+                _ => EXIT_NO_COMPILER,
+            };
+            return report(&format!("discomy-cc: {err}"), code);
+        }
+    };
+    compile::dispatch(&inv)
+}
+
+/// The wrapper's single output point for its own messages: stderr, never stdout.
+#[expect(clippy::print_stderr, reason = "the wrapper's one place that speaks for itself")]
+fn report(message: &str, code: u8) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(code)
+}
+
+fn init_logging() {
+    let Some(filter) = std::env::var_os(ENV_LOG) else { return };
+    let filter = tracing_subscriber::EnvFilter::new(filter.to_string_lossy());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match std::env::var_os("DISCOMY_LOG_FILE")
+        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok())
+    {
+        Some(file) => builder.with_writer(std::sync::Mutex::new(file)).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
