@@ -1,1 +1,19 @@
-//! compilerd library.
+//! compilerd: the agent and worker roles of a discomy host, and the `discomy` command.
+//!
+//! # Layout
+//! - [`worker`]: TCP server compiling units with an identical compiler ([`toolchains`]),
+//!   arguments checked by [`argcheck`], processes run by [`exec`].
+//! - [`agent`]: Unix-socket server for wrappers; places units on workers through [`pool`].
+//! - [`hosts`]: static host lists in distcc syntax.
+//! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
+//! - [`daemon`]: logging set-up and signal-driven shutdown shared by the binaries.
+
+pub mod agent;
+pub mod argcheck;
+pub mod daemon;
+pub mod exec;
+pub mod farm;
+pub mod hosts;
+pub mod pool;
+pub mod toolchains;
+pub mod worker;

@@ -10,12 +10,12 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::ProtocolError;
 use crate::frame::{MAX_FRAME_LEN, decode, encode};
 use crate::handshake::{
     AuthConfig, AuthOutcome, ClientAuth, PREAMBLE_LEN, PeerKind, STATUS_OK,
     STATUS_VERSION_MISMATCH, ServerHello, check_preamble, preamble, random_nonce, verify_outcome,
 };
-use crate::ProtocolError;
 
 /// A connection after the handshake.
 pub type Conn<S> = Framed<S, LengthDelimitedCodec>;
@@ -150,9 +150,8 @@ mod tests {
     async fn handshake_and_exchange_over_duplex() {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(async move {
-            let mut conn = server_handshake(b, &AuthConfig::with_token("t"), PeerKind::Remote)
-                .await
-                .unwrap();
+            let mut conn =
+                server_handshake(b, &AuthConfig::with_token("t"), PeerKind::Remote).await.unwrap();
             let req: Request = recv(&mut conn).await.unwrap();
             assert!(matches!(req, Request::Ping));
             send(&mut conn, &Response::Pong).await.unwrap();
@@ -179,7 +178,9 @@ mod tests {
     async fn version_mismatch_is_reported_to_both_sides() {
         let (mut a, b) = tokio::io::duplex(1 << 16);
         let server =
-            tokio::spawn(async move { server_handshake(b, &AuthConfig::none(), PeerKind::Unix).await });
+            tokio::spawn(
+                async move { server_handshake(b, &AuthConfig::none(), PeerKind::Unix).await },
+            );
         let mut old = preamble(STATUS_OK);
         old[4..6].copy_from_slice(&999u16.to_be_bytes());
         a.write_all(&old).await.unwrap();

@@ -30,7 +30,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     let (msg, rest) = postcard::take_from_bytes(body)?;
     if !rest.is_empty() {
-        return Err(ProtocolError::Malformed(format!("{} trailing bytes after message", rest.len())));
+        return Err(ProtocolError::Malformed(format!(
+            "{} trailing bytes after message",
+            rest.len()
+        )));
     }
     Ok(msg)
 }
@@ -67,7 +70,10 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, Protocol
 }
 
 /// Fills `buf`, mapping an end of stream before the first byte to [`ProtocolError::Closed`].
-pub(crate) fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtocolError> {
+pub(crate) fn read_exact_or_closed<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {

@@ -114,10 +114,10 @@ impl AuthConfig {
             }
             (Some(_), None) if kind == PeerKind::Unix => Ok(()),
             (Some(_), None) => Err("this node requires the farm token (set DISCOMY_TOKEN)".into()),
-            (None, _) if kind == PeerKind::Remote => Err(
-                "no farm token is configured on this node, so only loopback peers are accepted"
-                    .into(),
-            ),
+            (None, _) if kind == PeerKind::Remote => {
+                Err("no farm token is configured on this node, so only loopback peers are accepted"
+                    .into())
+            }
             (None, _) => Ok(()),
         }
     }
@@ -221,9 +221,7 @@ pub fn verify_outcome(
             {
                 Ok(())
             }
-            (Some(_), _) => {
-                Err(ProtocolError::Auth("server did not prove the farm token".into()))
-            }
+            (Some(_), _) => Err(ProtocolError::Auth("server did not prove the farm token".into())),
         },
     }
 }

@@ -68,6 +68,8 @@ pub struct CompileRequest {
     pub source_name: String,
     /// The unit, preprocessed with `-fdirectives-only`.
     pub unit: Payload,
+    /// The client's `SOURCE_DATE_EPOCH`, which `__DATE__` and `__TIME__` honour at compile time.
+    pub source_date_epoch: Option<String>,
 }
 
 /// A finished compile.

@@ -1,1 +1,703 @@
 //! Shared helpers for discomy's end-to-end tests (see `tests/`).
+//!
+//! The tests run the real binaries (`discomy`, `discomy-cc`, `discomy-compilerd`) as separate
+//! processes on loopback, against real gcc and a real open-source project (Lua 5.4 from its
+//! Debian source package). Everything here is about running those processes safely:
+//!
+//! - [`Proc`]: a child process in its own process group, with stdout/stderr in log files. Its
+//!   `Drop` kills the whole group (so also on panic), and prints the logs when the test panics.
+//! - [`Worker`], [`Agent`], [`Farm`]: compile daemons on port 0 / a private Unix socket.
+//! - [`extract_lua`], [`make_lua`]: the project, unpacked into a per-test temporary directory.
+//! - [`objects`], [`assert_same_objects`]: byte-for-byte comparison of build outputs.
+//! - [`capture`], [`diff_captures`]: one compiler invocation's exit status, output and new files.
+//! - [`read_stats`], [`read_summary`]: what the wrapper and `discomy run` report.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a whole Lua build may take before the test gives up (and kills it).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a daemon may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Parallelism of the builds (`make -jN`).
+pub const MAKE_JOBS: &str = "-j4";
+
+/// The workspace root (`tests/..`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// Where `scripts/setup-debian.sh` put the projects' source packages.
+pub fn projects_dir() -> PathBuf {
+    match std::env::var_os("DISCOMY_PROJECTS_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => workspace_root().join("target").join("projects"),
+    }
+}
+
+/// The Lua 5.4 upstream tarball of the Debian source package. Panics (never skips) when missing.
+pub fn lua_tarball() -> PathBuf {
+    let dir = projects_dir();
+    let mut found: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(OsStr::to_str).unwrap_or("");
+                    name.starts_with("lua5.4_") && name.ends_with(".orig.tar.gz")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.pop() {
+        Some(path) => path,
+        None => panic!(
+            "the Lua source tarball (lua5.4_*.orig.tar.gz) is not in {}: run scripts/setup-debian.sh \
+             first (it downloads the Debian source package), or point DISCOMY_PROJECTS_DIR at it",
+            dir.display()
+        ),
+    }
+}
+
+/// Unpacks Lua into `into` and returns the source tree (the directory holding `src/Makefile`).
+pub fn extract_lua(into: &Path) -> PathBuf {
+    let tarball = lua_tarball();
+    let out = clean_command("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .expect("run tar");
+    assert!(
+        out.status.success(),
+        "tar xzf {} failed: {}",
+        tarball.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = fs::read_dir(into)
+        .expect("read extraction dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.join("src").join("Makefile").is_file())
+        .unwrap_or_else(|| panic!("no lua-*/src/Makefile inside {}", tarball.display()));
+    eprintln!("[e2e] extracted {} into {}", tarball.display(), tree.display());
+    tree
+}
+
+/// The directory holding the workspace's binaries: `$DISCOMY_BIN_DIR`, or the profile directory
+/// of this test executable (`<target>/<triple>/<profile>/deps/<test>` → `<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DISCOMY_BIN_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("test exe has a parent").to_path_buf();
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir = dir.parent().expect("deps has a parent").to_path_buf();
+    }
+    dir
+}
+
+/// A workspace binary by name. Panics with a hint when it has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "binary {name} not found at {}: build the workspace first (cargo build --workspace, same \
+         profile as the tests) or set DISCOMY_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A command with the test's environment minus anything that would change what it does:
+/// `DISCOMY_*` settings, make's job-server and flags, `CC`/`CXX`.
+pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("DISCOMY_")
+            || matches!(k.as_ref(), "MAKEFLAGS" | "MFLAGS" | "MAKELEVEL" | "CC" | "CXX")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Sends `signal` (a name such as `KILL`, or `0` to probe) to every process of group `pgid`.
+/// True when at least one process received it.
+pub fn signal_group(pgid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Last `lines` lines of a file, for failure output.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let skip = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if skip > 0 {
+        let _ = writeln!(out, "[… {skip} earlier lines …]");
+    }
+    for line in &all[skip..] {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// A child process in its own process group, its output in `<log_dir>/<name>.{stdout,stderr}`.
+///
+/// Dropping it kills the whole group if it is still running (also during a panic), and a
+/// panicking test gets the tail of its logs printed.
+pub struct Proc {
+    name: String,
+    child: Child,
+    exit: Option<ExitStatus>,
+    stdout_log: PathBuf,
+    stderr_log: PathBuf,
+    left_behind: bool,
+}
+
+impl Proc {
+    /// Spawns `cmd` (stdin null, output to log files, a new process group).
+    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
+        let stdout_log = log_dir.join(format!("{name}.stdout"));
+        let stderr_log = log_dir.join(format!("{name}.stderr"));
+        let out = fs::File::create(&stdout_log).expect("create stdout log");
+        let err = fs::File::create(&stderr_log).expect("create stderr log");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        eprintln!("[e2e] started {name} (pid {}): {cmd:?}", child.id());
+        Proc {
+            name: name.to_owned(),
+            child,
+            exit: None,
+            stdout_log,
+            stderr_log,
+            left_behind: false,
+        }
+    }
+
+    /// The process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its exit status, if it has exited (non-blocking).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exited(status);
+            }
+        }
+        self.exit
+    }
+
+    /// Waits for it to exit; past `limit` it is killed and the test fails.
+    pub fn wait_timeout(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if start.elapsed() > limit {
+                self.kill();
+                panic!("{} did not finish within {limit:?} (killed)", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the whole process group with SIGKILL and reaps the leader.
+    pub fn kill(&mut self) {
+        if self.exit.is_none() {
+            signal_group(self.pid(), "KILL");
+            let status = self.child.wait().expect("wait after kill");
+            self.exit = Some(status);
+        }
+    }
+
+    /// Whether processes of its group were still running after it had exited (then killed).
+    pub fn left_processes_behind(&self) -> bool {
+        self.left_behind
+    }
+
+    /// Its standard output so far.
+    pub fn stdout_text(&self) -> String {
+        fs::read(&self.stdout_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Its standard error so far.
+    pub fn stderr_text(&self) -> String {
+        fs::read(&self.stderr_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The tails of both logs, labelled.
+    pub fn logs(&self, lines: usize) -> String {
+        format!(
+            "----- {} (pid {}) stdout ({}) -----\n{}----- {} stderr ({}) -----\n{}",
+            self.name,
+            self.child.id(),
+            self.stdout_log.display(),
+            tail(&self.stdout_log, lines),
+            self.name,
+            self.stderr_log.display(),
+            tail(&self.stderr_log, lines),
+        )
+    }
+
+    fn exited(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+        // The leader is gone; give the rest of its group a moment, then kill what is left.
+        let pgid = self.pid();
+        let start = Instant::now();
+        while signal_group(pgid, "0") {
+            if start.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "[e2e] {} exited but left processes in its group; killing them",
+                    self.name
+                );
+                self.left_behind = true;
+                signal_group(pgid, "KILL");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs(150));
+        }
+    }
+}
+
+/// Prints labelled files when the test panics (stats, summaries, …).
+#[derive(Default)]
+pub struct ShowOnFailure(Vec<(String, PathBuf)>);
+
+impl ShowOnFailure {
+    /// Registers a file to print.
+    pub fn add(&mut self, label: &str, path: &Path) {
+        self.0.push((label.to_owned(), path.to_path_buf()));
+    }
+}
+
+impl Drop for ShowOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (label, path) in &self.0 {
+                eprintln!("----- {label} ({}) -----\n{}", path.display(), tail(path, 200));
+            }
+        }
+    }
+}
+
+/// A `discomy-compilerd worker` on `127.0.0.1:0`.
+pub struct Worker {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens (from its `--addr-file`).
+    pub addr: SocketAddr,
+    /// Its slot count.
+    pub slots: u32,
+}
+
+impl Worker {
+    /// Starts a worker and waits until it has written its address.
+    pub fn start(dir: &Path, name: &str, slots: u32) -> Worker {
+        let addr_file = dir.join(format!("{name}.addr"));
+        let mut cmd = clean_command(bin("discomy-compilerd"));
+        cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+            .arg("--addr-file")
+            .arg(&addr_file);
+        let mut proc = Proc::spawn(name, &mut cmd, dir);
+        let start = Instant::now();
+        let addr = loop {
+            let text = fs::read_to_string(&addr_file).unwrap_or_default();
+            if text.ends_with('\n') {
+                let trimmed = text.trim();
+                break trimmed.parse::<SocketAddr>().unwrap_or_else(|e| {
+                    panic!("{name}: address file {} holds {trimmed:?}: {e}", addr_file.display())
+                });
+            }
+            if let Some(status) = proc.try_wait() {
+                panic!("{name} exited ({status}) before writing {}", addr_file.display());
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "{name} did not write {} within {START_TIMEOUT:?}",
+                addr_file.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!("[e2e] {name} listening on {addr}");
+        Worker { proc, addr, slots }
+    }
+
+    /// `IP:PORT/LIMIT` for `--hosts`.
+    pub fn host_spec(&self) -> String {
+        format!("{}/{}", self.addr, self.slots)
+    }
+}
+
+/// `--hosts` value for a set of workers.
+pub fn hosts_of(workers: &[Worker]) -> String {
+    workers.iter().map(Worker::host_spec).collect::<Vec<_>>().join(",")
+}
+
+/// A `discomy-compilerd agent` on a private Unix socket.
+pub struct Agent {
+    /// The process.
+    pub proc: Proc,
+    /// Its socket (for `DISCOMY_SOCKET`).
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent for `hosts` and waits until its socket accepts connections.
+    pub fn start(dir: &Path, name: &str, hosts: &str) -> Agent {
+        let socket = dir.join(format!("{name}.sock"));
+        let mut cmd = clean_command(bin("discomy-compilerd"));
+        cmd.arg("agent").arg("--socket").arg(&socket).args(["--hosts", hosts]);
+        let mut proc = Proc::spawn(name, &mut cmd, dir);
+        let start = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            if let Some(status) = proc.try_wait() {
+                panic!("{name} exited ({status}) before accepting on {}", socket.display());
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "{name} did not accept on {} within {START_TIMEOUT:?}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("[e2e] {name} accepting on {}", socket.display());
+        Agent { proc, socket }
+    }
+}
+
+/// Workers plus an agent that knows them. Dropping it kills them all.
+pub struct Farm {
+    /// The agent (declared first: dropped, i.e. killed, first).
+    pub agent: Agent,
+    /// The workers.
+    pub workers: Vec<Worker>,
+}
+
+impl Farm {
+    /// Starts `workers` workers with `slots` slots each, and an agent.
+    pub fn start(dir: &Path, workers: usize, slots: u32) -> Farm {
+        let workers: Vec<Worker> =
+            (0..workers).map(|i| Worker::start(dir, &format!("worker{i}"), slots)).collect();
+        let agent = Agent::start(dir, "agent", &hosts_of(&workers));
+        Farm { agent, workers }
+    }
+
+    /// Fails the test if a daemon has died.
+    pub fn assert_alive(&mut self) {
+        assert!(self.agent.proc.try_wait().is_none(), "the agent died");
+        for w in &mut self.workers {
+            let name = w.proc.name().to_owned();
+            assert!(w.proc.try_wait().is_none(), "{name} died");
+        }
+    }
+}
+
+/// `make -C src -j4 linux EXTRA…` in the Lua tree with plain gcc; asserts success.
+pub fn make_lua(tree: &Path, name: &str, extra: &[&str], log_dir: &Path) {
+    let mut cmd = clean_command("make");
+    cmd.current_dir(tree).args(["-C", "src", MAKE_JOBS, "linux"]).args(extra);
+    run_to_success(name, &mut cmd, log_dir);
+}
+
+/// `make -C src clean` in the Lua tree; asserts that no object is left.
+pub fn make_clean(tree: &Path, log_dir: &Path) {
+    let mut cmd = clean_command("make");
+    cmd.current_dir(tree).args(["-C", "src", "clean"]);
+    run_to_success("make-clean", &mut cmd, log_dir);
+    let left = objects(&tree.join("src"));
+    assert!(left.is_empty(), "make clean left objects: {:?}", left.keys().collect::<Vec<_>>());
+}
+
+/// Runs a command to completion (logged, with [`BUILD_TIMEOUT`]) and asserts it succeeded.
+pub fn run_to_success(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
+    let start = Instant::now();
+    let mut proc = Proc::spawn(name, cmd, log_dir);
+    let status = proc.wait_timeout(BUILD_TIMEOUT);
+    assert!(status.success(), "{name} failed ({status}):\n{}", proc.logs(80));
+    eprintln!("[e2e] {name} done in {:.1?}", start.elapsed());
+    proc
+}
+
+/// Checks that the freshly built Lua interpreter works.
+pub fn assert_lua_runs(tree: &Path) {
+    let out = clean_command(tree.join("src").join("lua"))
+        .args(["-e", "print(1+1)"])
+        .output()
+        .expect("run the built lua");
+    assert!(
+        out.status.success() && out.stdout == b"2\n",
+        "built lua did not print 2: status {}, stdout {:?}, stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every `*.o` directly in `dir`, by file name.
+pub fn objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(dir).expect("read object dir").filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension() == Some(OsStr::new("o")) && path.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            out.insert(name, fs::read(&path).expect("read object"));
+        }
+    }
+    out
+}
+
+/// How two byte strings differ, in one line.
+pub fn describe_difference(a: &[u8], b: &[u8]) -> String {
+    let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    format!("{} vs {} bytes, first difference at offset {first}", a.len(), b.len())
+}
+
+/// Differences between two sets of named files: missing, extra, and differing ones.
+pub fn file_mismatches(
+    expected: &BTreeMap<String, Vec<u8>>,
+    actual: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, want) in expected {
+        match actual.get(name) {
+            None => out.push(format!("{name}: missing")),
+            Some(got) if got != want => {
+                out.push(format!("{name}: differs ({})", describe_difference(want, got)));
+            }
+            Some(_) => {}
+        }
+    }
+    for name in actual.keys().filter(|n| !expected.contains_key(*n)) {
+        out.push(format!("{name}: unexpected extra file"));
+    }
+    out
+}
+
+/// Asserts that two object sets are byte-identical, listing every mismatch.
+pub fn assert_same_objects(
+    expected: &BTreeMap<String, Vec<u8>>,
+    actual: &BTreeMap<String, Vec<u8>>,
+    context: &str,
+) {
+    assert!(!expected.is_empty(), "{context}: the reference build produced no objects");
+    let mismatches = file_mismatches(expected, actual);
+    assert!(
+        mismatches.is_empty(),
+        "{context}: {} of {} objects differ from the local build:\n  {}",
+        mismatches.len(),
+        expected.len(),
+        mismatches.join("\n  ")
+    );
+    eprintln!("[e2e] {context}: all {} objects byte-identical", expected.len());
+}
+
+/// One line of a `DISCOMY_STATS_FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatLine {
+    /// `remote`, `local`, `fallback` or `passthrough`.
+    pub outcome: String,
+    /// The wrapper's exit code.
+    pub exit_code: i32,
+    /// The source file (may be empty, e.g. for links).
+    pub source: String,
+}
+
+impl StatLine {
+    /// Whether this invocation compiled a C or C++ source.
+    pub fn is_compile(&self) -> bool {
+        [".c", ".cc", ".cpp", ".cxx", ".C"].iter().any(|ext| self.source.ends_with(ext))
+    }
+}
+
+/// Parses a stats file (`<outcome>\t<exit_code>\t<source>` lines). Missing file → no lines.
+pub fn read_stats(path: &Path) -> Vec<StatLine> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut parts = line.splitn(3, '\t');
+            let (Some(outcome), Some(code), Some(source)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                panic!("malformed stats line in {}: {line:?}", path.display());
+            };
+            assert!(
+                matches!(outcome, "remote" | "local" | "fallback" | "passthrough"),
+                "unknown outcome {outcome:?} in stats line {line:?}"
+            );
+            let exit_code = code
+                .parse()
+                .unwrap_or_else(|e| panic!("bad exit code in stats line {line:?}: {e}"));
+            StatLine { outcome: outcome.to_owned(), exit_code, source: source.to_owned() }
+        })
+        .collect()
+}
+
+/// Outcome → count.
+pub fn outcome_counts(lines: &[StatLine]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for l in lines {
+        *out.entry(l.outcome.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// What `discomy run --summary-json` reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Compile units seen.
+    pub units: u64,
+    /// Compiled on a worker.
+    pub remote: u64,
+    /// Compiled locally by choice.
+    pub local: u64,
+    /// Compiled locally after a remote attempt failed.
+    pub fallback: u64,
+    /// Served from a cache.
+    pub cache_hits: u64,
+    /// Failed compiles.
+    pub failed: u64,
+    /// The whole JSON, for messages.
+    pub raw: String,
+}
+
+/// Reads a summary file; panics clearly on a missing file or field.
+pub fn read_summary(path: &Path) -> Summary {
+    let raw = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("summary {} not written: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&raw)
+        .unwrap_or_else(|e| panic!("summary {} is not JSON ({e}): {raw}", path.display()));
+    let field = |name: &str| {
+        v.get(name)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("summary lacks a numeric {name:?}: {raw}"))
+    };
+    Summary {
+        units: field("units"),
+        remote: field("remote"),
+        local: field("local"),
+        fallback: field("fallback"),
+        cache_hits: field("cache_hits"),
+        failed: field("failed"),
+        raw: raw.clone(),
+    }
+}
+
+/// Every regular file under `dir`, by path relative to it.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).expect("read dir").filter_map(Result::ok) {
+            let path = entry.path();
+            let ty = entry.file_type().expect("file type");
+            if ty.is_dir() {
+                walk(root, &path, out);
+            } else if ty.is_file() {
+                let rel =
+                    path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+                out.insert(rel, fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// One compiler run: its status, output, and the files it created or changed.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Files created or modified under the directory, relative path → contents.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Runs `cmd` in `dir`, records what it did, then removes the files it created (so the next run
+/// starts from the same state).
+pub fn capture(dir: &Path, cmd: &mut Command) -> Capture {
+    let before = snapshot(dir);
+    let out = cmd.current_dir(dir).output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let after = snapshot(dir);
+    let files: BTreeMap<String, Vec<u8>> =
+        after.into_iter().filter(|(name, data)| before.get(name) != Some(data)).collect();
+    for name in files.keys() {
+        if !before.contains_key(name) {
+            fs::remove_file(dir.join(name)).expect("remove output");
+        }
+    }
+    Capture { code: out.status.code(), stdout: out.stdout, stderr: out.stderr, files }
+}
+
+/// Differences between a plain gcc run and a discomy-cc run of the same command.
+pub fn diff_captures(what: &str, gcc: &Capture, ours: &Capture) -> Vec<String> {
+    let mut out = Vec::new();
+    if gcc.code != ours.code {
+        out.push(format!("{what}: exit code gcc {:?}, discomy-cc {:?}", gcc.code, ours.code));
+    }
+    for (stream, a, b) in
+        [("stdout", &gcc.stdout, &ours.stdout), ("stderr", &gcc.stderr, &ours.stderr)]
+    {
+        if a != b {
+            out.push(format!(
+                "{what}: {stream} differs\n--- gcc {stream} ---\n{}--- discomy-cc {stream} ---\n{}---",
+                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(b)
+            ));
+        }
+    }
+    out.extend(
+        file_mismatches(&gcc.files, &ours.files).into_iter().map(|m| format!("{what}: {m}")),
+    );
+    out
+}

@@ -51,17 +51,66 @@ pub fn source_language(name: &str) -> Option<Language> {
 
 /// Options whose value is the next argument, for options we otherwise pass through.
 const TAKES_VALUE: &[&str] = &[
-    "-o", "-x", "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter",
-    "-iprefix", "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-MF", "-MT", "-MQ",
-    "-Xpreprocessor", "-Xassembler", "-Xlinker", "-L", "-l", "-u", "-T", "-z", "-e", "--param",
-    "-aux-info", "-wrapper", "-B", "-specs", "-dumpbase", "-dumpdir", "-dumpbase-ext", "--sysroot",
-    "-A", "-target", "-arch", "-Xclang",
+    "-o",
+    "-x",
+    "-I",
+    "-D",
+    "-U",
+    "-include",
+    "-imacros",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-iprefix",
+    "-iwithprefix",
+    "-iwithprefixbefore",
+    "-isysroot",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-Xpreprocessor",
+    "-Xassembler",
+    "-Xlinker",
+    "-L",
+    "-l",
+    "-u",
+    "-T",
+    "-z",
+    "-e",
+    "--param",
+    "-aux-info",
+    "-wrapper",
+    "-B",
+    "-specs",
+    "-dumpbase",
+    "-dumpdir",
+    "-dumpbase-ext",
+    "--sysroot",
+    "-A",
+    "-target",
+    "-arch",
+    "-Xclang",
 ];
 
 /// Preprocessor-only options that take a value (joined or separate).
 const CPP_WITH_VALUE: &[&str] = &[
-    "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter", "-iprefix",
-    "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-MF", "-MT", "-MQ", "-Xpreprocessor", "-A",
+    "-I",
+    "-D",
+    "-U",
+    "-include",
+    "-imacros",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-iprefix",
+    "-iwithprefix",
+    "-iwithprefixbefore",
+    "-isysroot",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-Xpreprocessor",
+    "-A",
 ];
 
 /// Classifies a call to the compiler named `compiler_name` with `args`.
@@ -181,10 +230,25 @@ impl Parser {
                 self.cpp(arg, value);
             }
             "-MP" | "-MG" | "-nostdinc" | "-nostdinc++" | "-undef" => self.cpp(arg, None),
-            "-C" | "-CC" | "-P" | "-H" | "-traditional-cpp" | "-fpreprocessed"
-            | "-fdirectives-only" | "-frecord-gcc-switches" | "-v" | "-###" | "-gsplit-dwarf"
-            | "-fsyntax-only" | "-fstack-usage" | "-ftest-coverage" | "--coverage"
-            | "-fprofile-arcs" | "-fbranch-probabilities" | "-fcallgraph-info" | "-pipe-debug" => {
+            "-C"
+            | "-CC"
+            | "-P"
+            | "-H"
+            | "-traditional-cpp"
+            | "-fpreprocessed"
+            | "-fdirectives-only"
+            | "-frecord-gcc-switches"
+            | "-v"
+            | "-###"
+            | "-gsplit-dwarf"
+            | "-fsyntax-only"
+            | "-fstack-usage"
+            | "-ftest-coverage"
+            | "--coverage"
+            | "-fprofile-arcs"
+            | "-fbranch-probabilities"
+            | "-fcallgraph-info"
+            | "-pipe-debug" => {
                 self.local(format!("option {arg}"));
             }
             "-gno-record-gcc-switches" => {
@@ -211,8 +275,18 @@ impl Parser {
 
     fn take_prefixed(&mut self, arg: &str) {
         let cpp_prefixes = [
-            "-I", "-D", "-U", "-isystem", "-iquote", "-idirafter", "-MF", "-MT", "-MQ",
-            "-Wp,", "-isysroot", "--sysroot=",
+            "-I",
+            "-D",
+            "-U",
+            "-isystem",
+            "-iquote",
+            "-idirafter",
+            "-MF",
+            "-MT",
+            "-MQ",
+            "-Wp,",
+            "-isysroot",
+            "--sysroot=",
         ];
         if cpp_prefixes.iter().any(|p| arg.starts_with(p)) {
             if arg.starts_with("-MF") {
@@ -228,9 +302,23 @@ impl Parser {
             return self.local(format!("dependency option {arg}"));
         }
         let refused_prefixes = [
-            "-B", "-specs", "-fplugin", "-save-temps", "-fdump-", "-d", "-wrapper", "-fprofile-",
-            "-fauto-profile", "-flto", "-fcompare-debug", "-fdebug-prefix-map", "-ffile-prefix-map",
-            "-fmacro-prefix-map", "-frandom-seed", "-iplugindir", "-fworking-directory",
+            "-B",
+            "-specs",
+            "-fplugin",
+            "-save-temps",
+            "-fdump-",
+            "-d",
+            "-wrapper",
+            "-fprofile-",
+            "-fauto-profile",
+            "-flto",
+            "-fcompare-debug",
+            "-fdebug-prefix-map",
+            "-ffile-prefix-map",
+            "-fmacro-prefix-map",
+            "-frandom-seed",
+            "-iplugindir",
+            "-fworking-directory",
         ];
         if arg == "-fno-lto" {
             return self.both(arg, None);
@@ -253,14 +341,17 @@ impl Parser {
         }
         let compile_prefixes =
             ["-f", "-m", "-W", "-O", "-std=", "-w", "-pedantic", "-ansi", "-Wl,", "-l", "-L"];
-        let compile_exact = ["-pipe", "-pthread", "-p", "-pg", "-fPIC", "-shared", "-static", "-pie"];
+        let compile_exact =
+            ["-pipe", "-pthread", "-p", "-pg", "-fPIC", "-shared", "-static", "-pie"];
         if compile_prefixes.iter().any(|p| arg.starts_with(p)) || compile_exact.contains(&arg) {
             return self.both(arg, None);
         }
         if arg.starts_with("-trigraphs") {
             return self.both(arg, None);
         }
-        if arg.starts_with("--help") || arg.starts_with("--version") || arg.starts_with("-dump")
+        if arg.starts_with("--help")
+            || arg.starts_with("--version")
+            || arg.starts_with("-dump")
             || arg.starts_with("-print-")
         {
             self.other_inputs += 1;

@@ -12,9 +12,7 @@ use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
-use discomy_protocol::{
-    CompileRequest, CompilerId, Payload, Request, Response,
-};
+use discomy_protocol::{CompileRequest, CompilerId, Payload, Request, Response};
 use tracing::{debug, info};
 
 use crate::args::{Class, Unit, classify};
@@ -28,7 +26,8 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     if std::env::var_os(crate::ENV_SAFEGUARD).is_some() {
         return local::exec(inv);
     }
-    let Some(args) = inv.args.iter().map(|a| a.to_str().map(String::from)).collect::<Option<Vec<_>>>()
+    let Some(args) =
+        inv.args.iter().map(|a| a.to_str().map(String::from)).collect::<Option<Vec<_>>>()
     else {
         return local::exec(inv);
     };
@@ -60,10 +59,7 @@ fn disabled() -> bool {
 }
 
 fn source_of(args: &[String]) -> String {
-    args.iter()
-        .find(|a| crate::args::source_language(a).is_some())
-        .cloned()
-        .unwrap_or_default()
+    args.iter().find(|a| crate::args::source_language(a).is_some()).cloned().unwrap_or_default()
 }
 
 fn run_local(inv: &Invocation, outcome: Outcome, source: &str) -> ExitCode {
@@ -77,8 +73,8 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    let identity = identity::compiler_identity(&inv.compiler, &inv.child_path)
-        .map_err(|e| e.to_string())?;
+    let identity =
+        identity::compiler_identity(&inv.compiler, &inv.child_path).map_err(|e| e.to_string())?;
     let unit_text = preprocess(inv, unit)?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
         return Err("source uses __TIMESTAMP__, which depends on the local file".into());
@@ -90,6 +86,7 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
         args: unit.compile_args.clone(),
         source_name: unit.source.clone(),
         unit: Payload::compress(&unit_text),
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
     });
     drop(unit_text);
     let result = match agent.call(&request).map_err(|e| format!("agent: {e}"))? {

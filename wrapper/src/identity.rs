@@ -155,7 +155,11 @@ mod tests {
 
     #[test]
     fn gcc_identity_is_stable_and_cached() {
-        let Some(gcc) = crate::invocation::find_on_path("gcc", &std::env::var_os("PATH").unwrap_or_default(), None) else {
+        let Some(gcc) = crate::invocation::find_on_path(
+            "gcc",
+            &std::env::var_os("PATH").unwrap_or_default(),
+            None,
+        ) else {
             return; // No gcc on this machine: nothing to identify.
         };
         let dir = std::env::temp_dir().join(format!("discomy-id-test-{}", std::process::id()));

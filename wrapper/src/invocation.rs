@@ -111,9 +111,8 @@ pub fn find_on_path(name: &str, path_var: &OsStr, self_exe: Option<&Path>) -> Op
 /// PATH without directories holding links to this binary (masquerade directories).
 fn strip_masquerade_dirs(path_var: &OsStr, self_exe: Option<&Path>) -> OsString {
     let Some(me) = self_exe else { return path_var.to_owned() };
-    let kept: Vec<PathBuf> = std::env::split_paths(path_var)
-        .filter(|dir| !is_masquerade_dir(dir, me))
-        .collect();
+    let kept: Vec<PathBuf> =
+        std::env::split_paths(path_var).filter(|dir| !is_masquerade_dir(dir, me)).collect();
     std::env::join_paths(kept).unwrap_or_else(|_| path_var.to_owned())
 }
 

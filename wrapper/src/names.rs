@@ -7,7 +7,11 @@ use std::ffi::OsStr;
 pub fn is_compiler_name(name: &str) -> bool {
     // Strip an optional target prefix (x86_64-linux-gnu-) and an optional -N version suffix.
     let base = name.rsplit_once('-').map_or(name, |(head, tail)| {
-        if !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit() || c == '.') { head } else { name }
+        if !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            head
+        } else {
+            name
+        }
     });
     let base = ["gcc", "g++", "clang", "clang++", "cc", "c++"]
         .iter()
@@ -41,12 +45,25 @@ mod tests {
 
     #[test]
     fn names() {
-        for yes in ["cc", "c++", "gcc", "g++", "gcc-12", "g++-12", "x86_64-linux-gnu-gcc",
-            "x86_64-linux-gnu-g++-12", "clang", "clang-14", "clang++", "clang++-14"]
-        {
+        for yes in [
+            "cc",
+            "c++",
+            "gcc",
+            "g++",
+            "gcc-12",
+            "g++-12",
+            "x86_64-linux-gnu-gcc",
+            "x86_64-linux-gnu-g++-12",
+            "clang",
+            "clang-14",
+            "clang++",
+            "clang++-14",
+        ] {
             assert!(is_compiler_name(yes), "{yes}");
         }
-        for no in ["gcc-ar", "gcc-nm-12", "x86_64-linux-gnu-gcc-ranlib", "ccache", "cc1", "gccgo", "c89"] {
+        for no in
+            ["gcc-ar", "gcc-nm-12", "x86_64-linux-gnu-gcc-ranlib", "ccache", "cc1", "gccgo", "c89"]
+        {
             assert!(!is_compiler_name(no), "{no}");
         }
     }

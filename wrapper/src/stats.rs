@@ -34,7 +34,8 @@ impl Outcome {
 /// Appends one line, if a stats file is configured. Failures are ignored: stats never break a build.
 pub fn record(outcome: Outcome, exit_code: i32, source: &str) {
     let Some(path) = std::env::var_os(ENV_STATS_FILE) else { return };
-    let line = format!("{}\t{exit_code}\t{}\n", outcome.as_str(), source.replace(['\t', '\n'], " "));
+    let line =
+        format!("{}\t{exit_code}\t{}\n", outcome.as_str(), source.replace(['\t', '\n'], " "));
     if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = file.write_all(line.as_bytes());
     }

@@ -1,1 +1,132 @@
-fn main(){}
+//! `discomy-compilerd`: runs a host's agent or worker role. Parsing only; the work is in the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use discomy_compilerd::agent::{self, AgentConfig};
+use discomy_compilerd::daemon;
+use discomy_compilerd::hosts::parse_host_list;
+use discomy_compilerd::toolchains::Toolchains;
+use discomy_compilerd::worker::{self, WorkerConfig};
+use discomy_protocol::AuthConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "discomy-compilerd",
+    version,
+    about = "discomy compile node: agent and worker roles"
+)]
+struct Cli {
+    /// Farm token; nodes and clients prove it in the handshake. Without one, only loopback peers.
+    #[arg(long, env = "DISCOMY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Compile units for other hosts (donor host).
+    Worker {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:3633")]
+        listen: SocketAddr,
+        /// Concurrent compiles (default: number of cores).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Write the bound address (`IP:PORT`) to this file once listening.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// Per-unit wall-time limit, in seconds.
+        #[arg(long, default_value_t = 600)]
+        compile_timeout: u64,
+        /// Directory for unit directories (default: the system temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// Serve discomy-cc wrappers on this build host and ship their units to workers.
+    Agent {
+        /// Unix socket for wrappers.
+        #[arg(long, env = "DISCOMY_SOCKET", default_value = discomy_wrapper::client::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Workers, distcc syntax: host[:port][/limit], comma or space separated.
+        #[arg(long, env = "DISCOMY_HOSTS", default_value = "")]
+        hosts: String,
+        /// Seconds a failing worker is left alone.
+        #[arg(long, default_value_t = 60)]
+        backoff: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    daemon::init_tracing();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let auth = AuthConfig::from_option(cli.token.as_deref());
+    let shutdown = CancellationToken::new();
+    daemon::cancel_on_signals(shutdown.clone());
+    match cli.role {
+        Role::Worker { listen, slots, addr_file, compile_timeout, work_dir } => {
+            let path_var = std::env::var_os("PATH").unwrap_or_default();
+            let toolchains = tokio::task::spawn_blocking(move || Toolchains::discover(path_var))
+                .await
+                .context("toolchain discovery panicked")?;
+            if toolchains.is_empty() {
+                bail!("no compilers found on PATH; this worker could compile nothing");
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("failed to listen on {listen}"))?;
+            let bound = listener.local_addr()?;
+            if let Some(file) = addr_file {
+                write_atomically(&file, format!("{bound}\n").as_bytes())
+                    .with_context(|| format!("failed to write {}", file.display()))?;
+            }
+            let config = WorkerConfig {
+                slots: slots
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                auth,
+                compile_timeout: Duration::from_secs(compile_timeout),
+                node_name: bound.to_string(),
+                work_dir: work_dir.unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("discomy-worker-{}", std::process::id()))
+                }),
+            };
+            let work_dir = config.work_dir.clone();
+            let result = worker::run(listener, config, toolchains, shutdown).await;
+            let _ = std::fs::remove_dir_all(work_dir);
+            Ok(result?)
+        }
+        Role::Agent { socket, hosts, backoff } => {
+            let hosts = parse_host_list(&hosts).context("bad --hosts / DISCOMY_HOSTS")?;
+            let listener = agent::bind_socket(&socket)
+                .with_context(|| format!("failed to listen on {}", socket.display()))?;
+            let mut config = AgentConfig::new(hosts);
+            config.auth = auth;
+            config.backoff = Duration::from_secs(backoff);
+            Ok(agent::run(listener, socket, config, shutdown).await?)
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    std::fs::rename(tmp, path)
+}

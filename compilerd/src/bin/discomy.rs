@@ -1,1 +1,77 @@
-fn main(){}
+//! `discomy`: the operator's command. `discomy run` builds against a farm (see the library's `farm`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use discomy_compilerd::farm::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "discomy", version, about = "discomy distributed compile farm")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a build command with CC/CXX going through the farm, then print a summary.
+    Run {
+        /// Start an embedded farm of N worker processes on loopback for the duration.
+        #[arg(long, value_name = "N")]
+        local_farm: Option<usize>,
+        /// Workers for a transient agent (distcc syntax); default DISCOMY_HOSTS or the config file.
+        #[arg(long)]
+        hosts: Option<String>,
+        /// Slots per embedded worker.
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Write the summary as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        summary_json: Option<PathBuf>,
+        /// The build command.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    discomy_compilerd::daemon::init_tracing();
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Cmd::Run { local_farm, hosts, slots, summary_json, command } => {
+            let bin_dir = match std::env::var_os("DISCOMY_BIN_DIR") {
+                Some(dir) => PathBuf::from(dir),
+                None => std::env::current_exe()
+                    .context("cannot locate the discomy executable")?
+                    .parent()
+                    .context("executable has no directory")?
+                    .to_path_buf(),
+            };
+            let opts = RunOptions { local_farm, hosts, slots, summary_json, bin_dir, command };
+            let summary = farm::run(&opts)?;
+            tracing::info!(
+                units = summary.units,
+                remote = summary.remote,
+                local = summary.local,
+                fallback = summary.fallback,
+                cache_hits = summary.cache_hits,
+                failed = summary.failed,
+                wall_s = summary.wall_s,
+                "discomy: build finished"
+            );
+            Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
+        }
+    }
+}

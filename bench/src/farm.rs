@@ -1,0 +1,142 @@
+//! The two compile farms under test, each on loopback and torn down on drop: Debian's real
+//! `distccd`, and discomy's `discomy-compilerd` worker plus agent.
+
+use crate::proc::{Daemon, Job, free_port};
+use anyhow::{Context, Result};
+use std::ffi::OsString;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tempfile::TempDir;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A real `distccd` on 127.0.0.1:`port`.
+pub struct Distccd {
+    daemon: Daemon,
+    pub port: u16,
+    pub slots: u32,
+    log_file: PathBuf,
+    client_dir: PathBuf,
+    _dir: TempDir,
+}
+
+impl Distccd {
+    pub fn start(slots: u32) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("discomy-bench-distccd.")
+            .tempdir()
+            .context("creating a temp dir for distccd")?;
+        // Started as root, distccd drops to its own user before opening --log-file: the
+        // directory must be searchable and the log writable by that user.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .context("chmod distccd dir")?;
+        let log_file = dir.path().join("distccd.log");
+        std::fs::write(&log_file, b"").context("creating the distccd log")?;
+        std::fs::set_permissions(&log_file, std::fs::Permissions::from_mode(0o666))
+            .context("chmod distccd log")?;
+        let client_dir = dir.path().join("client");
+        std::fs::create_dir(&client_dir).context("creating DISTCC_DIR")?;
+
+        let port = free_port()?;
+        let job = Job::new("distccd", dir.path())
+            .args(["--daemon", "--no-detach", "--allow", "127.0.0.1", "--listen", "127.0.0.1"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--jobs")
+            .arg(slots.to_string())
+            .arg("--log-file")
+            .arg(&log_file);
+        let mut daemon = Daemon::spawn("distccd", &job, &dir.path().join("distccd.console"))?;
+        daemon.wait_for("TCP port", READY_TIMEOUT, || TcpStream::connect(("127.0.0.1", port)).ok())?;
+        Ok(Distccd { daemon, port, slots, log_file, client_dir, _dir: dir })
+    }
+
+    /// `DISTCC_HOSTS` and `DISTCC_DIR` for the `distcc` client.
+    pub fn client_env(&self) -> Vec<(OsString, OsString)> {
+        vec![
+            ("DISTCC_HOSTS".into(), format!("127.0.0.1:{}/{}", self.port, self.slots).into()),
+            ("DISTCC_DIR".into(), self.client_dir.clone().into()),
+        ]
+    }
+
+    /// Jobs distccd reports as compiled successfully (`COMPILE_OK` lines in its log).
+    pub fn compile_ok_count(&self) -> Result<usize> {
+        let log = std::fs::read(&self.log_file)
+            .with_context(|| format!("reading {}", self.log_file.display()))?;
+        Ok(String::from_utf8_lossy(&log).lines().filter(|l| l.contains(" COMPILE_OK ")).count())
+    }
+
+    pub fn report(&self) -> String {
+        let log = std::fs::read(&self.log_file)
+            .map(|b| crate::proc::tail(&String::from_utf8_lossy(&b), 20))
+            .unwrap_or_else(|e| format!("(cannot read: {e})"));
+        format!("{}\n--- distccd log {} ---\n{log}", self.daemon.report(10), self.log_file.display())
+    }
+
+    pub fn describe(&self) -> String {
+        format!("distccd pid {} on 127.0.0.1:{} (--jobs {})", self.daemon.pid(), self.port, self.slots)
+    }
+}
+
+/// `discomy-compilerd worker` plus `discomy-compilerd agent` on loopback.
+pub struct DiscomyFarm {
+    // Field order is drop order: the agent goes before the worker, the directory last.
+    agent: Daemon,
+    worker: Daemon,
+    pub socket: PathBuf,
+    pub worker_addr: String,
+    pub slots: u32,
+    _dir: TempDir,
+}
+
+impl DiscomyFarm {
+    pub fn start(compilerd: &Path, slots: u32) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("discomy-bench-farm.")
+            .tempdir()
+            .context("creating a temp dir for discomy's farm")?;
+        let addr_file = dir.path().join("worker.addr");
+        let worker_job = Job::new(compilerd, dir.path())
+            .args(["worker", "--listen", "127.0.0.1:0", "--slots"])
+            .arg(slots.to_string())
+            .arg("--addr-file")
+            .arg(&addr_file);
+        let mut worker = Daemon::spawn("discomy-compilerd worker", &worker_job, &dir.path().join("worker.log"))?;
+        let worker_addr = worker.wait_for("address file", READY_TIMEOUT, || {
+            let s = std::fs::read_to_string(&addr_file).ok()?;
+            // The file is complete once its line ends.
+            s.ends_with('\n').then(|| s.trim().to_owned()).filter(|a| !a.is_empty())
+        })?;
+
+        let socket = dir.path().join("agent.sock");
+        let agent_job = Job::new(compilerd, dir.path())
+            .arg("agent")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--hosts")
+            .arg(format!("{worker_addr}/{slots}"));
+        let mut agent = Daemon::spawn("discomy-compilerd agent", &agent_job, &dir.path().join("agent.log"))?;
+        agent.wait_for("unix socket", READY_TIMEOUT, || UnixStream::connect(&socket).ok())?;
+        worker.ensure_running()?;
+        Ok(DiscomyFarm { agent, worker, socket, worker_addr, slots, _dir: dir })
+    }
+
+    /// The daemons' command lines and last log lines, for error reports.
+    pub fn report(&self) -> String {
+        format!("{}\n{}", self.worker.report(30), self.agent.report(30))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "discomy worker pid {} on {} (--slots {}), agent pid {} on {}",
+            self.worker.pid(),
+            self.worker_addr,
+            self.slots,
+            self.agent.pid(),
+            self.socket.display()
+        )
+    }
+}

@@ -1,0 +1,252 @@
+//! The agent role: serves wrappers on a Unix socket and forwards their units to workers.
+//!
+//! For each unit it takes a slot from the [`Pool`], reuses or opens a handshaken connection to
+//! that worker, and waits for the answer. Transport failures put the worker in backoff and the
+//! unit is retried on another one; when none is left the wrapper is told to compile locally.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
+use discomy_protocol::{
+    AuthConfig, CompileRequest, PeerKind, ProtocolError, RefusalKind, Request, Response,
+};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::hosts::HostSpec;
+use crate::pool::{Lease, Pool, Release};
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Workers to use.
+    pub hosts: Vec<HostSpec>,
+    /// Farm token presented to workers.
+    pub auth: AuthConfig,
+    /// Connect plus handshake limit per worker.
+    pub connect_timeout: Duration,
+    /// Limit for one unit's round trip on a worker.
+    pub compile_timeout: Duration,
+    /// How long a failed worker is left alone.
+    pub backoff: Duration,
+    /// How long a unit may wait for a free slot before it is compiled locally.
+    pub queue_timeout: Duration,
+    /// Workers tried per unit before giving up.
+    pub max_attempts: usize,
+}
+
+impl AgentConfig {
+    /// Defaults for `hosts`: distcc's 4 s connect limit and 60 s backoff.
+    pub fn new(hosts: Vec<HostSpec>) -> AgentConfig {
+        AgentConfig {
+            hosts,
+            auth: AuthConfig::none(),
+            connect_timeout: Duration::from_secs(4),
+            compile_timeout: Duration::from_secs(600),
+            backoff: Duration::from_secs(60),
+            queue_timeout: Duration::from_secs(600),
+            max_attempts: 3,
+        }
+    }
+}
+
+struct State {
+    config: AgentConfig,
+    pool: Pool,
+}
+
+/// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
+/// users (mock builds run as another user; the directory's permissions are the gate).
+pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("an agent is already listening on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serves wrappers until `shutdown` is cancelled.
+pub async fn run(
+    listener: UnixListener,
+    socket_path: PathBuf,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
+    let pool = Pool::new(config.hosts.clone(), config.backoff);
+    let state = Arc::new(State { config, pool });
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move { serve_wrapper(stream, state, shutdown).await });
+            }
+            Err(err) => {
+                warn!(%err, "failed to accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    for (host, compiled, failed) in state.pool.counters() {
+        info!(%host, compiled, failed, "worker totals");
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    info!("agent stopped");
+    Ok(())
+}
+
+async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: CancellationToken) {
+    let auth = AuthConfig::none();
+    let handshake = server_handshake(stream, &auth, PeerKind::Unix);
+    let mut conn = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(ProtocolError::Closed)) => return,
+        Ok(Err(err)) => {
+            warn!(%err, "wrapper handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!("wrapper handshake timed out");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = recv::<_, Request>(&mut conn) => r,
+        };
+        let response = match request {
+            Err(ProtocolError::Closed) => return,
+            Err(err) => {
+                warn!(%err, "bad request from wrapper; closing");
+                let msg = format!("malformed request: {err}");
+                let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
+                return;
+            }
+            Ok(Request::Ping) => Response::Pong,
+            Ok(Request::Compile(req)) => tokio::select! {
+                _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                r = forward(&state, &req) => r,
+            },
+        };
+        if send(&mut conn, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Places one unit, retrying on other workers after transport failures.
+async fn forward(state: &State, req: &CompileRequest) -> Response {
+    if state.pool.is_empty() {
+        return Response::refused(RefusalKind::NoWorker, "no workers configured");
+    }
+    let request = Request::Compile(req.clone());
+    let mut tried = Vec::new();
+    let mut last_reason = String::from("no worker available");
+    for _ in 0..state.config.max_attempts {
+        let Some(lease) = state.pool.acquire(&tried, state.config.queue_timeout).await else {
+            break;
+        };
+        let host = lease.host;
+        tried.push(host);
+        match exchange(state, lease, &request).await {
+            Ok((response, conn)) => match response {
+                Response::Compiled(result) => {
+                    state.pool.release(host, Release::Ok(conn));
+                    return Response::Compiled(result);
+                }
+                Response::Refused(refusal) => {
+                    state.pool.release(host, Release::Declined(Some(conn)));
+                    match refusal.kind {
+                        RefusalKind::NoToolchain | RefusalKind::Unavailable => {
+                            last_reason = refusal.message;
+                        }
+                        _ => return Response::Refused(refusal),
+                    }
+                }
+                Response::Pong => {
+                    state.pool.release(host, Release::Failed);
+                    last_reason = "worker answered out of turn".into();
+                }
+            },
+            Err(reason) => {
+                warn!(source = %req.source_name, %reason, "worker failed; backing off from it");
+                state.pool.release(host, Release::Failed);
+                last_reason = reason;
+            }
+        }
+    }
+    Response::refused(RefusalKind::NoWorker, last_reason)
+}
+
+type WorkerConn = discomy_protocol::asyncio::Conn<TcpStream>;
+
+/// One request/response on a worker. A reused connection that turns out closed is replaced by a
+/// fresh one once, without blaming the worker.
+async fn exchange(
+    state: &State,
+    lease: Lease,
+    request: &Request,
+) -> Result<(Response, WorkerConn), String> {
+    if let Some(mut conn) = lease.conn {
+        match round_trip(state, &mut conn, request).await {
+            Ok(response) => return Ok((response, conn)),
+            Err(err) => debug!(host = %lease.spec, %err, "idle connection was stale; reconnecting"),
+        }
+    }
+    let mut conn = connect(state, &lease.spec).await?;
+    let response = round_trip(state, &mut conn, request)
+        .await
+        .map_err(|e| format!("{}: {e}", lease.spec.address()))?;
+    Ok((response, conn))
+}
+
+async fn round_trip(
+    state: &State,
+    conn: &mut WorkerConn,
+    request: &Request,
+) -> Result<Response, ProtocolError> {
+    send(conn, request).await?;
+    match tokio::time::timeout(state.config.compile_timeout, recv(conn)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProtocolError::Timeout),
+    }
+}
+
+async fn connect(state: &State, spec: &HostSpec) -> Result<WorkerConn, String> {
+    let addr = spec.address();
+    let attempt = async {
+        let stream = TcpStream::connect(&addr).await.map_err(ProtocolError::Io)?;
+        let _ = stream.set_nodelay(true);
+        client_handshake(stream, &state.config.auth).await
+    };
+    match tokio::time::timeout(state.config.connect_timeout, attempt).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(err)) => Err(format!("{addr}: {err}")),
+        Err(_) => Err(format!("{addr}: connect timed out")),
+    }
+}

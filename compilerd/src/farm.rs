@@ -1,0 +1,345 @@
+//! `discomy run`: runs a build command against a farm and summarises what the farm did.
+//!
+//! With `--local-farm N` it starts N real worker processes on loopback plus an agent, for the
+//! duration of the command. Otherwise it uses the agent already listening on the socket, or
+//! starts a transient agent over the configured hosts (`--hosts`, `DISCOMY_HOSTS`, or the first
+//! line of `~/.config/discomy/hosts` / `/etc/discomy/hosts`). The command runs with a masquerade
+//! directory first on PATH and `CC`/`CXX` pointing into it; each wrapper call appends its outcome
+//! to a stats file, which becomes the summary.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Options of `discomy run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Start an embedded farm of this many workers.
+    pub local_farm: Option<usize>,
+    /// Host list for a transient agent.
+    pub hosts: Option<String>,
+    /// Slots per embedded worker (default: cores / workers, at least 1).
+    pub slots: Option<usize>,
+    /// Where to write the JSON summary.
+    pub summary_json: Option<PathBuf>,
+    /// Directory holding `discomy-cc` and `discomy-compilerd`.
+    pub bin_dir: PathBuf,
+    /// The build command.
+    pub command: Vec<OsString>,
+}
+
+/// What happened, as printed and written to `--summary-json`. Field names are a stable interface.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    /// Compile calls (one source with -c/-S).
+    pub units: u64,
+    /// Units whose object came from the farm.
+    pub remote: u64,
+    /// Units compiled locally by policy.
+    pub local: u64,
+    /// Distributable units compiled locally because the farm did not deliver.
+    pub fallback: u64,
+    /// Units served from the object cache.
+    pub cache_hits: u64,
+    /// Units whose compile failed (non-zero status).
+    pub failed: u64,
+    /// The build command's exit status.
+    pub exit_code: i32,
+    /// Wall time of the build command, in seconds.
+    pub wall_s: f64,
+    /// Workers used.
+    pub hosts: Vec<String>,
+}
+
+/// Errors setting up the farm around a build.
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    /// A process or file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A daemon did not come up in time.
+    #[error("{0}")]
+    Startup(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> FarmError {
+    let what = what.into();
+    move |source| FarmError::Io { what, source }
+}
+
+/// Children killed (SIGTERM, then SIGKILL) when dropped.
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for child in &self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in &mut self.0 {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the build; returns the summary (the command's status is in it).
+pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
+    let dir = tempfile::Builder::new()
+        .prefix("discomy-run-")
+        .tempdir()
+        .map_err(io_err("failed to create a run directory"))?;
+    let compilerd = opts.bin_dir.join("discomy-compilerd");
+    let wrapper = opts.bin_dir.join("discomy-cc");
+    for bin in [&compilerd, &wrapper] {
+        if !bin.is_file() {
+            return Err(FarmError::Startup(format!(
+                "{} not found (set DISCOMY_BIN_DIR)",
+                bin.display()
+            )));
+        }
+    }
+    let mut daemons = Daemons(Vec::new());
+    let mut hosts = Vec::new();
+    if let Some(n) = opts.local_farm.filter(|n| *n > 0) {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let slots = opts.slots.unwrap_or_else(|| cores.div_ceil(n).max(1));
+        for i in 0..n {
+            let addr_file = dir.path().join(format!("worker{i}.addr"));
+            let log = log_file(dir.path(), &format!("worker{i}.log"))?;
+            let child = Command::new(&compilerd)
+                .args([
+                    "worker",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--slots",
+                    &slots.to_string(),
+                    "--addr-file",
+                ])
+                .arg(&addr_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(io_err(format!("failed to start {}", compilerd.display())))?;
+            daemons.0.push(child);
+            let addr = wait_for(
+                || fs::read_to_string(&addr_file).ok().filter(|s| s.ends_with('\n')),
+                "a local worker to listen",
+            )?;
+            hosts.push(format!("{}/{slots}", addr.trim()));
+        }
+    }
+
+    let default_socket = discomy_wrapper::client::socket_path();
+    let socket = if opts.local_farm.is_none_or(|n| n == 0) && agent_alive(&default_socket) {
+        default_socket
+    } else {
+        if opts.local_farm.is_none_or(|n| n == 0) {
+            if let Some(list) = configured_hosts(opts.hosts.as_deref()) {
+                hosts.extend(list.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from));
+            }
+        }
+        let socket = dir.path().join("agent.sock");
+        let log = log_file(dir.path(), "agent.log")?;
+        let child = Command::new(&compilerd)
+            .arg("agent")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--hosts")
+            .arg(hosts.join(","))
+            .env_remove("DISCOMY_HOSTS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err(format!("failed to start {}", compilerd.display())))?;
+        daemons.0.push(child);
+        wait_for(|| agent_alive(&socket).then_some(()), "the agent to listen")?;
+        socket
+    };
+
+    let masquerade = dir.path().join("bin");
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    make_masquerade_dir(&masquerade, &wrapper, &path_var)?;
+    let mut new_path = OsString::from(masquerade.as_os_str());
+    new_path.push(":");
+    new_path.push(&path_var);
+    let stats_file = dir.path().join("stats");
+
+    let Some((program, args)) = opts.command.split_first() else {
+        return Err(FarmError::Startup("no command given".into()));
+    };
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .env("PATH", &new_path)
+        .env("CC", masquerade.join("cc"))
+        .env("CXX", masquerade.join("c++"))
+        .env(discomy_wrapper::ENV_SOCKET, &socket)
+        .env(discomy_wrapper::stats::ENV_STATS_FILE, &stats_file)
+        .status()
+        .map_err(io_err(format!("failed to run {}", program.to_string_lossy())))?;
+    let wall_s = started.elapsed().as_secs_f64();
+    drop(daemons);
+
+    let mut summary = summarise(&fs::read_to_string(&stats_file).unwrap_or_default());
+    summary.exit_code = exit_code(status);
+    summary.wall_s = (wall_s * 1000.0).round() / 1000.0;
+    summary.hosts = hosts;
+    if let Some(path) = &opts.summary_json {
+        let json =
+            serde_json::to_vec_pretty(&summary).map_err(|e| FarmError::Startup(e.to_string()))?;
+        fs::write(path, json).map_err(io_err(format!("failed to write {}", path.display())))?;
+    }
+    if status.code().is_none() || summary.units > 0 && summary.remote == 0 {
+        keep_logs(dir.path());
+    }
+    Ok(summary)
+}
+
+/// Counts stats lines (`outcome\texit\tsource`) into a summary.
+pub fn summarise(stats: &str) -> Summary {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut failed = 0;
+    for line in stats.lines() {
+        let mut fields = line.split('\t');
+        let outcome = fields.next().unwrap_or_default();
+        let code = fields.next().unwrap_or("0");
+        *counts.entry(outcome).or_default() += 1;
+        if code != "0" {
+            failed += 1;
+        }
+    }
+    let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+    Summary {
+        units: get("remote") + get("local") + get("fallback") + get("cache"),
+        remote: get("remote"),
+        local: get("local"),
+        fallback: get("fallback"),
+        cache_hits: get("cache"),
+        failed,
+        ..Summary::default()
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<fs::File, FarmError> {
+    fs::File::create(dir.join(name)).map_err(io_err(format!("failed to create {name}")))
+}
+
+/// Copies daemon logs somewhere that outlives the run directory, for a post-mortem.
+fn keep_logs(dir: &Path) {
+    let keep = std::env::temp_dir().join(format!("discomy-run-logs-{}", std::process::id()));
+    if fs::create_dir_all(&keep).is_ok() {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".log") {
+                    let _ = fs::copy(entry.path(), keep.join(entry.file_name()));
+                }
+            }
+        }
+        tracing::warn!(logs = %keep.display(), "farm logs kept");
+    }
+}
+
+fn wait_for<T>(mut probe: impl FnMut() -> Option<T>, what: &str) -> Result<T, FarmError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(FarmError::Startup(format!("timed out waiting for {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn agent_alive(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, then the config files.
+pub fn configured_hosts(flag: Option<&str>) -> Option<String> {
+    if let Some(h) = flag {
+        return Some(h.to_string());
+    }
+    if let Ok(h) = std::env::var("DISCOMY_HOSTS") {
+        return Some(h);
+    }
+    let mut files = Vec::new();
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
+        files.push(PathBuf::from(dir).join("discomy/hosts"));
+    } else if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".config/discomy/hosts"));
+    }
+    files.push(PathBuf::from("/etc/discomy/hosts"));
+    files.iter().find_map(|f| {
+        let text = fs::read_to_string(f).ok()?;
+        let hosts: Vec<&str> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        Some(hosts.join(" "))
+    })
+}
+
+/// Creates `dir` with a link to `wrapper` for every compiler name on `path_var`.
+pub fn make_masquerade_dir(
+    dir: &Path,
+    wrapper: &Path,
+    path_var: &std::ffi::OsStr,
+) -> Result<Vec<String>, FarmError> {
+    fs::create_dir_all(dir).map_err(io_err(format!("failed to create {}", dir.display())))?;
+    let names = discomy_wrapper::names::compiler_names_on_path(path_var);
+    for name in &names {
+        let link = dir.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(wrapper, &link)
+            .map_err(io_err(format!("failed to link {}", link.display())))?;
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_outcomes_and_failures() {
+        let s = summarise("remote\t0\ta.c\nremote\t0\tb.c\nlocal\t1\tc.c\nfallback\t0\td.c\n");
+        assert_eq!(s.units, 4);
+        assert_eq!((s.remote, s.local, s.fallback, s.failed), (2, 1, 1, 1));
+    }
+}

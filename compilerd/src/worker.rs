@@ -1,0 +1,232 @@
+//! The worker role: accepts units over TCP and compiles them with an identical compiler.
+//!
+//! One task per connection; a connection carries any number of requests in turn. A semaphore
+//! bounds concurrent compiles to the slot count, another bounds connections. Every failure that
+//! is not the compiler's own verdict is answered with a [`Response::Refused`] so the client
+//! falls back, and the worker keeps serving.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use discomy_protocol::asyncio::{recv, send, server_handshake};
+use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::{
+    AuthConfig, CompileRequest, CompileResult, Payload, PeerKind, ProtocolError, RefusalKind,
+    Request, Response,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::argcheck::check_compile_args;
+use crate::exec::{ExecError, compile_unit};
+use crate::toolchains::Toolchains;
+
+/// Most simultaneous client connections.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time allowed for a handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle connection is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long shutdown waits for running units.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Concurrent compiles.
+    pub slots: usize,
+    /// Farm token.
+    pub auth: AuthConfig,
+    /// Wall-time limit for one compile.
+    pub compile_timeout: Duration,
+    /// Name reported in results.
+    pub node_name: String,
+    /// Where unit directories are created.
+    pub work_dir: PathBuf,
+}
+
+struct State {
+    config: WorkerConfig,
+    toolchains: Toolchains,
+    slots: Semaphore,
+}
+
+/// Serves until `shutdown` is cancelled, then lets running units finish (up to a grace period).
+pub async fn run(
+    listener: TcpListener,
+    config: WorkerConfig,
+    toolchains: Toolchains,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    info!(addr = %listener.local_addr()?, slots = config.slots, compilers = toolchains.len(), "worker listening");
+    let state = Arc::new(State { slots: Semaphore::new(config.slots.max(1)), config, toolchains });
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                warn!(%err, "failed to accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!(%peer, "too many connections; closing");
+            continue;
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve_connection(stream, peer, state, shutdown).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!("shutdown grace period over; cancelling remaining units");
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let kind = if peer.ip().is_loopback() { PeerKind::Loopback } else { PeerKind::Remote };
+    let handshake = server_handshake(stream, &state.config.auth, kind);
+    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(ProtocolError::Closed)) => return,
+        Ok(Err(err)) => {
+            warn!(%peer, %err, "handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(IDLE_TIMEOUT, recv::<_, Request>(&mut conn)) => r,
+        };
+        let request = match request {
+            Err(_) | Ok(Err(ProtocolError::Closed)) => return,
+            Ok(Err(err)) => {
+                warn!(%peer, %err, "bad request; closing connection");
+                let msg = format!("malformed request: {err}");
+                let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
+                return;
+            }
+            Ok(Ok(request)) => request,
+        };
+        let response = match request {
+            Request::Ping => Response::Pong,
+            Request::Compile(req) => compile(req, &state, &shutdown).await,
+        };
+        if let Err(err) = send(&mut conn, &response).await {
+            debug!(%peer, %err, "failed to answer");
+            return;
+        }
+    }
+}
+
+async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToken) -> Response {
+    let Some(driver) = state.toolchains.driver(&req.compiler.identity) else {
+        return Response::refused(
+            RefusalKind::NoToolchain,
+            format!(
+                "no compiler identical to the client's {} ({})",
+                req.compiler.name, req.compiler.identity
+            ),
+        );
+    };
+    if let Err(why) = check_compile_args(&req.args) {
+        return Response::refused(RefusalKind::BadArguments, why);
+    }
+    let unit = match req.unit.decompress(MAX_RAW_LEN) {
+        Ok(unit) => unit,
+        Err(err) => return Response::refused(RefusalKind::BadRequest, err.to_string()),
+    };
+    let _permit = tokio::select! {
+        _ = shutdown.cancelled() => {
+            return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
+        }
+        permit = state.slots.acquire() => match permit {
+            Ok(p) => p,
+            Err(_) => return Response::refused(RefusalKind::Unavailable, "worker is shutting down"),
+        },
+    };
+    match run_in_dir(driver, &req, &unit, state).await {
+        Ok(result) => Response::Compiled(result),
+        Err(response) => response,
+    }
+}
+
+async fn run_in_dir(
+    driver: &std::path::Path,
+    req: &CompileRequest,
+    unit: &[u8],
+    state: &State,
+) -> Result<CompileResult, Response> {
+    let internal =
+        |e: io::Error| Response::refused(RefusalKind::Internal, format!("unit directory: {e}"));
+    tokio::fs::create_dir_all(&state.config.work_dir).await.map_err(internal)?;
+    let dir = tempfile::Builder::new()
+        .prefix("unit-")
+        .tempdir_in(&state.config.work_dir)
+        .map_err(internal)?;
+    tokio::fs::write(dir.path().join("unit.i"), unit).await.map_err(internal)?;
+    let run = compile_unit(
+        driver,
+        &state.toolchains.path_var,
+        req,
+        dir.path(),
+        state.config.compile_timeout,
+    )
+    .await
+    .map_err(|e: ExecError| Response::refused(RefusalKind::CompilerFailed, e.to_string()))?;
+    if run.exit_code >= 128 {
+        return Err(Response::refused(
+            RefusalKind::CompilerFailed,
+            format!("compiler killed (status {})", run.exit_code),
+        ));
+    }
+    let output = if run.exit_code == 0 {
+        let name = match req.output {
+            discomy_protocol::OutputKind::Object => "unit.o",
+            discomy_protocol::OutputKind::Assembly => "unit.s",
+        };
+        let bytes = tokio::fs::read(dir.path().join(name)).await.map_err(|e| {
+            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
+        })?;
+        Some(Payload::compress(&bytes))
+    } else {
+        None
+    };
+    debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
+    Ok(CompileResult {
+        exit_code: run.exit_code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        output,
+        node: state.config.node_name.clone(),
+        compile_ms: run.elapsed.as_millis() as u64,
+    })
+}
