@@ -25,10 +25,7 @@ pub struct Distccd {
 
 impl Distccd {
     pub fn start(slots: u32) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("discomy-bench-distccd.")
-            .tempdir()
-            .context("creating a temp dir for distccd")?;
+        let dir = crate::proc::temp_dir("discomy-bench-distccd.")?;
         // Started as root, distccd drops to its own user before opening --log-file: the
         // directory must be searchable and the log writable by that user.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -50,7 +47,8 @@ impl Distccd {
             .arg("--log-file")
             .arg(&log_file);
         let mut daemon = Daemon::spawn("distccd", &job, &dir.path().join("distccd.console"))?;
-        daemon.wait_for("TCP port", READY_TIMEOUT, || TcpStream::connect(("127.0.0.1", port)).ok())?;
+        daemon
+            .wait_for("TCP port", READY_TIMEOUT, || TcpStream::connect(("127.0.0.1", port)).ok())?;
         Ok(Distccd { daemon, port, slots, log_file, client_dir, _dir: dir })
     }
 
@@ -73,11 +71,20 @@ impl Distccd {
         let log = std::fs::read(&self.log_file)
             .map(|b| crate::proc::tail(&String::from_utf8_lossy(&b), 20))
             .unwrap_or_else(|e| format!("(cannot read: {e})"));
-        format!("{}\n--- distccd log {} ---\n{log}", self.daemon.report(10), self.log_file.display())
+        format!(
+            "{}\n--- distccd log {} ---\n{log}",
+            self.daemon.report(10),
+            self.log_file.display()
+        )
     }
 
     pub fn describe(&self) -> String {
-        format!("distccd pid {} on 127.0.0.1:{} (--jobs {})", self.daemon.pid(), self.port, self.slots)
+        format!(
+            "distccd pid {} on 127.0.0.1:{} (--jobs {})",
+            self.daemon.pid(),
+            self.port,
+            self.slots
+        )
     }
 }
 
@@ -94,17 +101,15 @@ pub struct DiscomyFarm {
 
 impl DiscomyFarm {
     pub fn start(compilerd: &Path, slots: u32) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("discomy-bench-farm.")
-            .tempdir()
-            .context("creating a temp dir for discomy's farm")?;
+        let dir = crate::proc::temp_dir("discomy-bench-farm.")?;
         let addr_file = dir.path().join("worker.addr");
         let worker_job = Job::new(compilerd, dir.path())
             .args(["worker", "--listen", "127.0.0.1:0", "--slots"])
             .arg(slots.to_string())
             .arg("--addr-file")
             .arg(&addr_file);
-        let mut worker = Daemon::spawn("discomy-compilerd worker", &worker_job, &dir.path().join("worker.log"))?;
+        let mut worker =
+            Daemon::spawn("discomy-compilerd worker", &worker_job, &dir.path().join("worker.log"))?;
         let worker_addr = worker.wait_for("address file", READY_TIMEOUT, || {
             let s = std::fs::read_to_string(&addr_file).ok()?;
             // The file is complete once its line ends.
@@ -118,7 +123,8 @@ impl DiscomyFarm {
             .arg(&socket)
             .arg("--hosts")
             .arg(format!("{worker_addr}/{slots}"));
-        let mut agent = Daemon::spawn("discomy-compilerd agent", &agent_job, &dir.path().join("agent.log"))?;
+        let mut agent =
+            Daemon::spawn("discomy-compilerd agent", &agent_job, &dir.path().join("agent.log"))?;
         agent.wait_for("unix socket", READY_TIMEOUT, || UnixStream::connect(&socket).ok())?;
         worker.ensure_running()?;
         Ok(DiscomyFarm { agent, worker, socket, worker_addr, slots, _dir: dir })

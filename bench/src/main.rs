@@ -1,2 +1,79 @@
-//! discomy-bench: side-by-side benchmarks (placeholder until the bench helper lands).
-fn main() {}
+//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`), installs
+//! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
+//! mismatch, 2 error).
+
+// The printed report (stdout) and progress (stderr) are this program's product.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod farm;
+mod overhead;
+mod proc;
+mod project;
+mod stats;
+mod whole_build;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Benchmarks of discomy against local gcc and distcc, on real C code (Lua 5.4), on loopback.
+#[derive(Parser, Debug)]
+#[command(name = "discomy-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Per-job overhead, one compile at a time: local gcc vs distcc vs discomy-cc.
+    Overhead(overhead::Args),
+    /// Whole-project `make -jN` of Lua: plain vs distcc vs `discomy run --local-farm`.
+    Build(whole_build::Args),
+}
+
+/// Options shared by both subcommands.
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// Directory holding lua5.4_*.orig.tar.gz [default: $DISCOMY_PROJECTS_DIR, else
+    /// <workspace>/target/projects].
+    #[arg(long)]
+    pub project_dir: Option<PathBuf>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Slots of each farm (distccd --jobs and DISTCC_HOSTS /N; discomy worker --slots / --local-farm).
+    #[arg(long, default_value_t = 2)]
+    pub farm_slots: u32,
+    /// Skip the distcc mode.
+    #[arg(long)]
+    pub no_distcc: bool,
+    /// Skip the discomy mode (and the wrapper start-up measurement).
+    #[arg(long)]
+    pub no_discomy: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = proc::install_interrupt_handler() {
+        eprintln!("discomy-bench: warning: {e:#}");
+    }
+    let result = match &cli.cmd {
+        Cmd::Overhead(a) => overhead::run(a),
+        Cmd::Build(a) => whole_build::run(a),
+    };
+    match result {
+        Ok(0) => {}
+        Ok(code) => {
+            eprintln!("discomy-bench: objects differ (see the mismatch lines above)");
+            std::process::exit(code);
+        }
+        Err(e) => {
+            // The cause chain without anyhow's backtrace (which RUST_BACKTRACE would add).
+            eprintln!("discomy-bench: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+            std::process::exit(2);
+        }
+    }
+}

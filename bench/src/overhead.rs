@@ -5,7 +5,7 @@
 //! measured against plain gcc.
 
 use crate::Common;
-use crate::farm::{Distccd, DiscomyFarm};
+use crate::farm::{DiscomyFarm, Distccd};
 use crate::proc::{Job, find_discomy_bin};
 use crate::project::{self, LUA_CFLAGS, Unit};
 use crate::stats::{self, Outcomes, diff, median, ms, num, nums, ratio, signed_ms};
@@ -147,11 +147,11 @@ impl UnitResult {
 
 pub fn run(args: &Args) -> Result<i32> {
     let c = &args.common;
+    if args.reps == 0 || args.startup_reps == 0 {
+        anyhow::bail!("--reps and --startup-reps must be at least 1");
+    }
     let tarball = project::find_lua_tarball(&project::projects_dir(c.project_dir.as_deref()))?;
-    let work = tempfile::Builder::new()
-        .prefix("discomy-bench-overhead.")
-        .tempdir()
-        .context("creating a work dir")?;
+    let work = crate::proc::temp_dir("discomy-bench-overhead.")?;
     let scratch = work.path().join("scratch");
     let tree = work.path().join("tree");
     for d in [&scratch, &tree] {
@@ -191,7 +191,8 @@ pub fn run(args: &Args) -> Result<i32> {
         stats_file: work.path().join("discomy-stats.tsv"),
     };
 
-    let file_name = tarball.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name =
+        tarball.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     println!(
         "discomy-bench overhead: {file_name}, {} unit(s), {} timed rep(s) (+{} warm-up) per mode, one compile at a time",
         units.len(),
@@ -205,6 +206,8 @@ pub fn run(args: &Args) -> Result<i32> {
     if let Some(f) = &ctx.farm {
         println!("(c) {}", f.describe());
     }
+    let load_before = stats::load_average();
+    println!("load average before: {load_before}");
     println!();
 
     // --- per-unit timings, modes interleaved so that drift hits all three alike ---
@@ -347,7 +350,12 @@ pub fn run(args: &Args) -> Result<i32> {
             "wrapper start-up, local-only ({}; {} reps each; DISCOMY_DISABLE=1 discomy-cc gcc vs gcc):",
             startup_unit.name, args.startup_reps
         );
-        println!("  gcc {} ms, discomy-cc {} ms, difference {} ms", ms(s.gcc, 0), ms(s.wrapped, 0), signed_ms(s.diff(), 0));
+        println!(
+            "  gcc {} ms, discomy-cc {} ms, difference {} ms",
+            ms(s.gcc, 0),
+            ms(s.wrapped, 0),
+            signed_ms(s.diff(), 0)
+        );
         println!("  wrapper outcomes: {}", s.outcomes.summary());
     }
     println!(
@@ -368,13 +376,20 @@ pub fn run(args: &Args) -> Result<i32> {
         if outcomes.remote < discomy_calls {
             println!(
                 "  WARNING: not every discomy-cc call ran remotely{}",
-                if outcomes.total() == 0 { " (the wrapper wrote no DISCOMY_STATS_FILE lines)" } else { "" }
+                if outcomes.total() == 0 {
+                    " (the wrapper wrote no DISCOMY_STATS_FILE lines)"
+                } else {
+                    ""
+                }
             );
         }
     }
     if let Some(n) = distcc_remote {
         println!("distcc remote (distccd COMPILE_OK): {n} of {distcc_calls} calls");
     }
+
+    let load_after = stats::load_average();
+    println!("load average after: {load_after}");
 
     if let Some(path) = &c.json {
         let units_json: Vec<_> = results
@@ -425,6 +440,8 @@ pub fn run(args: &Args) -> Result<i32> {
             "discomy_outcomes": outcomes.to_json(),
             "distcc_calls": distcc_calls,
             "distcc_remote_count": distcc_remote,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
         });
         stats::write_json(path, &v)?;
         println!("JSON written to {}", path.display());
@@ -480,8 +497,9 @@ fn measure_startup(
                 Err(e) => return Err(e).with_context(|| format!("removing {}", obj.display())),
             }
             let fin = job.run_ok(&ctx.scratch).context("wrapper start-up measurement failed")?;
-            let bytes = std::fs::read(&obj)
-                .with_context(|| format!("`{}` left no readable {}", job.describe(), obj.display()))?;
+            let bytes = std::fs::read(&obj).with_context(|| {
+                format!("`{}` left no readable {}", job.describe(), obj.display())
+            })?;
             match &reference {
                 None => reference = Some(bytes),
                 Some(r) => {

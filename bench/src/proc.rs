@@ -22,7 +22,21 @@ fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
     LIVE_GROUPS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// On SIGINT/SIGTERM/SIGHUP, stop every daemon still running, then exit with 130.
+/// Temp dirs to remove if interrupted (normally their `TempDir` guards remove them).
+static TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A fresh temp dir named `<prefix>XXXXXX`, also removed by the Ctrl-C handler.
+pub fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .with_context(|| format!("creating a temp dir {prefix}*"))?;
+    TEMP_DIRS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(dir.path().to_owned());
+    Ok(dir)
+}
+
+/// On SIGINT/SIGTERM/SIGHUP, stop every daemon still running, remove the temp dirs, then exit
+/// with 130.
 /// (Daemons live in their own process groups, so a terminal's Ctrl-C does not reach them.)
 pub fn install_interrupt_handler() -> Result<()> {
     ctrlc::set_handler(|| {
@@ -33,6 +47,10 @@ pub fn install_interrupt_handler() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         for &g in &groups {
             let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+        }
+        let dirs = TEMP_DIRS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for d in &dirs {
+            let _ = std::fs::remove_dir_all(d);
         }
         eprintln!("discomy-bench: interrupted; stopped {} daemon process group(s)", groups.len());
         std::process::exit(130);
@@ -146,8 +164,10 @@ impl Job {
     pub fn run(&self, scratch: &Path) -> Result<Finished> {
         let out_path = scratch.join("job.stdout");
         let err_path = scratch.join("job.stderr");
-        let out = File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
-        let err = File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
+        let out =
+            File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
+        let err =
+            File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
         let mut cmd = self.command();
         cmd.stdout(out).stderr(err);
 
@@ -243,11 +263,13 @@ pub struct Daemon {
 impl Daemon {
     /// Start `job` with stdout and stderr appended to `console`.
     pub fn spawn(name: &str, job: &Job, console: &Path) -> Result<Self> {
-        let log = File::create(console).with_context(|| format!("creating {}", console.display()))?;
+        let log =
+            File::create(console).with_context(|| format!("creating {}", console.display()))?;
         let log2 = log.try_clone().with_context(|| format!("duplicating {}", console.display()))?;
         let mut cmd = job.command();
         cmd.stdout(log).stderr(log2).process_group(0);
-        let child = cmd.spawn().with_context(|| format!("cannot start {name}: `{}`", job.describe()))?;
+        let child =
+            cmd.spawn().with_context(|| format!("cannot start {name}: `{}`", job.describe()))?;
         let pgid = i32::try_from(child.id()).context("pid out of range")?;
         live_groups().push(pgid);
         Ok(Daemon {

@@ -55,8 +55,8 @@ pub fn projects_dir(cli: Option<&Path>) -> PathBuf {
 
 /// The newest `lua5.4_*.orig.tar.gz` in `dir`.
 pub fn find_lua_tarball(dir: &Path) -> Result<PathBuf> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("listing projects dir {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("listing projects dir {}", dir.display()))?;
     let mut found = Vec::new();
     for e in entries {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
@@ -124,7 +124,8 @@ pub fn select_units(all: &[Unit], spec: &str) -> Result<Vec<Unit>> {
                 }
                 // Evenly spaced indices over the size-sorted list, smallest and largest included.
                 let last = all.len() - 1;
-                let mut idx: Vec<usize> = (0..k).map(|i| (i * last + (k - 1) / 2) / (k - 1)).collect();
+                let mut idx: Vec<usize> =
+                    (0..k).map(|i| (i * last + (k - 1) / 2) / (k - 1)).collect();
                 idx.dedup();
                 return Ok(idx.into_iter().map(|i| all[i].clone()).collect());
             }

@@ -1,5 +1,5 @@
-//! Small numeric and reporting helpers: medians, ratios, millisecond formatting, JSON numbers, and
-//! the wrapper's `DISCOMY_STATS_FILE` outcome log.
+//! Small numeric and reporting helpers: medians, ratios, millisecond formatting, JSON numbers, the
+//! load average, and the wrapper's `DISCOMY_STATS_FILE` outcome log.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -102,6 +102,14 @@ impl Outcomes {
             "remote": self.remote, "local": self.local, "fallback": self.fallback,
             "passthrough": self.passthrough, "other": self.other,
         })
+    }
+}
+
+/// `/proc/loadavg`'s first three fields (other work on the machine skews every figure).
+pub fn load_average() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(s) => s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        Err(e) => format!("unknown ({e})"),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::Common;
 use crate::farm::Distccd;
 use crate::proc::{Job, find_discomy_bin};
 use crate::project;
-use crate::stats::{self, Outcomes, median, num, nums, ratio};
+use crate::stats::{self, median, num, nums, ratio};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -61,15 +61,13 @@ fn objects(src: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 
 pub fn run(args: &Args) -> Result<i32> {
     let c = &args.common;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let jobs =
+        args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
     let tarball = project::find_lua_tarball(&project::projects_dir(c.project_dir.as_deref()))?;
-    let work = tempfile::Builder::new()
-        .prefix("discomy-bench-build.")
-        .tempdir()
-        .context("creating a work dir")?;
+    let work = crate::proc::temp_dir("discomy-bench-build.")?;
     let scratch = work.path().join("scratch");
     std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
 
@@ -89,9 +87,9 @@ pub fn run(args: &Args) -> Result<i32> {
     if discomy.is_some() {
         modes.push(Mode::Discomy);
     }
-    let stats_file = work.path().join("discomy-stats.tsv");
 
-    let file_name = tarball.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name =
+        tarball.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     println!(
         "discomy-bench build: {file_name}, make -j{jobs} -C src linux, {} rep(s) per mode, farm slots {}",
         args.reps, c.farm_slots
@@ -99,6 +97,7 @@ pub fn run(args: &Args) -> Result<i32> {
     if let Some(d) = &distccd {
         println!("(b) {}", d.describe());
     }
+    println!("load average before: {}", stats::load_average());
     println!();
 
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -124,7 +123,6 @@ pub fn run(args: &Args) -> Result<i32> {
                     let prog: &Path = discomy.as_deref().unwrap_or(Path::new("discomy"));
                     Job::new(prog, &root)
                         .env_remove("DISCOMY_DISABLE")
-                        .env("DISCOMY_STATS_FILE", &stats_file)
                         .args(["run", "--local-farm"])
                         .arg(c.farm_slots.to_string())
                         .arg("--summary-json")
@@ -157,12 +155,19 @@ pub fn run(args: &Args) -> Result<i32> {
                             Some(got) if got == want => {}
                             Some(_) => {
                                 mismatches += 1;
-                                mismatch_notes.push(format!("{name} ({}, rep {})", mode.label(), rep + 1));
+                                mismatch_notes.push(format!(
+                                    "{name} ({}, rep {})",
+                                    mode.label(),
+                                    rep + 1
+                                ));
                             }
                             None => {
                                 mismatches += 1;
-                                mismatch_notes
-                                    .push(format!("{name} missing ({}, rep {})", mode.label(), rep + 1));
+                                mismatch_notes.push(format!(
+                                    "{name} missing ({}, rep {})",
+                                    mode.label(),
+                                    rep + 1
+                                ));
                             }
                         }
                     }
@@ -183,7 +188,9 @@ pub fn run(args: &Args) -> Result<i32> {
         }
     }
 
-    let outcomes = Outcomes::read(&stats_file)?;
+    // `discomy run` keeps its own per-call log; its summary's counts are the outcomes.
+    let summed = |key: &str| -> u64 { summaries.iter().filter_map(|s| s.get(key)?.as_u64()).sum() };
+    let (remote, units) = (summed("remote"), summed("units"));
     let distcc_remote = match &distccd {
         Some(d) => Some(d.compile_ok_count()?),
         None => None,
@@ -213,9 +220,18 @@ pub fn run(args: &Args) -> Result<i32> {
         println!("  mismatch: {n}");
     }
     if discomy.is_some() {
-        println!("discomy wrapper outcomes: {}", outcomes.summary());
+        println!(
+            "discomy remote: {remote} of {units} units (local {}, fallback {}, failed {}), from its summaries",
+            summed("local"),
+            summed("fallback"),
+            summed("failed")
+        );
         for (i, s) in summaries.iter().enumerate() {
-            println!("discomy summary rep {}: {}", i + 1, serde_json::to_string(s).unwrap_or_default());
+            println!(
+                "discomy summary rep {}: {}",
+                i + 1,
+                serde_json::to_string(s).unwrap_or_default()
+            );
         }
     }
     if let Some(n) = distcc_remote {
@@ -240,8 +256,9 @@ pub fn run(args: &Args) -> Result<i32> {
             "discomy_vs_distcc": num(ratio(cc, b)),
             "objects_compared": compared,
             "mismatches": mismatches,
-            "remote_count": if discomy.is_some() { json!(outcomes.remote) } else { json!(null) },
-            "discomy_outcomes": outcomes.to_json(),
+            "remote_count": if discomy.is_some() { json!(remote) } else { json!(null) },
+            "discomy_units": if discomy.is_some() { json!(units) } else { json!(null) },
+            "load_average": crate::stats::load_average(),
             "distcc_remote_count": distcc_remote,
             "discomy_summaries": summaries,
         });

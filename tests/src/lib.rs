@@ -12,6 +12,8 @@
 //! - [`capture`], [`diff_captures`]: one compiler invocation's exit status, output and new files.
 //! - [`read_stats`], [`read_summary`]: what the wrapper and `discomy run` report.
 
+#![allow(clippy::print_stderr)] // progress and failure logs are the point of a test helper
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -236,13 +238,26 @@ impl Proc {
         }
     }
 
-    /// Kills the whole process group with SIGKILL and reaps the leader.
+    /// Stops the whole process group: SIGTERM (daemons clean up their files), then SIGKILL
+    /// after a short grace period; reaps the leader.
     pub fn kill(&mut self) {
-        if self.exit.is_none() {
-            signal_group(self.pid(), "KILL");
-            let status = self.child.wait().expect("wait after kill");
-            self.exit = Some(status);
+        if self.exit.is_some() {
+            return;
         }
+        signal_group(self.pid(), "TERM");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exit = Some(status);
+                // Anything left in the group gets no more grace.
+                signal_group(self.pid(), "KILL");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal_group(self.pid(), "KILL");
+        let status = self.child.wait().expect("wait after kill");
+        self.exit = Some(status);
     }
 
     /// Whether processes of its group were still running after it had exited (then killed).
@@ -336,16 +351,22 @@ pub struct Worker {
     pub addr: SocketAddr,
     /// Its slot count.
     pub slots: u32,
+    /// Its `--work-dir` (a `unit-*` directory per compile in flight).
+    pub work_dir: PathBuf,
 }
 
 impl Worker {
     /// Starts a worker and waits until it has written its address.
     pub fn start(dir: &Path, name: &str, slots: u32) -> Worker {
         let addr_file = dir.join(format!("{name}.addr"));
+        let work_dir = dir.join(format!("{name}.work"));
         let mut cmd = clean_command(bin("discomy-compilerd"));
+        cmd.env("TMPDIR", private_tmp(dir, name));
         cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
             .arg("--addr-file")
-            .arg(&addr_file);
+            .arg(&addr_file)
+            .arg("--work-dir")
+            .arg(&work_dir);
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         let start = Instant::now();
         let addr = loop {
@@ -367,7 +388,19 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(20));
         };
         eprintln!("[e2e] {name} listening on {addr}");
-        Worker { proc, addr, slots }
+        Worker { proc, addr, slots, work_dir }
+    }
+
+    /// How many units it is compiling right now (its `unit-*` directories).
+    pub fn units_in_flight(&self) -> usize {
+        fs::read_dir(&self.work_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("unit-"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// `IP:PORT/LIMIT` for `--hosts`.
@@ -394,6 +427,7 @@ impl Agent {
     pub fn start(dir: &Path, name: &str, hosts: &str) -> Agent {
         let socket = dir.join(format!("{name}.sock"));
         let mut cmd = clean_command(bin("discomy-compilerd"));
+        cmd.env("TMPDIR", private_tmp(dir, name));
         cmd.arg("agent").arg("--socket").arg(&socket).args(["--hosts", hosts]);
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         let start = Instant::now();
@@ -438,6 +472,53 @@ impl Farm {
             assert!(w.proc.try_wait().is_none(), "{name} died");
         }
     }
+}
+
+/// A fresh directory `<dir>/<name>.tmp`, for a process's `TMPDIR`: keeps temporary files of the
+/// processes under test inside the test's directory, where leftovers can be checked.
+pub fn private_tmp(dir: &Path, name: &str) -> PathBuf {
+    let tmp = dir.join(format!("{name}.tmp"));
+    fs::create_dir_all(&tmp).expect("create private TMPDIR");
+    tmp
+}
+
+/// Everything under `dir`, as relative paths (files and directories).
+pub fn temp_leftovers(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+            let path = entry.path();
+            out.push(path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Asserts that the processes that used `tmp` as `TMPDIR` left nothing in it. `discomy run`
+/// deliberately keeps its daemon logs (`discomy-run-logs-*`) when nothing ran remotely; those are
+/// allowed.
+pub fn assert_no_temp_leftovers(tmp: &Path, context: &str) {
+    let left: Vec<String> =
+        temp_leftovers(tmp).into_iter().filter(|p| !p.starts_with("discomy-run-logs-")).collect();
+    assert!(
+        left.is_empty(),
+        "{context}: temporary files left behind in TMPDIR {}:\n  {}",
+        tmp.display(),
+        left.join("\n  ")
+    );
+}
+
+/// `discomy run` in the Lua tree, with `TMPDIR` private to the test (`<scratch>/discomy-run.tmp`).
+/// Callers add the options, `--` and the build command.
+pub fn discomy_run(tree: &Path, scratch: &Path) -> Command {
+    let mut cmd = clean_command(bin("discomy"));
+    cmd.current_dir(tree).env("TMPDIR", private_tmp(scratch, "discomy-run")).arg("run");
+    cmd
 }
 
 /// `make -C src -j4 linux EXTRA…` in the Lua tree with plain gcc; asserts success.

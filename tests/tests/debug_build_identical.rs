@@ -1,10 +1,10 @@
 //! Lua with `MYCFLAGS=-g` through `discomy run --local-farm 2` is byte-identical (debug info
 //! included) to a plain local `-g` build in the same directory.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use discomy_tests::{
-    BUILD_TIMEOUT, MAKE_JOBS, Proc, ShowOnFailure, assert_lua_runs, assert_same_objects, bin,
-    clean_command, extract_lua, make_clean, make_lua, objects, read_summary,
+    BUILD_TIMEOUT, MAKE_JOBS, Proc, ShowOnFailure, assert_lua_runs, assert_no_temp_leftovers,
+    assert_same_objects, discomy_run, extract_lua, make_clean, make_lua, objects, read_summary,
 };
 
 #[test]
@@ -19,15 +19,21 @@ fn debug_build_identical() {
     let reference = objects(&tree.join("src"));
     make_clean(&tree, tmp.path());
 
-    let mut cmd = clean_command(bin("discomy"));
-    cmd.current_dir(&tree)
-        .args(["run", "--local-farm", "2", "--summary-json"])
-        .arg(&summary_path)
-        .args(["--", "make", "-C", "src", MAKE_JOBS, "linux", "MYCFLAGS=-g"]);
+    let mut cmd = discomy_run(&tree, tmp.path());
+    cmd.args(["--local-farm", "2", "--summary-json"]).arg(&summary_path).args([
+        "--",
+        "make",
+        "-C",
+        "src",
+        MAKE_JOBS,
+        "linux",
+        "MYCFLAGS=-g",
+    ]);
     let mut run = Proc::spawn("discomy-run-g", &mut cmd, tmp.path());
     let status = run.wait_timeout(BUILD_TIMEOUT);
     assert!(status.success(), "discomy run make MYCFLAGS=-g failed ({status})");
     assert!(!run.left_processes_behind(), "discomy run left processes running after it exited");
+    assert_no_temp_leftovers(&tmp.path().join("discomy-run.tmp"), "discomy run");
 
     assert_same_objects(&reference, &objects(&tree.join("src")), "discomy run, MYCFLAGS=-g");
     assert_lua_runs(&tree);

@@ -1,15 +1,17 @@
 //! Dependency files (`-MD`, `-MMD`, `-MF`, `-MT`, `-MQ`, `-MP`) and objects produced through
 //! discomy-cc on a live farm are byte-identical to gcc's, and the compiles ran remotely.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::fs;
 
 use discomy_tests::{
-    Farm, ShowOnFailure, bin, capture, clean_command, diff_captures, extract_lua, read_stats,
+    Farm, ShowOnFailure, assert_no_temp_leftovers, bin, capture, clean_command, diff_captures,
+    extract_lua, private_tmp, read_stats,
 };
 
 /// Lua's own flags for the `linux` target.
-const BASE: &[&str] = &["-std=gnu99", "-O2", "-Wall", "-Wextra", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"];
+const BASE: &[&str] =
+    &["-std=gnu99", "-O2", "-Wall", "-Wextra", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"];
 const SOURCES: &[&str] = &["lapi.c", "lstring.c", "lua.c"];
 
 /// Dependency options, then the output options (`{}` is the source's base name).
@@ -34,6 +36,7 @@ fn dependency_files_identical() {
     fs::create_dir(src.join("sub")).expect("mkdir sub");
     let mut farm = Farm::start(tmp.path(), 1, 2);
     let stats_path = tmp.path().join("stats.tsv");
+    let wrapper_tmp = private_tmp(tmp.path(), "wrapper");
     let mut show = ShowOnFailure::default();
     show.add("wrapper stats", &stats_path);
 
@@ -51,7 +54,12 @@ fn dependency_files_identical() {
             let mut gcc = clean_command("gcc");
             gcc.args(&args);
             let expected = capture(&src, &mut gcc);
-            assert_eq!(expected.code, Some(0), "{what}: {}", String::from_utf8_lossy(&expected.stderr));
+            assert_eq!(
+                expected.code,
+                Some(0),
+                "{what}: {}",
+                String::from_utf8_lossy(&expected.stderr)
+            );
             assert!(
                 expected.files.keys().any(|f| f.ends_with(".d")),
                 "{what}: gcc wrote no dependency file: {:?}",
@@ -62,7 +70,8 @@ fn dependency_files_identical() {
             ours.arg("gcc")
                 .args(&args)
                 .env("DISCOMY_SOCKET", &farm.agent.socket)
-                .env("DISCOMY_STATS_FILE", &stats_path);
+                .env("DISCOMY_STATS_FILE", &stats_path)
+                .env("TMPDIR", &wrapper_tmp);
             let before = read_stats(&stats_path).len();
             let actual = capture(&src, &mut ours);
             let after = read_stats(&stats_path);
@@ -71,7 +80,8 @@ fn dependency_files_identical() {
             problems.extend(diff_captures(&what, &expected, &actual));
             let new = &after[before.min(after.len())..];
             if new.len() != 1 || new[0].outcome != "remote" {
-                problems.push(format!("{what}: expected one remote compile in the stats, got {new:?}"));
+                problems
+                    .push(format!("{what}: expected one remote compile in the stats, got {new:?}"));
             }
             eprintln!(
                 "[e2e] {what}: files {:?}, stats {new:?}",
@@ -80,6 +90,7 @@ fn dependency_files_identical() {
         }
     }
     farm.assert_alive();
+    assert_no_temp_leftovers(&wrapper_tmp, "discomy-cc");
     assert!(
         problems.is_empty(),
         "{} problems over {runs} compiles:\n{}",

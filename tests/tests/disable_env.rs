@@ -1,9 +1,9 @@
 //! `DISCOMY_DISABLE=1` keeps every compile local, even with a working farm.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use discomy_tests::{
-    Farm, MAKE_JOBS, ShowOnFailure, assert_lua_runs, bin, capture, clean_command, extract_lua,
-    outcome_counts, read_stats, run_to_success,
+    Farm, MAKE_JOBS, ShowOnFailure, assert_lua_runs, assert_no_temp_leftovers, bin, capture,
+    clean_command, extract_lua, outcome_counts, private_tmp, read_stats, run_to_success,
 };
 
 #[test]
@@ -14,6 +14,7 @@ fn disable_env() {
     let mut farm = Farm::start(tmp.path(), 1, 2);
     let probe_stats = tmp.path().join("probe-stats.tsv");
     let stats_path = tmp.path().join("stats.tsv");
+    let wrapper_tmp = private_tmp(tmp.path(), "wrapper");
     let mut show = ShowOnFailure::default();
     show.add("probe stats", &probe_stats);
     show.add("wrapper stats", &stats_path);
@@ -23,7 +24,8 @@ fn disable_env() {
     probe
         .args(["gcc", "-std=gnu99", "-O2", "-DLUA_USE_LINUX", "-c", "lapi.c", "-o", "probe.o"])
         .env("DISCOMY_SOCKET", &farm.agent.socket)
-        .env("DISCOMY_STATS_FILE", &probe_stats);
+        .env("DISCOMY_STATS_FILE", &probe_stats)
+        .env("TMPDIR", &wrapper_tmp);
     let got = capture(&src, &mut probe);
     assert_eq!(got.code, Some(0), "probe compile failed: {}", String::from_utf8_lossy(&got.stderr));
     let lines = read_stats(&probe_stats);
@@ -38,8 +40,10 @@ fn disable_env() {
         .args(["-C", "src", MAKE_JOBS, "linux", &cc])
         .env("DISCOMY_SOCKET", &farm.agent.socket)
         .env("DISCOMY_DISABLE", "1")
-        .env("DISCOMY_STATS_FILE", &stats_path);
+        .env("DISCOMY_STATS_FILE", &stats_path)
+        .env("TMPDIR", &wrapper_tmp);
     run_to_success("make-disabled", &mut cmd, tmp.path());
+    assert_no_temp_leftovers(&wrapper_tmp, "discomy-cc");
     assert_lua_runs(&tree);
     farm.assert_alive();
 

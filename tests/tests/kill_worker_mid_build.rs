@@ -1,13 +1,14 @@
-//! A worker killed with SIGKILL in the middle of a build: the build still succeeds, and every
-//! object is byte-identical to a local build.
-#![allow(clippy::unwrap_used)]
+//! A worker killed with SIGKILL (with its compilers) in the middle of a build, while it is
+//! compiling: the build still succeeds, and every object is byte-identical to a local build.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use discomy_tests::{
-    BUILD_TIMEOUT, MAKE_JOBS, Proc, ShowOnFailure, Worker, assert_lua_runs, assert_same_objects,
-    bin, clean_command, extract_lua, hosts_of, make_clean, make_lua, objects, read_summary,
+    BUILD_TIMEOUT, MAKE_JOBS, Proc, ShowOnFailure, Worker, assert_lua_runs,
+    assert_no_temp_leftovers, assert_same_objects, discomy_run, extract_lua, hosts_of, make_clean,
+    make_lua, objects, read_summary,
 };
 
 #[test]
@@ -27,24 +28,33 @@ fn kill_worker_mid_build() {
         vec![Worker::start(tmp.path(), "worker0", 2), Worker::start(tmp.path(), "worker1", 2)];
     let hosts = hosts_of(&workers);
 
-    let mut cmd = clean_command(bin("discomy"));
-    cmd.current_dir(&tree)
-        .args(["run", "--hosts", &hosts, "--summary-json"])
+    let mut cmd = discomy_run(&tree, tmp.path());
+    cmd.args(["--hosts", &hosts, "--summary-json"])
         .arg(&summary_path)
         .args(["--", "make", "-C", "src", MAKE_JOBS, "linux"]);
     let mut run = Proc::spawn("discomy-run", &mut cmd, tmp.path());
 
-    // Kill once the build is under way: at least a second in and a few objects written.
+    // Kill once the build is under way: a second in, and worker0 in the middle of a compile.
     let start = Instant::now();
     loop {
-        assert!(run.try_wait().is_none(), "the build finished before a worker could be killed");
-        let built = objects(&src).len();
-        if start.elapsed() >= Duration::from_secs(1) && built >= 2 {
-            eprintln!("[e2e] {built} objects after {:.1?}: killing worker0", start.elapsed());
+        assert!(
+            run.try_wait().is_none(),
+            "the build finished before worker0 was seen compiling anything"
+        );
+        let in_flight = workers[0].units_in_flight();
+        if start.elapsed() >= Duration::from_secs(1) && in_flight > 0 {
+            eprintln!(
+                "[e2e] {} objects and {in_flight} units in flight on worker0 after {:.1?}: killing it",
+                objects(&src).len(),
+                start.elapsed()
+            );
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no objects appeared within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "worker0 had no unit in flight within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
     let victim = &mut workers[0];
     let killed = Command::new("kill")
@@ -59,6 +69,7 @@ fn kill_worker_mid_build() {
     let status = run.wait_timeout(BUILD_TIMEOUT);
     assert!(status.success(), "the build failed after a worker was killed ({status})");
     assert!(!run.left_processes_behind(), "discomy run left processes running after it exited");
+    assert_no_temp_leftovers(&tmp.path().join("discomy-run.tmp"), "discomy run");
     assert!(workers[1].proc.try_wait().is_none(), "the surviving worker died");
 
     assert_same_objects(&reference, &objects(&src), "build with a worker killed midway");

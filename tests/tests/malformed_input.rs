@@ -1,7 +1,7 @@
 //! Malformed input on the wire — bad magic, another version, truncated, oversized and garbage
 //! frames — against a worker (TCP) and an agent (Unix socket): each is refused or dropped, and
 //! the daemon keeps serving proper clients.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -30,7 +30,7 @@ enum Conn {
 
 impl Conn {
     fn open(target: &Target) -> Conn {
-        let conn = match target {
+        match target {
             Target::Tcp(addr) => {
                 let s = TcpStream::connect_timeout(addr, IO_TIMEOUT).expect("connect tcp");
                 s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
@@ -43,8 +43,7 @@ impl Conn {
                 s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
                 Conn::Unix(s)
             }
-        };
-        conn
+        }
     }
 
     fn shutdown_write(&self) {
@@ -66,7 +65,9 @@ impl Conn {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(got),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
                     return Err(format!(
                         "server kept the connection open for {:.0?} (received {} bytes: {:02x?})",
                         start.elapsed(),
@@ -170,7 +171,9 @@ const CASES: &[Case] = &[
         let mut conn = Conn::open(t);
         conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let reply = conn.read_until_closed()?;
-        expect_refusal(&reply, 2)
+        // The server may close with the rest of the request unread, which resets a TCP
+        // connection and can discard its preamble in flight: a bare close is fine too.
+        if reply.is_empty() { Ok(()) } else { expect_refusal(&reply, 2) }
     }),
     ("another protocol version", |t| {
         let mut conn = Conn::open(t);

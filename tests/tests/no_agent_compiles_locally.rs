@@ -1,10 +1,11 @@
 //! With `DISCOMY_SOCKET` pointing nowhere, discomy-cc compiles everything locally: the build
 //! succeeds, objects are byte-identical, and no compile is reported as remote.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use discomy_tests::{
-    MAKE_JOBS, ShowOnFailure, assert_lua_runs, assert_same_objects, bin, clean_command,
-    extract_lua, make_clean, make_lua, objects, outcome_counts, read_stats, run_to_success,
+    MAKE_JOBS, ShowOnFailure, assert_lua_runs, assert_no_temp_leftovers, assert_same_objects, bin,
+    clean_command, extract_lua, make_clean, make_lua, objects, outcome_counts, private_tmp,
+    read_stats, run_to_success,
 };
 
 #[test]
@@ -19,13 +20,16 @@ fn no_agent_compiles_locally() {
     let reference = objects(&tree.join("src"));
     make_clean(&tree, tmp.path());
 
+    let wrapper_tmp = private_tmp(tmp.path(), "wrapper");
     let cc = format!("CC={} gcc -std=gnu99", bin("discomy-cc").display());
     let mut cmd = clean_command("make");
     cmd.current_dir(&tree)
         .args(["-C", "src", MAKE_JOBS, "linux", &cc])
         .env("DISCOMY_SOCKET", tmp.path().join("no-such-agent.sock"))
-        .env("DISCOMY_STATS_FILE", &stats_path);
+        .env("DISCOMY_STATS_FILE", &stats_path)
+        .env("TMPDIR", &wrapper_tmp);
     run_to_success("make-no-agent", &mut cmd, tmp.path());
+    assert_no_temp_leftovers(&wrapper_tmp, "discomy-cc without an agent");
 
     assert_same_objects(&reference, &objects(&tree.join("src")), "discomy-cc without an agent");
     assert_lua_runs(&tree);

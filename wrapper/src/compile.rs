@@ -9,7 +9,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::{CompileRequest, CompilerId, Payload, Request, Response};
@@ -70,12 +69,14 @@ fn run_local(inv: &Invocation, outcome: Outcome, source: &str) -> ExitCode {
 
 /// Tries the farm. `Err` carries why the call must be compiled locally instead.
 fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
+    // Preprocessing runs while we connect to the agent and look up the compiler identity.
+    let mut cpp = Preprocessor::start(inv, unit)?;
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    let identity =
-        identity::compiler_identity(&inv.compiler, &inv.child_path).map_err(|e| e.to_string())?;
-    let unit_text = preprocess(inv, unit)?;
+    let identity = identity::compiler_identity(&inv.compiler, &inv.child_path)
+        .map_err(|e| e.to_string())?;
+    let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
         return Err("source uses __TIMESTAMP__, which depends on the local file".into());
     }
@@ -119,23 +120,46 @@ fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Runs the local preprocessing step (`-E -fdirectives-only`), which also writes any
+/// The local preprocessing step (`-E -fdirectives-only` to a pipe), which also writes any
 /// dependency file exactly where and how `-c` would have. Diagnostics mean "compile locally".
-fn preprocess(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
-    let tmp = TempPath(temp_name("i"));
-    let mut cmd = std::process::Command::new(&inv.compiler);
-    cmd.args(&unit.cpp_args)
-        .args(&unit.dep_args)
-        .args(["-E", "-fdirectives-only", "-o"])
-        .arg(&tmp.0)
-        .env("PATH", &inv.child_path)
-        .env(crate::ENV_SAFEGUARD, "1")
-        .stdin(Stdio::null());
-    let out = cmd.output().map_err(|e| format!("failed to run the preprocessor: {e}"))?;
-    if !out.status.success() || !out.stderr.is_empty() || !out.stdout.is_empty() {
-        return Err("preprocessing reported diagnostics".into());
+struct Preprocessor {
+    child: Option<std::process::Child>,
+}
+
+impl Preprocessor {
+    fn start(inv: &Invocation, unit: &Unit) -> Result<Preprocessor, String> {
+        let child = std::process::Command::new(&inv.compiler)
+            .args(&unit.cpp_args)
+            .args(&unit.dep_args)
+            .args(["-E", "-fdirectives-only"])
+            .env("PATH", &inv.child_path)
+            .env(crate::ENV_SAFEGUARD, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("failed to run the preprocessor: {e}"))?;
+        Ok(Preprocessor { child: Some(child) })
     }
-    fs::read(&tmp.0).map_err(|e| format!("failed to read the preprocessed unit: {e}"))
+
+    fn finish(&mut self) -> Result<Vec<u8>, String> {
+        let child = self.child.take().ok_or("preprocessor already finished")?;
+        let out = child.wait_with_output().map_err(|e| format!("preprocessor: {e}"))?;
+        if !out.status.success() || !out.stderr.is_empty() {
+            return Err("preprocessing reported diagnostics".into());
+        }
+        Ok(out.stdout)
+    }
+}
+
+impl Drop for Preprocessor {
+    fn drop(&mut self) {
+        // Abandoned (no agent, say): stop it; the local compile redoes everything it wrote.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A temporary file removed on drop.
@@ -145,16 +169,6 @@ impl Drop for TempPath {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
     }
-}
-
-fn temp_name(ext: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!("discomy-{}-{nanos}-{n}.{ext}", std::process::id()))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a

@@ -113,6 +113,11 @@ async fn run() -> Result<()> {
             Ok(result?)
         }
         Role::Agent { socket, hosts, backoff } => {
+            let hosts = if hosts.trim().is_empty() {
+                discomy_compilerd::farm::configured_hosts(None).unwrap_or_default()
+            } else {
+                hosts
+            };
             let hosts = parse_host_list(&hosts).context("bad --hosts / DISCOMY_HOSTS")?;
             let listener = agent::bind_socket(&socket)
                 .with_context(|| format!("failed to listen on {}", socket.display()))?;
