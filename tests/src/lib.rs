@@ -474,10 +474,10 @@ impl Farm {
     }
 }
 
-/// A fresh directory `<dir>/<name>.tmp`, for a process's `TMPDIR`: keeps temporary files of the
+/// A fresh directory `<dir>/<name>-tmpdir`, for a process's `TMPDIR`: keeps temporary files of the
 /// processes under test inside the test's directory, where leftovers can be checked.
 pub fn private_tmp(dir: &Path, name: &str) -> PathBuf {
-    let tmp = dir.join(format!("{name}.tmp"));
+    let tmp = dir.join(format!("{name}-tmpdir"));
     fs::create_dir_all(&tmp).expect("create private TMPDIR");
     tmp
 }
@@ -513,7 +513,7 @@ pub fn assert_no_temp_leftovers(tmp: &Path, context: &str) {
     );
 }
 
-/// `discomy run` in the Lua tree, with `TMPDIR` private to the test (`<scratch>/discomy-run.tmp`).
+/// `discomy run` in the Lua tree, with `TMPDIR` private to the test (`<scratch>/discomy-run-tmpdir`).
 /// Callers add the options, `--` and the build command.
 pub fn discomy_run(tree: &Path, scratch: &Path) -> Command {
     let mut cmd = clean_command(bin("discomy"));

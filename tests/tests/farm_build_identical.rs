@@ -27,7 +27,7 @@ fn farm_build_identical() {
     let status = run.wait_timeout(BUILD_TIMEOUT);
     assert!(status.success(), "discomy run make failed ({status})");
     assert!(!run.left_processes_behind(), "discomy run left processes running after it exited");
-    assert_no_temp_leftovers(&tmp.path().join("discomy-run.tmp"), "discomy run");
+    assert_no_temp_leftovers(&tmp.path().join("discomy-run-tmpdir"), "discomy run");
 
     assert_same_objects(&reference, &objects(&tree.join("src")), "discomy run --local-farm 2");
     assert_lua_runs(&tree);

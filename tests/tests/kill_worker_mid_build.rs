@@ -69,7 +69,7 @@ fn kill_worker_mid_build() {
     let status = run.wait_timeout(BUILD_TIMEOUT);
     assert!(status.success(), "the build failed after a worker was killed ({status})");
     assert!(!run.left_processes_behind(), "discomy run left processes running after it exited");
-    assert_no_temp_leftovers(&tmp.path().join("discomy-run.tmp"), "discomy run");
+    assert_no_temp_leftovers(&tmp.path().join("discomy-run-tmpdir"), "discomy run");
     assert!(workers[1].proc.try_wait().is_none(), "the surviving worker died");
 
     assert_same_objects(&reference, &objects(&src), "build with a worker killed midway");

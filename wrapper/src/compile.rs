@@ -74,8 +74,8 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    let identity = identity::compiler_identity(&inv.compiler, &inv.child_path)
-        .map_err(|e| e.to_string())?;
+    let identity =
+        identity::compiler_identity(&inv.compiler, &inv.child_path).map_err(|e| e.to_string())?;
     let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
         return Err("source uses __TIMESTAMP__, which depends on the local file".into());

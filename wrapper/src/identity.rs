@@ -163,7 +163,6 @@ mod tests {
             return; // No gcc on this machine: nothing to identify.
         };
         let dir = std::env::temp_dir().join(format!("discomy-id-test-{}", std::process::id()));
-        // SAFETY of env mutation: this test is the only one in the crate touching this variable.
         let path = std::env::var_os("PATH").unwrap_or_default();
         let (a, parts) = compute(&gcc.canonicalize().unwrap_or(gcc.clone()), &path).unwrap();
         assert!(parts.len() >= 3, "driver, cc1 and as expected: {parts:?}");
