@@ -217,7 +217,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
             serde_json::to_vec_pretty(&summary).map_err(|e| FarmError::Startup(e.to_string()))?;
         fs::write(path, json).map_err(io_err(format!("failed to write {}", path.display())))?;
     }
-    if status.code().is_none() || summary.units > 0 && summary.remote == 0 {
+    // The farm delivered nothing it was asked for: keep the daemon logs for a post-mortem.
+    if summary.fallback > 0 && summary.remote == 0 {
         keep_logs(dir.path());
     }
     Ok(summary)

@@ -155,6 +155,26 @@ pub fn signal_group(pgid: u32, signal: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Processes of group `pgid` that are not zombies, as `pid command line` (from `/proc`).
+pub fn live_group_members(pgid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
+        let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        if fields.len() < 3 || fields[0] == "Z" || fields[2].parse::<u32>() != Ok(pgid) {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
+            .unwrap_or_default();
+        out.push(format!("{pid} {cmdline}"));
+    }
+    out
+}
+
 /// Last `lines` lines of a file, for failure output.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
@@ -298,11 +318,16 @@ impl Proc {
         // The leader is gone; give the rest of its group a moment, then kill what is left.
         let pgid = self.pid();
         let start = Instant::now();
-        while signal_group(pgid, "0") {
+        loop {
+            let members = live_group_members(pgid);
+            if members.is_empty() {
+                break;
+            }
             if start.elapsed() > Duration::from_secs(5) {
                 eprintln!(
-                    "[e2e] {} exited but left processes in its group; killing them",
-                    self.name
+                    "[e2e] {} exited but left processes in its group; killing them:\n  {}",
+                    self.name,
+                    members.join("\n  ")
                 );
                 self.left_behind = true;
                 signal_group(pgid, "KILL");
@@ -513,7 +538,8 @@ pub fn assert_no_temp_leftovers(tmp: &Path, context: &str) {
     );
 }
 
-/// `discomy run` in the Lua tree, with `TMPDIR` private to the test (`<scratch>/discomy-run-tmpdir`).
+/// `discomy run` in the Lua tree, with `TMPDIR` private to the test
+/// (`<scratch>/discomy-run-tmpdir`).
 /// Callers add the options, `--` and the build command.
 pub fn discomy_run(tree: &Path, scratch: &Path) -> Command {
     let mut cmd = clean_command(bin("discomy"));
@@ -781,4 +807,37 @@ pub fn diff_captures(what: &str, gcc: &Capture, ours: &Capture) -> Vec<String> {
         file_mismatches(&gcc.files, &ours.files).into_iter().map(|m| format!("{what}: {m}")),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_drop_kills_the_whole_group() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 60 & sleep 60"]);
+        let p = Proc::spawn("sh", &mut cmd, tmp.path());
+        let pgid = p.pid();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            live_group_members(pgid).len() >= 2,
+            "sh and its sleeps: {:?}",
+            live_group_members(pgid)
+        );
+        drop(p);
+        assert!(live_group_members(pgid).is_empty(), "{:?}", live_group_members(pgid));
+    }
+
+    #[test]
+    fn proc_reports_processes_left_behind() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 60 & exit 0"]);
+        let mut p = Proc::spawn("sh", &mut cmd, tmp.path());
+        assert!(p.wait_timeout(Duration::from_secs(20)).success());
+        assert!(p.left_processes_behind());
+        assert!(live_group_members(p.pid()).is_empty());
+    }
 }
