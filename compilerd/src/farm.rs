@@ -131,23 +131,11 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         let slots = opts.slots.unwrap_or_else(|| cores.div_ceil(n).max(1));
         for i in 0..n {
             let addr_file = dir.path().join(format!("worker{i}.addr"));
-            let log = log_file(dir.path(), &format!("worker{i}.log"))?;
-            let child = Command::new(&compilerd)
-                .args([
-                    "worker",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--slots",
-                    &slots.to_string(),
-                    "--addr-file",
-                ])
-                .arg(&addr_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(io_err(format!("failed to start {}", compilerd.display())))?;
-            daemons.0.push(child);
+            let mut cmd = Command::new(&compilerd);
+            cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+                .arg("--addr-file")
+                .arg(&addr_file);
+            daemons.0.push(spawn_daemon(cmd, dir.path(), &format!("worker{i}.log"))?);
             let addr = wait_for(
                 || fs::read_to_string(&addr_file).ok().filter(|s| s.ends_with('\n')),
                 "a local worker to listen",
@@ -166,20 +154,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
             }
         }
         let socket = dir.path().join("agent.sock");
-        let log = log_file(dir.path(), "agent.log")?;
-        let child = Command::new(&compilerd)
-            .arg("agent")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--hosts")
-            .arg(hosts.join(","))
-            .env_remove("DISCOMY_HOSTS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(io_err(format!("failed to start {}", compilerd.display())))?;
-        daemons.0.push(child);
+        let mut cmd = Command::new(&compilerd);
+        cmd.arg("agent").arg("--socket").arg(&socket).arg("--hosts").arg(hosts.join(","));
+        cmd.env_remove("DISCOMY_HOSTS");
+        daemons.0.push(spawn_daemon(cmd, dir.path(), "agent.log")?);
         wait_for(|| agent_alive(&socket).then_some(()), "the agent to listen")?;
         socket
     };
@@ -254,8 +232,15 @@ fn exit_code(status: ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-fn log_file(dir: &Path, name: &str) -> Result<fs::File, FarmError> {
-    fs::File::create(dir.join(name)).map_err(io_err(format!("failed to create {name}")))
+/// Starts a daemon with its stderr in `dir/log_name`.
+fn spawn_daemon(mut cmd: Command, dir: &Path, log_name: &str) -> Result<Child, FarmError> {
+    let log = fs::File::create(dir.join(log_name))
+        .map_err(io_err(format!("failed to create {log_name}")))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(io_err(format!("failed to start {:?}", cmd.get_program())))
 }
 
 /// Copies daemon logs somewhere that outlives the run directory, for a post-mortem.

@@ -49,49 +49,6 @@ pub fn source_language(name: &str) -> Option<Language> {
     }
 }
 
-/// Options whose value is the next argument, for options we otherwise pass through.
-const TAKES_VALUE: &[&str] = &[
-    "-o",
-    "-x",
-    "-I",
-    "-D",
-    "-U",
-    "-include",
-    "-imacros",
-    "-isystem",
-    "-iquote",
-    "-idirafter",
-    "-iprefix",
-    "-iwithprefix",
-    "-iwithprefixbefore",
-    "-isysroot",
-    "-MF",
-    "-MT",
-    "-MQ",
-    "-Xpreprocessor",
-    "-Xassembler",
-    "-Xlinker",
-    "-L",
-    "-l",
-    "-u",
-    "-T",
-    "-z",
-    "-e",
-    "--param",
-    "-aux-info",
-    "-wrapper",
-    "-B",
-    "-specs",
-    "-dumpbase",
-    "-dumpdir",
-    "-dumpbase-ext",
-    "--sysroot",
-    "-A",
-    "-target",
-    "-arch",
-    "-Xclang",
-];
-
 /// Preprocessor-only options that take a value (joined or separate).
 const CPP_WITH_VALUE: &[&str] = &[
     "-I",
@@ -113,13 +70,44 @@ const CPP_WITH_VALUE: &[&str] = &[
     "-A",
 ];
 
+/// Other options whose value is the next argument.
+const OTHER_WITH_VALUE: &[&str] = &[
+    "-o",
+    "-x",
+    "-Xassembler",
+    "-Xlinker",
+    "-L",
+    "-l",
+    "-u",
+    "-T",
+    "-z",
+    "-e",
+    "--param",
+    "-aux-info",
+    "-wrapper",
+    "-B",
+    "-specs",
+    "-dumpbase",
+    "-dumpdir",
+    "-dumpbase-ext",
+    "--sysroot",
+    "-target",
+    "-arch",
+    "-Xclang",
+];
+
+/// Whether `arg` takes the next argument as its value.
+fn takes_value(arg: &str) -> bool {
+    CPP_WITH_VALUE.contains(&arg) || OTHER_WITH_VALUE.contains(&arg)
+}
+
 /// Classifies a call to the compiler named `compiler_name` with `args`.
 pub fn classify(compiler_name: &str, args: &[String]) -> Class {
     let mut parser = Parser::default();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
-        let takes_value = TAKES_VALUE.contains(&arg.as_str());
+        let takes_value = takes_value(arg);
         let value = if takes_value { args.get(i + 1).cloned() } else { None };
         if takes_value && value.is_none() {
             return Class::Passthrough("option without its value");
@@ -259,7 +247,7 @@ impl Parser {
                 self.switches_unrecorded = false;
                 self.both(arg, None);
             }
-            _ if TAKES_VALUE.contains(&arg) => {
+            _ if takes_value(arg) => {
                 if CPP_WITH_VALUE.contains(&arg) {
                     self.cpp(arg, value);
                 } else if matches!(arg, "-Xassembler" | "-Xlinker" | "-L" | "-l" | "-u" | "-z") {
