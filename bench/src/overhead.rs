@@ -143,6 +143,36 @@ impl UnitResult {
     fn median(&self, m: Mode) -> Option<f64> {
         median(self.samples(m))
     }
+
+    /// Median over reps of `m`'s time minus local's time in the same rep.
+    fn paired_overhead(&self, m: Mode) -> Option<f64> {
+        let d: Vec<f64> =
+            self.samples(m).iter().zip(self.samples(Mode::Local)).map(|(x, a)| x - a).collect();
+        median(&d)
+    }
+}
+
+/// `c / b`, only when `b` (distcc's overhead) is positive.
+fn valid_ratio(c: Option<f64>, b: Option<f64>) -> Option<f64> {
+    if b? <= 0.0 {
+        return None;
+    }
+    ratio(c, b)
+}
+
+fn print_ratio(label: &str, r: Option<f64>, denominator: Option<f64>) {
+    match (r, denominator) {
+        (Some(r), _) => println!(
+            "  {label}{r:>8.3}      target <= {TARGET_RATIO}: {}",
+            if r <= TARGET_RATIO { "MET" } else { "NOT MET" }
+        ),
+        (None, Some(d)) if d <= 0.0 => {
+            println!(
+                "  {label}       -      (undefined: distcc's overhead is not positive; noise dominates)"
+            )
+        }
+        (None, _) => println!("  {label}       -"),
+    }
 }
 
 pub fn run(args: &Args) -> Result<i32> {
@@ -220,7 +250,11 @@ pub fn run(args: &Args) -> Result<i32> {
         let mut samples: Vec<(Mode, Vec<f64>)> = modes.iter().map(|&m| (m, Vec::new())).collect();
         let mut reference: Option<Vec<u8>> = None;
         for i in 0..args.warmup + args.reps {
-            for (mode, times) in samples.iter_mut() {
+            // Rotate the order each rep so that no mode always follows the same one.
+            // (Rep 0 starts with local, which provides the reference object.)
+            let n = samples.len();
+            for k in 0..n {
+                let (mode, times) = &mut samples[(k + i) % n];
                 let (t, obj) = ctx.compile(*mode, unit)?;
                 calls[*mode as usize] += 1;
                 match (*mode, &reference) {
@@ -288,13 +322,17 @@ pub fn run(args: &Args) -> Result<i32> {
     let (a, b, cc) = (per_mode(Mode::Local), per_mode(Mode::Distcc), per_mode(Mode::Discomy));
     let over_b = diff(b, a);
     let over_c = diff(cc, a);
-    let ratio_cb = ratio(over_c, over_b);
-    // Also the median of per-unit differences, which is less sensitive to the spread of sizes.
-    let unit_over = |m: Mode| -> Option<f64> {
-        let d: Vec<f64> =
-            results.iter().filter_map(|r| diff(r.median(m), r.median(Mode::Local))).collect();
+    // The ratio only means something when distcc's overhead is positive; with noise larger
+    // than the overhead, (b-a) can come out zero or negative.
+    let ratio_cb = valid_ratio(over_c, over_b);
+    // A noise-robust companion: within each rep the three modes run back to back, so take
+    // per-unit medians of the same-rep differences, then the median over units.
+    let paired = |m: Mode| -> Option<f64> {
+        let d: Vec<f64> = results.iter().filter_map(|r| r.paired_overhead(m)).collect();
         median(&d)
     };
+    let (paired_b, paired_c) = (paired(Mode::Distcc), paired(Mode::Discomy));
+    let paired_ratio = valid_ratio(paired_c, paired_b);
 
     println!(
         "{:<12} {:>7} {:>10} {:>10} {:>11} {:>13} {:>14}",
@@ -328,23 +366,13 @@ pub fn run(args: &Args) -> Result<i32> {
     println!("  (a) local gcc            {} ms", ms(a, 8));
     println!("  (b) distcc -> distccd    {} ms", ms(b, 8));
     println!("  (c) discomy-cc -> agent  {} ms", ms(cc, 8));
-    println!(
-        "  overhead (b-a) distcc    {} ms   (median of per-unit differences {} ms)",
-        signed_ms(over_b, 8),
-        signed_ms(unit_over(Mode::Distcc), 0)
-    );
-    println!(
-        "  overhead (c-a) discomy   {} ms   (median of per-unit differences {} ms)",
-        signed_ms(over_c, 8),
-        signed_ms(unit_over(Mode::Discomy), 0)
-    );
-    match ratio_cb {
-        Some(r) => println!(
-            "  ratio (c-a)/(b-a)        {r:>8.3}      target <= {TARGET_RATIO}: {}",
-            if r <= TARGET_RATIO { "MET" } else { "NOT MET" }
-        ),
-        None => println!("  ratio (c-a)/(b-a)               -"),
-    }
+    println!("  overhead (b-a) distcc    {} ms", signed_ms(over_b, 8));
+    println!("  overhead (c-a) discomy   {} ms", signed_ms(over_c, 8));
+    print_ratio("ratio (c-a)/(b-a)        ", ratio_cb, over_b);
+    println!("paired (same-rep differences; per-unit median, then median over units):");
+    println!("  overhead distcc          {} ms", signed_ms(paired_b, 8));
+    println!("  overhead discomy         {} ms", signed_ms(paired_c, 8));
+    print_ratio("ratio discomy/distcc     ", paired_ratio, paired_b);
     if let Some(s) = &startup {
         println!(
             "wrapper start-up, local-only ({}; {} reps each; DISCOMY_DISABLE=1 discomy-cc gcc vs gcc):",
@@ -404,6 +432,8 @@ pub fn run(args: &Args) -> Result<i32> {
                     "discomy_ms": num(r.median(Mode::Discomy)),
                     "distcc_overhead_ms": num(diff(r.median(Mode::Distcc), ra)),
                     "discomy_overhead_ms": num(diff(r.median(Mode::Discomy), ra)),
+                    "paired_distcc_overhead_ms": num(r.paired_overhead(Mode::Distcc)),
+                    "paired_discomy_overhead_ms": num(r.paired_overhead(Mode::Discomy)),
                     "local_samples_ms": nums(r.samples(Mode::Local)),
                     "distcc_samples_ms": nums(r.samples(Mode::Distcc)),
                     "discomy_samples_ms": nums(r.samples(Mode::Discomy)),
@@ -424,6 +454,9 @@ pub fn run(args: &Args) -> Result<i32> {
             "distcc_overhead_ms": num(over_b),
             "discomy_overhead_ms": num(over_c),
             "overhead_ratio": num(ratio_cb),
+            "paired_distcc_overhead_ms": num(paired_b),
+            "paired_discomy_overhead_ms": num(paired_c),
+            "paired_overhead_ratio": num(paired_ratio),
             "overhead_ratio_target": TARGET_RATIO,
             "wrapper_startup_ms": num(startup.as_ref().and_then(StartupResult::diff)),
             "wrapper_startup": startup.as_ref().map(|s| json!({

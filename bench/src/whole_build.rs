@@ -106,7 +106,9 @@ pub fn run(args: &Args) -> Result<i32> {
     let mut mismatch_notes = Vec::new();
     let mut summaries = Vec::new();
     for rep in 0..args.reps {
-        for &mode in &modes {
+        // Rotate the order each rep (rep 1 starts with plain, the reference for objects).
+        for k in 0..modes.len() {
+            let mode = modes[(k + rep) % modes.len()];
             let dir = work.path().join(format!("{}-{}", mode.label(), rep + 1));
             std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let root = project::extract(&tarball, &dir, &scratch)?;

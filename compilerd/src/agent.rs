@@ -148,6 +148,10 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 return;
             }
             Ok(Request::Ping) => Response::Pong,
+            Ok(Request::PutBlob(_) | Request::InstallToolchain(_)) => Response::refused(
+                RefusalKind::BadRequest,
+                "toolchain upload is not enabled on this agent",
+            ),
             Ok(Request::Compile(req)) => tokio::select! {
                 _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                 r = forward(&state, &req) => r,
@@ -188,9 +192,9 @@ async fn forward(state: &State, req: &CompileRequest) -> Response {
                         _ => return Response::Refused(refusal),
                     }
                 }
-                Response::Pong => {
+                other => {
                     state.pool.release(host, Release::Failed);
-                    last_reason = "worker answered out of turn".into();
+                    last_reason = format!("worker answered out of turn: {other:?}");
                 }
             },
             Err(reason) => {

@@ -139,6 +139,10 @@ async fn serve_connection(
         let response = match request {
             Request::Ping => Response::Pong,
             Request::Compile(req) => compile(req, &state, &shutdown).await,
+            Request::PutBlob(_) | Request::InstallToolchain(_) => Response::refused(
+                RefusalKind::BadRequest,
+                "toolchain upload is not enabled on this worker",
+            ),
         };
         if let Err(err) = send(&mut conn, &response).await {
             debug!(%peer, %err, "failed to answer");

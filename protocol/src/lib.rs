@@ -9,6 +9,7 @@
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
 //! - [`message`]: requests and responses.
 //! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
+//! - [`toolchain`]: content-addressed toolchain manifests.
 //! - `asyncio` (feature `tokio`): the same framing and handshake over tokio streams.
 //!
 //! # Crate features
@@ -23,6 +24,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod payload;
+pub mod toolchain;
 
 pub use digest::Digest;
 pub use error::ProtocolError;
@@ -32,9 +34,11 @@ pub use message::{
     Response,
 };
 pub use payload::Payload;
+pub use toolchain::{EntryKind, ToolchainManifest, TreeEntry};
 
 /// Protocol version numbers. A peer with a different version is refused during the preamble.
 pub mod version {
-    /// The version this build speaks. Since version 1: handshake, `Compile`, `Ping`.
-    pub const CURRENT: u16 = 1;
+    /// The version this build speaks. Version 1: handshake, `Compile`, `Ping`. Version 2:
+    /// toolchain upload (`PutBlob`, `InstallToolchain`) and `NeedToolchain` refusals.
+    pub const CURRENT: u16 = 2;
 }

@@ -13,6 +13,11 @@ pub enum Request {
     Compile(CompileRequest),
     /// Liveness check; answered with [`Response::Pong`]. Since version 1.
     Ping,
+    /// Store one toolchain file's content; answered with [`Response::Stored`]. Since version 2.
+    PutBlob(Payload),
+    /// Install a toolchain whose blobs have been stored; answered with
+    /// [`Response::Installed`] or [`Response::MissingBlobs`]. Since version 2.
+    InstallToolchain(crate::ToolchainManifest),
 }
 
 /// The answer to a [`Request`].
@@ -24,6 +29,13 @@ pub enum Response {
     Refused(Refusal),
     /// Answer to [`Request::Ping`]. Since version 1.
     Pong,
+    /// The blob is stored (or was already). Since version 2.
+    Stored(Digest),
+    /// The toolchain is installed and ready. Since version 2.
+    Installed(Digest),
+    /// These blobs must be sent with [`Request::PutBlob`] before the install can go on.
+    /// Since version 2.
+    MissingBlobs(Vec<Digest>),
 }
 
 /// The compiler a unit must be compiled with.
@@ -117,6 +129,9 @@ pub enum RefusalKind {
     BadRequest,
     /// Something went wrong inside the node.
     Internal,
+    /// The node does not hold this toolchain yet; send it ([`Request::InstallToolchain`]) and
+    /// retry. Since version 2.
+    NeedToolchain,
 }
 
 impl Response {

@@ -140,7 +140,7 @@ fn open_authenticated(target: &Target) -> Result<Conn, String> {
     Ok(conn)
 }
 
-/// Checks a refusal preamble: magic, the server's version (1), the expected status, then close.
+/// Checks a refusal preamble: magic, the server's version, the expected status, then close.
 fn expect_refusal(reply: &[u8], status: u8) -> Result<(), String> {
     let want = preamble(status);
     if reply != want {
@@ -178,11 +178,11 @@ const CASES: &[Case] = &[
     ("another protocol version", |t| {
         let mut conn = Conn::open(t);
         let mut theirs = preamble(0);
-        theirs[4..6].copy_from_slice(&2u16.to_be_bytes());
+        theirs[4..6].copy_from_slice(&(discomy_protocol::version::CURRENT + 1).to_be_bytes());
         conn.send(&theirs);
         let reply = conn.read_until_closed()?;
         expect_refusal(&reply, 1)?;
-        // What a client of version 1 makes of it: the server's version, status 1.
+        // What a client of the current version makes of it: status 1 (version mismatch).
         let arr: [u8; PREAMBLE_LEN] = reply[..PREAMBLE_LEN].try_into().expect("8 bytes");
         let status = discomy_protocol::handshake::check_preamble(&arr)
             .map_err(|e| format!("check_preamble on the reply: {e}"))?;

@@ -95,7 +95,7 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
         Response::Refused(refusal) => {
             return Err(format!("farm refused ({:?}): {}", refusal.kind, refusal.message));
         }
-        Response::Pong => return Err("agent answered out of turn".into()),
+        other => return Err(format!("agent answered out of turn: {other:?}")),
     };
     if result.exit_code != 0 || !result.stderr.is_empty() {
         return Err(format!(
