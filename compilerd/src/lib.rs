@@ -5,6 +5,7 @@
 //!   arguments checked by [`argcheck`], processes run by [`exec`].
 //! - [`agent`]: Unix-socket server for wrappers; places units on workers through [`pool`].
 //! - [`hosts`]: static host lists in distcc syntax.
+//! - [`toolstore`]: content-addressed toolchain blobs and trees, single-flight installs, LRU.
 //! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
 //! - [`daemon`]: logging set-up and signal-driven shutdown shared by the binaries.
 
@@ -16,4 +17,5 @@ pub mod farm;
 pub mod hosts;
 pub mod pool;
 pub mod toolchains;
+pub mod toolstore;
 pub mod worker;

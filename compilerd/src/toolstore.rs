@@ -1,0 +1,553 @@
+//! A node's toolchain store: content-addressed blobs, manifests, and installed trees, with
+//! single-flight installs and a size bound enforced by least-recently-used eviction.
+//!
+//! Layout under the store directory:
+//! - `blobs/<hex>`: file contents, named by blake3 digest, verified when written;
+//! - `manifests/<hex>`: postcard-encoded [`ToolchainManifest`]s of installed toolchains;
+//! - `trees/<hex>/…`: the files of a toolchain at their absolute paths (worker stores only).
+//!
+//! Two peers installing the same toolchain at once cause one transfer and one install: the first
+//! becomes the uploader, the others wait for it (and take over if it goes away).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::{Digest, EntryKind, Payload, ToolchainManifest};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// How long a waiter trusts another peer's upload before taking it over.
+pub const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// File-system failure.
+    #[error("toolchain store: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The manifest or a blob is invalid.
+    #[error("toolchain store: {0}")]
+    Invalid(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+/// The result of asking for an install.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InstallStep {
+    /// Installed; nothing to send.
+    Ready,
+    /// The caller is the uploader and must send these blobs, then ask again.
+    Missing(Vec<Digest>),
+}
+
+struct Pending {
+    since: Instant,
+    done: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Digest, Pending>,
+    last_used: HashMap<Digest, SystemTime>,
+    in_use: HashMap<Digest, usize>,
+}
+
+/// A toolchain store.
+pub struct ToolStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    materialize: bool,
+    state: Mutex<State>,
+}
+
+/// Keeps a tree from being evicted while a compile uses it.
+pub struct TreeLease<'a> {
+    store: &'a ToolStore,
+    digest: Digest,
+    /// Root of the tree.
+    pub root: PathBuf,
+    /// The manifest.
+    pub manifest: ToolchainManifest,
+}
+
+impl Drop for TreeLease<'_> {
+    fn drop(&mut self) {
+        let mut state = self.store.lock();
+        if let Some(n) = state.in_use.get_mut(&self.digest) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl ToolStore {
+    /// Opens (creating) a store. `materialize`: build trees (workers) or keep blobs only (agents).
+    pub fn open(dir: &Path, max_bytes: u64, materialize: bool) -> Result<ToolStore, StoreError> {
+        for sub in ["blobs", "manifests", "trees", "tmp"] {
+            fs::create_dir_all(dir.join(sub))
+                .map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        // Leftovers of an interrupted install are garbage.
+        if let Ok(entries) = fs::read_dir(dir.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+            }
+        }
+        let store =
+            ToolStore { dir: dir.to_path_buf(), max_bytes, materialize, state: Mutex::default() };
+        let mut state = store.lock();
+        for digest in store.installed() {
+            let used = fs::metadata(store.manifest_path(&digest))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            state.last_used.insert(digest, used);
+        }
+        drop(state);
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs").join(d.to_hex())
+    }
+
+    fn manifest_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("manifests").join(d.to_hex())
+    }
+
+    fn tree_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("trees").join(d.to_hex())
+    }
+
+    /// Digests of installed toolchains.
+    pub fn installed(&self) -> Vec<Digest> {
+        fs::read_dir(self.dir.join("manifests"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| Digest::from_hex(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether a blob is stored.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Path of a stored blob.
+    pub fn blob(&self, d: &Digest) -> Option<PathBuf> {
+        let p = self.blob_path(d);
+        p.is_file().then_some(p)
+    }
+
+    /// Stores a blob after checking its size cap and digest.
+    pub fn put_blob(&self, payload: &Payload) -> Result<Digest, StoreError> {
+        let raw =
+            payload.decompress(MAX_RAW_LEN).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let path = self.blob_path(&payload.digest);
+        if !path.is_file() {
+            self.write_atomically(&path, &raw)?;
+        }
+        Ok(payload.digest)
+    }
+
+    /// Stores a blob from a local file (seeding from this host's own compilers).
+    pub fn put_file(&self, digest: &Digest, source: &Path) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        let raw = fs::read(source).map_err(io_err(format!("read {}", source.display())))?;
+        if Digest::of(&raw) != *digest {
+            return Err(StoreError::Invalid(format!(
+                "{} changed while being stored",
+                source.display()
+            )));
+        }
+        self.write_atomically(&path, &raw)
+    }
+
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp =
+            tempfile::NamedTempFile::new_in(self.dir.join("tmp")).map_err(io_err("temp file"))?;
+        tmp.as_file().write_all(bytes).map_err(io_err("write blob"))?;
+        tmp.persist(path)
+            .map_err(|e| StoreError::Io { what: "store blob".into(), source: e.error })?;
+        Ok(())
+    }
+
+    /// The manifest of an installed toolchain.
+    pub fn manifest(&self, d: &Digest) -> Option<ToolchainManifest> {
+        let bytes = fs::read(self.manifest_path(d)).ok()?;
+        let m: ToolchainManifest = postcard::from_bytes(&bytes).ok()?;
+        (m.digest() == *d).then_some(m)
+    }
+
+    /// Whether the toolchain is installed (and, on a worker, its tree exists).
+    pub fn is_installed(&self, d: &Digest) -> bool {
+        self.manifest_path(d).is_file() && (!self.materialize || self.tree_path(d).is_dir())
+    }
+
+    /// An installed tree, held against eviction while the lease lives.
+    pub fn lease(&self, d: &Digest) -> Option<TreeLease<'_>> {
+        if !self.is_installed(d) {
+            return None;
+        }
+        let manifest = self.manifest(d)?;
+        let mut state = self.lock();
+        *state.in_use.entry(*d).or_default() += 1;
+        state.last_used.insert(*d, SystemTime::now());
+        drop(state);
+        let _ = fs::File::options()
+            .append(true)
+            .open(self.manifest_path(d))
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        Some(TreeLease { store: self, digest: *d, root: self.tree_path(d), manifest })
+    }
+
+    /// Asks for `manifest` to be installed. Returns `Ready` when it is (possibly after waiting
+    /// for another peer's upload), or `Missing` with the blobs the caller must now send.
+    pub async fn install(&self, manifest: &ToolchainManifest) -> Result<InstallStep, StoreError> {
+        manifest.validate().map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let digest = manifest.digest();
+        loop {
+            if self.is_installed(&digest) {
+                return Ok(InstallStep::Ready);
+            }
+            let missing: Vec<Digest> =
+                manifest.blobs().into_iter().filter(|b| !self.has_blob(b)).collect();
+            let wait_on = {
+                let mut state = self.lock();
+                match state.pending.get(&digest) {
+                    Some(p) if p.since.elapsed() < UPLOAD_PATIENCE && !missing.is_empty() => {
+                        Some(p.done.clone())
+                    }
+                    _ if missing.is_empty() => None,
+                    _ => {
+                        state.pending.insert(
+                            digest,
+                            Pending { since: Instant::now(), done: Arc::new(Notify::new()) },
+                        );
+                        return Ok(InstallStep::Missing(missing));
+                    }
+                }
+            };
+            match wait_on {
+                Some(done) => {
+                    let notified = done.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+                }
+                None => {
+                    let this = self;
+                    let m = manifest.clone();
+                    // Materialising copies up to a few hundred MB: keep it off the async threads.
+                    let result = tokio::task::block_in_place(|| this.materialize_now(&m));
+                    let done = self.lock().pending.remove(&digest).map(|p| p.done);
+                    if let Some(done) = done {
+                        done.notify_waiters();
+                    }
+                    result?;
+                    self.evict();
+                    return Ok(InstallStep::Ready);
+                }
+            }
+        }
+    }
+
+    fn materialize_now(&self, manifest: &ToolchainManifest) -> Result<(), StoreError> {
+        let digest = manifest.digest();
+        if self.is_installed(&digest) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if self.materialize {
+            let tmp = tempfile::Builder::new()
+                .prefix("tree-")
+                .tempdir_in(self.dir.join("tmp"))
+                .map_err(io_err("temp tree"))?;
+            for entry in &manifest.entries {
+                let rel = entry.path.trim_start_matches('/');
+                let target = tmp.path().join(rel);
+                create_parents_no_follow(tmp.path(), Path::new(rel))?;
+                match &entry.kind {
+                    EntryKind::File { digest, executable, .. } => {
+                        let blob = self
+                            .blob(digest)
+                            .ok_or_else(|| StoreError::Invalid(format!("blob {digest} missing")))?;
+                        let bytes = fs::read(&blob).map_err(io_err("read blob"))?;
+                        if Digest::of(&bytes) != *digest {
+                            let _ = fs::remove_file(&blob);
+                            return Err(StoreError::Invalid(format!(
+                                "stored blob {digest} is corrupt; dropped"
+                            )));
+                        }
+                        let mut f = fs::File::options()
+                            .write(true)
+                            .create_new(true)
+                            .open(&target)
+                            .map_err(io_err(format!("create {}", entry.path)))?;
+                        f.write_all(&bytes).map_err(io_err("write tree file"))?;
+                        use std::os::unix::fs::PermissionsExt;
+                        let mode = if *executable { 0o555 } else { 0o444 };
+                        f.set_permissions(fs::Permissions::from_mode(mode))
+                            .map_err(io_err("chmod"))?;
+                    }
+                    EntryKind::Symlink { target: link } => {
+                        std::os::unix::fs::symlink(link, &target)
+                            .map_err(io_err(format!("symlink {}", entry.path)))?;
+                    }
+                    EntryKind::Dir => match fs::symlink_metadata(&target) {
+                        Ok(m) if m.is_dir() => {}
+                        Ok(_) => {
+                            return Err(StoreError::Invalid(format!(
+                                "{} is not a directory",
+                                entry.path
+                            )));
+                        }
+                        Err(_) => fs::create_dir(&target).map_err(io_err("mkdir"))?,
+                    },
+                }
+            }
+            let final_path = self.tree_path(&digest);
+            let _ = fs::remove_dir_all(&final_path);
+            let kept = tmp.keep();
+            fs::rename(&kept, &final_path).map_err(io_err("install tree"))?;
+        }
+        let encoded =
+            postcard::to_stdvec(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.write_atomically(&self.manifest_path(&digest), &encoded)?;
+        self.lock().last_used.insert(digest, SystemTime::now());
+        info!(toolchain = %digest, name = %manifest.name, bytes = manifest.content_size(), ms = started.elapsed().as_millis() as u64, "toolchain installed");
+        Ok(())
+    }
+
+    /// Bytes used by blobs and trees.
+    pub fn size(&self) -> u64 {
+        dir_size(&self.dir.join("blobs")) + dir_size(&self.dir.join("trees"))
+    }
+
+    /// Evicts least recently used toolchains not in use until the store fits its bound.
+    pub fn evict(&self) {
+        let mut size = self.size();
+        if size <= self.max_bytes {
+            return;
+        }
+        let mut candidates: Vec<(SystemTime, Digest)> = {
+            let state = self.lock();
+            state
+                .last_used
+                .iter()
+                .filter(|(d, _)| state.in_use.get(*d).copied().unwrap_or(0) == 0)
+                .map(|(d, t)| (*t, *d))
+                .collect()
+        };
+        candidates.sort();
+        for (_, digest) in candidates {
+            if size <= self.max_bytes {
+                break;
+            }
+            let Some(manifest) = self.manifest(&digest) else { continue };
+            let _ = fs::remove_file(self.manifest_path(&digest));
+            let _ = fs::remove_dir_all(self.tree_path(&digest))
+                .or_else(|_| make_writable_and_remove(&self.tree_path(&digest)));
+            let still_needed: Vec<Digest> = self
+                .installed()
+                .iter()
+                .filter_map(|d| self.manifest(d))
+                .flat_map(|m| m.blobs())
+                .collect();
+            for blob in manifest.blobs() {
+                if !still_needed.contains(&blob) {
+                    let _ = fs::remove_file(self.blob_path(&blob));
+                }
+            }
+            self.lock().last_used.remove(&digest);
+            warn!(toolchain = %digest, name = %manifest.name, "evicted to keep the store within its bound");
+            size = self.size();
+        }
+    }
+}
+
+fn make_writable_and_remove(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(path) {
+        if let Ok(m) = fs::symlink_metadata(&entry) {
+            if m.is_dir() {
+                let _ = fs::set_permissions(&entry, fs::Permissions::from_mode(0o755));
+            }
+        }
+    }
+    fs::remove_dir_all(path)
+}
+
+fn walk(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            if let Ok(rd) = fs::read_dir(&p) {
+                out.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn dir_size(path: &Path) -> u64 {
+    walk(path)
+        .iter()
+        .filter_map(|p| fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Creates the parent directories of `rel` under `root`, refusing to pass through anything
+/// that is not a real directory (a symlink planted by an earlier entry cannot redirect writes).
+fn create_parents_no_follow(root: &Path, rel: &Path) -> Result<(), StoreError> {
+    let mut current = root.to_path_buf();
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    for component in parent.components() {
+        let Component::Normal(name) = component else {
+            return Err(StoreError::Invalid(format!("bad path component in {}", rel.display())));
+        };
+        current.push(name);
+        match fs::symlink_metadata(&current) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::Invalid(format!(
+                    "{} passes through a non-directory inside the tree",
+                    rel.display()
+                )));
+            }
+            Err(_) => fs::create_dir(&current).map_err(io_err("mkdir"))?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use discomy_protocol::TreeEntry;
+
+    fn manifest(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> ToolchainManifest {
+        let mut entries: Vec<TreeEntry> = files
+            .iter()
+            .map(|(p, data)| TreeEntry {
+                path: (*p).into(),
+                kind: EntryKind::File {
+                    digest: Digest::of(data),
+                    size: data.len() as u64,
+                    executable: true,
+                },
+            })
+            .chain(links.iter().map(|(p, t)| TreeEntry {
+                path: (*p).into(),
+                kind: EntryKind::Symlink { target: (*t).into() },
+            }))
+            .collect();
+        entries.sort();
+        ToolchainManifest { name: "test".into(), driver: files[0].0.into(), entries }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn install_needs_blobs_then_builds_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ToolStore::open(dir.path(), 1 << 30, true).unwrap();
+        let m = manifest(
+            &[("/usr/bin/cc", b"driver"), ("/usr/lib/cc1", b"cc1")],
+            &[("/usr/bin/gcc", "cc")],
+        );
+        let InstallStep::Missing(missing) = store.install(&m).await.unwrap() else { panic!() };
+        assert_eq!(missing.len(), 2);
+        for data in [&b"driver"[..], b"cc1"] {
+            store.put_blob(&Payload::compress(data)).unwrap();
+        }
+        assert_eq!(store.install(&m).await.unwrap(), InstallStep::Ready);
+        let lease = store.lease(&m.digest()).unwrap();
+        assert_eq!(fs::read(lease.root.join("usr/lib/cc1")).unwrap(), b"cc1");
+        assert_eq!(fs::read_link(lease.root.join("usr/bin/gcc")).unwrap(), PathBuf::from("cc"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_installs_make_one_uploader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ToolStore::open(dir.path(), 1 << 30, true).unwrap());
+        let m = manifest(&[("/bin/x", b"x")], &[]);
+        assert!(matches!(store.install(&m).await.unwrap(), InstallStep::Missing(_)));
+        let (s2, m2) = (store.clone(), m.clone());
+        let waiter = tokio::spawn(async move { s2.install(&m2).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "second installer must wait for the first upload");
+        store.put_blob(&Payload::compress(b"x")).unwrap();
+        assert_eq!(store.install(&m).await.unwrap(), InstallStep::Ready);
+        assert_eq!(waiter.await.unwrap().unwrap(), InstallStep::Ready);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_manifests_cannot_write_outside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = ToolStore::open(dir.path(), 1 << 30, true).unwrap();
+        // A symlink to a host directory, then a file "inside" it.
+        let link_target = outside.path().to_string_lossy().into_owned();
+        let m = manifest(&[("/a/evil", b"pwned"), ("/usr/bin/cc", b"d")], &[("/a", &link_target)]);
+        assert!(m.validate().is_ok());
+        for data in [&b"pwned"[..], b"d"] {
+            store.put_blob(&Payload::compress(data)).unwrap();
+        }
+        assert!(store.install(&m).await.is_err());
+        assert!(!outside.path().join("evil").exists());
+        // Tampered blobs are refused at the door.
+        let mut bad = Payload::compress(b"abc");
+        bad.digest = Digest::of(b"abd");
+        assert!(store.put_blob(&bad).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lru_eviction_keeps_the_bound_and_spares_leased_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each toolchain costs 2000 bytes: its blob and its tree copy.
+        let store = ToolStore::open(dir.path(), 4500, true).unwrap();
+        let big = |c: u8| vec![c; 1000];
+        let (a, b, c) = (big(b'a'), big(b'b'), big(b'c'));
+        let ma = manifest(&[("/bin/a", &a)], &[]);
+        let mb = manifest(&[("/bin/b", &b)], &[]);
+        let mc = manifest(&[("/bin/c", &c)], &[]);
+        for (m, data) in [(&ma, &a), (&mb, &b)] {
+            store.put_blob(&Payload::compress(data)).unwrap();
+            let _ = store.install(m).await.unwrap();
+            assert_eq!(store.install(m).await.unwrap(), InstallStep::Ready);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lease_a = store.lease(&ma.digest()).unwrap();
+        store.put_blob(&Payload::compress(&c)).unwrap();
+        let _ = store.install(&mc).await.unwrap();
+        assert_eq!(store.install(&mc).await.unwrap(), InstallStep::Ready);
+        assert!(store.size() <= 4500, "size {}", store.size());
+        assert!(store.is_installed(&ma.digest()), "leased tree evicted");
+        assert!(!store.is_installed(&mb.digest()), "least recently used should go");
+        assert!(store.is_installed(&mc.digest()));
+        drop(lease_a);
+    }
+}
