@@ -20,6 +20,9 @@ use tracing::{debug, info, warn};
 
 use crate::hosts::HostSpec;
 use crate::pool::{Lease, Pool, Release};
+use crate::toolchains::seed_local_compilers;
+use crate::toolstore::ToolStore;
+use crate::upload;
 
 /// Agent settings.
 #[derive(Debug, Clone)]
@@ -38,6 +41,10 @@ pub struct AgentConfig {
     pub queue_timeout: Duration,
     /// Workers tried per unit before giving up.
     pub max_attempts: usize,
+    /// Where toolchains uploaded by wrappers are kept.
+    pub store_dir: PathBuf,
+    /// Size bound of that store.
+    pub store_bytes: u64,
 }
 
 impl AgentConfig {
@@ -51,6 +58,8 @@ impl AgentConfig {
             backoff: Duration::from_secs(60),
             queue_timeout: Duration::from_secs(600),
             max_attempts: 3,
+            store_dir: discomy_wrapper::identity::cache_dir().join("agent-store"),
+            store_bytes: 4 << 30,
         }
     }
 }
@@ -58,6 +67,7 @@ impl AgentConfig {
 struct State {
     config: AgentConfig,
     pool: Pool,
+    store: ToolStore,
 }
 
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
@@ -90,7 +100,11 @@ pub async fn run(
 ) -> io::Result<()> {
     info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
     let pool = Pool::new(config.hosts.clone(), config.backoff);
-    let state = Arc::new(State { config, pool });
+    let store = ToolStore::open(&config.store_dir, config.store_bytes, false)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    // Wrappers running this host's own compilers then need no upload.
+    seed_local_compilers(&store, std::env::var_os("PATH").unwrap_or_default()).await;
+    let state = Arc::new(State { config, pool, store });
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -148,13 +162,13 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 return;
             }
             Ok(Request::Ping) => Response::Pong,
-            Ok(Request::PutBlob(_) | Request::InstallToolchain(_)) => Response::refused(
-                RefusalKind::BadRequest,
-                "toolchain upload is not enabled on this agent",
-            ),
             Ok(Request::Compile(req)) => tokio::select! {
                 _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                 r = forward(&state, &req) => r,
+            },
+            Ok(other) => match upload::serve(&state.store, &other).await {
+                Some(response) => response,
+                None => Response::refused(RefusalKind::BadRequest, "unexpected request"),
             },
         };
         if send(&mut conn, &response).await.is_err() {
@@ -177,7 +191,13 @@ async fn forward(state: &State, req: &CompileRequest) -> Response {
         };
         let host = lease.host;
         tried.push(host);
-        match exchange(state, lease, &request).await {
+        let exchanged = match exchange(state, lease, &request).await {
+            Ok((Response::Refused(r), mut conn)) if r.kind == RefusalKind::NeedToolchain => {
+                push_and_retry(state, &mut conn, req, &request).await.map(|resp| (resp, conn))
+            }
+            other => other,
+        };
+        match exchanged {
             Ok((response, conn)) => match response {
                 Response::Compiled(result) => {
                     state.pool.release(host, Release::Ok(conn));
@@ -227,6 +247,23 @@ async fn exchange(
         .await
         .map_err(|e| format!("{}: {e}", lease.spec.address()))?;
     Ok((response, conn))
+}
+
+/// Sends the unit's toolchain to a worker that asked for it, then the unit again.
+async fn push_and_retry(
+    state: &State,
+    conn: &mut WorkerConn,
+    req: &CompileRequest,
+    request: &Request,
+) -> Result<Response, String> {
+    let manifest = state
+        .store
+        .manifest(&req.compiler.identity)
+        .ok_or_else(|| format!("toolchain {} is not in the agent store", req.compiler.identity))?;
+    let started = std::time::Instant::now();
+    upload::push(conn, &state.store, &manifest).await?;
+    info!(toolchain = %req.compiler.identity, ms = started.elapsed().as_millis() as u64, "toolchain sent to worker");
+    round_trip(state, conn, request).await.map_err(|e| e.to_string())
 }
 
 async fn round_trip(

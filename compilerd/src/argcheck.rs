@@ -5,14 +5,40 @@
 //! files (`@file`), or write anywhere but the unit's private directory (`-o`, dump and temp
 //! options). Input and output are always the worker's own.
 
+use discomy_protocol::ToolchainManifest;
+
 /// Checks compile-step arguments; `Err` says which argument was refused and why.
-pub fn check_compile_args(args: &[String]) -> Result<(), String> {
+///
+/// `-specs=FILE` and `-fplugin=FILE` are accepted only when FILE is an absolute path to a file
+/// inside the unit's toolchain (the client shipped it; it runs inside the sandbox).
+pub fn check_compile_args(args: &[String], toolchain: &ToolchainManifest) -> Result<(), String> {
     for arg in args {
+        let shipped = ["-specs=", "-fplugin="]
+            .iter()
+            .find_map(|p| arg.strip_prefix(p))
+            .is_some_and(|path| toolchain.has_file(path))
+            || arg
+                .strip_prefix("-fplugin=")
+                .is_some_and(|name| bare_plugin_shipped(name, toolchain));
+        if shipped {
+            continue;
+        }
         if let Some(reason) = refusal(arg) {
             return Err(format!("argument `{arg}` refused: {reason}"));
         }
     }
     Ok(())
+}
+
+/// `-fplugin=NAME`: gcc loads `<its plugin dir>/NAME.so`; accept it when the toolchain ships one.
+fn bare_plugin_shipped(name: &str, toolchain: &ToolchainManifest) -> bool {
+    !name.is_empty()
+        && !name.contains('/')
+        && !name.contains("..")
+        && toolchain.entries.iter().any(|e| {
+            e.path.ends_with(&format!("/plugin/{name}.so"))
+                && matches!(e.kind, discomy_protocol::EntryKind::File { .. })
+        })
 }
 
 fn refusal(arg: &str) -> Option<&'static str> {
@@ -76,13 +102,55 @@ fn refusal(arg: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    fn tree() -> ToolchainManifest {
+        let file = |p: &str| discomy_protocol::TreeEntry {
+            path: p.into(),
+            kind: discomy_protocol::EntryKind::File {
+                digest: discomy_protocol::Digest::of(p.as_bytes()),
+                size: 1,
+                executable: false,
+            },
+        };
+        ToolchainManifest {
+            name: "t".into(),
+            driver: "/usr/bin/gcc".into(),
+            entries: vec![
+                file("/usr/bin/gcc"),
+                file("/usr/lib/gcc/p/annobin.so"),
+                file("/usr/lib/gcc/x/plugin/good.so"),
+                file("/usr/lib/rpm/hardened"),
+            ],
+        }
+    }
+
+    fn check(args: &[String]) -> Result<(), String> {
+        check_compile_args(args, &tree())
+    }
+
+    #[test]
+    fn shipped_specs_and_plugins_pass_others_do_not() {
+        assert!(
+            check(&v("-specs=/usr/lib/rpm/hardened -fplugin=/usr/lib/gcc/p/annobin.so")).is_ok()
+        );
+        assert!(check(&v("-fplugin=good")).is_ok());
+        for bad in [
+            "-specs=/etc/passwd",
+            "-fplugin=/tmp/evil.so",
+            "-fplugin=annobin",
+            "-specs=/usr/lib/rpm",
+            "-fplugin=../x",
+        ] {
+            assert!(check(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
     fn v(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
     }
 
     #[test]
     fn ordinary_flags_pass() {
-        assert!(check_compile_args(&v("-O2 -Wall -Wextra -std=gnu99 -fPIC -m64 -g -gno-record-gcc-switches -pipe -Wa,--noexecstack")).is_ok());
+        assert!(check(&v("-O2 -Wall -Wextra -std=gnu99 -fPIC -m64 -g -gno-record-gcc-switches -pipe -Wa,--noexecstack")).is_ok());
     }
 
     #[test]
@@ -106,7 +174,7 @@ mod tests {
             "-fprofile-generate",
             "-x",
         ] {
-            assert!(check_compile_args(&[bad.to_string()]).is_err(), "{bad}");
+            assert!(check(&[bad.to_string()]).is_err(), "{bad}");
         }
     }
 }

@@ -1,12 +1,17 @@
-//! Running one compile on a worker: a private directory, the compiler in its own process group,
-//! a time limit, and resource limits; the whole group is killed on timeout or cancellation.
+//! Running one compile on a worker: the unit's toolchain tree as the root of a sandbox, the unit
+//! directory as its private `/tmp`, the compiler in its own process group under a time limit.
+//!
+//! Without a sandbox (`--insecure-no-sandbox`, for hosts that cannot create namespaces) only
+//! toolchains seeded from this host's own compilers can run, directly on the host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use discomy_protocol::{CompileRequest, Language, OutputKind};
+use discomy_protocol::{CompileRequest, Language, OutputKind, ToolchainManifest};
 use tokio::process::Command;
+
+use crate::sandbox::{self, Limits, SandboxSpec};
 
 /// What a compile run produced.
 #[derive(Debug)]
@@ -33,16 +38,30 @@ pub enum ExecError {
     /// Waiting for the compiler failed.
     #[error("failed to wait for the compiler: {0}")]
     Wait(std::io::Error),
+    /// The sandbox could not be set up or a limit stopped the compile.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
 }
 
-/// Compiles `dir/unit.i` into `dir/unit.o` (or `.s`) with `driver` and the request's arguments.
-pub async fn compile_unit(
-    driver: &Path,
-    path_var: &std::ffi::OsStr,
-    req: &CompileRequest,
-    dir: &Path,
-    limit: Duration,
-) -> Result<RunOutput, ExecError> {
+/// How this worker runs compilers.
+#[derive(Debug, Clone)]
+pub enum Runner {
+    /// In a fresh sandbox per unit, through the `discomy-sandbox` helper.
+    Sandbox {
+        /// The helper binary.
+        helper: PathBuf,
+        /// Resource limits per unit.
+        limits: Limits,
+    },
+    /// Directly on the host (only for toolchains seeded from the host's own files).
+    Host {
+        /// Wall-time limit per unit.
+        wall: Duration,
+    },
+}
+
+/// The compile-step command line the worker runs for a request (inputs and outputs its own).
+pub fn compile_args(req: &CompileRequest) -> Vec<String> {
     let lang = match req.language {
         Language::C => "cpp-output",
         Language::Cxx => "c++-cpp-output",
@@ -51,15 +70,88 @@ pub async fn compile_unit(
         OutputKind::Object => ("-c", "unit.o"),
         OutputKind::Assembly => ("-S", "unit.s"),
     };
-    let mut cmd = Command::new(driver);
-    cmd.args(&req.args)
-        .args(["-fpreprocessed", "-fdirectives-only", "-x", lang, mode, "unit.i", "-o", out])
+    let mut args = req.args.clone();
+    args.extend(
+        ["-fpreprocessed", "-fdirectives-only", "-x", lang, mode, "unit.i", "-o", out]
+            .map(String::from),
+    );
+    args
+}
+
+/// PATH inside the sandbox: every `bin` directory of the toolchain, then the usual ones.
+fn tree_path_var(manifest: &ToolchainManifest) -> String {
+    let mut dirs: Vec<&str> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.path.rsplit_once('/').map(|(dir, _)| dir))
+        .filter(|dir| dir.ends_with("/bin"))
+        .collect();
+    dirs.dedup();
+    for d in ["/usr/local/bin", "/usr/bin", "/bin"] {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs.join(":")
+}
+
+/// Compiles `dir/unit.i` into `dir/unit.o` (or `.s`) with the toolchain rooted at `tree`.
+pub async fn compile_unit(
+    runner: &Runner,
+    tree: &Path,
+    manifest: &ToolchainManifest,
+    req: &CompileRequest,
+    dir: &Path,
+) -> Result<RunOutput, ExecError> {
+    let args = compile_args(req);
+    let mut env = vec![
+        ("PATH".to_string(), tree_path_var(manifest)),
+        ("LC_ALL".to_string(), "C".to_string()),
+    ];
+    if let Some(epoch) = &req.source_date_epoch {
+        env.push(("SOURCE_DATE_EPOCH".to_string(), epoch.clone()));
+    }
+    match runner {
+        Runner::Sandbox { helper, limits } => {
+            env.push(("TMPDIR".to_string(), "/tmp".to_string()));
+            let spec = SandboxSpec {
+                helper,
+                root: tree,
+                work: dir,
+                program: &manifest.driver,
+                args: &args,
+                env: &env,
+                limits,
+                run_as: None,
+                cgroup_parents: &[],
+            };
+            let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;
+            Ok(RunOutput {
+                exit_code: out.exit_code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+                elapsed: out.elapsed,
+            })
+        }
+        Runner::Host { wall } => {
+            env.push(("TMPDIR".to_string(), dir.to_string_lossy().into_owned()));
+            run_on_host(&manifest.driver, &args, &env, dir, *wall).await
+        }
+    }
+}
+
+async fn run_on_host(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+    limit: Duration,
+) -> Result<RunOutput, ExecError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .current_dir(dir)
         .env_clear()
-        .env("PATH", path_var)
-        .env("LC_ALL", "C")
-        .env("TMPDIR", dir)
-        .envs(req.source_date_epoch.as_deref().map(|v| ("SOURCE_DATE_EPOCH", v)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -67,19 +159,18 @@ pub async fn compile_unit(
         .kill_on_drop(true);
     let started = Instant::now();
     let child = cmd.spawn().map_err(ExecError::Spawn)?;
-    let pid = child.id();
-    let guard = GroupKiller(pid);
-    let result = tokio::time::timeout(limit, child.wait_with_output()).await;
-    match result {
+    let guard = GroupKiller(child.id());
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
         Err(_) => Err(ExecError::Timeout(limit)),
         Ok(Err(e)) => Err(ExecError::Wait(e)),
         Ok(Ok(out)) => {
             std::mem::forget(guard);
+            use std::os::unix::process::ExitStatusExt;
             Ok(RunOutput {
-                exit_code: out.status.code().unwrap_or_else(|| {
-                    use std::os::unix::process::ExitStatusExt;
-                    128 + out.status.signal().unwrap_or(0)
-                }),
+                exit_code: out
+                    .status
+                    .code()
+                    .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
                 stdout: out.stdout,
                 stderr: out.stderr,
                 elapsed: started.elapsed(),

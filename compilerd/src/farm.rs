@@ -134,7 +134,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
             let mut cmd = Command::new(&compilerd);
             cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
                 .arg("--addr-file")
-                .arg(&addr_file);
+                .arg(&addr_file)
+                .arg("--store")
+                .arg(dir.path().join(format!("worker{i}.store")));
             daemons.0.push(spawn_daemon(cmd, dir.path(), &format!("worker{i}.log"))?);
             let addr = wait_for(
                 || fs::read_to_string(&addr_file).ok().filter(|s| s.ends_with('\n')),
@@ -156,6 +158,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         let socket = dir.path().join("agent.sock");
         let mut cmd = Command::new(&compilerd);
         cmd.arg("agent").arg("--socket").arg(&socket).arg("--hosts").arg(hosts.join(","));
+        cmd.arg("--store").arg(dir.path().join("agent.store"));
         cmd.env_remove("DISCOMY_HOSTS");
         daemons.0.push(spawn_daemon(cmd, dir.path(), "agent.log")?);
         wait_for(|| agent_alive(&socket).then_some(()), "the agent to listen")?;

@@ -1,67 +1,65 @@
-//! The compilers a worker can run, by identity.
+//! Seeding a worker's toolchain store with this host's own compilers.
 //!
-//! At start-up the worker looks at every compiler name on its PATH (the names a masquerade
-//! directory would hold), resolves each to its real driver and computes its identity with the
-//! same function the wrapper uses. A unit is compiled only by a driver whose identity equals the
-//! client's.
+//! At start-up the worker packages every compiler on its PATH (the names a masquerade directory
+//! would hold) with the same closure code the wrapper uses, and installs those toolchains into its
+//! store (hard links, no copies where the file system allows). A client running an identical
+//! compiler then gets the same toolchain identity, and no upload is needed.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
 
-use discomy_protocol::Digest;
-use discomy_wrapper::identity;
 use discomy_wrapper::invocation::find_on_path;
 use discomy_wrapper::names::compiler_names_on_path;
-use tracing::{debug, info};
+use discomy_wrapper::toolchain;
+use tracing::{debug, info, warn};
 
-/// Identity → driver path.
-#[derive(Debug, Default, Clone)]
-pub struct Toolchains {
-    by_identity: HashMap<Digest, PathBuf>,
-    /// PATH given to compilers.
-    pub path_var: OsString,
-}
+use crate::toolstore::{InstallStep, ToolStore};
 
-impl Toolchains {
-    /// Scans `path_var` for compilers (blocking: hashes compiler binaries).
-    pub fn discover(path_var: OsString) -> Toolchains {
-        let mut by_identity = HashMap::new();
-        let mut seen = Vec::new();
-        for name in compiler_names_on_path(&path_var) {
-            let Some(driver) =
-                find_on_path(&name, &path_var, None).and_then(|p| p.canonicalize().ok())
-            else {
-                continue;
-            };
-            if seen.contains(&driver) {
+/// Installs this host's compilers into `store`; returns how many distinct toolchains it holds.
+pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usize {
+    let mut seeded = Vec::new();
+    let mut drivers = Vec::new();
+    for name in compiler_names_on_path(&path_var) {
+        // The path a wrapper would run (not canonicalised): its symlinks are part of the
+        // toolchain identity, so seeding it lets an identical client skip the upload.
+        let Some(driver) = find_on_path(&name, &path_var, None) else {
+            continue;
+        };
+        if drivers.contains(&driver) {
+            continue;
+        }
+        drivers.push(driver.clone());
+        let pv = path_var.clone();
+        let d = driver.clone();
+        let collected =
+            tokio::task::spawn_blocking(move || toolchain::collect_cached(&d, &[], &pv)).await;
+        let tc = match collected {
+            Ok(Ok(tc)) => tc,
+            Ok(Err(err)) => {
+                debug!(%name, %err, "compiler skipped");
                 continue;
             }
-            seen.push(driver.clone());
-            match identity::compiler_identity(&driver, &path_var) {
-                Ok(id) => {
-                    debug!(%name, driver = %driver.display(), identity = %id, "compiler found");
-                    by_identity.entry(id).or_insert(driver);
-                }
-                Err(err) => debug!(%name, %err, "compiler skipped"),
+            Err(err) => {
+                warn!(%name, %err, "toolchain collection panicked");
+                continue;
+            }
+        };
+        let digest = tc.manifest.digest();
+        if seeded.contains(&digest) {
+            continue;
+        }
+        let mut ok = true;
+        for (blob, source) in &tc.sources {
+            if let Err(err) = store.put_file(blob, source) {
+                warn!(%name, %err, "failed to seed toolchain");
+                ok = false;
+                break;
             }
         }
-        info!(compilers = by_identity.len(), "toolchains discovered");
-        Toolchains { by_identity, path_var }
+        if ok && matches!(store.install(&tc.manifest).await, Ok(InstallStep::Ready)) {
+            debug!(%name, toolchain = %digest, "local compiler seeded");
+            seeded.push(digest);
+        }
     }
-
-    /// The driver with this identity, if this node has one.
-    pub fn driver(&self, identity: &Digest) -> Option<&PathBuf> {
-        self.by_identity.get(identity)
-    }
-
-    /// How many distinct compilers this node has.
-    pub fn len(&self) -> usize {
-        self.by_identity.len()
-    }
-
-    /// Whether this node has no compiler at all.
-    pub fn is_empty(&self) -> bool {
-        self.by_identity.is_empty()
-    }
+    info!(toolchains = seeded.len(), "local compilers seeded into the toolchain store");
+    seeded.len()
 }

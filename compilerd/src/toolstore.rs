@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -100,10 +101,16 @@ impl ToolStore {
             fs::create_dir_all(dir.join(sub))
                 .map_err(io_err(format!("create {}", dir.display())))?;
         }
-        // Leftovers of an interrupted install are garbage.
+        // Leftovers of an interrupted install are garbage once they are old (a young one may
+        // belong to another process sharing the store).
         if let Ok(entries) = fs::read_dir(dir.join("tmp")) {
             for e in entries.flatten() {
-                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                let old =
+                    e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if old.is_some_and(|age| age > Duration::from_secs(3600)) {
+                    let _ =
+                        make_writable_and_remove(&e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
             }
         }
         let store =
@@ -168,11 +175,19 @@ impl ToolStore {
         Ok(payload.digest)
     }
 
-    /// Stores a blob from a local file (seeding from this host's own compilers).
+    /// Stores a blob from a local file whose digest the caller already knows (seeding from this
+    /// host's own compilers, whose digests were computed or stat-validated moments ago). Uses a
+    /// hard link where possible; the store never writes through it (writes are temp + rename).
     pub fn put_file(&self, digest: &Digest, source: &Path) -> Result<(), StoreError> {
         let path = self.blob_path(digest);
         if path.is_file() {
             return Ok(());
+        }
+        let tmp =
+            self.dir.join("tmp").join(format!("link-{}-{}", digest.to_hex(), std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        if fs::hard_link(source, &tmp).is_ok() {
+            return fs::rename(&tmp, &path).map_err(io_err("store blob"));
         }
         let raw = fs::read(source).map_err(io_err(format!("read {}", source.display())))?;
         if Digest::of(&raw) != *digest {
@@ -304,7 +319,6 @@ impl ToolStore {
                             .open(&target)
                             .map_err(io_err(format!("create {}", entry.path)))?;
                         f.write_all(&bytes).map_err(io_err("write tree file"))?;
-                        use std::os::unix::fs::PermissionsExt;
                         let mode = if *executable { 0o555 } else { 0o444 };
                         f.set_permissions(fs::Permissions::from_mode(mode))
                             .map_err(io_err("chmod"))?;
@@ -326,9 +340,16 @@ impl ToolStore {
                 }
             }
             let final_path = self.tree_path(&digest);
-            let _ = fs::remove_dir_all(&final_path);
             let kept = tmp.keep();
-            fs::rename(&kept, &final_path).map_err(io_err("install tree"))?;
+            fs::set_permissions(&kept, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("chmod tree"))?;
+            if let Err(err) = fs::rename(&kept, &final_path) {
+                let _ = make_writable_and_remove(&kept);
+                // Another process sharing the store installed the same tree first: fine.
+                if !final_path.is_dir() {
+                    return Err(StoreError::Io { what: "install tree".into(), source: err });
+                }
+            }
         }
         let encoded =
             postcard::to_stdvec(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -386,7 +407,6 @@ impl ToolStore {
 }
 
 fn make_writable_and_remove(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     for entry in walk(path) {
         if let Ok(m) = fs::symlink_metadata(&entry) {
             if m.is_dir() {

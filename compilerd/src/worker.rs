@@ -24,8 +24,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::argcheck::check_compile_args;
+use crate::exec::Runner;
 use crate::exec::{ExecError, compile_unit};
-use crate::toolchains::Toolchains;
+use crate::toolstore::{ToolStore, TreeLease};
+use crate::upload;
 
 /// Most simultaneous client connections.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -43,8 +45,8 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// Farm token.
     pub auth: AuthConfig,
-    /// Wall-time limit for one compile.
-    pub compile_timeout: Duration,
+    /// How compilers are run (sandboxed, or directly on the host).
+    pub runner: Runner,
     /// Name reported in results.
     pub node_name: String,
     /// Where unit directories are created.
@@ -53,7 +55,7 @@ pub struct WorkerConfig {
 
 struct State {
     config: WorkerConfig,
-    toolchains: Toolchains,
+    store: ToolStore,
     slots: Semaphore,
 }
 
@@ -61,11 +63,11 @@ struct State {
 pub async fn run(
     listener: TcpListener,
     config: WorkerConfig,
-    toolchains: Toolchains,
+    store: ToolStore,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    info!(addr = %listener.local_addr()?, slots = config.slots, compilers = toolchains.len(), "worker listening");
-    let state = Arc::new(State { slots: Semaphore::new(config.slots.max(1)), config, toolchains });
+    info!(addr = %listener.local_addr()?, slots = config.slots, toolchains = store.installed().len(), "worker listening");
+    let state = Arc::new(State { slots: Semaphore::new(config.slots.max(1)), config, store });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {
@@ -139,10 +141,9 @@ async fn serve_connection(
         let response = match request {
             Request::Ping => Response::Pong,
             Request::Compile(req) => compile(req, &state, &shutdown).await,
-            Request::PutBlob(_) | Request::InstallToolchain(_) => Response::refused(
-                RefusalKind::BadRequest,
-                "toolchain upload is not enabled on this worker",
-            ),
+            other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
+                Response::refused(RefusalKind::BadRequest, "unexpected request")
+            }),
         };
         if let Err(err) = send(&mut conn, &response).await {
             debug!(%peer, %err, "failed to answer");
@@ -152,16 +153,16 @@ async fn serve_connection(
 }
 
 async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToken) -> Response {
-    let Some(driver) = state.toolchains.driver(&req.compiler.identity) else {
+    let Some(tree) = state.store.lease(&req.compiler.identity) else {
         return Response::refused(
-            RefusalKind::NoToolchain,
+            RefusalKind::NeedToolchain,
             format!(
-                "no compiler identical to the client's {} ({})",
-                req.compiler.name, req.compiler.identity
+                "this worker does not hold toolchain {} ({}) yet",
+                req.compiler.identity, req.compiler.name
             ),
         );
     };
-    if let Err(why) = check_compile_args(&req.args) {
+    if let Err(why) = check_compile_args(&req.args, &tree.manifest) {
         return Response::refused(RefusalKind::BadArguments, why);
     }
     let unit = match req.unit.decompress(MAX_RAW_LEN) {
@@ -177,14 +178,14 @@ async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToke
             Err(_) => return Response::refused(RefusalKind::Unavailable, "worker is shutting down"),
         },
     };
-    match run_in_dir(driver, &req, &unit, state).await {
+    match run_in_dir(&tree, &req, &unit, state).await {
         Ok(result) => Response::Compiled(result),
         Err(response) => response,
     }
 }
 
 async fn run_in_dir(
-    driver: &std::path::Path,
+    tree: &TreeLease<'_>,
     req: &CompileRequest,
     unit: &[u8],
     state: &State,
@@ -197,15 +198,9 @@ async fn run_in_dir(
         .tempdir_in(&state.config.work_dir)
         .map_err(internal)?;
     tokio::fs::write(dir.path().join("unit.i"), unit).await.map_err(internal)?;
-    let run = compile_unit(
-        driver,
-        &state.toolchains.path_var,
-        req,
-        dir.path(),
-        state.config.compile_timeout,
-    )
-    .await
-    .map_err(|e: ExecError| Response::refused(RefusalKind::CompilerFailed, e.to_string()))?;
+    let run = compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path())
+        .await
+        .map_err(|e: ExecError| Response::refused(RefusalKind::CompilerFailed, e.to_string()))?;
     if run.exit_code >= 128 {
         return Err(Response::refused(
             RefusalKind::CompilerFailed,

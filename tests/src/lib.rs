@@ -391,7 +391,9 @@ impl Worker {
             .arg("--addr-file")
             .arg(&addr_file)
             .arg("--work-dir")
-            .arg(&work_dir);
+            .arg(&work_dir)
+            .arg("--store")
+            .arg(dir.join(format!("{name}.store")));
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         let start = Instant::now();
         let addr = loop {
@@ -454,6 +456,7 @@ impl Agent {
         let mut cmd = clean_command(bin("discomy-compilerd"));
         cmd.env("TMPDIR", private_tmp(dir, name));
         cmd.arg("agent").arg("--socket").arg(&socket).args(["--hosts", hosts]);
+        cmd.arg("--store").arg(dir.join(format!("{name}.store")));
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         let start = Instant::now();
         while UnixStream::connect(&socket).is_err() {

@@ -289,10 +289,19 @@ impl Parser {
         if arg.starts_with("-M") {
             return self.local(format!("dependency option {arg}"));
         }
+        if let Some(file) = arg.strip_prefix("-specs=") {
+            return self.shipped_file(arg, "-specs=", file);
+        }
+        if let Some(plugin) = arg.strip_prefix("-fplugin=") {
+            if !plugin.contains('/') {
+                // A bare name: gcc's plugin directory, which the shipped toolchain includes.
+                return self.both(arg, None);
+            }
+            return self.shipped_file(arg, "-fplugin=", plugin);
+        }
         let refused_prefixes = [
             "-B",
             "-specs",
-            "-fplugin",
             "-save-temps",
             "-fdump-",
             "-d",
@@ -346,6 +355,22 @@ impl Parser {
             return self.local(format!("informational option {arg}"));
         }
         self.local(format!("unrecognised option {arg}"));
+    }
+
+    /// A `-specs=`/`-fplugin=` file: shipped with the toolchain, so the worker needs its
+    /// absolute path; the preprocessing step keeps the argument as written.
+    fn shipped_file(&mut self, arg: &str, prefix: &str, file: &str) {
+        let path = Path::new(file);
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            match std::env::current_dir() {
+                Ok(cwd) if cwd.join(path).is_file() => cwd.join(path),
+                _ => return self.local(format!("{arg}: file found through gcc's search path")),
+            }
+        };
+        self.cpp_args.push(arg.to_string());
+        self.compile_args.push(format!("{prefix}{}", absolute.display()));
     }
 
     fn finish(mut self, compiler_name: &str) -> Class {
@@ -505,8 +530,8 @@ mod tests {
             "-c a.c -o -",
             "-wrapper /bin/sh,-c,touch -c a.c",
             "@args -c a.c",
-            "-specs=/x.specs -c a.c",
-            "-fplugin=annobin -c a.c",
+            "-specs=no-such.specs -c a.c",
+            "-specs /x.specs -c a.c",
             "-B/tmp -c a.c",
             "-save-temps -c a.c",
             "-flto -c a.c",
@@ -524,6 +549,17 @@ mod tests {
         ] {
             assert!(is_local(args), "{args} should be local: {:?}", classify("gcc", &v(args)));
         }
+    }
+
+    #[test]
+    fn specs_and_plugins_distribute_with_absolute_paths() {
+        let u = unit("-specs=/usr/lib/rpm/redhat/redhat-hardened-cc1 -fplugin=annobin -c a.c");
+        assert_eq!(
+            u.compile_args,
+            v("-specs=/usr/lib/rpm/redhat/redhat-hardened-cc1 -fplugin=annobin")
+        );
+        let u = unit("-fplugin=/opt/p/x.so -fplugin-arg-x-k=v -c a.c");
+        assert_eq!(u.compile_args, v("-fplugin=/opt/p/x.so -fplugin-arg-x-k=v"));
     }
 
     #[test]

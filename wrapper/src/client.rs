@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use discomy_protocol::frame::{read_frame, write_frame};
 use discomy_protocol::handshake::client_handshake;
-use discomy_protocol::{AuthConfig, ProtocolError, Request, Response};
+use discomy_protocol::{AuthConfig, Payload, ProtocolError, Request, Response};
+
+use crate::toolchain::Toolchain;
 
 /// Where the agent listens when `DISCOMY_SOCKET` is not set. mock bind-mounts `/run/discomy`.
 pub const DEFAULT_SOCKET: &str = "/run/discomy/agent.sock";
@@ -43,5 +45,44 @@ impl AgentClient {
         write_frame(&mut self.stream, request)?;
         self.stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         read_frame(&mut self.stream)
+    }
+}
+
+impl AgentClient {
+    /// Sends a toolchain the agent asked for: the manifest, then whatever blobs it lacks.
+    pub fn push_toolchain(&mut self, toolchain: &Toolchain) -> Result<(), String> {
+        let digest = toolchain.manifest.digest();
+        for _ in 0..3 {
+            match self
+                .call(&Request::InstallToolchain(toolchain.manifest.clone()))
+                .map_err(|e| e.to_string())?
+            {
+                Response::Installed(d) if d == digest => return Ok(()),
+                Response::MissingBlobs(blobs) => {
+                    for blob in blobs {
+                        let source = toolchain
+                            .sources
+                            .get(&blob)
+                            .ok_or_else(|| format!("agent asked for unknown blob {blob}"))?;
+                        let raw = std::fs::read(source)
+                            .map_err(|e| format!("read {}: {e}", source.display()))?;
+                        match self
+                            .call(&Request::PutBlob(Payload::compress(&raw)))
+                            .map_err(|e| e.to_string())?
+                        {
+                            Response::Stored(d) if d == blob => {}
+                            other => {
+                                return Err(format!(
+                                    "agent did not store {}: {other:?}",
+                                    source.display()
+                                ));
+                            }
+                        }
+                    }
+                }
+                other => return Err(format!("agent refused toolchain {digest}: {other:?}")),
+            }
+        }
+        Err(format!("toolchain {digest} still not installed on the agent"))
     }
 }

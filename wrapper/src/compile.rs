@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
-use discomy_protocol::{CompileRequest, CompilerId, Payload, Request, Response};
+use discomy_protocol::{CompileRequest, CompilerId, Payload, RefusalKind, Request, Response};
 use tracing::{debug, info};
 
 use crate::args::{Class, Unit, classify};
 use crate::client::{AgentClient, socket_path};
 use crate::invocation::Invocation;
 use crate::stats::{self, Outcome};
-use crate::{identity, local};
+use crate::{local, toolchain};
 
 /// Handles one resolved call.
 pub fn dispatch(inv: &Invocation) -> ExitCode {
@@ -69,13 +69,16 @@ fn run_local(inv: &Invocation, outcome: Outcome, source: &str) -> ExitCode {
 
 /// Tries the farm. `Err` carries why the call must be compiled locally instead.
 fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
-    // Preprocessing runs while we connect to the agent and look up the compiler identity.
+    // Preprocessing runs while we connect to the agent and look up the toolchain.
     let mut cpp = Preprocessor::start(inv, unit)?;
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    let identity =
-        identity::compiler_identity(&inv.compiler, &inv.child_path).map_err(|e| e.to_string())?;
+    let extras = toolchain::extras_for_args(&unit.cpp_args, &inv.compiler, &inv.child_path)
+        .map_err(|e| e.to_string())?;
+    let tools = toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path)
+        .map_err(|e| e.to_string())?;
+    let identity = tools.manifest.digest();
     let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
         return Err("source uses __TIMESTAMP__, which depends on the local file".into());
@@ -90,7 +93,15 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
     });
     drop(unit_text);
-    let result = match agent.call(&request).map_err(|e| format!("agent: {e}"))? {
+    let mut response = agent.call(&request).map_err(|e| format!("agent: {e}"))?;
+    if let Response::Refused(r) = &response {
+        if r.kind == RefusalKind::NeedToolchain {
+            // First use of this compiler through this agent: send it, once, then ask again.
+            agent.push_toolchain(&tools).map_err(|e| format!("toolchain upload: {e}"))?;
+            response = agent.call(&request).map_err(|e| format!("agent: {e}"))?;
+        }
+    }
+    let result = match response {
         Response::Compiled(result) => result,
         Response::Refused(refusal) => {
             return Err(format!("farm refused ({:?}): {}", refusal.kind, refusal.message));

@@ -112,7 +112,8 @@ fn cache_file(canonical: &Path) -> Option<PathBuf> {
     Some(cache_dir().join("identity").join(format!("{}.txt", &key.to_hex()[..32])))
 }
 
-fn stamp(path: &Path) -> Option<String> {
+/// `size mtime mtime_nsec inode` of `path` (following symlinks): changes when the file does.
+pub(crate) fn stamp(path: &Path) -> Option<String> {
     let m = fs::metadata(path).ok()?;
     Some(format!("{} {} {} {}", m.size(), m.mtime(), m.mtime_nsec(), m.ino()))
 }

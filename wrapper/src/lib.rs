@@ -14,15 +14,19 @@
 //! - [`local`]: running the real compiler locally.
 //! - [`stats`]: per-call outcome lines for `discomy run`'s summary.
 //! - [`names`]: compiler names for masquerade directories.
+//! - [`toolchain`]: the compiler's closure as a content-addressed manifest, cached.
+//! - [`icecream`]: importing `icecc-create-env` tarballs as toolchains.
 
 pub mod args;
 pub mod client;
 pub mod compile;
+pub mod icecream;
 pub mod identity;
 pub mod invocation;
 pub mod local;
 pub mod names;
 pub mod stats;
+pub mod toolchain;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use discomy_compilerd::agent::{self, AgentConfig};
 use discomy_compilerd::daemon;
+use discomy_compilerd::exec::Runner;
 use discomy_compilerd::hosts::parse_host_list;
-use discomy_compilerd::toolchains::Toolchains;
+use discomy_compilerd::sandbox::{self, Limits};
+use discomy_compilerd::toolchains::seed_local_compilers;
+use discomy_compilerd::toolstore::ToolStore;
 use discomy_compilerd::worker::{self, WorkerConfig};
 use discomy_protocol::AuthConfig;
 use tokio_util::sync::CancellationToken;
@@ -45,9 +48,26 @@ enum Role {
         /// Per-unit wall-time limit, in seconds.
         #[arg(long, default_value_t = 600)]
         compile_timeout: u64,
+        /// Per-unit CPU-time limit, in seconds.
+        #[arg(long, default_value_t = 600)]
+        cpu_secs: u64,
+        /// Per-unit address-space limit, in MiB.
+        #[arg(long, default_value_t = 4096)]
+        mem_mb: u64,
         /// Directory for unit directories (default: the system temp dir).
         #[arg(long)]
         work_dir: Option<PathBuf>,
+        /// Toolchain store (default: ~/.cache/discomy/worker-store).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Size bound of the toolchain store, in MiB.
+        #[arg(long, default_value_t = 8192)]
+        store_mb: u64,
+        /// Run compilers directly on the host instead of in a sandbox. Only this host's own
+        /// compilers can then be used. For hosts that cannot create namespaces; never on a farm
+        /// that accepts units from machines you do not control.
+        #[arg(long)]
+        insecure_no_sandbox: bool,
     },
     /// Serve discomy-cc wrappers on this build host and ship their units to workers.
     Agent {
@@ -60,6 +80,9 @@ enum Role {
         /// Seconds a failing worker is left alone.
         #[arg(long, default_value_t = 60)]
         backoff: u64,
+        /// Store for toolchains uploaded by wrappers (default: ~/.cache/discomy/agent-store).
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -81,14 +104,40 @@ async fn run() -> Result<()> {
     let shutdown = CancellationToken::new();
     daemon::cancel_on_signals(shutdown.clone());
     match cli.role {
-        Role::Worker { listen, slots, addr_file, compile_timeout, work_dir } => {
+        Role::Worker {
+            listen,
+            slots,
+            addr_file,
+            compile_timeout,
+            cpu_secs,
+            mem_mb,
+            work_dir,
+            store,
+            store_mb,
+            insecure_no_sandbox,
+        } => {
+            let wall = Duration::from_secs(compile_timeout);
+            let runner = if insecure_no_sandbox {
+                tracing::warn!("running compilers WITHOUT a sandbox (--insecure-no-sandbox)");
+                Runner::Host { wall }
+            } else {
+                let helper = std::env::current_exe()?.with_file_name("discomy-sandbox");
+                sandbox::probe(&helper).map_err(|why| {
+                    anyhow::anyhow!(
+                        "cannot sandbox compiles on this host: {why} (see --insecure-no-sandbox)"
+                    )
+                })?;
+                let limits =
+                    Limits { cpu_secs, mem_bytes: mem_mb << 20, wall, ..Limits::default() };
+                Runner::Sandbox { helper, limits }
+            };
+            let store_dir = store
+                .unwrap_or_else(|| discomy_wrapper::identity::cache_dir().join("worker-store"));
+            let store = ToolStore::open(&store_dir, store_mb << 20, true).with_context(|| {
+                format!("failed to open the toolchain store {}", store_dir.display())
+            })?;
             let path_var = std::env::var_os("PATH").unwrap_or_default();
-            let toolchains = tokio::task::spawn_blocking(move || Toolchains::discover(path_var))
-                .await
-                .context("toolchain discovery panicked")?;
-            if toolchains.is_empty() {
-                bail!("no compilers found on PATH; this worker could compile nothing");
-            }
+            seed_local_compilers(&store, path_var).await;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("failed to listen on {listen}"))?;
@@ -101,18 +150,18 @@ async fn run() -> Result<()> {
                 slots: slots
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 auth,
-                compile_timeout: Duration::from_secs(compile_timeout),
+                runner,
                 node_name: bound.to_string(),
                 work_dir: work_dir.unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("discomy-worker-{}", std::process::id()))
                 }),
             };
             let work_dir = config.work_dir.clone();
-            let result = worker::run(listener, config, toolchains, shutdown).await;
+            let result = worker::run(listener, config, store, shutdown).await;
             let _ = std::fs::remove_dir_all(work_dir);
             Ok(result?)
         }
-        Role::Agent { socket, hosts, backoff } => {
+        Role::Agent { socket, hosts, backoff, store } => {
             let hosts = if hosts.trim().is_empty() {
                 discomy_compilerd::farm::configured_hosts(None).unwrap_or_default()
             } else {
@@ -124,6 +173,9 @@ async fn run() -> Result<()> {
             let mut config = AgentConfig::new(hosts);
             config.auth = auth;
             config.backoff = Duration::from_secs(backoff);
+            if let Some(dir) = store {
+                config.store_dir = dir;
+            }
             Ok(agent::run(listener, socket, config, shutdown).await?)
         }
     }

@@ -1,0 +1,595 @@
+//! Sandboxed execution of one remote compile: the worker's half of the `discomy-sandbox` helper.
+//!
+//! The worker never runs a client's compile directly. It runs `discomy-sandbox [options] --
+//! PROGRAM ARGS…` (built from this crate, installed next to the worker's executable) in its own
+//! process group, and the helper puts PROGRAM in a throw-away sandbox:
+//!
+//! - fresh mount, PID, network, IPC and UTS namespaces (plus user namespaces when the worker is
+//!   not root); the network namespace has only a down `lo`, so there is no network at all;
+//! - a new root: an empty read-only tmpfs holding read-only, `nosuid`, `nodev` bind mounts of
+//!   the toolchain tree's top-level entries (`--root`; for `/` only `bin sbin lib* usr etc opt`),
+//!   the unit directory read-write (`noexec`) at `/tmp`, which is also the working directory,
+//!   `/dev/{null,zero,full,random,urandom}`, and a `/proc` of the new PID namespace only;
+//!   `pivot_root` into it, the old root detached;
+//! - `no_new_privs`, rlimits (`RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_FSIZE`, `RLIMIT_NPROC`,
+//!   `RLIMIT_CORE` = 0), a cleared environment (only the spec's variables);
+//! - no privileges: as root the program runs as [`SandboxSpec::run_as`] (default
+//!   65534:65534, all capabilities gone); unprivileged, it runs as the worker's uid in a nested
+//!   user namespace, which leaves it no capabilities over the sandbox's mounts;
+//! - as root, a cgroup (v2, or v1 `pids` and `memory`) per compile with `pids.max` = `nproc`
+//!   and a memory limit = `mem_bytes`, when one can be created (see [`probe`]);
+//! - the program is PID 1 of its namespace: when it exits, the kernel kills whatever it left
+//!   behind; when the helper dies (wall-time kill), the program gets `SIGKILL` (parent-death
+//!   signal), which tears the namespace down the same way.
+//!
+//! Set-up failures of the helper itself are never confused with the program's exit status: the
+//! helper exits with [`SETUP_EXIT_CODE`] and prints `discomy-sandbox: <what failed>: <errno>`
+//! on stderr, and [`run`] also gives it a status file where it records either the set-up failure
+//! or the program's status, CPU time and cgroup events ([`HelperStatus`]).
+//!
+//! What each limit does, and where it is weaker:
+//! - wall time: [`run`] kills the helper's process group with `SIGKILL` ([`LimitHit::WallTime`]);
+//! - CPU: `SIGXCPU` at `cpu_secs`, `SIGKILL` one second later ([`LimitHit::CpuTime`]);
+//! - memory: `RLIMIT_AS` makes allocations fail (the compiler reports it and exits non-zero,
+//!   which the kernel does not count anywhere); the cgroup limit, when present, OOM-kills and is
+//!   reported as [`LimitHit::Memory`];
+//! - processes: `RLIMIT_NPROC` counts processes per user. Unprivileged, that user lives in the
+//!   sandbox's own user namespace, so the count is per sandbox. As root it is the count of all
+//!   processes of `run_as` on the host, so give each concurrent slot its own uid; the cgroup
+//!   `pids.max`, when present, is per sandbox ([`LimitHit::Processes`]), and the rlimit is then
+//!   raised to twice `nproc` as a backstop. Without either, a fork bomb is still confined to the
+//!   PID namespace and ends with the wall-time kill;
+//! - file size: `SIGXFSZ` ([`LimitHit::FileSize`]); output: stdout and stderr are kept up to
+//!   [`MAX_OUTPUT_BYTES`] each ([`LimitHit::Output`]).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::Notify;
+
+/// File name of the helper binary, looked up next to the worker's executable.
+pub const HELPER_NAME: &str = "discomy-sandbox";
+/// Exit code of the helper when it failed before the program ran.
+pub const SETUP_EXIT_CODE: u8 = 125;
+/// Prefix of the helper's own messages on stderr.
+pub const SETUP_PREFIX: &str = "discomy-sandbox: ";
+/// At most this many bytes of stdout and of stderr are kept; the rest is read and dropped.
+pub const MAX_OUTPUT_BYTES: usize = 8 << 20;
+/// The uid and gid a root worker runs sandboxed programs as unless told otherwise (`nobody`).
+pub const DEFAULT_RUN_AS: (u32, u32) = (65534, 65534);
+/// How long the output pipes may stay open after the helper exited.
+const READ_GRACE: Duration = Duration::from_secs(2);
+
+/// Resource limits of one sandboxed run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU seconds (`RLIMIT_CPU`: `SIGXCPU`, then `SIGKILL` one second later).
+    pub cpu_secs: u64,
+    /// Address space per process (`RLIMIT_AS`), and the cgroup memory limit when there is one.
+    pub mem_bytes: u64,
+    /// Largest file the program may write (`RLIMIT_FSIZE`).
+    pub file_bytes: u64,
+    /// Processes (`RLIMIT_NPROC`, and the cgroup `pids.max` when there is one).
+    pub nproc: u64,
+    /// Wall time, after which the whole process group is killed.
+    pub wall: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu_secs: 300,
+            mem_bytes: 4 << 30,
+            file_bytes: 1 << 30,
+            nproc: 64,
+            wall: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One program to run in a sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxSpec<'a> {
+    /// The `discomy-sandbox` helper (see [`helper_next_to_current_exe`]).
+    pub helper: &'a Path,
+    /// The toolchain tree: its top-level entries become the sandbox's read-only `/`.
+    pub root: &'a Path,
+    /// The unit directory, mounted read-write at `/tmp`, the program's working directory.
+    pub work: &'a Path,
+    /// Absolute path of the program inside `root`.
+    pub program: &'a str,
+    /// The program's arguments (paths relative to `/tmp`, the work directory).
+    pub args: &'a [String],
+    /// The program's whole environment.
+    pub env: &'a [(String, String)],
+    /// Resource limits.
+    pub limits: &'a Limits,
+    /// Uid and gid the program runs as when the worker is root ([`DEFAULT_RUN_AS`] if `None`).
+    /// Ignored when unprivileged. Give concurrent slots different uids so that
+    /// `RLIMIT_NPROC` counts per slot.
+    pub run_as: Option<(u32, u32)>,
+    /// Cgroup directories under which a per-run cgroup is created (for cgroup v1, one per
+    /// controller hierarchy). Empty: the helper's own cgroups, best effort.
+    pub cgroup_parents: &'a [PathBuf],
+}
+
+/// A limit that ended or curtailed a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitHit {
+    /// The wall-time limit ran out; the process group was killed.
+    WallTime,
+    /// The CPU-time limit killed the program.
+    CpuTime,
+    /// The program exceeded the file-size limit.
+    FileSize,
+    /// The cgroup memory limit OOM-killed a process.
+    Memory,
+    /// The cgroup process limit refused a fork.
+    Processes,
+    /// Stdout or stderr was longer than [`MAX_OUTPUT_BYTES`] and was truncated.
+    Output,
+}
+
+/// What a sandboxed run produced.
+#[derive(Debug)]
+pub struct SandboxOutput {
+    /// The program's exit status, 128 + signal when it was killed.
+    pub exit_code: i32,
+    /// The signal that killed the program (or the helper, on a wall-time kill).
+    pub signal: Option<i32>,
+    /// Captured standard output (at most [`MAX_OUTPUT_BYTES`]).
+    pub stdout: Vec<u8>,
+    /// Captured standard error (at most [`MAX_OUTPUT_BYTES`]).
+    pub stderr: Vec<u8>,
+    /// Wall time, helper included.
+    pub elapsed: Duration,
+    /// CPU time (user + system) of the program and the descendants it waited for.
+    pub cpu_time: Option<Duration>,
+    /// The limits that ended or curtailed the run, if any.
+    pub limits_hit: Vec<LimitHit>,
+}
+
+impl SandboxOutput {
+    /// Whether `limit` ended or curtailed the run.
+    pub fn hit(&self, limit: LimitHit) -> bool {
+        self.limits_hit.contains(&limit)
+    }
+}
+
+/// Why a sandboxed run could not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The spec cannot be passed to the helper.
+    #[error("invalid sandbox request: {0}")]
+    Invalid(String),
+    /// The status file could not be created.
+    #[error("sandbox status file: {0}")]
+    StatusFile(std::io::Error),
+    /// The helper could not be started.
+    #[error("failed to start {helper}: {source}")]
+    Spawn {
+        /// The helper's path.
+        helper: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Waiting for the helper failed.
+    #[error("failed to wait for the sandbox helper: {0}")]
+    Wait(std::io::Error),
+    /// The helper failed before the program ran (namespaces, mounts, limits, exec).
+    #[error("sandbox set-up failed: {0}")]
+    Setup(String),
+}
+
+/// The record the helper writes into its `--status-file`: `key=value` lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelperStatus {
+    /// Set when the helper failed before the program ran.
+    pub setup_error: Option<String>,
+    /// The program's exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that killed the program.
+    pub signal: Option<i32>,
+    /// CPU time of the program and its waited-for descendants, in milliseconds.
+    pub cpu_ms: Option<u64>,
+    /// How many forks the cgroup `pids.max` refused.
+    pub pids_max_events: u64,
+    /// How many processes the cgroup memory limit OOM-killed.
+    pub oom_kills: u64,
+}
+
+impl HelperStatus {
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        if let Some(msg) = &self.setup_error {
+            text.push_str("outcome=setup\nmessage=");
+            text.push_str(&msg.replace(['\n', '\r'], " "));
+            text.push('\n');
+            return text;
+        }
+        text.push_str("outcome=done\n");
+        if let Some(code) = self.code {
+            text.push_str(&format!("code={code}\n"));
+        }
+        if let Some(signal) = self.signal {
+            text.push_str(&format!("signal={signal}\n"));
+        }
+        if let Some(cpu_ms) = self.cpu_ms {
+            text.push_str(&format!("cpu_ms={cpu_ms}\n"));
+        }
+        text.push_str(&format!(
+            "pids_max_events={}\noom_kills={}\n",
+            self.pids_max_events, self.oom_kills
+        ));
+        text
+    }
+
+    /// Parses a status file; `None` when it holds no complete record.
+    pub fn parse(text: &str) -> Option<HelperStatus> {
+        let mut status = HelperStatus::default();
+        let mut outcome = None;
+        let mut message = None;
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            match key {
+                "outcome" => outcome = Some(value.to_owned()),
+                "message" => message = Some(value.to_owned()),
+                "code" => status.code = value.parse().ok(),
+                "signal" => status.signal = value.parse().ok(),
+                "cpu_ms" => status.cpu_ms = value.parse().ok(),
+                "pids_max_events" => status.pids_max_events = value.parse().unwrap_or(0),
+                "oom_kills" => status.oom_kills = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        match outcome.as_deref() {
+            Some("setup") => {
+                status.setup_error = Some(message.unwrap_or_else(|| "unknown failure".to_owned()));
+                Some(status)
+            }
+            Some("done") if status.code.is_some() || status.signal.is_some() => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// `discomy-sandbox` in the directory of the running executable, if it exists there.
+pub fn helper_next_to_current_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let helper = exe.parent()?.join(HELPER_NAME);
+    helper.is_file().then_some(helper)
+}
+
+/// The helper's arguments for `spec` (without the helper itself), for logging or for running the
+/// helper some other way.
+pub fn command_line(spec: &SandboxSpec<'_>) -> Result<Vec<OsString>, SandboxError> {
+    build_args(spec, None)
+}
+
+fn build_args(
+    spec: &SandboxSpec<'_>,
+    status_file: Option<&Path>,
+) -> Result<Vec<OsString>, SandboxError> {
+    if !spec.program.starts_with('/') {
+        return Err(SandboxError::Invalid(format!(
+            "program {:?} is not an absolute path",
+            spec.program
+        )));
+    }
+    let strings = spec.args.iter().map(String::as_str).chain([spec.program]);
+    let env_strings = spec.env.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]);
+    if strings.chain(env_strings).any(|s| s.contains('\0')) {
+        return Err(SandboxError::Invalid(
+            "NUL byte in the program, an argument or the environment".into(),
+        ));
+    }
+    if let Some((key, _)) = spec.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
+        return Err(SandboxError::Invalid(format!("invalid environment variable name {key:?}")));
+    }
+    let mut args: Vec<OsString> = Vec::new();
+    let mut opt = |name: &str, value: &std::ffi::OsStr| {
+        let mut arg = OsString::from(format!("--{name}="));
+        arg.push(value);
+        args.push(arg);
+    };
+    opt("root", spec.root.as_os_str());
+    opt("work", spec.work.as_os_str());
+    let limits = spec.limits;
+    opt("cpu-secs", limits.cpu_secs.to_string().as_ref());
+    opt("mem-bytes", limits.mem_bytes.to_string().as_ref());
+    opt("file-bytes", limits.file_bytes.to_string().as_ref());
+    opt("nproc", limits.nproc.to_string().as_ref());
+    let (uid, gid) = spec.run_as.unwrap_or(DEFAULT_RUN_AS);
+    opt("uid", uid.to_string().as_ref());
+    opt("gid", gid.to_string().as_ref());
+    for parent in spec.cgroup_parents {
+        opt("cgroup-parent", parent.as_os_str());
+    }
+    if let Some(path) = status_file {
+        opt("status-file", path.as_os_str());
+    }
+    for (key, value) in spec.env {
+        opt("env", format!("{key}={value}").as_ref());
+    }
+    args.push("--".into());
+    args.push(spec.program.into());
+    args.extend(spec.args.iter().map(OsString::from));
+    Ok(args)
+}
+
+/// Runs `spec.program` in a sandbox and waits for it, at most `spec.limits.wall`.
+///
+/// A program that fails, crashes or hits a limit is an `Ok` answer (see
+/// [`SandboxOutput::limits_hit`]); `Err` means the sandbox itself could not be run.
+/// Dropping the future kills the whole process group.
+pub async fn run(spec: &SandboxSpec<'_>) -> Result<SandboxOutput, SandboxError> {
+    let status_file = tempfile::Builder::new()
+        .prefix("discomy-sandbox-status-")
+        .tempfile()
+        .map_err(SandboxError::StatusFile)?;
+    let args = build_args(spec, Some(status_file.path()))?;
+    let mut cmd = Command::new(spec.helper);
+    cmd.args(&args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| SandboxError::Spawn { helper: spec.helper.to_path_buf(), source })?;
+    let mut killer = GroupKiller(child.id());
+    let out_pipe = child.stdout.take();
+    let err_pipe = child.stderr.take();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let (mut out_truncated, mut err_truncated) = (false, false);
+    let exited = Notify::new();
+    let wait = async {
+        let result = match tokio::time::timeout(spec.limits.wall, child.wait()).await {
+            Ok(result) => result.map(|status| (status, false)),
+            Err(_) => {
+                killer.kill();
+                child.wait().await.map(|status| (status, true))
+            }
+        };
+        exited.notify_one();
+        result
+    };
+    let read = async {
+        let both = async {
+            tokio::join!(
+                drain(out_pipe, &mut stdout, &mut out_truncated),
+                drain(err_pipe, &mut stderr, &mut err_truncated)
+            )
+        };
+        let grace = async {
+            exited.notified().await;
+            tokio::time::sleep(READ_GRACE).await;
+        };
+        tokio::select! {
+            _ = both => {}
+            () = grace => {}
+        }
+    };
+    let (waited, ()) = tokio::join!(wait, read);
+    let (status, wall_killed) = waited.map_err(SandboxError::Wait)?;
+    killer.disarm();
+    let elapsed = started.elapsed();
+
+    let record = std::fs::read_to_string(status_file.path())
+        .ok()
+        .and_then(|text| HelperStatus::parse(&text));
+    if let Some(msg) = record.as_ref().and_then(|r| r.setup_error.clone()) {
+        return Err(SandboxError::Setup(msg));
+    }
+    let (exit_code, signal) = match &record {
+        Some(r) if !wall_killed => match (r.code, r.signal) {
+            (_, Some(sig)) => (128 + sig, Some(sig)),
+            (Some(code), None) => (code, None),
+            (None, None) => exit_of(&status),
+        },
+        _ => exit_of(&status),
+    };
+    if record.is_none() && !wall_killed && exit_code == i32::from(SETUP_EXIT_CODE) {
+        if let Some(msg) = setup_message(&stderr) {
+            return Err(SandboxError::Setup(msg));
+        }
+    }
+
+    let mut limits_hit = Vec::new();
+    if wall_killed {
+        limits_hit.push(LimitHit::WallTime);
+    }
+    let cpu_ms = record.as_ref().and_then(|r| r.cpu_ms);
+    let cpu_over = cpu_ms.is_some_and(|ms| ms >= spec.limits.cpu_secs.saturating_mul(1000));
+    match signal {
+        Some(sig) if sig == nix::sys::signal::Signal::SIGXCPU as i32 => {
+            limits_hit.push(LimitHit::CpuTime)
+        }
+        Some(sig) if sig == nix::sys::signal::Signal::SIGXFSZ as i32 => {
+            limits_hit.push(LimitHit::FileSize)
+        }
+        Some(sig)
+            if sig == nix::sys::signal::Signal::SIGKILL as i32 && cpu_over && !wall_killed =>
+        {
+            limits_hit.push(LimitHit::CpuTime);
+        }
+        _ => {}
+    }
+    if let Some(r) = &record {
+        if r.oom_kills > 0 {
+            limits_hit.push(LimitHit::Memory);
+        }
+        if r.pids_max_events > 0 {
+            limits_hit.push(LimitHit::Processes);
+        }
+    }
+    if out_truncated || err_truncated {
+        limits_hit.push(LimitHit::Output);
+    }
+    Ok(SandboxOutput {
+        exit_code,
+        signal,
+        stdout,
+        stderr,
+        elapsed,
+        cpu_time: cpu_ms.map(Duration::from_millis),
+        limits_hit,
+    })
+}
+
+/// Checks once, at worker start-up, that sandboxes can be created on this host: runs
+/// `HELPER --probe`, which sets up every namespace, mount and limit of a real run with `/` as
+/// the toolchain tree and exits instead of running a program.
+///
+/// `Ok` holds the helper's one-line description of what is enforced here (user namespace or
+/// root, cgroups, process limit), for the log. `Err` explains what failed, including a hint
+/// when the kernel forbids unprivileged user namespaces.
+pub fn probe(helper: &Path) -> Result<String, String> {
+    let out = std::process::Command::new(helper)
+        .arg("--probe")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.status.success() {
+        return Ok(report);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = setup_message(&out.stderr).unwrap_or_else(|| stderr.trim().to_owned());
+    Err(format!(
+        "sandboxes cannot be created here ({} --probe: {}): {why}",
+        helper.display(),
+        out.status
+    ))
+}
+
+fn exit_of(status: &std::process::ExitStatus) -> (i32, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(sig)) => (128 + sig, Some(sig)),
+        (None, None) => (-1, None),
+    }
+}
+
+/// The helper's own messages in `stderr`, without their prefix.
+fn setup_message(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix(SETUP_PREFIX)).collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+async fn drain<R: AsyncRead + Unpin>(pipe: Option<R>, buf: &mut Vec<u8>, truncated: &mut bool) {
+    let Some(mut pipe) = pipe else { return };
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = MAX_OUTPUT_BYTES.saturating_sub(buf.len());
+                if n > room {
+                    *truncated = true;
+                }
+                buf.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// Kills the helper's process group (and with it the sandbox) unless disarmed.
+struct GroupKiller(Option<u32>);
+
+impl GroupKiller {
+    fn kill(&self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips() {
+        let done = HelperStatus {
+            code: Some(1),
+            cpu_ms: Some(20),
+            pids_max_events: 3,
+            ..HelperStatus::default()
+        };
+        assert_eq!(HelperStatus::parse(&done.to_text()), Some(done));
+        let killed = HelperStatus { signal: Some(24), ..HelperStatus::default() };
+        assert_eq!(HelperStatus::parse(&killed.to_text()), Some(killed));
+        let setup =
+            HelperStatus { setup_error: Some("mount x:\nEPERM".into()), ..HelperStatus::default() };
+        assert_eq!(
+            HelperStatus::parse(&setup.to_text()).and_then(|s| s.setup_error),
+            Some("mount x: EPERM".to_owned())
+        );
+        assert_eq!(HelperStatus::parse(""), None);
+        assert_eq!(HelperStatus::parse("outcome=done\n"), None);
+    }
+
+    #[test]
+    fn command_line_keeps_the_program_after_the_separator() {
+        let limits = Limits::default();
+        let args = vec!["-c".to_owned(), "--root=/evil".to_owned()];
+        let env = vec![("PATH".to_owned(), "/usr/bin".to_owned())];
+        let spec = SandboxSpec {
+            helper: Path::new("/x/discomy-sandbox"),
+            root: Path::new("/t"),
+            work: Path::new("/w"),
+            program: "/usr/bin/gcc",
+            args: &args,
+            env: &env,
+            limits: &limits,
+            run_as: None,
+            cgroup_parents: &[],
+        };
+        let line = command_line(&spec).unwrap();
+        let sep = line.iter().position(|a| a == "--").unwrap();
+        assert_eq!(&line[sep + 1..], ["/usr/bin/gcc", "-c", "--root=/evil"]);
+        assert!(line[..sep].contains(&OsString::from("--env=PATH=/usr/bin")));
+        assert!(line[..sep].contains(&OsString::from("--root=/t")));
+
+        let relative = SandboxSpec { program: "gcc", ..spec };
+        assert!(matches!(command_line(&relative), Err(SandboxError::Invalid(_))));
+        let bad_env = vec![("A=B".to_owned(), "c".to_owned())];
+        let bad = SandboxSpec { env: &bad_env, ..spec };
+        assert!(matches!(command_line(&bad), Err(SandboxError::Invalid(_))));
+    }
+
+    #[test]
+    fn setup_messages_are_recognised() {
+        assert_eq!(
+            setup_message(b"gcc: note\ndiscomy-sandbox: unshare: EPERM\n"),
+            Some("unshare: EPERM".to_owned())
+        );
+        assert_eq!(setup_message(b"gcc: error\n"), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! Moving toolchains between nodes: serving `PutBlob`/`InstallToolchain` from a store, and
+//! pushing a toolchain from our store to a peer that answered `NeedToolchain`.
+
+use discomy_protocol::asyncio::{Conn, recv, send};
+use discomy_protocol::{Payload, RefusalKind, Request, Response, ToolchainManifest};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::toolstore::{InstallStep, ToolStore};
+
+/// Answers a store request (`PutBlob` or `InstallToolchain`); `None` for other requests.
+pub async fn serve(store: &ToolStore, request: &Request) -> Option<Response> {
+    match request {
+        Request::PutBlob(payload) => Some(match store.put_blob(payload) {
+            Ok(digest) => {
+                tracing::info!(blob = %digest, bytes = payload.raw_len, "blob received");
+                Response::Stored(digest)
+            }
+            Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+        }),
+        Request::InstallToolchain(manifest) => Some(match store.install(manifest).await {
+            Ok(InstallStep::Ready) => Response::Installed(manifest.digest()),
+            Ok(InstallStep::Missing(blobs)) => Response::MissingBlobs(blobs),
+            Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+        }),
+        _ => None,
+    }
+}
+
+/// Pushes `manifest` (whose blobs are in `store`) to the peer on `conn` until it is installed.
+pub async fn push<S>(
+    conn: &mut Conn<S>,
+    store: &ToolStore,
+    manifest: &ToolchainManifest,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let digest = manifest.digest();
+    for _ in 0..3 {
+        send(conn, &Request::InstallToolchain(manifest.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        match recv::<_, Response>(conn).await.map_err(|e| e.to_string())? {
+            Response::Installed(d) if d == digest => return Ok(()),
+            Response::MissingBlobs(blobs) => {
+                for blob in blobs {
+                    let path = store
+                        .blob(&blob)
+                        .ok_or_else(|| format!("blob {blob} is not in our store"))?;
+                    let raw = tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| format!("read {}: {e}", path.display()))?;
+                    let payload = tokio::task::spawn_blocking(move || Payload::compress(&raw))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    send(conn, &Request::PutBlob(payload)).await.map_err(|e| e.to_string())?;
+                    match recv::<_, Response>(conn).await.map_err(|e| e.to_string())? {
+                        Response::Stored(d) if d == blob => {}
+                        other => return Err(format!("peer did not store blob {blob}: {other:?}")),
+                    }
+                }
+            }
+            other => return Err(format!("peer refused toolchain {digest}: {other:?}")),
+        }
+    }
+    Err(format!("toolchain {digest} still not installed after sending its blobs"))
+}

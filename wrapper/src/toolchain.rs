@@ -1,0 +1,721 @@
+//! The closure of a compiler as a content-addressed [`ToolchainManifest`], built once per compiler.
+//!
+//! [`collect`] asks the driver which programs it runs for a compile (`-print-prog-name=cc1`,
+//! `cc1plus`, `lto1`, `as`), adds its specs file, the caller's extras (`-specs=` files and
+//! plugins, see [`extras_for_args`]) and the `ldd` closure of every ELF file among them, the
+//! dynamic loader included. Every path is resolved component by component: each symlink met on
+//! the way (`/usr/bin/gcc` → `gcc-12`, `/lib` → `usr/lib`, …) becomes a `Symlink` entry with its
+//! literal target, and the real file a `File` entry at its canonical path. The manifest's
+//! `driver` is the canonical path of the driver binary.
+//!
+//! [`collect_cached`] keeps the manifest in `cache_dir()/toolchains/<key>.manifest` with a stat
+//! stamp of every file, every symlink's target and every directory holding one; a hit re-checks
+//! them all (tens of `stat`/`readlink` calls) instead of running `ldd` and hashing ~100 MB.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use discomy_protocol::{Digest, EntryKind, ProtocolError, ToolchainManifest, TreeEntry};
+use serde::{Deserialize, Serialize};
+
+/// A compiler's manifest and where each of its blobs can be read on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toolchain {
+    /// The tree: every file and symlink the compiler needs, at its path on the client.
+    pub manifest: ToolchainManifest,
+    /// Where to read each blob on this host.
+    pub sources: HashMap<Digest, PathBuf>,
+}
+
+/// Why a toolchain could not be collected or imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolchainError {
+    /// A file could not be read or examined.
+    #[error("toolchain: {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A program (the driver or `ldd`) could not be run.
+    #[error("toolchain: cannot run {program}: {source}")]
+    Run {
+        /// The program.
+        program: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A path cannot be represented in a manifest.
+    #[error("toolchain: path {0:?} is not valid UTF-8")]
+    NonUtf8(PathBuf),
+    /// A path resolves through too many symlinks.
+    #[error("toolchain: {0}: too many levels of symbolic links")]
+    SymlinkLoop(PathBuf),
+    /// A path resolves to something other than a regular file.
+    #[error("toolchain: {0}: not a regular file")]
+    NotAFile(PathBuf),
+    /// `ldd` reported a library it could not find.
+    #[error("toolchain: {library}, needed by {needed_by}, not found by ldd")]
+    MissingLibrary {
+        /// The library's name.
+        library: String,
+        /// The file that needs it.
+        needed_by: PathBuf,
+    },
+    /// A `-specs=` file or `-fplugin=` plugin named on the command line does not exist.
+    #[error("toolchain: {what} {name:?} not found")]
+    NotFound {
+        /// `specs file` or `plugin`.
+        what: &'static str,
+        /// The name as given.
+        name: String,
+    },
+    /// The manifest broke an invariant (a bug, or a tarball with a bad tree).
+    #[error("toolchain: {0}")]
+    Manifest(#[from] ProtocolError),
+    /// An icecream tarball is malformed or unsupported.
+    #[error("toolchain: tarball {path}: {reason}")]
+    Tarball {
+        /// The tarball.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The most symlinks followed while resolving one path (Linux's own limit).
+const MAX_SYMLINKS: usize = 40;
+/// Programs the gcc driver runs for a compile.
+const PROGRAMS: [&str; 4] = ["cc1", "cc1plus", "lto1", "as"];
+/// Cache record format version; bump when [`CacheRecord`] or the collection rules change.
+const CACHE_VERSION: u32 = 1;
+
+/// Collects the closure of `driver` (as the build names it) plus `extras` (specs files, plugins).
+///
+/// `path_var` is the PATH the compiler runs with: bare program names (`as`) are found on it.
+pub fn collect(
+    driver: &Path,
+    extras: &[PathBuf],
+    path_var: &OsStr,
+) -> Result<Toolchain, ToolchainError> {
+    Ok(collect_stamped(driver, extras, path_var)?.0)
+}
+
+/// [`collect`] through the on-disk cache under [`crate::identity::cache_dir`].
+pub fn collect_cached(
+    driver: &Path,
+    extras: &[PathBuf],
+    path_var: &OsStr,
+) -> Result<Toolchain, ToolchainError> {
+    collect_cached_in(&crate::identity::cache_dir(), driver, extras, path_var)
+}
+
+/// [`collect_cached`] with an explicit cache root (the manifest goes to `<root>/toolchains/`).
+///
+/// The key covers the driver path as named (absolute), the extras and `path_var`: `cc` and `gcc`
+/// reach the same binary through different symlinks, so their manifests differ.
+pub fn collect_cached_in(
+    cache_root: &Path,
+    driver: &Path,
+    extras: &[PathBuf],
+    path_var: &OsStr,
+) -> Result<Toolchain, ToolchainError> {
+    let driver = absolute(driver)?;
+    let extras = extras.iter().map(|e| absolute(e)).collect::<Result<Vec<_>, _>>()?;
+    let key = cache_key(&driver, &extras, path_var);
+    let file = cache_root.join("toolchains").join(format!("{}.manifest", &key.to_hex()[..32]));
+    if let Some(toolchain) = read_cache(&file, key) {
+        tracing::debug!(cache = %file.display(), "toolchain manifest from cache");
+        return Ok(toolchain);
+    }
+    let (toolchain, checks) = collect_stamped(&driver, &extras, path_var)?;
+    let record = CacheRecord { version: CACHE_VERSION, key, manifest: toolchain.manifest, checks };
+    write_cache(&file, &record);
+    Ok(Toolchain { manifest: record.manifest, sources: toolchain.sources })
+}
+
+/// The extra toolchain files a command line needs: every `-specs=` file, every `-fplugin=`
+/// plugin, and the plugins named inside those specs files (when they exist).
+///
+/// Specs files: absolute names as is; relative ones are looked up like gcc does, in the driver's
+/// own directories (`DRIVER -print-file-name=NAME`) and then in the current directory. Plugins:
+/// a bare name means `<plugin dir>/NAME.so` (`-iplugindir=`, else `DRIVER -print-file-name=plugin`),
+/// anything with a `/` is a path. A specs file or plugin named on the command line that does not
+/// exist is an error; one named inside a specs file may be conditional and is skipped.
+pub fn extras_for_args(
+    args: &[String],
+    driver: &Path,
+    path_var: &OsStr,
+) -> Result<Vec<PathBuf>, ToolchainError> {
+    let mut specs = Vec::new();
+    let mut plugins = Vec::new();
+    let mut plugin_dir_arg = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if let Some(v) = arg.strip_prefix("-specs=").or_else(|| arg.strip_prefix("--specs=")) {
+            specs.push(v.to_string());
+        } else if arg == "-specs" || arg == "--specs" {
+            if let Some(v) = iter.next() {
+                specs.push(v.clone());
+            }
+        } else if let Some(v) = arg.strip_prefix("-fplugin=") {
+            plugins.push(v.to_string());
+        } else if let Some(v) = arg.strip_prefix("-iplugindir=") {
+            plugin_dir_arg = Some(PathBuf::from(v));
+        }
+    }
+    if specs.is_empty() && plugins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    let push = |p: PathBuf, out: &mut Vec<PathBuf>| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    let mut plugin_dir = plugin_dir_arg;
+    let mut spec_plugins = Vec::new();
+    for name in &specs {
+        let path = find_specs(name, driver, path_var)?;
+        let text =
+            fs::read(&path).map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
+        spec_plugins.extend(plugins_in_specs(&String::from_utf8_lossy(&text)));
+        push(path, &mut out);
+    }
+    for (name, required) in
+        plugins.iter().map(|p| (p, true)).chain(spec_plugins.iter().map(|p| (p, false)))
+    {
+        let path = if name.contains('/') {
+            absolute(Path::new(name))?
+        } else {
+            if plugin_dir.is_none() {
+                plugin_dir =
+                    Some(PathBuf::from(query(driver, path_var, "-print-file-name=plugin")?));
+            }
+            plugin_dir.as_deref().unwrap_or(Path::new("")).join(format!("{name}.so"))
+        };
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => push(path, &mut out),
+            _ if !required => tracing::debug!(plugin = %path.display(), "plugin from specs absent"),
+            _ => return Err(ToolchainError::NotFound { what: "plugin", name: name.clone() }),
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves a `-specs=` argument the way gcc does: absolute as is; otherwise gcc's own
+/// directories first, then the current directory.
+fn find_specs(name: &str, driver: &Path, path_var: &OsStr) -> Result<PathBuf, ToolchainError> {
+    let not_found = || ToolchainError::NotFound { what: "specs file", name: name.to_string() };
+    if name.is_empty() {
+        return Err(not_found());
+    }
+    let given = Path::new(name);
+    if given.is_absolute() {
+        return if given.is_file() { Ok(given.to_path_buf()) } else { Err(not_found()) };
+    }
+    let answer = PathBuf::from(query(driver, path_var, &format!("-print-file-name={name}"))?);
+    if answer.is_absolute() && answer.is_file() {
+        return Ok(answer);
+    }
+    let local = absolute(given)?;
+    if local.is_file() { Ok(local) } else { Err(not_found()) }
+}
+
+/// The `-fplugin=NAME` tokens in a specs file's text.
+fn plugins_in_specs(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("-fplugin=") {
+        let rest = &text[at + "-fplugin=".len()..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, '}' | '{' | '%' | '|' | ';' | '"'))
+            .unwrap_or(rest.len());
+        let name = &rest[..end];
+        if !name.is_empty() && !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// One thing a cache hit re-checks.
+#[derive(Debug, Serialize, Deserialize)]
+enum Check {
+    /// `identity::stamp` of a file or directory (size, mtime, mtime_nsec, inode).
+    Stat { path: String, stamp: String },
+    /// A symlink and its target.
+    Link { path: String, target: String },
+}
+
+/// What `<key>.manifest` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheRecord {
+    version: u32,
+    key: Digest,
+    manifest: ToolchainManifest,
+    checks: Vec<Check>,
+}
+
+fn cache_key(driver: &Path, extras: &[PathBuf], path_var: &OsStr) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"discomy toolchain cache\0");
+    h.update(&CACHE_VERSION.to_le_bytes());
+    for part in std::iter::once(driver.as_os_str())
+        .chain(extras.iter().map(|e| e.as_os_str()))
+        .chain(std::iter::once(path_var))
+    {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_encoded_bytes());
+    }
+    h.finalize().into()
+}
+
+fn read_cache(file: &Path, key: Digest) -> Option<Toolchain> {
+    let bytes = fs::read(file).ok()?;
+    let record: CacheRecord = postcard::from_bytes(&bytes).ok()?;
+    if record.version != CACHE_VERSION || record.key != key || record.checks.is_empty() {
+        return None;
+    }
+    for check in &record.checks {
+        let fresh = match check {
+            Check::Stat { path, stamp } => {
+                crate::identity::stamp(Path::new(path)).is_some_and(|s| &s == stamp)
+            }
+            Check::Link { path, target } => {
+                fs::read_link(path).is_ok_and(|t| t.as_os_str() == OsStr::new(target))
+            }
+        };
+        if !fresh {
+            tracing::debug!(cache = %file.display(), ?check, "toolchain cache stale");
+            return None;
+        }
+    }
+    record.manifest.validate().ok()?;
+    let sources = sources_of(&record.manifest);
+    Some(Toolchain { manifest: record.manifest, sources })
+}
+
+/// Writes the record atomically; a cache we cannot write only costs speed.
+fn write_cache(file: &Path, record: &CacheRecord) {
+    let Ok(bytes) = postcard::to_stdvec(record) else { return };
+    let Some(dir) = file.parent() else { return };
+    if let Err(err) = write_atomically(dir, file, &bytes) {
+        tracing::debug!(cache = %file.display(), %err, "cannot write toolchain cache");
+    }
+}
+
+/// Writes `bytes` to a unique temporary file in `dir` and renames it to `file`.
+pub(crate) fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(unique_temp_name());
+    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, file));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `.tmp-<pid>-<counter>-<nanos>`: unique among threads and processes.
+pub(crate) fn unique_temp_name() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(".tmp-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Each File entry's digest mapped to its path (on the client, content lives at its path).
+fn sources_of(manifest: &ToolchainManifest) -> HashMap<Digest, PathBuf> {
+    manifest
+        .entries
+        .iter()
+        .filter_map(|e| match e.kind {
+            EntryKind::File { digest, .. } => Some((digest, PathBuf::from(&e.path))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a path in the tree is, before hashing.
+enum Node {
+    File,
+    Symlink(String),
+}
+
+/// The tree being collected: canonical files and the symlinks met on the way to them.
+#[derive(Default)]
+struct Tree {
+    nodes: BTreeMap<String, Node>,
+}
+
+impl Tree {
+    /// Adds `path` (absolute) and every symlink on the way to it; returns its canonical path.
+    fn add(&mut self, path: &Path) -> Result<PathBuf, ToolchainError> {
+        let mut pending: VecDeque<OsString> = VecDeque::new();
+        push_components(&mut pending, path, false);
+        let mut cur = PathBuf::from("/");
+        let mut hops = 0;
+        while let Some(name) = pending.pop_front() {
+            if name == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&name);
+            let meta = fs::symlink_metadata(&next)
+                .map_err(|source| ToolchainError::Io { path: next.clone(), source })?;
+            if !meta.file_type().is_symlink() {
+                cur = next;
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_SYMLINKS {
+                return Err(ToolchainError::SymlinkLoop(path.to_path_buf()));
+            }
+            let target = fs::read_link(&next)
+                .map_err(|source| ToolchainError::Io { path: next.clone(), source })?;
+            let target_text = utf8(&target)?.to_string();
+            if target_text.is_empty() {
+                return Err(ToolchainError::NotAFile(next));
+            }
+            self.nodes.insert(utf8(&next)?.to_string(), Node::Symlink(target_text));
+            if target.is_absolute() {
+                cur = PathBuf::from("/");
+            }
+            push_components(&mut pending, &target, true);
+        }
+        let meta = fs::metadata(&cur)
+            .map_err(|source| ToolchainError::Io { path: cur.clone(), source })?;
+        if !meta.is_file() {
+            return Err(ToolchainError::NotAFile(path.to_path_buf()));
+        }
+        self.nodes.insert(utf8(&cur)?.to_string(), Node::File);
+        Ok(cur)
+    }
+}
+
+/// Queues the components of `path` (`.` dropped, `..` kept), at the front if `front`.
+fn push_components(pending: &mut VecDeque<OsString>, path: &Path, front: bool) {
+    let parts: Vec<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    if front {
+        for part in parts.into_iter().rev() {
+            pending.push_front(part);
+        }
+    } else {
+        pending.extend(parts);
+    }
+}
+
+fn utf8(path: &Path) -> Result<&str, ToolchainError> {
+    path.to_str().ok_or_else(|| ToolchainError::NonUtf8(path.to_path_buf()))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ToolchainError> {
+    std::path::absolute(path)
+        .map_err(|source| ToolchainError::Io { path: path.to_path_buf(), source })
+}
+
+/// Runs `driver flag` and returns its trimmed stdout.
+fn query(driver: &Path, path_var: &OsStr, flag: &str) -> Result<String, ToolchainError> {
+    let out = Command::new(driver)
+        .arg(flag)
+        .env("PATH", path_var)
+        .env(crate::ENV_SAFEGUARD, "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| ToolchainError::Run { program: driver.to_path_buf(), source })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Collects the toolchain and the checks that keep a cached copy honest.
+fn collect_stamped(
+    driver: &Path,
+    extras: &[PathBuf],
+    path_var: &OsStr,
+) -> Result<(Toolchain, Vec<Check>), ToolchainError> {
+    let driver = absolute(driver)?;
+    let mut tree = Tree::default();
+    let driver_real = tree.add(&driver)?;
+    let mut roots = vec![driver_real.clone()];
+    for prog in PROGRAMS {
+        let answer = query(&driver, path_var, &format!("-print-prog-name={prog}"))?;
+        let candidate = if answer.contains('/') {
+            Some(PathBuf::from(&answer)).filter(|p| p.is_absolute())
+        } else {
+            crate::invocation::find_on_path(&answer, path_var, None)
+        };
+        match candidate.filter(|p| p.is_file()) {
+            Some(path) => roots.push(tree.add(&path)?),
+            None => tracing::debug!(prog, %answer, "compiler program not found; not packaged"),
+        }
+    }
+    let specs = PathBuf::from(query(&driver, path_var, "-print-file-name=specs")?);
+    if specs.is_absolute() && specs.is_file() {
+        tree.add(&specs)?;
+    }
+    for extra in extras {
+        let extra = absolute(extra)?;
+        fs::File::open(&extra)
+            .map_err(|source| ToolchainError::Io { path: extra.clone(), source })?;
+        roots.push(tree.add(&extra)?);
+    }
+    let mut seen = BTreeSet::new();
+    roots.retain(|r| seen.insert(r.clone()));
+    for lib in shared_libraries(&roots, path_var)? {
+        tree.add(&lib)?;
+    }
+    let name = compiler_name(&driver, &driver_real, path_var)?;
+    let driver_text = utf8(&driver_real)?.to_string();
+    build(tree, name, driver_text)
+}
+
+/// `gcc 12.2.0 x86_64-linux-gnu`: family from the canonical driver name, version, machine.
+fn compiler_name(driver: &Path, real: &Path, path_var: &OsStr) -> Result<String, ToolchainError> {
+    let machine = query(driver, path_var, "-dumpmachine")?;
+    let mut version = query(driver, path_var, "-dumpfullversion")?;
+    if version.is_empty() || version.starts_with('-') {
+        version = query(driver, path_var, "-dumpversion")?;
+    }
+    let file = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut family = file.as_str();
+    if !machine.is_empty() {
+        family = family.strip_prefix(&format!("{machine}-")).unwrap_or(family);
+    }
+    if let Some((stem, suffix)) = family.rsplit_once('-') {
+        if !stem.is_empty() && suffix.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            family = stem;
+        }
+    }
+    let parts = [family, version.as_str(), machine.as_str()];
+    Ok(parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join(" "))
+}
+
+/// The `ldd` closure (transitive, loader included) of every ELF file in `roots`.
+fn shared_libraries(roots: &[PathBuf], path_var: &OsStr) -> Result<Vec<PathBuf>, ToolchainError> {
+    let ldd = crate::invocation::find_on_path("ldd", path_var, None)
+        .or_else(|| {
+            ["/usr/bin/ldd", "/bin/ldd"].map(PathBuf::from).into_iter().find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("ldd"));
+    let mut children = Vec::new();
+    for root in roots.iter().filter(|r| is_elf(r)) {
+        let child = Command::new(&ldd)
+            .arg("--")
+            .arg(root)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| ToolchainError::Run { program: ldd.clone(), source })?;
+        children.push((root, child));
+    }
+    let mut libs = Vec::new();
+    for (root, child) in children {
+        let out = child
+            .wait_with_output()
+            .map_err(|source| ToolchainError::Run { program: ldd.clone(), source })?;
+        libs.extend(parse_ldd(&String::from_utf8_lossy(&out.stdout), root)?);
+    }
+    Ok(libs)
+}
+
+/// The absolute paths in `ldd` output; an error for `=> not found`.
+fn parse_ldd(text: &str, needed_by: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let (name, location) = match line.split_once("=>") {
+            Some((name, rest)) => (name.trim(), rest.trim()),
+            None => (line, line),
+        };
+        if location.starts_with("not found") {
+            return Err(ToolchainError::MissingLibrary {
+                library: name.to_string(),
+                needed_by: needed_by.to_path_buf(),
+            });
+        }
+        let path = location.rsplit_once(" (0x").map_or(location, |(p, _)| p).trim();
+        if path.starts_with('/') {
+            out.push(PathBuf::from(path));
+        }
+    }
+    Ok(out)
+}
+
+fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
+}
+
+/// Hashes the tree's files (in parallel) and builds the validated manifest plus cache checks.
+fn build(
+    tree: Tree,
+    name: String,
+    driver: String,
+) -> Result<(Toolchain, Vec<Check>), ToolchainError> {
+    let files: Vec<&String> =
+        tree.nodes.iter().filter(|(_, n)| matches!(n, Node::File)).map(|(p, _)| p).collect();
+    let hashed = hash_files(&files)?;
+    let mut checks = Vec::new();
+    let mut dirs = BTreeSet::new();
+    let mut entries = Vec::with_capacity(tree.nodes.len());
+    let mut hashed = hashed.into_iter();
+    for (path, node) in &tree.nodes {
+        if let Some(parent) = Path::new(path).parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+        let kind = match node {
+            Node::Symlink(target) => {
+                checks.push(Check::Link { path: path.clone(), target: target.clone() });
+                EntryKind::Symlink { target: target.clone() }
+            }
+            Node::File => {
+                let Some((stamp, kind)) = hashed.next() else {
+                    return Err(ToolchainError::NotAFile(PathBuf::from(path)));
+                };
+                checks.push(Check::Stat { path: path.clone(), stamp });
+                kind
+            }
+        };
+        entries.push(TreeEntry { path: path.clone(), kind });
+    }
+    // A directory's mtime changes when a file appears in it (g++ installed after gcc, so
+    // `cc1plus` now exists): that must invalidate the cached manifest too.
+    for dir in dirs {
+        if let (Some(stamp), Some(path)) = (crate::identity::stamp(&dir), dir.to_str()) {
+            checks.push(Check::Stat { path: path.to_string(), stamp });
+        }
+    }
+    let manifest = ToolchainManifest { name, driver, entries };
+    manifest.validate()?;
+    let sources = sources_of(&manifest);
+    Ok((Toolchain { manifest, sources }, checks))
+}
+
+/// A file's stamp (taken before reading it) and its File entry kind.
+type Hashed = (String, EntryKind);
+
+/// Stamps and File kinds of `files`, in order.
+fn hash_files(files: &[&String]) -> Result<Vec<Hashed>, ToolchainError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Hashed, ToolchainError>>>> =
+        Mutex::new((0..files.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(files.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = files.get(i) else { break };
+                    let result = hash_file(Path::new(path.as_str()));
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i] = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    let slots = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    slots
+        .into_iter()
+        .zip(files)
+        .map(|(slot, path)| {
+            slot.unwrap_or_else(|| Err(ToolchainError::NotAFile(PathBuf::from(path.as_str()))))
+        })
+        .collect()
+}
+
+fn hash_file(path: &Path) -> Result<Hashed, ToolchainError> {
+    let io_err = |source| ToolchainError::Io { path: path.to_path_buf(), source };
+    let stamp = crate::identity::stamp(path)
+        .ok_or_else(|| io_err(io::Error::new(io::ErrorKind::NotFound, "cannot stat")))?;
+    let file = fs::File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    let mut hasher = blake3::Hasher::new();
+    let size =
+        io::copy(&mut io::BufReader::with_capacity(1 << 16, file), &mut hasher).map_err(io_err)?;
+    let executable = meta.permissions().mode() & 0o111 != 0;
+    Ok((stamp, EntryKind::File { digest: hasher.finalize().into(), size, executable }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_is_parsed() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f11)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f11)\n";
+        let libs = parse_ldd(text, Path::new("/x")).unwrap();
+        assert_eq!(
+            libs,
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        assert!(parse_ldd("\tstatically linked\n", Path::new("/x")).unwrap().is_empty());
+        assert!(matches!(
+            parse_ldd("\tlibfoo.so.1 => not found\n", Path::new("/x")),
+            Err(ToolchainError::MissingLibrary { .. })
+        ));
+    }
+
+    #[test]
+    fn plugins_are_found_in_red_hat_specs() {
+        let text = "*cc1_options:\n+ %{!fno-use-annobin:%{!iplugindir*:%:find-plugindir()} \
+                    -fplugin=annobin}\n\n*x:\n-fplugin=gcc-annobin -fplugin=/opt/p.so\n";
+        assert_eq!(plugins_in_specs(text), ["annobin", "gcc-annobin", "/opt/p.so"]);
+    }
+
+    #[test]
+    fn symlinks_are_recorded_component_by_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        fs::create_dir_all(root.join("real/bin")).unwrap();
+        fs::write(root.join("real/bin/tool-1"), b"x").unwrap();
+        std::os::unix::fs::symlink("real", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("tool-1", root.join("real/bin/tool")).unwrap();
+        std::os::unix::fs::symlink("../real/./bin/tool", root.join("real/up")).unwrap();
+        let mut tree = Tree::default();
+        let real = tree.add(&root.join("link/up")).unwrap();
+        assert_eq!(real, root.join("real/bin/tool-1"));
+        let links: Vec<(String, String)> = tree
+            .nodes
+            .iter()
+            .filter_map(|(p, n)| match n {
+                Node::Symlink(t) => Some((p.clone(), t.clone())),
+                Node::File => None,
+            })
+            .collect();
+        let r = root.to_str().unwrap();
+        assert_eq!(
+            links,
+            [
+                (format!("{r}/link"), "real".to_string()),
+                (format!("{r}/real/bin/tool"), "tool-1".to_string()),
+                (format!("{r}/real/up"), "../real/./bin/tool".to_string()),
+            ]
+        );
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(matches!(tree.add(&root.join("loop")), Err(ToolchainError::SymlinkLoop(_))));
+    }
+}
