@@ -162,6 +162,12 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 return;
             }
             Ok(Request::Ping) => Response::Pong,
+            Ok(Request::Compile(req)) if !state.store.is_installed(&req.compiler.identity) => {
+                Response::refused(
+                    RefusalKind::NeedToolchain,
+                    format!("this agent does not hold toolchain {} yet", req.compiler.identity),
+                )
+            }
             Ok(Request::Compile(req)) => tokio::select! {
                 _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                 r = forward(&state, &req) => r,

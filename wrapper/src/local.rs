@@ -9,7 +9,6 @@ use crate::invocation::Invocation;
 pub fn command(inv: &Invocation) -> Command {
     let mut cmd = Command::new(&inv.compiler);
     cmd.args(&inv.args).env("PATH", &inv.child_path).env(crate::ENV_SAFEGUARD, "1");
-    cmd.arg0(&inv.name);
     cmd
 }
 

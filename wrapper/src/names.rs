@@ -15,7 +15,11 @@ pub fn is_compiler_name(name: &str) -> bool {
     });
     let base = ["gcc", "g++", "clang", "clang++", "cc", "c++"]
         .iter()
-        .find(|tool| base == **tool || base.ends_with(&format!("-{tool}")))
+        .find(|tool| {
+            // A target prefix is a triple (x86_64-linux-gnu-), not a word like Debian's c89-gcc.
+            base == **tool
+                || base.strip_suffix(&format!("-{tool}")).is_some_and(|prefix| prefix.contains('-'))
+        })
         .copied();
     match base {
         Some("cc" | "c++") => name == "cc" || name == "c++",
@@ -61,9 +65,17 @@ mod tests {
         ] {
             assert!(is_compiler_name(yes), "{yes}");
         }
-        for no in
-            ["gcc-ar", "gcc-nm-12", "x86_64-linux-gnu-gcc-ranlib", "ccache", "cc1", "gccgo", "c89"]
-        {
+        for no in [
+            "gcc-ar",
+            "gcc-nm-12",
+            "x86_64-linux-gnu-gcc-ranlib",
+            "ccache",
+            "cc1",
+            "gccgo",
+            "c89",
+            "c89-gcc",
+            "c99-gcc",
+        ] {
             assert!(!is_compiler_name(no), "{no}");
         }
     }

@@ -1,0 +1,360 @@
+//! Toolchains shipped by content on a live farm: a private gcc 11 that no worker has (unpacked
+//! from Debian packages by `scripts/fetch-gcc11.sh`), the system gcc with a Red Hat style specs
+//! file and a real gcc plugin, and two agents shipping the same compiler to one worker at once.
+//!
+//! Each compile's object is byte-identical to the local compiler's, every compile ran remotely
+//! (stats `remote`), and the worker installed each toolchain exactly once: later units and the
+//! second agent reuse it, and no blob crosses the wire twice.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use discomy_tests::{
+    Agent, Farm, Proc, ShowOnFailure, StatLine, Worker, bin, capture, clean_command, diff_captures,
+    extract_lua, private_tmp, read_stats,
+};
+use discomy_wrapper::invocation::find_on_path;
+use discomy_wrapper::toolchain::{collect, extras_for_args};
+
+/// Lua's own flags for the `linux` target.
+const BASE: &[&str] =
+    &["-std=gnu99", "-O2", "-Wall", "-Wextra", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"];
+/// The units compiled through the farm.
+const SOURCES: &[&str] = &["lapi.c", "lvm.c", "lstring.c", "ltable.c"];
+/// Red Hat's `redhat-hardened-cc1`: PIE unless the command says otherwise.
+const EL_SPECS: &str =
+    "*cc1_options:\n+ %{!r:%{!fpie:%{!fPIE:%{!fpic:%{!fPIC:%{!fno-pic:-fPIE}}}}}}\n";
+/// A real gcc plugin that needs no plugin headers: gcc looks up these two symbols.
+const PLUGIN_SOURCE: &str = r#"
+extern "C" {
+int plugin_is_GPL_compatible;
+int plugin_init(void *, void *) { return 0; }
+}
+"#;
+/// How long one wrapper call may take (the first one uploads a whole compiler).
+const WRAPPER_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn path_var() -> OsString {
+    std::env::var_os("PATH").unwrap_or_default()
+}
+
+/// `PREFIX/usr/bin/gcc-11`, with PREFIX = `<target>/tmp/gcc11` (shared with the wrapper's tests),
+/// fetched by `scripts/fetch-gcc11.sh` when missing.
+fn gcc11() -> PathBuf {
+    let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gcc11");
+    let script = discomy_tests::workspace_root().join("scripts").join("fetch-gcc11.sh");
+    let out = clean_command("bash").arg(&script).arg(&prefix).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/fetch-gcc11.sh {} failed (it needs Debian's apt and network access to \
+         deb.debian.org):\n{}",
+        prefix.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = prefix.canonicalize().unwrap();
+    assert!(
+        !std::env::split_paths(&path_var())
+            .any(|d| d.is_absolute() && d.canonicalize().is_ok_and(|d| d.starts_with(&prefix))),
+        "the gcc 11 prefix must not be on PATH (the workers would seed it)"
+    );
+    prefix.join("usr").join("bin").join("gcc-11")
+}
+
+/// The system gcc, as the wrapper finds it.
+fn system_gcc() -> PathBuf {
+    find_on_path("gcc", &path_var(), None).expect("gcc on PATH")
+}
+
+/// Lua's flags, `extra`, `-c SOURCE`, and `out` (e.g. `-o x.o`), as owned strings.
+fn lua_args(extra: &[String], source: &str, out: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = BASE.iter().map(|a| (*a).to_owned()).collect();
+    args.extend(extra.iter().cloned());
+    args.extend(["-c".to_owned(), source.to_owned()]);
+    args.extend(out.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+/// Where a wrapper sends its units and reports them.
+struct WrapperEnv<'a> {
+    socket: &'a Path,
+    stats: &'a Path,
+    tmp: &'a Path,
+}
+
+/// `discomy-cc COMPILER ARGS…` for a wrapper environment.
+fn wrapper_command(compiler: &Path, args: &[String], env: &WrapperEnv<'_>) -> Command {
+    let mut cmd = clean_command(bin("discomy-cc"));
+    cmd.arg(compiler)
+        .args(args)
+        .env("DISCOMY_SOCKET", env.socket)
+        .env("DISCOMY_STATS_FILE", env.stats)
+        .env("TMPDIR", env.tmp);
+    cmd
+}
+
+/// Compiles each source with `compiler` directly and through discomy-cc; returns every
+/// difference and every stats line that is not one `remote` compile.
+fn compile_each(
+    src: &Path,
+    compiler: &Path,
+    extra: &[String],
+    env: &WrapperEnv<'_>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for source in SOURCES {
+        let args = lua_args(extra, source, &[]);
+        let what = format!("{} {}", compiler.display(), args.join(" "));
+        let mut direct = clean_command(compiler);
+        direct.args(&args);
+        let expected = capture(src, &mut direct);
+        assert_eq!(expected.code, Some(0), "{what}: {}", String::from_utf8_lossy(&expected.stderr));
+        assert!(
+            expected.stderr.is_empty(),
+            "{what}: the compiler itself warns, so discomy-cc would compile locally:\n{}",
+            String::from_utf8_lossy(&expected.stderr)
+        );
+
+        let before = read_stats(env.stats).len();
+        let started = Instant::now();
+        let actual = capture(src, &mut wrapper_command(compiler, &args, env));
+        let after = read_stats(env.stats);
+        let new = &after[before.min(after.len())..];
+        eprintln!("[e2e] {what}: {new:?} in {:.1?}", started.elapsed());
+        problems.extend(diff_captures(&what, &expected, &actual));
+        if new.len() != 1 || new[0].outcome != "remote" {
+            problems.push(format!("{what}: expected one remote compile in the stats, got {new:?}"));
+        }
+    }
+    problems
+}
+
+/// The worker's `toolchain installed` log lines.
+fn install_lines(log: &str) -> Vec<String> {
+    log.lines().filter(|l| l.contains("toolchain installed")).map(str::to_owned).collect()
+}
+
+/// The value of `key=` in a log line (up to the next space).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// Install lines of gcc 11 toolchains (their manifest name is `gcc 11.…`).
+fn gcc11_installs(log: &str) -> Vec<String> {
+    install_lines(log).into_iter().filter(|l| l.contains(" name=gcc 11.")).collect()
+}
+
+/// `blob received` digests in a log, with how often each was received.
+fn received_blobs(log: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("blob received")) {
+        if let Some(blob) = field(line, "blob") {
+            *out.entry(blob.to_owned()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn private_gcc11_is_shipped_and_objects_identical() {
+    let gcc11 = gcc11();
+    let expected_identity = collect(&gcc11, &[], &path_var()).unwrap().manifest.digest();
+    eprintln!("[e2e] gcc 11 toolchain: {expected_identity}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = extract_lua(tmp.path()).join("src");
+    let mut farm = Farm::start(tmp.path(), 1, 2);
+    let stats = tmp.path().join("stats.tsv");
+    let wrapper_tmp = private_tmp(tmp.path(), "wrapper");
+    let mut show = ShowOnFailure::default();
+    show.add("wrapper stats", &stats);
+    let env = WrapperEnv { socket: &farm.agent.socket, stats: &stats, tmp: &wrapper_tmp };
+    assert!(
+        gcc11_installs(&farm.workers[0].proc.stderr_text()).is_empty(),
+        "the worker already holds a gcc 11 before anything was sent"
+    );
+
+    let problems = compile_each(&src, &gcc11, &[], &env);
+    farm.assert_alive();
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+
+    let agent_log = farm.agent.proc.stderr_text();
+    assert!(
+        agent_log.contains("toolchain sent to worker"),
+        "the agent never logged `toolchain sent to worker`:\n{}",
+        farm.agent.proc.logs(60)
+    );
+    let worker_log = farm.workers[0].proc.stderr_text();
+    let installs = gcc11_installs(&worker_log);
+    assert_eq!(
+        installs.len(),
+        1,
+        "the worker must install gcc 11 exactly once for {} units; its install lines:\n{}",
+        SOURCES.len(),
+        install_lines(&worker_log).join("\n")
+    );
+    let installed = field(&installs[0], "toolchain").unwrap_or("");
+    assert_eq!(
+        installed,
+        expected_identity.to_hex(),
+        "the installed toolchain is not the manifest discomy-cc's collect() computes for gcc 11"
+    );
+    let dup: Vec<_> = received_blobs(&worker_log).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(dup.is_empty(), "blobs received more than once: {dup:?}");
+}
+
+/// Builds `myplugin.so` and writes `el.specs` into `dir`.
+fn build_specs_and_plugin(dir: &Path) -> (PathBuf, PathBuf) {
+    let specs = dir.join("el.specs");
+    fs::write(&specs, EL_SPECS).unwrap();
+    let source = dir.join("plugin.cc");
+    fs::write(&source, PLUGIN_SOURCE).unwrap();
+    let plugin = dir.join("myplugin.so");
+    let out = clean_command("g++")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&plugin)
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "g++ plugin: {}", String::from_utf8_lossy(&out.stderr));
+    (specs, plugin)
+}
+
+#[test]
+fn el_specs_and_plugin_distribute() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The specs file and the plugin live outside /tmp: on the worker the unit directory is the
+    // sandbox's /tmp, as on a build host they live under /usr/lib/rpm/redhat.
+    let fixtures = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let fixtures_dir = fixtures.path().canonicalize().unwrap();
+    let (specs, plugin) = build_specs_and_plugin(&fixtures_dir);
+    let extra =
+        vec![format!("-specs={}", specs.display()), format!("-fplugin={}", plugin.display())];
+    let gcc = system_gcc();
+    let extras = extras_for_args(&extra, &gcc, &path_var()).unwrap();
+    let expected_identity = collect(&gcc, &extras, &path_var()).unwrap().manifest.digest();
+    eprintln!("[e2e] gcc + el.specs + myplugin.so toolchain: {expected_identity}");
+
+    let src = extract_lua(tmp.path()).join("src");
+    let mut farm = Farm::start(tmp.path(), 1, 2);
+    let stats = tmp.path().join("stats.tsv");
+    let wrapper_tmp = private_tmp(tmp.path(), "wrapper");
+    let mut show = ShowOnFailure::default();
+    show.add("wrapper stats", &stats);
+    let env = WrapperEnv { socket: &farm.agent.socket, stats: &stats, tmp: &wrapper_tmp };
+
+    let problems = compile_each(&src, &gcc, &extra, &env);
+    farm.assert_alive();
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+
+    let worker_log = farm.workers[0].proc.stderr_text();
+    let installs: Vec<String> = install_lines(&worker_log)
+        .into_iter()
+        .filter(|l| field(l, "toolchain") == Some(expected_identity.to_hex().as_str()))
+        .collect();
+    assert_eq!(
+        installs.len(),
+        1,
+        "the worker must install the gcc + specs + plugin toolchain {expected_identity} exactly \
+         once; its install lines:\n{}",
+        install_lines(&worker_log).join("\n")
+    );
+}
+
+#[test]
+fn two_agents_one_transfer() {
+    let gcc11 = gcc11();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = extract_lua(tmp.path()).join("src");
+    let mut worker = Worker::start(tmp.path(), "worker0", 4);
+    let mut agents: Vec<Agent> = ["agent-a", "agent-b"]
+        .iter()
+        .map(|name| Agent::start(tmp.path(), name, &worker.host_spec()))
+        .collect();
+    assert!(gcc11_installs(&worker.proc.stderr_text()).is_empty(), "fresh worker holds gcc 11");
+    let mut show = ShowOnFailure::default();
+
+    // The reference object.
+    let mut direct = clean_command(&gcc11);
+    direct.current_dir(&src).args(lua_args(&[], "lvm.c", &["-o", "lvm-local.o"]));
+    let out = direct.output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = fs::read(src.join("lvm-local.o")).unwrap();
+
+    // Both wrappers start at the same moment, one per agent.
+    let mut runs: Vec<(Proc, PathBuf, PathBuf)> = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let tag = ["a", "b"][i];
+        let stats = tmp.path().join(format!("stats-{tag}.tsv"));
+        show.add(&format!("wrapper {tag} stats"), &stats);
+        let wrapper_tmp = private_tmp(tmp.path(), &format!("wrapper-{tag}"));
+        let env = WrapperEnv { socket: &agent.socket, stats: &stats, tmp: &wrapper_tmp };
+        let object = format!("lvm-{tag}.o");
+        let args = lua_args(&[], "lvm.c", &["-o", &object]);
+        let mut cmd = wrapper_command(&gcc11, &args, &env);
+        cmd.current_dir(&src);
+        runs.push((
+            Proc::spawn(&format!("cc-{tag}"), &mut cmd, tmp.path()),
+            stats,
+            src.join(object),
+        ));
+    }
+    let mut problems = Vec::new();
+    for (proc, stats, object) in &mut runs {
+        let status = proc.wait_timeout(WRAPPER_TIMEOUT);
+        let name = proc.name().to_owned();
+        if !status.success() || !proc.stderr_text().is_empty() {
+            problems.push(format!("{name}: {status}\n{}", proc.logs(40)));
+        }
+        let lines: Vec<StatLine> = read_stats(stats);
+        if lines.len() != 1 || lines[0].outcome != "remote" {
+            problems.push(format!("{name}: expected one remote compile, stats {lines:?}"));
+        }
+        match fs::read(&*object) {
+            Ok(bytes) if bytes == expected => {}
+            Ok(bytes) => problems.push(format!(
+                "{name}: {} differs from the local object ({})",
+                object.display(),
+                discomy_tests::describe_difference(&expected, &bytes)
+            )),
+            Err(e) => problems.push(format!("{name}: {}: {e}", object.display())),
+        }
+    }
+    assert!(worker.proc.try_wait().is_none(), "the worker died");
+    for agent in &mut agents {
+        assert!(agent.proc.try_wait().is_none(), "{} died", agent.proc.name());
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    let worker_log = worker.proc.stderr_text();
+    let installs = gcc11_installs(&worker_log);
+    assert_eq!(
+        installs.len(),
+        1,
+        "two agents shipping gcc 11 at once must cause one install; install lines:\n{}",
+        install_lines(&worker_log).join("\n")
+    );
+    let blobs = received_blobs(&worker_log);
+    let dup: Vec<_> = blobs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        !blobs.is_empty(),
+        "the worker logged no `blob received` line although it installed a toolchain it lacked"
+    );
+    assert!(
+        dup.is_empty(),
+        "blobs received more than once ({} blobs in all): {dup:?}",
+        blobs.len()
+    );
+    eprintln!("[e2e] one install, {} blobs each received once", blobs.len());
+    let senders =
+        agents.iter().filter(|a| a.proc.stderr_text().contains("toolchain sent to worker")).count();
+    assert!(senders >= 1, "no agent logged `toolchain sent to worker`");
+}
