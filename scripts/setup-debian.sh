@@ -10,14 +10,14 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
 need=()
-for cmd in gcc g++ make dpkg-source distcc distccd; do
+for cmd in gcc g++ make dpkg-source distcc distccd icecc-create-env python3; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing packages for: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc xz-utils >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc python3 xz-utils >/dev/null
 fi
 
 # apt-get source needs deb-src next to deb in the Debian sources file.
@@ -34,4 +34,6 @@ if ! ls "$projects"/lua5.4_*.orig.tar.gz >/dev/null 2>&1; then
   echo "setup: fetching Debian source package lua5.4 into $projects" >&2
   (cd "$projects" && apt-get source --download-only lua5.4 >/dev/null)
 fi
+# A compiler this host does not run as its own, for the toolchain-shipping tests.
+bash "$here/scripts/fetch-gcc11.sh" "$here/target/x86_64-unknown-linux-gnu/tmp/gcc11"
 echo "setup: projects in $projects" >&2

@@ -154,7 +154,7 @@ fn install(
     client: &mut Client,
     manifest: &ToolchainManifest,
     blob: &dyn Fn(&Digest) -> Vec<u8>,
-) -> Result<Digest, Response> {
+) -> Result<Digest, Box<Response>> {
     let digest = manifest.digest();
     for _ in 0..3 {
         match client.call(&Request::InstallToolchain(manifest.clone())) {
@@ -167,11 +167,11 @@ fn install(
                     );
                     match client.call(&Request::PutBlob(Payload::compress(&blob(&d)))) {
                         Response::Stored(s) if s == d => {}
-                        other => return Err(other),
+                        other => return Err(Box::new(other)),
                     }
                 }
             }
-            other => return Err(other),
+            other => return Err(Box::new(other)),
         }
     }
     panic!("toolchain {digest} still not installed after sending its blobs three times");
@@ -429,7 +429,7 @@ hello)
 write)
   for t in "/etc/discomy-marker-$a1" "/usr/discomy-marker-$a1" "/discomy-marker-$a1" \
       "../discomy-marker-$a1" "$a2/discomy-marker-$a1" "$a2/worker0.work/discomy-marker-$a1" \
-      "/usr/bin/evil-cc" "/usr/bin/dash" "$a3/etc/discomy-marker-$a1" \
+      "/usr/bin/evil-cc" "$a3/etc/discomy-marker-$a1" \
       "$a3$a2/discomy-marker-$a1"; do
     if (echo pwned > "$t") 2>/dev/null; then echo "WROTE $t"; else echo "denied $t"; fi
   done
@@ -604,7 +604,7 @@ impl Tree {
         &self,
         client: &mut Client,
         manifest: &ToolchainManifest,
-    ) -> Result<Digest, Response> {
+    ) -> Result<Digest, Box<Response>> {
         install(client, manifest, &|d| self.blobs[d].clone())
     }
 }
@@ -648,6 +648,24 @@ fn names_with(dir: &Path, tag: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Removes files that a failed confinement left on the host, also when the test panics.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Records `what` as a problem unless `ok`.
+fn check(problems: &mut Vec<String>, ok: bool, what: String) {
+    if !ok {
+        problems.push(what);
+    }
+}
+
 /// What one hostile compile produced: the reply, its text, and how long it took.
 struct Outcome {
     response: Response,
@@ -687,6 +705,7 @@ fn hostile_toolchain_is_confined() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let dir = tmp.path().canonicalize().unwrap();
     let tag = unique_tag();
+    assert!(!Path::new("/usr/bin/evil-cc").exists(), "this host has a /usr/bin/evil-cc");
     let dir_s = dir.to_str().unwrap().to_owned();
 
     let tool_src = dir.join("evil-tool.c");
@@ -727,34 +746,40 @@ fn hostile_toolchain_is_confined() {
     client.ping("the install");
 
     let mut problems: Vec<String> = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        if !ok {
-            problems.push(what);
-        }
-    };
 
-    // The harness works: the script runs in the sandbox and its object comes back.
+    // The harness works: the script runs, inside the sandbox (its working directory is the unit
+    // directory at /tmp), and its object comes back. Anything else stops the test before the
+    // destructive cases.
     let hello = run_evil(&mut client, identity, "hello\n");
     assert!(
-        hello.compiled_ok() && hello.stdout().contains("evil-cc: hello from"),
-        "the hostile toolchain's harmless mode did not run: {}",
+        hello.compiled_ok() && hello.stdout().contains("evil-cc: hello from /tmp,"),
+        "the hostile toolchain's harmless mode did not run in a sandbox: {}",
         hello.text
     );
 
     // (a) Writes outside its directory.
-    let host_markers: Vec<PathBuf> = [
+    let host_markers: Vec<PathBuf> = vec![
         PathBuf::from(format!("/etc/discomy-marker-{tag}")),
         PathBuf::from(format!("/usr/discomy-marker-{tag}")),
         PathBuf::from(format!("/discomy-marker-{tag}")),
-    ]
-    .into_iter()
-    .collect();
+        PathBuf::from("/usr/bin/evil-cc"),
+    ];
+    let _cleanup = RemoveOnDrop(host_markers.clone());
     let write = run_evil(&mut client, identity, &format!("write {tag} {dir_s}\n"));
     let mut leaked: Vec<PathBuf> = host_markers.iter().filter(|p| p.exists()).cloned().collect();
     leaked.extend(names_with(&dir, &format!("discomy-marker-{tag}")));
-    check(leaked.is_empty(), format!("write: files created on the host: {leaked:?}"));
-    check(!write.stdout().contains("WROTE"), format!("write: the script wrote: {}", write.text));
     check(
+        &mut problems,
+        leaked.is_empty(),
+        format!("write: files created on the host: {leaked:?}"),
+    );
+    check(
+        &mut problems,
+        !write.stdout().contains("WROTE"),
+        format!("write: the script wrote: {}", write.text),
+    );
+    check(
+        &mut problems,
         !matches!(write.response, Response::Compiled(_)) || write.stdout().contains("denied /etc/"),
         format!("write: the script did not report its attempts: {}", write.text),
     );
@@ -762,6 +787,7 @@ fn hostile_toolchain_is_confined() {
     // Reads of host files, directly and through a symlink in the tree.
     let read = run_evil(&mut client, identity, &format!("read {tag} {dir_s}\n"));
     check(
+        &mut problems,
         !read.text.contains("root:") && !read.text.contains("TOPSECRET"),
         format!("read: host files leaked: {}", read.text),
     );
@@ -777,15 +803,34 @@ fn hostile_toolchain_is_confined() {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
         Err(e) => Some(format!("accept error {e}")),
     };
-    check(accepted.is_none(), format!("net: the listener got a connection from {accepted:?}"));
-    check(!net.stdout().contains("CONNECTED"), format!("net: the program connected: {}", net.text));
+    check(
+        &mut problems,
+        accepted.is_none(),
+        format!("net: the listener got a connection from {accepted:?}"),
+    );
+    check(
+        &mut problems,
+        !net.stdout().contains("CONNECTED"),
+        format!("net: the program connected: {}", net.text),
+    );
+
+    assert!(
+        problems.is_empty(),
+        "the sandbox leaks; stopping before the CPU, fork and memory cases:\n{}",
+        problems.join("\n")
+    );
 
     // (c) CPU and processes: a busy loop and a fork bomb end by the limits.
     let limit = Duration::from_secs(COMPILE_TIMEOUT_SECS + 15);
     for mode in ["spin", "bomb"] {
         let outcome = run_evil(&mut client, identity, &format!("{mode}\n"));
-        check(!outcome.compiled_ok(), format!("{mode}: reported as a success: {}", outcome.text));
         check(
+            &mut problems,
+            !outcome.compiled_ok(),
+            format!("{mode}: reported as a success: {}", outcome.text),
+        );
+        check(
+            &mut problems,
             outcome.elapsed < limit,
             format!(
                 "{mode}: took {:.1?} (limits: {CPU_SECS} s CPU, {COMPILE_TIMEOUT_SECS} s wall)",
@@ -798,19 +843,20 @@ fn hostile_toolchain_is_confined() {
             std::thread::sleep(Duration::from_millis(100));
             left = evil_processes();
         }
-        check(left.is_empty(), format!("{mode}: processes left running: {left:?}"));
+        check(&mut problems, left.is_empty(), format!("{mode}: processes left running: {left:?}"));
     }
 
     // (d) Memory.
     let mem = run_evil(&mut client, identity, "mem\n");
     check(
+        &mut problems,
         !mem.text.contains("TOUCHED ALL"),
         format!("mem: 2 GiB allocated under a {MEM_MB} MB limit: {}", mem.text),
     );
 
     // The tree is intact: the harmless mode still works.
     let again = run_evil(&mut client, identity, "hello\n");
-    check(again.compiled_ok(), format!("hello after the attacks: {}", again.text));
+    check(&mut problems, again.compiled_ok(), format!("hello after the attacks: {}", again.text));
 
     // A symlink to / at the top of the tree, read and written through.
     let mut rooted = base.clone();
@@ -820,6 +866,7 @@ fn hostile_toolchain_is_confined() {
         Ok(id) => {
             let read = run_evil(&mut client, id, &format!("read {tag} {dir_s} /hostroot\n"));
             check(
+                &mut problems,
                 !read.text.contains("root:") && !read.text.contains("TOPSECRET"),
                 format!("/hostroot: host files leaked: {}", read.text),
             );
@@ -827,7 +874,11 @@ fn hostile_toolchain_is_confined() {
             let mut leaked: Vec<PathBuf> =
                 host_markers.iter().filter(|p| p.exists()).cloned().collect();
             leaked.extend(names_with(&dir, &format!("discomy-marker-{tag}")));
-            check(leaked.is_empty(), format!("/hostroot: files created on the host: {leaked:?}"));
+            check(
+                &mut problems,
+                leaked.is_empty(),
+                format!("/hostroot: files created on the host: {leaked:?}"),
+            );
         }
         Err(r) => eprintln!("[e2e] /hostroot toolchain refused: {}", describe(&r)),
     }
@@ -845,11 +896,11 @@ fn hostile_toolchain_is_confined() {
         tree.symlink(link, target);
         tree.file(&format!("{link}/{name}"), format!("pwned {i}\n").into_bytes(), false);
         let m = tree.manifest(&format!("evil-cc escape {i}"), "/usr/bin/evil-cc");
+        let written = host_dir.join(&name);
+        let _cleanup = RemoveOnDrop(vec![written.clone()]);
         let result = tree.install(&mut client, &m);
         eprintln!("[e2e] escape through {link} -> {target}: {result:?}");
-        let written = host_dir.join(&name);
         if written.exists() {
-            let _ = fs::remove_file(&written);
             problems.push(format!(
                 "installing a tree with {link} -> {target} wrote {} on the host ({result:?})",
                 written.display()
@@ -860,8 +911,5 @@ fn hostile_toolchain_is_confined() {
 
     Client::connect(worker.addr).ping("the hostile toolchain (new connection)");
     assert!(worker.proc.try_wait().is_none(), "the worker died");
-    for p in host_markers {
-        let _ = fs::remove_file(p);
-    }
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }

@@ -74,10 +74,7 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    let extras = toolchain::extras_for_args(&unit.cpp_args, &inv.compiler, &inv.child_path)
-        .map_err(|e| e.to_string())?;
-    let tools = toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path)
-        .map_err(|e| e.to_string())?;
+    let tools = unit_toolchain(inv, unit)?;
     let identity = tools.manifest.digest();
     let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
@@ -125,6 +122,20 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
     }
     debug!(source = %unit.source, node = %result.node, ms = result.compile_ms, "compiled remotely");
     Ok(())
+}
+
+/// The toolchain the unit compiles with: the closure of the compiler we run (plus the specs
+/// files and plugins the command names), or the icecream tarball named by `ICECC_VERSION`.
+fn unit_toolchain(inv: &Invocation, unit: &Unit) -> Result<toolchain::Toolchain, String> {
+    if let Some(tarball) = std::env::var_os("ICECC_VERSION").map(std::path::PathBuf::from) {
+        if tarball.is_file() {
+            let name = if inv.name.contains("++") { "g++" } else { "gcc" };
+            return crate::icecream::import_icecc_cached(&tarball, name).map_err(|e| e.to_string());
+        }
+    }
+    let extras = toolchain::extras_for_args(&unit.cpp_args, &inv.compiler, &inv.child_path)
+        .map_err(|e| e.to_string())?;
+    toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path).map_err(|e| e.to_string())
 }
 
 fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {

@@ -30,6 +30,36 @@ pub fn import_icecc_tarball(path: &Path, compiler_name: &str) -> Result<Toolchai
     import_icecc_tarball_into(path, compiler_name, &crate::identity::cache_dir())
 }
 
+/// [`import_icecc_tarball`], remembered: the manifest is kept under `<cache>/icecc/` keyed by the
+/// tarball's path and compiler name and validated by the tarball's stat stamp and the presence
+/// of every blob, so only the first call of a build pays for reading the tarball.
+pub fn import_icecc_cached(path: &Path, compiler_name: &str) -> Result<Toolchain, ToolchainError> {
+    let root = crate::identity::cache_dir();
+    let key = blake3::hash(format!("{}\0{compiler_name}", path.display()).as_bytes());
+    let record = root.join("icecc").join(format!("{}.manifest", &key.to_hex()[..32]));
+    let stamp = crate::identity::stamp(path);
+    if let (Some(stamp), Ok(bytes)) = (&stamp, fs::read(&record)) {
+        if let Ok((cached_stamp, manifest)) =
+            postcard::from_bytes::<(String, ToolchainManifest)>(&bytes)
+        {
+            let blobs = root.join("blobs");
+            let sources: HashMap<Digest, PathBuf> =
+                manifest.blobs().into_iter().map(|d| (d, blobs.join(d.to_hex()))).collect();
+            if cached_stamp == *stamp && sources.values().all(|p| p.is_file()) {
+                return Ok(Toolchain { manifest, sources });
+            }
+        }
+    }
+    let toolchain = import_icecc_tarball_into(path, compiler_name, &root)?;
+    if let (Some(stamp), Some(dir)) = (stamp, record.parent()) {
+        if let Ok(bytes) = postcard::to_stdvec(&(stamp, &toolchain.manifest)) {
+            let _ = fs::create_dir_all(dir);
+            let _ = crate::toolchain::write_atomically(dir, &record, &bytes);
+        }
+    }
+    Ok(toolchain)
+}
+
 /// [`import_icecc_tarball`] with an explicit cache root (blobs go to `<root>/blobs/<hex>`).
 pub fn import_icecc_tarball_into(
     path: &Path,
