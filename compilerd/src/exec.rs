@@ -102,6 +102,7 @@ pub async fn compile_unit(
     manifest: &ToolchainManifest,
     req: &CompileRequest,
     dir: &Path,
+    uid: Option<u32>,
 ) -> Result<RunOutput, ExecError> {
     let args = compile_args(req);
     let mut env = vec![
@@ -122,7 +123,7 @@ pub async fn compile_unit(
                 args: &args,
                 env: &env,
                 limits,
-                run_as: None,
+                run_as: uid.map(|u| (u, u)),
                 cgroup_parents: &[],
             };
             let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;

@@ -57,6 +57,22 @@ struct State {
     config: WorkerConfig,
     store: ToolStore,
     slots: Semaphore,
+    /// One unprivileged uid per slot, so per-user process limits never mix two units.
+    uids: std::sync::Mutex<Vec<u32>>,
+}
+
+/// First uid handed to sandboxed units (one per slot) when the worker runs as root.
+pub const SANDBOX_UID_BASE: u32 = 64000;
+
+/// Takes a slot's uid for the duration of one unit.
+struct UidLease<'a>(&'a State, Option<u32>);
+
+impl Drop for UidLease<'_> {
+    fn drop(&mut self) {
+        if let Some(uid) = self.1 {
+            self.0.uids.lock().unwrap_or_else(|e| e.into_inner()).push(uid);
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then lets running units finish (up to a grace period).
@@ -67,7 +83,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     info!(addr = %listener.local_addr()?, slots = config.slots, toolchains = store.installed().len(), "worker listening");
-    let state = Arc::new(State { slots: Semaphore::new(config.slots.max(1)), config, store });
+    let slots = config.slots.max(1);
+    let uids = (0..slots as u32).map(|i| SANDBOX_UID_BASE + i).collect();
+    let state = Arc::new(State {
+        slots: Semaphore::new(slots),
+        config,
+        store,
+        uids: std::sync::Mutex::new(uids),
+    });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {
@@ -198,9 +221,13 @@ async fn run_in_dir(
         .tempdir_in(&state.config.work_dir)
         .map_err(internal)?;
     tokio::fs::write(dir.path().join("unit.i"), unit).await.map_err(internal)?;
-    let run = compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path())
-        .await
-        .map_err(|e: ExecError| Response::refused(RefusalKind::CompilerFailed, e.to_string()))?;
+    let uid = UidLease(state, state.uids.lock().unwrap_or_else(|e| e.into_inner()).pop());
+    let run =
+        compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path(), uid.1)
+            .await
+            .map_err(|e: ExecError| {
+                Response::refused(RefusalKind::CompilerFailed, e.to_string())
+            })?;
     if run.exit_code >= 128 {
         return Err(Response::refused(
             RefusalKind::CompilerFailed,
