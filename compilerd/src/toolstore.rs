@@ -58,6 +58,8 @@ pub enum InstallStep {
 struct Pending {
     since: Instant,
     done: Arc<Notify>,
+    /// Someone is building the tree now (all blobs are present).
+    materializing: bool,
 }
 
 #[derive(Default)]
@@ -203,6 +205,10 @@ impl ToolStore {
         let tmp =
             tempfile::NamedTempFile::new_in(self.dir.join("tmp")).map_err(io_err("temp file"))?;
         tmp.as_file().write_all(bytes).map_err(io_err("write blob"))?;
+        // Blobs are read by the sandboxed compiler, which runs as an unprivileged user.
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("chmod blob"))?;
         tmp.persist(path)
             .map_err(|e| StoreError::Io { what: "store blob".into(), source: e.error })?;
         Ok(())
@@ -250,16 +256,29 @@ impl ToolStore {
                 manifest.blobs().into_iter().filter(|b| !self.has_blob(b)).collect();
             let wait_on = {
                 let mut state = self.lock();
-                match state.pending.get(&digest) {
-                    Some(p) if p.since.elapsed() < UPLOAD_PATIENCE && !missing.is_empty() => {
+                let fresh = |p: &Pending| p.since.elapsed() < UPLOAD_PATIENCE;
+                match state.pending.get_mut(&digest) {
+                    // Someone is uploading, or building the tree: wait for them.
+                    Some(p) if fresh(p) && (!missing.is_empty() || p.materializing) => {
                         Some(p.done.clone())
                     }
-                    _ if missing.is_empty() => None,
+                    // All blobs are here and nobody is building: we build.
+                    Some(p) if missing.is_empty() => {
+                        p.materializing = true;
+                        p.since = Instant::now();
+                        None
+                    }
+                    None if missing.is_empty() => {
+                        let done = Arc::new(Notify::new());
+                        let pending = Pending { since: Instant::now(), done, materializing: true };
+                        state.pending.insert(digest, pending);
+                        None
+                    }
+                    // Blobs are missing and nobody (alive) is uploading: we upload.
                     _ => {
-                        state.pending.insert(
-                            digest,
-                            Pending { since: Instant::now(), done: Arc::new(Notify::new()) },
-                        );
+                        let done = Arc::new(Notify::new());
+                        let pending = Pending { since: Instant::now(), done, materializing: false };
+                        state.pending.insert(digest, pending);
                         return Ok(InstallStep::Missing(missing));
                     }
                 }

@@ -412,7 +412,7 @@ fn response_files_are_refused_and_not_leaked() {
 /// The hostile "compiler". The first line of the unit says what to try.
 const EVIL_CC: &str = r#"#!/usr/bin/dash
 # discomy test fixture: a hostile "compiler". The unit's first line says what to try:
-#   hello | write TAG DIR [PREFIX] | read TAG DIR [PREFIX] | net PORT | spin | bomb | mem
+#   hello | write TAG DIR [PREFIX] | read TAG DIR [PREFIX] | net PORT | spin | bomb | cbomb | mem
 unit=unit.i
 out=unit.o
 prev=
@@ -453,7 +453,11 @@ spin)
   ;;
 bomb)
   bomb() { bomb | bomb & }
-  while :; do bomb 2>/dev/null; done
+  while :; do bomb; done
+  ;;
+cbomb)
+  /usr/bin/evil-tool bomb
+  echo "evil-tool exit $?"
   ;;
 mem)
   /usr/bin/evil-tool mem 2048
@@ -468,7 +472,8 @@ printf 'not an object\n' > "$out"
 exit 0
 "#;
 
-/// A static helper: `net HOST PORT` connects, `mem MIB` allocates and touches memory.
+/// A static helper: `net HOST PORT` connects, `mem MIB` allocates and touches memory, `bomb`
+/// forks forever.
 const EVIL_TOOL: &str = r#"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -506,6 +511,10 @@ int main(int argc, char **argv) {
     }
     printf("mem: TOUCHED ALL %ld MiB\n", got);
     return 0;
+  }
+  if (argc >= 2 && strcmp(argv[1], "bomb") == 0) {
+    /* A fork bomb that does not give up when fork fails (dash does). */
+    for (;;) (void)fork();
   }
   return 2;
 }
@@ -617,7 +626,7 @@ fn normal(c: Component<'_>) -> Option<&std::ffi::OsStr> {
     }
 }
 
-/// Processes on this host running the hostile driver (dash forks keep its command line).
+/// Processes on this host running the hostile driver or its helper (forks keep the command line).
 fn evil_processes() -> Vec<String> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().filter_map(Result::ok) {
@@ -626,7 +635,7 @@ fn evil_processes() -> Vec<String> {
         }
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("/usr/bin/evil-cc") {
+        if cmdline.contains("/usr/bin/evil-cc") || cmdline.contains("/usr/bin/evil-tool") {
             out.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
         }
     }
@@ -820,9 +829,10 @@ fn hostile_toolchain_is_confined() {
         problems.join("\n")
     );
 
-    // (c) CPU and processes: a busy loop and a fork bomb end by the limits.
+    // (c) CPU and processes end by the limits: a busy loop (CPU time), a shell fork bomb (the
+    // process limit makes dash give up) and one that keeps forking (the wall-time limit).
     let limit = Duration::from_secs(COMPILE_TIMEOUT_SECS + 15);
-    for mode in ["spin", "bomb"] {
+    for mode in ["spin", "bomb", "cbomb"] {
         let outcome = run_evil(&mut client, identity, &format!("{mode}\n"));
         check(
             &mut problems,
