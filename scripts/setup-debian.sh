@@ -13,11 +13,12 @@ need=()
 for cmd in gcc g++ make dpkg-source distcc distccd icecc-create-env python3; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
+[ -f "$(gcc -print-file-name=plugin 2>/dev/null)/include/gcc-plugin.h" ] || need+=(gcc-12-plugin-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing packages for: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc python3 xz-utils >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc gcc-12-plugin-dev python3 xz-utils >/dev/null
 fi
 
 # apt-get source needs deb-src next to deb in the Debian sources file.

@@ -29,11 +29,21 @@ const SOURCES: &[&str] = &["lapi.c", "lvm.c", "lstring.c", "ltable.c"];
 /// Red Hat's `redhat-hardened-cc1`: PIE unless the command says otherwise.
 const EL_SPECS: &str =
     "*cc1_options:\n+ %{!r:%{!fpie:%{!fPIE:%{!fpic:%{!fPIC:%{!fno-pic:-fPIE}}}}}}\n";
-/// A real gcc plugin that needs no plugin headers: gcc looks up these two symbols.
+/// A real gcc plugin built against gcc-12-plugin-dev: it checks gcc's version and, at the end of
+/// each unit, emits a `.discomy_plugin` section, so the object proves the plugin ran.
 const PLUGIN_SOURCE: &str = r#"
-extern "C" {
+#include "gcc-plugin.h"
+#include "plugin-version.h"
+#include "tree.h"
+#include "output.h"
 int plugin_is_GPL_compatible;
-int plugin_init(void *, void *) { return 0; }
+static void finish_unit(void *, void *) {
+  fprintf(asm_out_file, "\t.section .discomy_plugin,\"\",@progbits\n\t.string \"discomy-plugin-ran\"\n");
+}
+int plugin_init(struct plugin_name_args *info, struct plugin_gcc_version *version) {
+  if (!plugin_default_version_check(version, &gcc_version)) return 1;
+  register_callback(info->base_name, PLUGIN_FINISH_UNIT, finish_unit, NULL);
+  return 0;
 }
 "#;
 /// How long one wrapper call may take (the first one uploads a whole compiler).
@@ -214,13 +224,19 @@ fn build_specs_and_plugin(dir: &Path) -> (PathBuf, PathBuf) {
     let source = dir.join("plugin.cc");
     fs::write(&source, PLUGIN_SOURCE).unwrap();
     let plugin = dir.join("myplugin.so");
+    let plugin_dir = clean_command("gcc").arg("-print-file-name=plugin").output().unwrap();
+    let include = format!("-I{}/include", String::from_utf8_lossy(&plugin_dir.stdout).trim());
     let out = clean_command("g++")
-        .args(["-shared", "-fPIC", "-o"])
+        .args(["-shared", "-fPIC", "-fno-rtti", "-O1", &include, "-o"])
         .arg(&plugin)
         .arg(&source)
         .output()
         .unwrap();
-    assert!(out.status.success(), "g++ plugin: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "g++ plugin (needs gcc-12-plugin-dev; run scripts/setup-debian.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (specs, plugin)
 }
 
@@ -248,6 +264,16 @@ fn el_specs_and_plugin_distribute() {
     let env = WrapperEnv { socket: &farm.agent.socket, stats: &stats, tmp: &wrapper_tmp };
 
     let problems = compile_each(&src, &gcc, &extra, &env);
+    // The plugin ran on the worker: its section is in the object the farm returns.
+    let args = lua_args(&extra, "lapi.c", &["-o", "plugin-check.o"]);
+    let out = wrapper_command(&gcc, &args, &env).current_dir(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_stats(&stats).last().map(|l| l.outcome.as_str()), Some("remote"));
+    let object = fs::read(src.join("plugin-check.o")).unwrap();
+    assert!(
+        object.windows(18).any(|w| w == b"discomy-plugin-ran"),
+        "the object lacks the plugin's .discomy_plugin section"
+    );
     farm.assert_alive();
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 
