@@ -1,4 +1,4 @@
-//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`), installs
+//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`), installs
 //! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
 //! mismatch, 2 error).
 
@@ -6,10 +6,12 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod farm;
+mod nodes;
 mod overhead;
 mod proc;
 mod project;
 mod stats;
+mod toolchain_cost;
 mod whole_build;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,9 @@ enum Cmd {
     Overhead(overhead::Args),
     /// Whole-project `make -jN` of Lua: plain vs distcc vs `discomy run --local-farm`.
     Build(whole_build::Args),
+    /// One-time cost of packaging and installing a toolchain, and the per-unit cost of the
+    /// worker's sandbox (sandboxed vs `--insecure-no-sandbox` worker, same units).
+    Toolchain(toolchain_cost::Args),
 }
 
 /// Options shared by both subcommands.
@@ -60,6 +65,7 @@ fn main() {
     let result = match &cli.cmd {
         Cmd::Overhead(a) => overhead::run(a),
         Cmd::Build(a) => whole_build::run(a),
+        Cmd::Toolchain(a) => toolchain_cost::run(a),
     };
     match result {
         Ok(0) => {}

@@ -42,7 +42,7 @@ pub struct Nodes {
     pub startup_ms: f64,
     agent_log: PathBuf,
     worker_log: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Nodes {
@@ -102,8 +102,13 @@ impl Nodes {
             startup_ms: started.elapsed().as_secs_f64() * 1000.0,
             agent_log,
             worker_log,
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// The worker's `--store` directory.
+    pub fn worker_store(&self) -> PathBuf {
+        self.dir.path().join("worker-store")
     }
 
     pub fn agent_log(&self) -> Result<String> {
@@ -112,6 +117,12 @@ impl Nodes {
 
     pub fn worker_log(&self) -> Result<String> {
         read_log(&self.worker_log)
+    }
+
+    /// CPU time (user + system, ms) of the worker's reaped children so far: the compilers (and
+    /// sandbox helpers) it ran. 10 ms resolution.
+    pub fn worker_children_cpu_ms(&self) -> Option<f64> {
+        children_cpu_ms(self.worker.pid())
     }
 
     /// Fail (with both logs' tails) if either daemon has exited.
@@ -140,6 +151,43 @@ impl Nodes {
 fn read_log(p: &Path) -> Result<String> {
     let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
     Ok(String::from_utf8_lossy(&b).into_owned())
+}
+
+/// `cutime + cstime` of `/proc/PID/stat`, in ms. The kernel reports them in USER_HZ ticks,
+/// which the ABI fixes at 100 per second.
+pub fn children_cpu_ms(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): field 3 (state) is index 0, so
+    // fields 16 (cutime) and 17 (cstime) are indices 13 and 14.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
+}
+
+/// Seconds since midnight UTC of a tracing log line's timestamp (`2025-01-01T12:34:56.789Z`).
+pub fn log_time_of_day(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let t = ts.split_once('T')?.1.trim_end_matches('Z');
+    let mut it = t.split(':');
+    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// Seconds since midnight UTC now, comparable with [`log_time_of_day`].
+pub fn now_time_of_day() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() % 86400.0)
+}
+
+/// `later - earlier` in ms for two times of day, across midnight if need be.
+pub fn time_of_day_diff_ms(later: f64, earlier: f64) -> f64 {
+    let mut d = later - earlier;
+    if d < -43200.0 {
+        d += 86400.0;
+    }
+    d * 1000.0
 }
 
 /// The value of `key=` in a tracing log line (up to the next space).
@@ -182,5 +230,11 @@ mod tests {
         assert_eq!(field(l, "nope"), None);
         let log = format!("a ms=1\nx {SEEDED}\nb ms=2\n");
         assert_eq!(after_seeding(&log), vec!["b ms=2"]);
+        let t = log_time_of_day(l).unwrap_or_default();
+        assert!(t.abs() < 1e-9, "{t}");
+        let t = log_time_of_day("2025-01-01T01:02:03.5Z  INFO x").unwrap_or_default();
+        assert!((t - 3723.5).abs() < 1e-9, "{t}");
+        assert!((time_of_day_diff_ms(1.0, 86399.0) - 2000.0).abs() < 1e-6);
+        assert!(children_cpu_ms(std::process::id() as i32).is_some());
     }
 }

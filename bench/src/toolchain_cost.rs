@@ -81,8 +81,8 @@ const TARGET_RATIO: f64 = 1.05;
 const SANDBOX_LOG: &str = "info,discomy_compilerd::worker=debug";
 
 fn default_gcc11() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/x86_64-unknown-linux-gnu/tmp/gcc11/usr/bin/gcc-11")
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).join("target/x86_64-unknown-linux-gnu/tmp/gcc11/usr/bin/gcc-11")
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -129,7 +129,12 @@ impl Env {
     }
 
     /// Run `job` (removing the unit's old object first); wall ms and the object.
-    fn compile(&self, job: &Job, unit: &Unit, report: impl Fn() -> String) -> Result<(f64, Vec<u8>)> {
+    fn compile(
+        &self,
+        job: &Job,
+        unit: &Unit,
+        report: impl Fn() -> String,
+    ) -> Result<(f64, Vec<u8>)> {
         let obj = self.src.join(unit.object());
         match std::fs::remove_file(&obj) {
             Ok(()) => {}
@@ -140,17 +145,22 @@ impl Env {
             .run_ok(&self.scratch)
             .with_context(|| format!("compile of {} failed\n{}", unit.name, report()))?;
         let bytes = std::fs::read(&obj).with_context(|| {
-            format!("`{}` exited 0 but left no readable {}\n{}", job.describe(), obj.display(), report())
+            format!(
+                "`{}` exited 0 but left no readable {}\n{}",
+                job.describe(),
+                obj.display(),
+                report()
+            )
         })?;
         Ok((fin.ms(), bytes))
     }
 
     /// Warm the wrapper's manifest cache for `compiler` (the key is the driver as named plus
     /// PATH, as `discomy-cc` computes it when no masquerade directory is on PATH).
-    fn warm_wrapper_cache(&self, compiler: &Path) -> Result<()> {
-        toolchain::collect_cached_in(&self.wrapper_cache, compiler, &[], &self.path_var)
+    fn warm_wrapper_cache(&self, compiler: &Path) -> Result<ToolchainManifest> {
+        let tc = toolchain::collect_cached_in(&self.wrapper_cache, compiler, &[], &self.path_var)
             .with_context(|| format!("collecting {}", compiler.display()))?;
-        Ok(())
+        Ok(tc.manifest)
     }
 
     fn wrapper_cache_entries(&self) -> usize {
@@ -171,7 +181,12 @@ impl Compare {
         self.compared += 1;
         if reference != got {
             self.mismatches += 1;
-            self.notes.push(format!("{}: {} bytes vs local {} bytes", what(), got.len(), reference.len()));
+            self.notes.push(format!(
+                "{}: {} bytes vs local {} bytes",
+                what(),
+                got.len(),
+                reference.len()
+            ));
         }
     }
 }
@@ -211,7 +226,11 @@ struct Packaging {
     warm: Vec<f64>,
 }
 
-fn measure_packaging(env: &Env, compilers: &[(&'static str, PathBuf)], args: &Args) -> Result<Vec<Packaging>> {
+fn measure_packaging(
+    env: &Env,
+    compilers: &[(&'static str, PathBuf)],
+    args: &Args,
+) -> Result<Vec<Packaging>> {
     let mut out: Vec<Packaging> = Vec::new();
     for (label, driver) in compilers {
         let tc = toolchain::collect(driver, &[], &env.path_var)
@@ -271,7 +290,15 @@ fn print_packaging(ps: &[Packaging], args: &Args) {
     );
     println!(
         "{:<8} {:<30} {:>5} {:>5} {:>7} {:>9} {:>12} {:>9} {:>10}",
-        "compiler", "manifest", "files", "links", "MiB", "cold ms", "miss+write", "warm ms", "cold/warm"
+        "compiler",
+        "manifest",
+        "files",
+        "links",
+        "MiB",
+        "cold ms",
+        "miss+write",
+        "warm ms",
+        "cold/warm"
     );
     for p in ps {
         let (c, m, w) = (median(&p.cold), median(&p.miss), median(&p.warm));
@@ -352,17 +379,42 @@ struct InstallRep {
     /// The installed toolchain's identity is gcc-11's manifest digest.
     identity_ok: bool,
     wrapper_cache_hit: bool,
+    /// From the start of the first compile to the agent's `toolchain installed` line (wrapper
+    /// start, preprocessing, `NeedToolchain`, wrapper→agent blobs, agent install).
+    to_agent_ms: Option<f64>,
+    /// From the start of the first compile to the agent's `toolchain sent to worker` line.
+    to_worker_ms: Option<f64>,
 }
 
-/// The `ms=` (and `bytes=`) of the first `toolchain installed` line after seeding.
-fn install_line(lines: &[&str], digest: &str) -> (Option<f64>, Option<f64>, bool) {
+impl InstallRep {
+    /// The rest of the first compile after the worker had the toolchain (compile, answer).
+    fn after_worker_ms(&self) -> Option<f64> {
+        Some(self.first_ms - self.to_worker_ms?)
+    }
+
+    /// wrapper→agent part: start → agent installed.
+    fn agent_phase_ms(&self) -> Option<f64> {
+        self.to_agent_ms
+    }
+
+    /// Between the agent having it and the agent logging it sent (placement, worker's
+    /// `NeedToolchain`, push and worker install).
+    fn worker_phase_ms(&self) -> Option<f64> {
+        Some(self.to_worker_ms? - self.to_agent_ms?)
+    }
+}
+
+/// The first `toolchain installed` line after seeding: `ms=`, `bytes=`, whether its identity is
+/// `digest`, and its time of day.
+fn install_line(lines: &[&str], digest: &str) -> (Option<f64>, Option<f64>, bool, Option<f64>) {
     match lines.iter().find(|l| l.contains("toolchain installed")) {
         Some(l) => (
             nodes::num_field(l, "ms"),
             nodes::num_field(l, "bytes"),
             nodes::field(l, "toolchain") == Some(digest),
+            nodes::log_time_of_day(l),
         ),
-        None => (None, None, false),
+        None => (None, None, false, None),
     }
 }
 
@@ -375,7 +427,13 @@ struct Install {
     compare: Compare,
 }
 
-fn measure_install(env: &Env, gcc11: &Path, unit: &Unit, reps: usize, slots: u32) -> Result<Install> {
+fn measure_install(
+    env: &Env,
+    gcc11: &Path,
+    unit: &Unit,
+    reps: usize,
+    slots: u32,
+) -> Result<Install> {
     let manifest = toolchain::collect(gcc11, &[], &env.path_var)
         .with_context(|| format!("collecting {}", gcc11.display()))?
         .manifest;
@@ -397,23 +455,29 @@ fn measure_install(env: &Env, gcc11: &Path, unit: &Unit, reps: usize, slots: u32
         }
         let cache_before = env.wrapper_cache_entries();
         let job = env.wrapped(gcc11, unit, &nodes.socket, &stats_file);
+        let t0 = nodes::now_time_of_day();
         let (first_ms, obj1) = env.compile(&job, unit, || nodes.report())?;
         let wrapper_cache_hit = env.wrapper_cache_entries() == cache_before;
         let (second_ms, obj2) = env.compile(&job, unit, || nodes.report())?;
         nodes.ensure_running()?;
         for (k, o) in [(1, &obj1), (2, &obj2)] {
-            compare.check(|| format!("{} via gcc-11 install rep {} compile {k}", unit.name, i + 1), &reference, o);
+            compare.check(
+                || format!("{} via gcc-11 install rep {} compile {k}", unit.name, i + 1),
+                &reference,
+                o,
+            );
         }
         let agent_log = nodes.agent_log()?;
         let worker_log = nodes.worker_log()?;
         let agent_lines = nodes::after_seeding(&agent_log);
         let worker_lines = nodes::after_seeding(&worker_log);
-        let (agent_install_ms, agent_bytes, agent_ok) = install_line(&agent_lines, digest);
-        let (worker_install_ms, worker_bytes, worker_ok) = install_line(&worker_lines, digest);
-        let sent_ms = agent_lines
-            .iter()
-            .find(|l| l.contains("toolchain sent to worker"))
-            .and_then(|l| nodes::num_field(l, "ms"));
+        let (agent_install_ms, agent_bytes, agent_ok, agent_at) =
+            install_line(&agent_lines, digest);
+        let (worker_install_ms, worker_bytes, worker_ok, _) = install_line(&worker_lines, digest);
+        let sent = agent_lines.iter().find(|l| l.contains("toolchain sent to worker"));
+        let sent_ms = sent.and_then(|l| nodes::num_field(l, "ms"));
+        let sent_at = sent.and_then(|l| nodes::log_time_of_day(l));
+        let since_t0 = |at: Option<f64>| at.map(|a| nodes::time_of_day_diff_ms(a, t0));
         let rep = InstallRep {
             startup_ms: nodes.startup_ms,
             first_ms,
@@ -426,6 +490,8 @@ fn measure_install(env: &Env, gcc11: &Path, unit: &Unit, reps: usize, slots: u32
             worker_blobs: blobs_received(&worker_lines),
             identity_ok: agent_ok && worker_ok,
             wrapper_cache_hit,
+            to_agent_ms: since_t0(agent_at),
+            to_worker_ms: since_t0(sent_at),
         };
         eprintln!(
             "  install rep {}: first {} ms, second {} ms; agent install {} ms, sent {} ms, worker install {} ms",
@@ -465,10 +531,24 @@ fn print_install(inst: &Install) {
         inst.unit.name,
         r.len()
     );
-    println!("  first compile (upload + install)   {} ms   [{}]", ms(median(&first), 8), list(&first));
-    println!("  second compile (installed)         {} ms   [{}]", ms(median(&second), 8), list(&second));
-    println!("  one-time cost (first - second)     {} ms   (median of same-pair differences)", ms(median(&diffs), 8));
-    println!("  ratio first/second                 {:>8}", median(&ratios).map_or("-".into(), |x| format!("{x:.2}")));
+    println!(
+        "  first compile (upload + install)   {} ms   [{}]",
+        ms(median(&first), 8),
+        list(&first)
+    );
+    println!(
+        "  second compile (installed)         {} ms   [{}]",
+        ms(median(&second), 8),
+        list(&second)
+    );
+    println!(
+        "  one-time cost (first - second)     {} ms   (median of same-pair differences)",
+        ms(median(&diffs), 8)
+    );
+    println!(
+        "  ratio first/second                 {:>8}",
+        median(&ratios).map_or("-".into(), |x| format!("{x:.2}"))
+    );
     let logs: [(&str, Vec<f64>); 3] = [
         ("agent  `toolchain installed` ms=       ", col(r, |x| x.agent_install_ms)),
         ("agent  `toolchain sent to worker` ms=  ", col(r, |x| x.sent_ms)),
@@ -477,7 +557,8 @@ fn print_install(inst: &Install) {
     for (label, v) in &logs {
         println!("  {label}{} ms   [{}]", ms(median(v), 6), list(v));
     }
-    let med_usize = |f: fn(&InstallRep) -> usize| median(&col(r, |x| Some(f(x) as f64))).unwrap_or(0.0);
+    let med_usize =
+        |f: fn(&InstallRep) -> usize| median(&col(r, |x| Some(f(x) as f64))).unwrap_or(0.0);
     let med_bytes = |f: fn(&InstallRep) -> f64| median(&col(r, |x| Some(f(x)))).unwrap_or(0.0);
     println!(
         "  manifest content: {} files, {:.1} MiB ({} distinct blobs); logged install bytes= {:.1} MiB",
@@ -522,6 +603,9 @@ fn install_json(inst: &Install) -> Value {
         "sent_to_worker_ms": num(median(&col(r, |x| x.sent_ms))),
         "worker_install_ms": num(median(&col(r, |x| x.worker_install_ms))),
         "node_startup_ms": num(median(&col(r, |x| Some(x.startup_ms)))),
+        "first_phase_wrapper_to_agent_ms": num(median(&col(r, InstallRep::agent_phase_ms))),
+        "first_phase_agent_to_worker_ms": num(median(&col(r, InstallRep::worker_phase_ms))),
+        "first_phase_compile_ms": num(median(&col(r, InstallRep::after_worker_ms))),
         "per_rep": r.iter().map(|x| json!({
             "first_ms": num(Some(x.first_ms)),
             "second_ms": num(Some(x.second_ms)),
@@ -536,6 +620,9 @@ fn install_json(inst: &Install) -> Value {
             "identity_ok": x.identity_ok,
             "wrapper_cache_hit": x.wrapper_cache_hit,
             "node_startup_ms": num(Some(x.startup_ms)),
+            "first_phase_wrapper_to_agent_ms": num(x.agent_phase_ms()),
+            "first_phase_agent_to_worker_ms": num(x.worker_phase_ms()),
+            "first_phase_compile_ms": num(x.after_worker_ms()),
         })).collect::<Vec<_>>(),
         "outcomes": inst.remote.to_json(),
         "objects_compared": inst.compare.compared,
@@ -571,6 +658,9 @@ struct UnitTimes {
     /// On-worker times from the workers' `compiled … ms=` lines (timed reps only).
     worker_s: Vec<f64>,
     worker_u: Vec<f64>,
+    /// CPU ms of the worker's children (compiler, and helper when sandboxed) per compile.
+    cpu_s: Vec<f64>,
+    cpu_u: Vec<f64>,
 }
 
 impl UnitTimes {
@@ -588,6 +678,10 @@ impl UnitTimes {
     fn worker_ratio(&self) -> Option<f64> {
         ratio(median(&self.worker_s), median(&self.worker_u))
     }
+
+    fn cpu_ratio(&self) -> Option<f64> {
+        ratio(median(&self.cpu_s), median(&self.cpu_u))
+    }
 }
 
 /// `source -> [ms]` of the workers' `compiled` debug lines, in log order.
@@ -602,28 +696,51 @@ fn compiled_lines(log: &str) -> BTreeMap<String, Vec<f64>> {
 }
 
 struct SetupCost {
-    helper_true: Vec<f64>,
-    host_true: Vec<f64>,
+    /// What ran: `DRIVER -dumpversion`, and the sandbox root.
+    program: String,
+    root: PathBuf,
+    sandboxed: Vec<f64>,
+    host: Vec<f64>,
     probe: Vec<f64>,
 }
 
-/// The bare cost of a sandbox: `discomy-sandbox --work D -- /usr/bin/true` (root `/`, as the
-/// worker's user, cgroups and all) against `/usr/bin/true`, and `discomy-sandbox --probe`.
-fn measure_setup(env: &Env, helper: &Path, reps: usize) -> Result<SetupCost> {
+/// The bare, per-unit cost of a sandbox: `DRIVER -dumpversion` (a program that does next to
+/// nothing) in `discomy-sandbox` with the worker's own limits and the toolchain tree the
+/// sandboxed worker installed as its root (cgroups and all, as root), against the same on the
+/// host; and `discomy-sandbox --probe` (every set-up step, root `/`, no program).
+fn measure_setup(
+    env: &Env,
+    helper: &Path,
+    root: &Path,
+    driver: &str,
+    reps: usize,
+) -> Result<SetupCost> {
     let dir = crate::proc::temp_dir("discomy-bench-sbx.")?;
     let work = dir.path().join("work");
     std::fs::create_dir(&work).context("creating the sandbox work dir")?;
-    let sandboxed = Job::new(helper, dir.path()).arg("--work").arg(&work).args(["--", "/usr/bin/true"]);
-    let host = Job::new("/usr/bin/true", dir.path());
+    // The worker's defaults (see `discomy-compilerd worker --help`): 600 s CPU, 4096 MiB.
+    let sandboxed = Job::new(helper, dir.path())
+        .arg(format!("--root={}", root.display()))
+        .arg(format!("--work={}", work.display()))
+        .args(["--cpu-secs=600", "--mem-bytes=4294967296", "--env=LC_ALL=C", "--env=TMPDIR=/tmp"])
+        .args(["--", driver, "-dumpversion"]);
+    let host = Job::new(driver, dir.path()).env("LC_ALL", "C").arg("-dumpversion");
     let probe = Job::new(helper, dir.path()).arg("--probe");
-    let mut c = SetupCost { helper_true: Vec::new(), host_true: Vec::new(), probe: Vec::new() };
-    for i in 0..reps + 2 {
+    let mut c = SetupCost {
+        program: format!("{driver} -dumpversion"),
+        root: root.to_owned(),
+        sandboxed: Vec::new(),
+        host: Vec::new(),
+        probe: Vec::new(),
+    };
+    let warmup = 2;
+    for i in 0..reps + warmup {
         let mut jobs = [(&sandboxed, 0), (&host, 1), (&probe, 2)];
         jobs.rotate_left(i % 3);
         for (job, k) in jobs {
             let f = job.run_ok(&env.scratch).context("sandbox set-up measurement")?;
-            if i >= 2 {
-                [&mut c.helper_true, &mut c.host_true, &mut c.probe][k].push(f.ms());
+            if i >= warmup {
+                [&mut c.sandboxed, &mut c.host, &mut c.probe][k].push(f.ms());
             }
         }
     }
@@ -642,14 +759,19 @@ struct Sandbox {
 
 fn measure_sandbox(env: &Env, gcc: &Path, units: &[Unit], args: &Args) -> Result<Sandbox> {
     let stats_file = env.work.join("sandbox-stats.tsv");
-    env.warm_wrapper_cache(gcc)?;
+    let manifest = env.warm_wrapper_cache(gcc)?;
     let s = Nodes::start(
         &env.compilerd,
         &NodeOpts { label: "sandboxed", slots: args.slots, sandbox: true, log_filter: SANDBOX_LOG },
     )?;
     let u = Nodes::start(
         &env.compilerd,
-        &NodeOpts { label: "unsandboxed", slots: args.slots, sandbox: false, log_filter: SANDBOX_LOG },
+        &NodeOpts {
+            label: "unsandboxed",
+            slots: args.slots,
+            sandbox: false,
+            log_filter: SANDBOX_LOG,
+        },
     )?;
     println!("  ({})", s.describe());
     println!("  ({})", u.describe());
@@ -666,6 +788,8 @@ fn measure_sandbox(env: &Env, gcc: &Path, units: &[Unit], args: &Args) -> Result
             unsandboxed: Vec::new(),
             worker_s: Vec::new(),
             worker_u: Vec::new(),
+            cpu_s: Vec::new(),
+            cpu_u: Vec::new(),
         };
         let mut reference: Option<Vec<u8>> = None;
         for i in 0..args.warmup + args.reps {
@@ -677,19 +801,35 @@ fn measure_sandbox(env: &Env, gcc: &Path, units: &[Unit], args: &Args) -> Result
                     Mode::Sandboxed => env.wrapped(gcc, unit, &s.socket, &stats_file),
                     Mode::Unsandboxed => env.wrapped(gcc, unit, &u.socket, &stats_file),
                 };
+                let node = match mode {
+                    Mode::Local => None,
+                    Mode::Sandboxed => Some(&s),
+                    Mode::Unsandboxed => Some(&u),
+                };
+                let cpu_before = node.and_then(Nodes::worker_children_cpu_ms);
                 let (ms, obj) = env.compile(&job, unit, report)?;
+                let cpu = stats::diff(node.and_then(Nodes::worker_children_cpu_ms), cpu_before);
                 if mode != Mode::Local {
                     calls += 1;
                 }
                 match &reference {
                     None => reference = Some(obj),
-                    Some(r) => compare.check(|| format!("{} via {} (run {})", unit.name, mode.label(), i + 1), r, &obj),
+                    Some(r) => compare.check(
+                        || format!("{} via {} (run {})", unit.name, mode.label(), i + 1),
+                        r,
+                        &obj,
+                    ),
                 }
                 if i >= args.warmup {
                     match mode {
                         Mode::Local => t.local.push(ms),
                         Mode::Sandboxed => t.sandboxed.push(ms),
                         Mode::Unsandboxed => t.unsandboxed.push(ms),
+                    }
+                    match (mode, cpu) {
+                        (Mode::Sandboxed, Some(c)) => t.cpu_s.push(c),
+                        (Mode::Unsandboxed, Some(c)) => t.cpu_u.push(c),
+                        _ => {}
                     }
                 }
             }
@@ -712,10 +852,18 @@ fn measure_sandbox(env: &Env, gcc: &Path, units: &[Unit], args: &Args) -> Result
         t.worker_u = skip(wu.get(&t.unit.name));
     }
     let describe = [s.describe(), u.describe()];
+    // The tree the sandboxed worker installed (its store's layout: trees/<identity>), while the
+    // daemons idle; `/` if the layout is not that.
+    let tree = s.worker_store().join("trees").join(manifest.digest().to_string());
+    let root = if tree.is_dir() { tree } else { PathBuf::from("/") };
+    let helper = find_discomy_bin("discomy-sandbox")?;
+    let setup = if args.setup_reps > 0 {
+        Some(measure_setup(env, &helper, &root, &manifest.driver, args.setup_reps)?)
+    } else {
+        None
+    };
     drop(s);
     drop(u);
-    let helper = find_discomy_bin("discomy-sandbox")?;
-    let setup = if args.setup_reps > 0 { Some(measure_setup(env, &helper, args.setup_reps)?) } else { None };
     Ok(Sandbox {
         units: results,
         describe,
@@ -729,7 +877,8 @@ fn measure_sandbox(env: &Env, gcc: &Path, units: &[Unit], args: &Args) -> Result
 
 /// The unit whose unsandboxed median is the (lower) median of all units.
 fn median_unit(units: &[UnitTimes]) -> Option<&UnitTimes> {
-    let mut v: Vec<&UnitTimes> = units.iter().filter(|u| median(&u.unsandboxed).is_some()).collect();
+    let mut v: Vec<&UnitTimes> =
+        units.iter().filter(|u| median(&u.unsandboxed).is_some()).collect();
     v.sort_by(|a, b| {
         let (x, y) = (median(&a.unsandboxed).unwrap_or(0.0), median(&b.unsandboxed).unwrap_or(0.0));
         x.total_cmp(&y)
@@ -760,6 +909,9 @@ struct SandboxSummary {
     median_of_ratios: Option<f64>,
     median_of_paired: Option<f64>,
     median_of_worker_ratios: Option<f64>,
+    median_of_cpu_ratios: Option<f64>,
+    median_unit_cpu: Option<f64>,
+    cpu_delta_ms: Option<f64>,
     ratio_of_medians: Option<f64>,
     median_delta_ms: Option<f64>,
     worker_delta_ms: Option<f64>,
@@ -778,12 +930,19 @@ fn summarize(sb: &Sandbox) -> SandboxSummary {
         median_of_ratios: over(&UnitTimes::ratio),
         median_of_paired: over(&UnitTimes::paired),
         median_of_worker_ratios: over(&UnitTimes::worker_ratio),
+        median_of_cpu_ratios: over(&UnitTimes::cpu_ratio),
+        median_unit_cpu: mu.and_then(UnitTimes::cpu_ratio),
+        cpu_delta_ms: over(&|u: &UnitTimes| stats::diff(median(&u.cpu_s), median(&u.cpu_u))),
         ratio_of_medians: ratio(
             over(&|u: &UnitTimes| median(&u.sandboxed)),
             over(&|u: &UnitTimes| median(&u.unsandboxed)),
         ),
-        median_delta_ms: over(&|u: &UnitTimes| stats::diff(median(&u.sandboxed), median(&u.unsandboxed))),
-        worker_delta_ms: over(&|u: &UnitTimes| stats::diff(median(&u.worker_s), median(&u.worker_u))),
+        median_delta_ms: over(&|u: &UnitTimes| {
+            stats::diff(median(&u.sandboxed), median(&u.unsandboxed))
+        }),
+        worker_delta_ms: over(&|u: &UnitTimes| {
+            stats::diff(median(&u.worker_s), median(&u.worker_u))
+        }),
     }
 }
 
@@ -799,12 +958,24 @@ fn print_sandbox(sb: &Sandbox, sum: &SandboxSummary, args: &Args) {
         println!("  ({d})");
     }
     println!(
-        "{:<11} {:>6} {:>9} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>7}",
-        "unit", "KB", "local ms", "sandbox ms", "no-sbx ms", "S/U", "paired", "wrk S ms", "wrk U ms", "wrk S/U"
+        "{:<11} {:>6} {:>9} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}",
+        "unit",
+        "KB",
+        "local ms",
+        "sandbox ms",
+        "no-sbx ms",
+        "S/U",
+        "paired",
+        "wrk S ms",
+        "wrk U ms",
+        "wrk S/U",
+        "cpu S ms",
+        "cpu U ms",
+        "cpu S/U"
     );
     for u in &sb.units {
         println!(
-            "{:<11} {:>6.1} {} {} {} {} {} {} {} {}",
+            "{:<11} {:>6.1} {} {} {} {} {} {} {} {} {} {} {}",
             u.unit.name,
             u.unit.bytes as f64 / 1024.0,
             ms(median(&u.local), 9),
@@ -815,34 +986,46 @@ fn print_sandbox(sb: &Sandbox, sum: &SandboxSummary, args: &Args) {
             ms(median(&u.worker_s), 9),
             ms(median(&u.worker_u), 9),
             fmt_ratio(u.worker_ratio(), 7),
+            ms(median(&u.cpu_s), 9),
+            ms(median(&u.cpu_u), 9),
+            fmt_ratio(u.cpu_ratio(), 7),
         );
     }
     println!(
-        "  median unit (by unsandboxed time): {}: S/U {} (paired {}, on-worker {})   target <= {TARGET_RATIO}: {}",
+        "  median unit (by unsandboxed time): {}: S/U {} (paired {}, on-worker {}, cpu {})   target <= {TARGET_RATIO}: {}",
         sum.median_unit.as_deref().unwrap_or("-"),
         fmt_ratio(sum.median_unit_ratio, 0),
         fmt_ratio(sum.median_unit_paired, 0),
         fmt_ratio(sum.median_unit_worker, 0),
+        fmt_ratio(sum.median_unit_cpu, 0),
         verdict(sum.median_unit_ratio)
     );
     println!(
-        "  over units: median of per-unit S/U {} (paired {}, on-worker {}); ratio of medians {}   target: {}",
+        "  over units: median of per-unit S/U {} (paired {}, on-worker {}, cpu {}); ratio of medians {}   target: {}",
         fmt_ratio(sum.median_of_ratios, 0),
         fmt_ratio(sum.median_of_paired, 0),
         fmt_ratio(sum.median_of_worker_ratios, 0),
+        fmt_ratio(sum.median_of_cpu_ratios, 0),
         fmt_ratio(sum.ratio_of_medians, 0),
         verdict(sum.median_of_ratios)
     );
     println!(
-        "  added per unit (median over units of S - U): end to end {} ms, on the worker {} ms",
+        "  added per unit (median over units of S - U): end to end {} ms, on the worker {} ms, cpu {} ms",
         stats::signed_ms(sum.median_delta_ms, 0),
-        stats::signed_ms(sum.worker_delta_ms, 0)
+        stats::signed_ms(sum.worker_delta_ms, 0),
+        stats::signed_ms(sum.cpu_delta_ms, 0)
+    );
+    println!(
+        "  (S = sandboxed worker, U = --insecure-no-sandbox worker; paired = median of same-rep S/U; \
+         wrk = the workers' own `compiled ms=` debug lines; cpu = CPU of the worker's children, 10 ms ticks)"
     );
     if let Some(c) = &sb.setup {
-        let (h, t, p) = (median(&c.helper_true), median(&c.host_true), median(&c.probe));
+        let (h, t, p) = (median(&c.sandboxed), median(&c.host), median(&c.probe));
         println!(
-            "  bare sandbox ({} reps): discomy-sandbox -- /usr/bin/true {} ms vs /usr/bin/true {} ms: {} ms per unit; --probe {} ms",
-            c.host_true.len(),
+            "  bare sandbox ({} reps of `{}`; root {}): sandboxed {} ms vs host {} ms: {} ms per unit; `discomy-sandbox --probe` {} ms",
+            c.host.len(),
+            c.program,
+            c.root.display(),
             ms(h, 0),
             ms(t, 0),
             stats::signed_ms(stats::diff(h, t), 0),
@@ -871,6 +1054,11 @@ fn sandbox_json(sb: &Sandbox, sum: &SandboxSummary) -> Value {
             "worker_sandboxed_ms": num(median(&u.worker_s)),
             "worker_unsandboxed_ms": num(median(&u.worker_u)),
             "worker_ratio": num(u.worker_ratio()),
+            "cpu_sandboxed_ms": num(median(&u.cpu_s)),
+            "cpu_unsandboxed_ms": num(median(&u.cpu_u)),
+            "cpu_ratio": num(u.cpu_ratio()),
+            "cpu_sandboxed_samples_ms": nums(&u.cpu_s),
+            "cpu_unsandboxed_samples_ms": nums(&u.cpu_u),
             "local_samples_ms": nums(&u.local),
             "sandboxed_samples_ms": nums(&u.sandboxed),
             "unsandboxed_samples_ms": nums(&u.unsandboxed),
@@ -884,17 +1072,22 @@ fn sandbox_json(sb: &Sandbox, sum: &SandboxSummary) -> Value {
         "median_of_unit_ratios": num(sum.median_of_ratios),
         "median_of_paired_ratios": num(sum.median_of_paired),
         "median_of_worker_ratios": num(sum.median_of_worker_ratios),
+        "median_unit_cpu_ratio": num(sum.median_unit_cpu),
+        "median_of_cpu_ratios": num(sum.median_of_cpu_ratios),
+        "median_added_cpu_ms": num(sum.cpu_delta_ms),
         "ratio_of_medians": num(sum.ratio_of_medians),
         "median_added_ms": num(sum.median_delta_ms),
         "median_added_worker_ms": num(sum.worker_delta_ms),
         "target_ratio": TARGET_RATIO,
         "target_met": sum.median_unit_ratio.map(|r| r <= TARGET_RATIO),
         "bare_sandbox": sb.setup.as_ref().map(|c| json!({
-            "helper_true_ms": num(median(&c.helper_true)),
-            "host_true_ms": num(median(&c.host_true)),
+            "program": c.program,
+            "root": c.root.display().to_string(),
+            "sandboxed_ms": num(median(&c.sandboxed)),
+            "host_ms": num(median(&c.host)),
             "probe_ms": num(median(&c.probe)),
-            "helper_true_samples_ms": nums(&c.helper_true),
-            "host_true_samples_ms": nums(&c.host_true),
+            "sandboxed_samples_ms": nums(&c.sandboxed),
+            "host_samples_ms": nums(&c.host),
             "probe_samples_ms": nums(&c.probe),
         })),
         "discomy_calls": sb.calls,
@@ -963,14 +1156,18 @@ pub fn run(args: &Args) -> Result<i32> {
         gcc11.display(),
         args.reps
     );
-    println!("binaries: {}", env.compilerd.parent().map(|p| p.display().to_string()).unwrap_or_default());
+    println!(
+        "binaries: {}",
+        env.compilerd.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    );
     let load_before = stats::load_average();
     println!("load average before: {load_before}");
     println!();
 
     let mut mismatches = 0;
     let mut notes = Vec::new();
-    let compilers: Vec<(&'static str, PathBuf)> = vec![("gcc", gcc.clone()), ("gcc-11", gcc11.clone())];
+    let compilers: Vec<(&'static str, PathBuf)> =
+        vec![("gcc", gcc.clone()), ("gcc-11", gcc11.clone())];
 
     let packaging = if skip(Part::Packaging) {
         None

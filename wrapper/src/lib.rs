@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`invocation`]: which real compiler was meant (explicit, masquerade link, launcher).
 //! - [`args`]: parsing and classifying the compiler arguments.
-//! - [`identity`]: the compiler identity digest, cached across calls.
+//! - [`identity`]: the cache directory and stat stamps that validate cached manifests.
 //! - [`client`]: the blocking agent client.
 //! - [`compile`]: the distributed path (preprocess, ship, write output, fall back).
 //! - [`local`]: running the real compiler locally.
