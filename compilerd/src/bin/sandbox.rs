@@ -41,7 +41,19 @@ use nix::sys::time::TimeVal;
 use nix::unistd::{Gid, Pid, Uid, chdir, chown, getegid, geteuid, getgid, getuid, pivot_root};
 
 /// Top-level entries of the tree never bound: the sandbox provides its own.
-const RESERVED: &[&str] = &["proc", "dev", "tmp", "sys", "run"];
+const RESERVED: &[&str] = &["proc", "dev", "sys", "run"];
+/// Where the work directory is mounted when the toolchain has files under `/tmp` itself (a
+/// compiler installed under /tmp, say): its `/tmp` is then bound read-only like the rest.
+const WORK_ELSEWHERE: &str = "/.discomy-unit";
+
+/// The work directory's mount point for `tree`: `/tmp`, unless the tree uses `/tmp`.
+fn work_mount_point(tree: &Path) -> &'static str {
+    if tree != Path::new("/") && fs::symlink_metadata(tree.join("tmp")).is_ok() {
+        WORK_ELSEWHERE
+    } else {
+        "/tmp"
+    }
+}
 /// With `/` as the tree, only these are bound (no `/home`, `/root`, `/var`, `/srv`, …).
 const HOST_ENTRIES: &[&str] =
     &["bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt"];
@@ -419,8 +431,9 @@ fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()> {
         names.sort();
         names
     };
+    let work_at = work_mount_point(tree);
     for name in names {
-        if RESERVED.iter().any(|r| name == *r) {
+        if RESERVED.iter().any(|r| name == *r) || (work_at == "/tmp" && name == "tmp") {
             continue;
         }
         let src = tree.join(&name);
@@ -441,7 +454,7 @@ fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()> {
         }
     }
 
-    let tmp = newroot.join("tmp");
+    let tmp = newroot.join(work_at.trim_start_matches('/'));
     fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     bind(work, &tmp, MsFlags::MS_NOEXEC)?;
 
@@ -674,7 +687,14 @@ fn keyed_value(path: &Path, key: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 fn stage2(cli: &Cli, newroot: &Path) -> Result<u8> {
-    let env = cli.env_pairs()?;
+    let mut env = cli.env_pairs()?;
+    // TMPDIR=/tmp means "the work directory", wherever it is mounted.
+    for (key, value) in &mut env {
+        let elsewhere = newroot.join(WORK_ELSEWHERE.trim_start_matches('/')).is_dir();
+        if key == "TMPDIR" && value == "/tmp" && elsewhere {
+            *value = WORK_ELSEWHERE.to_owned();
+        }
+    }
     // Our own mount namespace, so that pivot_root does not move stage 1's root too.
     unshare(CloneFlags::CLONE_NEWNS).context("unshare the mount namespace (stage 2)")?;
     let proc_dir = newroot.join("proc");
@@ -697,7 +717,9 @@ fn stage2(cli: &Cli, newroot: &Path) -> Result<u8> {
     chdir(newroot).with_context(|| format!("chdir {}", newroot.display()))?;
     pivot_root(".", ".").context("pivot_root into the new root")?;
     umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
-    chdir("/tmp").context("chdir /tmp")?;
+    // Stage 1 mounted the work directory at /tmp, or elsewhere when the tree uses /tmp.
+    let work_at = if Path::new(WORK_ELSEWHERE).is_dir() { WORK_ELSEWHERE } else { "/tmp" };
+    chdir(work_at).with_context(|| format!("chdir {work_at}"))?;
 
     nix::sys::prctl::set_no_new_privs().context("set no_new_privs")?;
     let limit = |resource: Resource, soft: u64, hard: u64| {
