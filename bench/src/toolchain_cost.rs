@@ -557,6 +557,15 @@ fn print_install(inst: &Install) {
     for (label, v) in &logs {
         println!("  {label}{} ms   [{}]", ms(median(v), 6), list(v));
     }
+    let phases: [(&str, Vec<f64>); 3] = [
+        ("start -> agent has it (wrapper->agent)", col(r, InstallRep::agent_phase_ms)),
+        ("agent has it -> sent to worker        ", col(r, InstallRep::worker_phase_ms)),
+        ("sent -> compile done (compile, answer)", col(r, InstallRep::after_worker_ms)),
+    ];
+    println!("  first compile, split by the agent's log timestamps:");
+    for (label, v) in &phases {
+        println!("    {label} {} ms   [{}]", ms(median(v), 6), list(v));
+    }
     let med_usize =
         |f: fn(&InstallRep) -> usize| median(&col(r, |x| Some(f(x) as f64))).unwrap_or(0.0);
     let med_bytes = |f: fn(&InstallRep) -> f64| median(&col(r, |x| Some(f(x)))).unwrap_or(0.0);
@@ -699,15 +708,22 @@ struct SetupCost {
     /// What ran: `DRIVER -dumpversion`, and the sandbox root.
     program: String,
     root: PathBuf,
-    sandboxed: Vec<f64>,
     host: Vec<f64>,
+    sandboxed: Vec<f64>,
+    /// The same with `--no-cgroup`: no per-run cgroups to create, join and remove.
+    no_cgroup: Vec<f64>,
     probe: Vec<f64>,
 }
 
+/// Pause before each bare run: units reach a worker a compile apart, not back to back, and
+/// some kernel costs (a cgroup join waits for an RCU grace period) hide in a tight loop.
+const SETUP_GAP: Duration = Duration::from_millis(200);
+
 /// The bare, per-unit cost of a sandbox: `DRIVER -dumpversion` (a program that does next to
 /// nothing) in `discomy-sandbox` with the worker's own limits and the toolchain tree the
-/// sandboxed worker installed as its root (cgroups and all, as root), against the same on the
-/// host; and `discomy-sandbox --probe` (every set-up step, root `/`, no program).
+/// sandboxed worker installed as its root (as root: cgroups and all), with and without
+/// `--no-cgroup`, against the same on the host; and `discomy-sandbox --probe` (every set-up step,
+/// root `/`, no program).
 fn measure_setup(
     env: &Env,
     helper: &Path,
@@ -719,32 +735,46 @@ fn measure_setup(
     let work = dir.path().join("work");
     std::fs::create_dir(&work).context("creating the sandbox work dir")?;
     // The worker's defaults (see `discomy-compilerd worker --help`): 600 s CPU, 4096 MiB.
-    let sandboxed = Job::new(helper, dir.path())
-        .arg(format!("--root={}", root.display()))
-        .arg(format!("--work={}", work.display()))
-        .args(["--cpu-secs=600", "--mem-bytes=4294967296", "--env=LC_ALL=C", "--env=TMPDIR=/tmp"])
-        .args(["--", driver, "-dumpversion"]);
-    let host = Job::new(driver, dir.path()).env("LC_ALL", "C").arg("-dumpversion");
-    let probe = Job::new(helper, dir.path()).arg("--probe");
-    let mut c = SetupCost {
-        program: format!("{driver} -dumpversion"),
-        root: root.to_owned(),
-        sandboxed: Vec::new(),
-        host: Vec::new(),
-        probe: Vec::new(),
+    let sandbox = |extra: &[&str]| {
+        Job::new(helper, dir.path())
+            .arg(format!("--root={}", root.display()))
+            .arg(format!("--work={}", work.display()))
+            .args([
+                "--cpu-secs=600",
+                "--mem-bytes=4294967296",
+                "--env=LC_ALL=C",
+                "--env=TMPDIR=/tmp",
+            ])
+            .args(extra)
+            .args(["--", driver, "-dumpversion"])
     };
-    let warmup = 2;
+    let jobs = [
+        Job::new(driver, dir.path()).env("LC_ALL", "C").arg("-dumpversion"),
+        sandbox(&[]),
+        sandbox(&["--no-cgroup"]),
+        Job::new(helper, dir.path()).arg("--probe"),
+    ];
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    let warmup = 1;
     for i in 0..reps + warmup {
-        let mut jobs = [(&sandboxed, 0), (&host, 1), (&probe, 2)];
-        jobs.rotate_left(i % 3);
-        for (job, k) in jobs {
-            let f = job.run_ok(&env.scratch).context("sandbox set-up measurement")?;
+        for k in 0..jobs.len() {
+            let k = (k + i) % jobs.len();
+            std::thread::sleep(SETUP_GAP);
+            let f = jobs[k].run_ok(&env.scratch).context("sandbox set-up measurement")?;
             if i >= warmup {
-                [&mut c.sandboxed, &mut c.host, &mut c.probe][k].push(f.ms());
+                samples[k].push(f.ms());
             }
         }
     }
-    Ok(c)
+    let [host, sandboxed, no_cgroup, probe] = samples;
+    Ok(SetupCost {
+        program: format!("{driver} -dumpversion"),
+        root: root.to_owned(),
+        host,
+        sandboxed,
+        no_cgroup,
+        probe,
+    })
 }
 
 struct Sandbox {
@@ -903,6 +933,8 @@ fn verdict(r: Option<f64>) -> &'static str {
 
 struct SandboxSummary {
     median_unit: Option<String>,
+    /// The median unit's unsandboxed median, ms.
+    median_unit_ms: Option<f64>,
     median_unit_ratio: Option<f64>,
     median_unit_paired: Option<f64>,
     median_unit_worker: Option<f64>,
@@ -925,6 +957,7 @@ fn summarize(sb: &Sandbox) -> SandboxSummary {
     SandboxSummary {
         median_unit: mu.map(|u| u.unit.name.clone()),
         median_unit_ratio: mu.and_then(UnitTimes::ratio),
+        median_unit_ms: mu.and_then(|u| median(&u.unsandboxed)),
         median_unit_paired: mu.and_then(UnitTimes::paired),
         median_unit_worker: mu.and_then(UnitTimes::worker_ratio),
         median_of_ratios: over(&UnitTimes::ratio),
@@ -1015,20 +1048,38 @@ fn print_sandbox(sb: &Sandbox, sum: &SandboxSummary, args: &Args) {
         stats::signed_ms(sum.worker_delta_ms, 0),
         stats::signed_ms(sum.cpu_delta_ms, 0)
     );
+    // The sandbox costs about the same per unit whatever its size; the median over all units of
+    // that cost is steadier than any one unit's ratio.
+    let model = sum.median_unit_ms.and_then(|m| Some(1.0 + sum.median_delta_ms? / m));
+    println!(
+        "  as a fixed cost per unit: 1 + {} ms / {} ms (median unit, unsandboxed) = {}   target: {}",
+        stats::signed_ms(sum.median_delta_ms, 0),
+        ms(sum.median_unit_ms, 0),
+        fmt_ratio(model, 0),
+        verdict(model)
+    );
     println!(
         "  (S = sandboxed worker, U = --insecure-no-sandbox worker; paired = median of same-rep S/U; \
          wrk = the workers' own `compiled ms=` debug lines; cpu = CPU of the worker's children, 10 ms ticks)"
     );
     if let Some(c) = &sb.setup {
-        let (h, t, p) = (median(&c.sandboxed), median(&c.host), median(&c.probe));
+        let (t, h, n, p) =
+            (median(&c.host), median(&c.sandboxed), median(&c.no_cgroup), median(&c.probe));
         println!(
-            "  bare sandbox ({} reps of `{}`; root {}): sandboxed {} ms vs host {} ms: {} ms per unit; `discomy-sandbox --probe` {} ms",
+            "  bare sandbox, {} reps {} ms apart of `{}` (root: the sandboxed worker's tree {}):",
             c.host.len(),
+            SETUP_GAP.as_millis(),
             c.program,
-            c.root.display(),
-            ms(h, 0),
+            c.root.display()
+        );
+        println!(
+            "    host {} ms; sandboxed {} ms ({} ms); sandboxed --no-cgroup {} ms ({} ms): per-run cgroups {} ms; `discomy-sandbox --probe` {} ms",
             ms(t, 0),
+            ms(h, 0),
             stats::signed_ms(stats::diff(h, t), 0),
+            ms(n, 0),
+            stats::signed_ms(stats::diff(n, t), 0),
+            stats::signed_ms(stats::diff(h, n), 0),
             ms(p, 0)
         );
     }
@@ -1077,17 +1128,22 @@ fn sandbox_json(sb: &Sandbox, sum: &SandboxSummary) -> Value {
         "median_added_cpu_ms": num(sum.cpu_delta_ms),
         "ratio_of_medians": num(sum.ratio_of_medians),
         "median_added_ms": num(sum.median_delta_ms),
+        "median_unit_unsandboxed_ms": num(sum.median_unit_ms),
+        "fixed_cost_ratio": num(sum.median_unit_ms.and_then(|m| Some(1.0 + sum.median_delta_ms? / m))),
         "median_added_worker_ms": num(sum.worker_delta_ms),
         "target_ratio": TARGET_RATIO,
         "target_met": sum.median_unit_ratio.map(|r| r <= TARGET_RATIO),
         "bare_sandbox": sb.setup.as_ref().map(|c| json!({
             "program": c.program,
             "root": c.root.display().to_string(),
-            "sandboxed_ms": num(median(&c.sandboxed)),
+            "gap_ms": SETUP_GAP.as_millis() as u64,
             "host_ms": num(median(&c.host)),
+            "sandboxed_ms": num(median(&c.sandboxed)),
+            "no_cgroup_ms": num(median(&c.no_cgroup)),
             "probe_ms": num(median(&c.probe)),
-            "sandboxed_samples_ms": nums(&c.sandboxed),
             "host_samples_ms": nums(&c.host),
+            "sandboxed_samples_ms": nums(&c.sandboxed),
+            "no_cgroup_samples_ms": nums(&c.no_cgroup),
             "probe_samples_ms": nums(&c.probe),
         })),
         "discomy_calls": sb.calls,
