@@ -92,18 +92,23 @@ pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
 }
 
 /// Serves wrappers until `shutdown` is cancelled.
+///
+/// The socket is bound only once the store is seeded, so a connectable socket means a ready
+/// agent (readiness checks in `discomy run` and the tests rely on that).
 pub async fn run(
-    listener: UnixListener,
     socket_path: PathBuf,
     config: AgentConfig,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
     let pool = Pool::new(config.hosts.clone(), config.backoff);
     let store = ToolStore::open(&config.store_dir, config.store_bytes, false)
         .map_err(|e| io::Error::other(e.to_string()))?;
     // Wrappers running this host's own compilers then need no upload.
     seed_local_compilers(&store, std::env::var_os("PATH").unwrap_or_default()).await;
+    let listener = bind_socket(&socket_path).map_err(|e| {
+        io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
+    })?;
+    info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
     let state = Arc::new(State { config, pool, store });
     let tracker = TaskTracker::new();
     loop {

@@ -383,6 +383,11 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker and waits until it has written its address.
     pub fn start(dir: &Path, name: &str, slots: u32) -> Worker {
+        Worker::start_with(dir, name, slots, &[])
+    }
+
+    /// [`Worker::start`] with extra worker flags (limits, for instance).
+    pub fn start_with(dir: &Path, name: &str, slots: u32, extra: &[&str]) -> Worker {
         let addr_file = dir.join(format!("{name}.addr"));
         let work_dir = dir.join(format!("{name}.work"));
         let mut cmd = clean_command(bin("discomy-compilerd"));
@@ -393,7 +398,8 @@ impl Worker {
             .arg("--work-dir")
             .arg(&work_dir)
             .arg("--store")
-            .arg(dir.join(format!("{name}.store")));
+            .arg(dir.join(format!("{name}.store")))
+            .args(extra);
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         let start = Instant::now();
         let addr = loop {

@@ -26,7 +26,7 @@ use discomy_protocol::{
     AuthConfig, CompileRequest, CompilerId, Digest, EntryKind, Language, OutputKind, Payload,
     RefusalKind, Request, Response, ToolchainManifest,
 };
-use discomy_tests::{Proc, START_TIMEOUT, Worker, bin, clean_command, private_tmp};
+use discomy_tests::{Worker, clean_command};
 use discomy_wrapper::invocation::find_on_path;
 use discomy_wrapper::toolchain::collect;
 
@@ -47,37 +47,6 @@ fn path_var() -> OsString {
 fn unique_tag() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{}-{nanos}", std::process::id())
-}
-
-/// A `discomy-compilerd worker` like [`Worker::start`], with extra flags (limits).
-fn start_worker(dir: &Path, name: &str, slots: u32, extra: &[&str]) -> Worker {
-    let addr_file = dir.join(format!("{name}.addr"));
-    let work_dir = dir.join(format!("{name}.work"));
-    let mut cmd = clean_command(bin("discomy-compilerd"));
-    cmd.env("TMPDIR", private_tmp(dir, name));
-    cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .arg("--work-dir")
-        .arg(&work_dir)
-        .arg("--store")
-        .arg(dir.join(format!("{name}.store")))
-        .args(extra);
-    let mut proc = Proc::spawn(name, &mut cmd, dir);
-    let start = Instant::now();
-    let addr = loop {
-        let text = fs::read_to_string(&addr_file).unwrap_or_default();
-        if text.ends_with('\n') {
-            break text.trim().parse::<SocketAddr>().unwrap();
-        }
-        if let Some(status) = proc.try_wait() {
-            panic!("{name} exited ({status}) before listening:\n{}", proc.logs(40));
-        }
-        assert!(start.elapsed() < START_TIMEOUT, "{name} did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    eprintln!("[e2e] {name} listening on {addr}");
-    Worker { proc, addr, slots, work_dir }
 }
 
 /// A client connection to a worker, after the handshake.
@@ -747,7 +716,7 @@ fn hostile_toolchain_is_confined() {
         COMPILE_TIMEOUT_SECS.to_string(),
     ];
     let limits: Vec<&str> = limits.iter().map(String::as_str).collect();
-    let mut worker = start_worker(&dir, "worker0", 2, &limits);
+    let mut worker = Worker::start_with(&dir, "worker0", 2, &limits);
     let mut client = Client::connect(worker.addr);
     let identity = base.install(&mut client, &manifest).unwrap_or_else(|r| {
         panic!("the worker refused a valid toolchain (dash, libc, a script): {}", describe(&r))

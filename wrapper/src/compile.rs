@@ -69,11 +69,12 @@ fn run_local(inv: &Invocation, outcome: Outcome, source: &str) -> ExitCode {
 
 /// Tries the farm. `Err` carries why the call must be compiled locally instead.
 fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
-    // Preprocessing runs while we connect to the agent and look up the toolchain.
-    let mut cpp = Preprocessor::start(inv, unit)?;
+    // The agent first: without one (a fast refusal), no preprocessor is started for nothing.
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+    // Preprocessing runs while we look up the toolchain.
+    let mut cpp = Preprocessor::start(inv, unit)?;
     let tools = unit_toolchain(inv, unit)?;
     let identity = tools.manifest.digest();
     let unit_text = cpp.finish()?;

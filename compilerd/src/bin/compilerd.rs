@@ -178,15 +178,13 @@ async fn run() -> Result<()> {
                 hosts
             };
             let hosts = parse_host_list(&hosts).context("bad --hosts / DISCOMY_HOSTS")?;
-            let listener = agent::bind_socket(&socket)
-                .with_context(|| format!("failed to listen on {}", socket.display()))?;
             let mut config = AgentConfig::new(hosts);
             config.auth = auth;
             config.backoff = Duration::from_secs(backoff);
             if let Some(dir) = store {
                 config.store_dir = dir;
             }
-            Ok(agent::run(listener, socket, config, shutdown).await?)
+            Ok(agent::run(socket, config, shutdown).await?)
         }
     }
 }
