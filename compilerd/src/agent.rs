@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
 use discomy_protocol::{
-    AuthConfig, CompileRequest, PeerKind, ProtocolError, RefusalKind, Request, Response,
+    AuthConfig, Digest, PeerKind, ProtocolError, RefusalKind, Request, Response,
 };
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::hosts::HostSpec;
 use crate::pool::{Lease, Pool, Release};
+use crate::sourcestore::SourceStore;
 use crate::toolchains::seed_local_compilers;
 use crate::toolstore::ToolStore;
 use crate::upload;
@@ -68,6 +69,7 @@ struct State {
     config: AgentConfig,
     pool: Pool,
     store: ToolStore,
+    sources: SourceStore,
 }
 
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
@@ -109,7 +111,9 @@ pub async fn run(
         io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
     })?;
     info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
-    let state = Arc::new(State { config, pool, store });
+    let sources = SourceStore::open(&config.store_dir.join("sources"), config.store_bytes / 4)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let state = Arc::new(State { config, pool, store, sources });
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -173,9 +177,42 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                     format!("this agent does not hold toolchain {} yet", req.compiler.identity),
                 )
             }
-            Ok(Request::Compile(req)) => tokio::select! {
-                _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
-                r = forward(&state, &req) => r,
+            Ok(Request::Compile(req)) => {
+                let unit = Unit {
+                    toolchain: req.compiler.identity,
+                    source: &req.source_name,
+                    request: Request::Compile(req.clone()),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                    r = forward(&state, &unit) => r,
+                }
+            }
+            Ok(Request::CompileSources(req))
+                if !state.store.is_installed(&req.compiler.identity) =>
+            {
+                Response::refused(
+                    RefusalKind::NeedToolchain,
+                    format!("this agent does not hold toolchain {} yet", req.compiler.identity),
+                )
+            }
+            Ok(Request::CompileSources(req)) => match state.sources.missing(&req.files) {
+                missing if !missing.is_empty() => Response::MissingBlobs(missing),
+                _ => {
+                    let unit = Unit {
+                        toolchain: req.compiler.identity,
+                        source: &req.source_name,
+                        request: Request::CompileSources(req.clone()),
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                        r = forward(&state, &unit) => r,
+                    }
+                }
+            },
+            Ok(Request::PutSource(payload)) => match state.sources.put(&payload) {
+                Ok(digest) => Response::Stored(digest),
+                Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
             },
             Ok(other) => match upload::serve(&state.store, &other).await {
                 Some(response) => response,
@@ -188,12 +225,22 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
     }
 }
 
+/// One unit on its way to a worker.
+struct Unit<'a> {
+    /// Its toolchain, pushed to a worker that lacks it.
+    toolchain: Digest,
+    /// Its source's name, for logs.
+    source: &'a str,
+    /// The request sent to workers.
+    request: Request,
+}
+
 /// Places one unit, retrying on other workers after transport failures.
-async fn forward(state: &State, req: &CompileRequest) -> Response {
+async fn forward(state: &State, unit: &Unit<'_>) -> Response {
     if state.pool.is_empty() {
         return Response::refused(RefusalKind::NoWorker, "no workers configured");
     }
-    let request = Request::Compile(req.clone());
+    let request = &unit.request;
     let mut tried = Vec::new();
     let mut last_reason = String::from("no worker available");
     for _ in 0..state.config.max_attempts {
@@ -202,11 +249,11 @@ async fn forward(state: &State, req: &CompileRequest) -> Response {
         };
         let host = lease.host;
         tried.push(host);
-        let exchanged = match exchange(state, lease, &request).await {
-            Ok((Response::Refused(r), mut conn)) if r.kind == RefusalKind::NeedToolchain => {
-                push_and_retry(state, &mut conn, req, &request).await.map(|resp| (resp, conn))
+        let exchanged = match exchange(state, lease, request).await {
+            Ok((response, mut conn)) => {
+                supply(state, &mut conn, unit, response).await.map(|resp| (resp, conn))
             }
-            other => other,
+            Err(e) => Err(e),
         };
         match exchanged {
             Ok((response, conn)) => match response {
@@ -229,7 +276,7 @@ async fn forward(state: &State, req: &CompileRequest) -> Response {
                 }
             },
             Err(reason) => {
-                warn!(source = %req.source_name, %reason, "worker failed; backing off from it");
+                warn!(source = %unit.source, %reason, "worker failed; backing off from it");
                 state.pool.release(host, Release::Failed);
                 last_reason = reason;
             }
@@ -260,21 +307,32 @@ async fn exchange(
     Ok((response, conn))
 }
 
-/// Sends the unit's toolchain to a worker that asked for it, then the unit again.
-async fn push_and_retry(
+/// Gives a worker what it asked for before it can compile the unit (its toolchain, source
+/// files it lacks), asking again after each delivery; returns the worker's final answer.
+async fn supply(
     state: &State,
     conn: &mut WorkerConn,
-    req: &CompileRequest,
-    request: &Request,
+    unit: &Unit<'_>,
+    mut response: Response,
 ) -> Result<Response, String> {
-    let manifest = state
-        .store
-        .manifest(&req.compiler.identity)
-        .ok_or_else(|| format!("toolchain {} is not in the agent store", req.compiler.identity))?;
-    let started = std::time::Instant::now();
-    upload::push(conn, &state.store, &manifest).await?;
-    info!(toolchain = %req.compiler.identity, ms = started.elapsed().as_millis() as u64, "toolchain sent to worker");
-    round_trip(state, conn, request).await.map_err(|e| e.to_string())
+    for _ in 0..3 {
+        match &response {
+            Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
+                let manifest = state.store.manifest(&unit.toolchain).ok_or_else(|| {
+                    format!("toolchain {} is not in the agent store", unit.toolchain)
+                })?;
+                let started = std::time::Instant::now();
+                upload::push(conn, &state.store, &manifest).await?;
+                info!(toolchain = %unit.toolchain, ms = started.elapsed().as_millis() as u64, "toolchain sent to worker");
+            }
+            Response::MissingBlobs(blobs) if matches!(unit.request, Request::CompileSources(_)) => {
+                upload::push_sources(conn, &state.sources, blobs).await?;
+            }
+            _ => return Ok(response),
+        }
+        response = round_trip(state, conn, &unit.request).await.map_err(|e| e.to_string())?;
+    }
+    Ok(response)
 }
 
 async fn round_trip(

@@ -30,6 +30,84 @@ pub fn check_compile_args(args: &[String], toolchain: &ToolchainManifest) -> Res
     Ok(())
 }
 
+/// Options of a source-mode command line that take their value as the next argument.
+const SOURCE_WITH_VALUE: &[&str] =
+    &["-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter", "-x"];
+
+/// Checks a source-mode command line (the build's own arguments, run in `cwd` over `files`).
+///
+/// Reading is harmless there (the sandbox holds only the unit's files and the toolchain), so
+/// preprocessor options that read are accepted; everything that writes, runs programs or reads
+/// outside the command line's own files is refused as in [`check_compile_args`]. Exactly one
+/// input, which must be one of the unit's files, and exactly one of `-c`/`-S`.
+pub fn check_source_args(
+    args: &[String],
+    toolchain: &ToolchainManifest,
+    files: &[discomy_protocol::SourceFile],
+    cwd: &str,
+) -> Result<(), String> {
+    let mut inputs = 0;
+    let mut modes = 0;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        i += 1;
+        if arg == "-c" || arg == "-S" {
+            modes += 1;
+            continue;
+        }
+        if SOURCE_WITH_VALUE.contains(&arg) {
+            let Some(value) = args.get(i) else {
+                return Err(format!("argument `{arg}` has no value"));
+            };
+            i += 1;
+            if arg == "-x" && !matches!(value.as_str(), "c" | "c++") {
+                return Err(format!("language `-x {value}` refused"));
+            }
+            continue;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            let path = if arg.starts_with('/') { arg.to_string() } else { format!("{cwd}/{arg}") };
+            let path = normalise(&path).ok_or_else(|| format!("input `{arg}` leaves `/`"))?;
+            if !files.iter().any(|f| f.path == path) {
+                return Err(format!("input `{arg}` is not one of the unit's files"));
+            }
+            inputs += 1;
+            continue;
+        }
+        let joined = ["-I", "-D", "-U", "-isystem", "-iquote", "-idirafter"];
+        if joined.iter().any(|p| arg.starts_with(p)) && !arg.starts_with("-include") {
+            continue;
+        }
+        if let Some(list) = arg.strip_prefix("-Wp,") {
+            if list.split(',').all(|a| a.starts_with("-D") || a.starts_with("-U")) {
+                continue;
+            }
+            return Err(format!("argument `{arg}` refused: preprocessor option that writes"));
+        }
+        check_compile_args(std::slice::from_ref(&args[i - 1]), toolchain)?;
+    }
+    if inputs != 1 || modes != 1 {
+        return Err(format!("{inputs} inputs and {modes} of -c/-S (one of each expected)"));
+    }
+    Ok(())
+}
+
+/// `path` with `.` and `..` resolved lexically; `None` when it climbs above `/`.
+pub fn normalise(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
 /// `-fplugin=NAME`: gcc loads `<its plugin dir>/NAME.so`; accept it when the toolchain ships one.
 fn bare_plugin_shipped(name: &str, toolchain: &ToolchainManifest) -> bool {
     !name.is_empty()

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use discomy_protocol::{CompileRequest, Language, OutputKind, ToolchainManifest};
+use discomy_protocol::{
+    CompileRequest, Language, OutputKind, SourceCompileRequest, ToolchainManifest,
+};
 use tokio::process::Command;
 
 use crate::sandbox::{self, Limits, SandboxSpec};
@@ -125,6 +127,8 @@ pub async fn compile_unit(
                 limits,
                 run_as: uid.map(|u| (u, u)),
                 cgroup_parents: &[],
+                overlay: None,
+                cwd: None,
             };
             let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;
             Ok(RunOutput {
@@ -139,6 +143,68 @@ pub async fn compile_unit(
             run_on_host(&manifest.driver, &args, &env, dir, *wall).await
         }
     }
+}
+
+/// The command line of a source-mode unit: the build's own arguments, the object or assembly
+/// written into the work directory mounted at `work_at`.
+pub fn source_args(req: &SourceCompileRequest, work_at: &str) -> Vec<String> {
+    let out = match req.output {
+        OutputKind::Object => "unit.o",
+        OutputKind::Assembly => "unit.s",
+    };
+    let mut args = req.args.clone();
+    args.push("-o".into());
+    args.push(format!("{work_at}/{out}"));
+    args
+}
+
+/// Compiles a source-mode unit: the build's command in the build's working directory, over
+/// `unit_tree` (the client's files at their absolute paths) laid on the toolchain at `tree`;
+/// the output lands in `dir` as `unit.o` (or `.s`). Needs the sandbox.
+pub async fn compile_sources(
+    runner: &Runner,
+    tree: &Path,
+    manifest: &ToolchainManifest,
+    req: &SourceCompileRequest,
+    dir: &Path,
+    unit_tree: &Path,
+    uid: Option<u32>,
+) -> Result<RunOutput, ExecError> {
+    let Runner::Sandbox { helper, limits } = runner else {
+        return Err(ExecError::Sandbox(
+            "source-mode units need the sandbox (this worker runs --insecure-no-sandbox)".into(),
+        ));
+    };
+    let work_at = sandbox::work_mount_point(&[tree, unit_tree]);
+    let args = source_args(req, work_at);
+    let mut env = vec![
+        ("PATH".to_string(), tree_path_var(manifest)),
+        ("LC_ALL".to_string(), "C".to_string()),
+        ("TMPDIR".to_string(), "/tmp".to_string()),
+    ];
+    if let Some(epoch) = &req.source_date_epoch {
+        env.push(("SOURCE_DATE_EPOCH".to_string(), epoch.clone()));
+    }
+    let spec = SandboxSpec {
+        helper,
+        root: tree,
+        work: dir,
+        program: &manifest.driver,
+        args: &args,
+        env: &env,
+        limits,
+        run_as: uid.map(|u| (u, u)),
+        cgroup_parents: &[],
+        overlay: Some(unit_tree),
+        cwd: Some(Path::new(&req.cwd)),
+    };
+    let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;
+    Ok(RunOutput {
+        exit_code: out.exit_code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        elapsed: out.elapsed,
+    })
 }
 
 async fn run_on_host(

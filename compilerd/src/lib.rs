@@ -20,6 +20,8 @@ pub mod farm;
 pub mod hosts;
 pub mod pool;
 pub mod sandbox;
+pub mod source_unit;
+pub mod sourcestore;
 pub mod toolchains;
 pub mod toolstore;
 pub mod upload;

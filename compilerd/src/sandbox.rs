@@ -61,6 +61,17 @@ pub const SETUP_PREFIX: &str = "discomy-sandbox: ";
 pub const MAX_OUTPUT_BYTES: usize = 8 << 20;
 /// The uid and gid a root worker runs sandboxed programs as unless told otherwise (`nobody`).
 pub const DEFAULT_RUN_AS: (u32, u32) = (65534, 65534);
+/// Where the work directory is mounted when a tree has files under `/tmp` itself (a compiler
+/// installed under /tmp, or a source-mode unit built there): that `/tmp` is then the tree's.
+pub const WORK_ELSEWHERE: &str = "/.discomy-unit";
+
+/// The work directory's mount point in a sandbox made of `trees`: `/tmp`, unless one of them
+/// has a `tmp` of its own (`/` as a tree never does: only its system directories are used).
+pub fn work_mount_point(trees: &[&Path]) -> &'static str {
+    let uses_tmp =
+        |t: &&Path| *t != Path::new("/") && std::fs::symlink_metadata(t.join("tmp")).is_ok();
+    if trees.iter().any(uses_tmp) { WORK_ELSEWHERE } else { "/tmp" }
+}
 /// How long the output pipes may stay open after the helper exited.
 const READ_GRACE: Duration = Duration::from_secs(2);
 
@@ -120,6 +131,11 @@ pub struct SandboxSpec<'a> {
     /// Cgroup directories under which a per-run cgroup is created (for cgroup v1, one per
     /// controller hierarchy). Empty: the helper's own cgroups, best effort.
     pub cgroup_parents: &'a [PathBuf],
+    /// A unit tree laid read-only over `root` (source-mode units: the client's files at their
+    /// absolute paths).
+    pub overlay: Option<&'a Path>,
+    /// The program's working directory inside the sandbox, instead of the work directory.
+    pub cwd: Option<&'a Path>,
 }
 
 /// A limit that ended or curtailed a run.
@@ -317,6 +333,12 @@ fn build_args(
     }
     if let Some(path) = status_file {
         opt("status-file", path.as_os_str());
+    }
+    if let Some(dir) = spec.overlay {
+        opt("overlay", dir.as_os_str());
+    }
+    if let Some(dir) = spec.cwd {
+        opt("cwd", dir.as_os_str());
     }
     for (key, value) in spec.env {
         opt("env", format!("{key}={value}").as_ref());
@@ -578,6 +600,8 @@ mod tests {
             limits: &limits,
             run_as: None,
             cgroup_parents: &[],
+            overlay: None,
+            cwd: None,
         };
         let line = command_line(&spec).unwrap();
         let sep = line.iter().position(|a| a == "--").unwrap();

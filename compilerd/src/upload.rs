@@ -1,10 +1,12 @@
 //! Moving toolchains between nodes: serving `PutBlob`/`InstallToolchain` from a store, and
-//! pushing a toolchain from our store to a peer that answered `NeedToolchain`.
+//! pushing a toolchain from our store to a peer that answered `NeedToolchain`; pushing
+//! source-mode files to a peer that answered `MissingBlobs`.
 
 use discomy_protocol::asyncio::{Conn, recv, send};
-use discomy_protocol::{Payload, RefusalKind, Request, Response, ToolchainManifest};
+use discomy_protocol::{Digest, Payload, RefusalKind, Request, Response, ToolchainManifest};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::sourcestore::SourceStore;
 use crate::toolstore::{InstallStep, ToolStore};
 
 /// Answers a store request (`PutBlob` or `InstallToolchain`); `None` for other requests.
@@ -64,4 +66,28 @@ where
         }
     }
     Err(format!("toolchain {digest} still not installed after sending its blobs"))
+}
+
+/// Sends the source-mode files `blobs` (which are in `store`) to the peer on `conn`.
+pub async fn push_sources<S>(
+    conn: &mut Conn<S>,
+    store: &SourceStore,
+    blobs: &[Digest],
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for blob in blobs {
+        let path = store.path(blob).ok_or_else(|| format!("source {blob} is not in our store"))?;
+        let raw =
+            tokio::fs::read(&path).await.map_err(|e| format!("read {}: {e}", path.display()))?;
+        send(conn, &Request::PutSource(Payload::compress(&raw)))
+            .await
+            .map_err(|e| e.to_string())?;
+        match recv::<_, Response>(conn).await.map_err(|e| e.to_string())? {
+            Response::Stored(d) if d == *blob => {}
+            other => return Err(format!("peer did not store source {blob}: {other:?}")),
+        }
+    }
+    Ok(())
 }

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::argcheck::check_compile_args;
 use crate::exec::Runner;
 use crate::exec::{ExecError, compile_unit};
+use crate::sourcestore::SourceStore;
 use crate::toolstore::{ToolStore, TreeLease};
 use crate::upload;
 
@@ -56,9 +57,27 @@ pub struct WorkerConfig {
 struct State {
     config: WorkerConfig,
     store: ToolStore,
+    sources: SourceStore,
     slots: Semaphore,
     /// One unprivileged uid per slot, so per-user process limits never mix two units.
     uids: std::sync::Mutex<Vec<u32>>,
+}
+
+/// Size bound of the worker's store of source-mode file contents.
+pub const SOURCE_STORE_BYTES: u64 = 2 << 30;
+
+impl State {
+    fn units(&self) -> crate::source_unit::Node<'_> {
+        crate::source_unit::Node {
+            store: &self.store,
+            sources: &self.sources,
+            slots: &self.slots,
+            uids: &self.uids,
+            runner: &self.config.runner,
+            work_dir: &self.config.work_dir,
+            node_name: &self.config.node_name,
+        }
+    }
 }
 
 /// First uid handed to sandboxed units (one per slot) when the worker runs as root.
@@ -85,10 +104,14 @@ pub async fn run(
     info!(addr = %listener.local_addr()?, slots = config.slots, toolchains = store.installed().len(), "worker listening");
     let slots = config.slots.max(1);
     let uids = (0..slots as u32).map(|i| SANDBOX_UID_BASE + i).collect();
+    let sources_dir = store.dir().join("sources");
+    let sources = SourceStore::open(&sources_dir, SOURCE_STORE_BYTES)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let state = Arc::new(State {
         slots: Semaphore::new(slots),
         config,
         store,
+        sources,
         uids: std::sync::Mutex::new(uids),
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -164,6 +187,13 @@ async fn serve_connection(
         let response = match request {
             Request::Ping => Response::Pong,
             Request::Compile(req) => compile(req, &state, &shutdown).await,
+            Request::CompileSources(req) => {
+                crate::source_unit::compile(req, &state.units(), &shutdown).await
+            }
+            Request::PutSource(payload) => match state.sources.put(&payload) {
+                Ok(digest) => Response::Stored(digest),
+                Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+            },
             other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
                 Response::refused(RefusalKind::BadRequest, "unexpected request")
             }),

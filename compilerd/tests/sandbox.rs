@@ -56,6 +56,8 @@ async fn run_with(
         limits,
         run_as: Some((uid, uid)),
         cgroup_parents: &[],
+        overlay: None,
+        cwd: None,
     };
     sandbox::run(&spec).await
 }
@@ -491,6 +493,8 @@ async fn probe_succeeds_here_privileged_and_unprivileged() {
         limits: &limits,
         run_as: None,
         cgroup_parents: &[],
+        overlay: None,
+        cwd: None,
     };
     let out = as_nobody(&sandbox::command_line(&spec).unwrap());
     let stdout = text(&out.stdout);

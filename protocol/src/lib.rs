@@ -9,6 +9,7 @@
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
 //! - [`message`]: requests and responses.
 //! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
+//! - [`sources`]: source-mode units (original source plus the files its preprocessor read).
 //! - [`toolchain`]: content-addressed toolchain manifests.
 //! - `asyncio` (feature `tokio`): the same framing and handshake over tokio streams.
 //!
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod payload;
+pub mod sources;
 pub mod toolchain;
 
 pub use digest::Digest;
@@ -34,11 +36,13 @@ pub use message::{
     Response,
 };
 pub use payload::Payload;
+pub use sources::{SourceCompileRequest, SourceFile};
 pub use toolchain::{EntryKind, ToolchainManifest, TreeEntry};
 
 /// Protocol version numbers. A peer with a different version is refused during the preamble.
 pub mod version {
     /// The version this build speaks. Version 1: handshake, `Compile`, `Ping`. Version 2:
-    /// toolchain upload (`PutBlob`, `InstallToolchain`) and `NeedToolchain` refusals.
-    pub const CURRENT: u16 = 2;
+    /// toolchain upload (`PutBlob`, `InstallToolchain`) and `NeedToolchain` refusals. Version 3:
+    /// source-mode units (`CompileSources`, `PutSource`).
+    pub const CURRENT: u16 = 3;
 }

@@ -18,6 +18,13 @@ pub enum Request {
     /// Install a toolchain whose blobs have been stored; answered with
     /// [`Response::Installed`] or [`Response::MissingBlobs`]. Since version 2.
     InstallToolchain(crate::ToolchainManifest),
+    /// Compile a unit from its original source ([`crate::sources`]); answered like
+    /// [`Request::Compile`], or with [`Response::MissingBlobs`] naming files to send with
+    /// [`Request::PutSource`] first. Since version 3.
+    CompileSources(crate::SourceCompileRequest),
+    /// Store one source file's content for source-mode units; answered with
+    /// [`Response::Stored`]. Since version 3.
+    PutSource(Payload),
 }
 
 /// The answer to a [`Request`].

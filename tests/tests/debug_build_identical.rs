@@ -1,5 +1,6 @@
 //! Lua with `MYCFLAGS=-g` through `discomy run --local-farm 2` is byte-identical (debug info
-//! included) to a plain local `-g` build in the same directory.
+//! included, with gcc's default `-grecord-gcc-switches`) to a plain local `-g` build in the same
+//! directory, and every unit compiles remotely (source mode).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use discomy_tests::{
@@ -42,4 +43,7 @@ fn debug_build_identical() {
     eprintln!("[e2e] summary: {}", s.raw.trim());
     assert!(s.units >= 30, "expected at least 30 units, summary: {}", s.raw);
     assert_eq!(s.failed, 0, "failed units in summary: {}", s.raw);
+    // gcc records its command line in the debug info by default: only source mode (the build's
+    // own command over the files its preprocessor read) reproduces that, and it must be used.
+    assert_eq!(s.remote, s.units, "every -g unit should compile remotely: {}", s.raw);
 }

@@ -37,6 +37,10 @@ pub struct Unit {
     pub compile_args: Vec<String>,
     /// Extra dependency-file arguments that make `-E` write what `-c` would have written.
     pub dep_args: Vec<String>,
+    /// The build's arguments without the output and dependency-file options, for source mode.
+    pub source_args: Vec<String>,
+    /// Only source mode gives an identical object (debug info that records the command line).
+    pub needs_sources: bool,
 }
 
 /// Source language from a file name's suffix, as gcc decides it (before `-x`).
@@ -117,7 +121,58 @@ pub fn classify(compiler_name: &str, args: &[String]) -> Class {
         }
         i += if takes_value { 2 } else { 1 };
     }
-    parser.finish(compiler_name)
+    match parser.finish(compiler_name) {
+        Class::Distribute(mut unit) => {
+            unit.source_args = source_args(args);
+            Class::Distribute(unit)
+        }
+        other => other,
+    }
+}
+
+/// `args` without `-o` and the dependency-file options (`-MD`, `-MMD`, `-MF`, `-MT`, `-MQ`,
+/// `-MP`, and their `-Wp,` forms): what a worker runs in source mode. gcc records none of
+/// them in the object, so dropping them changes nothing in it.
+pub fn source_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        i += 1;
+        match arg {
+            "-o" | "-MF" | "-MT" | "-MQ" => i += 1,
+            "-MD" | "-MMD" | "-MP" => {}
+            _ if arg.starts_with("-o") => {}
+            _ if ["-MF", "-MT", "-MQ"].iter().any(|p| arg.starts_with(p)) => {}
+            _ if takes_value(arg) => {
+                out.push(arg.to_string());
+                if let Some(v) = args.get(i) {
+                    out.push(v.clone());
+                }
+                i += 1;
+            }
+            _ => match arg.strip_prefix("-Wp,") {
+                Some(list) => {
+                    let mut kept = Vec::new();
+                    let mut parts = list.split(',');
+                    while let Some(part) = parts.next() {
+                        match part {
+                            "-MD" | "-MMD" | "-MF" | "-MT" | "-MQ" => {
+                                parts.next();
+                            }
+                            "-MP" => {}
+                            p => kept.push(p),
+                        }
+                    }
+                    if !kept.is_empty() {
+                        out.push(format!("-Wp,{}", kept.join(",")));
+                    }
+                }
+                None => out.push(arg.to_string()),
+            },
+        }
+    }
+    out
 }
 
 #[derive(Default)]
@@ -397,14 +452,10 @@ impl Parser {
         if file.starts_with("conftest.") || file.starts_with("tmp.conftest.") {
             return Class::Local("autoconf test (conftest)".into());
         }
-        if self.debug && !self.switches_unrecorded {
-            // With -g, gcc records its cc1 switches in DW_AT_producer, and the remote step's
-            // -fdirectives-only would appear there (and reorder .debug_str): not byte-identical.
-            return Class::Local(
-                "debug info records compiler switches (add -gno-record-gcc-switches to distribute)"
-                    .into(),
-            );
-        }
+        // With -g, gcc records its cc1 switches in DW_AT_producer; a preprocessed unit's
+        // -fdirectives-only would appear there (and reorder .debug_str): only source mode,
+        // which runs the build's own command, gives the same object.
+        let needs_sources = self.debug && !self.switches_unrecorded;
         let output = match &self.output {
             Some(out) => PathBuf::from(out),
             None => {
@@ -434,6 +485,8 @@ impl Parser {
             cpp_args,
             compile_args: self.compile_args,
             dep_args,
+            source_args: Vec::new(),
+            needs_sources,
         })
     }
 }
@@ -535,8 +588,6 @@ mod tests {
             "-B/tmp -c a.c",
             "-save-temps -c a.c",
             "-flto -c a.c",
-            "-g -c a.c",
-            "-O2 -g3 -c a.c",
             "-x assembler-with-cpp -c a.S",
             "-c a.s",
             "-c - ",
@@ -567,6 +618,24 @@ mod tests {
         let u = unit("-g -gno-record-gcc-switches -c a.c");
         assert_eq!(u.compile_args, v("-g -gno-record-gcc-switches"));
         assert!(!is_local("-g0 -c a.c"));
+        assert!(!u.needs_sources);
+    }
+
+    #[test]
+    fn debug_with_recorded_switches_needs_source_mode() {
+        for args in ["-g -c a.c", "-O2 -g3 -c a.c", "-g -grecord-gcc-switches -c a.c"] {
+            assert!(unit(args).needs_sources, "{args}");
+        }
+    }
+
+    #[test]
+    fn source_args_drop_output_and_dependency_options() {
+        let u = unit(
+            "-O2 -MD -MF x.d -MT t -MQ q -MP -Wp,-MD,y.d,-D_FORTIFY_SOURCE=2 -Wp,-MMD,z.d \
+             -I inc -DX=1 -c a.c -o out/a.o",
+        );
+        assert_eq!(u.source_args, v("-O2 -Wp,-D_FORTIFY_SOURCE=2 -I inc -DX=1 -c a.c"));
+        assert_eq!(unit("-c a.c -o a.o -MFx.d").source_args, v("-c a.c"));
     }
 
     #[test]

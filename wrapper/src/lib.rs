@@ -25,6 +25,7 @@ pub mod identity;
 pub mod invocation;
 pub mod local;
 pub mod names;
+pub mod sources;
 pub mod stats;
 pub mod toolchain;
 
@@ -35,6 +36,8 @@ use std::process::ExitCode;
 pub const ENV_DISABLE: &str = "DISCOMY_DISABLE";
 /// Environment variable: the agent's Unix socket.
 pub const ENV_SOCKET: &str = "DISCOMY_SOCKET";
+/// `1`: send every unit in source mode, not only those that need it (`-g` with recorded switches).
+pub const ENV_SOURCE_MODE: &str = "DISCOMY_SOURCE_MODE";
 /// Environment variable: set in the real compiler's environment so nested calls run directly.
 pub const ENV_SAFEGUARD: &str = "DISCOMY_SAFEGUARD";
 /// Environment variable: log filter for the wrapper (logs go to stderr or `DISCOMY_LOG_FILE`).

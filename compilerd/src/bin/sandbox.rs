@@ -30,7 +30,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use discomy_compilerd::sandbox::{HelperStatus, Limits, SETUP_EXIT_CODE, SETUP_PREFIX};
+use discomy_compilerd::sandbox::{
+    HelperStatus, Limits, SETUP_EXIT_CODE, SETUP_PREFIX, WORK_ELSEWHERE, work_mount_point,
+};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -42,18 +44,6 @@ use nix::unistd::{Gid, Pid, Uid, chdir, chown, getegid, geteuid, getgid, getuid,
 
 /// Top-level entries of the tree never bound: the sandbox provides its own.
 const RESERVED: &[&str] = &["proc", "dev", "sys", "run"];
-/// Where the work directory is mounted when the toolchain has files under `/tmp` itself (a
-/// compiler installed under /tmp, say): its `/tmp` is then bound read-only like the rest.
-const WORK_ELSEWHERE: &str = "/.discomy-unit";
-
-/// The work directory's mount point for `tree`: `/tmp`, unless the tree uses `/tmp`.
-fn work_mount_point(tree: &Path) -> &'static str {
-    if tree != Path::new("/") && fs::symlink_metadata(tree.join("tmp")).is_ok() {
-        WORK_ELSEWHERE
-    } else {
-        "/tmp"
-    }
-}
 /// With `/` as the tree, only these are bound (no `/home`, `/root`, `/var`, `/srv`, …).
 const HOST_ENTRIES: &[&str] =
     &["bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt"];
@@ -76,6 +66,14 @@ struct Cli {
     /// Directory mounted read-write at /tmp, the program's working directory.
     #[arg(long)]
     work: Option<PathBuf>,
+    /// A unit tree (files at their absolute paths) laid over the toolchain tree with overlayfs,
+    /// read-only: source-mode units see the client's files where the client saw them.
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+    /// The program's working directory (absolute, inside the sandbox) instead of the work
+    /// directory; it must exist in the tree or the overlay.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
     /// RLIMIT_CPU in seconds (SIGXCPU, SIGKILL one second later).
     #[arg(long, default_value_t = Limits::default().cpu_secs)]
     cpu_secs: u64,
@@ -204,6 +202,22 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
     if !work.is_dir() {
         bail!("work directory {} is not a directory", work.display());
     }
+    let overlay = match &cli.overlay {
+        Some(dir) => {
+            let dir =
+                fs::canonicalize(dir).with_context(|| format!("overlay tree {}", dir.display()))?;
+            if !dir.is_dir() {
+                bail!("overlay tree {} is not a directory", dir.display());
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    if let Some(cwd) = &cli.cwd {
+        if !cwd.is_absolute() {
+            bail!("--cwd {} is not absolute", cwd.display());
+        }
+    }
     if !cli.probe {
         match cli.command.first() {
             None => bail!("no program given after --"),
@@ -256,6 +270,15 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
     }
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("make mounts private")?;
+    // Lives in this private mount namespace only; the mount point is removed on the way out.
+    let merged = match &overlay {
+        Some(unit) => Some(merge_trees(unit, &tree).map_err(|e| {
+            let hint = if privileged { String::new() } else { userns_hint() };
+            anyhow!("{e:#}{hint}")
+        })?),
+        None => None,
+    };
+    let tree = merged.as_ref().map_or(tree, |m| m.path().to_path_buf());
     build_root(&tree, &work, &newroot_path).map_err(|e| {
         let hint = if privileged { String::new() } else { userns_hint() };
         anyhow!("{e:#}{hint}")
@@ -273,7 +296,8 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
         .arg(format!("--gid={}", cli.gid))
         .args(cli.status_file.iter().map(|p| stage2_flag("status-file", p.as_os_str())))
         .args(cgroups.dirs.iter().map(|d| stage2_flag("join-cgroup", d.as_os_str())))
-        .args(cli.env.iter().map(|kv| format!("--env={kv}")));
+        .args(cli.env.iter().map(|kv| format!("--env={kv}")))
+        .args(cli.cwd.iter().map(|p| stage2_flag("cwd", p.as_os_str())));
     if !privileged {
         cmd.arg("--userns")
             .arg("--outer-ids")
@@ -415,6 +439,33 @@ fn remove_stale_mount_points() {
     }
 }
 
+/// Mounts a read-only overlayfs of `unit` over `tree` on a fresh mount point, which is
+/// unmounted and removed when the returned guard is dropped.
+fn merge_trees(unit: &Path, tree: &Path) -> Result<NewRoot> {
+    for dir in [unit, tree] {
+        let text = dir.to_str().ok_or_else(|| anyhow!("{} is not UTF-8", dir.display()))?;
+        if text.contains([':', ',', '\\']) || dir == Path::new("/") {
+            bail!("{} cannot be an overlay layer", dir.display());
+        }
+    }
+    let merged = NewRoot(Some(
+        tempfile::Builder::new()
+            .prefix(&format!("{ROOT_PREFIX}{}-merged-", std::process::id()))
+            .tempdir()
+            .context("create the overlay's mount point")?,
+    ));
+    let options = format!("lowerdir={}:{}", unit.display(), tree.display());
+    mount(
+        Some("overlay"),
+        merged.path(),
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .with_context(|| format!("mount overlay {options}"))?;
+    Ok(merged)
+}
+
 /// Builds the sandbox's root in a fresh tmpfs on `newroot`, then makes that tmpfs read-only.
 fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -431,7 +482,7 @@ fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()> {
         names.sort();
         names
     };
-    let work_at = work_mount_point(tree);
+    let work_at = work_mount_point(&[tree]);
     for name in names {
         if RESERVED.iter().any(|r| name == *r) || (work_at == "/tmp" && name == "tmp") {
             continue;
@@ -719,7 +770,8 @@ fn stage2(cli: &Cli, newroot: &Path) -> Result<u8> {
     umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
     // Stage 1 mounted the work directory at /tmp, or elsewhere when the tree uses /tmp.
     let work_at = if Path::new(WORK_ELSEWHERE).is_dir() { WORK_ELSEWHERE } else { "/tmp" };
-    chdir(work_at).with_context(|| format!("chdir {work_at}"))?;
+    let cwd = cli.cwd.as_deref().unwrap_or(Path::new(work_at));
+    chdir(cwd).with_context(|| format!("chdir {}", cwd.display()))?;
 
     nix::sys::prctl::set_no_new_privs().context("set no_new_privs")?;
     let limit = |resource: Resource, soft: u64, hard: u64| {

@@ -1,0 +1,134 @@
+//! A worker compiling a source-mode unit: check it, build its file tree from the source store,
+//! run the build's own command in the sandbox over that tree, and answer with the result.
+//!
+//! A unit whose files are not all stored yet is answered with [`Response::MissingBlobs`]; the
+//! client sends them with `PutSource` and asks again.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use discomy_protocol::{
+    CompileResult, OutputKind, Payload, RefusalKind, Response, SourceCompileRequest,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::argcheck::check_source_args;
+use crate::exec::{Runner, compile_sources};
+use crate::sourcestore::{Materialized, SourceStore};
+use crate::toolstore::ToolStore;
+
+/// What a worker lends to one source-mode unit.
+pub struct Node<'a> {
+    /// Toolchains.
+    pub store: &'a ToolStore,
+    /// Source-mode file contents.
+    pub sources: &'a SourceStore,
+    /// Compile slots.
+    pub slots: &'a Semaphore,
+    /// Free per-slot uids.
+    pub uids: &'a Mutex<Vec<u32>>,
+    /// How compilers run.
+    pub runner: &'a Runner,
+    /// Where unit directories are made.
+    pub work_dir: &'a Path,
+    /// Name reported in results.
+    pub node_name: &'a str,
+}
+
+/// Compiles one source-mode unit, or says why not.
+pub async fn compile(
+    req: SourceCompileRequest,
+    node: &Node<'_>,
+    shutdown: &CancellationToken,
+) -> Response {
+    if let Err(why) = req.validate() {
+        return Response::refused(RefusalKind::BadRequest, why);
+    }
+    let Some(tree) = node.store.lease(&req.compiler.identity) else {
+        return Response::refused(
+            RefusalKind::NeedToolchain,
+            format!(
+                "this worker does not hold toolchain {} ({}) yet",
+                req.compiler.identity, req.compiler.name
+            ),
+        );
+    };
+    if let Err(why) = check_source_args(&req.args, &tree.manifest, &req.files, &req.cwd) {
+        return Response::refused(RefusalKind::BadArguments, why);
+    }
+    let missing = node.sources.missing(&req.files);
+    if !missing.is_empty() {
+        return Response::MissingBlobs(missing);
+    }
+    let _permit = tokio::select! {
+        _ = shutdown.cancelled() => {
+            return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
+        }
+        permit = node.slots.acquire() => match permit {
+            Ok(p) => p,
+            Err(_) => return Response::refused(RefusalKind::Unavailable, "worker is shutting down"),
+        },
+    };
+    match run(&tree.root, &tree.manifest, &req, node).await {
+        Ok(result) => Response::Compiled(result),
+        Err(response) => response,
+    }
+}
+
+async fn run(
+    tree: &Path,
+    manifest: &discomy_protocol::ToolchainManifest,
+    req: &SourceCompileRequest,
+    node: &Node<'_>,
+) -> Result<CompileResult, Response> {
+    let internal = |e: std::io::Error| {
+        Response::refused(RefusalKind::Internal, format!("unit directory: {e}"))
+    };
+    tokio::fs::create_dir_all(node.work_dir).await.map_err(internal)?;
+    let dir =
+        tempfile::Builder::new().prefix("unit-").tempdir_in(node.work_dir).map_err(internal)?;
+    let out_dir = dir.path().join("out");
+    let unit_tree = dir.path().join("tree");
+    tokio::fs::create_dir(&out_dir).await.map_err(internal)?;
+    // Hard links and directories only: quick enough to do in place.
+    match node.sources.materialize(&req.files, &req.cwd, &unit_tree) {
+        Ok(Materialized::Ready) => {}
+        Ok(Materialized::Missing(blobs)) => return Err(Response::MissingBlobs(blobs)),
+        Err(err) => return Err(Response::refused(RefusalKind::Internal, err.to_string())),
+    }
+    let uid = node.uids.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let ran = compile_sources(node.runner, tree, manifest, req, &out_dir, &unit_tree, uid).await;
+    if let Some(uid) = uid {
+        node.uids.lock().unwrap_or_else(|e| e.into_inner()).push(uid);
+    }
+    let run = ran.map_err(|e| Response::refused(RefusalKind::CompilerFailed, e.to_string()))?;
+    if run.exit_code >= 128 {
+        return Err(Response::refused(
+            RefusalKind::CompilerFailed,
+            format!("compiler killed (status {})", run.exit_code),
+        ));
+    }
+    let output = if run.exit_code == 0 {
+        let name = match req.output {
+            OutputKind::Object => "unit.o",
+            OutputKind::Assembly => "unit.s",
+        };
+        let bytes = tokio::fs::read(out_dir.join(name)).await.map_err(|e| {
+            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
+        })?;
+        Some(Payload::compress(&bytes))
+    } else {
+        None
+    };
+    debug!(source = %req.source_name, exit = run.exit_code, files = req.files.len(), ms = run.elapsed.as_millis() as u64, "compiled from sources");
+    Ok(CompileResult {
+        exit_code: run.exit_code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        output,
+        node: node.node_name.to_string(),
+        compile_ms: run.elapsed.as_millis() as u64,
+    })
+}

@@ -1,0 +1,103 @@
+//! Source-mode units: the original source and every file the preprocessor read, by content.
+//!
+//! In source mode a worker runs the build's own compile command, in the build's own working
+//! directory, over the very files the client's preprocessor opened, materialised at their
+//! absolute paths. Everything the compiler records (the command line in `DW_AT_producer`, the
+//! working directory, file names, column numbers, macro information) is then what a local
+//! compile records, so objects are byte-identical even with `-grecord-gcc-switches` and `-g3`.
+//!
+//! File contents travel separately, once per node, as blobs named by digest
+//! ([`crate::Request::PutSource`]); a node that lacks some answers
+//! [`crate::Response::MissingBlobs`] and the client sends them and asks again.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CompilerId, Digest, Language, OutputKind};
+
+/// Most files one source-mode unit may name.
+pub const MAX_SOURCE_FILES: usize = 20_000;
+/// Longest path of a file in a source-mode unit.
+pub const MAX_SOURCE_PATH: usize = 4096;
+
+/// One file the preprocessor read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// Absolute, normalised path (no `.` or `..` components, no doubled slashes).
+    pub path: String,
+    /// blake3 of the content.
+    pub digest: Digest,
+    /// Content length in bytes.
+    pub size: u64,
+}
+
+/// A unit compiled from its original source with the build's own arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceCompileRequest {
+    /// Which compiler to use; a worker without an identical one refuses.
+    pub compiler: CompilerId,
+    /// Language of the unit.
+    pub language: Language,
+    /// Object or assembly.
+    pub output: OutputKind,
+    /// The build's arguments as given, source included, without the output (`-o`) and the
+    /// dependency-file options (the client writes dependency files itself).
+    pub args: Vec<String>,
+    /// The build's working directory (absolute).
+    pub cwd: String,
+    /// The source's name as the build gave it, for logs.
+    pub source_name: String,
+    /// Every file the client's preprocessor read, the source included.
+    pub files: Vec<SourceFile>,
+    /// The client's `SOURCE_DATE_EPOCH`, which `__DATE__` and `__TIME__` honour.
+    pub source_date_epoch: Option<String>,
+}
+
+/// Why a path cannot be materialised on a node.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if path.len() > MAX_SOURCE_PATH {
+        return Err(format!("path longer than {MAX_SOURCE_PATH} bytes"));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path}: not absolute"));
+    }
+    if path.contains('\0') {
+        return Err("path contains NUL".into());
+    }
+    for part in path[1..].split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!("{path}: not normalised"));
+        }
+    }
+    Ok(())
+}
+
+impl SourceCompileRequest {
+    /// Structural checks a node makes before touching its disk.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.files.is_empty() || self.files.len() > MAX_SOURCE_FILES {
+            return Err(format!("{} files (1 to {MAX_SOURCE_FILES} allowed)", self.files.len()));
+        }
+        check_path(&self.cwd)?;
+        let mut seen = std::collections::HashSet::new();
+        for file in &self.files {
+            check_path(&file.path)?;
+            if !seen.insert(file.path.as_str()) {
+                return Err(format!("{}: named twice", file.path));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_absolute_and_normalised() {
+        assert!(check_path("/usr/include/stdio.h").is_ok());
+        for bad in ["usr/x.h", "/usr/../etc/passwd", "/usr//x.h", "/usr/./x.h", "/a/", "/a\0b"] {
+            assert!(check_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
