@@ -123,6 +123,7 @@ async fn run(
         None
     };
     debug!(source = %req.source_name, exit = run.exit_code, files = req.files.len(), ms = run.elapsed.as_millis() as u64, "compiled from sources");
+    remove_later(dir);
     Ok(CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,
@@ -131,4 +132,10 @@ async fn run(
         node: node.node_name.to_string(),
         compile_ms: run.elapsed.as_millis() as u64,
     })
+}
+
+/// Removes a finished unit directory off the answer's path: freeing directories is slow on
+/// some file systems (ext4 with `discard` takes milliseconds per directory).
+pub fn remove_later(dir: tempfile::TempDir) {
+    tokio::task::spawn_blocking(move || drop(dir));
 }

@@ -37,6 +37,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SourceStoreError
     move |source| SourceStoreError::Io { what, source }
 }
 
+/// A blob's use is recorded (for eviction order) when its last record is older than this.
+const TOUCH_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The outcome of building a unit's tree.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Materialized {
@@ -154,9 +157,15 @@ impl SourceStore {
                     Err(e) => return Err(io_err(format!("place {}", file.path))(e)),
                 }
             }
-            // Least recently used: a use refreshes the blob's modification time.
-            if let Ok(f) = fs::File::options().append(true).open(&src) {
-                let _ = f.set_modified(now);
+            // Least recently used: a use refreshes the blob's modification time (at most every
+            // few minutes: it is a metadata write).
+            let stale = fs::metadata(&src)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > TOUCH_AFTER);
+            if stale {
+                if let Ok(f) = fs::File::options().append(true).open(&src) {
+                    let _ = f.set_modified(now);
+                }
             }
         }
         Ok(Materialized::Ready)

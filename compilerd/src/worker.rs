@@ -277,6 +277,7 @@ async fn run_in_dir(
         None
     };
     debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
+    crate::source_unit::remove_later(dir);
     Ok(CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,

@@ -149,6 +149,7 @@ fn source_mode(
     unit_text: &[u8],
 ) -> Result<CompileResult, SourceModeError> {
     use SourceModeError::{Final, Unavailable};
+    let started = std::time::Instant::now();
     let cwd = std::env::current_dir()
         .ok()
         .and_then(|d| sources::usable_cwd(&d))
@@ -160,6 +161,11 @@ fn source_mode(
         &sources::toolchain_dirs(&tools.manifest),
     )
     .map_err(|e| Unavailable(e.to_string()))?;
+    debug!(
+        files = files.files.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "source files collected"
+    );
     if unit.source_args.iter().any(|a| a == "-imacros") {
         return Err(Unavailable("-imacros files are not in the preprocessor's output".into()));
     }
@@ -199,6 +205,7 @@ fn source_mode(
         }
         response = call(agent, &request)?;
     }
+    debug!(ms = started.elapsed().as_secs_f64() * 1e3, "source-mode answer");
     match response {
         Response::Compiled(result) => Ok(result),
         Response::Refused(r) => {
