@@ -257,9 +257,9 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
         };
         match exchanged {
             Ok((response, conn)) => match response {
-                Response::Compiled(result) => {
+                Response::Compiled(_) | Response::CompiledSources(_) => {
                     state.pool.release(host, Release::Ok(conn));
-                    return Response::Compiled(result);
+                    return response;
                 }
                 Response::Refused(refusal) => {
                     state.pool.release(host, Release::Declined(Some(conn)));

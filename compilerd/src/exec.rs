@@ -155,6 +155,12 @@ pub fn source_args(req: &SourceCompileRequest, work_at: &str) -> Vec<String> {
     let mut args = req.args.clone();
     args.push("-o".into());
     args.push(format!("{work_at}/{out}"));
+    if let Some(deps) = &req.deps {
+        args.push(if deps.user_only { "-MMD" } else { "-MD" }.into());
+        args.push("-MF".into());
+        args.push(format!("{work_at}/unit.d"));
+        args.extend(deps.targets.iter().cloned());
+    }
     args
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use discomy_protocol::{
-    CompileResult, OutputKind, Payload, RefusalKind, Response, SourceCompileRequest,
+    CompileResult, OutputKind, Payload, RefusalKind, Response, SourceCompileRequest, SourceResult,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +72,10 @@ pub async fn compile(
         },
     };
     match run(&tree.root, &tree.manifest, &req, node).await {
-        Ok(result) => Response::Compiled(result),
+        Ok((result, None)) => Response::Compiled(result),
+        Ok((result, Some(dep_file))) => {
+            Response::CompiledSources(SourceResult { result, dep_file })
+        }
         Err(response) => response,
     }
 }
@@ -82,7 +85,7 @@ async fn run(
     manifest: &discomy_protocol::ToolchainManifest,
     req: &SourceCompileRequest,
     node: &Node<'_>,
-) -> Result<CompileResult, Response> {
+) -> Result<(CompileResult, Option<Vec<u8>>), Response> {
     let internal = |e: std::io::Error| {
         Response::refused(RefusalKind::Internal, format!("unit directory: {e}"))
     };
@@ -110,7 +113,7 @@ async fn run(
             format!("compiler killed (status {})", run.exit_code),
         ));
     }
-    let output = if run.exit_code == 0 {
+    let (output, dep_file) = if run.exit_code == 0 {
         let name = match req.output {
             OutputKind::Object => "unit.o",
             OutputKind::Assembly => "unit.s",
@@ -118,20 +121,30 @@ async fn run(
         let bytes = tokio::fs::read(out_dir.join(name)).await.map_err(|e| {
             Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
         })?;
-        Some(Payload::compress(&bytes))
+        let dep_file = match &req.deps {
+            Some(_) => Some(tokio::fs::read(out_dir.join("unit.d")).await.map_err(|e| {
+                Response::refused(
+                    RefusalKind::CompilerFailed,
+                    format!("compiler wrote no dependency file: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        (Some(Payload::compress(&bytes)), dep_file)
     } else {
-        None
+        (None, None)
     };
     debug!(source = %req.source_name, exit = run.exit_code, files = req.files.len(), ms = run.elapsed.as_millis() as u64, "compiled from sources");
     remove_later(dir);
-    Ok(CompileResult {
+    let result = CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,
         stderr: run.stderr,
         output,
         node: node.node_name.to_string(),
         compile_ms: run.elapsed.as_millis() as u64,
-    })
+    };
+    Ok((result, dep_file))
 }
 
 /// Removes a finished unit directory off the answer's path: freeing directories is slow on

@@ -36,7 +36,7 @@ pub use message::{
     Response,
 };
 pub use payload::Payload;
-pub use sources::{SourceCompileRequest, SourceFile};
+pub use sources::{DepRequest, SourceCompileRequest, SourceFile, SourceResult};
 pub use toolchain::{EntryKind, ToolchainManifest, TreeEntry};
 
 /// Protocol version numbers. A peer with a different version is refused during the preamble.

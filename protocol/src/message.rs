@@ -43,6 +43,9 @@ pub enum Response {
     /// These blobs must be sent with [`Request::PutBlob`] before the install can go on.
     /// Since version 2.
     MissingBlobs(Vec<Digest>),
+    /// A source-mode compile that also wrote the dependency file it was asked for.
+    /// Since version 3.
+    CompiledSources(crate::SourceResult),
 }
 
 /// The compiler a unit must be compiled with.

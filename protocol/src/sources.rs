@@ -50,6 +50,45 @@ pub struct SourceCompileRequest {
     pub files: Vec<SourceFile>,
     /// The client's `SOURCE_DATE_EPOCH`, which `__DATE__` and `__TIME__` honour.
     pub source_date_epoch: Option<String>,
+    /// A dependency file the compile writes too (when the client did not preprocess locally).
+    pub deps: Option<DepRequest>,
+}
+
+/// The dependency file a source-mode compile writes, as `-MD`/`-MMD` would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepRequest {
+    /// `-MMD` (headers outside system directories only) instead of `-MD`.
+    pub user_only: bool,
+    /// The target options as the build gave them (`-MT x`, `-MQ x`, `-MP`), or `-MQ <output>`.
+    pub targets: Vec<String>,
+}
+
+/// The answer to a source-mode unit that asked for a dependency file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceResult {
+    /// The compile.
+    pub result: crate::CompileResult,
+    /// The dependency file's content, when the compile succeeded.
+    #[serde(with = "serde_bytes")]
+    pub dep_file: Vec<u8>,
+}
+
+impl DepRequest {
+    /// Whether the target options have the only shapes a node accepts.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.targets.len() {
+            match self.targets[i].as_str() {
+                "-MP" => i += 1,
+                "-MT" | "-MQ" if i + 1 < self.targets.len() => i += 2,
+                other => return Err(format!("dependency option `{other}` refused")),
+            }
+        }
+        if self.targets.iter().any(|t| t.contains('\0')) {
+            return Err("NUL in a dependency target".into());
+        }
+        Ok(())
+    }
 }
 
 /// Why a path cannot be materialised on a node.
@@ -78,6 +117,9 @@ impl SourceCompileRequest {
             return Err(format!("{} files (1 to {MAX_SOURCE_FILES} allowed)", self.files.len()));
         }
         check_path(&self.cwd)?;
+        if let Some(deps) = &self.deps {
+            deps.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for file in &self.files {
             check_path(&file.path)?;

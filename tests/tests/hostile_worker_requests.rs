@@ -915,6 +915,7 @@ fn source_request(
         source_name: "plain.c".to_owned(),
         files: files.to_vec(),
         source_date_epoch: None,
+        deps: None,
     })
 }
 
@@ -1017,6 +1018,23 @@ fn hostile_source_mode_requests_are_refused() {
                 .push(format!("{name}: expected Refused(BadRequest), got {}", describe(&response)));
         }
         client.ping(name);
+    }
+    // Dependency-file options other than targets: refused before anything runs.
+    for targets in [&["-MF", "/tmp/evil.d"][..], &["-MT"][..], &["-o", "/tmp/x"][..]] {
+        let mut request = source_request(identity, &strings(&["-c", "plain.c"]), &cwd, &files);
+        if let Request::CompileSources(r) = &mut request {
+            r.deps =
+                Some(discomy_protocol::DepRequest { user_only: false, targets: strings(targets) });
+        }
+        let response = client.call(&request);
+        eprintln!("[e2e] source mode deps {targets:?}: {}", describe(&response));
+        if !matches!(&response, Response::Refused(r) if r.kind == RefusalKind::BadRequest) {
+            problems.push(format!(
+                "deps {targets:?}: expected Refused(BadRequest), got {}",
+                describe(&response)
+            ));
+        }
+        client.ping("dependency options");
     }
     // Reading a host file the unit does not ship: the sandbox has nothing there.
     let args = strings(&["-O2", "-include", "/etc/shadow", "-c", "plain.c"]);

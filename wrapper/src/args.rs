@@ -41,6 +41,27 @@ pub struct Unit {
     pub source_args: Vec<String>,
     /// Only source mode gives an identical object (debug info that records the command line).
     pub needs_sources: bool,
+    /// The dependency file the call writes, for a compile that writes it itself.
+    pub deps: Deps,
+}
+
+/// The dependency file of a call, as a compile (not a preprocessing run) would write it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Deps {
+    /// None asked for.
+    #[default]
+    None,
+    /// `-MD`/`-MMD` into `file`, with these target options.
+    File {
+        /// `-MMD`.
+        user_only: bool,
+        /// Where it goes (relative to the working directory, as given).
+        file: String,
+        /// `-MT x`, `-MQ x`, `-MP` as given, or `-MQ <output>`.
+        targets: Vec<String>,
+    },
+    /// Options only a local preprocessing run reproduces (`-Wp,-M…`, `-MG`).
+    Unsupported(String),
 }
 
 /// Source language from a file name's suffix, as gcc decides it (before `-x`).
@@ -124,9 +145,62 @@ pub fn classify(compiler_name: &str, args: &[String]) -> Class {
     match parser.finish(compiler_name) {
         Class::Distribute(mut unit) => {
             unit.source_args = source_args(args);
+            unit.deps = deps_of(args, &unit);
             Class::Distribute(unit)
         }
         other => other,
+    }
+}
+
+/// The dependency file `args` ask for, with the file name and target the driver would give.
+fn deps_of(args: &[String], unit: &Unit) -> Deps {
+    let mut user_only = None;
+    let mut file = None;
+    let mut targets = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        i += 1;
+        match arg {
+            "-MD" => user_only = Some(false),
+            "-MMD" => user_only = Some(true),
+            "-MP" => targets.push(arg.to_string()),
+            "-MG" => return Deps::Unsupported("-MG".into()),
+            "-MF" | "-MT" | "-MQ" => {
+                let value = args.get(i).cloned().unwrap_or_default();
+                i += 1;
+                if arg == "-MF" {
+                    file = Some(value);
+                } else {
+                    targets.extend([arg.to_string(), value]);
+                }
+            }
+            _ if arg.starts_with("-Wp,") && arg.contains(",-M") => {
+                return Deps::Unsupported(format!("{arg}: only the preprocessor writes that"));
+            }
+            _ if arg.starts_with("-MF") => file = Some(arg[3..].to_string()),
+            _ if arg.starts_with("-MT") || arg.starts_with("-MQ") => {
+                targets.extend([arg[..3].to_string(), arg[3..].to_string()]);
+            }
+            _ if takes_value(arg) => i += 1,
+            _ => {}
+        }
+    }
+    let Some(user_only) = user_only else { return Deps::None };
+    // The driver's defaults for -MD with -c, as the preprocessing step is told (dep_args).
+    let mut defaults = unit.dep_args.iter();
+    while let Some(arg) = defaults.next() {
+        match arg.as_str() {
+            "-MF" if file.is_none() => file = defaults.next().cloned(),
+            "-MQ" if !targets.iter().any(|t| t == "-MT" || t == "-MQ") => {
+                targets.extend(["-MQ".to_string(), defaults.next().cloned().unwrap_or_default()]);
+            }
+            _ => {}
+        }
+    }
+    match file {
+        Some(file) => Deps::File { user_only, file, targets },
+        None => Deps::Unsupported("no dependency file name".into()),
     }
 }
 
@@ -487,6 +561,7 @@ impl Parser {
             dep_args,
             source_args: Vec::new(),
             needs_sources,
+            deps: Deps::None,
         })
     }
 }
@@ -626,6 +701,23 @@ mod tests {
         for args in ["-g -c a.c", "-O2 -g3 -c a.c", "-g -grecord-gcc-switches -c a.c"] {
             assert!(unit(args).needs_sources, "{args}");
         }
+    }
+
+    #[test]
+    fn dependency_files_as_the_driver_names_them() {
+        assert_eq!(unit("-c a.c").deps, Deps::None);
+        let file = |user_only, file: &str, targets: &str| Deps::File {
+            user_only,
+            file: file.into(),
+            targets: v(targets),
+        };
+        assert_eq!(unit("-MD -c src/a.c -o out/a.o").deps, file(false, "out/a.d", "-MQ out/a.o"));
+        assert_eq!(unit("-MMD -MP -c a.c").deps, file(true, "a.d", "-MP -MQ a.o"));
+        assert_eq!(
+            unit("-MT x.o -MD -MP -MF .deps/x.Tpo -c x.c -o x.o").deps,
+            file(false, ".deps/x.Tpo", "-MT x.o -MP")
+        );
+        assert!(matches!(unit("-Wp,-MD,a.d -c a.c").deps, Deps::Unsupported(_)));
     }
 
     #[test]

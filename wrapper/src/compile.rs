@@ -13,15 +13,15 @@ use std::process::{ExitCode, Stdio};
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::{
     CompileRequest, CompileResult, CompilerId, Payload, RefusalKind, Request, Response,
-    SourceCompileRequest,
 };
 use tracing::{debug, info};
 
 use crate::args::{Class, Unit, classify};
 use crate::client::{AgentClient, socket_path};
 use crate::invocation::Invocation;
+use crate::source_mode::{self, SourceModeError};
 use crate::stats::{self, Outcome};
-use crate::{local, sources, toolchain};
+use crate::{local, toolchain};
 
 /// Handles one resolved call.
 pub fn dispatch(inv: &Invocation) -> ExitCode {
@@ -76,6 +76,27 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+    let mode = source_mode::Mode::from_env();
+    // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
+    if mode.scan {
+        let tools = unit_toolchain(inv, unit)?;
+        match source_mode::scanned(inv, unit, &tools) {
+            Ok((files, deps)) => {
+                match source_mode::send(&mut agent, inv, unit, &tools, files, deps) {
+                    Ok((result, dep_file)) => return finish(unit, result, dep_file),
+                    Err(SourceModeError::Final(reason)) => return Err(reason),
+                    Err(SourceModeError::Unavailable(reason)) => {
+                        debug!(source = %unit.source, %reason, "scanned unit refused; preprocessing");
+                    }
+                }
+            }
+            Err(reason) => {
+                debug!(source = %unit.source, %reason, "include scan gave up; preprocessing")
+            }
+        }
+        agent = AgentClient::connect(&socket)
+            .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+    }
     // Preprocessing runs while we look up the toolchain.
     let mut cpp = Preprocessor::start(inv, unit)?;
     let tools = unit_toolchain(inv, unit)?;
@@ -84,9 +105,11 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
         return Err("source uses __TIMESTAMP__, which depends on the local file".into());
     }
-    if unit.needs_sources || source_mode_preferred() {
-        match source_mode(&mut agent, inv, unit, &tools, identity, &unit_text) {
-            Ok(result) => return finish(unit, result),
+    if unit.needs_sources || mode.always {
+        let sent = source_mode::from_linemarkers(unit, &tools, &unit_text)
+            .and_then(|files| source_mode::send(&mut agent, inv, unit, &tools, files, None));
+        match sent {
+            Ok((result, _)) => return finish(unit, result, None),
             Err(SourceModeError::Final(reason)) => return Err(reason),
             Err(SourceModeError::Unavailable(reason)) if unit.needs_sources => return Err(reason),
             Err(SourceModeError::Unavailable(reason)) => {
@@ -121,103 +144,17 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
         }
         other => return Err(format!("agent answered out of turn: {other:?}")),
     };
-    finish(unit, result)
+    finish(unit, result, None)
 }
 
-/// Whether units that do not need source mode use it too (`DISCOMY_SOURCE_MODE`: `1` always,
-/// `0` only where needed).
-fn source_mode_preferred() -> bool {
-    std::env::var(crate::ENV_SOURCE_MODE).is_ok_and(|v| v == "1")
-}
-
-/// How source mode failed.
-enum SourceModeError {
-    /// The unit cannot or could not go this way; the preprocessed unit may still.
-    Unavailable(String),
-    /// Compile locally (diagnostics to replay, a broken agent connection).
-    Final(String),
-}
-
-/// Sends the unit as its original source plus the files its preprocessor read, supplying the
-/// toolchain and any files the agent lacks when it asks.
-fn source_mode(
-    agent: &mut AgentClient,
-    inv: &Invocation,
+/// Writes a successful remote result where the build expects it (the dependency file first,
+/// then the object); a result with diagnostics is refused so that the local compiler reports
+/// them.
+fn finish(
     unit: &Unit,
-    tools: &toolchain::Toolchain,
-    identity: discomy_protocol::Digest,
-    unit_text: &[u8],
-) -> Result<CompileResult, SourceModeError> {
-    use SourceModeError::{Final, Unavailable};
-    let started = std::time::Instant::now();
-    let cwd = std::env::current_dir()
-        .ok()
-        .and_then(|d| sources::usable_cwd(&d))
-        .ok_or_else(|| Unavailable("working directory not usable".into()))?;
-    let files = sources::collect(
-        unit_text,
-        &unit.source_args,
-        &cwd,
-        &sources::toolchain_dirs(&tools.manifest),
-    )
-    .map_err(|e| Unavailable(e.to_string()))?;
-    debug!(
-        files = files.files.len(),
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "source files collected"
-    );
-    if unit.source_args.iter().any(|a| a == "-imacros") {
-        return Err(Unavailable("-imacros files are not in the preprocessor's output".into()));
-    }
-    let request = Request::CompileSources(SourceCompileRequest {
-        compiler: CompilerId { name: inv.name.clone(), identity },
-        language: unit.language,
-        output: unit.output_kind,
-        args: unit.source_args.clone(),
-        cwd,
-        source_name: unit.source.clone(),
-        files: files.files.clone(),
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
-    });
-    let call = |agent: &mut AgentClient, r: &Request| {
-        agent.call(r).map_err(|e| Final(format!("agent: {e}")))
-    };
-    let mut response = call(agent, &request)?;
-    for _ in 0..3 {
-        match &response {
-            Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
-                agent.push_toolchain(tools).map_err(|e| Final(format!("toolchain upload: {e}")))?;
-            }
-            Response::MissingBlobs(blobs) => {
-                for blob in blobs {
-                    let content = files.contents.get(blob).ok_or_else(|| {
-                        Final(format!("agent asked for a file this unit does not have: {blob}"))
-                    })?;
-                    match call(agent, &Request::PutSource(Payload::compress(content)))? {
-                        Response::Stored(d) if d == *blob => {}
-                        other => {
-                            return Err(Final(format!("agent did not store {blob}: {other:?}")));
-                        }
-                    }
-                }
-            }
-            _ => break,
-        }
-        response = call(agent, &request)?;
-    }
-    debug!(ms = started.elapsed().as_secs_f64() * 1e3, "source-mode answer");
-    match response {
-        Response::Compiled(result) => Ok(result),
-        Response::Refused(r) => {
-            Err(Unavailable(format!("farm refused ({:?}): {}", r.kind, r.message)))
-        }
-        other => Err(Final(format!("agent answered out of turn: {other:?}"))),
-    }
-}
-
-/// Writes a successful remote result where the build expects it; a result with diagnostics
-/// is refused so that the local compiler reports them.
-fn finish(unit: &Unit, result: CompileResult) -> Result<(), String> {
+    result: CompileResult,
+    dep_file: Option<source_mode::DepFile>,
+) -> Result<(), String> {
     if result.exit_code != 0 || !result.stderr.is_empty() {
         return Err(format!(
             "compile on {} reported diagnostics (exit {}); replaying locally for exact output",
@@ -226,6 +163,10 @@ fn finish(unit: &Unit, result: CompileResult) -> Result<(), String> {
     }
     let output = result.output.ok_or("farm returned no output file")?;
     let bytes = output.decompress(MAX_RAW_LEN).map_err(|e| e.to_string())?;
+    if let Some((path, content)) = dep_file {
+        write_atomically(Path::new(&path), &content)
+            .map_err(|e| format!("failed to write {path}: {e}"))?;
+    }
     write_atomically(&unit.output, &bytes)
         .map_err(|e| format!("failed to write {}: {e}", unit.output.display()))?;
     if !result.stdout.is_empty() {
@@ -239,7 +180,10 @@ fn finish(unit: &Unit, result: CompileResult) -> Result<(), String> {
 
 /// The toolchain the unit compiles with: the closure of the compiler we run (plus the specs
 /// files and plugins the command names), or the icecream tarball named by `ICECC_VERSION`.
-fn unit_toolchain(inv: &Invocation, unit: &Unit) -> Result<toolchain::Toolchain, String> {
+pub(crate) fn unit_toolchain(
+    inv: &Invocation,
+    unit: &Unit,
+) -> Result<toolchain::Toolchain, String> {
     if let Some(tarball) = std::env::var_os("ICECC_VERSION").map(std::path::PathBuf::from) {
         if tarball.is_file() {
             let name = if inv.name.contains("++") { "g++" } else { "gcc" };

@@ -25,8 +25,11 @@ pub mod identity;
 pub mod invocation;
 pub mod local;
 pub mod names;
+pub mod scan;
+pub mod source_mode;
 pub mod sources;
 pub mod stats;
+pub mod sysdirs;
 pub mod toolchain;
 
 use std::ffi::OsString;
@@ -36,7 +39,9 @@ use std::process::ExitCode;
 pub const ENV_DISABLE: &str = "DISCOMY_DISABLE";
 /// Environment variable: the agent's Unix socket.
 pub const ENV_SOCKET: &str = "DISCOMY_SOCKET";
-/// `1`: send every unit in source mode, not only those that need it (`-g` with recorded switches).
+/// How units go in source mode: unset or `scan` (include scanner, no local preprocessing, where
+/// possible), `1` (preprocess, then source mode for every unit), `0` (preprocess; source mode
+/// only for `-g` with recorded switches). See [`source_mode::Mode`].
 pub const ENV_SOURCE_MODE: &str = "DISCOMY_SOURCE_MODE";
 /// Environment variable: set in the real compiler's environment so nested calls run directly.
 pub const ENV_SAFEGUARD: &str = "DISCOMY_SAFEGUARD";

@@ -235,7 +235,7 @@ pub fn normalise(path: &str) -> Option<String> {
 /// A `..` is resolved by the remote kernel too, so the directory before it must exist there:
 /// the working directory or an ancestor, a shipped file's directory or an ancestor, or a
 /// directory of the toolchain.
-fn check_dot_dots(
+pub(crate) fn check_dot_dots(
     raw: &[String],
     files: &[SourceFile],
     cwd: &str,

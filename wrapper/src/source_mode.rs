@@ -1,0 +1,178 @@
+//! Sending a unit in source mode: the build's own command plus the files it can open.
+//!
+//! The files come either from the include scanner ([`crate::scan`]: no preprocessor run on
+//! this host at all; the compile writes the dependency file remotely and it comes back), or
+//! from the linemarkers of the local `-E -fdirectives-only` run ([`crate::sources`]). The
+//! agent asks for the toolchain and any file contents it lacks; they are sent, then the unit
+//! again.
+
+use discomy_protocol::{
+    CompileResult, CompilerId, DepRequest, Payload, RefusalKind, Request, Response,
+    SourceCompileRequest,
+};
+use tracing::debug;
+
+use crate::args::{Deps, Unit};
+use crate::client::AgentClient;
+use crate::invocation::Invocation;
+use crate::sources::{self, UnitFiles};
+use crate::{scan, sysdirs, toolchain};
+
+/// Which units go in source mode (`DISCOMY_SOURCE_MODE`).
+#[derive(Debug, Clone, Copy)]
+pub struct Mode {
+    /// Find the files with the include scanner first, without preprocessing locally.
+    pub scan: bool,
+    /// Source mode for every unit, not only those that need it.
+    pub always: bool,
+}
+
+impl Mode {
+    /// `scan` (the default): scanner first, then the preprocessor; `1`: preprocess, then source
+    /// mode for every unit; `0`: preprocess, source mode only where only it gives the same
+    /// object (`-g` with recorded switches).
+    pub fn from_env() -> Mode {
+        match std::env::var(crate::ENV_SOURCE_MODE).as_deref() {
+            Ok("0") => Mode { scan: false, always: false },
+            Ok("1") => Mode { scan: false, always: true },
+            _ => Mode { scan: true, always: false },
+        }
+    }
+}
+
+/// A dependency file written remotely: where it goes (as the build named it) and its content.
+pub type DepFile = (String, Vec<u8>);
+
+/// How source mode failed.
+pub enum SourceModeError {
+    /// The unit cannot or could not go this way; another way may still work.
+    Unavailable(String),
+    /// Compile locally (diagnostics to replay, a broken agent connection).
+    Final(String),
+}
+
+/// The working directory as the wire carries it.
+fn cwd() -> Result<String, SourceModeError> {
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| sources::usable_cwd(&d))
+        .ok_or_else(|| SourceModeError::Unavailable("working directory not usable".into()))
+}
+
+/// The unit's files from the include scanner, and the dependency file to ask for.
+pub fn scanned(
+    inv: &Invocation,
+    unit: &Unit,
+    tools: &toolchain::Toolchain,
+) -> Result<(UnitFiles, Option<(String, DepRequest)>), String> {
+    let started = std::time::Instant::now();
+    let deps = match &unit.deps {
+        Deps::None => None,
+        Deps::File { user_only, file, targets } => {
+            Some((file.clone(), DepRequest { user_only: *user_only, targets: targets.clone() }))
+        }
+        Deps::Unsupported(why) => return Err(why.clone()),
+    };
+    let cwd = cwd().map_err(|_| "working directory not usable".to_string())?;
+    let identity = tools.manifest.digest();
+    let system = sysdirs::system_dirs(
+        &inv.compiler,
+        &identity,
+        unit.language,
+        &unit.source_args,
+        &inv.child_path,
+    )?;
+    let dirs = scan::search_dirs(&unit.source_args, &cwd, &system)?;
+    let files = scan::scan(&unit.source, &cwd, &dirs).map_err(|e| e.to_string())?;
+    debug!(
+        files = files.files.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "includes scanned"
+    );
+    Ok((files, deps))
+}
+
+/// The unit's files from the linemarkers of its `-fdirectives-only` output.
+pub fn from_linemarkers(
+    unit: &Unit,
+    tools: &toolchain::Toolchain,
+    unit_text: &[u8],
+) -> Result<UnitFiles, SourceModeError> {
+    if unit.source_args.iter().any(|a| a == "-imacros") {
+        return Err(SourceModeError::Unavailable(
+            "-imacros files are not in the preprocessor's output".into(),
+        ));
+    }
+    let cwd = cwd()?;
+    sources::collect(unit_text, &unit.source_args, &cwd, &sources::toolchain_dirs(&tools.manifest))
+        .map_err(|e| SourceModeError::Unavailable(e.to_string()))
+}
+
+/// Sends the unit, supplying the toolchain and file contents the agent asks for; returns the
+/// compile and, when one was asked for, the dependency file with the path it goes to.
+pub fn send(
+    agent: &mut AgentClient,
+    inv: &Invocation,
+    unit: &Unit,
+    tools: &toolchain::Toolchain,
+    files: UnitFiles,
+    deps: Option<(String, DepRequest)>,
+) -> Result<(CompileResult, Option<DepFile>), SourceModeError> {
+    use SourceModeError::{Final, Unavailable};
+    let started = std::time::Instant::now();
+    let (dep_path, dep_request) = match deps {
+        Some((path, request)) => (Some(path), Some(request)),
+        None => (None, None),
+    };
+    let request = Request::CompileSources(SourceCompileRequest {
+        compiler: CompilerId { name: inv.name.clone(), identity: tools.manifest.digest() },
+        language: unit.language,
+        output: unit.output_kind,
+        args: unit.source_args.clone(),
+        cwd: cwd()?,
+        source_name: unit.source.clone(),
+        files: files.files.clone(),
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+        deps: dep_request,
+    });
+    let call = |agent: &mut AgentClient, r: &Request| {
+        agent.call(r).map_err(|e| Final(format!("agent: {e}")))
+    };
+    let mut response = call(agent, &request)?;
+    for _ in 0..3 {
+        match &response {
+            Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
+                agent.push_toolchain(tools).map_err(|e| Final(format!("toolchain upload: {e}")))?;
+            }
+            Response::MissingBlobs(blobs) => {
+                for blob in blobs {
+                    let content = files.contents.get(blob).ok_or_else(|| {
+                        Final(format!("agent asked for a file this unit does not have: {blob}"))
+                    })?;
+                    match call(agent, &Request::PutSource(Payload::compress(content)))? {
+                        Response::Stored(d) if d == *blob => {}
+                        other => {
+                            return Err(Final(format!("agent did not store {blob}: {other:?}")));
+                        }
+                    }
+                }
+            }
+            _ => break,
+        }
+        response = call(agent, &request)?;
+    }
+    debug!(
+        files = files.files.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "source-mode answer"
+    );
+    match (response, dep_path) {
+        (Response::Compiled(result), None) => Ok((result, None)),
+        (Response::Compiled(result), Some(_)) if result.exit_code != 0 => Ok((result, None)),
+        (Response::CompiledSources(r), Some(path)) => Ok((r.result, Some((path, r.dep_file)))),
+        (Response::Refused(r), _) => {
+            Err(Unavailable(format!("farm refused ({:?}): {}", r.kind, r.message)))
+        }
+        (other, _) => Err(Final(format!("agent answered out of turn: {other:?}"))),
+    }
+}
