@@ -42,6 +42,8 @@ pub struct SearchDirs {
     pub pre_includes: Vec<String>,
     /// `-D` definitions of the command line, name to body.
     pub defines: Vec<(String, String)>,
+    /// Search directories as given (absolute) that go through `..`: checked like file paths.
+    pub raw_dirs: Vec<String>,
 }
 
 /// Collects the directories and pre-included names from a compile's arguments (relative
@@ -73,6 +75,13 @@ pub fn search_dirs(args: &[String], cwd: &str, system: &[String]) -> Result<Sear
                 value_of(p)
             }
         }) {
+            if d.split('/').any(|part| part == "..") {
+                out.raw_dirs.push(if d.starts_with('/') {
+                    d.clone()
+                } else {
+                    format!("{cwd}/{d}")
+                });
+            }
             out.dirs.extend(absolute(&d));
         } else if let Some(f) = value_of("-include").or_else(|| value_of("-imacros")) {
             out.pre_includes.push(f);
@@ -177,6 +186,7 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
     if out.contents.values().any(|c| find(c, b"__TIMESTAMP__").is_some()) {
         return Err(unsafe_("__TIMESTAMP__ depends on file times".into()));
     }
+    raw_paths.extend(dirs.raw_dirs.iter().map(|d| format!("{d}/")));
     crate::sources::check_dot_dots(&raw_paths, &out.files, cwd, &[])?;
     Ok(out)
 }

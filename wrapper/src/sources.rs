@@ -232,9 +232,9 @@ pub fn normalise(path: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
-/// A `..` is resolved by the remote kernel too, so the directory before it must exist there:
-/// the working directory or an ancestor, a shipped file's directory or an ancestor, or a
-/// directory of the toolchain.
+/// A `..` is resolved by the remote kernel too, so the directory before it must exist there
+/// (the working directory or an ancestor, a shipped file's directory or an ancestor, or a
+/// directory of the toolchain) and must not be reached through a symbolic link here.
 pub(crate) fn check_dot_dots(
     raw: &[String],
     files: &[SourceFile],
@@ -254,9 +254,15 @@ pub(crate) fn check_dot_dots(
             if *part != ".." {
                 continue;
             }
-            let before = normalise(&parts[..i].join("/")).unwrap_or_default();
+            let raw_before = parts[..i].join("/");
+            let before = normalise(&raw_before).unwrap_or_default();
             if !exists_remotely(&before) {
                 return Err(SourcesError::Unsafe(format!("{path}: {before} would not exist")));
+            }
+            // Locally the kernel resolves `..` after following symbolic links; remotely every
+            // directory is real. Only the same answer both ways is safe.
+            if std::fs::canonicalize(&raw_before).is_ok_and(|c| c.to_str() != Some(&before)) {
+                return Err(SourcesError::Unsafe(format!("{path}: `..` after a symbolic link")));
             }
         }
     }
