@@ -84,8 +84,11 @@ impl Ctx {
             }
             Mode::Discomy => {
                 let prog = self.discomy_cc.clone().unwrap_or_else(|| "discomy-cc".into());
+                // Distribution overhead, not caching: every rep must compile (distcc has no
+                // cache either).
                 let mut j = Job::new(prog, &self.src)
                     .env_remove("DISCOMY_DISABLE")
+                    .env("DISCOMY_CACHE", "0")
                     .env("DISCOMY_STATS_FILE", &self.stats_file);
                 if let Some(f) = &self.farm {
                     j = j.env("DISCOMY_SOCKET", &f.socket);
