@@ -140,11 +140,15 @@ impl SourceStore {
         fs::create_dir_all(root.join(cwd.trim_start_matches('/')))
             .map_err(io_err(format!("create working directory {cwd}")))?;
         let now = SystemTime::now();
+        let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
         for file in files {
             let dst = root.join(file.path.trim_start_matches('/'));
             if let Some(parent) = dst.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(io_err(format!("create directory for {}", file.path)))?;
+                if !made.contains(parent) {
+                    fs::create_dir_all(parent)
+                        .map_err(io_err(format!("create directory for {}", file.path)))?;
+                    made.insert(parent.to_path_buf());
+                }
             }
             let src = self.blob_path(&file.digest);
             if fs::hard_link(&src, &dst).is_err() {
