@@ -312,7 +312,7 @@ fn has_include_probes(text: &[u8]) -> Vec<Option<String>> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
