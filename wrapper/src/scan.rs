@@ -59,6 +59,10 @@ pub fn search_dirs(args: &[String], cwd: &str, system: &[String]) -> Result<Sear
         if arg == "-I-" {
             return Err("-I- changes the search rules".into());
         }
+        let unscanned = ["-iprefix", "-iwithprefix", "-imultilib", "-imultiarch", "-Xpreprocessor"];
+        if let Some(opt) = unscanned.iter().find(|o| arg.starts_with(*o)) {
+            return Err(format!("{opt}: a search option the scanner does not model"));
+        }
         let mut value_of = |prefix: &str| -> Option<String> {
             let rest = arg.strip_prefix(prefix)?;
             if rest.is_empty() {

@@ -51,6 +51,24 @@ pub enum SourceModeError {
     Final(String),
 }
 
+/// Environment variables that change what the compiler reads or writes, which a worker's
+/// compile (run with a clean environment) would not see.
+const LOCAL_ONLY_ENV: &[&str] = &[
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "DEPENDENCIES_OUTPUT",
+    "SUNPRO_DEPENDENCIES",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+];
+
+/// Why the environment rules source mode out, if it does.
+pub fn environment_blocks() -> Option<&'static str> {
+    LOCAL_ONLY_ENV.iter().copied().find(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+}
+
 /// The working directory as the wire carries it.
 fn cwd() -> Result<String, SourceModeError> {
     std::env::current_dir()
@@ -66,6 +84,9 @@ pub fn scanned(
     tools: &toolchain::Toolchain,
 ) -> Result<(UnitFiles, Option<(String, DepRequest)>), String> {
     let started = std::time::Instant::now();
+    if let Some(var) = environment_blocks() {
+        return Err(format!("{var} is set"));
+    }
     let deps = match &unit.deps {
         Deps::None => None,
         Deps::File { user_only, file, targets } => {
@@ -98,6 +119,9 @@ pub fn from_linemarkers(
     tools: &toolchain::Toolchain,
     unit_text: &[u8],
 ) -> Result<UnitFiles, SourceModeError> {
+    if let Some(var) = environment_blocks() {
+        return Err(SourceModeError::Unavailable(format!("{var} is set")));
+    }
     if unit.source_args.iter().any(|a| a == "-imacros") {
         return Err(SourceModeError::Unavailable(
             "-imacros files are not in the preprocessor's output".into(),
