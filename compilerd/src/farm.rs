@@ -152,7 +152,12 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
     } else {
         if opts.local_farm.is_none_or(|n| n == 0) {
             if let Some(list) = configured_hosts(opts.hosts.as_deref()) {
-                hosts.extend(list.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from));
+                match crate::hosts::parse_host_list(&list) {
+                    Ok(specs) => hosts.extend(specs.iter().map(ToString::to_string)),
+                    // The agent reports the error.
+                    Err(_) => hosts
+                        .extend(list.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from)),
+                }
             }
         }
         let socket = dir.path().join("agent.sock");
@@ -278,8 +283,16 @@ fn agent_alive(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
 
-/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, then the config files.
+/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, the config files, then
+/// `DISTCC_HOSTS` (distcc's syntax, its servers used as `distcc://` hosts).
 pub fn configured_hosts(flag: Option<&str>) -> Option<String> {
+    configured_discomy_hosts(flag).or_else(|| {
+        let distcc = crate::hosts::from_distcc_hosts(&std::env::var("DISTCC_HOSTS").ok()?);
+        (!distcc.is_empty()).then_some(distcc)
+    })
+}
+
+fn configured_discomy_hosts(flag: Option<&str>) -> Option<String> {
     if let Some(h) = flag {
         return Some(h.to_string());
     }
