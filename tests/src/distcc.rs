@@ -97,12 +97,14 @@ pub fn distcc_env(cmd: &mut Command, dir: &Path, hosts: &str, log: &Path) {
         .env("DISTCC_VERBOSE", "1");
 }
 
-/// Sends `request` to `127.0.0.1:port` and reads the answer until the server closes.
+/// Sends `request` to `127.0.0.1:port`, half-closes, and reads the answer until the server closes.
 pub fn raw_exchange(port: u16, request: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     // The server may answer (and close) before reading everything; a failed write is fine.
     let _ = s.write_all(request);
+    // The end of the request (a truncated one is then an error at once, not a timeout).
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
