@@ -9,7 +9,7 @@
 //! Pump mode (protocol 3) is refused the same way, in its own version.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,21 +126,18 @@ async fn serve(
         }
         Err(_) => return,
     };
-    let allowed = config.allow.iter().any(|c| c.contains(peer.ip()));
+    if !config.allow.iter().any(|c| c.contains(peer.ip())) {
+        // Answer at once and discard the rest unread: nothing from this peer is buffered.
+        let why =
+            format!("access denied: client {} is not in this server's --allow list", peer.ip());
+        let reply = Reply::refusal(code::ACCESS_DENIED, &why);
+        return answer_and_close(stream, peer, version, "REJ_ACCESS", reply).await;
+    }
     let (outcome, source) = match read_job(&mut stream, version, config).await {
         Err(reply) => (Outcome::Refused("REJ_BAD_REQ", reply), String::new()),
-        Ok(_) if !allowed => {
-            let why =
-                format!("access denied: client {} is not in this server's --allow list", peer.ip());
-            (
-                Outcome::Refused("REJ_ACCESS", Reply::refusal(code::ACCESS_DENIED, &why)),
-                String::new(),
-            )
-        }
         Ok((argv, unit)) => {
-            let name =
-                argv.iter().skip(1).find(|a| !a.starts_with('-')).cloned().unwrap_or_default();
-            (compile(&argv, &unit, config, state, shutdown).await, name)
+            let source = parse_distcc_argv(&argv).map(|j| j.source).unwrap_or_default();
+            (compile(&argv, &unit, config, state, shutdown).await, source)
         }
     };
     let (result, reply) = match outcome {
@@ -149,10 +146,7 @@ async fn serve(
         Outcome::Refused(what, reply) => (what, reply),
     };
     info!(client = %peer, result, exit = reply.exit_code(), ms = started.elapsed().as_millis() as u64, %source, "distcc job");
-    if let Err(err) = stream.write_all(&reply.encode(version)).await {
-        debug!(%peer, %err, "distcc: failed to answer");
-    }
-    let _ = stream.shutdown().await;
+    answer_bytes(&mut stream, &reply.encode(version)).await;
 }
 
 /// Reads the rest of a request; a refusal reply when it is malformed or too large.
@@ -245,8 +239,7 @@ async fn run_job(
     Ok(Reply { status, stderr: run.stderr, stdout: run.stdout, object })
 }
 
-/// Answers `reply` (in `version`), then reads what the client still sends for a moment so the
-/// close does not reset the connection before the client has read the answer.
+/// Answers a request refused before its argv was read.
 async fn answer_and_close(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -254,12 +247,15 @@ async fn answer_and_close(
     result: &str,
     reply: Reply,
 ) {
-    info!(client = %peer, result, "distcc job refused");
+    info!(client = %peer, result, why = %String::from_utf8_lossy(&reply.stderr).trim(), "distcc job refused");
     answer_bytes(&mut stream, &reply.encode(version)).await;
 }
 
+/// Writes an answer and closes, reading what the client still sends for a moment (up to 2 s),
+/// so the close does not reset the connection before the client has read the answer.
 async fn answer_bytes(stream: &mut TcpStream, bytes: &[u8]) {
-    if stream.write_all(bytes).await.is_err() {
+    if let Err(err) = stream.write_all(bytes).await {
+        debug!(%err, "distcc: failed to answer");
         return;
     }
     let _ = stream.shutdown().await;
@@ -277,8 +273,7 @@ async fn answer_bytes(stream: &mut TcpStream, bytes: &[u8]) {
 
 /// Pump mode is not supported: read its file list just enough to answer in protocol 3.
 async fn refuse_pump(mut stream: TcpStream, peer: SocketAddr, config: &DistccConfig) {
-    let ip: IpAddr = peer.ip();
-    let why = if config.allow.iter().any(|c| c.contains(ip)) {
+    let why = if config.allow.iter().any(|c| c.contains(peer.ip())) {
         "pump mode (protocol 3, ',cpp') is not supported by discomy; use ',lzo' without ',cpp'"
     } else {
         "access denied: client is not in this server's --allow list"

@@ -152,11 +152,15 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
     } else {
         if opts.local_farm.is_none_or(|n| n == 0) {
             if let Some(list) = configured_hosts(opts.hosts.as_deref()) {
-                match crate::hosts::parse_host_list(&list) {
-                    Ok(specs) => hosts.extend(specs.iter().map(ToString::to_string)),
-                    // The agent reports the error.
-                    Err(_) => hosts
-                        .extend(list.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from)),
+                for word in list.split([',', ' ']).filter(|s| !s.is_empty()) {
+                    // distcc options (`,lzo`) stay with their `distcc://` entry.
+                    match hosts.last_mut() {
+                        Some(last) if crate::hosts::is_option(word) => {
+                            last.push(',');
+                            last.push_str(word);
+                        }
+                        _ => hosts.push(word.to_string()),
+                    }
                 }
             }
         }

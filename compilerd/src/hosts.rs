@@ -68,7 +68,8 @@ pub struct HostListError {
     reason: String,
 }
 
-fn is_option(word: &str) -> bool {
+/// Whether a list word is a distcc host option (`lzo`, `cpp`, `down`, `auth[=…]`).
+pub fn is_option(word: &str) -> bool {
     matches!(word, "lzo" | "cpp" | "down") || word == "auth" || word.starts_with("auth=")
 }
 
