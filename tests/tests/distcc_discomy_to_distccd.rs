@@ -1,13 +1,15 @@
 //! discomy sends units to a real distccd 3.4 over protocol 1 (`DISCOMY_HOSTS=distcc://…`) and
 //! protocol 2 (`DISTCC_HOSTS=host:port,lzo`, taken over from distcc's own variable): Lua builds
 //! byte-identical to a local build, the units ran on distccd (its log counts them), and our LZO
-//! encoder's output is what distccd decoded.
+//! encoder's output is what distccd decoded. A dead distccd host means backoff and local compiles.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use discomy_tests::distcc::Distccd;
+use std::fs;
+
+use discomy_tests::distcc::{Distccd, free_port};
 use discomy_tests::{
-    BUILD_TIMEOUT, MAKE_JOBS, Proc, ShowOnFailure, assert_lua_runs, assert_same_objects,
-    discomy_run, extract_lua, make_clean, make_lua, objects, read_summary,
+    Agent, BUILD_TIMEOUT, MAKE_JOBS, Proc, ShowOnFailure, assert_lua_runs, assert_same_objects,
+    bin, clean_command, discomy_run, extract_lua, make_clean, make_lua, objects, read_summary,
 };
 
 #[test]
@@ -51,4 +53,37 @@ fn discomy_to_distccd() {
         );
         assert!(s.raw.contains(&format!("distcc://127.0.0.1:{port}")), "hosts: {}", s.raw);
     }
+}
+
+/// A distccd host that is down costs one failed connect: the agent backs off from it and the
+/// wrapper compiles locally, with the local compiler's own object.
+#[test]
+fn dead_distccd_host_falls_back_locally() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    fs::write(dir.join("hello.c"), "int main(void) { return 0; }\n").unwrap();
+    let dead = format!("distcc://127.0.0.1:{},lzo", free_port());
+    let agent = Agent::start(dir, "agent", &dead);
+    for out in ["a.o", "b.o"] {
+        let status = clean_command(bin("discomy-cc"))
+            .current_dir(dir)
+            .env("DISCOMY_SOCKET", &agent.socket)
+            .args(["gcc", "-O2", "-c", "hello.c", "-o", out])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let local = clean_command("gcc")
+        .current_dir(dir)
+        .args(["-O2", "-c", "hello.c", "-o", "l.o"])
+        .status()
+        .unwrap();
+    assert!(local.success());
+    assert_eq!(fs::read(dir.join("a.o")).unwrap(), fs::read(dir.join("l.o")).unwrap());
+    let log = agent.proc.stderr_text();
+    assert_eq!(
+        log.matches("distccd failed; backing off").count(),
+        1,
+        "one attempt, then backoff:\n{log}"
+    );
 }
