@@ -25,6 +25,7 @@ pub enum LzoError {
 }
 
 const D_BITS: u32 = 14;
+const DICT_LEN: usize = 1 << D_BITS;
 const M2_MAX_LEN: usize = 8;
 const M2_MAX_OFFSET: usize = 0x0800;
 const M3_MAX_LEN: usize = 33;
@@ -79,14 +80,31 @@ fn push_len_ext(out: &mut Vec<u8>, mut len: usize) {
 }
 
 fn read_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    let w = &b[at..at + 4];
+    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+}
+
+/// How many leading bytes `a` and `b` share (`b` is the later position, so the shorter one),
+/// eight at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let y = u64::from_le_bytes([y[0], y[1], y[2], y[3], y[4], y[5], y[6], y[7]]);
+        let diff = x ^ y;
+        if diff != 0 {
+            return n + (diff.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + a[n..].iter().zip(&b[n..]).take_while(|(x, y)| x == y).count()
 }
 
 /// The main loop; returns how many trailing bytes are left as literals.
 fn compress_core(input: &[u8], out: &mut Vec<u8>) -> usize {
     let in_len = input.len();
     let ip_end = in_len - M2_MAX_LEN - 5;
-    let mut dict = vec![0u32; 1 << D_BITS];
+    let mut dict = vec![0u32; DICT_LEN].into_boxed_slice();
     let mut ii = 0usize; // start of pending literals
     let mut ip = 4usize;
     loop {
@@ -94,7 +112,7 @@ fn compress_core(input: &[u8], out: &mut Vec<u8>) -> usize {
             break;
         }
         let dv = read_u32(input, ip);
-        let h = ((dv.wrapping_mul(0x1824_429d)) >> (32 - D_BITS)) as usize;
+        let h = ((dv.wrapping_mul(0x1824_429d)) >> (32 - D_BITS)) as usize & (DICT_LEN - 1);
         let m_pos = dict[h] as usize;
         dict[h] = ip as u32;
         if m_pos >= ip || ip - m_pos > M4_MAX_OFFSET || read_u32(input, m_pos) != dv {
@@ -104,10 +122,7 @@ fn compress_core(input: &[u8], out: &mut Vec<u8>) -> usize {
         if ip > ii {
             push_literals(out, &input[ii..ip], false);
         }
-        let mut m_len = 4;
-        while ip + m_len < in_len && input[ip + m_len] == input[m_pos + m_len] {
-            m_len += 1;
-        }
+        let m_len = 4 + common_prefix(&input[m_pos + 4..], &input[ip + 4..]);
         let m_off = ip - m_pos;
         ip += m_len;
         ii = ip;
