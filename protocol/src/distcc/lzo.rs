@@ -68,7 +68,13 @@ fn push_literals(out: &mut Vec<u8>, lit: &[u8], final_run: bool) {
         }
         out.push(tt as u8);
     }
-    out.extend_from_slice(lit);
+    if t <= 3 {
+        for &b in lit {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(lit);
+    }
 }
 
 fn push_len_ext(out: &mut Vec<u8>, mut len: usize) {
@@ -194,7 +200,15 @@ fn push_lits(out: &mut Vec<u8>, r: &mut Reader<'_>, n: usize, cap: usize) -> Res
     if out.len().saturating_add(n) > cap {
         return Err(LzoError::TooLarge(cap));
     }
-    out.extend_from_slice(r.take(n)?);
+    let lits = r.take(n)?;
+    if n <= 3 {
+        // The 0-3 literals after most matches: no memcpy call for them.
+        for &b in lits {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(lits);
+    }
     Ok(())
 }
 
@@ -205,8 +219,17 @@ fn copy_match(out: &mut Vec<u8>, dist: usize, len: usize, cap: usize) -> Result<
     if out.len().saturating_add(len) > cap {
         return Err(LzoError::TooLarge(cap));
     }
-    let mut left = len;
     let start = out.len() - dist;
+    if len <= 8 && dist >= 8 {
+        // Short, non-overlapping (most matches): one fixed 8-byte copy, then trim.
+        let end = out.len() + len;
+        let w = &out[start..start + 8];
+        let word = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+        out.extend_from_slice(&word);
+        out.truncate(end);
+        return Ok(());
+    }
+    let mut left = len;
     // Overlapping copies repeat the last `dist` bytes: `out[start..]` stays periodic, so copy it
     // whole each round (the chunk doubles: a long run of one byte costs a few memcpys).
     while left > 0 {
