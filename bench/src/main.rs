@@ -1,10 +1,11 @@
-//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`), installs
+//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`, `distcc`), installs
 //! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
 //! mismatch, 2 error).
 
 // The printed report (stdout) and progress (stderr) are this program's product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod distcc_compat;
 mod farm;
 mod nodes;
 mod overhead;
@@ -31,6 +32,9 @@ enum Cmd {
     Overhead(overhead::Args),
     /// Whole-project `make -jN` of Lua: plain vs distcc vs `discomy run --local-farm`.
     Build(whole_build::Args),
+    /// Whole Lua builds through the distcc protocol: distcc client to distccd and to compilerd,
+    /// discomy-cc to compilerd and to distccd; plus LZO1X-1 throughput.
+    Distcc(distcc_compat::Args),
     /// One-time cost of packaging and installing a toolchain, and the per-unit cost of the
     /// worker's sandbox (sandboxed vs `--insecure-no-sandbox` worker, same units).
     Toolchain(toolchain_cost::Args),
@@ -66,6 +70,7 @@ fn main() {
         Cmd::Overhead(a) => overhead::run(a),
         Cmd::Build(a) => whole_build::run(a),
         Cmd::Toolchain(a) => toolchain_cost::run(a),
+        Cmd::Distcc(a) => distcc_compat::run(a),
     };
     match result {
         Ok(0) => {}

@@ -4,6 +4,7 @@
 //! that worker, and waits for the answer. Transport failures put the worker in backoff and the
 //! unit is retried on another one; when none is left the wrapper is told to compile locally.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,17 +12,18 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
 use discomy_protocol::{
-    AuthConfig, Digest, PeerKind, ProtocolError, RefusalKind, Request, Response,
+    AuthConfig, CompileRequest, Digest, PeerKind, ProtocolError, RefusalKind, Request, Response,
 };
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::hosts::HostSpec;
+use crate::distcc_client;
+use crate::hosts::{HostKind, HostSpec};
 use crate::pool::{Lease, Pool, Release};
 use crate::sourcestore::SourceStore;
-use crate::toolchains::seed_local_compilers;
+use crate::toolchains::seed_local_compilers_named;
 use crate::toolstore::ToolStore;
 use crate::upload;
 
@@ -70,6 +72,9 @@ struct State {
     pool: Pool,
     store: ToolStore,
     sources: SourceStore,
+    /// This host's compilers by name: a unit goes to a distccd host only when its compiler is one
+    /// of these (distccd runs its own compiler of that name).
+    local_compilers: BTreeMap<String, Digest>,
 }
 
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
@@ -106,14 +111,15 @@ pub async fn run(
     let store = ToolStore::open(&config.store_dir, config.store_bytes, false)
         .map_err(|e| io::Error::other(e.to_string()))?;
     // Wrappers running this host's own compilers then need no upload.
-    seed_local_compilers(&store, std::env::var_os("PATH").unwrap_or_default()).await;
+    let local_compilers =
+        seed_local_compilers_named(&store, std::env::var_os("PATH").unwrap_or_default()).await;
     let listener = bind_socket(&socket_path).map_err(|e| {
         io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
     })?;
     info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
     let sources = SourceStore::open(&config.store_dir.join("sources"), config.store_bytes / 4)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let state = Arc::new(State { config, pool, store, sources });
+    let state = Arc::new(State { config, pool, store, sources, local_compilers });
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -241,7 +247,23 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
         return Response::refused(RefusalKind::NoWorker, "no workers configured");
     }
     let request = &unit.request;
+    // distccd hosts take preprocessed units only (source mode needs a discomy worker).
+    let compile_req = match request {
+        Request::Compile(req) => Some(req),
+        _ => None,
+    };
     let mut tried = Vec::new();
+    if !compile_req.is_some_and(|req| distcc_eligible(state, req)) {
+        tried.extend(
+            state
+                .config
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.kind != HostKind::Native)
+                .map(|(i, _)| i),
+        );
+    }
     let mut last_reason = String::from("no worker available");
     for _ in 0..state.config.max_attempts {
         let Some(lease) = state.pool.acquire(&tried, state.config.queue_timeout).await else {
@@ -249,6 +271,29 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
         };
         let host = lease.host;
         tried.push(host);
+        if let (HostKind::Distcc { lzo }, Some(req)) = (lease.spec.kind, compile_req) {
+            let cfg = &state.config;
+            match distcc_client::compile(
+                &lease.spec,
+                lzo,
+                req,
+                cfg.connect_timeout,
+                cfg.compile_timeout,
+            )
+            .await
+            {
+                Ok(response) => {
+                    state.pool.release(host, Release::Finished);
+                    return response;
+                }
+                Err(reason) => {
+                    warn!(source = %unit.source, %reason, "distccd failed; backing off from it");
+                    state.pool.release(host, Release::Failed);
+                    last_reason = reason;
+                }
+            }
+            continue;
+        }
         let exchanged = match exchange(state, lease, request).await {
             Ok((response, mut conn)) => {
                 supply(state, &mut conn, unit, response).await.map(|resp| (resp, conn))
@@ -283,6 +328,15 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
         }
     }
     Response::refused(RefusalKind::NoWorker, last_reason)
+}
+
+/// Whether a unit may go to a distccd host, which runs its own compiler of the same name and
+/// cannot check identity: only when the client's compiler is this host's compiler of that name,
+/// and no `SOURCE_DATE_EPOCH` must travel with it (distcc has no way to send it).
+fn distcc_eligible(state: &State, req: &CompileRequest) -> bool {
+    let name = req.compiler.name.rsplit('/').next().unwrap_or(&req.compiler.name);
+    req.source_date_epoch.is_none()
+        && state.local_compilers.get(name) == Some(&req.compiler.identity)
 }
 
 type WorkerConn = discomy_protocol::asyncio::Conn<TcpStream>;

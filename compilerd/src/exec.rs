@@ -107,12 +107,26 @@ pub async fn compile_unit(
     uid: Option<u32>,
 ) -> Result<RunOutput, ExecError> {
     let args = compile_args(req);
+    run_compiler(runner, tree, manifest, &args, req.source_date_epoch.as_deref(), dir, uid).await
+}
+
+/// Runs the toolchain's driver with `args` (already checked; inputs and outputs inside `dir`) in
+/// `dir`, the way [`compile_unit`] does. The distcc listener uses it with distcc's own argv.
+pub async fn run_compiler(
+    runner: &Runner,
+    tree: &Path,
+    manifest: &ToolchainManifest,
+    args: &[String],
+    source_date_epoch: Option<&str>,
+    dir: &Path,
+    uid: Option<u32>,
+) -> Result<RunOutput, ExecError> {
     let mut env = vec![
         ("PATH".to_string(), tree_path_var(manifest)),
         ("LC_ALL".to_string(), "C".to_string()),
     ];
-    if let Some(epoch) = &req.source_date_epoch {
-        env.push(("SOURCE_DATE_EPOCH".to_string(), epoch.clone()));
+    if let Some(epoch) = source_date_epoch {
+        env.push(("SOURCE_DATE_EPOCH".to_string(), epoch.to_string()));
     }
     match runner {
         Runner::Sandbox { helper, limits } => {
@@ -122,7 +136,7 @@ pub async fn compile_unit(
                 root: tree,
                 work: dir,
                 program: &manifest.driver,
-                args: &args,
+                args,
                 env: &env,
                 limits,
                 run_as: uid.map(|u| (u, u)),
@@ -140,7 +154,7 @@ pub async fn compile_unit(
         }
         Runner::Host { wall } => {
             env.push(("TMPDIR".to_string(), dir.to_string_lossy().into_owned()));
-            run_on_host(&manifest.driver, &args, &env, dir, *wall).await
+            run_on_host(&manifest.driver, args, &env, dir, *wall).await
         }
     }
 }

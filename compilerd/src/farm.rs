@@ -152,7 +152,16 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
     } else {
         if opts.local_farm.is_none_or(|n| n == 0) {
             if let Some(list) = configured_hosts(opts.hosts.as_deref()) {
-                hosts.extend(list.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from));
+                for word in list.split([',', ' ']).filter(|s| !s.is_empty()) {
+                    // distcc options (`,lzo`) stay with their `distcc://` entry.
+                    match hosts.last_mut() {
+                        Some(last) if crate::hosts::is_option(word) => {
+                            last.push(',');
+                            last.push_str(word);
+                        }
+                        _ => hosts.push(word.to_string()),
+                    }
+                }
             }
         }
         let socket = dir.path().join("agent.sock");
@@ -278,8 +287,16 @@ fn agent_alive(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
 
-/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, then the config files.
+/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, the config files, then
+/// `DISTCC_HOSTS` (distcc's syntax, its servers used as `distcc://` hosts).
 pub fn configured_hosts(flag: Option<&str>) -> Option<String> {
+    configured_discomy_hosts(flag).or_else(|| {
+        let distcc = crate::hosts::from_distcc_hosts(&std::env::var("DISTCC_HOSTS").ok()?);
+        (!distcc.is_empty()).then_some(distcc)
+    })
+}
+
+fn configured_discomy_hosts(flag: Option<&str>) -> Option<String> {
     if let Some(h) = flag {
         return Some(h.to_string());
     }

@@ -3,8 +3,11 @@
 //! # Layout
 //! - [`worker`]: TCP server compiling units with an identical compiler ([`toolchains`]),
 //!   arguments checked by [`argcheck`], processes run by [`exec`].
+//! - [`distcc_server`]: the worker's listener for real distcc clients ([`distcc_args`] takes
+//!   their argv apart, [`cidr`] is `--allow`).
 //! - [`agent`]: Unix-socket server for wrappers; places units on workers through [`pool`].
-//! - [`hosts`]: static host lists in distcc syntax.
+//! - [`hosts`]: static host lists in distcc syntax, `distcc://` hosts among them.
+//! - [`distcc_client`]: sends one unit to a real distccd (protocol 1 or 2).
 //! - [`sandbox`]: runs each remote compile in a `discomy-sandbox` (namespaces, read-only
 //!   toolchain root, no network, rlimits and cgroups).
 //! - [`toolstore`]: content-addressed toolchain blobs and trees, single-flight installs, LRU.
@@ -14,7 +17,11 @@
 
 pub mod agent;
 pub mod argcheck;
+pub mod cidr;
 pub mod daemon;
+pub mod distcc_args;
+pub mod distcc_client;
+pub mod distcc_server;
 pub mod exec;
 pub mod farm;
 pub mod hosts;

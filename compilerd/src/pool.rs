@@ -43,6 +43,8 @@ pub enum Release {
     Declined(Option<Conn<TcpStream>>),
     /// The host failed (connect, transport, protocol): back off from it.
     Failed,
+    /// The exchange worked on a connection that is not kept (distccd: one job per connection).
+    Finished,
 }
 
 /// The agent's hosts.
@@ -135,6 +137,7 @@ impl Pool {
                             h.idle.push((Instant::now(), conn));
                         }
                     }
+                    Release::Finished => h.compiled += 1,
                     Release::Failed => {
                         h.failed += 1;
                         h.idle.clear();
@@ -168,7 +171,7 @@ mod tests {
     use super::*;
 
     fn spec(host: &str, limit: usize) -> HostSpec {
-        HostSpec { host: host.into(), port: 1, limit }
+        HostSpec { host: host.into(), port: 1, limit, kind: Default::default() }
     }
 
     #[tokio::test]

@@ -5,7 +5,10 @@
 //! store (hard links, no copies where the file system allows). A client running an identical
 //! compiler then gets the same toolchain identity, and no upload is needed.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
+
+use discomy_protocol::Digest;
 
 use discomy_wrapper::invocation::find_on_path;
 use discomy_wrapper::names::compiler_names_on_path;
@@ -16,18 +19,32 @@ use crate::toolstore::{InstallStep, ToolStore};
 
 /// Installs this host's compilers into `store`; returns how many distinct toolchains it holds.
 pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usize {
+    let mut distinct: Vec<Digest> =
+        seed_local_compilers_named(store, path_var).await.into_values().collect();
+    distinct.sort();
+    distinct.dedup();
+    distinct.len()
+}
+
+/// [`seed_local_compilers`], returning the toolchain each compiler name on PATH resolves to
+/// (how bare names from distcc clients, `gcc` or `x86_64-linux-gnu-gcc-12`, map to toolchains).
+pub async fn seed_local_compilers_named(
+    store: &ToolStore,
+    path_var: OsString,
+) -> BTreeMap<String, Digest> {
+    let mut names = BTreeMap::new();
     let mut seeded = Vec::new();
-    let mut drivers = Vec::new();
+    let mut drivers: Vec<(std::path::PathBuf, Digest)> = Vec::new();
     for name in compiler_names_on_path(&path_var) {
         // The path a wrapper would run (not canonicalised): its symlinks are part of the
         // toolchain identity, so seeding it lets an identical client skip the upload.
         let Some(driver) = find_on_path(&name, &path_var, None) else {
             continue;
         };
-        if drivers.contains(&driver) {
+        if let Some((_, digest)) = drivers.iter().find(|(d, _)| *d == driver) {
+            names.insert(name, *digest);
             continue;
         }
-        drivers.push(driver.clone());
         let pv = path_var.clone();
         let d = driver.clone();
         let collected =
@@ -44,7 +61,9 @@ pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usiz
             }
         };
         let digest = tc.manifest.digest();
+        drivers.push((driver, digest));
         if seeded.contains(&digest) {
+            names.insert(name, digest);
             continue;
         }
         let mut ok = true;
@@ -58,8 +77,9 @@ pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usiz
         if ok && matches!(store.install(&tc.manifest).await, Ok(InstallStep::Ready)) {
             debug!(%name, toolchain = %digest, "local compiler seeded");
             seeded.push(digest);
+            names.insert(name, digest);
         }
     }
     info!(toolchains = seeded.len(), "local compilers seeded into the toolchain store");
-    seeded.len()
+    names
 }

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::argcheck::check_compile_args;
+use crate::distcc_server::{self, DistccConfig};
 use crate::exec::Runner;
 use crate::exec::{ExecError, compile_unit};
 use crate::sourcestore::SourceStore;
@@ -54,11 +55,12 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
 }
 
-struct State {
-    config: WorkerConfig,
-    store: ToolStore,
-    sources: SourceStore,
-    slots: Semaphore,
+/// What the worker's listeners share (the native one and the distcc one).
+pub(crate) struct State {
+    pub(crate) config: WorkerConfig,
+    pub(crate) store: ToolStore,
+    pub(crate) sources: SourceStore,
+    pub(crate) slots: Semaphore,
     /// One unprivileged uid per slot, so per-user process limits never mix two units.
     uids: std::sync::Mutex<Vec<u32>>,
 }
@@ -78,13 +80,18 @@ impl State {
             node_name: &self.config.node_name,
         }
     }
+
+    /// Takes a slot's uid for one unit.
+    pub(crate) fn uid(&self) -> UidLease<'_> {
+        UidLease(self, self.uids.lock().unwrap_or_else(|e| e.into_inner()).pop())
+    }
 }
 
 /// First uid handed to sandboxed units (one per slot) when the worker runs as root.
 pub const SANDBOX_UID_BASE: u32 = 64000;
 
 /// Takes a slot's uid for the duration of one unit.
-struct UidLease<'a>(&'a State, Option<u32>);
+pub(crate) struct UidLease<'a>(&'a State, pub(crate) Option<u32>);
 
 impl Drop for UidLease<'_> {
     fn drop(&mut self) {
@@ -97,6 +104,17 @@ impl Drop for UidLease<'_> {
 /// Serves until `shutdown` is cancelled, then lets running units finish (up to a grace period).
 pub async fn run(
     listener: TcpListener,
+    config: WorkerConfig,
+    store: ToolStore,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    run_with_distcc(listener, None, config, store, shutdown).await
+}
+
+/// [`run`], also serving real distcc clients on `distcc` (same slots, sandbox and allow-list).
+pub async fn run_with_distcc(
+    listener: TcpListener,
+    distcc: Option<(TcpListener, DistccConfig)>,
     config: WorkerConfig,
     store: ToolStore,
     shutdown: CancellationToken,
@@ -116,6 +134,10 @@ pub async fn run(
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
+    if let Some((listener, distcc)) = distcc {
+        let (state, shutdown, t) = (state.clone(), shutdown.clone(), tracker.clone());
+        tracker.spawn(distcc_server::run(listener, distcc, state, shutdown, t));
+    }
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -251,7 +273,7 @@ async fn run_in_dir(
         .tempdir_in(&state.config.work_dir)
         .map_err(internal)?;
     tokio::fs::write(dir.path().join("unit.i"), unit).await.map_err(internal)?;
-    let uid = UidLease(state, state.uids.lock().unwrap_or_else(|e| e.into_inner()).pop());
+    let uid = state.uid();
     let run =
         compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path(), uid.1)
             .await

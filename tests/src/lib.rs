@@ -10,9 +10,12 @@
 //! - [`extract_lua`], [`make_lua`]: the project, unpacked into a per-test temporary directory.
 //! - [`objects`], [`assert_same_objects`]: byte-for-byte comparison of build outputs.
 //! - [`capture`], [`diff_captures`]: one compiler invocation's exit status, output and new files.
+//! - [`distcc`]: real `distccd`/`distcc` peers and raw distcc exchanges.
 //! - [`read_stats`], [`read_summary`]: what the wrapper and `discomy run` report.
 
 #![allow(clippy::print_stderr)] // progress and failure logs are the point of a test helper
+
+pub mod distcc;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

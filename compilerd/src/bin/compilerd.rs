@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use discomy_compilerd::agent::{self, AgentConfig};
+use discomy_compilerd::cidr::Cidr;
 use discomy_compilerd::daemon;
+use discomy_compilerd::distcc_server::DistccConfig;
 use discomy_compilerd::exec::Runner;
 use discomy_compilerd::hosts::parse_host_list;
 use discomy_compilerd::sandbox::{self, Limits};
-use discomy_compilerd::toolchains::seed_local_compilers;
+use discomy_compilerd::toolchains::seed_local_compilers_named;
 use discomy_compilerd::toolstore::ToolStore;
 use discomy_compilerd::worker::{self, WorkerConfig};
 use discomy_protocol::AuthConfig;
@@ -72,6 +74,13 @@ enum Role {
         /// 10-16 ms per unit on cgroup v1 hosts). Without it, per-slot-uid rlimits apply.
         #[arg(long)]
         sandbox_cgroups: bool,
+        /// Also serve real distcc clients (protocols 1 and 2) on ADDR (`IP` or `IP:PORT`, port
+        /// 3632 by default).
+        #[arg(long, value_name = "ADDR")]
+        distcc_listen: Option<String>,
+        /// Networks whose distcc clients may compile here (repeatable; default: loopback only).
+        #[arg(long, value_name = "CIDR")]
+        allow: Vec<Cidr>,
     },
     /// Serve discomy-cc wrappers on this build host and ship their units to workers.
     Agent {
@@ -120,6 +129,8 @@ async fn run() -> Result<()> {
             store_mb,
             insecure_no_sandbox,
             sandbox_cgroups,
+            distcc_listen,
+            allow,
         } => {
             let wall = Duration::from_secs(compile_timeout);
             let runner = if insecure_no_sandbox {
@@ -147,7 +158,18 @@ async fn run() -> Result<()> {
                 format!("failed to open the toolchain store {}", store_dir.display())
             })?;
             let path_var = std::env::var_os("PATH").unwrap_or_default();
-            seed_local_compilers(&store, path_var).await;
+            let compilers = seed_local_compilers_named(&store, path_var).await;
+            let distcc = match distcc_listen {
+                None => None,
+                Some(addr) => {
+                    let addr = distcc_address(&addr)?;
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("failed to listen for distcc on {addr}"))?;
+                    let allow = if allow.is_empty() { Cidr::loopback() } else { allow };
+                    Some((listener, DistccConfig { allow, compilers, limits: Default::default() }))
+                }
+            };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("failed to listen on {listen}"))?;
@@ -167,7 +189,7 @@ async fn run() -> Result<()> {
                 }),
             };
             let work_dir = config.work_dir.clone();
-            let result = worker::run(listener, config, store, shutdown).await;
+            let result = worker::run_with_distcc(listener, distcc, config, store, shutdown).await;
             let _ = std::fs::remove_dir_all(work_dir);
             Ok(result?)
         }
@@ -187,6 +209,19 @@ async fn run() -> Result<()> {
             Ok(agent::run(socket, config, shutdown).await?)
         }
     }
+}
+
+/// `IP:PORT`, or `IP` alone with distcc's port.
+fn distcc_address(text: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip: std::net::IpAddr = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .with_context(|| format!("--distcc-listen {text}: expected IP or IP:PORT"))?;
+    Ok(SocketAddr::new(ip, discomy_protocol::distcc::DEFAULT_PORT))
 }
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
