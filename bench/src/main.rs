@@ -10,6 +10,7 @@ mod nodes;
 mod overhead;
 mod proc;
 mod project;
+mod sim;
 mod stats;
 mod toolchain_cost;
 mod whole_build;
@@ -34,6 +35,8 @@ enum Cmd {
     /// One-time cost of packaging and installing a toolchain, and the per-unit cost of the
     /// worker's sandbox (sandboxed vs `--insecure-no-sandbox` worker, same units).
     Toolchain(toolchain_cost::Args),
+    /// Placement policies on simulated fleets (virtual clock): makespan vs the lower bound.
+    Sim(sim::Args),
 }
 
 /// Options shared by both subcommands.
@@ -66,6 +69,7 @@ fn main() {
         Cmd::Overhead(a) => overhead::run(a),
         Cmd::Build(a) => whole_build::run(a),
         Cmd::Toolchain(a) => toolchain_cost::run(a),
+        Cmd::Sim(a) => sim::run(a),
     };
     match result {
         Ok(0) => {}
