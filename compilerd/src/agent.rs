@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::coordclient::CoordClient;
 use crate::hosts::HostSpec;
 use crate::pool::{Lease, Pool, Release};
 use crate::toolchains::seed_local_compilers;
@@ -45,6 +46,10 @@ pub struct AgentConfig {
     pub store_dir: PathBuf,
     /// Size bound of that store.
     pub store_bytes: u64,
+    /// Coordinator to ask for placements (the host list is then the fallback).
+    pub coordinator: Option<crate::discover::CoordinatorAddr>,
+    /// This host's id, as a submitter.
+    pub host_id: String,
 }
 
 impl AgentConfig {
@@ -60,6 +65,8 @@ impl AgentConfig {
             max_attempts: 3,
             store_dir: discomy_wrapper::identity::cache_dir().join("agent-store"),
             store_bytes: 4 << 30,
+            coordinator: None,
+            host_id: crate::discover::host_id(),
         }
     }
 }
@@ -68,6 +75,7 @@ struct State {
     config: AgentConfig,
     pool: Pool,
     store: ToolStore,
+    coord: Option<Arc<CoordClient>>,
 }
 
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
@@ -109,7 +117,10 @@ pub async fn run(
         io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
     })?;
     info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
-    let state = Arc::new(State { config, pool, store });
+    let coord = config.coordinator.clone().map(|addr| {
+        CoordClient::spawn(addr, config.host_id.clone(), config.auth.clone(), shutdown.clone())
+    });
+    let state = Arc::new(State { config, pool, store, coord });
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -190,6 +201,11 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
 
 /// Places one unit, retrying on other workers after transport failures.
 async fn forward(state: &State, req: &CompileRequest) -> Response {
+    if let Some(coord) = &state.coord
+        && let Some(response) = forward_placed(state, coord, req).await
+    {
+        return response;
+    }
     if state.pool.is_empty() {
         return Response::refused(RefusalKind::NoWorker, "no workers configured");
     }
@@ -236,6 +252,59 @@ async fn forward(state: &State, req: &CompileRequest) -> Response {
         }
     }
     Response::refused(RefusalKind::NoWorker, last_reason)
+}
+
+// ---- Placement by the coordinator (issue 4) ----
+
+/// Runs a unit where the coordinator places it. `None`: no coordinator, no node for it, or
+/// every placement failed; the caller falls back to the host list (then to local compiles).
+async fn forward_placed(
+    state: &State,
+    coord: &CoordClient,
+    req: &CompileRequest,
+) -> Option<Response> {
+    use discomy_protocol::coordinator::JobDone;
+    let request = Request::Compile(req.clone());
+    let work = crate::coordclient::main_file_bytes(req).unwrap_or(0);
+    for _ in 0..state.config.max_attempts {
+        let placement = coord.place(req, work, state.config.queue_timeout).await?;
+        let spec = crate::hosts::parse_host_list(placement.worker.as_deref()?).ok()?.pop()?;
+        let started = std::time::Instant::now();
+        let lease = Lease { host: usize::MAX, spec: spec.clone(), conn: None };
+        let exchanged = match exchange(state, lease, &request).await {
+            Ok((Response::Refused(r), mut conn)) if r.kind == RefusalKind::NeedToolchain => {
+                push_and_retry(state, &mut conn, req, &request).await.map(|resp| (resp, conn))
+            }
+            other => other,
+        };
+        let mut done =
+            JobDone { job: placement.job, ok: false, wall_ms: 0, cpu_ms: 0, bytes_out: 0 };
+        done.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match exchanged {
+            Ok((Response::Compiled(result), _)) => {
+                done.ok = true;
+                done.cpu_ms = result.compile_ms;
+                done.bytes_out = result.output.as_ref().map_or(0, |o| o.raw_len);
+                coord.done(done);
+                return Some(Response::Compiled(result));
+            }
+            Ok((Response::Refused(refusal), _)) => {
+                coord.done(done);
+                if !matches!(refusal.kind, RefusalKind::NoToolchain | RefusalKind::Unavailable) {
+                    return Some(Response::Refused(refusal));
+                }
+            }
+            Ok((other, _)) => {
+                coord.done(done);
+                warn!(worker = %spec, "worker answered out of turn: {other:?}");
+            }
+            Err(reason) => {
+                coord.done(done);
+                warn!(source = %req.source_name, %reason, "placed worker failed; asking again");
+            }
+        }
+    }
+    None
 }
 
 type WorkerConn = discomy_protocol::asyncio::Conn<TcpStream>;

@@ -10,16 +10,23 @@
 //! - [`toolstore`]: content-addressed toolchain blobs and trees, single-flight installs, LRU.
 //! - [`upload`]: serving and pushing toolchains between nodes.
 //! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
+//! - [`coordclient`], [`noderep`], [`discover`], [`status`]: membership in a coordinated farm
+//!   (the agent's placements, the worker's login and load reports, finding the coordinator,
+//!   `discomy status`).
 //! - [`daemon`]: logging set-up and signal-driven shutdown shared by the binaries.
 
 pub mod agent;
 pub mod argcheck;
+pub mod coordclient;
 pub mod daemon;
+pub mod discover;
 pub mod exec;
 pub mod farm;
 pub mod hosts;
+pub mod noderep;
 pub mod pool;
 pub mod sandbox;
+pub mod status;
 pub mod toolchains;
 pub mod toolstore;
 pub mod upload;

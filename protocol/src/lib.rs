@@ -4,6 +4,7 @@
 //! same handshake, then carries length-delimited postcard frames.
 //!
 //! # Layout
+//! - [`coordinator`]: messages to and from the coordinator (nodes, agents, status).
 //! - [`digest`]: the blake3 [`Digest`] newtype used for content addresses and compiler identity.
 //! - [`frame`]: frame size limits and the synchronous frame reader/writer (used by the wrapper).
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
@@ -18,6 +19,7 @@
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+pub mod coordinator;
 pub mod digest;
 mod error;
 pub mod frame;

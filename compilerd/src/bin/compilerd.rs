@@ -28,6 +28,9 @@ struct Cli {
     /// Farm token; nodes and clients prove it in the handshake. Without one, only loopback peers.
     #[arg(long, env = "DISCOMY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Coordinator (`host[:port]`): workers join its farm, agents ask it where units run.
+    #[arg(long, env = "DISCOMY_COORDINATOR", global = true)]
+    coordinator: Option<String>,
     #[command(subcommand)]
     role: Role,
 }
@@ -72,6 +75,10 @@ enum Role {
         /// 10-16 ms per unit on cgroup v1 hosts). Without it, per-slot-uid rlimits apply.
         #[arg(long)]
         sandbox_cgroups: bool,
+        /// `IP:PORT` agents reach this worker at, sent to the coordinator (default: this
+        /// host's address on the route to the coordinator, with the listening port).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Serve discomy-cc wrappers on this build host and ship their units to workers.
     Agent {
@@ -120,6 +127,7 @@ async fn run() -> Result<()> {
             store_mb,
             insecure_no_sandbox,
             sandbox_cgroups,
+            advertise,
         } => {
             let wall = Duration::from_secs(compile_timeout);
             let runner = if insecure_no_sandbox {
@@ -156,6 +164,7 @@ async fn run() -> Result<()> {
                 write_atomically(&file, format!("{bound}\n").as_bytes())
                     .with_context(|| format!("failed to write {}", file.display()))?;
             }
+            let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let config = WorkerConfig {
                 slots: slots
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -165,7 +174,23 @@ async fn run() -> Result<()> {
                 work_dir: work_dir.unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("discomy-worker-{}", std::process::id()))
                 }),
+                running: running.clone(),
             };
+            if let Some(coordinator) = &cli.coordinator {
+                let info = discomy_compilerd::noderep::NodeInfo {
+                    host: discomy_compilerd::discover::host_id(),
+                    advertise,
+                    port: bound.port(),
+                    slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
+                    toolchains: store.installed(),
+                    running,
+                    work_dir: config.work_dir.clone(),
+                };
+                let addr = discomy_compilerd::discover::CoordinatorAddr::explicit(coordinator);
+                let auth = config.auth.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(discomy_compilerd::noderep::run(addr, info, auth, shutdown));
+            }
             let work_dir = config.work_dir.clone();
             let result = worker::run(listener, config, store, shutdown).await;
             let _ = std::fs::remove_dir_all(work_dir);
@@ -184,6 +209,10 @@ async fn run() -> Result<()> {
             if let Some(dir) = store {
                 config.store_dir = dir;
             }
+            config.coordinator = cli
+                .coordinator
+                .as_deref()
+                .map(discomy_compilerd::discover::CoordinatorAddr::explicit);
             Ok(agent::run(socket, config, shutdown).await?)
         }
     }
