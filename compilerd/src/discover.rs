@@ -1,13 +1,29 @@
 //! How a node or agent finds the coordinator: an explicit `host:port` (`--coordinator`), or
-//! (later) mDNS discovery by farm name.
+//! mDNS discovery of `_discomy._tcp.local.` by farm name (TXT `farm`, compared without case)
+//! and protocol version (TXT `proto`).
 
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use discomy_protocol::coordinator::MDNS_SERVICE;
+use discomy_protocol::version;
+use mdns_sd::{ServiceDaemon, ServiceEvent};
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// How long one discovery round listens.
+const BROWSE_FOR: Duration = Duration::from_secs(2);
 
 /// Where the coordinator is.
 #[derive(Debug, Clone)]
 pub enum CoordinatorAddr {
     /// `host:port`, as configured.
     Explicit(String),
+    /// Discover the coordinator of this farm over mDNS.
+    Mdns {
+        /// The farm's name.
+        farm: String,
+    },
 }
 
 impl CoordinatorAddr {
@@ -26,9 +42,17 @@ impl CoordinatorAddr {
     }
 
     /// The address to connect to now.
-    pub async fn resolve(&self, _shutdown: &CancellationToken) -> Option<String> {
+    pub async fn resolve(&self, shutdown: &CancellationToken) -> Option<String> {
         match self {
             CoordinatorAddr::Explicit(a) => Some(a.clone()),
+            CoordinatorAddr::Mdns { farm } => {
+                let farm = farm.clone();
+                let found = tokio::task::spawn_blocking(move || browse(&farm, BROWSE_FOR));
+                tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    r = found => r.ok().flatten(),
+                }
+            }
         }
     }
 }
@@ -37,8 +61,39 @@ impl std::fmt::Display for CoordinatorAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CoordinatorAddr::Explicit(a) => f.write_str(a),
+            CoordinatorAddr::Mdns { farm } => write!(f, "mDNS {MDNS_SERVICE} farm={farm}"),
         }
     }
+}
+
+/// One mDNS discovery round: the first coordinator of `farm` speaking our protocol, as
+/// `IP:PORT` (a non-loopback IPv4 address when it has one).
+pub fn browse(farm: &str, wait: Duration) -> Option<String> {
+    let daemon = ServiceDaemon::new().ok()?;
+    let events = daemon.browse(MDNS_SERVICE).ok()?;
+    let deadline = Instant::now() + wait;
+    let mut found = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(event) = events.recv_timeout(left) else { break };
+        let ServiceEvent::ServiceResolved(svc) = event else { continue };
+        let their_farm = svc.get_property_val_str("farm").unwrap_or_default();
+        let proto = svc.get_property_val_str("proto").unwrap_or_default();
+        if !their_farm.eq_ignore_ascii_case(farm) || proto != version::CURRENT.to_string() {
+            debug!(service = %svc.fullname, farm = their_farm, proto, "ignored a coordinator");
+            continue;
+        }
+        let mut addrs: Vec<Ipv4Addr> = svc.get_addresses_v4().into_iter().collect();
+        addrs.sort_by_key(|a| (a.is_loopback(), *a));
+        if let Some(ip) = addrs.first() {
+            found = Some(format!("{ip}:{}", svc.get_port()));
+            break;
+        }
+    }
+    let _ = daemon.shutdown();
+    if let Some(addr) = &found {
+        info!(coordinator = %addr, farm, "found the coordinator over mDNS");
+    }
+    found
 }
 
 /// This host's id: `DISCOMY_HOST_ID`, else the hostname.

@@ -17,12 +17,13 @@ use discomy_tests::{
     extract_lua, make_clean, make_lua, objects, signal_group,
 };
 
-/// Starts a coordinator on `listen` and waits for its address file.
+/// Starts a coordinator on `listen` (not advertised) and waits for its address file.
 fn coordinator(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let addr_file = dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr_file);
     let mut cmd = clean_command(bin("discomy-coordinator"));
-    cmd.args(["--listen", listen, "--addr-file"]).arg(&addr_file).args(extra);
+    // Loopback farms are not advertised: other tests' nodes must not find them.
+    cmd.args(["--no-mdns", "--listen", listen, "--addr-file"]).arg(&addr_file).args(extra);
     let mut proc = Proc::spawn(name, &mut cmd, dir);
     let start = Instant::now();
     loop {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use discomy_compilerd::agent::{self, AgentConfig};
 use discomy_compilerd::daemon;
+use discomy_compilerd::discover::CoordinatorAddr;
 use discomy_compilerd::exec::Runner;
 use discomy_compilerd::hosts::parse_host_list;
 use discomy_compilerd::sandbox::{self, Limits};
@@ -29,8 +30,15 @@ struct Cli {
     #[arg(long, env = "DISCOMY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// Coordinator (`host[:port]`): workers join its farm, agents ask it where units run.
+    /// Without one, the coordinator of `--farm` is discovered over mDNS.
     #[arg(long, env = "DISCOMY_COORDINATOR", global = true)]
     coordinator: Option<String>,
+    /// The farm to discover over mDNS when no coordinator address is given.
+    #[arg(long, env = "DISCOMY_FARM", global = true, default_value = "default")]
+    farm: String,
+    /// No coordinator discovery: with no `--coordinator`, use the host list only.
+    #[arg(long, env = "DISCOMY_NO_MDNS", global = true)]
+    no_mdns: bool,
     #[command(subcommand)]
     role: Role,
 }
@@ -114,6 +122,11 @@ async fn run() -> Result<()> {
     let auth = AuthConfig::from_option(cli.token.as_deref());
     let shutdown = CancellationToken::new();
     daemon::cancel_on_signals(shutdown.clone());
+    let coordinator = match (&cli.coordinator, cli.no_mdns) {
+        (Some(addr), _) => Some(CoordinatorAddr::explicit(addr)),
+        (None, false) => Some(CoordinatorAddr::Mdns { farm: cli.farm.clone() }),
+        (None, true) => None,
+    };
     match cli.role {
         Role::Worker {
             listen,
@@ -176,7 +189,7 @@ async fn run() -> Result<()> {
                 }),
                 running: running.clone(),
             };
-            if let Some(coordinator) = &cli.coordinator {
+            if let Some(addr) = coordinator {
                 let info = discomy_compilerd::noderep::NodeInfo {
                     host: discomy_compilerd::discover::host_id(),
                     advertise,
@@ -186,7 +199,6 @@ async fn run() -> Result<()> {
                     running,
                     work_dir: config.work_dir.clone(),
                 };
-                let addr = discomy_compilerd::discover::CoordinatorAddr::explicit(coordinator);
                 let auth = config.auth.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(discomy_compilerd::noderep::run(addr, info, auth, shutdown));
@@ -209,10 +221,7 @@ async fn run() -> Result<()> {
             if let Some(dir) = store {
                 config.store_dir = dir;
             }
-            config.coordinator = cli
-                .coordinator
-                .as_deref()
-                .map(discomy_compilerd::discover::CoordinatorAddr::explicit);
+            config.coordinator = coordinator;
             Ok(agent::run(socket, config, shutdown).await?)
         }
     }

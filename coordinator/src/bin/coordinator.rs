@@ -22,6 +22,9 @@ struct Cli {
     /// Farm token; nodes, agents and status clients prove it. Without one, only loopback peers.
     #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Do not advertise the coordinator over mDNS.
+    #[arg(long)]
+    no_mdns: bool,
     /// Write the bound address (`IP:PORT`) to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -55,6 +58,17 @@ async fn run() -> Result<()> {
             .and_then(|()| std::fs::rename(&tmp, &file))
             .with_context(|| format!("failed to write {}", file.display()))?;
     }
+    let _advert = if cli.no_mdns {
+        None
+    } else {
+        match discomy_coordinator::mdns::advertise(&cli.farm, bound.port()) {
+            Ok(a) => Some(a),
+            Err(err) => {
+                tracing::warn!(%err, "mDNS advertisement failed; nodes need --coordinator");
+                None
+            }
+        }
+    };
     let config = CoordinatorConfig::new(cli.farm, auth);
     Ok(server::run(listener, config, shutdown).await?)
 }
