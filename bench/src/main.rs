@@ -5,6 +5,7 @@
 // The printed report (stdout) and progress (stderr) are this program's product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod coord_scale;
 mod farm;
 mod nodes;
 mod overhead;
@@ -37,6 +38,9 @@ enum Cmd {
     Toolchain(toolchain_cost::Args),
     /// Placement policies on simulated fleets (virtual clock): makespan vs the lower bound.
     Sim(sim::Args),
+    /// The coordinator daemon at scale: simulated nodes heartbeating, agents asking for
+    /// placements over loopback; placements/s, latency percentiles, daemon RSS.
+    CoordScale(coord_scale::Args),
 }
 
 /// Options shared by both subcommands.
@@ -70,6 +74,7 @@ fn main() {
         Cmd::Build(a) => whole_build::run(a),
         Cmd::Toolchain(a) => toolchain_cost::run(a),
         Cmd::Sim(a) => sim::run(a),
+        Cmd::CoordScale(a) => coord_scale::run(a),
     };
     match result {
         Ok(0) => {}

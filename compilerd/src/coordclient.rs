@@ -108,7 +108,15 @@ impl CoordClient {
                 _ = shutdown.cancelled() => return Ok(()),
                 out = rx.recv() => {
                     let Some(out) = out else { return Ok(()) };
-                    send(&mut conn, &out).await.map_err(|e| e.to_string())?;
+                    // Everything queued goes out in one write.
+                    use futures_util::SinkExt;
+                    let mut next = Some(out);
+                    while let Some(msg) = next {
+                        let body = discomy_protocol::frame::encode(&msg).map_err(|e| e.to_string())?;
+                        conn.feed(bytes::Bytes::from(body)).await.map_err(|e| e.to_string())?;
+                        next = rx.try_recv().ok();
+                    }
+                    SinkExt::<bytes::Bytes>::flush(&mut conn).await.map_err(|e| e.to_string())?;
                 }
                 msg = recv::<_, CoordResponse>(&mut conn) => match msg.map_err(|e| e.to_string())? {
                     CoordResponse::Placed(p) => {

@@ -60,6 +60,11 @@ impl Core {
         self.addresses.insert(node, address);
     }
 
+    /// Nodes registered at `address`.
+    pub fn nodes_at(&self, address: &str) -> Vec<NodeId> {
+        self.addresses.iter().filter(|(_, a)| *a == address).map(|(id, _)| *id).collect()
+    }
+
     /// A node is gone: its placed jobs are cancelled (their agents see the worker fail and ask
     /// again), and the room it leaves is given out.
     pub fn node_gone(&mut self, node: NodeId) {

@@ -199,13 +199,7 @@ async fn serve_node(
     let id = {
         let mut core = shared.core();
         // A node re-logging in at the same address replaces its old entry.
-        let stale: Vec<u64> = core
-            .status()
-            .nodes
-            .iter()
-            .filter(|n| n.address == login.address)
-            .map(|n| n.id)
-            .collect();
+        let stale = core.nodes_at(&login.address);
         let mut kicks = shared.kick.lock().unwrap_or_else(|e| e.into_inner());
         for old in stale {
             core.node_gone(old);
@@ -287,7 +281,12 @@ async fn serve_agent(
             _ = shutdown.cancelled() => break,
             out = rx.recv() => {
                 let Some(out) = out else { break };
-                if send(&mut conn, &out).await.is_err() {
+                // Everything ready goes out in one write.
+                let mut batch = vec![out];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                if send_batch(&mut conn, &batch).await.is_err() {
                     break;
                 }
             }
@@ -317,4 +316,18 @@ async fn serve_agent(
     }
     shared.core().agent_gone(id);
     debug!(agent = id, %host, "agent left");
+}
+
+/// Sends several messages with one flush.
+async fn send_batch(
+    conn: &mut Conn<TcpStream>,
+    batch: &[CoordResponse],
+) -> Result<(), ProtocolError> {
+    use futures_util::SinkExt;
+    for msg in batch {
+        let body = discomy_protocol::frame::encode(msg)?;
+        conn.feed(bytes::Bytes::from(body)).await?;
+    }
+    SinkExt::<bytes::Bytes>::flush(conn).await?;
+    Ok(())
 }

@@ -103,3 +103,31 @@ pub fn run(args: &Args) -> Result<i32> {
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// discomy's policy beats every baseline on every generated fleet, and stays within 1.10× of
+    /// the lower bound on the uniform one (the heterogeneous fleets are reported, not gated).
+    #[test]
+    fn discomy_beats_the_baselines_on_every_fleet() {
+        let trace = Trace::load(None).unwrap();
+        let builds = default_builds();
+        for f in fleet::fleets() {
+            let lb = lower_bound(&trace, &builds, &f.nodes);
+            let spans: Vec<f64> = POLICIES
+                .iter()
+                .map(|name| simulate(&trace, &builds, &f.nodes, policy(name, &f.nodes).as_mut()))
+                .map(|o| o.makespan_s)
+                .collect();
+            assert!(spans[0].is_finite(), "{}: discomy did not finish", f.name);
+            for (name, s) in POLICIES.iter().zip(&spans).skip(1) {
+                assert!(spans[0] < *s, "{}: discomy {} vs {name} {s}", f.name, spans[0]);
+            }
+            if f.name == "uniform" {
+                assert!(spans[0] <= 1.10 * lb, "uniform: {} vs bound {lb}", spans[0]);
+            }
+        }
+    }
+}

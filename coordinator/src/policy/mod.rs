@@ -541,6 +541,9 @@ impl Scheduler {
     fn slot_free_at(&self, n: &Node, now: Millis, reference: f64) -> (f64, bool) {
         let slots = n.spec.slots.max(1) as usize;
         let now_f = now as f64;
+        if n.assigned.len() < slots {
+            return (now_f, false); // a slot is free now
+        }
         let mut free = vec![now_f; slots];
         for job_id in &n.assigned {
             let Some(job) = self.jobs.get(job_id) else { continue };
