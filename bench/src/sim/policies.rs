@@ -144,8 +144,10 @@ impl<P: Pick> SimPolicy for Fifo<P> {
     }
 
     fn node_lost(&mut self, node: usize, _now_ms: u64) {
-        let lost: Vec<usize> =
+        let mut lost: Vec<usize> =
             self.placed.iter().filter(|(_, (n, _))| *n == node).map(|(j, _)| *j).collect();
+        // Deterministic: the lowest job ids end up first in the queue.
+        lost.sort_unstable_by(|a, b| b.cmp(a));
         for j in lost {
             if let Some((_, info)) = self.placed.remove(&j) {
                 if let Some(n) = self.per_submitter.get_mut(&info.submitter) {

@@ -359,10 +359,15 @@ impl Scheduler {
     /// Places as many queued jobs as the farm has room for, fairly.
     pub fn dispatch(&mut self, now: Millis) -> Vec<Assignment> {
         let mut out = Vec::new();
+        if self.queue.is_empty() {
+            return out;
+        }
+        // Speeds only change in `finish`: one scan serves the whole dispatch.
+        let reference = self.reference_bps();
         loop {
             let mut placed_any = false;
             for (prio, submitter) in self.queue.order() {
-                let Some(a) = self.place_one(prio, &submitter, now) else { continue };
+                let Some(a) = self.place_one(prio, &submitter, now, reference) else { continue };
                 out.push(a);
                 placed_any = true;
                 // One job per turn: go back to the (rotated) service order.
@@ -375,7 +380,13 @@ impl Scheduler {
     }
 
     /// Picks one job of this submitter and a node for it, or nothing.
-    fn place_one(&mut self, prio: u8, submitter: &str, now: Millis) -> Option<Assignment> {
+    fn place_one(
+        &mut self,
+        prio: u8,
+        submitter: &str,
+        now: Millis,
+        reference: f64,
+    ) -> Option<Assignment> {
         let queued: Vec<(JobId, u64, ToolchainKey)> = self
             .queue
             .jobs_of(prio, submitter)
@@ -387,15 +398,15 @@ impl Scheduler {
         }
         // Exploration first: a learning or stale node gets a typical job.
         if let Some(a) = self.explore(&queued, now) {
-            self.commit(a, now);
+            self.commit(a, now, reference);
             return Some(a);
         }
         // Largest job first (LPT), then the next ones if the largest must wait.
         let mut by_size = queued.clone();
         by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         for (job, _, _) in by_size {
-            if let Some(a) = self.best_node(job, now) {
-                self.commit(a, now);
+            if let Some(a) = self.best_node(job, now, reference) {
+                self.commit(a, now, reference);
                 return Some(a);
             }
         }
@@ -444,9 +455,8 @@ impl Scheduler {
 
     /// The node with the earliest estimated completion for `job`, or `None` when it should
     /// wait (nothing has room, or a full node would do much better).
-    fn best_node(&mut self, job: JobId, now: Millis) -> Option<Assignment> {
+    fn best_node(&mut self, job: JobId, now: Millis, reference: f64) -> Option<Assignment> {
         let spec = &self.jobs.get(&job)?.spec;
-        let reference = self.reference_bps();
         let mut best_room: Option<(f64, NodeId, bool, bool)> = None;
         let mut best_any: (f64, Option<NodeId>) = (f64::INFINITY, None);
         for (id, n) in &self.nodes {
@@ -558,9 +568,8 @@ impl Scheduler {
         (free[argmin(&free)], n.assigned.len() >= slots)
     }
 
-    fn commit(&mut self, a: Assignment, now: Millis) {
+    fn commit(&mut self, a: Assignment, now: Millis, reference: f64) {
         self.reserved.retain(|_, j| *j != a.job);
-        let reference = self.reference_bps();
         let Some(job) = self.jobs.get(&a.job) else { return };
         let spec = job.spec.clone();
         let Some(n) = self.nodes.get(&a.node) else { return };
