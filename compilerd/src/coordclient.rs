@@ -57,9 +57,13 @@ impl CoordClient {
     ) {
         let mut warned = false;
         while !shutdown.is_cancelled() {
-            let target = match addr.resolve(&shutdown).await {
-                Some(t) => t,
-                None => continue,
+            let Some(target) = addr.resolve(&shutdown).await else {
+                // Nothing advertised (yet): look again a little later.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                }
+                continue;
             };
             match self.session(&target, &host, &auth, &shutdown).await {
                 Ok(()) => warned = false,

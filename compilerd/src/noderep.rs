@@ -44,11 +44,13 @@ pub async fn run(
 ) {
     let mut warned = false;
     while !shutdown.is_cancelled() {
+        let mut pause = Duration::from_millis(500);
         if let Some(target) = addr.resolve(&shutdown).await {
             match session(&target, &info, &auth, &shutdown).await {
                 Ok(()) => warned = false,
                 Err(Refusal(err)) => {
                     error!(coordinator = %target, "the coordinator refused this node: {err}");
+                    pause = Duration::from_secs(5);
                 }
                 Err(Transport(err)) if !warned => {
                     warn!(coordinator = %target, %err, "coordinator unavailable; retrying");
@@ -56,10 +58,13 @@ pub async fn run(
                 }
                 Err(Transport(_)) => {}
             }
+        } else {
+            // Nothing advertised (yet): look again a little later.
+            pause = Duration::from_secs(3);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
