@@ -5,12 +5,14 @@
 // The printed report (stdout) and progress (stderr) are this program's product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod coord_scale;
 mod distcc_compat;
 mod farm;
 mod nodes;
 mod overhead;
 mod proc;
 mod project;
+mod sim;
 mod stats;
 mod toolchain_cost;
 mod whole_build;
@@ -38,6 +40,11 @@ enum Cmd {
     /// One-time cost of packaging and installing a toolchain, and the per-unit cost of the
     /// worker's sandbox (sandboxed vs `--insecure-no-sandbox` worker, same units).
     Toolchain(toolchain_cost::Args),
+    /// Placement policies on simulated fleets (virtual clock): makespan vs the lower bound.
+    Sim(sim::Args),
+    /// The coordinator daemon at scale: simulated nodes heartbeating, agents asking for
+    /// placements over loopback; placements/s, latency percentiles, daemon RSS.
+    CoordScale(coord_scale::Args),
 }
 
 /// Options shared by both subcommands.
@@ -71,6 +78,8 @@ fn main() {
         Cmd::Build(a) => whole_build::run(a),
         Cmd::Toolchain(a) => toolchain_cost::run(a),
         Cmd::Distcc(a) => distcc_compat::run(a),
+        Cmd::Sim(a) => sim::run(a),
+        Cmd::CoordScale(a) => coord_scale::run(a),
     };
     match result {
         Ok(0) => {}

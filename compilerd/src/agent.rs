@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::coordclient::CoordClient;
 use crate::distcc_client;
 use crate::hosts::{HostKind, HostSpec};
 use crate::pool::{Lease, Pool, Release};
@@ -48,6 +49,10 @@ pub struct AgentConfig {
     pub store_dir: PathBuf,
     /// Size bound of that store.
     pub store_bytes: u64,
+    /// Coordinator to ask for placements (the host list is then the fallback).
+    pub coordinator: Option<crate::discover::CoordinatorAddr>,
+    /// This host's id, as a submitter.
+    pub host_id: String,
 }
 
 impl AgentConfig {
@@ -63,6 +68,8 @@ impl AgentConfig {
             max_attempts: 3,
             store_dir: discomy_wrapper::identity::cache_dir().join("agent-store"),
             store_bytes: 4 << 30,
+            coordinator: None,
+            host_id: crate::discover::host_id(),
         }
     }
 }
@@ -75,6 +82,7 @@ struct State {
     /// This host's compilers by name: a unit goes to a distccd host only when its compiler is one
     /// of these (distccd runs its own compiler of that name).
     local_compilers: BTreeMap<String, Digest>,
+    coord: Option<Arc<CoordClient>>,
 }
 
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
@@ -119,7 +127,10 @@ pub async fn run(
     info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
     let sources = SourceStore::open(&config.store_dir.join("sources"), config.store_bytes / 4)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let state = Arc::new(State { config, pool, store, sources, local_compilers });
+    let coord = config.coordinator.clone().map(|addr| {
+        CoordClient::spawn(addr, config.host_id.clone(), config.auth.clone(), shutdown.clone())
+    });
+    let state = Arc::new(State { config, pool, store, sources, local_compilers, coord });
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -187,6 +198,8 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 let unit = Unit {
                     toolchain: req.compiler.identity,
                     source: &req.source_name,
+                    bytes_in: req.unit.raw_len,
+                    work: crate::coordclient::main_file_bytes(&req).unwrap_or(0),
                     request: Request::Compile(req.clone()),
                 };
                 tokio::select! {
@@ -208,6 +221,9 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                     let unit = Unit {
                         toolchain: req.compiler.identity,
                         source: &req.source_name,
+                        bytes_in: req.files.iter().map(|f| f.size).sum(),
+                        // The unit's own source comes first in its file list.
+                        work: req.files.first().map_or(0, |f| f.size),
                         request: Request::CompileSources(req.clone()),
                     };
                     tokio::select! {
@@ -239,10 +255,19 @@ struct Unit<'a> {
     source: &'a str,
     /// The request sent to workers.
     request: Request,
+    /// Bytes the worker receives (for the coordinator's placement).
+    bytes_in: u64,
+    /// Size of the unit's own source, the coordinator's measure of its work.
+    work: u64,
 }
 
 /// Places one unit, retrying on other workers after transport failures.
 async fn forward(state: &State, unit: &Unit<'_>) -> Response {
+    if let Some(coord) = &state.coord
+        && let Some(response) = forward_placed(state, coord, unit).await
+    {
+        return response;
+    }
     if state.pool.is_empty() {
         return Response::refused(RefusalKind::NoWorker, "no workers configured");
     }
@@ -337,6 +362,61 @@ fn distcc_eligible(state: &State, req: &CompileRequest) -> bool {
     let name = req.compiler.name.rsplit('/').next().unwrap_or(&req.compiler.name);
     req.source_date_epoch.is_none()
         && state.local_compilers.get(name) == Some(&req.compiler.identity)
+}
+
+// ---- Placement by the coordinator (issue 4) ----
+
+/// Runs a unit where the coordinator places it. `None`: no coordinator, no node for it, or
+/// every placement failed; the caller falls back to the host list (then to local compiles).
+async fn forward_placed(state: &State, coord: &CoordClient, unit: &Unit<'_>) -> Option<Response> {
+    use discomy_protocol::coordinator::JobDone;
+    let request = &unit.request;
+    for _ in 0..state.config.max_attempts {
+        let placement = coord
+            .place(unit.toolchain, unit.bytes_in, unit.work, state.config.queue_timeout)
+            .await?;
+        let spec = crate::hosts::parse_host_list(placement.worker.as_deref()?).ok()?.pop()?;
+        let started = std::time::Instant::now();
+        let lease = Lease { host: usize::MAX, spec: spec.clone(), conn: None };
+        let exchanged = match exchange(state, lease, request).await {
+            Ok((response, mut conn)) => {
+                supply(state, &mut conn, unit, response).await.map(|resp| (resp, conn))
+            }
+            Err(e) => Err(e),
+        };
+        let mut done =
+            JobDone { job: placement.job, ok: false, wall_ms: 0, cpu_ms: 0, bytes_out: 0 };
+        done.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match exchanged {
+            Ok((response @ (Response::Compiled(_) | Response::CompiledSources(_)), _)) => {
+                let result = match &response {
+                    Response::CompiledSources(r) => &r.result,
+                    Response::Compiled(r) => r,
+                    _ => return Some(response),
+                };
+                done.ok = true;
+                done.cpu_ms = result.compile_ms;
+                done.bytes_out = result.output.as_ref().map_or(0, |o| o.raw_len);
+                coord.done(done);
+                return Some(response);
+            }
+            Ok((Response::Refused(refusal), _)) => {
+                coord.done(done);
+                if !matches!(refusal.kind, RefusalKind::NoToolchain | RefusalKind::Unavailable) {
+                    return Some(Response::Refused(refusal));
+                }
+            }
+            Ok((other, _)) => {
+                coord.done(done);
+                warn!(worker = %spec, "worker answered out of turn: {other:?}");
+            }
+            Err(reason) => {
+                coord.done(done);
+                warn!(source = %unit.source, %reason, "placed worker failed; asking again");
+            }
+        }
+    }
+    None
 }
 
 type WorkerConn = discomy_protocol::asyncio::Conn<TcpStream>;

@@ -11,24 +11,33 @@
 //! - [`sandbox`]: runs each remote compile in a `discomy-sandbox` (namespaces, read-only
 //!   toolchain root, no network, rlimits and cgroups).
 //! - [`toolstore`]: content-addressed toolchain blobs and trees, single-flight installs, LRU.
-//! - [`upload`]: serving and pushing toolchains between nodes.
+//! - [`upload`]: serving and pushing toolchains and source-mode files between nodes.
+//! - [`sourcestore`], [`source_unit`]: source-mode file contents and compiling a source-mode
+//!   unit over them.
 //! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
+//! - [`coordclient`], [`noderep`], [`discover`], [`status`]: membership in a coordinated farm
+//!   (the agent's placements, the worker's login and load reports, finding the coordinator,
+//!   `discomy status`).
 //! - [`daemon`]: logging set-up and signal-driven shutdown shared by the binaries.
 
 pub mod agent;
 pub mod argcheck;
 pub mod cidr;
+pub mod coordclient;
 pub mod daemon;
+pub mod discover;
 pub mod distcc_args;
 pub mod distcc_client;
 pub mod distcc_server;
 pub mod exec;
 pub mod farm;
 pub mod hosts;
+pub mod noderep;
 pub mod pool;
 pub mod sandbox;
 pub mod source_unit;
 pub mod sourcestore;
+pub mod status;
 pub mod toolchains;
 pub mod toolstore;
 pub mod upload;

@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     pub node_name: String,
     /// Where unit directories are created.
     pub work_dir: PathBuf,
+    /// Units compiling now; read by the coordinator reporter (`noderep`).
+    pub running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What the worker's listeners share (the native one and the distcc one).
@@ -253,7 +255,11 @@ async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToke
             Err(_) => return Response::refused(RefusalKind::Unavailable, "worker is shutting down"),
         },
     };
-    match run_in_dir(&tree, &req, &unit, state).await {
+    let running = &state.config.running;
+    running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let result = run_in_dir(&tree, &req, &unit, state).await;
+    running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    match result {
         Ok(result) => Response::Compiled(result),
         Err(response) => response,
     }

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`distcc`]: distcc's wire protocol (versions 1 and 2) and its LZO1X-1 codec.
+//! - [`coordinator`]: messages to and from the coordinator (nodes, agents, status).
 //! - [`digest`]: the blake3 [`Digest`] newtype used for content addresses and compiler identity.
 //! - [`frame`]: frame size limits and the synchronous frame reader/writer (used by the wrapper).
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
@@ -20,6 +21,7 @@
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+pub mod coordinator;
 pub mod digest;
 pub mod distcc;
 mod error;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use discomy_compilerd::agent::{self, AgentConfig};
 use discomy_compilerd::cidr::Cidr;
 use discomy_compilerd::daemon;
+use discomy_compilerd::discover::CoordinatorAddr;
 use discomy_compilerd::distcc_server::DistccConfig;
 use discomy_compilerd::exec::Runner;
 use discomy_compilerd::hosts::parse_host_list;
@@ -30,6 +31,16 @@ struct Cli {
     /// Farm token; nodes and clients prove it in the handshake. Without one, only loopback peers.
     #[arg(long, env = "DISCOMY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Coordinator (`host[:port]`): workers join its farm, agents ask it where units run.
+    /// Without one, the coordinator of `--farm` is discovered over mDNS.
+    #[arg(long, env = "DISCOMY_COORDINATOR", global = true)]
+    coordinator: Option<String>,
+    /// The farm to discover over mDNS when no coordinator address is given.
+    #[arg(long, env = "DISCOMY_FARM", global = true, default_value = "default")]
+    farm: String,
+    /// No coordinator discovery: with no `--coordinator`, use the host list only.
+    #[arg(long, env = "DISCOMY_NO_MDNS", global = true)]
+    no_mdns: bool,
     #[command(subcommand)]
     role: Role,
 }
@@ -81,6 +92,10 @@ enum Role {
         /// Networks whose distcc clients may compile here (repeatable; default: loopback only).
         #[arg(long, value_name = "CIDR")]
         allow: Vec<Cidr>,
+        /// `IP:PORT` agents reach this worker at, sent to the coordinator (default: this
+        /// host's address on the route to the coordinator, with the listening port).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Serve discomy-cc wrappers on this build host and ship their units to workers.
     Agent {
@@ -116,6 +131,11 @@ async fn run() -> Result<()> {
     let auth = AuthConfig::from_option(cli.token.as_deref());
     let shutdown = CancellationToken::new();
     daemon::cancel_on_signals(shutdown.clone());
+    let coordinator = match (&cli.coordinator, cli.no_mdns) {
+        (Some(addr), _) => Some(CoordinatorAddr::explicit(addr)),
+        (None, false) => Some(CoordinatorAddr::Mdns { farm: cli.farm.clone() }),
+        (None, true) => None,
+    };
     match cli.role {
         Role::Worker {
             listen,
@@ -131,6 +151,7 @@ async fn run() -> Result<()> {
             sandbox_cgroups,
             distcc_listen,
             allow,
+            advertise,
         } => {
             let wall = Duration::from_secs(compile_timeout);
             let runner = if insecure_no_sandbox {
@@ -178,6 +199,7 @@ async fn run() -> Result<()> {
                 write_atomically(&file, format!("{bound}\n").as_bytes())
                     .with_context(|| format!("failed to write {}", file.display()))?;
             }
+            let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let config = WorkerConfig {
                 slots: slots
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -187,7 +209,22 @@ async fn run() -> Result<()> {
                 work_dir: work_dir.unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("discomy-worker-{}", std::process::id()))
                 }),
+                running: running.clone(),
             };
+            if let Some(addr) = coordinator {
+                let info = discomy_compilerd::noderep::NodeInfo {
+                    host: discomy_compilerd::discover::host_id(),
+                    advertise,
+                    port: bound.port(),
+                    slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
+                    toolchains: store.installed(),
+                    running,
+                    work_dir: config.work_dir.clone(),
+                };
+                let auth = config.auth.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(discomy_compilerd::noderep::run(addr, info, auth, shutdown));
+            }
             let work_dir = config.work_dir.clone();
             let result = worker::run_with_distcc(listener, distcc, config, store, shutdown).await;
             let _ = std::fs::remove_dir_all(work_dir);
@@ -206,6 +243,7 @@ async fn run() -> Result<()> {
             if let Some(dir) = store {
                 config.store_dir = dir;
             }
+            config.coordinator = coordinator;
             Ok(agent::run(socket, config, shutdown).await?)
         }
     }

@@ -35,6 +35,18 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
     },
+    /// The farm as the coordinator sees it: nodes, slots, load, learned speed, submitters.
+    Status {
+        /// Coordinator `host[:port]`.
+        #[arg(long, env = "DISCOMY_COORDINATOR")]
+        coordinator: String,
+        /// Farm token.
+        #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,5 +85,24 @@ fn run() -> Result<ExitCode> {
             );
             Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
         }
+        Cmd::Status { coordinator, token, json } => status(&coordinator, token.as_deref(), json),
     }
+}
+
+/// `discomy status`: the product is the printed report.
+#[allow(clippy::print_stdout)]
+fn status(coordinator: &str, token: Option<&str>, json: bool) -> Result<ExitCode> {
+    use discomy_compilerd::discover::CoordinatorAddr;
+    let addr = CoordinatorAddr::explicit(coordinator).to_string();
+    let auth = discomy_protocol::AuthConfig::from_option(token);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let farm = runtime
+        .block_on(discomy_compilerd::status::fetch(&addr, &auth))
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&farm)?);
+    } else {
+        print!("{}", discomy_compilerd::status::render(&farm));
+    }
+    Ok(ExitCode::SUCCESS)
 }

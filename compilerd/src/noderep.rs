@@ -1,0 +1,206 @@
+//! A worker's membership in a coordinated farm: log in (host id, the address agents reach it
+//! at, cores, slots, memory, toolchains), then report load every second; reconnect when the
+//! coordinator goes away (a restarted coordinator sees its nodes again within a second or two).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use discomy_protocol::asyncio::{client_handshake, recv, send};
+use discomy_protocol::coordinator::{CoordRequest, CoordResponse, LoadReport, NodeLogin};
+use discomy_protocol::{AuthConfig, Digest};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::discover::CoordinatorAddr;
+
+/// What the reporter needs to know about its worker.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Host id.
+    pub host: String,
+    /// The advertised address; `None`: the local address of the coordinator connection with
+    /// `port` (what the coordinator can route back to).
+    pub advertise: Option<String>,
+    /// The worker's port.
+    pub port: u16,
+    /// Slots.
+    pub slots: u32,
+    /// Toolchains held at start.
+    pub toolchains: Vec<Digest>,
+    /// Units compiling now (the worker's gauge).
+    pub running: Arc<AtomicUsize>,
+    /// Where units are written (for the free-disk figure).
+    pub work_dir: std::path::PathBuf,
+}
+
+/// Keeps the node logged in until `shutdown`.
+pub async fn run(
+    addr: CoordinatorAddr,
+    info: NodeInfo,
+    auth: AuthConfig,
+    shutdown: CancellationToken,
+) {
+    let mut warned = false;
+    while !shutdown.is_cancelled() {
+        let mut pause = Duration::from_millis(500);
+        if let Some(target) = addr.resolve(&shutdown).await {
+            match session(&target, &info, &auth, &shutdown).await {
+                Ok(()) => warned = false,
+                Err(Refusal(err)) => {
+                    error!(coordinator = %target, "the coordinator refused this node: {err}");
+                    pause = Duration::from_secs(5);
+                }
+                Err(Transport(err)) if !warned => {
+                    warn!(coordinator = %target, %err, "coordinator unavailable; retrying");
+                    warned = true;
+                }
+                Err(Transport(_)) => {}
+            }
+        } else {
+            // Nothing advertised (yet): look again a little later.
+            pause = Duration::from_secs(3);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+enum SessionError {
+    Refusal(String),
+    Transport(String),
+}
+use SessionError::{Refusal, Transport};
+
+async fn session(
+    target: &str,
+    info: &NodeInfo,
+    auth: &AuthConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let t = |e: discomy_protocol::ProtocolError| Transport(e.to_string());
+    let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target))
+        .await
+        .map_err(|_| Transport("connect timed out".into()))?
+        .map_err(|e| Transport(e.to_string()))?;
+    let local = stream.local_addr().map_err(|e| Transport(e.to_string()))?;
+    let mut conn = client_handshake(stream, auth).await.map_err(|e| match e {
+        discomy_protocol::ProtocolError::Auth(r) => Refusal(r),
+        other => Transport(other.to_string()),
+    })?;
+    let address = info
+        .advertise
+        .clone()
+        .unwrap_or_else(|| std::net::SocketAddr::new(local.ip(), info.port).to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let login = NodeLogin {
+        host: info.host.clone(),
+        address: address.clone(),
+        cores,
+        slots: info.slots,
+        memory_mb: meminfo("MemTotal:").unwrap_or(0),
+        toolchains: info.toolchains.clone(),
+    };
+    send(&mut conn, &CoordRequest::NodeLogin(login)).await.map_err(t)?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv::<_, CoordResponse>(&mut conn))
+        .await
+        .map_err(|_| Transport("no answer to the login".into()))?
+        .map_err(t)?;
+    match answer {
+        CoordResponse::Welcome { farm, id } => {
+            info!(coordinator = %target, %farm, node = id, %address, "joined the farm");
+        }
+        CoordResponse::Refused { reason } => return Err(Refusal(reason)),
+        other => return Err(Transport(format!("unexpected answer {other:?}"))),
+    }
+    let mut cpu = CpuSampler::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+            // The coordinator never speaks after the welcome; reading detects its death.
+            r = recv::<_, CoordResponse>(&mut conn) => {
+                return match r {
+                    Err(e) => Err(t(e)),
+                    Ok(_) => Ok(()),
+                };
+            }
+        }
+        let report = LoadReport {
+            foreign_load: cpu.foreign_load(),
+            running: info.running.load(Ordering::Relaxed) as u32,
+            free_mem_mb: meminfo("MemAvailable:").unwrap_or(0),
+            free_disk_mb: free_disk_mb(&info.work_dir),
+        };
+        send(&mut conn, &CoordRequest::Load(report)).await.map_err(t)?;
+    }
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+fn free_disk_mb(dir: &std::path::Path) -> u64 {
+    let probe = if dir.exists() { dir.to_path_buf() } else { std::env::temp_dir() };
+    nix::sys::statvfs::statvfs(&probe)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) >> 20)
+        .unwrap_or(0)
+}
+
+/// CPU busy time of the host minus the CPU time of this process's children (the farm's own
+/// compiles), per mille of the host's capacity, between two samples.
+struct CpuSampler {
+    last: Option<(Instant, u64, u64)>,
+}
+
+impl CpuSampler {
+    fn new() -> CpuSampler {
+        let mut s = CpuSampler { last: None };
+        s.sample();
+        s
+    }
+
+    /// (busy ticks of all CPUs, children's ticks).
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu = stat.lines().next()?;
+        let f: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let idle = f.get(3)? + f.get(4).unwrap_or(&0);
+        let total: u64 = f.iter().take(8).sum();
+        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let after = me.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // Fields 16 and 17 (cutime, cstime) are at 13 and 14 after the `)`; plus our own
+        // utime/stime (11, 12): the daemon's work is the farm's too.
+        let own: u64 =
+            [11, 12, 13, 14].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+        Some((total - idle, own))
+    }
+
+    fn sample(&mut self) -> Option<(u64, u64, Duration)> {
+        let (busy, own) = CpuSampler::read()?;
+        let now = Instant::now();
+        let prev = self.last.replace((now, busy, own));
+        let (t, b, o) = prev?;
+        Some((busy.saturating_sub(b), own.saturating_sub(o), now - t))
+    }
+
+    fn foreign_load(&mut self) -> u16 {
+        let Some((busy, own, elapsed)) = self.sample() else { return 0 };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // Clock ticks are 100 per second on Linux.
+        let capacity = elapsed.as_secs_f64() * 100.0 * cpus;
+        if capacity <= 0.0 {
+            return 0;
+        }
+        let foreign = busy.saturating_sub(own) as f64 / capacity * 1000.0;
+        foreign.clamp(0.0, 999.0) as u16
+    }
+}

@@ -1,0 +1,74 @@
+//! `discomy-coordinator`: the farm's scheduler daemon. Parsing only; the work is in the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use discomy_coordinator::server::{self, CoordinatorConfig};
+use discomy_protocol::AuthConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "discomy-coordinator", version, about = "discomy farm coordinator (scheduler)")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:3634")]
+    listen: SocketAddr,
+    /// The farm's name; nodes and agents of other farms on the same network ignore this one.
+    #[arg(long, env = "DISCOMY_FARM", default_value = "default")]
+    farm: String,
+    /// Farm token; nodes, agents and status clients prove it. Without one, only loopback peers.
+    #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Do not advertise the coordinator over mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Write the bound address (`IP:PORT`) to this file once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    discomy_coordinator::init_tracing();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let auth = AuthConfig::from_option(cli.token.as_deref());
+    let shutdown = CancellationToken::new();
+    discomy_coordinator::cancel_on_signals(shutdown.clone());
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", cli.listen))?;
+    let bound = listener.local_addr()?;
+    if let Some(file) = cli.addr_file {
+        let tmp = file.with_extension("tmp");
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(format!("{bound}\n").as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .with_context(|| format!("failed to write {}", file.display()))?;
+    }
+    let _advert = if cli.no_mdns {
+        None
+    } else {
+        match discomy_coordinator::mdns::advertise(&cli.farm, bound.port()) {
+            Ok(a) => Some(a),
+            Err(err) => {
+                tracing::warn!(%err, "mDNS advertisement failed; nodes need --coordinator");
+                None
+            }
+        }
+    };
+    let config = CoordinatorConfig::new(cli.farm, auth);
+    Ok(server::run(listener, config, shutdown).await?)
+}

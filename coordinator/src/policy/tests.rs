@@ -1,0 +1,219 @@
+//! Unit tests of the pure policy: exploration, fairness, affinity, queueing, loss, locality.
+
+use super::*;
+
+const GCC: ToolchainKey = [1; 32];
+const CLANG: ToolchainKey = [2; 32];
+
+/// The defaults, with a node's speed trusted after one sample (tests teach it with one job).
+fn base() -> PolicyConfig {
+    PolicyConfig { min_samples: 1, ..PolicyConfig::default() }
+}
+
+fn node(name: &str, slots: u32, toolchains: &[ToolchainKey]) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        host: name.into(),
+        slots,
+        cores: slots,
+        memory_mb: 4096,
+        toolchains: toolchains.to_vec(),
+    }
+}
+
+fn job(submitter: &str, bytes: u64) -> JobSpec {
+    JobSpec { submitter: submitter.into(), priority: 0, toolchain: GCC, bytes_in: bytes, work: 0 }
+}
+
+fn ok(wall_ms: u64) -> JobStats {
+    JobStats { ok: true, wall_ms, cpu_ms: wall_ms, bytes_out: 1 }
+}
+
+/// Teaches node `id` a speed of `bps` with one job.
+fn measure(s: &mut Scheduler, id: NodeId, bps: u64, now: Millis) {
+    let j = s.submit(job("teacher", bps));
+    let placed = s.dispatch(now);
+    assert!(placed.iter().any(|a| a.job == j && a.node == id), "{placed:?}");
+    s.finish(j, ok(1000), now);
+}
+
+#[test]
+fn an_unmeasured_node_is_explored_even_when_a_fast_one_is_free() {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("fast", 4, &[GCC]), 0);
+    measure(&mut s, 1, 10_000_000, 0);
+    s.add_node(2, node("new", 4, &[GCC]), 10);
+    let small = s.submit(job("c", 10));
+    let typical = s.submit(job("c", 1000));
+    let large = s.submit(job("c", 50_000));
+    let placed = s.dispatch(20);
+    // A typical (median) job explores the new node; the others go to the fast one.
+    let explored =
+        Assignment { job: typical, node: 2, preload: false, install: false, explore: true };
+    assert!(placed.contains(&explored), "{placed:?}");
+    assert_eq!(s.placement(small), Some(1));
+    assert_eq!(s.placement(large), Some(1));
+    // Only one exploration job at a time on an unmeasured node.
+    let c = s.submit(job("c", 10));
+    s.dispatch(30);
+    assert_eq!(s.placement(c), Some(1));
+}
+
+#[test]
+fn a_stale_node_is_explored_again() {
+    let mut s = Scheduler::new(PolicyConfig { stale_ms: 1000, ..base() });
+    s.add_node(1, node("fast", 4, &[GCC]), 0);
+    s.add_node(2, node("slow", 4, &[GCC]), 0);
+    measure(&mut s, 1, 10_000_000, 0);
+    measure(&mut s, 2, 100_000, 0);
+    let j = s.submit(job("c", 1000));
+    s.dispatch(10);
+    assert_eq!(s.placement(j), Some(1), "fresh estimates: the fast node");
+    s.finish(j, ok(1), 4500);
+    let j = s.submit(job("c", 1000));
+    let placed = s.dispatch(5000);
+    assert_eq!(s.placement(j), Some(2), "stale: the slow node is measured again");
+    assert!(placed[0].explore);
+}
+
+#[test]
+fn two_submitters_share_a_full_farm_fairly() {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("n", 2, &[GCC]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    // A huge build queues 100 jobs first, then a small one queues 5.
+    let big: Vec<_> = (0..100).map(|_| s.submit(job("big", 1000))).collect();
+    let small: Vec<_> = (0..5).map(|_| s.submit(job("small", 1000))).collect();
+    let mut served = Vec::new();
+    let mut now = 1;
+    while served.len() < 20 {
+        for a in s.dispatch(now) {
+            served.push(a.job);
+        }
+        // Finish the oldest placed job to free a slot.
+        let running: Vec<_> =
+            served.iter().copied().filter(|j| s.placement(*j).is_some()).collect();
+        if let Some(j) = running.first() {
+            s.finish(*j, ok(1), now);
+        }
+        now += 1;
+    }
+    let small_served = served.iter().filter(|j| small.contains(j)).count();
+    assert_eq!(small_served, 5, "the small build is served within the first 20 jobs: {served:?}");
+    assert!(big.iter().any(|j| served.contains(j)));
+}
+
+#[test]
+fn priority_bands_come_first() {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("n", 1, &[GCC]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    let blocker = s.submit(job("a", 1000));
+    s.dispatch(1);
+    // Fill the preload room too.
+    let pre = s.submit(job("a", 1000));
+    s.dispatch(1);
+    assert_eq!(s.placement(pre), Some(1));
+    let low = s.submit(JobSpec { priority: 10, ..job("low", 1000) });
+    let high = s.submit(JobSpec { priority: 0, ..job("high", 1000) });
+    assert!(s.dispatch(2).is_empty(), "farm full: both wait");
+    s.finish(blocker, ok(1), 3);
+    let placed = s.dispatch(3);
+    assert_eq!(placed.first().map(|a| a.job), Some(high));
+    assert_eq!(s.placement(low), None);
+}
+
+#[test]
+fn affinity_wins_when_speeds_tie() {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("has-clang", 4, &[CLANG]), 0);
+    s.add_node(2, node("has-gcc", 4, &[GCC, CLANG]), 0);
+    // Same speed for both (measured with clang, which both hold).
+    for id in [1, 2] {
+        let j = s.submit(JobSpec { toolchain: CLANG, ..job("t", 1_000_000) });
+        let placed = s.dispatch(0);
+        let a = placed.iter().find(|a| a.job == j).copied();
+        assert!(a.is_some());
+        let _ = id;
+        s.finish(j, ok(1000), 0);
+    }
+    for _ in 0..3 {
+        let j = s.submit(job("c", 100_000));
+        let placed = s.dispatch(10);
+        assert_eq!(s.placement(j), Some(2), "{placed:?}");
+        assert!(!placed[0].install);
+        s.finish(j, ok(100), 10);
+    }
+}
+
+#[test]
+fn one_install_at_a_time_per_node() {
+    let mut s = Scheduler::new(PolicyConfig { install_ms: 0.0, ..base() });
+    s.add_node(1, node("bare", 4, &[]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    let a = s.submit(JobSpec { toolchain: CLANG, ..job("c", 10) });
+    let b = s.submit(JobSpec { toolchain: CLANG, ..job("c", 10) });
+    let placed = s.dispatch(1);
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert!(placed[0].install);
+    let first = placed[0].job;
+    let second = if first == a { b } else { a };
+    assert_eq!(s.placement(second), None, "waits for the install");
+    s.finish(first, ok(5), 2);
+    s.dispatch(2);
+    assert_eq!(s.placement(second), Some(1));
+}
+
+#[test]
+fn a_full_farm_queues_instead_of_refusing() {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("n", 4, &[GCC]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    let jobs: Vec<_> = (0..10).map(|_| s.submit(job("c", 1000))).collect();
+    let placed = s.dispatch(1);
+    // 4 slots + preload of 1 + 4/4 = 6.
+    assert_eq!(placed.len(), 6);
+    assert_eq!(placed.iter().filter(|a| a.preload).count(), 2);
+    assert_eq!(s.queued(), 4);
+    s.finish(placed[0].job, ok(1), 2);
+    assert_eq!(s.dispatch(2).len(), 1);
+    assert_eq!(s.queued(), 3);
+    let _ = jobs;
+}
+
+#[test]
+fn a_lost_node_gives_its_jobs_back() {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("a", 2, &[GCC]), 0);
+    s.add_node(2, node("b", 4, &[GCC]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    measure(&mut s, 2, 1_000_000, 0);
+    let jobs: Vec<_> = (0..4).map(|_| s.submit(job("c", 1000))).collect();
+    s.dispatch(1);
+    let on_a: Vec<_> = jobs.iter().copied().filter(|j| s.placement(*j) == Some(1)).collect();
+    assert!(!on_a.is_empty());
+    let back = s.node_lost(1, 2);
+    assert_eq!(back.len(), on_a.len());
+    s.dispatch(3);
+    for j in jobs {
+        assert_eq!(s.placement(j), Some(2));
+    }
+    assert_eq!(s.silent_since(100), vec![2]);
+}
+
+#[test]
+fn the_submitters_host_takes_small_builds_and_is_relieved_in_large_ones() {
+    let mut s = Scheduler::new(PolicyConfig { fill_weight: 0.0, ..base() });
+    s.add_node(1, node("me", 4, &[GCC]), 0);
+    s.add_node(2, node("donor", 4, &[GCC]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    measure(&mut s, 2, 1_000_000, 0);
+    let first = s.submit(job("me", 1000));
+    s.dispatch(1);
+    assert_eq!(s.placement(first), Some(1), "a small build stays home");
+    let many: Vec<_> = (0..8).map(|_| s.submit(job("me", 1000))).collect();
+    s.dispatch(1);
+    let home = many.iter().filter(|j| s.placement(**j) == Some(1)).count();
+    let away = many.iter().filter(|j| s.placement(**j) == Some(2)).count();
+    assert!(away > home, "a large build goes out: home {home}, away {away}");
+}

@@ -1,0 +1,333 @@
+//! The coordinator daemon: accepts nodes, agents and status queries over TCP, keeps nodes'
+//! liveness (a node silent for `node_timeout` or whose connection drops is out of the farm),
+//! and answers placements from the policy.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use discomy_protocol::asyncio::{Conn, client_handshake, recv, send, server_handshake};
+use discomy_protocol::coordinator::{CoordRequest, CoordResponse, NodeLogin};
+use discomy_protocol::{AuthConfig, PeerKind, ProtocolError, Request, Response};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::core::Core;
+use crate::policy::{Clock, JobSpec, JobStats, LoadReport, NodeSpec, PolicyConfig, Scheduler};
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The farm's name (several farms on one network stay apart by it).
+    pub farm: String,
+    /// Farm token: nodes, agents and status clients must prove it.
+    pub auth: AuthConfig,
+    /// A node that has not reported for this long is out of the farm.
+    pub node_timeout: Duration,
+    /// Limit for connecting back to a node's advertised address.
+    pub verify_timeout: Duration,
+}
+
+impl CoordinatorConfig {
+    /// Defaults for a farm: nodes report every second and are out after 2.5 s of silence.
+    pub fn new(farm: impl Into<String>, auth: AuthConfig) -> CoordinatorConfig {
+        CoordinatorConfig {
+            farm: farm.into(),
+            auth,
+            node_timeout: Duration::from_millis(2500),
+            verify_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+struct Shared {
+    config: CoordinatorConfig,
+    core: Mutex<Core>,
+    /// Node id → its connection's kill switch (liveness and duplicate logins).
+    kick: Mutex<HashMap<u64, CancellationToken>>,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let core = Core::new(config.farm.clone(), Scheduler::new(PolicyConfig::default()));
+    let shared =
+        Arc::new(Shared { config, core: Mutex::new(core), kick: Mutex::new(HashMap::new()) });
+    info!(addr = %listener.local_addr()?, farm = %shared.config.farm, "coordinator listening");
+    let tracker = TaskTracker::new();
+    tracker.spawn(reap(shared.clone(), shutdown.clone()));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move { serve(stream, peer, shared, shutdown).await });
+            }
+            Err(err) => {
+                warn!(%err, "failed to accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    info!("coordinator stopped");
+    Ok(())
+}
+
+/// Puts silent nodes out of the farm.
+async fn reap(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let timeout = u64::try_from(shared.config.node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let silent = {
+            let mut core = shared.core();
+            let now = core.clock.now();
+            let silent = core.sched.silent_since(now.saturating_sub(timeout));
+            for id in &silent {
+                core.node_gone(*id);
+            }
+            silent
+        };
+        for id in silent {
+            warn!(node = id, "node stopped reporting; out of the farm");
+            if let Some(k) = shared.kick.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                k.cancel();
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let kind = if peer.ip().is_loopback() { PeerKind::Loopback } else { PeerKind::Remote };
+    let handshake = server_handshake(stream, &shared.config.auth, kind);
+    let mut conn = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(ProtocolError::Closed)) => return,
+        Ok(Err(err)) => {
+            warn!(%peer, %err, "refused a peer");
+            return;
+        }
+        Err(_) => return,
+    };
+    let first =
+        match tokio::time::timeout(Duration::from_secs(10), recv::<_, CoordRequest>(&mut conn))
+            .await
+        {
+            Ok(Ok(first)) => first,
+            _ => return,
+        };
+    match first {
+        CoordRequest::NodeLogin(login) => serve_node(conn, peer, login, shared, shutdown).await,
+        CoordRequest::AgentLogin { host } => serve_agent(conn, host, shared, shutdown).await,
+        CoordRequest::Status => {
+            let status = shared.core().status();
+            let _ = send(&mut conn, &CoordResponse::Status(status)).await;
+        }
+        other => {
+            let reason = format!("expected a login, got {other:?}");
+            let _ = send(&mut conn, &CoordResponse::Refused { reason }).await;
+        }
+    }
+}
+
+/// Connects to a node's advertised address as an agent would, and pings its worker.
+async fn verify_address(address: &str, auth: &AuthConfig, limit: Duration) -> Result<(), String> {
+    let attempt = async {
+        let stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        let mut conn = client_handshake(stream, auth).await.map_err(|e| e.to_string())?;
+        send(&mut conn, &Request::Ping).await.map_err(|e| e.to_string())?;
+        match recv::<_, Response>(&mut conn).await.map_err(|e| e.to_string())? {
+            Response::Pong => Ok(()),
+            other => Err(format!("answered {other:?} to a ping")),
+        }
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+async fn serve_node(
+    mut conn: Conn<TcpStream>,
+    peer: SocketAddr,
+    login: NodeLogin,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    if let Err(why) =
+        verify_address(&login.address, &shared.config.auth, shared.config.verify_timeout).await
+    {
+        let reason = format!(
+            "the coordinator cannot reach this node's worker at {} (seen from {peer}): {why}; \
+             advertise an address reachable from the coordinator (--advertise)",
+            login.address
+        );
+        warn!(host = %login.host, %reason, "node refused");
+        let _ = send(&mut conn, &CoordResponse::Refused { reason }).await;
+        return;
+    }
+    let kick = CancellationToken::new();
+    let id = {
+        let mut core = shared.core();
+        // A node re-logging in at the same address replaces its old entry.
+        let stale = core.nodes_at(&login.address);
+        let mut kicks = shared.kick.lock().unwrap_or_else(|e| e.into_inner());
+        for old in stale {
+            core.node_gone(old);
+            if let Some(k) = kicks.remove(&old) {
+                k.cancel();
+            }
+        }
+        let id = core.next_id();
+        kicks.insert(id, kick.clone());
+        let spec = NodeSpec {
+            name: login.address.clone(),
+            host: login.host.clone(),
+            slots: login.slots,
+            cores: login.cores,
+            memory_mb: login.memory_mb,
+            toolchains: login.toolchains.iter().map(|d| d.0).collect(),
+        };
+        let now = core.clock.now();
+        core.sched.add_node(id, spec, now);
+        core.set_address(id, login.address.clone());
+        core.dispatch();
+        id
+    };
+    info!(node = id, host = %login.host, address = %login.address, slots = login.slots, "node joined");
+    let farm = shared.config.farm.clone();
+    if send(&mut conn, &CoordResponse::Welcome { farm, id }).await.is_ok() {
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = kick.cancelled() => break,
+                m = recv::<_, CoordRequest>(&mut conn) => m,
+            };
+            match msg {
+                Ok(CoordRequest::Load(l)) => {
+                    let mut core = shared.core();
+                    let now = core.clock.now();
+                    let load = LoadReport {
+                        foreign_load: l.foreign_load,
+                        running: l.running,
+                        free_mem_mb: l.free_mem_mb,
+                        free_disk_mb: l.free_disk_mb,
+                    };
+                    core.sched.report_load(id, load, now);
+                    core.dispatch();
+                }
+                Ok(CoordRequest::ToolchainAdded(d)) => {
+                    let mut core = shared.core();
+                    core.sched.add_toolchain(id, d.0);
+                    core.dispatch();
+                }
+                Ok(other) => debug!(node = id, ?other, "ignored a message from a node"),
+                Err(err) => {
+                    debug!(node = id, %err, "node connection ended");
+                    break;
+                }
+            }
+        }
+    }
+    shared.kick.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    shared.core().node_gone(id);
+    info!(node = id, host = %login.host, "node left");
+}
+
+async fn serve_agent(
+    mut conn: Conn<TcpStream>,
+    host: String,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let id = shared.core().next_id();
+    let farm = shared.config.farm.clone();
+    if send(&mut conn, &CoordResponse::Welcome { farm, id }).await.is_err() {
+        return;
+    }
+    debug!(agent = id, %host, "agent joined");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                // Everything ready goes out in one write.
+                let mut batch = vec![out];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                if send_batch(&mut conn, &batch).await.is_err() {
+                    break;
+                }
+            }
+            msg = recv::<_, CoordRequest>(&mut conn) => match msg {
+                Ok(CoordRequest::Place(p)) => {
+                    let spec = JobSpec {
+                        submitter: host.clone(),
+                        priority: p.priority,
+                        toolchain: p.toolchain.0,
+                        bytes_in: p.bytes_in,
+                        work: p.work,
+                    };
+                    shared.core().place(id, p.tag, spec, &tx);
+                }
+                Ok(CoordRequest::Done(d)) => {
+                    let stats = JobStats { ok: d.ok, wall_ms: d.wall_ms, cpu_ms: d.cpu_ms, bytes_out: d.bytes_out };
+                    shared.core().done(id, d.job, stats);
+                }
+                Ok(CoordRequest::Status) => {
+                    let status = shared.core().status();
+                    let _ = tx.send(CoordResponse::Status(status));
+                }
+                Ok(other) => debug!(agent = id, ?other, "ignored a message from an agent"),
+                Err(_) => break,
+            },
+        }
+    }
+    shared.core().agent_gone(id);
+    debug!(agent = id, %host, "agent left");
+}
+
+/// Sends several messages with one flush.
+async fn send_batch(
+    conn: &mut Conn<TcpStream>,
+    batch: &[CoordResponse],
+) -> Result<(), ProtocolError> {
+    use futures_util::SinkExt;
+    for msg in batch {
+        let body = discomy_protocol::frame::encode(msg)?;
+        conn.feed(bytes::Bytes::from(body)).await?;
+    }
+    SinkExt::<bytes::Bytes>::flush(conn).await?;
+    Ok(())
+}

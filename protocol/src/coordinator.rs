@@ -1,0 +1,187 @@
+//! Messages between the coordinator and its peers: nodes (worker role), agents and `discomy
+//! status`. Same preamble, handshake and framing as every other connection.
+//!
+//! ```text
+//! node   → NodeLogin, then Load every second (and ToolchainAdded)   ← Welcome | Refused
+//! agent  → AgentLogin, then Place / Done, any number, pipelined      ← Welcome, then Placed (by tag)
+//! status → Status                                                    ← Status
+//! ```
+//!
+//! Enum variants are append-only: never reorder or remove one (postcard encodes the index).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+
+/// The mDNS service type coordinators advertise.
+pub const MDNS_SERVICE: &str = "_discomy._tcp.local.";
+/// The coordinator's default port.
+pub const DEFAULT_PORT: u16 = 3634;
+
+/// What a peer asks of the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CoordRequest {
+    /// A worker joins the farm. First message of a node connection.
+    NodeLogin(NodeLogin),
+    /// A node's periodic load report; also its heartbeat.
+    Load(LoadReport),
+    /// An agent joins as a submitter. First message of an agent connection.
+    AgentLogin {
+        /// Its host id (matches the host id of a worker on the same machine).
+        host: String,
+    },
+    /// Where should this unit run? Answered with [`CoordResponse::Placed`] carrying the same
+    /// tag, possibly after other answers (units wait in the farm's queue when it is full).
+    Place(PlaceRequest),
+    /// A placed unit ended (no answer).
+    Done(JobDone),
+    /// The farm as the coordinator sees it; answered with [`CoordResponse::Status`].
+    Status,
+    /// A node installed a toolchain (no answer).
+    ToolchainAdded(Digest),
+}
+
+/// The coordinator's answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CoordResponse {
+    /// Login accepted.
+    Welcome {
+        /// The farm's name.
+        farm: String,
+        /// The id the coordinator gave this peer.
+        id: u64,
+    },
+    /// Login refused; the reason is for the operator.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A placement.
+    Placed(Placement),
+    /// The farm's state.
+    Status(FarmStatus),
+}
+
+/// A worker's login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeLogin {
+    /// Host id (the hostname unless configured).
+    pub host: String,
+    /// `IP:PORT` where agents reach its worker; the coordinator connects back to check it.
+    pub address: String,
+    /// CPU cores.
+    pub cores: u32,
+    /// Concurrent compiles.
+    pub slots: u32,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// Compilers it holds (manifest digests).
+    pub toolchains: Vec<Digest>,
+}
+
+/// A node's load.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// CPU load not caused by the farm's units, 0–1000.
+    pub foreign_load: u16,
+    /// Units compiling now.
+    pub running: u32,
+    /// Available memory, MiB.
+    pub free_mem_mb: u64,
+    /// Free disk in the work directory, MiB.
+    pub free_disk_mb: u64,
+}
+
+/// An agent's question for one unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceRequest {
+    /// Chosen by the agent; echoed in the answer.
+    pub tag: u64,
+    /// The compiler.
+    pub toolchain: Digest,
+    /// Preprocessed size (what travels).
+    pub bytes_in: u64,
+    /// Work estimate: bytes of the unit from its main file.
+    pub work: u64,
+    /// Build priority, 0 first.
+    pub priority: u8,
+}
+
+/// Where a unit runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Placement {
+    /// The request's tag.
+    pub tag: u64,
+    /// The coordinator's job id, for [`CoordRequest::Done`].
+    pub job: u64,
+    /// The worker's address; `None`: no node can take it, compile locally.
+    pub worker: Option<String>,
+}
+
+/// How a placed unit ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct JobDone {
+    /// The job.
+    pub job: u64,
+    /// The worker compiled it.
+    pub ok: bool,
+    /// Ask-to-answer wall time at the agent, transfer included.
+    pub wall_ms: u64,
+    /// The compiler's time on the node.
+    pub cpu_ms: u64,
+    /// Object bytes.
+    pub bytes_out: u64,
+}
+
+/// The farm, for `discomy status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FarmStatus {
+    /// Farm name.
+    pub farm: String,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Submitters with placed or queued units.
+    pub submitters: Vec<SubmitterStatus>,
+    /// Units waiting for room.
+    pub queued: u64,
+}
+
+/// One node in [`FarmStatus`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Coordinator's id.
+    pub id: u64,
+    /// Host id.
+    pub host: String,
+    /// Worker address.
+    pub address: String,
+    /// Slots.
+    pub slots: u32,
+    /// Cores.
+    pub cores: u32,
+    /// Units placed there now (running and preloaded).
+    pub assigned: u32,
+    /// Last load report.
+    pub load: LoadReport,
+    /// Learned speed, work bytes per wall second (0 until measured).
+    pub speed_wall_bps: f64,
+    /// Learned speed, work bytes per CPU second.
+    pub speed_cpu_bps: f64,
+    /// Samples behind the speed.
+    pub samples: u32,
+    /// Units placed there since it joined.
+    pub placed_total: u64,
+    /// Units finished there since it joined.
+    pub done_total: u64,
+}
+
+/// One submitter in [`FarmStatus`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubmitterStatus {
+    /// Host id.
+    pub host: String,
+    /// Units placed.
+    pub running: u64,
+    /// Units queued.
+    pub queued: u64,
+}

@@ -1,0 +1,153 @@
+//! A coordinated farm on loopback: a coordinator, three workers that join it on their own, and
+//! `discomy run` whose agent asks the coordinator where each unit runs.
+//!
+//! - `build_through_coordinator_survives_node_kill_and_coordinator_restart`: Lua builds with
+//!   objects identical to a local build although one worker is SIGKILLed and the coordinator is
+//!   restarted mid-build; the surviving workers re-register on their own.
+//! - `refusals_are_clear`: a peer without the farm token, and a worker advertising an address the
+//!   coordinator cannot reach, are refused with a message that says why.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use discomy_tests::{
+    BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, assert_same_objects, bin, clean_command, discomy_run,
+    extract_lua, make_clean, make_lua, objects, signal_group,
+};
+
+/// Starts a coordinator on `listen` (not advertised) and waits for its address file.
+fn coordinator(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let addr_file = dir.join(format!("{name}.addr"));
+    let _ = std::fs::remove_file(&addr_file);
+    let mut cmd = clean_command(bin("discomy-coordinator"));
+    // Loopback farms are not advertised: other tests' nodes must not find them.
+    cmd.args(["--no-mdns", "--listen", listen, "--addr-file"]).arg(&addr_file).args(extra);
+    let mut proc = Proc::spawn(name, &mut cmd, dir);
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
+        if text.ends_with('\n') {
+            return (proc, text.trim().parse().unwrap());
+        }
+        assert!(proc.try_wait().is_none(), "{name} exited:\n{}", proc.logs(40));
+        assert!(start.elapsed() < Duration::from_secs(20), "{name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `discomy status --json` against `addr`, parsed; its stderr when it fails.
+fn status(addr: SocketAddr, token: Option<&str>) -> Result<serde_json::Value, String> {
+    let mut cmd = clean_command(bin("discomy"));
+    cmd.args(["status", "--json", "--coordinator", &addr.to_string()]);
+    if let Some(t) = token {
+        cmd.env("DISCOMY_TOKEN", t);
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn node_count(addr: SocketAddr) -> usize {
+    status(addr, None).ok().and_then(|s| s["nodes"].as_array().map(Vec::len)).unwrap_or(0)
+}
+
+fn wait_nodes(addr: SocketAddr, n: usize, within: Duration) {
+    let start = Instant::now();
+    while node_count(addr) != n {
+        assert!(start.elapsed() < within, "the farm did not reach {n} nodes within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn build_through_coordinator_survives_node_kill_and_coordinator_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tree = extract_lua(tmp.path());
+    let src = tree.join("src");
+    make_lua(&tree, "make-local", &[], tmp.path());
+    let reference = objects(&src);
+    make_clean(&tree, tmp.path());
+
+    let (mut coord, addr) = coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &[]);
+    let caddr = addr.to_string();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            Worker::start_with(tmp.path(), &format!("worker{i}"), 2, &["--coordinator", &caddr])
+        })
+        .collect();
+    wait_nodes(addr, 3, Duration::from_secs(20));
+
+    let summary_path = tmp.path().join("summary.json");
+    let mut cmd = discomy_run(&tree, tmp.path());
+    cmd.env("DISCOMY_COORDINATOR", &caddr)
+        .args(["--summary-json"])
+        .arg(&summary_path)
+        .args(["--", "make", "-C", "src", MAKE_JOBS, "linux"]);
+    let mut run = Proc::spawn("discomy-run", &mut cmd, tmp.path());
+
+    // Mid-build: kill worker0 while it compiles, then restart the coordinator.
+    let start = Instant::now();
+    while workers[0].units_in_flight() == 0 {
+        assert!(run.try_wait().is_none(), "the build ended before worker0 compiled anything");
+        assert!(start.elapsed() < Duration::from_secs(120), "worker0 never got a unit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("[e2e] {} objects built; killing worker0", objects(&src).len());
+    assert!(signal_group(workers[0].proc.pid(), "KILL"));
+    workers[0].proc.wait_timeout(Duration::from_secs(10));
+    wait_nodes(addr, 2, Duration::from_secs(3));
+    eprintln!("[e2e] worker0 out of the farm; restarting the coordinator");
+    coord.kill();
+    let (_coord2, addr2) = coordinator(tmp.path(), "coordinator2", &caddr, &[]);
+    assert_eq!(addr, addr2);
+
+    let status_code = run.wait_timeout(BUILD_TIMEOUT);
+    assert!(status_code.success(), "the build failed:\n{}", run.logs(60));
+    assert_same_objects(&reference, &objects(&src), "coordinated build");
+    // The surviving workers re-registered with the new coordinator on their own.
+    wait_nodes(addr, 2, Duration::from_secs(10));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    eprintln!("[e2e] summary: {summary}");
+    assert_eq!(summary["failed"], 0);
+    assert!(summary["remote"].as_u64().unwrap_or(0) > 0, "nothing ran remotely: {summary}");
+    for w in &mut workers[1..] {
+        assert!(w.proc.try_wait().is_none(), "{} died", w.proc.name());
+    }
+}
+
+#[test]
+fn refusals_are_clear() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_coord, addr) =
+        coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &["--token", "s3cret"]);
+    // No token: refused, and told why.
+    let err = status(addr, None).unwrap_err();
+    assert!(err.contains("farm token"), "unclear refusal: {err}");
+    let ok = status(addr, Some("s3cret")).unwrap();
+    assert_eq!(ok["farm"], "default");
+
+    // A worker advertising an address nobody listens on is refused after the connect-back.
+    let caddr = addr.to_string();
+    let mut w = Worker::start_with(
+        tmp.path(),
+        "liar",
+        1,
+        &["--token", "s3cret", "--coordinator", &caddr, "--advertise", "127.0.0.1:1"],
+    );
+    let start = Instant::now();
+    loop {
+        let log = w.proc.stderr_text();
+        if log.contains("cannot reach this node") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no clear refusal:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(addr, Some("s3cret")).unwrap()["nodes"].as_array().unwrap().len(), 0);
+    w.proc.kill();
+}

@@ -1,0 +1,190 @@
+//! Discovery for real: five network namespaces on a private bridge (veth pairs, multicast on),
+//! a coordinator in one, a worker in each of three more, and the build host in the last. Nobody
+//! is given an address: workers and the build host's agent find the coordinator over mDNS by
+//! farm name, the coordinator connects back to each worker's address, and Lua builds through
+//! the farm with objects identical to a local build.
+//!
+//! Skipped, with a message, where network namespaces cannot be created (not root, no `ip`).
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use discomy_tests::{
+    BUILD_TIMEOUT, MAKE_JOBS, Proc, assert_same_objects, bin, clean_command, discomy_run,
+    extract_lua, make_clean, make_lua, objects,
+};
+
+const TOKEN: &str = "netns-farm-token";
+
+/// The namespaces, bridge and links; removed on drop, also after a failure.
+struct Net {
+    id: String,
+    spaces: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Net {
+    fn bridge(&self) -> String {
+        format!("dsb{}", self.id)
+    }
+
+    fn addr(i: usize) -> String {
+        format!("10.213.77.{}", i + 1)
+    }
+
+    /// Creates `n` namespaces joined by a bridge.
+    fn create(n: usize) -> Result<Net, String> {
+        let id = format!("{}", std::process::id() % 100_000);
+        let mut net = Net { id, spaces: Vec::new() };
+        let br = net.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        let _ = ip(&["link", "set", &br, "type", "bridge", "mcast_snooping", "0"]);
+        ip(&["link", "set", &br, "up"])?;
+        for i in 0..n {
+            let ns = format!("dscm-{}-{i}", net.id);
+            ip(&["netns", "add", &ns])?;
+            net.spaces.push(ns.clone());
+            let host_end = format!("dsv{}{i}", net.id);
+            let peer = format!("dsp{}{i}", net.id);
+            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &peer])?;
+            ip(&["link", "set", &peer, "netns", &ns])?;
+            ip(&["link", "set", &host_end, "master", &br, "up"])?;
+            let x = |args: &[&str]| {
+                let mut all = vec!["netns", "exec", &ns, "ip"];
+                all.extend_from_slice(args);
+                ip(&all)
+            };
+            x(&["link", "set", "lo", "up"])?;
+            x(&["link", "set", &peer, "name", "eth0"])?;
+            x(&["addr", "add", &format!("{}/24", Net::addr(i)), "dev", "eth0"])?;
+            x(&["link", "set", "eth0", "up", "multicast", "on"])?;
+            x(&["route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        }
+        Ok(net)
+    }
+
+    /// `program args` inside namespace `i`, with the test's clean environment.
+    fn command(&self, i: usize, program: &Path) -> Command {
+        let mut cmd = clean_command("ip");
+        cmd.args(["netns", "exec", &self.spaces[i]]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in &self.spaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+fn wait_log(proc: &mut Proc, needle: &str, within: Duration) {
+    let start = Instant::now();
+    while !proc.stderr_text().contains(needle) {
+        if let Some(status) = proc.try_wait() {
+            panic!("{} exited ({status}):\n{}", proc.name(), proc.logs(40));
+        }
+        assert!(
+            start.elapsed() < within,
+            "{} did not log {needle:?} within {within:?}:\n{}",
+            proc.name(),
+            proc.logs(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn farm_found_over_mdns_across_namespaces() {
+    let net = match Net::create(5) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot create network namespaces here ({why})");
+            return;
+        }
+    };
+    let farm = format!("netns-{}", net.id);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tree = extract_lua(tmp.path());
+    let src = tree.join("src");
+    make_lua(&tree, "make-local", &[], tmp.path());
+    let reference = objects(&src);
+    make_clean(&tree, tmp.path());
+
+    // Namespace 0: the coordinator, advertised over mDNS.
+    let mut cmd = net.command(0, &bin("discomy-coordinator"));
+    cmd.args(["--listen", "0.0.0.0:3634", "--farm", &farm, "--token", TOKEN]);
+    let mut coord = Proc::spawn("coordinator", &mut cmd, tmp.path());
+
+    // Namespaces 1-3: workers with no address configured.
+    let mut workers = Vec::new();
+    for i in 1..=3 {
+        let name = format!("worker{i}");
+        let mut cmd = net.command(i, &bin("discomy-compilerd"));
+        cmd.env("TMPDIR", discomy_tests::private_tmp(tmp.path(), &name))
+            .args(["--farm", &farm, "--token", TOKEN, "worker", "--listen", "0.0.0.0:3633"])
+            .args(["--slots", "2", "--store"])
+            .arg(tmp.path().join(format!("{name}.store")))
+            .arg("--work-dir")
+            .arg(tmp.path().join(format!("{name}.work")));
+        workers.push(Proc::spawn(&name, &mut cmd, tmp.path()));
+    }
+    for w in &mut workers {
+        wait_log(w, "joined the farm", Duration::from_secs(60));
+    }
+    wait_log(&mut coord, "node joined node=3", Duration::from_secs(10));
+
+    // Namespace 4: the build host's agent, no address either.
+    let socket = tmp.path().join("agent.sock");
+    let mut cmd = net.command(4, &bin("discomy-compilerd"));
+    cmd.env("TMPDIR", discomy_tests::private_tmp(tmp.path(), "agent"))
+        .args(["--farm", &farm, "--token", TOKEN, "agent", "--socket"])
+        .arg(&socket)
+        .arg("--store")
+        .arg(tmp.path().join("agent.store"));
+    let mut agent = Proc::spawn("agent", &mut cmd, tmp.path());
+    wait_log(&mut agent, "agent joined the farm", Duration::from_secs(60));
+
+    let summary_path = tmp.path().join("summary.json");
+    let mut cmd = clean_command("ip");
+    cmd.args(["netns", "exec", &net.spaces[4]]);
+    let inner = discomy_run(&tree, tmp.path());
+    cmd.arg(inner.get_program()).args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.current_dir(&tree)
+        .env("DISCOMY_SOCKET", &socket)
+        .arg("--summary-json")
+        .arg(&summary_path)
+        .args(["--", "make", "-C", "src", MAKE_JOBS, "linux"]);
+    let mut run = Proc::spawn("discomy-run", &mut cmd, tmp.path());
+    let status = run.wait_timeout(BUILD_TIMEOUT);
+    assert!(status.success(), "the build failed:\n{}", run.logs(60));
+    assert_same_objects(&reference, &objects(&src), "build through an mDNS-discovered farm");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    eprintln!("[e2e] summary: {summary}");
+    assert_eq!(summary["failed"], 0);
+    assert!(summary["remote"].as_u64().unwrap_or(0) > 0, "nothing ran remotely: {summary}");
+    drop((agent, workers, coord));
+}
