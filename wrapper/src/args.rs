@@ -103,7 +103,20 @@ fn takes_value(arg: &str) -> bool {
 
 /// Classifies a call to the compiler named `compiler_name` with `args`.
 pub fn classify(compiler_name: &str, args: &[String]) -> Class {
-    let mut parser = Parser::default();
+    classify_with(compiler_name, args, false)
+}
+
+/// A compile the object cache may serve: a distributable unit, or one that stays local only
+/// because its debug info records the compiler switches (the cache compiles those locally).
+pub fn cacheable(compiler_name: &str, args: &[String]) -> Option<Unit> {
+    match classify_with(compiler_name, args, true) {
+        Class::Distribute(unit) => Some(unit),
+        _ => None,
+    }
+}
+
+fn classify_with(compiler_name: &str, args: &[String], recorded_debug_ok: bool) -> Class {
+    let mut parser = Parser { recorded_debug_ok, ..Parser::default() };
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -135,6 +148,7 @@ struct Parser {
     has_md: bool,
     has_mf: bool,
     has_target: bool,
+    recorded_debug_ok: bool,
 }
 
 impl Parser {
@@ -397,7 +411,7 @@ impl Parser {
         if file.starts_with("conftest.") || file.starts_with("tmp.conftest.") {
             return Class::Local("autoconf test (conftest)".into());
         }
-        if self.debug && !self.switches_unrecorded {
+        if self.debug && !self.switches_unrecorded && !self.recorded_debug_ok {
             // With -g, gcc records its cc1 switches in DW_AT_producer, and the remote step's
             // -fdirectives-only would appear there (and reorder .debug_str): not byte-identical.
             return Class::Local(
