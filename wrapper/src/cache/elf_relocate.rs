@@ -67,6 +67,29 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
+/// libiberty's `htab_hash_string`, which gcc's string tables hash with.
+fn htab_hash_string(s: &[u8]) -> u32 {
+    s.iter().fold(0u32, |r, &c| r.wrapping_mul(67).wrapping_add(u32::from(c)).wrapping_sub(113))
+}
+
+/// Whether gcc emits the compile unit's directory before its name in `.debug_line_str`: it
+/// inserts the name, then the directory, into a fresh 13-slot open-addressing table (double
+/// hashing, gcc's `hash_table`) and writes the strings in slot order.
+fn dir_first(name: &[u8], dir: &[u8]) -> bool {
+    const SIZE: u32 = 13;
+    let name_slot = htab_hash_string(name) % SIZE;
+    let h = htab_hash_string(dir);
+    let mut slot = h % SIZE;
+    let step = 1 + h % (SIZE - 2);
+    while slot == name_slot {
+        slot += step;
+        if slot >= SIZE {
+            slot -= SIZE;
+        }
+    }
+    slot < name_slot
+}
+
 /// Offsets of every section in file order, and the section header table offset, as GNU as lays
 /// them out for the given file sizes. `order` is the file order of the section indices.
 fn layout(sections: &[Section], order: &[usize]) -> Option<(Vec<u64>, u64)> {
@@ -154,25 +177,43 @@ pub fn rewrite_dir(obj: &[u8], old_dir: &str, new_dir: &str) -> Option<Vec<u8>> 
         return None;
     }
     let old = old_dir.as_bytes();
-    let mut new_strings = Vec::with_capacity(old_strings.len() + 64);
-    // (old start, old end, new start, replaced)
-    let mut map: Vec<(u64, u64, u64, bool)> = Vec::new();
-    let mut replaced = 0usize;
-    let mut start = 0usize;
-    for piece in old_strings[..old_strings.len() - 1].split(|&c| c == 0) {
-        let new_start = new_strings.len() as u64;
-        let is_dir = piece == old;
-        if !is_dir && count(piece, old) > 0 {
-            return None;
-        }
-        new_strings.extend_from_slice(if is_dir { new_dir.as_bytes() } else { piece });
+    let pieces: Vec<&[u8]> = old_strings[..old_strings.len() - 1].split(|&c| c == 0).collect();
+    // gcc's own strings come first (DW_AT_name and DW_AT_comp_dir of the compile unit, in its
+    // hash table's order), then the assembler's line-table strings, starting with directory 0.
+    let dirs: Vec<usize> = (0..pieces.len()).filter(|&i| pieces[i] == old).collect();
+    if pieces.len() < 3 || dirs.len() != 2 || dirs[1] != 2 || dirs[0] > 1 {
+        return None;
+    }
+    if pieces.iter().any(|p| *p != old && count(p, old) > 0) {
+        return None;
+    }
+    let name = pieces[1 - dirs[0]];
+    // The table must explain the order we see before we trust it for the new directory.
+    if dir_first(name, old) != (dirs[0] == 0) {
+        return None;
+    }
+    let mut new_order: Vec<usize> = (0..pieces.len()).collect();
+    let new_dir_first = dir_first(name, new_dir.as_bytes());
+    if new_dir_first != (dirs[0] == 0) {
+        new_order.swap(0, 1);
+    }
+    let mut starts = Vec::with_capacity(pieces.len());
+    let mut at = 0u64;
+    for p in &pieces {
+        starts.push(at);
+        at += p.len() as u64 + 1;
+    }
+    let mut new_strings = Vec::with_capacity(old_strings.len() + 2 * new_dir.len());
+    // (old start, old end, new start, replaced), by old start.
+    let mut map: Vec<(u64, u64, u64, bool)> = vec![(0, 0, 0, false); pieces.len()];
+    for &i in &new_order {
+        let is_dir = pieces[i] == old;
+        map[i] = (starts[i], starts[i] + pieces[i].len() as u64, new_strings.len() as u64, is_dir);
+        new_strings.extend_from_slice(if is_dir { new_dir.as_bytes() } else { pieces[i] });
         new_strings.push(0);
-        replaced += usize::from(is_dir);
-        map.push((start as u64, (start + piece.len()) as u64, new_start, is_dir));
-        start += piece.len() + 1;
     }
     // The directory must appear nowhere else in the object.
-    if replaced == 0 || count(obj, old) != replaced {
+    if count(obj, old) != dirs.len() {
         return None;
     }
     let move_offset = |off: u64| -> Option<u64> {
