@@ -1,10 +1,11 @@
-//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`), installs
+//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`, `cache`), installs
 //! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
 //! mismatch, 2 error).
 
 // The printed report (stdout) and progress (stderr) are this program's product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cache_bench;
 mod farm;
 mod nodes;
 mod overhead;
@@ -34,6 +35,9 @@ enum Cmd {
     /// One-time cost of packaging and installing a toolchain, and the per-unit cost of the
     /// worker's sandbox (sandboxed vs `--insecure-no-sandbox` worker, same units).
     Toolchain(toolchain_cost::Args),
+    /// The object cache vs ccache: hit latency (direct and preprocessor mode) on small units and
+    /// a whole-Lua amalgamation, and warm whole-project rebuilds.
+    Cache(cache_bench::Args),
 }
 
 /// Options shared by both subcommands.
@@ -66,6 +70,7 @@ fn main() {
         Cmd::Overhead(a) => overhead::run(a),
         Cmd::Build(a) => whole_build::run(a),
         Cmd::Toolchain(a) => toolchain_cost::run(a),
+        Cmd::Cache(a) => cache_bench::run(a),
     };
     match result {
         Ok(0) => {}

@@ -177,6 +177,12 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                 r = forward(&state, &req) => r,
             },
+            Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
+                let hosts = &state.config.hosts;
+                crate::cache_tier::serve_agent(hosts, &state.config.auth, &req)
+                    .await
+                    .unwrap_or(Response::CacheMiss)
+            }
             Ok(other) => match upload::serve(&state.store, &other).await {
                 Some(response) => response,
                 None => Response::refused(RefusalKind::BadRequest, "unexpected request"),

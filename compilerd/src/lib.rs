@@ -9,11 +9,13 @@
 //!   toolchain root, no network, rlimits and cgroups).
 //! - [`toolstore`]: content-addressed toolchain blobs and trees, single-flight installs, LRU.
 //! - [`upload`]: serving and pushing toolchains between nodes.
+//! - [`cache_tier`]: the farm tier of the object cache (worker stores, rendezvous routing).
 //! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
 //! - [`daemon`]: logging set-up and signal-driven shutdown shared by the binaries.
 
 pub mod agent;
 pub mod argcheck;
+pub mod cache_tier;
 pub mod daemon;
 pub mod exec;
 pub mod farm;

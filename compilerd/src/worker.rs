@@ -164,6 +164,10 @@ async fn serve_connection(
         let response = match request {
             Request::Ping => Response::Pong,
             Request::Compile(req) => compile(req, &state, &shutdown).await,
+            req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
+                let dir = crate::cache_tier::worker_store_dir(state.store.dir());
+                crate::cache_tier::serve_worker(&dir, &req).await.unwrap_or(Response::CacheMiss)
+            }
             other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
                 Response::refused(RefusalKind::BadRequest, "unexpected request")
             }),

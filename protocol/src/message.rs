@@ -18,6 +18,21 @@ pub enum Request {
     /// Install a toolchain whose blobs have been stored; answered with
     /// [`Response::Installed`] or [`Response::MissingBlobs`]. Since version 2.
     InstallToolchain(crate::ToolchainManifest),
+    /// Farm tier of the object cache: the entry stored under this key, if any; answered with
+    /// [`Response::CacheHit`] or [`Response::CacheMiss`]. Appended without a version bump: a
+    /// peer that predates it fails to decode it and the client treats that as a miss.
+    CacheGet(Digest),
+    /// Farm tier: store an entry; answered with [`Response::Stored`] (the key).
+    CachePut(CacheEntry),
+}
+
+/// One object-cache entry crossing the wire: its key and its encoded body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// The preprocessed key of the result.
+    pub key: Digest,
+    /// The entry body, compressed; its digest is verified on decompression.
+    pub body: Payload,
 }
 
 /// The answer to a [`Request`].
@@ -36,6 +51,10 @@ pub enum Response {
     /// These blobs must be sent with [`Request::PutBlob`] before the install can go on.
     /// Since version 2.
     MissingBlobs(Vec<Digest>),
+    /// Answer to [`Request::CacheGet`]: the entry's body.
+    CacheHit(Payload),
+    /// Answer to [`Request::CacheGet`]: not stored (or the farm tier is unreachable).
+    CacheMiss,
 }
 
 /// The compiler a unit must be compiled with.

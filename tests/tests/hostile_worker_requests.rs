@@ -100,6 +100,8 @@ fn request_name(request: &Request) -> &'static str {
         Request::Ping => "Ping",
         Request::PutBlob(_) => "PutBlob",
         Request::InstallToolchain(_) => "InstallToolchain",
+        Request::CacheGet(_) => "CacheGet",
+        Request::CachePut(_) => "CachePut",
     }
 }
 

@@ -13,11 +13,12 @@
 //!
 //! Modules: [`key`] (what a result depends on), [`direct`] (manifests), [`store`] (the local
 //! tier on disk), [`elf_relocate`] (moving `-g` objects between directories), [`stats`]
-//! (counters), [`command`] (`--stats`, `--clear`, …).
+//! (counters), [`farm`] (the farm tier, through the agent), [`command`] (`--stats`, `--clear`, …).
 
 pub mod command;
 pub mod direct;
 pub mod elf_relocate;
+pub mod farm;
 pub mod key;
 pub mod stats;
 pub mod store;
@@ -39,6 +40,8 @@ use store::{Kind, Store};
 pub const ENV_CACHE: &str = "DISCOMY_CACHE";
 /// Environment variable: the size bound (`5G`, `500M`, bytes), over the `--max-size` setting.
 pub const ENV_CACHE_MAX: &str = "DISCOMY_CACHE_MAX";
+/// Environment variable: `0` skips direct mode (always preprocess), like ccache's `CCACHE_NODIRECT`.
+pub const ENV_CACHE_DIRECT: &str = "DISCOMY_CACHE_DIRECT";
 /// Default size bound.
 pub const DEFAULT_MAX_SIZE: u64 = 5 << 30;
 
@@ -162,7 +165,8 @@ fn try_lookup(
     key::field(&mut h, b"direct");
     key::field(&mut h, blake3::hash(&source).as_bytes());
     let direct_key = *h.finalize().as_bytes();
-    let manifest = read_manifest(&store, &direct_key);
+    let direct_on = std::env::var_os(ENV_CACHE_DIRECT).is_none_or(|v| v != "0");
+    let manifest = if direct_on { read_manifest(&store, &direct_key) } else { None };
     if let Some(result) = manifest.as_ref().and_then(|m| m.lookup(&cwd)) {
         if let Some(code) = ctx.serve(&result, Counter::HitDirect) {
             return Ok(Lookup::Hit(code));
@@ -187,12 +191,19 @@ fn try_lookup(
         dep_file: dep_file.clone(),
         cwd: cwd.clone(),
         result_key,
-        manifest: files.map(|f| (direct_key, f, independent)),
+        manifest: files.filter(|_| direct_on).map(|f| (direct_key, f, independent)),
         start,
     };
     if let Some(code) = ctx.serve(&result_key, Counter::HitPreprocessed) {
         pending.record_manifest();
         return Ok(Lookup::Hit(code));
+    }
+    if let Some(body) = farm::get(&result_key) {
+        if let Some(code) = ctx.serve_body(&body, Counter::HitFarm) {
+            let _ = store.put(&result_key, Kind::Result, &body);
+            pending.record_manifest();
+            return Ok(Lookup::Hit(code));
+        }
     }
     let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
     Ok(Lookup::Miss(Box::new(pending)))
@@ -279,7 +290,12 @@ impl Ctx<'_> {
                 return None;
             }
         };
-        let Ok(entry) = postcard::from_bytes::<Entry>(&body) else {
+        self.serve_body(&body, counter)
+    }
+
+    /// Serves an entry's body, if usable here.
+    fn serve_body(&self, body: &[u8], counter: Counter) -> Option<ExitCode> {
+        let Ok(entry) = postcard::from_bytes::<Entry>(body) else {
             let _ = stats::add(self.store.root(), &[(Counter::Error, 1)]);
             return None;
         };
@@ -367,14 +383,13 @@ impl Pending {
             object,
             dep,
         };
-        let stored = postcard::to_stdvec(&entry)
-            .ok()
-            .and_then(|body| self.store.put(&self.result_key, Kind::Result, &body).ok());
-        if stored.is_none() {
+        let Some(body) = postcard::to_stdvec(&entry).ok() else { return };
+        if self.store.put(&self.result_key, Kind::Result, &body).is_err() {
             let _ = stats::add(self.store.root(), &[(Counter::Error, 1)]);
             return;
         }
         self.record_manifest();
+        farm::put(&self.result_key, &body);
     }
 
     /// Adds this unit's include list to its direct-mode manifest, when every file is settled.
