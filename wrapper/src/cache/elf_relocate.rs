@@ -114,7 +114,7 @@ pub fn rewrite_dir(obj: &[u8], old_dir: &str, new_dir: &str) -> Option<Vec<u8>> 
         return None;
     }
     // ELF64, little endian, version 1, ET_REL, x86-64, no program headers.
-    if obj.get(..4)? != b"\x7fELF" || obj[4] != 2 || obj[5] != 1 || obj[6] != 1 {
+    if obj.len() < EHDR || obj[..4] != *b"\x7fELF" || obj[4..7] != [2, 1, 1] {
         return None;
     }
     if u16_at(obj, 16)? != 1 || u16_at(obj, 18)? != 62 || u16_at(obj, 56)? != 0 {
@@ -331,4 +331,24 @@ pub fn rewrite_dir(obj: &[u8], old_dir: &str, new_dir: &str) -> Option<Vec<u8>> 
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        assert_eq!(rewrite_dir(b"not an object", "/a", "/b"), None);
+        assert_eq!(rewrite_dir(b"\x7fELF", "/a", "/b"), None);
+        assert_eq!(rewrite_dir(b"same", "/a", "/a").as_deref(), Some(&b"same"[..]));
+    }
+
+    #[test]
+    fn gcc_string_order_follows_its_hash_table() {
+        // Measured with gcc 12: lua.c in /tmp/cx/m1/BUILD-1/lua-5.4.4/src came after the
+        // directory, in /tmp/cx/m2/BUILD-2-longer/lua-5.4.4/src before it.
+        assert!(dir_first(b"lua.c", b"/tmp/cx/m1/BUILD-1/lua-5.4.4/src"));
+        assert!(!dir_first(b"lua.c", b"/tmp/cx/m2/BUILD-2-longer/lua-5.4.4/src"));
+    }
 }
