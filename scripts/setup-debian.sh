@@ -10,7 +10,7 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
 need=()
-for cmd in gcc g++ make dpkg-source distcc distccd icecc-create-env python3; do
+for cmd in gcc g++ make dpkg-source distcc distccd icecc-create-env python3 ccache; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 [ -f "$(gcc -print-file-name=plugin 2>/dev/null)/include/gcc-plugin.h" ] || need+=(gcc-12-plugin-dev)
@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing packages for: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc gcc-12-plugin-dev python3 xz-utils >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc gcc-12-plugin-dev python3 xz-utils ccache >/dev/null
 fi
 
 # apt-get source needs deb-src next to deb in the Debian sources file.

@@ -1,10 +1,12 @@
 //! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`, `distcc`), installs
+//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`, `cache`), installs
 //! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
 //! mismatch, 2 error).
 
 // The printed report (stdout) and progress (stderr) are this program's product.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cache_bench;
 mod coord_scale;
 mod distcc_compat;
 mod farm;
@@ -45,6 +47,9 @@ enum Cmd {
     /// The coordinator daemon at scale: simulated nodes heartbeating, agents asking for
     /// placements over loopback; placements/s, latency percentiles, daemon RSS.
     CoordScale(coord_scale::Args),
+    /// The object cache vs ccache: hit latency (direct and preprocessor mode) on small units and
+    /// a whole-Lua amalgamation, and warm whole-project rebuilds.
+    Cache(cache_bench::Args),
 }
 
 /// Options shared by both subcommands.
@@ -80,6 +85,7 @@ fn main() {
         Cmd::Distcc(a) => distcc_compat::run(a),
         Cmd::Sim(a) => sim::run(a),
         Cmd::CoordScale(a) => coord_scale::run(a),
+        Cmd::Cache(a) => cache_bench::run(a),
     };
     match result {
         Ok(0) => {}

@@ -90,7 +90,8 @@ impl Job {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             cwd: cwd.to_owned(),
-            env: Vec::new(),
+            // The farm benchmarks time compiles, not the object cache (`discomy-bench cache` does).
+            env: vec![("DISCOMY_CACHE".into(), "0".into())],
             env_remove: Vec::new(),
             timeout: Duration::from_secs(600),
         }

@@ -236,6 +236,12 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 Ok(digest) => Response::Stored(digest),
                 Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
             },
+            Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
+                let hosts = &state.config.hosts;
+                crate::cache_tier::serve_agent(hosts, &state.config.auth, &req)
+                    .await
+                    .unwrap_or(Response::CacheMiss)
+            }
             Ok(other) => match upload::serve(&state.store, &other).await {
                 Some(response) => response,
                 None => Response::refused(RefusalKind::BadRequest, "unexpected request"),

@@ -14,6 +14,7 @@
 //! - [`upload`]: serving and pushing toolchains and source-mode files between nodes.
 //! - [`sourcestore`], [`source_unit`]: source-mode file contents and compiling a source-mode
 //!   unit over them.
+//! - [`cache_tier`]: the farm tier of the object cache (worker stores, rendezvous routing).
 //! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
 //! - [`coordclient`], [`noderep`], [`discover`], [`status`]: membership in a coordinated farm
 //!   (the agent's placements, the worker's login and load reports, finding the coordinator,
@@ -22,6 +23,7 @@
 
 pub mod agent;
 pub mod argcheck;
+pub mod cache_tier;
 pub mod cidr;
 pub mod coordclient;
 pub mod daemon;

@@ -97,6 +97,11 @@ impl Drop for TreeLease<'_> {
 }
 
 impl ToolStore {
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Opens (creating) a store. `materialize`: build trees (workers) or keep blobs only (agents).
     pub fn open(dir: &Path, max_bytes: u64, materialize: bool) -> Result<ToolStore, StoreError> {
         for sub in ["blobs", "manifests", "trees", "tmp"] {
@@ -126,11 +131,6 @@ impl ToolStore {
         }
         drop(state);
         Ok(store)
-    }
-
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

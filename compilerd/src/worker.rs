@@ -218,6 +218,10 @@ async fn serve_connection(
                 Ok(digest) => Response::Stored(digest),
                 Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
             },
+            req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
+                let dir = crate::cache_tier::worker_store_dir(state.store.dir());
+                crate::cache_tier::serve_worker(&dir, &req).await.unwrap_or(Response::CacheMiss)
+            }
             other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
                 Response::refused(RefusalKind::BadRequest, "unexpected request")
             }),

@@ -36,8 +36,8 @@ pub use digest::Digest;
 pub use error::ProtocolError;
 pub use handshake::{AuthConfig, PeerKind};
 pub use message::{
-    CompileRequest, CompileResult, CompilerId, Language, OutputKind, Refusal, RefusalKind, Request,
-    Response,
+    CacheEntry, CompileRequest, CompileResult, CompilerId, Language, OutputKind, Refusal,
+    RefusalKind, Request, Response,
 };
 pub use payload::Payload;
 pub use sources::{DepRequest, SourceCompileRequest, SourceFile, SourceResult};

@@ -25,6 +25,20 @@ pub enum Request {
     /// Store one source file's content for source-mode units; answered with
     /// [`Response::Stored`]. Since version 3.
     PutSource(Payload),
+    /// Farm tier of the object cache: the entry stored under this key, if any; answered with
+    /// [`Response::CacheHit`] or [`Response::CacheMiss`]. Since version 3.
+    CacheGet(Digest),
+    /// Farm tier: store an entry; answered with [`Response::Stored`] (the key).
+    CachePut(CacheEntry),
+}
+
+/// One object-cache entry crossing the wire: its key and its encoded body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// The preprocessed key of the result.
+    pub key: Digest,
+    /// The entry body, compressed; its digest is verified on decompression.
+    pub body: Payload,
 }
 
 /// The answer to a [`Request`].
@@ -46,6 +60,10 @@ pub enum Response {
     /// A source-mode compile that also wrote the dependency file it was asked for.
     /// Since version 3.
     CompiledSources(crate::SourceResult),
+    /// Answer to [`Request::CacheGet`]: the entry's body.
+    CacheHit(Payload),
+    /// Answer to [`Request::CacheGet`]: not stored (or the farm tier is unreachable).
+    CacheMiss,
 }
 
 /// The compiler a unit must be compiled with.

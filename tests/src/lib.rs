@@ -130,7 +130,9 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A command with the test's environment minus anything that would change what it does:
-/// `DISCOMY_*` settings, make's job-server and flags, `CC`/`CXX`.
+/// `DISCOMY_*` settings, make's job-server and flags, `CC`/`CXX`. The object cache is off
+/// (`DISCOMY_CACHE=0`) so a test sees the farm, not an earlier run's results; the cache tests
+/// turn it on with a private directory.
 pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
@@ -141,6 +143,7 @@ pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
             cmd.env_remove(&key);
         }
     }
+    cmd.env("DISCOMY_CACHE", "0");
     cmd.stdin(Stdio::null());
     cmd
 }
@@ -688,7 +691,7 @@ pub fn read_stats(path: &Path) -> Vec<StatLine> {
                 panic!("malformed stats line in {}: {line:?}", path.display());
             };
             assert!(
-                matches!(outcome, "remote" | "local" | "fallback" | "passthrough"),
+                matches!(outcome, "remote" | "local" | "fallback" | "passthrough" | "cache"),
                 "unknown outcome {outcome:?} in stats line {line:?}"
             );
             let exit_code = code

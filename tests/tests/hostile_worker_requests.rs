@@ -102,6 +102,8 @@ fn request_name(request: &Request) -> &'static str {
         Request::InstallToolchain(_) => "InstallToolchain",
         Request::CompileSources(_) => "CompileSources",
         Request::PutSource(_) => "PutSource",
+        Request::CacheGet(_) => "CacheGet",
+        Request::CachePut(_) => "CachePut",
     }
 }
 

@@ -126,6 +126,15 @@ fn takes_value(arg: &str) -> bool {
     CPP_WITH_VALUE.contains(&arg) || OTHER_WITH_VALUE.contains(&arg)
 }
 
+/// A compile the object cache may serve: a distributable unit (units whose debug info records
+/// the compiler switches are distributable too, in source mode).
+pub fn cacheable(compiler_name: &str, args: &[String]) -> Option<Unit> {
+    match classify(compiler_name, args) {
+        Class::Distribute(unit) => Some(unit),
+        _ => None,
+    }
+}
+
 /// Classifies a call to the compiler named `compiler_name` with `args`.
 pub fn classify(compiler_name: &str, args: &[String]) -> Class {
     let mut parser = Parser::default();
@@ -728,6 +737,14 @@ mod tests {
         );
         assert_eq!(u.source_args, v("-O2 -Wp,-D_FORTIFY_SOURCE=2 -I inc -DX=1 -c a.c"));
         assert_eq!(unit("-c a.c -o a.o -MFx.d").source_args, v("-c a.c"));
+    }
+
+    #[test]
+    fn recorded_debug_info_is_cacheable_though_local() {
+        assert!(is_local("-g -c a.c"));
+        assert!(cacheable("gcc", &v("-O2 -g -c a.c")).is_some());
+        assert!(cacheable("gcc", &v("-gsplit-dwarf -c a.c")).is_none());
+        assert!(cacheable("gcc", &v("a.o -o prog")).is_none());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::client::{AgentClient, socket_path};
 use crate::invocation::Invocation;
 use crate::source_mode::{self, SourceModeError};
 use crate::stats::{self, Outcome};
-use crate::{local, toolchain};
+use crate::{cache, local, toolchain};
 
 /// Handles one resolved call.
 pub fn dispatch(inv: &Invocation) -> ExitCode {
@@ -33,6 +33,14 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     else {
         return local::exec(inv);
     };
+    let cached = match cache::lookup(inv, &args) {
+        cache::Lookup::Hit(code) => {
+            stats::record(Outcome::Cache, 0, &source_of(&args));
+            return code;
+        }
+        cache::Lookup::Miss(pending) => Some(pending),
+        cache::Lookup::Off => None,
+    };
     match classify(&inv.name, &args) {
         Class::Passthrough(why) => {
             debug!(why, "not a compile");
@@ -40,17 +48,22 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
         }
         Class::Local(reason) => {
             debug!(%reason, "compiling locally");
-            run_local(inv, Outcome::Local, &source_of(&args))
+            run_local(inv, Outcome::Local, &source_of(&args), cached)
         }
-        Class::Distribute(unit) if disabled() => run_local(inv, Outcome::Local, &unit.source),
+        Class::Distribute(unit) if disabled() => {
+            run_local(inv, Outcome::Local, &unit.source, cached)
+        }
         Class::Distribute(unit) => match remote(inv, &unit) {
-            Ok(()) => {
+            Ok(stdout) => {
+                if let Some(pending) = cached {
+                    pending.store(&stdout, b"");
+                }
                 stats::record(Outcome::Remote, 0, &unit.source);
                 ExitCode::SUCCESS
             }
             Err(reason) => {
                 info!(source = %unit.source, %reason, "compiling locally instead");
-                run_local(inv, Outcome::Fallback, &unit.source)
+                run_local(inv, Outcome::Fallback, &unit.source, cached)
             }
         },
     }
@@ -64,14 +77,23 @@ fn source_of(args: &[String]) -> String {
     args.iter().find(|a| crate::args::source_language(a).is_some()).cloned().unwrap_or_default()
 }
 
-fn run_local(inv: &Invocation, outcome: Outcome, source: &str) -> ExitCode {
-    let (code, raw) = local::run(inv);
+fn run_local(
+    inv: &Invocation,
+    outcome: Outcome,
+    source: &str,
+    cached: Option<Box<cache::Pending>>,
+) -> ExitCode {
+    let (code, raw) = match cached {
+        Some(pending) => pending.compile_locally(inv),
+        None => local::run(inv),
+    };
     stats::record(outcome, raw, source);
     code
 }
 
-/// Tries the farm. `Err` carries why the call must be compiled locally instead.
-fn remote(inv: &Invocation, unit: &Unit) -> Result<(), String> {
+/// Tries the farm: `Ok` carries the compiler's stdout (already replayed), `Err` why the call
+/// must be compiled locally instead.
+fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
     // The agent first: without one (a fast refusal), no preprocessor is started for nothing.
     let socket = socket_path();
     let mut agent = AgentClient::connect(&socket)
@@ -154,7 +176,7 @@ fn finish(
     unit: &Unit,
     result: CompileResult,
     dep_file: Option<source_mode::DepFile>,
-) -> Result<(), String> {
+) -> Result<Vec<u8>, String> {
     if result.exit_code != 0 || !result.stderr.is_empty() {
         return Err(format!(
             "compile on {} reported diagnostics (exit {}); replaying locally for exact output",
@@ -175,7 +197,7 @@ fn finish(
         let _ = out.flush();
     }
     debug!(source = %unit.source, node = %result.node, ms = result.compile_ms, "compiled remotely");
-    Ok(())
+    Ok(result.stdout)
 }
 
 /// The toolchain the unit compiles with: the closure of the compiler we run (plus the specs

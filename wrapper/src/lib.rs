@@ -16,8 +16,10 @@
 //! - [`names`]: compiler names for masquerade directories.
 //! - [`toolchain`]: the compiler's closure as a content-addressed manifest, cached.
 //! - [`icecream`]: importing `icecc-create-env` tarballs as toolchains.
+//! - [`cache`]: the content-addressed object cache (local tier, direct mode, `--stats`).
 
 pub mod args;
+pub mod cache;
 pub mod client;
 pub mod compile;
 pub mod icecream;
@@ -56,6 +58,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// Runs one wrapper invocation and returns the exit code to leave with.
 pub fn run(argv: Vec<OsString>) -> ExitCode {
     init_logging();
+    if let Some(code) = cache_command(&argv) {
+        return code;
+    }
     let inv = match invocation::Invocation::resolve(argv) {
         Ok(invocation::Resolved::Compile(inv)) => inv,
         Ok(invocation::Resolved::Version) => {
@@ -70,6 +75,16 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         }
     };
     compile::dispatch(&inv)
+}
+
+/// `discomy-cc --stats` and the other cache commands (only under the wrapper's own name).
+fn cache_command(argv: &[OsString]) -> Option<ExitCode> {
+    let argv0 = std::path::Path::new(argv.first()?);
+    if !argv0.file_name()?.to_string_lossy().starts_with("discomy-cc") {
+        return None;
+    }
+    let rest: Vec<String> = argv[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    cache::command::run(&rest)
 }
 
 /// The wrapper's single output point for its own messages: stderr, never stdout.

@@ -18,6 +18,8 @@ pub enum Outcome {
     Local,
     /// Distributable, but the farm did not deliver: compiled locally.
     Fallback,
+    /// Served from the object cache.
+    Cache,
 }
 
 impl Outcome {
@@ -27,6 +29,7 @@ impl Outcome {
             Outcome::Remote => "remote",
             Outcome::Local => "local",
             Outcome::Fallback => "fallback",
+            Outcome::Cache => "cache",
         }
     }
 }
