@@ -740,8 +740,8 @@ mod tests {
     }
 
     #[test]
-    fn recorded_debug_info_is_cacheable_though_local() {
-        assert!(is_local("-g -c a.c"));
+    fn recorded_debug_info_is_cacheable_and_distributable() {
+        assert!(!is_local("-g -c a.c"));
         assert!(cacheable("gcc", &v("-O2 -g -c a.c")).is_some());
         assert!(cacheable("gcc", &v("-gsplit-dwarf -c a.c")).is_none());
         assert!(cacheable("gcc", &v("a.o -o prog")).is_none());
