@@ -18,7 +18,9 @@ fn tmp() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
+    // The path without an agent and without the object cache (which earlier runs would fill).
     cmd.env_remove("DISCOMY_SOCKET").env("DISCOMY_SOCKET", "/nonexistent/discomy.sock");
+    cmd.env("DISCOMY_CACHE", "0");
     cmd.output().unwrap()
 }
 
