@@ -6,6 +6,7 @@
 //! options). Input and output are always the worker's own.
 
 use discomy_protocol::ToolchainManifest;
+use discomy_protocol::sources::normalise;
 
 /// Checks compile-step arguments; `Err` says which argument was refused and why.
 ///
@@ -91,21 +92,6 @@ pub fn check_source_args(
         return Err(format!("{inputs} inputs and {modes} of -c/-S (one of each expected)"));
     }
     Ok(())
-}
-
-/// `path` with `.` and `..` resolved lexically; `None` when it climbs above `/`.
-pub fn normalise(path: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(format!("/{}", parts.join("/")))
 }
 
 /// `-fplugin=NAME`: gcc loads `<its plugin dir>/NAME.so`; accept it when the toolchain ships one.

@@ -221,9 +221,10 @@ async fn run_job(
     tokio::fs::write(dir.path().join(job.input_name()), unit).await.map_err(internal)?;
     let uid = state.uid();
     let args = job.compile_args();
-    let run = run_compiler(&state.config.runner, root, manifest, &args, None, dir.path(), uid.1)
-        .await
-        .map_err(|e| (code::COMPILER_MISSING, e.to_string()))?;
+    let run =
+        run_compiler(&state.config.runner, root, manifest, &args, None, dir.path(), uid.1, None)
+            .await
+            .map_err(|e| (code::COMPILER_MISSING, e.to_string()))?;
     let status = if run.exit_code >= 128 {
         (run.exit_code - 128) as u32 & 0x7f
     } else {

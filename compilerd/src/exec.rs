@@ -107,11 +107,24 @@ pub async fn compile_unit(
     uid: Option<u32>,
 ) -> Result<RunOutput, ExecError> {
     let args = compile_args(req);
-    run_compiler(runner, tree, manifest, &args, req.source_date_epoch.as_deref(), dir, uid).await
+    run_compiler(runner, tree, manifest, &args, req.source_date_epoch.as_deref(), dir, uid, None)
+        .await
+}
+
+/// What a source-mode compile sees besides the toolchain: the unit's files laid over it, and
+/// the build's working directory.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceView<'a> {
+    /// The unit tree (files at their absolute paths).
+    pub tree: &'a Path,
+    /// The working directory inside the sandbox.
+    pub cwd: &'a Path,
 }
 
 /// Runs the toolchain's driver with `args` (already checked; inputs and outputs inside `dir`) in
-/// `dir`, the way [`compile_unit`] does. The distcc listener uses it with distcc's own argv.
+/// `dir`, the way [`compile_unit`] does. The distcc listener uses it with distcc's own argv;
+/// source-mode units pass their [`SourceView`] (sandbox only).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_compiler(
     runner: &Runner,
     tree: &Path,
@@ -120,6 +133,7 @@ pub async fn run_compiler(
     source_date_epoch: Option<&str>,
     dir: &Path,
     uid: Option<u32>,
+    view: Option<SourceView<'_>>,
 ) -> Result<RunOutput, ExecError> {
     let mut env = vec![
         ("PATH".to_string(), tree_path_var(manifest)),
@@ -141,8 +155,8 @@ pub async fn run_compiler(
                 limits,
                 run_as: uid.map(|u| (u, u)),
                 cgroup_parents: &[],
-                overlay: None,
-                cwd: None,
+                overlay: view.map(|v| v.tree),
+                cwd: view.map(|v| v.cwd),
             };
             let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;
             Ok(RunOutput {
@@ -152,6 +166,9 @@ pub async fn run_compiler(
                 elapsed: out.elapsed,
             })
         }
+        Runner::Host { .. } if view.is_some() => Err(ExecError::Sandbox(
+            "source-mode units need the sandbox (this worker runs --insecure-no-sandbox)".into(),
+        )),
         Runner::Host { wall } => {
             env.push(("TMPDIR".to_string(), dir.to_string_lossy().into_owned()));
             run_on_host(&manifest.driver, args, &env, dir, *wall).await
@@ -190,41 +207,10 @@ pub async fn compile_sources(
     unit_tree: &Path,
     uid: Option<u32>,
 ) -> Result<RunOutput, ExecError> {
-    let Runner::Sandbox { helper, limits } = runner else {
-        return Err(ExecError::Sandbox(
-            "source-mode units need the sandbox (this worker runs --insecure-no-sandbox)".into(),
-        ));
-    };
-    let work_at = sandbox::work_mount_point(&[tree, unit_tree]);
-    let args = source_args(req, work_at);
-    let mut env = vec![
-        ("PATH".to_string(), tree_path_var(manifest)),
-        ("LC_ALL".to_string(), "C".to_string()),
-        ("TMPDIR".to_string(), "/tmp".to_string()),
-    ];
-    if let Some(epoch) = &req.source_date_epoch {
-        env.push(("SOURCE_DATE_EPOCH".to_string(), epoch.clone()));
-    }
-    let spec = SandboxSpec {
-        helper,
-        root: tree,
-        work: dir,
-        program: &manifest.driver,
-        args: &args,
-        env: &env,
-        limits,
-        run_as: uid.map(|u| (u, u)),
-        cgroup_parents: &[],
-        overlay: Some(unit_tree),
-        cwd: Some(Path::new(&req.cwd)),
-    };
-    let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;
-    Ok(RunOutput {
-        exit_code: out.exit_code,
-        stdout: out.stdout,
-        stderr: out.stderr,
-        elapsed: out.elapsed,
-    })
+    let args = source_args(req, sandbox::work_mount_point(&[tree, unit_tree]));
+    let view = SourceView { tree: unit_tree, cwd: Path::new(&req.cwd) };
+    let epoch = req.source_date_epoch.as_deref();
+    run_compiler(runner, tree, manifest, &args, epoch, dir, uid, Some(view)).await
 }
 
 async fn run_on_host(

@@ -91,6 +91,22 @@ impl DepRequest {
     }
 }
 
+/// `path` with `.` and `..` resolved lexically; `None` when it climbs above `/`. Both ends use
+/// it: the wrapper to name files, the worker to check a command line's input.
+pub fn normalise(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
 /// Why a path cannot be materialised on a node.
 pub fn check_path(path: &str) -> Result<(), String> {
     if path.len() > MAX_SOURCE_PATH {

@@ -99,12 +99,14 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
     let mut agent = AgentClient::connect(&socket)
         .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
     let mode = source_mode::Mode::from_env();
+    // The toolchain is looked up once: the scan needs it first, the fallback reuses it.
+    let mut known_tools = None;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
     if mode.scan {
-        let tools = unit_toolchain(inv, unit)?;
-        match source_mode::scanned(inv, unit, &tools) {
+        let tools = known_tools.insert(unit_toolchain(inv, unit)?);
+        match source_mode::scanned(inv, unit, tools) {
             Ok((files, deps)) => {
-                match source_mode::send(&mut agent, inv, unit, &tools, files, deps) {
+                match source_mode::send(&mut agent, inv, unit, tools, files, deps) {
                     Ok((result, dep_file)) => return finish(unit, result, dep_file),
                     Err(SourceModeError::Final(reason)) => return Err(reason),
                     Err(SourceModeError::Unavailable(reason)) => {
@@ -119,9 +121,12 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
         agent = AgentClient::connect(&socket)
             .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
     }
-    // Preprocessing runs while we look up the toolchain.
+    // Preprocessing runs while we look up the toolchain (unless the scan already did).
     let mut cpp = Preprocessor::start(inv, unit)?;
-    let tools = unit_toolchain(inv, unit)?;
+    let tools = match known_tools {
+        Some(tools) => tools,
+        None => unit_toolchain(inv, unit)?,
+    };
     let identity = tools.manifest.digest();
     let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use discomy_protocol::sources::normalise;
 use discomy_protocol::{Digest, SourceFile};
 
 /// Why a unit cannot go in source mode.
@@ -215,21 +216,6 @@ fn unescape(quoted: &[u8]) -> Option<String> {
         }
     }
     None
-}
-
-/// `path` with `.` and `..` resolved lexically; `None` when it climbs above `/`.
-pub fn normalise(path: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(format!("/{}", parts.join("/")))
 }
 
 /// A `..` is resolved by the remote kernel too, so the directory before it must exist there
