@@ -54,6 +54,8 @@ pub enum Runner {
         helper: PathBuf,
         /// Resource limits per unit.
         limits: Limits,
+        /// Helpers started ahead of time for these limits ([`sandbox::WarmPool`]).
+        warm: Option<std::sync::Arc<sandbox::WarmPool>>,
     },
     /// Directly on the host (only for toolchains seeded from the host's own files).
     Host {
@@ -115,8 +117,9 @@ pub async fn compile_unit(
 /// the build's working directory.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceView<'a> {
-    /// The unit tree (files at their absolute paths).
-    pub tree: &'a Path,
+    /// The unit tree's list (files at their absolute paths; see
+    /// [`crate::sourcestore::SourceStore::tree_list`]).
+    pub tree_list: &'a Path,
     /// The working directory inside the sandbox.
     pub cwd: &'a Path,
 }
@@ -143,7 +146,7 @@ pub async fn run_compiler(
         env.push(("SOURCE_DATE_EPOCH".to_string(), epoch.to_string()));
     }
     match runner {
-        Runner::Sandbox { helper, limits } => {
+        Runner::Sandbox { helper, limits, warm } => {
             env.push(("TMPDIR".to_string(), "/tmp".to_string()));
             let spec = SandboxSpec {
                 helper,
@@ -155,10 +158,13 @@ pub async fn run_compiler(
                 limits,
                 run_as: uid.map(|u| (u, u)),
                 cgroup_parents: &[],
-                overlay: view.map(|v| v.tree),
+                overlay: None,
+                overlay_files: view.map(|v| v.tree_list),
                 cwd: view.map(|v| v.cwd),
             };
-            let out = sandbox::run(&spec).await.map_err(|e| ExecError::Sandbox(e.to_string()))?;
+            let out = sandbox::run_with(&spec, warm.as_ref())
+                .await
+                .map_err(|e| ExecError::Sandbox(e.to_string()))?;
             Ok(RunOutput {
                 exit_code: out.exit_code,
                 stdout: out.stdout,
@@ -195,20 +201,28 @@ pub fn source_args(req: &SourceCompileRequest, work_at: &str) -> Vec<String> {
     args
 }
 
-/// Compiles a source-mode unit: the build's command in the build's working directory, over
-/// `unit_tree` (the client's files at their absolute paths) laid on the toolchain at `tree`;
-/// the output lands in `dir` as `unit.o` (or `.s`). Needs the sandbox.
+/// Compiles a source-mode unit: the build's command in the build's working directory, over the
+/// unit tree of `tree_list` (the client's files at their absolute paths) laid on the toolchain
+/// at `tree`; the output lands in `dir` as `unit.o` (or `.s`). Needs the sandbox.
+#[allow(clippy::too_many_arguments)]
 pub async fn compile_sources(
     runner: &Runner,
     tree: &Path,
     manifest: &ToolchainManifest,
     req: &SourceCompileRequest,
     dir: &Path,
-    unit_tree: &Path,
+    tree_list: &Path,
     uid: Option<u32>,
 ) -> Result<RunOutput, ExecError> {
-    let args = source_args(req, sandbox::work_mount_point(&[tree, unit_tree]));
-    let view = SourceView { tree: unit_tree, cwd: Path::new(&req.cwd) };
+    // The unit's own files under /tmp make /tmp the tree's, as a tree with a `tmp` would.
+    let under_tmp = |p: &str| p == "/tmp" || p.starts_with("/tmp/");
+    let work_at = if req.files.iter().any(|f| under_tmp(&f.path)) || under_tmp(&req.cwd) {
+        sandbox::WORK_ELSEWHERE
+    } else {
+        sandbox::work_mount_point(&[tree])
+    };
+    let args = source_args(req, work_at);
+    let view = SourceView { tree_list, cwd: Path::new(&req.cwd) };
     let epoch = req.source_date_epoch.as_deref();
     run_compiler(runner, tree, manifest, &args, epoch, dir, uid, Some(view)).await
 }

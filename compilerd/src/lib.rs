@@ -37,6 +37,7 @@ pub mod hosts;
 pub mod noderep;
 pub mod pool;
 pub mod sandbox;
+pub mod sandbox_warm;
 pub mod source_unit;
 pub mod sourcestore;
 pub mod status;

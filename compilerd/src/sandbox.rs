@@ -43,6 +43,7 @@
 //!   [`MAX_OUTPUT_BYTES`] each ([`LimitHit::Output`]).
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::Notify;
+
+pub use crate::sandbox_warm::WarmPool;
 
 /// File name of the helper binary, looked up next to the worker's executable.
 pub const HELPER_NAME: &str = "discomy-sandbox";
@@ -134,6 +137,9 @@ pub struct SandboxSpec<'a> {
     /// A unit tree laid read-only over `root` (source-mode units: the client's files at their
     /// absolute paths).
     pub overlay: Option<&'a Path>,
+    /// The same, built by the helper in a tmpfs from a list (see
+    /// [`crate::sourcestore::SourceStore::tree_list`]); excludes `overlay`.
+    pub overlay_files: Option<&'a Path>,
     /// The program's working directory inside the sandbox, instead of the work directory.
     pub cwd: Option<&'a Path>,
 }
@@ -296,6 +302,39 @@ fn build_args(
     spec: &SandboxSpec<'_>,
     status_file: Option<&Path>,
 ) -> Result<Vec<OsString>, SandboxError> {
+    let mut args = base_args(spec.limits, spec.cgroup_parents, status_file);
+    args.extend(unit_args(spec)?);
+    Ok(args)
+}
+
+fn option(name: &str, value: &std::ffi::OsStr) -> OsString {
+    let mut arg = OsString::from(format!("--{name}="));
+    arg.push(value);
+    arg
+}
+
+/// The options every run under the same limits shares (what a warm helper is started with).
+pub(crate) fn base_args(
+    limits: &Limits,
+    cgroup_parents: &[PathBuf],
+    status_file: Option<&Path>,
+) -> Vec<OsString> {
+    let mut args = vec![
+        option("cpu-secs", limits.cpu_secs.to_string().as_ref()),
+        option("mem-bytes", limits.mem_bytes.to_string().as_ref()),
+        option("file-bytes", limits.file_bytes.to_string().as_ref()),
+        option("nproc", limits.nproc.to_string().as_ref()),
+    ];
+    args.extend(cgroup_parents.iter().map(|p| option("cgroup-parent", p.as_os_str())));
+    args.extend(status_file.map(|p| option("status-file", p.as_os_str())));
+    if !limits.cgroups {
+        args.push(OsString::from("--no-cgroup"));
+    }
+    args
+}
+
+/// The options of this run alone: trees, ids, environment, `--` and the program.
+fn unit_args(spec: &SandboxSpec<'_>) -> Result<Vec<OsString>, SandboxError> {
     if !spec.program.starts_with('/') {
         return Err(SandboxError::Invalid(format!(
             "program {:?} is not an absolute path",
@@ -312,39 +351,21 @@ fn build_args(
     if let Some((key, _)) = spec.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
         return Err(SandboxError::Invalid(format!("invalid environment variable name {key:?}")));
     }
-    let mut args: Vec<OsString> = Vec::new();
-    let mut opt = |name: &str, value: &std::ffi::OsStr| {
-        let mut arg = OsString::from(format!("--{name}="));
-        arg.push(value);
-        args.push(arg);
-    };
-    opt("root", spec.root.as_os_str());
-    opt("work", spec.work.as_os_str());
-    let limits = spec.limits;
-    opt("cpu-secs", limits.cpu_secs.to_string().as_ref());
-    opt("mem-bytes", limits.mem_bytes.to_string().as_ref());
-    opt("file-bytes", limits.file_bytes.to_string().as_ref());
-    opt("nproc", limits.nproc.to_string().as_ref());
+    let path_options = [("root", Some(spec.root)), ("work", Some(spec.work))].into_iter().chain([
+        ("overlay", spec.overlay),
+        ("overlay-files", spec.overlay_files),
+        ("cwd", spec.cwd),
+    ]);
+    if path_options.clone().any(|(_, p)| p.is_some_and(|p| p.as_os_str().as_bytes().contains(&0))) {
+        return Err(SandboxError::Invalid("NUL byte in a directory".into()));
+    }
+    let mut args: Vec<OsString> =
+        path_options.filter_map(|(name, path)| path.map(|p| option(name, p.as_os_str()))).collect();
     let (uid, gid) = spec.run_as.unwrap_or(DEFAULT_RUN_AS);
-    opt("uid", uid.to_string().as_ref());
-    opt("gid", gid.to_string().as_ref());
-    for parent in spec.cgroup_parents {
-        opt("cgroup-parent", parent.as_os_str());
-    }
-    if let Some(path) = status_file {
-        opt("status-file", path.as_os_str());
-    }
-    if let Some(dir) = spec.overlay {
-        opt("overlay", dir.as_os_str());
-    }
-    if let Some(dir) = spec.cwd {
-        opt("cwd", dir.as_os_str());
-    }
+    args.push(option("uid", uid.to_string().as_ref()));
+    args.push(option("gid", gid.to_string().as_ref()));
     for (key, value) in spec.env {
-        opt("env", format!("{key}={value}").as_ref());
-    }
-    if !limits.cgroups {
-        args.push(OsString::from("--no-cgroup"));
+        args.push(option("env", format!("{key}={value}").as_ref()));
     }
     args.push("--".into());
     args.push(spec.program.into());
@@ -358,23 +379,41 @@ fn build_args(
 /// [`SandboxOutput::limits_hit`]); `Err` means the sandbox itself could not be run.
 /// Dropping the future kills the whole process group.
 pub async fn run(spec: &SandboxSpec<'_>) -> Result<SandboxOutput, SandboxError> {
-    let status_file = tempfile::Builder::new()
-        .prefix("discomy-sandbox-status-")
-        .tempfile()
-        .map_err(SandboxError::StatusFile)?;
-    let args = build_args(spec, Some(status_file.path()))?;
-    let mut cmd = Command::new(spec.helper);
-    cmd.args(&args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    run_with(spec, None).await
+}
+
+/// [`run`], with a helper from `warm` when one is ready for these limits (the pool is refilled
+/// in the background); otherwise, or when the warm helper has gone, a fresh one.
+pub async fn run_with(
+    spec: &SandboxSpec<'_>,
+    warm: Option<&std::sync::Arc<WarmPool>>,
+) -> Result<SandboxOutput, SandboxError> {
+    let unit = unit_args(spec)?;
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| SandboxError::Spawn { helper: spec.helper.to_path_buf(), source })?;
+    let mut taken = None;
+    if let Some(pool) = warm {
+        if let Some(helper) = pool.take(spec.helper, spec.limits, spec.cgroup_parents) {
+            taken = helper.start(&unit).await;
+        }
+        let pool = std::sync::Arc::clone(pool);
+        tokio::spawn(async move { pool.fill() });
+    }
+    let (mut child, status_file) = match taken {
+        Some(started) => started,
+        None => {
+            let status_file = tempfile::Builder::new()
+                .prefix("discomy-sandbox-status-")
+                .tempfile()
+                .map_err(SandboxError::StatusFile)?;
+            let mut args = base_args(spec.limits, spec.cgroup_parents, Some(status_file.path()));
+            args.extend(unit);
+            let child =
+                helper_command(spec.helper, &args, Stdio::null()).spawn().map_err(|source| {
+                    SandboxError::Spawn { helper: spec.helper.to_path_buf(), source }
+                })?;
+            (child, status_file)
+        }
+    };
     let mut killer = GroupKiller(child.id());
     let out_pipe = child.stdout.take();
     let err_pipe = child.stderr.take();
@@ -473,6 +512,20 @@ pub async fn run(spec: &SandboxSpec<'_>) -> Result<SandboxOutput, SandboxError> 
         cpu_time: cpu_ms.map(Duration::from_millis),
         limits_hit,
     })
+}
+
+/// The helper as the worker runs it: an empty environment, output captured, its own process
+/// group (killed as a whole), killed when dropped.
+pub(crate) fn helper_command(helper: &Path, args: &[OsString], stdin: Stdio) -> Command {
+    let mut cmd = Command::new(helper);
+    cmd.args(args)
+        .env_clear()
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
 }
 
 /// Checks once, at worker start-up, that sandboxes can be created on this host: runs
@@ -601,6 +654,7 @@ mod tests {
             run_as: None,
             cgroup_parents: &[],
             overlay: None,
+            overlay_files: None,
             cwd: None,
         };
         let line = command_line(&spec).unwrap();

@@ -86,6 +86,7 @@ async fn run(
     req: &SourceCompileRequest,
     node: &Node<'_>,
 ) -> Result<(CompileResult, Option<Vec<u8>>), Response> {
+    let started = std::time::Instant::now();
     let internal = |e: std::io::Error| {
         Response::refused(RefusalKind::Internal, format!("unit directory: {e}"))
     };
@@ -93,20 +94,27 @@ async fn run(
     let dir =
         tempfile::Builder::new().prefix("unit-").tempdir_in(node.work_dir).map_err(internal)?;
     let out_dir = dir.path().join("out");
-    let unit_tree = dir.path().join("tree");
+    let tree_list = dir.path().join("tree.list");
     tokio::fs::create_dir(&out_dir).await.map_err(internal)?;
-    // Hard links and directories only: quick enough to do in place.
-    match node.sources.materialize(&req.files, &req.cwd, &unit_tree) {
-        Ok(Materialized::Ready) => {}
-        Ok(Materialized::Missing(blobs)) => return Err(Response::MissingBlobs(blobs)),
-        Err(err) => return Err(Response::refused(RefusalKind::Internal, err.to_string())),
+    match node.sources.tree_list(&req.files, &req.cwd) {
+        Materialized::Ready(list) => tokio::fs::write(&tree_list, list).await.map_err(internal)?,
+        Materialized::Missing(blobs) => return Err(Response::MissingBlobs(blobs)),
     }
+    let placed = started.elapsed();
     let uid = node.uids.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    let ran = compile_sources(node.runner, tree, manifest, req, &out_dir, &unit_tree, uid).await;
+    let ran = compile_sources(node.runner, tree, manifest, req, &out_dir, &tree_list, uid).await;
     if let Some(uid) = uid {
         node.uids.lock().unwrap_or_else(|e| e.into_inner()).push(uid);
     }
-    let run = ran.map_err(|e| Response::refused(RefusalKind::CompilerFailed, e.to_string()))?;
+    let run = ran.map_err(|e| {
+        // A blob evicted before the helper copied it: the client sends it again.
+        let missing = node.sources.missing(&req.files);
+        if missing.is_empty() {
+            Response::refused(RefusalKind::CompilerFailed, e.to_string())
+        } else {
+            Response::MissingBlobs(missing)
+        }
+    })?;
     if run.exit_code >= 128 {
         return Err(Response::refused(
             RefusalKind::CompilerFailed,
@@ -134,7 +142,15 @@ async fn run(
     } else {
         (None, None)
     };
-    debug!(source = %req.source_name, exit = run.exit_code, files = req.files.len(), ms = run.elapsed.as_millis() as u64, "compiled from sources");
+    debug!(
+        source = %req.source_name,
+        exit = run.exit_code,
+        files = req.files.len(),
+        tree_ms = placed.as_secs_f64() * 1e3,
+        compile_ms = run.elapsed.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "compiled from sources"
+    );
     remove_later(dir);
     let result = CompileResult {
         exit_code: run.exit_code,

@@ -1,9 +1,10 @@
 //! A node's store of source-mode file contents: blobs named by blake3 digest, a size bound kept
-//! by least-recently-used eviction, and the per-unit trees built from them.
+//! by least-recently-used eviction, and the lists the sandbox helper builds unit trees from.
 //!
 //! Layout under the store directory: `blobs/<hex>` (mode 0644, verified when written, touched
-//! when used) and `tmp/` for writes in progress. A unit's tree is made of hard links to blobs,
-//! so evicting a blob never disturbs a unit that is already compiling.
+//! when used) and `tmp/` for writes in progress. The helper copies a unit's blobs into a tmpfs
+//! of its own; a blob evicted before it did makes the run fail, and the worker then asks the
+//! client for the blobs again.
 
 use std::fs;
 use std::io::{self, Write};
@@ -40,11 +41,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SourceStoreError
 /// A blob's use is recorded (for eviction order) when its last record is older than this.
 const TOUCH_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The outcome of building a unit's tree.
+/// The outcome of listing a unit's tree.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Materialized {
-    /// Every file is in place.
-    Ready,
+    /// Every blob is stored: the list for the sandbox helper.
+    Ready(Vec<u8>),
     /// These blobs must be sent first.
     Missing(Vec<Digest>),
 }
@@ -125,42 +126,23 @@ impl SourceStore {
         Ok(payload.digest)
     }
 
-    /// Builds the unit tree under `root`: every file hard-linked (or copied) at its absolute
-    /// path, and the working directory `cwd` created.
-    pub fn materialize(
-        &self,
-        files: &[SourceFile],
-        cwd: &str,
-        root: &Path,
-    ) -> Result<Materialized, SourceStoreError> {
+    /// The unit tree as a list for the sandbox helper (`--overlay-files`): NUL-separated pairs
+    /// of an absolute path and the stored blob that goes there, and `cwd` paired with nothing
+    /// (a directory). The helper copies them into a tmpfs of its own, so the tree costs no
+    /// directories or links on this disk and needs no removal.
+    pub fn tree_list(&self, files: &[SourceFile], cwd: &str) -> Materialized {
         let missing = self.missing(files);
         if !missing.is_empty() {
-            return Ok(Materialized::Missing(missing));
+            return Materialized::Missing(missing);
         }
-        fs::create_dir_all(root.join(cwd.trim_start_matches('/')))
-            .map_err(io_err(format!("create working directory {cwd}")))?;
         let now = SystemTime::now();
-        let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+        let mut list = Vec::new();
         for file in files {
-            let dst = root.join(file.path.trim_start_matches('/'));
-            if let Some(parent) = dst.parent() {
-                if !made.contains(parent) {
-                    fs::create_dir_all(parent)
-                        .map_err(io_err(format!("create directory for {}", file.path)))?;
-                    made.insert(parent.to_path_buf());
-                }
-            }
             let src = self.blob_path(&file.digest);
-            if fs::hard_link(&src, &dst).is_err() {
-                match fs::copy(&src, &dst) {
-                    Ok(_) => {}
-                    // Evicted between the check and now: ask for it again.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Ok(Materialized::Missing(vec![file.digest]));
-                    }
-                    Err(e) => return Err(io_err(format!("place {}", file.path))(e)),
-                }
-            }
+            list.extend_from_slice(file.path.as_bytes());
+            list.push(0);
+            list.extend_from_slice(src.as_os_str().as_encoded_bytes());
+            list.push(0);
             // Least recently used: a use refreshes the blob's modification time (at most every
             // few minutes: it is a metadata write).
             let stale = fs::metadata(&src)
@@ -172,7 +154,9 @@ impl SourceStore {
                 }
             }
         }
-        Ok(Materialized::Ready)
+        list.extend_from_slice(cwd.as_bytes());
+        list.extend_from_slice(b"\0\0");
+        Materialized::Ready(list)
     }
 
     fn scan(&self) -> Vec<(SystemTime, PathBuf, u64)> {
@@ -223,23 +207,29 @@ mod tests {
     }
 
     #[test]
-    fn materializes_at_absolute_paths_after_missing_blobs_arrive() {
+    fn lists_blobs_at_absolute_paths_after_missing_blobs_arrive() {
         let dir = tempfile::tempdir().unwrap();
         let store = SourceStore::open(&dir.path().join("s"), 1 << 20).unwrap();
         let (a, pa) = file("/src/a.c", b"int a;\n");
         let (h, ph) = file("/usr/include/h.h", b"#define H 1\n");
         let files = vec![a.clone(), h.clone()];
-        let root = dir.path().join("unit");
-        match store.materialize(&files, "/src/build", &root).unwrap() {
+        match store.tree_list(&files, "/src/build") {
             Materialized::Missing(m) => assert_eq!(m.len(), 2),
             other => panic!("{other:?}"),
         }
         store.put(&pa).unwrap();
         store.put(&ph).unwrap();
-        assert_eq!(store.materialize(&files, "/src/build", &root).unwrap(), Materialized::Ready);
-        assert_eq!(fs::read(root.join("src/a.c")).unwrap(), b"int a;\n");
-        assert_eq!(fs::read(root.join("usr/include/h.h")).unwrap(), b"#define H 1\n");
-        assert!(root.join("src/build").is_dir());
+        let Materialized::Ready(list) = store.tree_list(&files, "/src/build") else {
+            panic!("blobs are stored")
+        };
+        let fields: Vec<String> =
+            list.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        assert_eq!(fields.len(), 7, "{fields:?}");
+        assert_eq!(fields[0], "/src/a.c");
+        assert_eq!(fs::read(&fields[1]).unwrap(), b"int a;\n");
+        assert_eq!(fields[2], "/usr/include/h.h");
+        assert_eq!(fs::read(&fields[3]).unwrap(), b"#define H 1\n");
+        assert_eq!(&fields[4..], ["/src/build", "", ""]);
     }
 
     #[test]

@@ -57,6 +57,7 @@ async fn run_with(
         run_as: Some((uid, uid)),
         cgroup_parents: &[],
         overlay: None,
+        overlay_files: None,
         cwd: None,
     };
     sandbox::run(&spec).await
@@ -494,6 +495,7 @@ async fn probe_succeeds_here_privileged_and_unprivileged() {
         run_as: None,
         cgroup_parents: &[],
         overlay: None,
+        overlay_files: None,
         cwd: None,
     };
     let out = as_nobody(&sandbox::command_line(&spec).unwrap());

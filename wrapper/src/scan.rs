@@ -126,10 +126,6 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
     let mut out = UnitFiles::default();
     let mut seen: HashSet<String> = HashSet::new();
     let mut queue: VecDeque<String> = VecDeque::new();
-    let mut defines: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, body) in &dirs.defines {
-        defines.entry(name.clone()).or_default().push(body.clone());
-    }
     let mut computed: HashSet<(String, String)> = HashSet::new(); // (macro, includer dir)
 
     let main = if source.starts_with('/') { source.to_string() } else { format!("{cwd}/{source}") };
@@ -158,7 +154,7 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
                 .map_err(|source| SourcesError::Read { path: path.clone(), source })?;
             let includer = normal.rsplit_once('/').map_or("/", |(d, _)| d).to_string();
             let includer = if includer.is_empty() { "/".to_string() } else { includer };
-            for name in directives(&content, &mut defines).map_err(unsafe_)? {
+            for name in directives(&content).map_err(unsafe_)? {
                 match name {
                     Name::Literal(n) => queue.extend(candidates(&n, &includer, &dirs.dirs)),
                     Name::Macro(m) => {
@@ -174,6 +170,7 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
         // Computed includes, once everything they could be defined in has been read; a round
         // that reads new files may bring new definitions, so go again until nothing changes.
         let before = seen.len();
+        let defines = definitions(computed.iter().map(|(m, _)| m), &dirs.defines, &out);
         for (name, includer) in &computed {
             for literal in expand(name, &defines, 0).map_err(unsafe_)? {
                 queue.extend(candidates(&literal, includer, &dirs.dirs));
@@ -255,81 +252,158 @@ fn literal(text: &str) -> Option<Name> {
     }
 }
 
-/// The include names of one file (directives and `__has_include` probes), recording its
-/// object-like `#define`s into `defines`.
-fn directives(
-    content: &[u8],
-    defines: &mut BTreeMap<String, Vec<String>>,
-) -> Result<Vec<Name>, String> {
-    let mut names = Vec::new();
-    let cleaned = strip_comments(content);
-    for line in cleaned.split(|&b| b == b'\n') {
-        let line = trim_start(line);
-        if let Some(rest) = line.strip_prefix(b"#") {
-            let rest = trim_start(rest);
-            let keyword_end = rest.iter().position(|b| !b.is_ascii_alphabetic() && *b != b'_');
-            let (keyword, args) = rest.split_at(keyword_end.unwrap_or(rest.len()));
-            let args = String::from_utf8_lossy(trim_start(args)).trim_end().to_string();
-            match keyword {
-                b"include" | b"include_next" | b"import" => match literal(&args) {
-                    Some(name) => names.push(name),
-                    None => return Err(format!("#include {args}: not a file name")),
-                },
-                b"define" => record_define(&args, defines),
-                _ => {}
+/// Every definition of the macros computed includes name, and of the macros their bodies name
+/// in turn: from the command line and every file read so far. Only files that mention a wanted
+/// name are parsed for it, so a unit without computed includes costs nothing here.
+fn definitions<'a>(
+    wanted: impl Iterator<Item = &'a String>,
+    command_line: &[(String, String)],
+    files: &UnitFiles,
+) -> BTreeMap<String, Vec<String>> {
+    let mut defines: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut queue: Vec<String> = wanted.cloned().collect();
+    while let Some(name) = queue.pop() {
+        if defines.contains_key(&name) {
+            continue;
+        }
+        let mut bodies: Vec<String> =
+            command_line.iter().filter(|(n, _)| *n == name).map(|(_, b)| b.clone()).collect();
+        for content in files.contents.values() {
+            if find(content, name.as_bytes()).is_none() {
+                continue;
+            }
+            for (_, keyword, args) in directive_lines(&strip_comments(content)) {
+                if keyword == b"define" {
+                    if let Some(body) = object_like_body(&String::from_utf8_lossy(args), &name) {
+                        bodies.push(body);
+                    }
+                }
             }
         }
-        if find(line, b"__has_include").is_some() {
-            for probe in probes(line)? {
-                names.push(probe);
+        for body in &bodies {
+            if let Some(Name::Macro(m)) = literal(body.trim()) {
+                queue.push(m);
+            }
+        }
+        defines.insert(name, bodies);
+    }
+    defines
+}
+
+/// The directive lines of comment-free text: where each starts, its keyword and the rest.
+fn directive_lines(cleaned: &[u8]) -> Vec<(usize, &[u8], &[u8])> {
+    let mut out = Vec::new();
+    let mut next_line = 0;
+    for hash in memchr::memchr_iter(b'#', cleaned) {
+        if hash < next_line {
+            continue;
+        }
+        let (start, end) = line_around(cleaned, hash);
+        next_line = end;
+        if !trim_start(&cleaned[start..hash]).is_empty() {
+            continue; // a `#` inside a line, not a directive
+        }
+        let rest = trim_start(&cleaned[hash + 1..end]);
+        let keyword_end = rest.iter().position(|b| !b.is_ascii_alphabetic() && *b != b'_');
+        let (keyword, args) = rest.split_at(keyword_end.unwrap_or(rest.len()));
+        out.push((hash, keyword, trim_start(args)));
+    }
+    out
+}
+
+/// The bounds of the line holding `pos`.
+fn line_around(text: &[u8], pos: usize) -> (usize, usize) {
+    let start = memchr::memrchr(b'\n', &text[..pos]).map_or(0, |n| n + 1);
+    let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |n| pos + n);
+    (start, end)
+}
+
+/// The include names of one file (directives and `__has_include` probes), in file order.
+/// Only lines that hold a `#` or a probe are looked at.
+fn directives(content: &[u8]) -> Result<Vec<Name>, String> {
+    let cleaned = strip_comments(content);
+    let mut names = Vec::new();
+    for (at, keyword, args) in directive_lines(&cleaned) {
+        if matches!(keyword, b"include" | b"include_next" | b"import") {
+            let args = String::from_utf8_lossy(args).trim_end().to_string();
+            match literal(&args) {
+                Some(name) => names.push((at, name)),
+                None => return Err(format!("#include {args}: not a file name")),
             }
         }
     }
-    Ok(names)
+    let mut probed_to = 0;
+    for hit in memchr::memmem::find_iter(&cleaned, b"__has_include") {
+        if hit < probed_to {
+            continue;
+        }
+        let (start, end) = line_around(&cleaned, hit);
+        probed_to = end;
+        names.extend(probes(&cleaned[start..end])?.into_iter().map(|name| (hit, name)));
+    }
+    names.sort_by_key(|(at, _)| *at);
+    Ok(names.into_iter().map(|(_, name)| name).collect())
 }
 
-/// `text` with comments blanked (newlines kept) and backslash-newlines spliced, as the
-/// preprocessor sees it before directives; string and character literals are left alone.
+/// `text` as the preprocessor sees it before directives: backslash-newlines spliced (first, as
+/// in translation phase 2), then comments blanked with their newlines kept; string and
+/// character literals are left alone. Plain runs are copied whole, found with `memchr`.
 fn strip_comments(text: &[u8]) -> Vec<u8> {
+    let spliced;
+    let text = if find(text, b"\\\n").is_some() {
+        spliced = splice_lines(text);
+        &spliced[..]
+    } else {
+        text
+    };
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {
+        let Some(at) = memchr::memchr3(b'/', b'"', b'\'', &text[i..]) else {
+            out.extend_from_slice(&text[i..]);
+            break;
+        };
+        out.extend_from_slice(&text[i..i + at]);
+        i += at;
         let b = text[i];
-        if b == b'\\' && text.get(i + 1) == Some(&b'\n') {
-            i += 2;
-            continue;
-        }
-        match b {
-            b'/' if text.get(i + 1) == Some(&b'*') => {
+        match (b, text.get(i + 1)) {
+            (b'/', Some(b'*')) => {
                 out.push(b' ');
-                i += 2;
-                while i < text.len() && !(text[i] == b'*' && text.get(i + 1) == Some(&b'/')) {
-                    if text[i] == b'\n' {
-                        out.push(b'\n');
-                    }
-                    i += 1;
-                }
-                i += 2;
+                let body = &text[i + 2..];
+                let len = find(body, b"*/").unwrap_or(body.len());
+                out.extend(std::iter::repeat_n(
+                    b'\n',
+                    memchr::memchr_iter(b'\n', &body[..len]).count(),
+                ));
+                i += 2 + len + 2;
             }
-            b'/' if text.get(i + 1) == Some(&b'/') => {
-                while i < text.len() && text[i] != b'\n' {
-                    i += 1;
-                }
+            (b'/', Some(b'/')) => {
+                i += memchr::memchr(b'\n', &text[i..]).unwrap_or(text.len() - i);
             }
-            b'"' | b'\'' => {
+            (b'"' | b'\'', _) => {
+                // A literal runs to its closing quote or the end of the line.
                 out.push(b);
                 i += 1;
-                while i < text.len() && text[i] != b && text[i] != b'\n' {
-                    if text[i] == b'\\' && i + 1 < text.len() {
-                        out.push(text[i]);
-                        i += 1;
+                while i < text.len() {
+                    let Some(at) = memchr::memchr3(b, b'\\', b'\n', &text[i..]) else {
+                        out.extend_from_slice(&text[i..]);
+                        i = text.len();
+                        break;
+                    };
+                    out.extend_from_slice(&text[i..i + at]);
+                    i += at;
+                    match text[i] {
+                        b'\\' => {
+                            out.extend_from_slice(&text[i..(i + 2).min(text.len())]);
+                            i += 2;
+                        }
+                        b'\n' => break,
+                        _ => {
+                            out.push(b);
+                            i += 1;
+                            break;
+                        }
                     }
-                    out.push(text[i]);
-                    i += 1;
-                }
-                if i < text.len() && text[i] == b {
-                    out.push(b);
-                    i += 1;
                 }
             }
             _ => {
@@ -341,16 +415,24 @@ fn strip_comments(text: &[u8]) -> Vec<u8> {
     out
 }
 
-fn record_define(args: &str, defines: &mut BTreeMap<String, Vec<String>>) {
-    let end = args.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(args.len());
-    let (name, rest) = args.split_at(end);
-    if name.is_empty() || rest.starts_with('(') {
-        return; // function-like macros are never include names on their own
+/// `text` without its backslash-newlines.
+fn splice_lines(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut at = 0;
+    for hit in memchr::memmem::find_iter(text, b"\\\n") {
+        out.extend_from_slice(&text[at..hit]);
+        at = hit + 2;
     }
-    let body = rest.trim();
-    // A continued body is recorded as unusable, so an include through it gives up.
-    let body = if body.ends_with('\\') { "\\".to_string() } else { body.to_string() };
-    defines.entry(name.to_string()).or_default().push(body);
+    out.extend_from_slice(&text[at..]);
+    out
+}
+
+/// The body of `#define ARGS` when it defines `name` as an object-like macro.
+fn object_like_body(args: &str, name: &str) -> Option<String> {
+    let end = args.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(args.len());
+    let (defined, rest) = args.split_at(end);
+    // Function-like macros are never include names on their own.
+    (defined == name && !rest.starts_with('(')).then(|| rest.trim().to_string())
 }
 
 /// `__has_include(…)`/`__has_include_next(…)` arguments in a line.
@@ -398,8 +480,7 @@ mod tests {
         let text = b"#include \"a.h\"\n  #  include <b/c.h>\n#include_next <d.h>\n\
 #if __has_include(<e.h>) && __has_include_next(\"f.h\")\n#endif\n#define USER \"g.h\"\n\
 #include USER\n#define F(x) x\n// #include \"commented.h\"\n";
-        let mut defines = BTreeMap::new();
-        let names = directives(text, &mut defines).unwrap();
+        let names = directives(text).unwrap();
         let lit = |s: &str| Name::Literal(s.into());
         assert_eq!(
             names,
@@ -412,17 +493,47 @@ mod tests {
                 Name::Macro("USER".into())
             ]
         );
+        let defines = definitions(["USER".to_string(), "F".to_string()].iter(), &[], &files(text));
         assert_eq!(defines["USER"], ["\"g.h\""]);
-        assert!(!defines.contains_key("F"));
+        assert!(defines["F"].is_empty(), "function-like macros are not include names");
+    }
+
+    fn files(text: &[u8]) -> UnitFiles {
+        let mut files = UnitFiles::default();
+        files.contents.insert(Digest::of(text), text.to_vec());
+        files
     }
 
     #[test]
     fn comments_are_not_directives() {
         let text = b"/* a comment\n#include 's protect themselves\n*/\n#include \"real.h\" // x\n\
 // #include \"line.h\"\nchar *s = \"/* not a comment\";\n#include \\\n  \"spliced.h\"\n";
-        let mut defines = BTreeMap::new();
-        let names = directives(text, &mut defines).unwrap();
+        let names = directives(text).unwrap();
         assert_eq!(names, [Name::Literal("real.h".into()), Name::Literal("spliced.h".into())]);
+    }
+
+    #[test]
+    fn splices_come_before_comments_as_in_the_preprocessor() {
+        // A line comment ending in a backslash swallows the next line; a `#` inside a line or
+        // inside a literal is not a directive; quotes in character literals end there.
+        let text = b"// continued \\\n#include \"hidden.h\"\nint x = a # b;\n\
+char q = '\"'; const char *s = \"#include <nope.h>\";\n  #   include <after.h>\n\
+#def\\\nine SPLIT \"split.h\"\n";
+        let names = directives(text).unwrap();
+        assert_eq!(names, [Name::Literal("after.h".into())]);
+        let defines = definitions(["SPLIT".to_string()].iter(), &[], &files(text));
+        assert_eq!(defines["SPLIT"], ["\"split.h\""]);
+    }
+
+    #[test]
+    fn definitions_follow_macro_chains_from_files_and_the_command_line() {
+        let text = b"#define A B\n#define A <a.h>\n#  define B \"b.h\"\n#define BB \"no.h\"\n";
+        let cmd = [("A".to_string(), "\"cmd.h\"".to_string())];
+        let defines = definitions(["A".to_string()].iter(), &cmd, &files(text));
+        assert_eq!(defines["A"], ["\"cmd.h\"", "B", "<a.h>"]);
+        assert_eq!(defines["B"], ["\"b.h\""]);
+        assert!(!defines.contains_key("BB"));
+        assert_eq!(expand("A", &defines, 0).unwrap(), ["cmd.h", "b.h", "a.h"]);
     }
 
     #[test]

@@ -81,8 +81,9 @@ enum Role {
         /// that accepts units from machines you do not control.
         #[arg(long)]
         insecure_no_sandbox: bool,
-        /// Also put each sandboxed unit in fresh pids/memory cgroups (exact per-unit limits; costs
-        /// 10-16 ms per unit on cgroup v1 hosts). Without it, per-slot-uid rlimits apply.
+        /// Also put each sandboxed unit in fresh pids/memory cgroups (exact per-unit limits).
+        /// Joining one costs 10-16 ms on a busy cgroup v1 host, paid by the helper waiting ready
+        /// for the next unit rather than by the unit. Without it, per-slot-uid rlimits apply.
         #[arg(long)]
         sandbox_cgroups: bool,
         /// Also serve real distcc clients (protocols 1 and 2) on ADDR (`IP` or `IP:PORT`, port
@@ -154,6 +155,8 @@ async fn run() -> Result<()> {
             advertise,
         } => {
             let wall = Duration::from_secs(compile_timeout);
+            let slots = slots
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let runner = if insecure_no_sandbox {
                 tracing::warn!("running compilers WITHOUT a sandbox (--insecure-no-sandbox)");
                 Runner::Host { wall }
@@ -171,7 +174,14 @@ async fn run() -> Result<()> {
                     cgroups: sandbox_cgroups,
                     ..Limits::default()
                 };
-                Runner::Sandbox { helper, limits }
+                // One helper per slot waits ready, its cgroup joined (see sandbox_warm).
+                let warm = std::sync::Arc::new(sandbox::WarmPool::new(
+                    helper.clone(),
+                    limits.clone(),
+                    slots,
+                ));
+                warm.fill();
+                Runner::Sandbox { helper, limits, warm: Some(warm) }
             };
             let store_dir = store
                 .unwrap_or_else(|| discomy_wrapper::identity::cache_dir().join("worker-store"));
@@ -201,8 +211,7 @@ async fn run() -> Result<()> {
             }
             let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let config = WorkerConfig {
-                slots: slots
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                slots,
                 auth,
                 runner,
                 node_name: bound.to_string(),

@@ -16,6 +16,13 @@
 //!   caller's uid, not root, so `exec` leaves no capabilities), the parent-death signal, and
 //!   `exec` of the program, which stays PID 1.
 //!
+//! `--warm` starts stage 1 ahead of time: it makes the run's cgroups and joins them itself, then
+//! waits for the run's own options on stdin (NUL-separated, `--` and the program included).
+//! Joining a cgroup (v1) waits for an RCU grace period, about 10 ms on a busy host; a warm
+//! helper pays it while the worker is still busy with other units, and stage 2 inherits the
+//! cgroups. A warm helper cannot remove its own cgroups; a later helper removes them once this
+//! one's pid is gone.
+//!
 //! `--probe` does all of it with `/` as the tree and a temporary work directory, and stops short
 //! of running a program. Every failure before the program runs exits 125 with one line
 //! `discomy-sandbox: <what failed>: <errno>` on stderr (and in `--status-file`).
@@ -23,6 +30,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileExt, symlink};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -68,8 +76,13 @@ struct Cli {
     work: Option<PathBuf>,
     /// A unit tree (files at their absolute paths) laid over the toolchain tree with overlayfs,
     /// read-only: source-mode units see the client's files where the client saw them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overlay_files")]
     overlay: Option<PathBuf>,
+    /// Like --overlay, with the unit tree built by the helper in a tmpfs of its own from FILE:
+    /// NUL-separated pairs of an absolute path and the file copied there (an empty source
+    /// makes a directory).
+    #[arg(long, value_name = "FILE")]
+    overlay_files: Option<PathBuf>,
     /// The program's working directory (absolute, inside the sandbox) instead of the work
     /// directory; it must exist in the tree or the overlay.
     #[arg(long)]
@@ -108,6 +121,10 @@ struct Cli {
     /// Check that sandboxes can be created here, then exit.
     #[arg(long)]
     probe: bool,
+    /// Make and join the run's cgroups now, then read the run's other options (NUL-separated,
+    /// `--` and the program included) from stdin, and go on as if they had been given here.
+    #[arg(long)]
+    warm: bool,
     /// Internal: run stage 2 with this new root.
     #[arg(long, hide = true)]
     stage2: Option<PathBuf>,
@@ -145,7 +162,8 @@ fn main() -> ExitCode {
         cli.status_file.as_ref().and_then(|p| OpenOptions::new().write(true).open(p).ok());
     let result = match &cli.stage2 {
         Some(newroot) => stage2(&cli, newroot),
-        None => stage1(&cli, &mut status),
+        None if cli.warm => warm(&cli, &mut status),
+        None => cgroups_for(&cli).and_then(|cgroups| stage1(&cli, &mut status, cgroups)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -182,7 +200,63 @@ impl Cli {
 // Stage 1
 // ---------------------------------------------------------------------------------------------
 
-fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
+/// Most bytes of options a warm helper accepts on stdin.
+const MAX_WARM_OPTIONS: u64 = 1 << 20;
+
+/// `--warm`: the cgroups first (joined by this process, so stage 2 inherits them without a
+/// migration of its own), then the run's options from stdin, then stage 1 as usual. An empty
+/// stdin means the worker let this helper go unused: it exits quietly.
+fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
+    let mut cgroups = cgroups_for(base)?;
+    for dir in &cgroups.dirs {
+        // This process counts against pids.max too.
+        if dir.join("pids.max").exists() {
+            fs::write(dir.join("pids.max"), base.nproc.saturating_add(1).to_string())
+                .with_context(|| format!("set pids.max of {}", dir.display()))?;
+        }
+        fs::write(dir.join("cgroup.procs"), "0")
+            .with_context(|| format!("join cgroup {}", dir.display()))?;
+    }
+    cgroups.joined_by_stage1 = true;
+    let mut options = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(io::stdin(), MAX_WARM_OPTIONS + 1), &mut options)
+        .context("read the run's options from stdin")?;
+    if options.is_empty() {
+        return Ok(0);
+    }
+    if options.len() as u64 > MAX_WARM_OPTIONS {
+        bail!("more than {MAX_WARM_OPTIONS} bytes of options on stdin");
+    }
+    let mut argv: Vec<OsString> = std::env::args_os().filter(|a| a != "--warm").collect();
+    for option in options.strip_suffix(b"\0").unwrap_or(&options).split(|&b| b == 0) {
+        argv.push(OsString::from_vec(option.to_vec()));
+    }
+    let cli = Cli::try_parse_from(argv).map_err(|e| {
+        let text = e.render().to_string();
+        anyhow!(
+            "options on stdin: {}",
+            text.lines().next().unwrap_or("invalid").trim_start_matches("error: ")
+        )
+    })?;
+    if cli.warm || cli.stage2.is_some() || cli.probe {
+        bail!("options on stdin: --warm, --probe and stage 2 options are not accepted there");
+    }
+    stage1(&cli, status, cgroups)
+}
+
+/// The run's cgroups as the options ask for them (none unprivileged without a parent).
+fn cgroups_for(cli: &Cli) -> Result<Cgroups> {
+    let privileged = geteuid().is_root();
+    if cli.no_cgroup || (!privileged && cli.cgroup_parent.is_empty()) {
+        Ok(Cgroups::default())
+    } else if cli.cgroup_parent.is_empty() {
+        Cgroups::create(&own_cgroup_parents(), false, cli)
+    } else {
+        Cgroups::create(&cli.cgroup_parent, true, cli)
+    }
+}
+
+fn stage1(cli: &Cli, status: &mut Option<File>, cgroups: Cgroups) -> Result<u8> {
     let tree = fs::canonicalize(&cli.root)
         .with_context(|| format!("toolchain tree {}", cli.root.display()))?;
     if !tree.is_dir() {
@@ -232,13 +306,6 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
         bail!("refusing to run the program as uid/gid 0 (--uid/--gid)");
     }
 
-    let cgroups = if cli.no_cgroup || (!privileged && cli.cgroup_parent.is_empty()) {
-        Cgroups::default()
-    } else if cli.cgroup_parent.is_empty() {
-        Cgroups::create(&own_cgroup_parents(), false, cli)?
-    } else {
-        Cgroups::create(&cli.cgroup_parent, true, cli)?
-    };
     if privileged {
         chown(&work, Some(Uid::from_raw(cli.uid)), Some(Gid::from_raw(cli.gid)))
             .with_context(|| format!("chown {} to {}:{}", work.display(), cli.uid, cli.gid))?;
@@ -270,7 +337,13 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
     }
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("make mounts private")?;
-    // Lives in this private mount namespace only; the mount point is removed on the way out.
+    // Both live in this private mount namespace only; their mount points are removed on the
+    // way out (the unit tree after the overlay above it: declared first, dropped last).
+    let unit_tree = match &cli.overlay_files {
+        Some(list) => Some(build_unit_tree(list)?),
+        None => None,
+    };
+    let overlay = unit_tree.as_ref().map(|t| t.path().to_path_buf()).or(overlay);
     let merged = match &overlay {
         Some(unit) => Some(merge_trees(unit, &tree).map_err(|e| {
             let hint = if privileged { String::new() } else { userns_hint() };
@@ -295,7 +368,13 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
         .arg(format!("--uid={}", cli.uid))
         .arg(format!("--gid={}", cli.gid))
         .args(cli.status_file.iter().map(|p| stage2_flag("status-file", p.as_os_str())))
-        .args(cgroups.dirs.iter().map(|d| stage2_flag("join-cgroup", d.as_os_str())))
+        .args(
+            cgroups
+                .dirs
+                .iter()
+                .filter(|_| !cgroups.joined_by_stage1)
+                .map(|d| stage2_flag("join-cgroup", d.as_os_str())),
+        )
         .args(cli.env.iter().map(|kv| format!("--env={kv}")))
         .args(cli.cwd.iter().map(|p| stage2_flag("cwd", p.as_os_str())));
     if !privileged {
@@ -354,12 +433,6 @@ fn stage1(cli: &Cli, status: &mut Option<File>) -> Result<u8> {
         let _ = writeln!(io::stdout(), "mode={mode}; cgroups={cgroups}");
     }
     Ok(u8::try_from(exit).unwrap_or(255))
-}
-
-fn stage2_flag(name: &str, value: &std::ffi::OsStr) -> OsString {
-    let mut arg = OsString::from(format!("--{name}="));
-    arg.push(value);
-    arg
 }
 
 fn millis(t: TimeVal) -> u64 {
@@ -441,6 +514,72 @@ fn remove_stale_mount_points() {
 
 /// Mounts a read-only overlayfs of `unit` over `tree` on a fresh mount point, which is
 /// unmounted and removed when the returned guard is dropped.
+/// Most bytes of a unit tree list.
+const MAX_TREE_LIST: u64 = 64 << 20;
+
+/// The unit tree of `--overlay-files`, in a fresh tmpfs sized for it: directories as listed,
+/// files copied from their sources. Paths must be absolute and normalised.
+fn build_unit_tree(list: &Path) -> Result<NewRoot> {
+    let mut text = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(File::open(list).context("open the unit tree list")?, MAX_TREE_LIST),
+        &mut text,
+    )
+    .context("read the unit tree list")?;
+    let fields: Vec<&[u8]> = text.strip_suffix(b"\0").unwrap_or(&text).split(|&b| b == 0).collect();
+    if fields.len() % 2 != 0 {
+        bail!("unit tree list: an odd number of fields");
+    }
+    let mut entries = Vec::with_capacity(fields.len() / 2);
+    let mut bytes: u64 = 0;
+    for pair in fields.chunks(2) {
+        let path = std::str::from_utf8(pair[0]).context("unit tree list: a path is not UTF-8")?;
+        let normal = path.starts_with('/')
+            && path.len() > 1
+            && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        if !normal {
+            bail!("unit tree list: {path:?} is not an absolute normalised path");
+        }
+        let source =
+            (!pair[1].is_empty()).then(|| PathBuf::from(OsString::from_vec(pair[1].to_vec())));
+        if let Some(src) = &source {
+            bytes += fs::metadata(src).with_context(|| format!("{}", src.display()))?.len();
+        }
+        entries.push((path, source));
+    }
+    let root = NewRoot(Some(
+        tempfile::Builder::new()
+            .prefix(&format!("{ROOT_PREFIX}{}-unit-", std::process::id()))
+            .tempdir()
+            .context("create the unit tree's mount point")?,
+    ));
+    // Data plus room for the directories and rounding to pages.
+    let size = bytes + (entries.len() as u64 + 64) * 8192;
+    mount(
+        Some("tmpfs"),
+        root.path(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("mode=0755,size={size}").as_str()),
+    )
+    .context("mount the unit tree's tmpfs")?;
+    for (path, source) in entries {
+        let dst = root.path().join(&path[1..]);
+        match source {
+            None => fs::create_dir_all(&dst).with_context(|| format!("create {path}"))?,
+            Some(src) => {
+                if let Some(parent) = dst.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("create the directory of {path}"))?;
+                }
+                fs::copy(&src, &dst)
+                    .with_context(|| format!("copy {} to {path}", src.display()))?;
+            }
+        }
+    }
+    Ok(root)
+}
+
 fn merge_trees(unit: &Path, tree: &Path) -> Result<NewRoot> {
     for dir in [unit, tree] {
         let text = dir.to_str().ok_or_else(|| anyhow!("{} is not UTF-8", dir.display()))?;
@@ -578,10 +717,12 @@ fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<()> {
 // Cgroups
 // ---------------------------------------------------------------------------------------------
 
-/// The run's cgroups (one per hierarchy); removed when dropped.
+/// The run's cgroups (one per hierarchy); removed when dropped, unless stage 1 is in them.
 #[derive(Default)]
 struct Cgroups {
     dirs: Vec<PathBuf>,
+    /// A warm helper joined them itself: they cannot be removed while it lives.
+    joined_by_stage1: bool,
 }
 
 impl Cgroups {
@@ -619,6 +760,9 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
+        if self.joined_by_stage1 {
+            return; // removed by a later helper once this pid is gone
+        }
         for dir in &self.dirs {
             // The namespace's processes are gone once PID 1 is reaped, but the cgroup may take
             // a moment to notice.
@@ -736,6 +880,12 @@ fn keyed_value(path: &Path, key: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Stage 2
 // ---------------------------------------------------------------------------------------------
+
+fn stage2_flag(name: &str, value: &std::ffi::OsStr) -> OsString {
+    let mut arg = OsString::from(format!("--{name}="));
+    arg.push(value);
+    arg
+}
 
 fn stage2(cli: &Cli, newroot: &Path) -> Result<u8> {
     let mut env = cli.env_pairs()?;
