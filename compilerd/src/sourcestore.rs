@@ -131,28 +131,32 @@ impl SourceStore {
     /// (a directory). The helper copies them into a tmpfs of its own, so the tree costs no
     /// directories or links on this disk and needs no removal.
     pub fn tree_list(&self, files: &[SourceFile], cwd: &str) -> Materialized {
-        let missing = self.missing(files);
-        if !missing.is_empty() {
-            return Materialized::Missing(missing);
-        }
         let now = SystemTime::now();
         let mut list = Vec::new();
+        let mut missing = Vec::new();
         for file in files {
             let src = self.blob_path(&file.digest);
+            // One stat per blob: whether it is here, and when it was last used.
+            let Ok(modified) = fs::metadata(&src).and_then(|m| m.modified()) else {
+                missing.push(file.digest);
+                continue;
+            };
             list.extend_from_slice(file.path.as_bytes());
             list.push(0);
             list.extend_from_slice(src.as_os_str().as_encoded_bytes());
             list.push(0);
             // Least recently used: a use refreshes the blob's modification time (at most every
             // few minutes: it is a metadata write).
-            let stale = fs::metadata(&src)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > TOUCH_AFTER);
-            if stale {
+            if now.duration_since(modified).unwrap_or_default() > TOUCH_AFTER {
                 if let Ok(f) = fs::File::options().append(true).open(&src) {
                     let _ = f.set_modified(now);
                 }
             }
+        }
+        if !missing.is_empty() {
+            missing.sort_by_key(|d| d.0);
+            missing.dedup();
+            return Materialized::Missing(missing);
         }
         list.extend_from_slice(cwd.as_bytes());
         list.extend_from_slice(b"\0\0");

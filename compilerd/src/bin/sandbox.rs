@@ -16,8 +16,8 @@
 //!   caller's uid, not root, so `exec` leaves no capabilities), the parent-death signal, and
 //!   `exec` of the program, which stays PID 1.
 //!
-//! `--warm` starts stage 1 ahead of time: it makes the run's cgroups and joins them itself, then
-//! waits for the run's own options on stdin (NUL-separated, `--` and the program included).
+//! `--warm` starts stage 1 ahead of time: it makes the run's cgroups and joins them itself and
+//! enters its namespaces, then waits for the run's own options on stdin (NUL-separated, `--` and the program included).
 //! Joining a cgroup (v1) waits for an RCU grace period, about 10 ms on a busy host; a warm
 //! helper pays it while the worker is still busy with other units, and stage 2 inherits the
 //! cgroups. A warm helper cannot remove its own cgroups; a later helper removes them once this
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     let result = match &cli.stage2 {
         Some(newroot) => stage2(&cli, newroot),
         None if cli.warm => warm(&cli, &mut status),
-        None => cgroups_for(&cli).and_then(|cgroups| stage1(&cli, &mut status, cgroups)),
+        None => cgroups_for(&cli).and_then(|cgroups| stage1(&cli, &mut status, cgroups, None)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -204,8 +204,8 @@ impl Cli {
 const MAX_WARM_OPTIONS: u64 = 1 << 20;
 
 /// `--warm`: the cgroups first (joined by this process, so stage 2 inherits them without a
-/// migration of its own), then the run's options from stdin, then stage 1 as usual. An empty
-/// stdin means the worker let this helper go unused: it exits quietly.
+/// migration of its own) and the namespaces, then the run's options from stdin, then stage 1 as
+/// usual. An empty stdin means the worker let this helper go unused: it exits quietly.
 fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
     let mut cgroups = cgroups_for(base)?;
     for dir in &cgroups.dirs {
@@ -218,6 +218,8 @@ fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
             .with_context(|| format!("join cgroup {}", dir.display()))?;
     }
     cgroups.joined_by_stage1 = true;
+    // The namespaces do not depend on the run either.
+    let entered = enter_namespaces()?;
     let mut options = Vec::new();
     io::Read::read_to_end(&mut io::Read::take(io::stdin(), MAX_WARM_OPTIONS + 1), &mut options)
         .context("read the run's options from stdin")?;
@@ -241,7 +243,7 @@ fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
     if cli.warm || cli.stage2.is_some() || cli.probe {
         bail!("options on stdin: --warm, --probe and stage 2 options are not accepted there");
     }
-    stage1(&cli, status, cgroups)
+    stage1(&cli, status, cgroups, Some(entered))
 }
 
 /// The run's cgroups as the options ask for them (none unprivileged without a parent).
@@ -256,7 +258,47 @@ fn cgroups_for(cli: &Cli) -> Result<Cgroups> {
     }
 }
 
-fn stage1(cli: &Cli, status: &mut Option<File>, cgroups: Cgroups) -> Result<u8> {
+/// Stage 1's namespaces, entered (and its mounts made private).
+#[derive(Clone, Copy)]
+struct Namespaces {
+    privileged: bool,
+    outer_uid: Uid,
+    outer_gid: Gid,
+}
+
+/// Leaves the caller's mount, PID (for children), network, IPC and UTS namespaces (and user
+/// namespace when not root), after removing mount points that killed helpers left behind.
+fn enter_namespaces() -> Result<Namespaces> {
+    let privileged = geteuid().is_root();
+    let (outer_uid, outer_gid) = (getuid(), getgid());
+    remove_stale_mount_points();
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if !privileged {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    unshare(flags).map_err(|e| {
+        let hint = if privileged { String::new() } else { userns_hint() };
+        anyhow!("unshare namespaces: {e}{hint}")
+    })?;
+    if !privileged {
+        write_id_maps(0, outer_uid.as_raw(), 0, outer_gid.as_raw())
+            .map_err(|e| anyhow!("{e:#}{}", userns_hint()))?;
+    }
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("make mounts private")?;
+    Ok(Namespaces { privileged, outer_uid, outer_gid })
+}
+
+fn stage1(
+    cli: &Cli,
+    status: &mut Option<File>,
+    cgroups: Cgroups,
+    entered: Option<Namespaces>,
+) -> Result<u8> {
     let tree = fs::canonicalize(&cli.root)
         .with_context(|| format!("toolchain tree {}", cli.root.display()))?;
     if !tree.is_dir() {
@@ -300,17 +342,17 @@ fn stage1(cli: &Cli, status: &mut Option<File>, cgroups: Cgroups) -> Result<u8> 
         }
     }
     cli.env_pairs()?;
-    let privileged = geteuid().is_root();
-    let (outer_uid, outer_gid) = (getuid(), getgid());
+    let Namespaces { privileged, outer_uid, outer_gid } = match entered {
+        Some(ns) => ns,
+        None => enter_namespaces()?,
+    };
     if privileged && (cli.uid == 0 || cli.gid == 0) {
         bail!("refusing to run the program as uid/gid 0 (--uid/--gid)");
     }
-
     if privileged {
         chown(&work, Some(Uid::from_raw(cli.uid)), Some(Gid::from_raw(cli.gid)))
             .with_context(|| format!("chown {} to {}:{}", work.display(), cli.uid, cli.gid))?;
     }
-    remove_stale_mount_points();
     let newroot = NewRoot(Some(
         tempfile::Builder::new()
             .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
@@ -318,25 +360,6 @@ fn stage1(cli: &Cli, status: &mut Option<File>, cgroups: Cgroups) -> Result<u8> 
             .context("create the new root's mount point")?,
     ));
     let newroot_path = newroot.path().to_path_buf();
-
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if !privileged {
-        flags |= CloneFlags::CLONE_NEWUSER;
-    }
-    unshare(flags).map_err(|e| {
-        let hint = if privileged { String::new() } else { userns_hint() };
-        anyhow!("unshare namespaces: {e}{hint}")
-    })?;
-    if !privileged {
-        write_id_maps(0, outer_uid.as_raw(), 0, outer_gid.as_raw())
-            .map_err(|e| anyhow!("{e:#}{}", userns_hint()))?;
-    }
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("make mounts private")?;
     // Both live in this private mount namespace only; their mount points are removed on the
     // way out (the unit tree after the overlay above it: declared first, dropped last).
     let unit_tree = match &cli.overlay_files {
@@ -563,14 +586,16 @@ fn build_unit_tree(list: &Path) -> Result<NewRoot> {
         Some(format!("mode=0755,size={size}").as_str()),
     )
     .context("mount the unit tree's tmpfs")?;
+    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for (path, source) in entries {
         let dst = root.path().join(&path[1..]);
         match source {
             None => fs::create_dir_all(&dst).with_context(|| format!("create {path}"))?,
             Some(src) => {
-                if let Some(parent) = dst.parent() {
+                if let Some(parent) = dst.parent().filter(|p| !made.contains(*p)) {
                     fs::create_dir_all(parent)
                         .with_context(|| format!("create the directory of {path}"))?;
+                    made.insert(parent.to_path_buf());
                 }
                 fs::copy(&src, &dst)
                     .with_context(|| format!("copy {} to {path}", src.display()))?;
