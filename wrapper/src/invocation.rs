@@ -89,9 +89,13 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// Whether `candidate` is this very binary (through any links): the same file, by device and
+/// inode. Two `stat`s, where resolving every link of every PATH candidate took dozens of calls.
 fn is_self(candidate: &Path, self_exe: Option<&Path>) -> bool {
-    match (candidate.canonicalize().ok(), self_exe) {
-        (Some(c), Some(me)) => c == me,
+    use std::os::unix::fs::MetadataExt;
+    let Some(me) = self_exe else { return false };
+    match (candidate.metadata(), me.metadata()) {
+        (Ok(c), Ok(m)) => (c.dev(), c.ino()) == (m.dev(), m.ino()),
         _ => false,
     }
 }
