@@ -7,9 +7,12 @@
 //! mounted from inside it:
 //! - stage 1 (this process, in the caller's PID namespace): per-run cgroups (root only), then
 //!   `unshare` of the mount, PID, network, IPC and UTS namespaces, and of a user namespace when
-//!   not root (mapping uid 0 inside to the caller); private mounts; the new root (a tmpfs with
-//!   read-only binds of the tree, the work directory at `/tmp`, a few devices), made read-only;
-//!   then it runs stage 2, waits, and records the outcome;
+//!   not root (mapping uid 0 inside to the caller); private mounts; a scratch tmpfs for every
+//!   mount point of the run (nothing to unmount or remove afterwards: the namespace takes its
+//!   mounts along, and a later helper removes the one empty directory left in the temporary
+//!   directory); the new root (a tmpfs with read-only binds of the tree, the work directory at
+//!   `/tmp`, a few devices), made read-only; then it runs stage 2, waits, and records the
+//!   outcome;
 //! - stage 2 (`--stage2`, PID 1 of the new namespace): its own mount namespace, `/proc`, cgroup
 //!   membership, `pivot_root` with the old root detached, `no_new_privs`, rlimits, the privilege
 //!   drop (root: `setresuid` to `--uid`; unprivileged: a nested user namespace where it is the
@@ -258,12 +261,14 @@ fn cgroups_for(cli: &Cli) -> Result<Cgroups> {
     }
 }
 
-/// Stage 1's namespaces, entered (and its mounts made private).
-#[derive(Clone, Copy)]
+/// Stage 1's namespaces, entered (and its mounts made private), and a scratch tmpfs for its
+/// mount points.
+#[derive(Clone)]
 struct Namespaces {
     privileged: bool,
     outer_uid: Uid,
     outer_gid: Gid,
+    scratch: PathBuf,
 }
 
 /// Leaves the caller's mount, PID (for children), network, IPC and UTS namespaces (and user
@@ -290,7 +295,30 @@ fn enter_namespaces() -> Result<Namespaces> {
     }
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("make mounts private")?;
-    Ok(Namespaces { privileged, outer_uid, outer_gid })
+    // Every mount point of the run lives in this tmpfs, in this namespace only: nothing is left
+    // to unmount or remove when the namespace goes with this process, except the one empty
+    // directory under the temporary directory, which a later helper removes.
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .context("create the scratch mount point")?
+        .keep();
+    mount(
+        Some("tmpfs"),
+        &scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=64k"),
+    )
+    .context("mount the scratch tmpfs")?;
+    Ok(Namespaces { privileged, outer_uid, outer_gid, scratch })
+}
+
+/// A fresh mount point `name` in the scratch tmpfs.
+fn mount_point(scratch: &Path, name: &str) -> Result<PathBuf> {
+    let dir = scratch.join(name);
+    fs::create_dir(&dir).with_context(|| format!("create mount point {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn stage1(
@@ -342,7 +370,7 @@ fn stage1(
         }
     }
     cli.env_pairs()?;
-    let Namespaces { privileged, outer_uid, outer_gid } = match entered {
+    let Namespaces { privileged, outer_uid, outer_gid, scratch } = match entered {
         Some(ns) => ns,
         None => enter_namespaces()?,
     };
@@ -353,28 +381,20 @@ fn stage1(
         chown(&work, Some(Uid::from_raw(cli.uid)), Some(Gid::from_raw(cli.gid)))
             .with_context(|| format!("chown {} to {}:{}", work.display(), cli.uid, cli.gid))?;
     }
-    let newroot = NewRoot(Some(
-        tempfile::Builder::new()
-            .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
-            .tempdir()
-            .context("create the new root's mount point")?,
-    ));
-    let newroot_path = newroot.path().to_path_buf();
-    // Both live in this private mount namespace only; their mount points are removed on the
-    // way out (the unit tree after the overlay above it: declared first, dropped last).
+    let newroot_path = mount_point(&scratch, "root")?;
     let unit_tree = match &cli.overlay_files {
-        Some(list) => Some(build_unit_tree(list)?),
+        Some(list) => Some(build_unit_tree(list, &scratch)?),
         None => None,
     };
-    let overlay = unit_tree.as_ref().map(|t| t.path().to_path_buf()).or(overlay);
+    let overlay = unit_tree.or(overlay);
     let merged = match &overlay {
-        Some(unit) => Some(merge_trees(unit, &tree).map_err(|e| {
+        Some(unit) => Some(merge_trees(unit, &tree, &scratch).map_err(|e| {
             let hint = if privileged { String::new() } else { userns_hint() };
             anyhow!("{e:#}{hint}")
         })?),
         None => None,
     };
-    let tree = merged.as_ref().map_or(tree, |m| m.path().to_path_buf());
+    let tree = merged.unwrap_or(tree);
     build_root(&tree, &work, &newroot_path).map_err(|e| {
         let hint = if privileged { String::new() } else { userns_hint() };
         anyhow!("{e:#}{hint}")
@@ -417,7 +437,6 @@ fn stage1(
     let (pids_max_events, oom_kills) = cgroups.events();
     let cgroup_dirs: Vec<String> = cgroups.dirs.iter().map(|d| d.display().to_string()).collect();
     drop(cgroups);
-    drop(newroot);
 
     let stage2_failed = cli
         .status_file
@@ -497,24 +516,6 @@ fn write_id_maps(inner_uid: u32, outer_uid: u32, inner_gid: u32, outer_gid: u32)
     Ok(())
 }
 
-/// The new root's mount point; unmounted and removed when dropped.
-struct NewRoot(Option<tempfile::TempDir>);
-
-impl NewRoot {
-    fn path(&self) -> &Path {
-        self.0.as_ref().map_or(Path::new("/nonexistent"), |d| d.path())
-    }
-}
-
-impl Drop for NewRoot {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
-            let _ = dir.close();
-        }
-    }
-}
-
 /// Removes the (empty) mount points of helpers that were killed before they could: a mount
 /// point is only a mount point in its helper's namespace, which died with it.
 fn remove_stale_mount_points() {
@@ -542,7 +543,7 @@ const MAX_TREE_LIST: u64 = 64 << 20;
 
 /// The unit tree of `--overlay-files`, in a fresh tmpfs sized for it: directories as listed,
 /// files copied from their sources. Paths must be absolute and normalised.
-fn build_unit_tree(list: &Path) -> Result<NewRoot> {
+fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
     let mut text = Vec::new();
     io::Read::read_to_end(
         &mut io::Read::take(File::open(list).context("open the unit tree list")?, MAX_TREE_LIST),
@@ -570,17 +571,12 @@ fn build_unit_tree(list: &Path) -> Result<NewRoot> {
         }
         entries.push((path, source));
     }
-    let root = NewRoot(Some(
-        tempfile::Builder::new()
-            .prefix(&format!("{ROOT_PREFIX}{}-unit-", std::process::id()))
-            .tempdir()
-            .context("create the unit tree's mount point")?,
-    ));
+    let root = mount_point(scratch, "unit")?;
     // Data plus room for the directories and rounding to pages.
     let size = bytes + (entries.len() as u64 + 64) * 8192;
     mount(
         Some("tmpfs"),
-        root.path(),
+        &root,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(format!("mode=0755,size={size}").as_str()),
@@ -588,7 +584,7 @@ fn build_unit_tree(list: &Path) -> Result<NewRoot> {
     .context("mount the unit tree's tmpfs")?;
     let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for (path, source) in entries {
-        let dst = root.path().join(&path[1..]);
+        let dst = root.join(&path[1..]);
         match source {
             None => fs::create_dir_all(&dst).with_context(|| format!("create {path}"))?,
             Some(src) => {
@@ -605,23 +601,18 @@ fn build_unit_tree(list: &Path) -> Result<NewRoot> {
     Ok(root)
 }
 
-fn merge_trees(unit: &Path, tree: &Path) -> Result<NewRoot> {
+fn merge_trees(unit: &Path, tree: &Path, scratch: &Path) -> Result<PathBuf> {
     for dir in [unit, tree] {
         let text = dir.to_str().ok_or_else(|| anyhow!("{} is not UTF-8", dir.display()))?;
         if text.contains([':', ',', '\\']) || dir == Path::new("/") {
             bail!("{} cannot be an overlay layer", dir.display());
         }
     }
-    let merged = NewRoot(Some(
-        tempfile::Builder::new()
-            .prefix(&format!("{ROOT_PREFIX}{}-merged-", std::process::id()))
-            .tempdir()
-            .context("create the overlay's mount point")?,
-    ));
+    let merged = mount_point(scratch, "merged")?;
     let options = format!("lowerdir={}:{}", unit.display(), tree.display());
     mount(
         Some("overlay"),
-        merged.path(),
+        &merged,
         Some("overlay"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
