@@ -194,6 +194,7 @@ async fn client(
             bytes_in: 300_000,
             work: 10_000 + (tag % 40_000),
             priority: 0,
+            unit: 1 + tag % 5_000,
         })
     };
     for _ in 0..window {

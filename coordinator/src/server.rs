@@ -298,6 +298,7 @@ async fn serve_agent(
                         toolchain: p.toolchain.0,
                         bytes_in: p.bytes_in,
                         work: p.work,
+                        unit: p.unit,
                     };
                     shared.core().place(id, p.tag, spec, &tx);
                 }

@@ -24,6 +24,8 @@
 //! submitters, largest job first within a submitter (longest-processing-time order).
 
 mod clock;
+mod history;
+mod plan;
 mod queue;
 mod speed;
 #[cfg(test)]
@@ -32,8 +34,9 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub use clock::{Clock, ManualClock, Millis, MonotonicClock};
+pub use history::{CostHistory, UnitKey};
 pub use queue::FairQueue;
-pub use speed::Speed;
+pub use speed::{Sample, Speed, cpu_share};
 
 /// A node's id, given by the caller.
 pub type NodeId = u64;
@@ -117,6 +120,9 @@ pub struct JobSpec {
     /// Estimated work: bytes of the unit that come from its main file (headers dominate the
     /// preprocessed size but not the compile time). 0: unknown, `bytes_in` is used.
     pub work: u64,
+    /// The agent's key for the unit (source name, arguments, compiler), under which the cost
+    /// history remembers what it cost before; 0: none.
+    pub unit: UnitKey,
 }
 
 impl JobSpec {
@@ -154,14 +160,23 @@ pub struct Assignment {
     pub explore: bool,
 }
 
-/// `(node, placed at, estimated ms)`.
-type Placed = (NodeId, Millis, f64);
-
 #[derive(Debug, Clone)]
 struct Job {
     spec: JobSpec,
-    /// Set once placed.
-    placed: Option<Placed>,
+    /// The cost estimate: the history's, else the agent's size estimate (work units).
+    work: f64,
+    /// The node, once placed.
+    placed: Option<NodeId>,
+}
+
+/// A job placed on a node.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    job: JobId,
+    /// When it was placed.
+    at: Millis,
+    /// Its estimated time there, ms.
+    est: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +187,7 @@ struct Node {
     last_seen: Millis,
     speed: Speed,
     /// Placed jobs, in placement order (running first, then preloaded).
-    assigned: Vec<JobId>,
+    assigned: Vec<Slot>,
     /// A toolchain being installed: no other job needing an install goes here meanwhile.
     installing: Option<ToolchainKey>,
     exploring: bool,
@@ -230,8 +245,10 @@ pub struct Scheduler {
     queue: FairQueue,
     next_job: JobId,
     running_by_submitter: HashMap<String, usize>,
-    /// Node → the held job that waits for it; no other job takes that node's room meanwhile.
-    reserved: HashMap<NodeId, JobId>,
+    /// What units cost before.
+    history: CostHistory,
+    /// Reused by each dispatch for the queue's service order.
+    order_buf: Vec<JobId>,
 }
 
 impl Scheduler {
@@ -291,18 +308,17 @@ impl Scheduler {
     /// A node is gone: it is forgotten, and its jobs go back to the front of their queues
     /// (returned, so a caller that cannot re-place them can cancel them).
     pub fn node_lost(&mut self, id: NodeId, _now: Millis) -> Vec<JobId> {
-        self.reserved.remove(&id);
         let Some(node) = self.nodes.remove(&id) else { return Vec::new() };
         let mut requeued = Vec::new();
-        for job_id in node.assigned.iter().rev() {
-            if let Some(job) = self.jobs.get_mut(job_id) {
+        for slot in &node.assigned {
+            if let Some(job) = self.jobs.get_mut(&slot.job) {
                 job.placed = None;
                 let s = &job.spec;
                 if let Some(r) = self.running_by_submitter.get_mut(&s.submitter) {
                     *r = r.saturating_sub(1);
                 }
-                self.queue.push(s.priority, &s.submitter, *job_id, true);
-                requeued.push(*job_id);
+                self.queue.push(s.priority, &s.submitter, slot.job, job.work);
+                requeued.push(slot.job);
             }
         }
         requeued
@@ -312,8 +328,9 @@ impl Scheduler {
     pub fn submit(&mut self, spec: JobSpec) -> JobId {
         self.next_job += 1;
         let id = self.next_job;
-        self.queue.push(spec.priority, &spec.submitter, id, false);
-        self.jobs.insert(id, Job { spec, placed: None });
+        let work = self.history.estimate(spec.unit).unwrap_or(spec.work() as f64);
+        self.queue.push(spec.priority, &spec.submitter, id, work);
+        self.jobs.insert(id, Job { spec, work, placed: None });
         id
     }
 
@@ -322,15 +339,28 @@ impl Scheduler {
         self.remove_job(job);
     }
 
-    /// A placed job ended; a successful one teaches its node's speed.
+    /// A placed job ended; a successful one teaches its node's speed and the unit's cost.
     pub fn finish(&mut self, job: JobId, stats: JobStats, now: Millis) {
-        let Some((spec, placed)) = self.remove_job(job) else { return };
-        let Some((node_id, _, _)) = placed else { return };
+        let Some((spec, work, placed)) = self.remove_job(job) else { return };
+        let Some(node_id) = placed else { return };
         if let Some(n) = self.nodes.get_mut(&node_id) {
             n.done_total += 1;
             n.exploring = false;
             if stats.ok {
-                n.speed.add(spec.work(), stats.wall_ms, stats.cpu_ms, now);
+                // The unit's cost: its compile time with the CPU to itself, at this node's rate
+                // as the other jobs taught it (this one would make any cost look typical).
+                if stats.cpu_ms > 0 && n.speed.samples > 0 {
+                    let full_s = stats.cpu_ms as f64 * cpu_share(n.load.foreign_load) / 1000.0;
+                    self.history.learn(spec.unit, full_s * n.speed.rate_bps);
+                }
+                let sample = Sample {
+                    work,
+                    bytes_in: spec.bytes_in,
+                    wall_ms: stats.wall_ms,
+                    cpu_ms: stats.cpu_ms,
+                    foreign_load: n.load.foreign_load,
+                };
+                n.speed.add(&sample, now);
                 n.toolchains.insert(spec.toolchain);
             }
             if n.installing == Some(spec.toolchain) {
@@ -339,13 +369,12 @@ impl Scheduler {
         }
     }
 
-    fn remove_job(&mut self, job: JobId) -> Option<(JobSpec, Option<Placed>)> {
+    fn remove_job(&mut self, job: JobId) -> Option<(JobSpec, f64, Option<NodeId>)> {
         let j = self.jobs.remove(&job)?;
-        self.reserved.retain(|_, r| *r != job);
         match j.placed {
-            Some((node, _, _)) => {
+            Some(node) => {
                 if let Some(n) = self.nodes.get_mut(&node) {
-                    n.assigned.retain(|x| *x != job);
+                    n.assigned.retain(|s| s.job != job);
                 }
                 if let Some(r) = self.running_by_submitter.get_mut(&j.spec.submitter) {
                     *r = r.saturating_sub(1);
@@ -353,250 +382,12 @@ impl Scheduler {
             }
             None => self.queue.take(j.spec.priority, &j.spec.submitter, job),
         }
-        Some((j.spec, j.placed))
-    }
-
-    /// Places as many queued jobs as the farm has room for, fairly.
-    pub fn dispatch(&mut self, now: Millis) -> Vec<Assignment> {
-        let mut out = Vec::new();
-        if self.queue.is_empty() {
-            return out;
-        }
-        // Speeds only change in `finish`: one scan serves the whole dispatch.
-        let reference = self.reference_bps();
-        loop {
-            let mut placed_any = false;
-            for (prio, submitter) in self.queue.order() {
-                let Some(a) = self.place_one(prio, &submitter, now, reference) else { continue };
-                out.push(a);
-                placed_any = true;
-                // One job per turn: go back to the (rotated) service order.
-                break;
-            }
-            if !placed_any {
-                return out;
-            }
-        }
-    }
-
-    /// Picks one job of this submitter and a node for it, or nothing.
-    fn place_one(
-        &mut self,
-        prio: u8,
-        submitter: &str,
-        now: Millis,
-        reference: f64,
-    ) -> Option<Assignment> {
-        let queued: Vec<(JobId, u64, ToolchainKey)> = self
-            .queue
-            .jobs_of(prio, submitter)
-            .iter()
-            .filter_map(|id| self.jobs.get(id).map(|j| (*id, j.spec.work(), j.spec.toolchain)))
-            .collect();
-        if queued.is_empty() {
-            return None;
-        }
-        // Exploration first: a learning or stale node gets a typical job.
-        if let Some(a) = self.explore(&queued, now) {
-            self.commit(a, now, reference);
-            return Some(a);
-        }
-        // Largest job first (LPT), then the next ones if the largest must wait.
-        let mut by_size = queued.clone();
-        by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        for (job, _, _) in by_size {
-            if let Some(a) = self.best_node(job, now, reference) {
-                self.commit(a, now, reference);
-                return Some(a);
-            }
-        }
-        None
-    }
-
-    fn explore(&self, queued: &[(JobId, u64, ToolchainKey)], now: Millis) -> Option<Assignment> {
-        for (id, n) in &self.nodes {
-            if !n.has_room()
-                || n.assigned.len() >= n.spec.slots as usize
-                || self.reserved.contains_key(id)
-            {
-                continue;
-            }
-            // Still learning: up to one more small job in flight than samples taken.
-            let learning = n.speed.samples < self.cfg.min_samples
-                && n.assigned.len() <= n.speed.samples as usize;
-            // Stale: one job when idle.
-            let stale = n.assigned.is_empty()
-                && !n.exploring
-                && n.speed.needs_exploring(now, self.cfg.stale_ms);
-            if !learning && !stale {
-                continue;
-            }
-            // A typical job (the median of the queue): tiny units are dominated by start-up
-            // costs and would teach a misleading speed; the largest risk the build's end.
-            let mut fits: Vec<_> = queued
-                .iter()
-                .filter(|(_, _, tc)| n.toolchains.contains(tc) || n.installing.is_none())
-                .collect();
-            fits.sort_by_key(|(job, work, _)| (*work, *job));
-            let fits = fits.get(fits.len() / 2);
-            if let Some((job, _, tc)) = fits {
-                let install = !n.toolchains.contains(tc);
-                return Some(Assignment {
-                    job: *job,
-                    node: *id,
-                    preload: false,
-                    install,
-                    explore: true,
-                });
-            }
-        }
-        None
-    }
-
-    /// The node with the earliest estimated completion for `job`, or `None` when it should
-    /// wait (nothing has room, or a full node would do much better).
-    fn best_node(&mut self, job: JobId, now: Millis, reference: f64) -> Option<Assignment> {
-        let spec = &self.jobs.get(&job)?.spec;
-        let mut best_room: Option<(f64, NodeId, bool, bool)> = None;
-        let mut best_any: (f64, Option<NodeId>) = (f64::INFINITY, None);
-        for (id, n) in &self.nodes {
-            if self.reserved.get(id).is_some_and(|j| *j != job) {
-                continue;
-            }
-            if n.spec.slots == 0 || n.load.foreign_load >= 1000 {
-                continue;
-            }
-            let install = !n.toolchains.contains(&spec.toolchain);
-            if install && n.installing.is_some() {
-                continue;
-            }
-            let (start, preload) = self.slot_free_at(n, now, reference);
-            let bps = self.effective_bps(n, spec, reference);
-            let mut ect = start + spec.work() as f64 * 1000.0 / bps;
-            if install {
-                ect += self.cfg.install_ms;
-            }
-            // A node still learning its speed takes only small exploration jobs (above).
-            if n.speed.samples < self.cfg.min_samples {
-                continue;
-            }
-            // Waiting only makes sense for a node with work that will end.
-            if ect < best_any.0 && !n.assigned.is_empty() {
-                best_any = (ect, Some(*id));
-            }
-            if n.has_room() && best_room.is_none_or(|(e, ..)| ect < e) {
-                best_room = Some((ect, *id, preload, install));
-            }
-        }
-        let now_f = now as f64;
-        let hold = match best_room {
-            None => true,
-            Some((ect, ..)) => {
-                best_any.1.is_some()
-                    && ect - now_f > self.cfg.hold_factor * (best_any.0 - now_f).max(1.0)
-            }
-        };
-        if hold {
-            // Wait for the node that would finish it soonest, and keep its next room for it.
-            if let Some(target) = best_any.1
-                && !self.reserved.contains_key(&target)
-            {
-                self.reserved.retain(|_, j| *j != job);
-                self.reserved.insert(target, job);
-            }
-            return None;
-        }
-        let (_, node, preload, install) = best_room?;
-        Some(Assignment { job, node, preload, install, explore: false })
-    }
-
-    /// Speed of the fastest measured node (the optimistic guess for unmeasured ones).
-    fn reference_bps(&self) -> f64 {
-        self.nodes
-            .values()
-            .filter(|n| n.speed.samples > 0)
-            .map(|n| n.speed.wall_bps)
-            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))))
-            .unwrap_or(self.cfg.default_bps)
-    }
-
-    fn effective_bps(&self, n: &Node, spec: &JobSpec, reference: f64) -> f64 {
-        let mut bps = if n.speed.samples < self.cfg.min_samples {
-            n.speed.wall_bps.max(reference)
-        } else {
-            n.speed.wall_bps
-        };
-        let fill = n.assigned.len().min(n.spec.slots as usize) as f64 / n.spec.slots.max(1) as f64;
-        bps *= 1.0 - self.cfg.fill_weight * fill;
-        if n.spec.host == spec.submitter {
-            // The submitter's own host: its load is its own build. Small builds stay home;
-            // large ones leave it room to preprocess and link.
-            let mine = self.running_by_submitter.get(&spec.submitter).copied().unwrap_or(0);
-            let slots = n.spec.slots as usize;
-            bps *= if mine <= slots / 2 {
-                1.1
-            } else if mine <= slots {
-                0.8
-            } else {
-                0.1
-            };
-        } else {
-            bps *= (1000.0 - f64::from(n.load.foreign_load.min(999))) / 1000.0;
-        }
-        bps.max(1.0)
-    }
-
-    /// When the node's next slot frees for a new job (estimates of placed jobs), and whether
-    /// the job would be preloaded (all slots taken now).
-    fn slot_free_at(&self, n: &Node, now: Millis, reference: f64) -> (f64, bool) {
-        let slots = n.spec.slots.max(1) as usize;
-        let now_f = now as f64;
-        if n.assigned.len() < slots {
-            return (now_f, false); // a slot is free now
-        }
-        let mut free = vec![now_f; slots];
-        for job_id in &n.assigned {
-            let Some(job) = self.jobs.get(job_id) else { continue };
-            let Some((_, at, est)) = job.placed else { continue };
-            let i = argmin(&free);
-            let start = free[i].max(at as f64);
-            // A job past its estimate is assumed to end a little later, not now.
-            let end = (start + est).max(now_f + est * 0.1);
-            free[i] = end;
-        }
-        let _ = reference;
-        (free[argmin(&free)], n.assigned.len() >= slots)
-    }
-
-    fn commit(&mut self, a: Assignment, now: Millis, reference: f64) {
-        self.reserved.retain(|_, j| *j != a.job);
-        let Some(job) = self.jobs.get(&a.job) else { return };
-        let spec = job.spec.clone();
-        let Some(n) = self.nodes.get(&a.node) else { return };
-        let mut est = spec.work() as f64 * 1000.0 / self.effective_bps(n, &spec, reference);
-        if a.install {
-            est += self.cfg.install_ms;
-        }
-        self.queue.take(spec.priority, &spec.submitter, a.job);
-        if let Some(job) = self.jobs.get_mut(&a.job) {
-            job.placed = Some((a.node, now, est));
-        }
-        *self.running_by_submitter.entry(spec.submitter.clone()).or_default() += 1;
-        if let Some(n) = self.nodes.get_mut(&a.node) {
-            n.assigned.push(a.job);
-            n.placed_total += 1;
-            if a.explore {
-                n.exploring = true;
-            }
-            if a.install {
-                n.installing = Some(spec.toolchain);
-            }
-        }
+        Some((j.spec, j.work, j.placed))
     }
 
     /// Where a placed job runs.
     pub fn placement(&self, job: JobId) -> Option<NodeId> {
-        self.jobs.get(&job).and_then(|j| j.placed.map(|p| p.0))
+        self.jobs.get(&job).and_then(|j| j.placed)
     }
 
     /// Jobs waiting for room.
@@ -639,14 +430,4 @@ impl Scheduler {
         }
         map.into_values().collect()
     }
-}
-
-fn argmin(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x < v[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -22,7 +22,14 @@ fn node(name: &str, slots: u32, toolchains: &[ToolchainKey]) -> NodeSpec {
 }
 
 fn job(submitter: &str, bytes: u64) -> JobSpec {
-    JobSpec { submitter: submitter.into(), priority: 0, toolchain: GCC, bytes_in: bytes, work: 0 }
+    JobSpec {
+        submitter: submitter.into(),
+        priority: 0,
+        toolchain: GCC,
+        bytes_in: bytes,
+        work: 0,
+        unit: 0,
+    }
 }
 
 fn ok(wall_ms: u64) -> JobStats {
