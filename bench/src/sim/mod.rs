@@ -109,7 +109,8 @@ mod tests {
     use super::*;
 
     /// discomy's policy beats every baseline on every generated fleet, and stays within 1.10× of
-    /// the lower bound on the uniform one (the heterogeneous fleets are reported, not gated).
+    /// the lower bound on every fleet but the flaky one (where the bound knows in advance which
+    /// node dies; see the README's simulator section).
     #[test]
     fn discomy_beats_the_baselines_on_every_fleet() {
         let trace = Trace::load(None).unwrap();
@@ -125,8 +126,8 @@ mod tests {
             for (name, s) in POLICIES.iter().zip(&spans).skip(1) {
                 assert!(spans[0] < *s, "{}: discomy {} vs {name} {s}", f.name, spans[0]);
             }
-            if f.name == "uniform" {
-                assert!(spans[0] <= 1.10 * lb, "uniform: {} vs bound {lb}", spans[0]);
+            if f.name != "flaky" {
+                assert!(spans[0] <= 1.10 * lb, "{}: {} vs bound {lb}", f.name, spans[0]);
             }
         }
     }

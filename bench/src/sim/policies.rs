@@ -56,14 +56,6 @@ impl SimPolicy for Discomy {
     }
 
     fn dispatch(&mut self, _nodes: &[NodeState], now_ms: u64) -> Vec<(usize, usize)> {
-        if std::env::var_os("DISCOMY_SIM_DEBUG").is_some() {
-            for n in self.sched.nodes() {
-                eprintln!(
-                    "DBG {} rate {:.0} ovh {:.6} samples {}",
-                    n.spec.name, n.speed.rate_bps, n.speed.overhead_ms_per_byte, n.speed.samples
-                );
-            }
-        }
         let placed = self.sched.dispatch(now_ms);
         placed
             .into_iter()

@@ -55,6 +55,15 @@ impl CostHistory {
         self.order.push_back(key);
     }
 
+    /// Replaces the cost of `key` (a fit's result).
+    pub fn set(&mut self, key: UnitKey, cost: f64) {
+        match self.costs.get_mut(&key) {
+            Some(c) if cost.is_finite() && cost > 0.0 => *c = cost,
+            Some(_) => {}
+            None => self.learn(key, cost),
+        }
+    }
+
     /// Units remembered.
     pub fn len(&self) -> usize {
         self.costs.len()

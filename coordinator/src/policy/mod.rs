@@ -24,6 +24,7 @@
 //! submitters, largest job first within a submitter (longest-processing-time order).
 
 mod clock;
+mod fit;
 mod history;
 mod plan;
 mod queue;
@@ -34,6 +35,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub use clock::{Clock, ManualClock, Millis, MonotonicClock};
+pub use fit::{Fit, Fitted, Obs};
 pub use history::{CostHistory, UnitKey};
 pub use queue::FairQueue;
 pub use speed::{Sample, Speed, cpu_share};
@@ -191,11 +193,18 @@ struct Node {
     /// A toolchain being installed: no other job needing an install goes here meanwhile.
     installing: Option<ToolchainKey>,
     exploring: bool,
+    /// Its rate from the last joint fit of rates and unit costs.
+    fitted_bps: Option<f64>,
     placed_total: u64,
     done_total: u64,
 }
 
 impl Node {
+    /// Work per second of compile time with the CPU to itself: the last fit's, else the
+    /// running estimate's.
+    fn rate_bps(&self) -> f64 {
+        self.fitted_bps.unwrap_or(self.speed.rate_bps)
+    }
     fn preload_cap(&self) -> usize {
         1 + self.spec.slots as usize / 4
     }
@@ -247,6 +256,8 @@ pub struct Scheduler {
     running_by_submitter: HashMap<String, usize>,
     /// What units cost before.
     history: CostHistory,
+    /// Recent finished jobs, for the joint fit of node rates and unit costs.
+    fit: Fit,
     /// Reused by each dispatch for the queue's service order.
     order_buf: Vec<JobId>,
 }
@@ -270,6 +281,7 @@ impl Scheduler {
             assigned: Vec::new(),
             installing: None,
             exploring: false,
+            fitted_bps: None,
             placed_total: 0,
             done_total: 0,
         };
@@ -347,12 +359,14 @@ impl Scheduler {
             n.done_total += 1;
             n.exploring = false;
             if stats.ok {
-                // The unit's cost: its compile time with the CPU to itself, at this node's rate
-                // as the other jobs taught it (this one would make any cost look typical).
-                if stats.cpu_ms > 0 && n.speed.samples > 0 {
-                    let full_s = stats.cpu_ms as f64 * cpu_share(n.load.foreign_load) / 1000.0;
-                    self.history.learn(spec.unit, full_s * n.speed.rate_bps);
+                let full_ms = stats.cpu_ms as f64 * cpu_share(n.load.foreign_load);
+                // A unit seen for the first time: its cost at this node's rate as the other jobs
+                // taught it (this one would make any cost look typical), until the next fit.
+                if n.speed.samples > 0 && self.history.estimate(spec.unit).is_none() {
+                    self.history.learn(spec.unit, full_ms / 1000.0 * n.rate_bps());
                 }
+                let size = spec.work() as f64;
+                self.fit.add(Obs { unit: spec.unit, node: node_id, size, full_ms });
                 let sample = Sample {
                     work,
                     bytes_in: spec.bytes_in,
@@ -365,6 +379,17 @@ impl Scheduler {
             }
             if n.installing == Some(spec.toolchain) {
                 n.installing = None;
+            }
+        }
+        if self.fit.due() {
+            let fitted = self.fit.solve();
+            for (unit, cost) in fitted.costs {
+                self.history.set(unit, cost);
+            }
+            for (id, rate) in fitted.rates {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.fitted_bps = Some(rate);
+                }
             }
         }
     }

@@ -184,7 +184,7 @@ impl Scheduler {
         self.nodes
             .values()
             .filter(|n| n.speed.samples > 0)
-            .map(|n| n.speed.rate_bps)
+            .map(Node::rate_bps)
             .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))))
             .unwrap_or(self.cfg.default_bps)
     }
@@ -198,9 +198,9 @@ impl Scheduler {
 
     fn effective_bps(&self, n: &Node, submitter: &str, reference: f64) -> f64 {
         let mut bps = if n.speed.samples < self.cfg.min_samples {
-            n.speed.rate_bps.max(reference)
+            n.rate_bps().max(reference)
         } else {
-            n.speed.rate_bps
+            n.rate_bps()
         };
         let fill = n.assigned.len().min(n.spec.slots as usize) as f64 / n.spec.slots.max(1) as f64;
         bps *= 1.0 - self.cfg.fill_weight * fill;
