@@ -26,17 +26,19 @@
 mod clock;
 mod fit;
 mod history;
+mod ids;
 mod plan;
 mod queue;
 mod speed;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 pub use clock::{Clock, ManualClock, Millis, MonotonicClock};
 pub use fit::{Fit, Fitted, Obs};
 pub use history::{CostHistory, UnitKey};
+pub use ids::{IdHasher, IdMap};
 pub use queue::FairQueue;
 pub use speed::{Sample, Speed, cpu_share};
 
@@ -184,7 +186,8 @@ struct Slot {
 #[derive(Debug, Clone)]
 struct Node {
     spec: NodeSpec,
-    toolchains: HashSet<ToolchainKey>,
+    /// Compilers it holds (a few: a list is faster to search than a set).
+    toolchains: Vec<ToolchainKey>,
     load: LoadReport,
     last_seen: Millis,
     speed: Speed,
@@ -200,6 +203,14 @@ struct Node {
 }
 
 impl Node {
+    fn holds(&self, toolchain: &ToolchainKey) -> bool {
+        self.toolchains.contains(toolchain)
+    }
+    fn add_toolchain(&mut self, toolchain: ToolchainKey) {
+        if !self.holds(&toolchain) {
+            self.toolchains.push(toolchain);
+        }
+    }
     /// Work per second of compile time with the CPU to itself: the last fit's, else the
     /// running estimate's.
     fn rate_bps(&self) -> f64 {
@@ -250,7 +261,7 @@ pub struct SubmitterView {
 pub struct Scheduler {
     cfg: PolicyConfig,
     nodes: BTreeMap<NodeId, Node>,
-    jobs: HashMap<JobId, Job>,
+    jobs: ids::IdMap<Job>,
     queue: FairQueue,
     next_job: JobId,
     running_by_submitter: HashMap<String, usize>,
@@ -271,7 +282,9 @@ impl Scheduler {
     /// A node joins (or re-joins: its old state, and its jobs, are dropped first).
     pub fn add_node(&mut self, id: NodeId, spec: NodeSpec, now: Millis) -> Vec<JobId> {
         let requeued = self.node_lost(id, now);
-        let toolchains = spec.toolchains.iter().copied().collect();
+        let mut toolchains = spec.toolchains.clone();
+        toolchains.sort_unstable();
+        toolchains.dedup();
         let node = Node {
             spec,
             toolchains,
@@ -300,7 +313,7 @@ impl Scheduler {
     /// A node now holds `toolchain` (it installed one).
     pub fn add_toolchain(&mut self, id: NodeId, toolchain: ToolchainKey) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.toolchains.insert(toolchain);
+            n.add_toolchain(toolchain);
             if n.installing == Some(toolchain) {
                 n.installing = None;
             }
@@ -375,7 +388,7 @@ impl Scheduler {
                     foreign_load: n.load.foreign_load,
                 };
                 n.speed.add(&sample, now);
-                n.toolchains.insert(spec.toolchain);
+                n.add_toolchain(spec.toolchain);
             }
             if n.installing == Some(spec.toolchain) {
                 n.installing = None;

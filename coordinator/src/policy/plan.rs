@@ -91,6 +91,7 @@ impl Scheduler {
     ) -> Option<Assignment> {
         let j = self.jobs.get(&job)?;
         let tc = &j.spec.toolchain;
+        let mine = self.running_of(&j.spec.submitter);
         // (finish, node, start, install)
         let mut best: Option<(f64, NodeId, f64, bool)> = None;
         for (id, n) in &self.nodes {
@@ -101,7 +102,7 @@ impl Scheduler {
             if n.speed.samples < self.cfg.min_samples {
                 continue;
             }
-            let install = !n.toolchains.contains(tc);
+            let install = !n.holds(tc);
             if install && n.installing.is_some() {
                 continue;
             }
@@ -112,7 +113,7 @@ impl Scheduler {
             } else {
                 earliest(&slot_ends(n, now)).1
             };
-            let mut finish = start + self.duration_ms(n, j, reference);
+            let mut finish = start + self.duration_ms(n, j, reference, mine);
             if install {
                 finish += self.cfg.install_ms;
             }
@@ -162,8 +163,8 @@ impl Scheduler {
             let mut fits: Vec<(f64, JobId, bool)> = order
                 .iter()
                 .filter_map(|id| self.jobs.get(id).map(|j| (*id, j)))
-                .filter(|(_, j)| n.toolchains.contains(&j.spec.toolchain) || n.installing.is_none())
-                .map(|(id, j)| (j.work, id, !n.toolchains.contains(&j.spec.toolchain)))
+                .filter(|(_, j)| n.holds(&j.spec.toolchain) || n.installing.is_none())
+                .map(|(id, j)| (j.work, id, !n.holds(&j.spec.toolchain)))
                 .collect();
             fits.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             if let Some((_, job, install)) = fits.get(fits.len() / 2) {
@@ -191,12 +192,17 @@ impl Scheduler {
 
     /// The job's estimated time on the node: the overhead its bytes cost there (transfer,
     /// set-up) plus its cost at the node's effective rate.
-    pub(super) fn duration_ms(&self, n: &Node, j: &super::Job, reference: f64) -> f64 {
+    /// (`mine`: the submitter's placed jobs, for its own host's factor.)
+    fn duration_ms(&self, n: &Node, j: &super::Job, reference: f64, mine: usize) -> f64 {
         n.speed.overhead_ms_per_byte * j.spec.bytes_in as f64
-            + j.work * 1000.0 / self.effective_bps(n, &j.spec.submitter, reference)
+            + j.work * 1000.0 / self.effective_bps(n, &j.spec.submitter, reference, mine)
     }
 
-    fn effective_bps(&self, n: &Node, submitter: &str, reference: f64) -> f64 {
+    fn running_of(&self, submitter: &str) -> usize {
+        self.running_by_submitter.get(submitter).copied().unwrap_or(0)
+    }
+
+    fn effective_bps(&self, n: &Node, submitter: &str, reference: f64, mine: usize) -> f64 {
         let mut bps = if n.speed.samples < self.cfg.min_samples {
             n.rate_bps().max(reference)
         } else {
@@ -207,7 +213,6 @@ impl Scheduler {
         if n.spec.host == submitter {
             // The submitter's own host: its load is its own build. Small builds stay home;
             // large ones leave it room to preprocess and link.
-            let mine = self.running_by_submitter.get(submitter).copied().unwrap_or(0);
             let slots = n.spec.slots as usize;
             bps *= if mine <= slots / 2 {
                 1.1
@@ -225,7 +230,8 @@ impl Scheduler {
     fn commit(&mut self, a: Assignment, now: Millis, reference: f64) {
         let Some(job) = self.jobs.get(&a.job) else { return };
         let Some(n) = self.nodes.get(&a.node) else { return };
-        let mut est = self.duration_ms(n, job, reference);
+        let mine = self.running_of(&job.spec.submitter);
+        let mut est = self.duration_ms(n, job, reference, mine);
         if a.install {
             est += self.cfg.install_ms;
         }
