@@ -48,7 +48,7 @@ pub struct Fit {
 
 impl Default for Fit {
     fn default() -> Self {
-        Fit::with_capacity(4096)
+        Fit::with_capacity(1024)
     }
 }
 

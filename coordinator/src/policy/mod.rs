@@ -355,6 +355,10 @@ impl Scheduler {
         let id = self.next_job;
         let work = self.history.estimate(spec.unit).unwrap_or(spec.work() as f64);
         self.queue.push(spec.priority, &spec.submitter, id, work);
+        // Known submitters (their hosts get the submitter factor in the plan).
+        if !self.running_by_submitter.contains_key(&spec.submitter) {
+            self.running_by_submitter.insert(spec.submitter.clone(), 0);
+        }
         self.jobs.insert(id, Job { spec, work, placed: None });
         id
     }

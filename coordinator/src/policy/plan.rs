@@ -18,19 +18,105 @@ use super::{Assignment, JobId, Millis, Node, NodeId, Scheduler, Slot, cpu_share}
 /// Queued jobs planned per dispatch (the rest wait for the next one).
 const PLAN_LIMIT: usize = 256;
 
-/// A node's slots during one plan: when each frees.
-struct Busy {
-    node: NodeId,
-    free_at: Vec<f64>,
+/// A node as one dispatch sees it: what the plan needs per job, without map lookups.
+#[derive(Debug, Clone)]
+struct Cand {
+    id: NodeId,
+    /// Takes planned jobs: has slots, is not saturated by foreign load, is measured.
+    usable: bool,
+    /// Slots free now.
+    free: usize,
+    /// Room for one more job, preload included.
+    room: bool,
+    /// Overhead, ms per byte shipped.
+    ovh: f64,
+    /// Learned rate with the slot-fill discount.
+    base: f64,
+    /// The CPU share its foreign load leaves.
+    share: f64,
+    /// Hash of its host name (the submitter's own host is recognised by it, then by name).
+    host: u64,
+    slots: usize,
+    installing: bool,
+    /// An upper bound of its effective rate for any job (the submitter factor at its best
+    /// when it is some submitter's host): the plan visits nodes in falling `ub` and stops when
+    /// even this rate cannot beat the best finish found.
+    ub: f64,
+    /// Slot end times, when it is full (computed on first need) or waited for.
+    ends: Option<Vec<f64>>,
+    /// A queued job waits for this node: nothing else is placed there in this dispatch.
+    waited: bool,
 }
 
-impl Busy {
-    fn earliest(&self) -> (usize, f64) {
-        earliest(&self.free_at)
+impl Cand {
+    fn of(id: NodeId, n: &Node, cfg: &super::PolicyConfig, hosts: &[u64]) -> Cand {
+        let slots = n.spec.slots as usize;
+        let base = n.rate_bps() * fill_factor(n, cfg.fill_weight);
+        let share = cpu_share(n.load.foreign_load);
+        let host = host_hash(&n.spec.host);
+        let best_factor = if hosts.contains(&host) { share.max(1.1) } else { share };
+        Cand {
+            id,
+            usable: slots > 0 && n.load.foreign_load < 1000 && n.speed.samples >= cfg.min_samples,
+            free: slots.saturating_sub(n.assigned.len()),
+            room: n.has_room(),
+            ovh: n.speed.overhead_ms_per_byte,
+            base,
+            share,
+            host,
+            slots,
+            installing: n.installing.is_some(),
+            ub: (base * best_factor).max(1.0),
+            ends: None,
+            waited: false,
+        }
     }
 }
 
-/// Slot end times of a full node, from its placed jobs' estimates (placement order: running
+fn host_hash(host: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = super::IdHasher::default();
+    h.write(host.as_bytes());
+    h.finish()
+}
+
+/// `1 - w * fill`: SMT and clock ramping make a fuller node slower per job.
+fn fill_factor(n: &Node, weight: f64) -> f64 {
+    let slots = n.spec.slots.max(1) as usize;
+    1.0 - weight * n.assigned.len().min(slots) as f64 / slots as f64
+}
+
+/// The submitter's own host: its load is its own build. Small builds stay home; large ones
+/// leave it room to preprocess and link (`mine`: the submitter's placed jobs).
+fn home_factor(mine: usize, slots: usize) -> f64 {
+    if mine <= slots / 2 {
+        1.1
+    } else if mine <= slots {
+        0.8
+    } else {
+        0.1
+    }
+}
+
+/// The plan's view of the farm during one dispatch: candidates in falling `ub`.
+struct Plan {
+    cands: Vec<Cand>,
+    /// The smallest overhead per byte among them.
+    min_ovh: f64,
+    /// Host hashes of the submitters.
+    hosts: Vec<u64>,
+}
+
+impl Plan {
+    /// Puts candidate `i` (just refreshed) back in its place in the order.
+    fn reposition(&mut self, i: usize) {
+        let c = self.cands.remove(i);
+        let at = self.cands.partition_point(|x| x.ub > c.ub || (x.ub == c.ub && x.id < c.id));
+        self.cands.insert(at, c);
+    }
+}
+
+/// Slot end times of a node, from its placed jobs' estimates (placement order: running
 /// first). A job past its estimate is assumed to end a little later, not now.
 fn slot_ends(n: &Node, now: f64) -> Vec<f64> {
     let slots = n.spec.slots.max(1) as usize;
@@ -69,77 +155,87 @@ impl Scheduler {
             out.push(a);
         }
         self.queue.order(PLAN_LIMIT, &mut order);
-        let mut busy: Vec<Busy> = Vec::new();
+        let hosts: Vec<u64> = self.running_by_submitter.keys().map(|h| host_hash(h)).collect();
+        let mut cands: Vec<Cand> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| Cand::of(*id, n, &self.cfg, &hosts))
+            .filter(|c| c.usable)
+            .collect();
+        cands.sort_by(|a, b| b.ub.total_cmp(&a.ub).then(a.id.cmp(&b.id)));
+        let min_ovh = cands.iter().map(|c| c.ovh).fold(f64::INFINITY, f64::min);
+        let mut plan = Plan { cands, min_ovh, hosts };
         let now_f = now as f64;
         for job in order.iter().copied() {
-            let Some(a) = self.plan_one(job, now_f, reference, &mut busy) else { continue };
+            let Some((i, a)) = self.plan_one(job, now_f, &mut plan) else { continue };
             self.commit(a, now, reference);
             out.push(a);
+            if let Some(n) = self.nodes.get(&a.node) {
+                plan.cands[i] = Cand::of(a.node, n, &self.cfg, &plan.hosts);
+                plan.reposition(i);
+            }
         }
         self.order_buf = order;
         out
     }
 
     /// Chooses the node where `job` finishes first; places it there if it can start now (or be
-    /// preloaded), else marks that node's next slot as taken by it in `busy`.
-    fn plan_one(
-        &self,
-        job: JobId,
-        now: f64,
-        reference: f64,
-        busy: &mut Vec<Busy>,
-    ) -> Option<Assignment> {
+    /// preloaded), else marks that node's next slot as taken by it in the plan.
+    fn plan_one(&self, job: JobId, now: f64, plan: &mut Plan) -> Option<(usize, Assignment)> {
         let j = self.jobs.get(&job)?;
         let tc = &j.spec.toolchain;
         let mine = self.running_of(&j.spec.submitter);
-        // (finish, node, start, install)
-        let mut best: Option<(f64, NodeId, f64, bool)> = None;
-        for (id, n) in &self.nodes {
-            if n.spec.slots == 0 || n.load.foreign_load >= 1000 {
-                continue;
+        let home = host_hash(&j.spec.submitter);
+        let bytes = j.spec.bytes_in as f64;
+        let work_ms = j.work * 1000.0;
+        // (finish, candidate, start, install)
+        let mut best: Option<(f64, usize, f64, bool)> = None;
+        for i in 0..plan.cands.len() {
+            let c = &plan.cands[i];
+            if let Some((f, ..)) = best
+                && now + plan.min_ovh * bytes + work_ms / c.ub >= f
+            {
+                break; // no node from here on can finish it sooner
             }
-            // A node still learning its speed takes only exploration jobs.
-            if n.speed.samples < self.cfg.min_samples {
-                continue;
-            }
+            let Some(n) = self.nodes.get(&c.id) else { continue };
             let install = !n.holds(tc);
-            if install && n.installing.is_some() {
+            if install && c.installing {
                 continue;
             }
-            let start = if let Some(b) = busy.iter().find(|b| b.node == *id) {
-                b.earliest().1
-            } else if n.assigned.len() < n.spec.slots as usize {
+            let start = if c.free > 0 && !c.waited {
                 now
             } else {
-                earliest(&slot_ends(n, now)).1
+                let ends = plan.cands[i].ends.get_or_insert_with(|| slot_ends(n, now));
+                earliest(ends).1
             };
-            let mut finish = start + self.duration_ms(n, j, reference, mine);
+            let c = &plan.cands[i];
+            let factor = if c.host == home && n.spec.host == j.spec.submitter {
+                home_factor(mine, c.slots)
+            } else {
+                c.share
+            };
+            let mut finish = start + c.ovh * bytes + work_ms / (c.base * factor).max(1.0);
             if install {
                 finish += self.cfg.install_ms;
             }
             if best.is_none_or(|(f, ..)| finish < f) {
-                best = Some((finish, *id, start, install));
+                best = Some((finish, i, start, install));
             }
         }
-        let (finish, node, start, install) = best?;
-        let n = self.nodes.get(&node)?;
-        let planned = busy.iter().any(|b| b.node == node);
-        let free_now = !planned && n.assigned.len() < n.spec.slots as usize;
-        let preload = !free_now && !planned && n.has_room();
+        let (finish, i, start, install) = best?;
+        let c = &mut plan.cands[i];
+        let node = c.id;
+        let free_now = !c.waited && c.free > 0;
+        let preload = !free_now && !c.waited && c.room;
         if free_now || preload {
-            return Some(Assignment { job, node, preload, install, explore: false });
+            return Some((i, Assignment { job, node, preload, install, explore: false }));
         }
         // Wait for that node: its next slot is this job's in the rest of this plan.
-        let b = match busy.iter().position(|b| b.node == node) {
-            Some(i) => &mut busy[i],
-            None => {
-                busy.push(Busy { node, free_at: slot_ends(n, now) });
-                let last = busy.len() - 1;
-                &mut busy[last]
-            }
-        };
-        let (i, _) = b.earliest();
-        b.free_at[i] = finish.max(start);
+        c.waited = true;
+        if let Some(ends) = c.ends.as_mut() {
+            let (k, _) = earliest(ends);
+            ends[k] = finish.max(start);
+        }
         None
     }
 
@@ -193,6 +289,7 @@ impl Scheduler {
     /// The job's estimated time on the node: the overhead its bytes cost there (transfer,
     /// set-up) plus its cost at the node's effective rate.
     /// (`mine`: the submitter's placed jobs, for its own host's factor.)
+    /// The plan computes the same from a [`Cand`].
     fn duration_ms(&self, n: &Node, j: &super::Job, reference: f64, mine: usize) -> f64 {
         n.speed.overhead_ms_per_byte * j.spec.bytes_in as f64
             + j.work * 1000.0 / self.effective_bps(n, &j.spec.submitter, reference, mine)
@@ -208,19 +305,9 @@ impl Scheduler {
         } else {
             n.rate_bps()
         };
-        let fill = n.assigned.len().min(n.spec.slots as usize) as f64 / n.spec.slots.max(1) as f64;
-        bps *= 1.0 - self.cfg.fill_weight * fill;
+        bps *= fill_factor(n, self.cfg.fill_weight);
         if n.spec.host == submitter {
-            // The submitter's own host: its load is its own build. Small builds stay home;
-            // large ones leave it room to preprocess and link.
-            let slots = n.spec.slots as usize;
-            bps *= if mine <= slots / 2 {
-                1.1
-            } else if mine <= slots {
-                0.8
-            } else {
-                0.1
-            };
+            bps *= home_factor(mine, n.spec.slots as usize);
         } else {
             bps *= cpu_share(n.load.foreign_load);
         }
