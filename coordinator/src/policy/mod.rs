@@ -6,22 +6,24 @@
 //! [`Scheduler::dispatch`], and finished with their measured times ([`Scheduler::finish`]).
 //!
 //! # How a job is placed
-//! Every job gets an *estimated completion time* (ECT) on every eligible node:
-//! the time its earliest slot frees (running and preloaded jobs' own estimates), plus its size
-//! (bytes of the unit's own code) over the node's *effective speed*, plus a toolchain install
-//! penalty when the node lacks the job's compiler (affinity). Effective speed is the learned
-//! wall-time speed, discounted by foreign CPU load and slot fill; on the submitter's own host
-//! it is raised for small builds and cut for large ones (the host must preprocess and link).
-//! The job goes to the smallest ECT among nodes with room (a free slot, or preload room up to
-//! `1 + slots/4`), unless a node without room would finish it much sooner, in which case it
-//! waits in the queue (no long unit on a slow node at the end of a build).
-//! Unmeasured and stale nodes are explored explicitly: a node with fewer than `min_samples`
-//! samples gets only typical (median-sized) queued jobs, one more in flight than it has
-//! samples; an idle stale node gets one such job.
-//! A job that waits reserves the node it waits for: that node's next room is its own, so a
-//! stream of smaller jobs cannot keep a long one (the critical path) off the fast nodes.
-//! When nothing has room the job waits in a [`FairQueue`]: priority bands, round-robin between
-//! submitters, largest job first within a submitter (longest-processing-time order).
+//! A job's cost estimate is what its unit cost the last times ([`CostHistory`], keyed by the
+//! agent's unit key: source name, arguments, compiler), else the agent's size estimate (bytes of
+//! the unit's own code). Node rates and unit costs are learned together from finished jobs'
+//! compile times ([`Fit`]): a size estimate hides a tenfold spread of cost per byte between
+//! units, so neither can be learned alone. Each node also learns the wall time its jobs spend
+//! outside the compiler per byte shipped (transfer, set-up).
+//! [`Scheduler::dispatch`] first explores: a node with fewer than `min_samples` samples gets
+//! only typical (median-cost) queued jobs, one more in flight than it has samples; an idle node
+//! with a stale estimate gets one such job. Then it plans the queue in service order (priority
+//! bands, submitters round-robin, largest cost first within a submitter) with earliest finish
+//! time: each job goes where it would finish first, counting when that node's next slot frees
+//! (from its placed jobs' estimates), the transfer overhead, its effective rate (foreign load,
+//! slot fill, and on the submitter's own host ×1.1 for a small build, ×0.8 when its slots are
+//! full, ×0.1 beyond), and an install penalty when it lacks the compiler (affinity; one install
+//! at a time per node). A job whose best node is full is preloaded there within `1 + slots/4`,
+//! else it waits and that node's next slot counts as its own for the rest of the plan, so
+//! smaller jobs cannot take the room the long one waits for. A full farm queues, it does not
+//! refuse.
 
 mod clock;
 mod fit;

@@ -57,7 +57,7 @@ pub struct Speed {
 impl Speed {
     /// Adds one successful job. Samples without work or time teach nothing and are ignored.
     pub fn add(&mut self, s: &Sample, now: Millis) {
-        if !(s.work > 0.0) || s.wall_ms == 0 {
+        if !s.work.is_finite() || s.work <= 0.0 || s.wall_ms == 0 {
             return;
         }
         let keep = 1.0 - ALPHA;
