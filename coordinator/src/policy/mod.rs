@@ -29,6 +29,7 @@ mod clock;
 mod fit;
 mod history;
 mod ids;
+mod index;
 mod plan;
 mod queue;
 mod speed;
@@ -200,6 +201,12 @@ struct Node {
     exploring: bool,
     /// Its rate from the last joint fit of rates and unit costs.
     fitted_bps: Option<f64>,
+    /// Its host is a submitter's (its rate bound includes the submitter factor's best).
+    submitters_host: bool,
+    /// Its key in the plan's index, when it is there.
+    indexed: Option<(u64, u64)>,
+    /// Its key in the index's exploration order.
+    aged: Option<u64>,
     placed_total: u64,
     done_total: u64,
 }
@@ -273,6 +280,8 @@ pub struct Scheduler {
     fit: Fit,
     /// Reused by each dispatch for the queue's service order.
     order_buf: Vec<JobId>,
+    /// Plannable nodes by rate bound.
+    index: index::NodeIndex,
 }
 
 impl Scheduler {
@@ -287,6 +296,7 @@ impl Scheduler {
         let mut toolchains = spec.toolchains.clone();
         toolchains.sort_unstable();
         toolchains.dedup();
+        let submitters_host = self.running_by_submitter.contains_key(&spec.host);
         let node = Node {
             spec,
             toolchains,
@@ -297,10 +307,14 @@ impl Scheduler {
             installing: None,
             exploring: false,
             fitted_bps: None,
+            submitters_host,
+            indexed: None,
+            aged: None,
             placed_total: 0,
             done_total: 0,
         };
         self.nodes.insert(id, node);
+        self.reindex(id);
         requeued
     }
 
@@ -309,6 +323,14 @@ impl Scheduler {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.load = load;
             n.last_seen = now;
+        }
+        self.reindex(id);
+    }
+
+    /// Files a node anew in the plan's index after it changed.
+    fn reindex(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            self.index.update(id, n, &self.cfg);
         }
     }
 
@@ -335,6 +357,9 @@ impl Scheduler {
     /// A node is gone: it is forgotten, and its jobs go back to the front of their queues
     /// (returned, so a caller that cannot re-place them can cancel them).
     pub fn node_lost(&mut self, id: NodeId, _now: Millis) -> Vec<JobId> {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            self.index.remove(id, n);
+        }
         let Some(node) = self.nodes.remove(&id) else { return Vec::new() };
         let mut requeued = Vec::new();
         for slot in &node.assigned {
@@ -360,6 +385,18 @@ impl Scheduler {
         // Known submitters (their hosts get the submitter factor in the plan).
         if !self.running_by_submitter.contains_key(&spec.submitter) {
             self.running_by_submitter.insert(spec.submitter.clone(), 0);
+            let homes: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.spec.host == spec.submitter)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in homes {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.submitters_host = true;
+                }
+                self.reindex(id);
+            }
         }
         self.jobs.insert(id, Job { spec, work, placed: None });
         id
@@ -409,8 +446,10 @@ impl Scheduler {
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.fitted_bps = Some(rate);
                 }
+                self.reindex(id);
             }
         }
+        self.reindex(node_id);
     }
 
     fn remove_job(&mut self, job: JobId) -> Option<(JobSpec, f64, Option<NodeId>)> {
@@ -420,6 +459,7 @@ impl Scheduler {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.assigned.retain(|s| s.job != job);
                 }
+                self.reindex(node);
                 if let Some(r) = self.running_by_submitter.get_mut(&j.spec.submitter) {
                     *r = r.saturating_sub(1);
                 }

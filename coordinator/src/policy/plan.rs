@@ -13,78 +13,11 @@
 //! waits for counts as taken for the jobs after it (so a small job cannot take the room a long
 //! one waits for, and a long unit is never stranded on a slow node just because it had room).
 
-use super::{Assignment, JobId, Millis, Node, NodeId, Scheduler, Slot, cpu_share};
+use super::index::fill_factor;
+use super::{Assignment, IdMap, JobId, Millis, Node, NodeId, Scheduler, Slot, cpu_share};
 
 /// Queued jobs planned per dispatch (the rest wait for the next one).
 const PLAN_LIMIT: usize = 256;
-
-/// A node as one dispatch sees it: what the plan needs per job, without map lookups.
-#[derive(Debug, Clone)]
-struct Cand {
-    id: NodeId,
-    /// Takes planned jobs: has slots, is not saturated by foreign load, is measured.
-    usable: bool,
-    /// Slots free now.
-    free: usize,
-    /// Room for one more job, preload included.
-    room: bool,
-    /// Overhead, ms per byte shipped.
-    ovh: f64,
-    /// Learned rate with the slot-fill discount.
-    base: f64,
-    /// The CPU share its foreign load leaves.
-    share: f64,
-    /// Hash of its host name (the submitter's own host is recognised by it, then by name).
-    host: u64,
-    slots: usize,
-    installing: bool,
-    /// An upper bound of its effective rate for any job (the submitter factor at its best
-    /// when it is some submitter's host): the plan visits nodes in falling `ub` and stops when
-    /// even this rate cannot beat the best finish found.
-    ub: f64,
-    /// Slot end times, when it is full (computed on first need) or waited for.
-    ends: Option<Vec<f64>>,
-    /// A queued job waits for this node: nothing else is placed there in this dispatch.
-    waited: bool,
-}
-
-impl Cand {
-    fn of(id: NodeId, n: &Node, cfg: &super::PolicyConfig, hosts: &[u64]) -> Cand {
-        let slots = n.spec.slots as usize;
-        let base = n.rate_bps() * fill_factor(n, cfg.fill_weight);
-        let share = cpu_share(n.load.foreign_load);
-        let host = host_hash(&n.spec.host);
-        let best_factor = if hosts.contains(&host) { share.max(1.1) } else { share };
-        Cand {
-            id,
-            usable: slots > 0 && n.load.foreign_load < 1000 && n.speed.samples >= cfg.min_samples,
-            free: slots.saturating_sub(n.assigned.len()),
-            room: n.has_room(),
-            ovh: n.speed.overhead_ms_per_byte,
-            base,
-            share,
-            host,
-            slots,
-            installing: n.installing.is_some(),
-            ub: (base * best_factor).max(1.0),
-            ends: None,
-            waited: false,
-        }
-    }
-}
-
-fn host_hash(host: &str) -> u64 {
-    use std::hash::Hasher;
-    let mut h = super::IdHasher::default();
-    h.write(host.as_bytes());
-    h.finish()
-}
-
-/// `1 - w * fill`: SMT and clock ramping make a fuller node slower per job.
-fn fill_factor(n: &Node, weight: f64) -> f64 {
-    let slots = n.spec.slots.max(1) as usize;
-    1.0 - weight * n.assigned.len().min(slots) as f64 / slots as f64
-}
 
 /// The submitter's own host: its load is its own build. Small builds stay home; large ones
 /// leave it room to preprocess and link (`mine`: the submitter's placed jobs).
@@ -98,22 +31,11 @@ fn home_factor(mine: usize, slots: usize) -> f64 {
     }
 }
 
-/// The plan's view of the farm during one dispatch: candidates in falling `ub`.
-struct Plan {
-    cands: Vec<Cand>,
-    /// The smallest overhead per byte among them.
-    min_ovh: f64,
-    /// Host hashes of the submitters.
-    hosts: Vec<u64>,
-}
-
-impl Plan {
-    /// Puts candidate `i` (just refreshed) back in its place in the order.
-    fn reposition(&mut self, i: usize) {
-        let c = self.cands.remove(i);
-        let at = self.cands.partition_point(|x| x.ub > c.ub || (x.ub == c.ub && x.id < c.id));
-        self.cands.insert(at, c);
-    }
+/// What one dispatch's plan adds to a node: a job waits for it (nothing else is placed there
+/// in this dispatch), and its slots' end times with the waiting jobs in them.
+#[derive(Debug, Default)]
+struct Waited {
+    ends: Vec<f64>,
 }
 
 /// Slot end times of a node, from its placed jobs' estimates (placement order: running
@@ -147,33 +69,19 @@ impl Scheduler {
             return out;
         }
         let mut order = std::mem::take(&mut self.order_buf);
-        let reference = self.reference_bps();
         loop {
             self.queue.order(PLAN_LIMIT, &mut order);
             let Some(a) = self.explore(&order, now) else { break };
-            self.commit(a, now, reference);
+            self.commit(a, now);
             out.push(a);
         }
         self.queue.order(PLAN_LIMIT, &mut order);
-        let hosts: Vec<u64> = self.running_by_submitter.keys().map(|h| host_hash(h)).collect();
-        let mut cands: Vec<Cand> = self
-            .nodes
-            .iter()
-            .map(|(id, n)| Cand::of(*id, n, &self.cfg, &hosts))
-            .filter(|c| c.usable)
-            .collect();
-        cands.sort_by(|a, b| b.ub.total_cmp(&a.ub).then(a.id.cmp(&b.id)));
-        let min_ovh = cands.iter().map(|c| c.ovh).fold(f64::INFINITY, f64::min);
-        let mut plan = Plan { cands, min_ovh, hosts };
+        let mut waited: IdMap<Waited> = IdMap::default();
         let now_f = now as f64;
         for job in order.iter().copied() {
-            let Some((i, a)) = self.plan_one(job, now_f, &mut plan) else { continue };
-            self.commit(a, now, reference);
+            let Some(a) = self.plan_one(job, now_f, &mut waited) else { continue };
+            self.commit(a, now);
             out.push(a);
-            if let Some(n) = self.nodes.get(&a.node) {
-                plan.cands[i] = Cand::of(a.node, n, &self.cfg, &plan.hosts);
-                plan.reposition(i);
-            }
         }
         self.order_buf = order;
         out
@@ -181,61 +89,58 @@ impl Scheduler {
 
     /// Chooses the node where `job` finishes first; places it there if it can start now (or be
     /// preloaded), else marks that node's next slot as taken by it in the plan.
-    fn plan_one(&self, job: JobId, now: f64, plan: &mut Plan) -> Option<(usize, Assignment)> {
+    fn plan_one(&self, job: JobId, now: f64, waited: &mut IdMap<Waited>) -> Option<Assignment> {
         let j = self.jobs.get(&job)?;
         let tc = &j.spec.toolchain;
         let mine = self.running_of(&j.spec.submitter);
-        let home = host_hash(&j.spec.submitter);
         let bytes = j.spec.bytes_in as f64;
         let work_ms = j.work * 1000.0;
-        // (finish, candidate, start, install)
-        let mut best: Option<(f64, usize, f64, bool)> = None;
-        for i in 0..plan.cands.len() {
-            let c = &plan.cands[i];
+        let min_ovh = self.index.min_overhead();
+        // (finish, node, start, install)
+        let mut best: Option<(f64, NodeId, f64, bool)> = None;
+        for (bound, id) in self.index.iter() {
             if let Some((f, ..)) = best
-                && now + plan.min_ovh * bytes + work_ms / c.ub >= f
+                && now + min_ovh * bytes + work_ms / bound >= f
             {
                 break; // no node from here on can finish it sooner
             }
-            let Some(n) = self.nodes.get(&c.id) else { continue };
+            let Some(n) = self.nodes.get(&id) else { continue };
             let install = !n.holds(tc);
-            if install && c.installing {
+            if install && n.installing.is_some() {
                 continue;
             }
-            let start = if c.free > 0 && !c.waited {
-                now
-            } else {
-                let ends = plan.cands[i].ends.get_or_insert_with(|| slot_ends(n, now));
-                earliest(ends).1
+            let start = match waited.get(&id) {
+                Some(w) => earliest(&w.ends).1,
+                None if n.assigned.len() < n.spec.slots as usize => now,
+                None => earliest(&slot_ends(n, now)).1,
             };
-            let c = &plan.cands[i];
-            let factor = if c.host == home && n.spec.host == j.spec.submitter {
-                home_factor(mine, c.slots)
+            let factor = if n.spec.host == j.spec.submitter {
+                home_factor(mine, n.spec.slots as usize)
             } else {
-                c.share
+                cpu_share(n.load.foreign_load)
             };
-            let mut finish = start + c.ovh * bytes + work_ms / (c.base * factor).max(1.0);
+            let rate = n.rate_bps() * fill_factor(n, self.cfg.fill_weight) * factor;
+            let mut finish = start + n.speed.overhead_ms_per_byte * bytes + work_ms / rate.max(1.0);
             if install {
                 finish += self.cfg.install_ms;
             }
             if best.is_none_or(|(f, ..)| finish < f) {
-                best = Some((finish, i, start, install));
+                best = Some((finish, id, start, install));
             }
         }
-        let (finish, i, start, install) = best?;
-        let c = &mut plan.cands[i];
-        let node = c.id;
-        let free_now = !c.waited && c.free > 0;
-        let preload = !free_now && !c.waited && c.room;
-        if free_now || preload {
-            return Some((i, Assignment { job, node, preload, install, explore: false }));
+        let (finish, node, start, install) = best?;
+        let n = self.nodes.get(&node)?;
+        if !waited.contains_key(&node) {
+            let free_now = n.assigned.len() < n.spec.slots as usize;
+            let preload = !free_now && n.has_room();
+            if free_now || preload {
+                return Some(Assignment { job, node, preload, install, explore: false });
+            }
         }
         // Wait for that node: its next slot is this job's in the rest of this plan.
-        c.waited = true;
-        if let Some(ends) = c.ends.as_mut() {
-            let (k, _) = earliest(ends);
-            ends[k] = finish.max(start);
-        }
+        let w = waited.entry(node).or_insert_with(|| Waited { ends: slot_ends(n, now) });
+        let (k, _) = earliest(&w.ends);
+        w.ends[k] = finish.max(start);
         None
     }
 
@@ -244,7 +149,9 @@ impl Scheduler {
     /// a typical (median-cost) queued job. Tiny units are dominated by start-up costs and would
     /// teach a misleading speed; the largest risk the build's end.
     fn explore(&self, order: &[JobId], now: Millis) -> Option<Assignment> {
-        for (id, n) in &self.nodes {
+        let stale_before = now.saturating_sub(self.cfg.stale_ms);
+        for id in self.index.exploration_candidates(stale_before) {
+            let Some(n) = self.nodes.get(&id) else { continue };
             if !n.has_room() || n.assigned.len() >= n.spec.slots as usize {
                 continue;
             }
@@ -266,7 +173,7 @@ impl Scheduler {
             if let Some((_, job, install)) = fits.get(fits.len() / 2) {
                 return Some(Assignment {
                     job: *job,
-                    node: *id,
+                    node: id,
                     preload: false,
                     install: *install,
                     explore: true,
@@ -290,18 +197,19 @@ impl Scheduler {
     /// set-up) plus its cost at the node's effective rate.
     /// (`mine`: the submitter's placed jobs, for its own host's factor.)
     /// The plan computes the same from a [`Cand`].
-    fn duration_ms(&self, n: &Node, j: &super::Job, reference: f64, mine: usize) -> f64 {
+    fn duration_ms(&self, n: &Node, j: &super::Job, mine: usize) -> f64 {
         n.speed.overhead_ms_per_byte * j.spec.bytes_in as f64
-            + j.work * 1000.0 / self.effective_bps(n, &j.spec.submitter, reference, mine)
+            + j.work * 1000.0 / self.effective_bps(n, &j.spec.submitter, mine)
     }
 
     fn running_of(&self, submitter: &str) -> usize {
         self.running_by_submitter.get(submitter).copied().unwrap_or(0)
     }
 
-    fn effective_bps(&self, n: &Node, submitter: &str, reference: f64, mine: usize) -> f64 {
+    /// (An unmeasured node is assumed as fast as the fastest measured one.)
+    fn effective_bps(&self, n: &Node, submitter: &str, mine: usize) -> f64 {
         let mut bps = if n.speed.samples < self.cfg.min_samples {
-            n.rate_bps().max(reference)
+            n.rate_bps().max(self.reference_bps())
         } else {
             n.rate_bps()
         };
@@ -314,11 +222,11 @@ impl Scheduler {
         bps.max(1.0)
     }
 
-    fn commit(&mut self, a: Assignment, now: Millis, reference: f64) {
+    fn commit(&mut self, a: Assignment, now: Millis) {
         let Some(job) = self.jobs.get(&a.job) else { return };
         let Some(n) = self.nodes.get(&a.node) else { return };
         let mine = self.running_of(&job.spec.submitter);
-        let mut est = self.duration_ms(n, job, reference, mine);
+        let mut est = self.duration_ms(n, job, mine);
         if a.install {
             est += self.cfg.install_ms;
         }

@@ -256,3 +256,28 @@ fn the_cost_history_sends_a_unit_that_was_expensive_before_to_the_fast_node() {
     let fresh = s.submit(JobSpec { unit: 9, ..job("c", 5_000) });
     assert_eq!(s.jobs.get(&fresh).map(|j| j.work), Some(5_000.0));
 }
+
+#[test]
+fn the_plan_index_follows_nodes_as_they_change() {
+    let mut s = Scheduler::new(PolicyConfig { fill_weight: 0.0, ..base() });
+    s.add_node(1, node("a", 1, &[GCC]), 0);
+    s.add_node(2, node("b", 1, &[GCC]), 0);
+    // Unmeasured nodes are only explored: not in the plan's index.
+    assert_eq!(s.index.iter().count(), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    measure(&mut s, 2, 2_000_000, 0);
+    let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
+    assert_eq!(order, vec![2, 1], "fastest bound first");
+    // Foreign load on the fast node drops it behind the other.
+    let busy = LoadReport { foreign_load: 800, ..LoadReport::default() };
+    s.report_load(2, busy, 1);
+    let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
+    assert_eq!(order, vec![1, 2]);
+    let j = s.submit(job("c", 1000));
+    s.dispatch(2);
+    assert_eq!(s.placement(j), Some(1));
+    // A lost node leaves the index.
+    s.node_lost(1, 3);
+    let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
+    assert_eq!(order, vec![2]);
+}
