@@ -1,22 +1,34 @@
 //! The nodes the plan may place on, ordered by an upper bound of their effective rate, kept up
 //! to date as nodes change (load, rate, slot fill), so a placement visits the few fastest
 //! candidates instead of every node; the smallest transfer overhead among them, for the
-//! plan's bound; and every node by the age of its speed estimate (learning nodes first), so
-//! exploration looks only at nodes that may need it.
+//! plan's bound; the nodes that may need exploring (learning with room for one more job, then
+//! by the age of their estimate); and the fastest measured rate (the guess for unmeasured
+//! nodes). Floats are kept as their bits: positive floats order like their bits.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Node, NodeId, PolicyConfig, cpu_share};
 
+/// Where a node is filed, so it can be taken out again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keys {
+    plan: Option<(u64, u64)>,
+    age: Option<u64>,
+    rate: Option<u64>,
+}
+
 /// The index.
 #[derive(Debug, Default)]
 pub struct NodeIndex {
+    /// Plannable nodes by rate bound, highest first.
     by_ub: BTreeSet<(Reverse<u64>, NodeId)>,
-    /// Overhead per byte (as bits: positive floats order like their bits) → nodes with it.
+    /// Overheads per byte of plannable nodes (multiset).
     ovhs: BTreeMap<u64, usize>,
-    /// `(0 while learning, else when its last sample was taken, id)`, every node.
+    /// `(0 while learning, else when its last sample was taken, id)`.
     by_age: BTreeSet<(u64, NodeId)>,
+    /// Rates of measured nodes (multiset).
+    rates: BTreeMap<u64, usize>,
 }
 
 /// `1 - w * fill`: SMT and clock ramping make a fuller node slower per job.
@@ -40,34 +52,58 @@ pub fn plannable(n: &Node, cfg: &PolicyConfig) -> bool {
     n.spec.slots > 0 && n.load.foreign_load < 1000 && n.speed.samples >= cfg.min_samples
 }
 
+fn add(set: &mut BTreeMap<u64, usize>, k: u64) {
+    *set.entry(k).or_default() += 1;
+}
+
+fn sub(set: &mut BTreeMap<u64, usize>, k: u64) {
+    if let Some(c) = set.get_mut(&k) {
+        *c -= 1;
+        if *c == 0 {
+            set.remove(&k);
+        }
+    }
+}
+
 impl NodeIndex {
     /// Files the node anew after it changed.
     pub fn update(&mut self, id: NodeId, n: &mut Node, cfg: &PolicyConfig) {
         self.remove(id, n);
-        let age = if n.speed.samples < cfg.min_samples { 0 } else { n.speed.last_sample };
-        self.by_age.insert((age, id));
-        n.aged = Some(age);
+        let mut keys = Keys::default();
         if plannable(n, cfg) {
             let ub = rate_bound(n, cfg).to_bits();
             let ovh = n.speed.overhead_ms_per_byte.max(0.0).to_bits();
             self.by_ub.insert((Reverse(ub), id));
-            *self.ovhs.entry(ovh).or_default() += 1;
-            n.indexed = Some((ub, ovh));
+            add(&mut self.ovhs, ovh);
+            keys.plan = Some((ub, ovh));
         }
+        let learning = n.speed.samples < cfg.min_samples;
+        // A learning node with as many jobs in flight as samples waits for them.
+        if !learning || n.assigned.len() <= n.speed.samples as usize {
+            let age = if learning { 0 } else { n.speed.last_sample };
+            self.by_age.insert((age, id));
+            keys.age = Some(age);
+        }
+        if n.speed.samples > 0 {
+            let rate = n.rate_bps().max(0.0).to_bits();
+            add(&mut self.rates, rate);
+            keys.rate = Some(rate);
+        }
+        n.keys = keys;
     }
 
     /// Takes the node out.
     pub fn remove(&mut self, id: NodeId, n: &mut Node) {
-        if let Some(age) = n.aged.take() {
+        let keys = std::mem::take(&mut n.keys);
+        if let Some((ub, ovh)) = keys.plan {
+            self.by_ub.remove(&(Reverse(ub), id));
+            sub(&mut self.ovhs, ovh);
+        }
+        if let Some(age) = keys.age {
             self.by_age.remove(&(age, id));
         }
-        let Some((ub, ovh)) = n.indexed.take() else { return };
-        self.by_ub.remove(&(Reverse(ub), id));
-        if let Some(c) = self.ovhs.get_mut(&ovh) {
-            *c -= 1;
-            if *c == 0 {
-                self.ovhs.remove(&ovh);
-            }
+        if let Some(rate) = keys.rate {
+            sub(&mut self.rates, rate);
         }
     }
 
@@ -76,7 +112,8 @@ impl NodeIndex {
         self.by_ub.iter().map(|(Reverse(ub), id)| (f64::from_bits(*ub), *id))
     }
 
-    /// Nodes still learning, then nodes whose last sample is older than `stale_before`.
+    /// Nodes still learning (with room for one more job), then nodes whose last sample is
+    /// older than `stale_before`.
     pub fn exploration_candidates(&self, stale_before: u64) -> impl Iterator<Item = NodeId> + '_ {
         self.by_age
             .iter()
@@ -87,5 +124,10 @@ impl NodeIndex {
     /// The smallest overhead per byte among plannable nodes.
     pub fn min_overhead(&self) -> f64 {
         self.ovhs.keys().next().map_or(0.0, |b| f64::from_bits(*b))
+    }
+
+    /// The fastest measured rate, if any node is measured.
+    pub fn max_rate(&self) -> Option<f64> {
+        self.rates.keys().next_back().map(|b| f64::from_bits(*b))
     }
 }

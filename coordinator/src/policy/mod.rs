@@ -203,10 +203,8 @@ struct Node {
     fitted_bps: Option<f64>,
     /// Its host is a submitter's (its rate bound includes the submitter factor's best).
     submitters_host: bool,
-    /// Its key in the plan's index, when it is there.
-    indexed: Option<(u64, u64)>,
-    /// Its key in the index's exploration order.
-    aged: Option<u64>,
+    /// Where the index filed it.
+    keys: index::Keys,
     placed_total: u64,
     done_total: u64,
 }
@@ -308,8 +306,7 @@ impl Scheduler {
             exploring: false,
             fitted_bps: None,
             submitters_host,
-            indexed: None,
-            aged: None,
+            keys: index::Keys::default(),
             placed_total: 0,
             done_total: 0,
         };

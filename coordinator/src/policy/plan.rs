@@ -185,12 +185,7 @@ impl Scheduler {
 
     /// Rate of the fastest measured node (the optimistic guess for unmeasured ones).
     fn reference_bps(&self) -> f64 {
-        self.nodes
-            .values()
-            .filter(|n| n.speed.samples > 0)
-            .map(Node::rate_bps)
-            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))))
-            .unwrap_or(self.cfg.default_bps)
+        self.index.max_rate().unwrap_or(self.cfg.default_bps)
     }
 
     /// The job's estimated time on the node: the overhead its bytes cost there (transfer,
@@ -252,5 +247,6 @@ impl Scheduler {
                 n.installing = Some(toolchain);
             }
         }
+        self.reindex(a.node);
     }
 }
