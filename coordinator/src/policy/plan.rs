@@ -149,6 +149,9 @@ impl Scheduler {
     /// a typical (median-cost) queued job. Tiny units are dominated by start-up costs and would
     /// teach a misleading speed; the largest risk the build's end.
     fn explore(&self, order: &[JobId], now: Millis) -> Option<Assignment> {
+        if order.is_empty() {
+            return None;
+        }
         let stale_before = now.saturating_sub(self.cfg.stale_ms);
         for id in self.index.exploration_candidates(stale_before) {
             let Some(n) = self.nodes.get(&id) else { continue };
