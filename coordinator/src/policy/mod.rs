@@ -61,9 +61,6 @@ pub struct PolicyConfig {
     pub stale_ms: Millis,
     /// Estimated cost of installing a toolchain on a node that lacks it.
     pub install_ms: f64,
-    /// A job waits for a full node when the best node with room would finish it more than this
-    /// factor later (measured from now).
-    pub hold_factor: f64,
     /// Samples before a node's speed is trusted with large jobs.
     pub min_samples: u32,
     /// Weight of slot fill in the effective speed (SMT, clock ramping): `1 - w * fill`.
@@ -76,7 +73,6 @@ impl Default for PolicyConfig {
             default_bps: 1_000_000.0,
             stale_ms: 120_000,
             install_ms: 2_000.0,
-            hold_factor: 1.3,
             min_samples: 3,
             fill_weight: 0.05,
         }
