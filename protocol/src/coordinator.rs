@@ -204,3 +204,22 @@ pub struct SubmitterStatus {
     /// Units queued.
     pub queued: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_keys_are_stable_and_tell_units_apart() {
+        let gcc = Digest([1; 32]);
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let k = unit_key(&gcc, "lvm.c", &args(&["-O2", "-c", "lvm.c"]));
+        assert_eq!(k, unit_key(&gcc, "lvm.c", &args(&["-O2", "-c", "lvm.c"])));
+        assert_ne!(k, 0);
+        assert_ne!(k, unit_key(&gcc, "lgc.c", &args(&["-O2", "-c", "lvm.c"])));
+        assert_ne!(k, unit_key(&gcc, "lvm.c", &args(&["-O0", "-c", "lvm.c"])));
+        assert_ne!(k, unit_key(&Digest([2; 32]), "lvm.c", &args(&["-O2", "-c", "lvm.c"])));
+        // Argument boundaries count: ["-c", "x"] is not ["-cx"].
+        assert_ne!(unit_key(&gcc, "a", &args(&["-c", "x"])), unit_key(&gcc, "a", &args(&["-cx"])));
+    }
+}
