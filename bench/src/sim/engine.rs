@@ -98,13 +98,17 @@ pub struct Outcome {
 }
 
 /// Runs every build of `trace` over `nodes` with `policy`: a warm-up replay on the fleet
-/// without failures, then the measured one (whose makespan is returned).
+/// without failures (unless `cold`), then the measured one (whose makespan is returned).
 pub fn simulate(
     trace: &Trace,
     builds: &[Build],
     nodes: &[SimNode],
     policy: &mut dyn SimPolicy,
+    cold: bool,
 ) -> Outcome {
+    if cold {
+        return replay(trace, builds, nodes, policy, 0.0);
+    }
     let healthy: Vec<SimNode> =
         nodes.iter().map(|n| SimNode { fails_at_s: None, ..n.clone() }).collect();
     let warm = replay(trace, builds, &healthy, policy, 0.0);
