@@ -244,8 +244,10 @@ async fn serve_node(
                         free_mem_mb: l.free_mem_mb,
                         free_disk_mb: l.free_disk_mb,
                     };
-                    core.sched.report_load(id, load, now);
-                    core.dispatch();
+                    // A report that changes nothing the plan uses only proves the node alive.
+                    if core.sched.report_load(id, load, now) {
+                        core.dispatch();
+                    }
                 }
                 Ok(CoordRequest::ToolchainAdded(d)) => {
                     let mut core = shared.core();

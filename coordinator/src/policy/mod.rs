@@ -311,13 +311,18 @@ impl Scheduler {
         requeued
     }
 
-    /// A node's load report; also proves it alive.
-    pub fn report_load(&mut self, id: NodeId, load: LoadReport, now: Millis) {
-        if let Some(n) = self.nodes.get_mut(&id) {
-            n.load = load;
-            n.last_seen = now;
+    /// A node's load report; also proves it alive. Whether it changed what placements use
+    /// (the foreign load), so the caller knows a dispatch could place more.
+    pub fn report_load(&mut self, id: NodeId, load: LoadReport, now: Millis) -> bool {
+        let Some(n) = self.nodes.get_mut(&id) else { return false };
+        let refile = n.load.foreign_load != load.foreign_load;
+        n.load = load;
+        n.last_seen = now;
+        // Only the foreign load bears on the index (most reports only prove the node alive).
+        if refile {
+            self.reindex(id);
         }
-        self.reindex(id);
+        refile
     }
 
     /// Files a node anew in the plan's index after it changed.
