@@ -79,6 +79,15 @@ fn cpu_s(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The machine's CPU counters from /proc/stat: `(steal, total)` ticks. On a shared VM, time
+/// the hypervisor gave to others (steal) slows everything measured here.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
+}
+
 /// The machine's 1-minute load average (the machine is shared: figures need it beside them).
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -290,6 +299,7 @@ async fn drive(args: &Args, addr: SocketAddr, pid: u32) -> Result<serde_json::Va
     tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
     measuring.store(true, Ordering::Relaxed);
     let load_before = loadavg();
+    let ticks0 = cpu_ticks();
     let cpu0 = cpu_s(pid);
     let t0 = Instant::now();
     let mut rss_peak = 0;
@@ -301,6 +311,9 @@ async fn drive(args: &Args, addr: SocketAddr, pid: u32) -> Result<serde_json::Va
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_s(pid) - cpu0;
     let load_after = loadavg();
+    let ticks1 = cpu_ticks();
+    let total = ticks1.1.saturating_sub(ticks0.1).max(1);
+    let steal_pct = ticks1.0.saturating_sub(ticks0.0) as f64 * 100.0 / total as f64;
     stop.store(true, Ordering::Relaxed);
     let mut placed = 0;
     for c in clients {
@@ -335,5 +348,6 @@ async fn drive(args: &Args, addr: SocketAddr, pid: u32) -> Result<serde_json::Va
         "coordinator_cpu_s": (cpu * 100.0).round() / 100.0,
         "coordinator_cpu_us_per_placement": if placed > 0 { (cpu * 1e6 / placed as f64 * 10.0).round() / 10.0 } else { 0.0 },
         "loadavg_1m": {"before": load_before, "after": load_after},
+        "cpu_steal_pct": (steal_pct * 10.0).round() / 10.0,
     }))
 }
