@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
+use discomy_protocol::coordinator::unit_key;
 use discomy_protocol::{
     AuthConfig, CompileRequest, Digest, PeerKind, ProtocolError, RefusalKind, Request, Response,
 };
@@ -200,6 +201,7 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                     source: &req.source_name,
                     bytes_in: req.unit.raw_len,
                     work: crate::coordclient::main_file_bytes(&req).unwrap_or(0),
+                    key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
                     request: Request::Compile(req.clone()),
                 };
                 tokio::select! {
@@ -224,6 +226,7 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                         bytes_in: req.files.iter().map(|f| f.size).sum(),
                         // The unit's own source comes first in its file list.
                         work: req.files.first().map_or(0, |f| f.size),
+                        key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
                         request: Request::CompileSources(req.clone()),
                     };
                     tokio::select! {
@@ -265,6 +268,8 @@ struct Unit<'a> {
     bytes_in: u64,
     /// Size of the unit's own source, the coordinator's measure of its work.
     work: u64,
+    /// The unit's key in the coordinator's cost history.
+    key: u64,
 }
 
 /// Places one unit, retrying on other workers after transport failures.
@@ -379,7 +384,7 @@ async fn forward_placed(state: &State, coord: &CoordClient, unit: &Unit<'_>) -> 
     let request = &unit.request;
     for _ in 0..state.config.max_attempts {
         let placement = coord
-            .place(unit.toolchain, unit.bytes_in, unit.work, state.config.queue_timeout)
+            .place(unit.toolchain, unit.bytes_in, unit.work, unit.key, state.config.queue_timeout)
             .await?;
         let spec = crate::hosts::parse_host_list(placement.worker.as_deref()?).ok()?.pop()?;
         let started = std::time::Instant::now();

@@ -138,20 +138,21 @@ impl CoordClient {
         }
     }
 
-    /// Asks where a unit of `toolchain` (`bytes_in` shipped, `work` bytes of its own source)
-    /// should run. `None`: no coordinator now, or no answer within `wait`.
+    /// Asks where a unit of `toolchain` (`bytes_in` shipped, `work` bytes of its own source,
+    /// `unit` its cost-history key) should run. `None`: no coordinator now, or no answer within `wait`.
     pub async fn place(
         &self,
         toolchain: discomy_protocol::Digest,
         bytes_in: u64,
         work: u64,
+        unit: u64,
         wait: Duration,
     ) -> Option<Placement> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         let tag = self.tags.fetch_add(1, Ordering::Relaxed);
         let (otx, orx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(tag, otx);
-        let ask = PlaceRequest { tag, toolchain, bytes_in, work, priority: 0 };
+        let ask = PlaceRequest { tag, toolchain, bytes_in, work, priority: 0, unit };
         tx.send(CoordRequest::Place(ask)).ok()?;
         match tokio::time::timeout(wait, orx).await {
             Ok(Ok(p)) => Some(p),

@@ -27,8 +27,9 @@ pub struct NodeInfo {
     pub port: u16,
     /// Slots.
     pub slots: u32,
-    /// Toolchains held at start.
-    pub toolchains: Vec<Digest>,
+    /// The worker's toolchain store: what it holds is read at each login (the coordinator's
+    /// affinity before any job ran there) and every second after (`ToolchainAdded`).
+    pub store_dir: std::path::PathBuf,
     /// Units compiling now (the worker's gauge).
     pub running: Arc<AtomicUsize>,
     /// Where units are written (for the free-disk figure).
@@ -102,8 +103,9 @@ async fn session(
         cores,
         slots: info.slots,
         memory_mb: meminfo("MemTotal:").unwrap_or(0),
-        toolchains: info.toolchains.clone(),
+        toolchains: crate::toolstore::installed_in(&info.store_dir),
     };
+    let mut known: std::collections::HashSet<Digest> = login.toolchains.iter().copied().collect();
     send(&mut conn, &CoordRequest::NodeLogin(login)).await.map_err(t)?;
     let answer = tokio::time::timeout(Duration::from_secs(10), recv::<_, CoordResponse>(&mut conn))
         .await
@@ -137,6 +139,11 @@ async fn session(
             free_disk_mb: free_disk_mb(&info.work_dir),
         };
         send(&mut conn, &CoordRequest::Load(report)).await.map_err(t)?;
+        for d in crate::toolstore::installed_in(&info.store_dir) {
+            if known.insert(d) {
+                send(&mut conn, &CoordRequest::ToolchainAdded(d)).await.map_err(t)?;
+            }
+        }
     }
 }
 

@@ -69,6 +69,18 @@ struct State {
     in_use: HashMap<Digest, usize>,
 }
 
+/// Digests of the toolchains installed in the store at `dir` (read without opening it, so the
+/// node reporter sees what the worker installs).
+pub fn installed_in(dir: &Path) -> Vec<Digest> {
+    fs::read_dir(dir.join("manifests"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Digest::from_hex(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A toolchain store.
 pub struct ToolStore {
     dir: PathBuf,
@@ -151,13 +163,7 @@ impl ToolStore {
 
     /// Digests of installed toolchains.
     pub fn installed(&self) -> Vec<Digest> {
-        fs::read_dir(self.dir.join("manifests"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| Digest::from_hex(&e.file_name().to_string_lossy()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        installed_in(&self.dir)
     }
 
     /// Whether a blob is stored.

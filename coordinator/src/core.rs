@@ -8,7 +8,7 @@ use discomy_protocol::coordinator::{
 };
 use tokio::sync::mpsc;
 
-use crate::policy::{Clock, JobId, MonotonicClock, NodeId, Scheduler};
+use crate::policy::{Clock, IdMap, JobId, MonotonicClock, NodeId, Scheduler};
 
 /// Where the answers for one agent connection go.
 pub type AgentTx = mpsc::UnboundedSender<CoordResponse>;
@@ -29,9 +29,9 @@ pub struct Core {
     /// Farm name.
     pub farm: String,
     addresses: HashMap<NodeId, String>,
-    waiting: HashMap<JobId, Waiter>,
+    waiting: IdMap<Waiter>,
     /// Placed jobs by agent connection, to cancel them when it goes.
-    owner: HashMap<JobId, u64>,
+    owner: IdMap<u64>,
     next_id: u64,
 }
 
@@ -43,8 +43,8 @@ impl Core {
             clock: MonotonicClock::default(),
             farm,
             addresses: HashMap::new(),
-            waiting: HashMap::new(),
-            owner: HashMap::new(),
+            waiting: IdMap::default(),
+            owner: IdMap::default(),
             next_id: 0,
         }
     }
@@ -78,7 +78,7 @@ impl Core {
         self.dispatch();
     }
 
-    /// Queues one unit for an agent and places what can be placed.
+    /// Queues one unit for an agent; the caller dispatches (once per batch of requests).
     pub fn place(&mut self, agent: u64, tag: u64, spec: crate::policy::JobSpec, tx: &AgentTx) {
         if self.sched.node_count() == 0 {
             let _ = tx.send(CoordResponse::Placed(Placement { tag, job: 0, worker: None }));
@@ -87,10 +87,9 @@ impl Core {
         let job = self.sched.submit(spec);
         self.waiting.insert(job, Waiter { tag, agent, tx: tx.clone() });
         self.owner.insert(job, agent);
-        self.dispatch();
     }
 
-    /// A unit ended.
+    /// A unit ended; the caller dispatches (once per batch of requests).
     pub fn done(&mut self, agent: u64, job: JobId, stats: crate::policy::JobStats) {
         if self.owner.get(&job) != Some(&agent) {
             return; // not this agent's job (or already cancelled): ignore, do not learn
@@ -98,7 +97,6 @@ impl Core {
         self.owner.remove(&job);
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
-        self.dispatch();
     }
 
     /// An agent connection ended: its queued and placed jobs go.

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use discomy_protocol::asyncio::{Conn, client_handshake, recv, send, server_handshake};
+use discomy_protocol::asyncio::{
+    Conn, client_handshake, recv, recv_ready, send, send_all, server_handshake,
+};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, NodeLogin};
 use discomy_protocol::{AuthConfig, PeerKind, ProtocolError, Request, Response};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::core::Core;
+use crate::core::{AgentTx, Core};
 use crate::policy::{Clock, JobSpec, JobStats, LoadReport, NodeSpec, PolicyConfig, Scheduler};
 
 /// Daemon settings.
@@ -242,8 +244,10 @@ async fn serve_node(
                         free_mem_mb: l.free_mem_mb,
                         free_disk_mb: l.free_disk_mb,
                     };
-                    core.sched.report_load(id, load, now);
-                    core.dispatch();
+                    // A report that changes nothing the plan uses only proves the node alive.
+                    if core.sched.report_load(id, load, now) {
+                        core.dispatch();
+                    }
                 }
                 Ok(CoordRequest::ToolchainAdded(d)) => {
                     let mut core = shared.core();
@@ -276,58 +280,82 @@ async fn serve_agent(
         return;
     }
     debug!(agent = id, %host, "agent joined");
+    let mut inbox: Vec<CoordRequest> = Vec::new();
+    let mut outbox: Vec<CoordResponse> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                // Everything ready goes out in one write.
-                let mut batch = vec![out];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                if send_batch(&mut conn, &batch).await.is_err() {
-                    break;
-                }
-            }
+            out = rx.recv() => match out {
+                Some(out) => outbox.push(out),
+                None => break,
+            },
             msg = recv::<_, CoordRequest>(&mut conn) => match msg {
-                Ok(CoordRequest::Place(p)) => {
-                    let spec = JobSpec {
-                        submitter: host.clone(),
-                        priority: p.priority,
-                        toolchain: p.toolchain.0,
-                        bytes_in: p.bytes_in,
-                        work: p.work,
-                    };
-                    shared.core().place(id, p.tag, spec, &tx);
-                }
-                Ok(CoordRequest::Done(d)) => {
-                    let stats = JobStats { ok: d.ok, wall_ms: d.wall_ms, cpu_ms: d.cpu_ms, bytes_out: d.bytes_out };
-                    shared.core().done(id, d.job, stats);
-                }
-                Ok(CoordRequest::Status) => {
-                    let status = shared.core().status();
-                    let _ = tx.send(CoordResponse::Status(status));
-                }
-                Ok(other) => debug!(agent = id, ?other, "ignored a message from an agent"),
+                Ok(msg) => inbox.push(msg),
                 Err(_) => break,
             },
+        }
+        // Every request already read is handled under one lock and one dispatch, and every
+        // answer ready goes out in one write.
+        let mut closed = false;
+        while inbox.len() < MAX_BATCH {
+            match recv_ready::<_, CoordRequest>(&mut conn) {
+                Some(Ok(msg)) => inbox.push(msg),
+                Some(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !inbox.is_empty() {
+            let mut core = shared.core();
+            for msg in inbox.drain(..) {
+                handle_agent_request(&mut core, id, &host, msg, &tx);
+            }
+            core.dispatch();
+        }
+        while let Ok(more) = rx.try_recv() {
+            outbox.push(more);
+        }
+        if !outbox.is_empty() {
+            if send_all(&mut conn, &outbox).await.is_err() {
+                break;
+            }
+            outbox.clear();
+        }
+        if closed {
+            break;
         }
     }
     shared.core().agent_gone(id);
     debug!(agent = id, %host, "agent left");
 }
 
-/// Sends several messages with one flush.
-async fn send_batch(
-    conn: &mut Conn<TcpStream>,
-    batch: &[CoordResponse],
-) -> Result<(), ProtocolError> {
-    use futures_util::SinkExt;
-    for msg in batch {
-        let body = discomy_protocol::frame::encode(msg)?;
-        conn.feed(bytes::Bytes::from(body)).await?;
+/// Requests handled per batch before answers go out.
+const MAX_BATCH: usize = 1024;
+
+/// One agent request; the caller dispatches after the batch.
+fn handle_agent_request(core: &mut Core, agent: u64, host: &str, msg: CoordRequest, tx: &AgentTx) {
+    match msg {
+        CoordRequest::Place(p) => {
+            let spec = JobSpec {
+                submitter: host.to_string(),
+                priority: p.priority,
+                toolchain: p.toolchain.0,
+                bytes_in: p.bytes_in,
+                work: p.work,
+                unit: p.unit,
+            };
+            core.place(agent, p.tag, spec, tx);
+        }
+        CoordRequest::Done(d) => {
+            let stats =
+                JobStats { ok: d.ok, wall_ms: d.wall_ms, cpu_ms: d.cpu_ms, bytes_out: d.bytes_out };
+            core.done(agent, d.job, stats);
+        }
+        CoordRequest::Status => {
+            let _ = tx.send(CoordResponse::Status(core.status()));
+        }
+        other => debug!(agent, ?other, "ignored a message from an agent"),
     }
-    SinkExt::<bytes::Bytes>::flush(conn).await?;
-    Ok(())
 }

@@ -67,8 +67,14 @@ async fn a_silent_node_is_out_within_three_seconds() {
     let mut agent = client_handshake(stream, &AuthConfig::none()).await.unwrap();
     send(&mut agent, &CoordRequest::AgentLogin { host: "a".into() }).await.unwrap();
     assert!(matches!(recv(&mut agent).await.unwrap(), CoordResponse::Welcome { .. }));
-    let ask =
-        PlaceRequest { tag: 9, toolchain: Digest([1; 32]), bytes_in: 1, work: 1, priority: 0 };
+    let ask = PlaceRequest {
+        tag: 9,
+        toolchain: Digest([1; 32]),
+        bytes_in: 1,
+        work: 1,
+        priority: 0,
+        unit: 0,
+    };
     send(&mut agent, &CoordRequest::Place(ask)).await.unwrap();
     match recv(&mut agent).await.unwrap() {
         CoordResponse::Placed(p) => {

@@ -4,7 +4,7 @@
 //! [`MAX_FRAME_LEN`] enforced on both encode and decode: the same bytes as [`crate::frame`].
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -61,6 +61,28 @@ where
         Some(Err(e)) => Err(map_codec_err(e)),
         Some(Ok(body)) => decode(&body),
     }
+}
+
+/// A message that can be had without waiting: a complete frame already read (or readable
+/// without blocking). `None`: nothing ready now.
+pub fn recv_ready<S, T>(conn: &mut Conn<S>) -> Option<Result<T, ProtocolError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: DeserializeOwned,
+{
+    recv(conn).now_or_never()
+}
+
+/// Sends several messages with one flush.
+pub async fn send_all<S, T>(conn: &mut Conn<S>, msgs: &[T]) -> Result<(), ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: Serialize,
+{
+    for msg in msgs {
+        conn.feed(Bytes::from(encode(msg)?)).await.map_err(map_codec_err)?;
+    }
+    SinkExt::<Bytes>::flush(conn).await.map_err(map_codec_err)
 }
 
 /// Server side of the handshake. On any refusal the peer has been told why (where it speaks

@@ -105,6 +105,25 @@ pub struct PlaceRequest {
     pub work: u64,
     /// Build priority, 0 first.
     pub priority: u8,
+    /// The unit's key for the coordinator's cost history ([`unit_key`]); 0: none.
+    pub unit: u64,
+}
+
+/// The key under which the coordinator remembers what a unit cost: its source's name, the
+/// build's arguments and the compiler, so the same unit of the next rebuild of a package is
+/// recognised. Never 0 (0 means "no key").
+pub fn unit_key(toolchain: &Digest, source_name: &str, args: &[String]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"discomy unit key v1\0");
+    h.update(&toolchain.0);
+    h.update(source_name.as_bytes());
+    for a in args {
+        h.update(b"\0");
+        h.update(a.as_bytes());
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(first).max(1)
 }
 
 /// Where a unit runs.
@@ -184,4 +203,23 @@ pub struct SubmitterStatus {
     pub running: u64,
     /// Units queued.
     pub queued: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_keys_are_stable_and_tell_units_apart() {
+        let gcc = Digest([1; 32]);
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let k = unit_key(&gcc, "lvm.c", &args(&["-O2", "-c", "lvm.c"]));
+        assert_eq!(k, unit_key(&gcc, "lvm.c", &args(&["-O2", "-c", "lvm.c"])));
+        assert_ne!(k, 0);
+        assert_ne!(k, unit_key(&gcc, "lgc.c", &args(&["-O2", "-c", "lvm.c"])));
+        assert_ne!(k, unit_key(&gcc, "lvm.c", &args(&["-O0", "-c", "lvm.c"])));
+        assert_ne!(k, unit_key(&Digest([2; 32]), "lvm.c", &args(&["-O2", "-c", "lvm.c"])));
+        // Argument boundaries count: ["-c", "x"] is not ["-cx"].
+        assert_ne!(unit_key(&gcc, "a", &args(&["-c", "x"])), unit_key(&gcc, "a", &args(&["-cx"])));
+    }
 }

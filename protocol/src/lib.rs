@@ -47,6 +47,7 @@ pub use toolchain::{EntryKind, ToolchainManifest, TreeEntry};
 pub mod version {
     /// The version this build speaks. Version 1: handshake, `Compile`, `Ping`. Version 2:
     /// toolchain upload (`PutBlob`, `InstallToolchain`) and `NeedToolchain` refusals. Version 3:
-    /// source-mode units (`CompileSources`, `PutSource`).
-    pub const CURRENT: u16 = 3;
+    /// source-mode units (`CompileSources`, `PutSource`). Version 4: a unit key in the
+    /// coordinator's `PlaceRequest` (the cost history).
+    pub const CURRENT: u16 = 4;
 }

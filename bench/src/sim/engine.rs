@@ -1,5 +1,11 @@
 //! The discrete-event engine: a virtual clock, submit/finish/failure events, node slots with
 //! preload, transfers over each node's link, and the lower bound of a run.
+//!
+//! [`simulate`] replays the builds twice with the same policy object: a warm-up replay on the
+//! fleet without its failure (yesterday's rebuild of the same packages), then, [`GAP_S`] later,
+//! the measured replay. Every policy keeps what it learned in the warm-up (discomy: node speeds
+//! and per-unit costs from the measured times of finished jobs; icecream: its speed statistics;
+//! the others learn nothing). No policy ever sees a unit's CPU seconds from the trace.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -9,6 +15,8 @@ use super::workload::{Build, Trace};
 
 /// How long a dead node takes to be noticed (the daemon's liveness bound is 3 s).
 pub const DETECT_S: f64 = 1.0;
+/// Idle time between the warm-up replay and the measured one.
+pub const GAP_S: f64 = 5.0;
 
 /// A unit as the policy sees it (no CPU time: that is what it must learn).
 #[derive(Debug, Clone)]
@@ -19,6 +27,8 @@ pub struct JobInfo {
     pub bytes_in: u64,
     /// Main-file bytes (the work estimate).
     pub work: u64,
+    /// The unit's key (the same unit in every build and replay has the same key).
+    pub unit: u64,
 }
 
 /// What a policy sees of a node.
@@ -66,6 +76,7 @@ enum Event {
 
 struct Job {
     build: usize,
+    unit: usize,
     cpu_s: f64,
     bytes_in: u64,
     work: u64,
@@ -86,12 +97,34 @@ pub struct Outcome {
     pub makespan_s: f64,
 }
 
-/// Runs every build of `trace` over `nodes` with `policy`.
+/// Runs every build of `trace` over `nodes` with `policy`: a warm-up replay on the fleet
+/// without failures (unless `cold`), then the measured one (whose makespan is returned).
 pub fn simulate(
     trace: &Trace,
     builds: &[Build],
     nodes: &[SimNode],
     policy: &mut dyn SimPolicy,
+    cold: bool,
+) -> Outcome {
+    if cold {
+        return replay(trace, builds, nodes, policy, 0.0);
+    }
+    let healthy: Vec<SimNode> =
+        nodes.iter().map(|n| SimNode { fails_at_s: None, ..n.clone() }).collect();
+    let warm = replay(trace, builds, &healthy, policy, 0.0);
+    if !warm.makespan_s.is_finite() {
+        return warm;
+    }
+    replay(trace, builds, nodes, policy, warm.makespan_s + GAP_S)
+}
+
+/// One replay of every build starting at `t0_s`; the makespan is counted from `t0_s`.
+fn replay(
+    trace: &Trace,
+    builds: &[Build],
+    nodes: &[SimNode],
+    policy: &mut dyn SimPolicy,
+    t0_s: f64,
 ) -> Outcome {
     let mut jobs = Vec::new();
     let mut events: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
@@ -101,10 +134,11 @@ pub fn simulate(
         events.push(Reverse((t, seq, e)));
     };
     for (b, build) in builds.iter().enumerate() {
-        for u in &trace.units {
+        for (k, u) in trace.units.iter().enumerate() {
             let id = jobs.len();
             jobs.push(Job {
                 build: b,
+                unit: k,
                 cpu_s: u.cpu_s,
                 bytes_in: u.bytes_in,
                 work: u.source_bytes,
@@ -112,12 +146,12 @@ pub fn simulate(
                 epoch: 0,
                 done: false,
             });
-            push(&mut events, us(build.start_s + u.submit_s), Event::Submit(id));
+            push(&mut events, us(t0_s + build.start_s + u.submit_s), Event::Submit(id));
         }
     }
     for (i, n) in nodes.iter().enumerate() {
         if let Some(t) = n.fails_at_s {
-            push(&mut events, us(t), Event::Down(i));
+            push(&mut events, us(t0_s + t), Event::Down(i));
         }
     }
     let mut left: Vec<usize> = vec![trace.units.len(); builds.len()];
@@ -146,6 +180,8 @@ pub fn simulate(
     };
     while let Some(Reverse((t, _, ev))) = events.pop() {
         let now_ms = t / 1000;
+        // Events of the same instant all happen before the policy places anything (units a
+        // build submits together arrive together, as the daemon reads pipelined requests).
         match ev {
             Event::Submit(j) => {
                 let job = &jobs[j];
@@ -153,6 +189,7 @@ pub fn simulate(
                     submitter: builds[job.build].submitter.clone(),
                     bytes_in: job.bytes_in,
                     work: job.work,
+                    unit: job.unit as u64 + 1,
                 };
                 policy.submit(j, &info, now_ms);
             }
@@ -193,6 +230,9 @@ pub fn simulate(
                 policy.node_lost(node, now_ms);
             }
         }
+        if events.peek().is_some_and(|Reverse((next, _, _))| *next == t) {
+            continue;
+        }
         for (j, node) in policy.dispatch(&state, now_ms) {
             if verbose {
                 eprintln!(
@@ -220,13 +260,15 @@ pub fn simulate(
     if jobs.iter().any(|j| !j.done) {
         return Outcome { makespan_s: f64::INFINITY };
     }
-    Outcome { makespan_s: makespan as f64 / 1e6 }
+    Outcome { makespan_s: makespan.saturating_sub(us(t0_s)) as f64 / 1e6 }
 }
 
 /// max(longest dependency chain, total work / total capacity), on the fleet at its best:
-/// each unit on the node that would finish it first (alive until it ends), each build's link
+/// each unit on the node that would finish it first (alive until it ends), its transfer
+/// included (the engine charges every placement its link's latency and bytes), each build's link
 /// after its last unit; the work bound integrates capacity over time, nodes counted until they
-/// fail.
+/// fail. A bound, not an achievable schedule: it knows when a node will fail, and lets every
+/// unit start the moment it is submitted on the node best for it.
 pub fn lower_bound(trace: &Trace, builds: &[Build], nodes: &[SimNode]) -> f64 {
     let eff = |n: &SimNode| n.speed * (1.0 - f64::from(n.foreign_load.min(990)) / 1000.0);
     let chain = builds
@@ -234,9 +276,12 @@ pub fn lower_bound(trace: &Trace, builds: &[Build], nodes: &[SimNode]) -> f64 {
         .map(|b| {
             let units = trace.units.iter().map(|u| {
                 let submit = b.start_s + u.submit_s;
+                let xfer = |n: &SimNode| {
+                    2.0 * n.latency_s + (u.bytes_in + u.bytes_out) as f64 / n.bandwidth
+                };
                 nodes
                     .iter()
-                    .map(|n| submit + u.cpu_s / eff(n))
+                    .map(|n| submit + xfer(n) + u.cpu_s / eff(n))
                     .zip(nodes)
                     .filter(|(end, n)| n.fails_at_s.is_none_or(|f| *end <= f))
                     .map(|(end, _)| end)

@@ -26,6 +26,10 @@ pub struct Args {
     /// Only this fleet (uniform, hetero, wan, loaded, flaky).
     #[arg(long)]
     pub fleet: Option<String>,
+    /// No warm-up replay: the policies start knowing nothing (a coordinator that never saw
+    /// these units).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 const POLICIES: &[&str] = &["discomy", "random", "round-robin", "least-loaded", "icecream-fastest"];
@@ -61,7 +65,7 @@ pub fn run(args: &Args) -> Result<i32> {
         let mut spans = Vec::new();
         for name in POLICIES {
             let mut p = policy(name, &f.nodes);
-            let out = simulate(&trace, &builds, &f.nodes, p.as_mut());
+            let out = simulate(&trace, &builds, &f.nodes, p.as_mut(), args.cold);
             spans.push(out.makespan_s);
             pols.insert(
                 (*name).to_string(),
@@ -81,10 +85,16 @@ pub fn run(args: &Args) -> Result<i32> {
         let first = fleets.first().map(|f| f.name).unwrap_or_default();
         let policies =
             by_fleet.get(first).and_then(|v| v.get("policies")).cloned().unwrap_or(Value::Null);
-        let out = json!({"trace": trace.name, "builds": builds.len(), "policies": policies, "fleets": by_fleet, "targets_met": met});
+        let out = json!({"trace": trace.name, "builds": builds.len(), "warm_up": !args.cold, "policies": policies, "fleets": by_fleet, "targets_met": met});
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("trace: {} ({} units × {} builds)", trace.name, trace.units.len(), builds.len());
+        let warm = if args.cold { "no warm-up" } else { "after a warm-up replay" };
+        println!(
+            "trace: {} ({} units × {} builds, {warm})",
+            trace.name,
+            trace.units.len(),
+            builds.len()
+        );
         println!(
             "{:<10} {:>8} {}",
             "fleet",
@@ -109,7 +119,8 @@ mod tests {
     use super::*;
 
     /// discomy's policy beats every baseline on every generated fleet, and stays within 1.10× of
-    /// the lower bound on the uniform one (the heterogeneous fleets are reported, not gated).
+    /// the lower bound on every fleet but the flaky one (where the bound knows in advance which
+    /// node dies; see the README's simulator section).
     #[test]
     fn discomy_beats_the_baselines_on_every_fleet() {
         let trace = Trace::load(None).unwrap();
@@ -118,15 +129,17 @@ mod tests {
             let lb = lower_bound(&trace, &builds, &f.nodes);
             let spans: Vec<f64> = POLICIES
                 .iter()
-                .map(|name| simulate(&trace, &builds, &f.nodes, policy(name, &f.nodes).as_mut()))
+                .map(|name| {
+                    simulate(&trace, &builds, &f.nodes, policy(name, &f.nodes).as_mut(), false)
+                })
                 .map(|o| o.makespan_s)
                 .collect();
             assert!(spans[0].is_finite(), "{}: discomy did not finish", f.name);
             for (name, s) in POLICIES.iter().zip(&spans).skip(1) {
                 assert!(spans[0] < *s, "{}: discomy {} vs {name} {s}", f.name, spans[0]);
             }
-            if f.name == "uniform" {
-                assert!(spans[0] <= 1.10 * lb, "uniform: {} vs bound {lb}", spans[0]);
+            if f.name != "flaky" {
+                assert!(spans[0] <= 1.10 * lb, "{}: {} vs bound {lb}", f.name, spans[0]);
             }
         }
     }

@@ -48,6 +48,7 @@ impl SimPolicy for Discomy {
             toolchain: TOOLCHAIN,
             bytes_in: info.bytes_in,
             work: info.work,
+            unit: info.unit,
         };
         let id = self.sched.submit(spec);
         self.ids.insert(id, job);

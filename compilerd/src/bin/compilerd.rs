@@ -226,7 +226,7 @@ async fn run() -> Result<()> {
                     advertise,
                     port: bound.port(),
                     slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
-                    toolchains: store.installed(),
+                    store_dir: store.dir().to_path_buf(),
                     running,
                     work_dir: config.work_dir.clone(),
                 };

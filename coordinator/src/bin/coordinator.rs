@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn run() -> Result<()> {
     let cli = Cli::parse();
     let auth = AuthConfig::from_option(cli.token.as_deref());

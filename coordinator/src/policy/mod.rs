@@ -6,34 +6,44 @@
 //! [`Scheduler::dispatch`], and finished with their measured times ([`Scheduler::finish`]).
 //!
 //! # How a job is placed
-//! Every job gets an *estimated completion time* (ECT) on every eligible node:
-//! the time its earliest slot frees (running and preloaded jobs' own estimates), plus its size
-//! (bytes of the unit's own code) over the node's *effective speed*, plus a toolchain install
-//! penalty when the node lacks the job's compiler (affinity). Effective speed is the learned
-//! wall-time speed, discounted by foreign CPU load and slot fill; on the submitter's own host
-//! it is raised for small builds and cut for large ones (the host must preprocess and link).
-//! The job goes to the smallest ECT among nodes with room (a free slot, or preload room up to
-//! `1 + slots/4`), unless a node without room would finish it much sooner, in which case it
-//! waits in the queue (no long unit on a slow node at the end of a build).
-//! Unmeasured and stale nodes are explored explicitly: a node with fewer than `min_samples`
-//! samples gets only typical (median-sized) queued jobs, one more in flight than it has
-//! samples; an idle stale node gets one such job.
-//! A job that waits reserves the node it waits for: that node's next room is its own, so a
-//! stream of smaller jobs cannot keep a long one (the critical path) off the fast nodes.
-//! When nothing has room the job waits in a [`FairQueue`]: priority bands, round-robin between
-//! submitters, largest job first within a submitter (longest-processing-time order).
+//! A job's cost estimate is what its unit cost the last times ([`CostHistory`], keyed by the
+//! agent's unit key: source name, arguments, compiler), else the agent's size estimate (bytes of
+//! the unit's own code). Node rates and unit costs are learned together from finished jobs'
+//! compile times ([`Fit`]): a size estimate hides a tenfold spread of cost per byte between
+//! units, so neither can be learned alone. Each node also learns the wall time its jobs spend
+//! outside the compiler per byte shipped (transfer, set-up).
+//! [`Scheduler::dispatch`] first explores: a node with fewer than `min_samples` samples gets
+//! only typical (median-cost) queued jobs, one more in flight than it has samples; an idle node
+//! with a stale estimate gets one such job. Then it plans the queue in service order (priority
+//! bands, submitters round-robin, largest cost first within a submitter) with earliest finish
+//! time: each job goes where it would finish first, counting when that node's next slot frees
+//! (from its placed jobs' estimates), the transfer overhead, its effective rate (foreign load,
+//! slot fill, and on the submitter's own host ×1.1 for a small build, ×0.8 when its slots are
+//! full, ×0.1 beyond), and an install penalty when it lacks the compiler (affinity; one install
+//! at a time per node). A job whose best node is full is preloaded there within `1 + slots/4`,
+//! else it waits and that node's next slot counts as its own for the rest of the plan, so
+//! smaller jobs cannot take the room the long one waits for. A full farm queues, it does not
+//! refuse.
 
 mod clock;
+mod fit;
+mod history;
+mod ids;
+mod index;
+mod plan;
 mod queue;
 mod speed;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 pub use clock::{Clock, ManualClock, Millis, MonotonicClock};
+pub use fit::{Fit, Fitted, Obs};
+pub use history::{CostHistory, UnitKey};
+pub use ids::{IdHasher, IdMap};
 pub use queue::FairQueue;
-pub use speed::Speed;
+pub use speed::{Sample, Speed, cpu_share};
 
 /// A node's id, given by the caller.
 pub type NodeId = u64;
@@ -51,9 +61,6 @@ pub struct PolicyConfig {
     pub stale_ms: Millis,
     /// Estimated cost of installing a toolchain on a node that lacks it.
     pub install_ms: f64,
-    /// A job waits for a full node when the best node with room would finish it more than this
-    /// factor later (measured from now).
-    pub hold_factor: f64,
     /// Samples before a node's speed is trusted with large jobs.
     pub min_samples: u32,
     /// Weight of slot fill in the effective speed (SMT, clock ramping): `1 - w * fill`.
@@ -66,7 +73,6 @@ impl Default for PolicyConfig {
             default_bps: 1_000_000.0,
             stale_ms: 120_000,
             install_ms: 2_000.0,
-            hold_factor: 1.3,
             min_samples: 3,
             fill_weight: 0.05,
         }
@@ -117,6 +123,9 @@ pub struct JobSpec {
     /// Estimated work: bytes of the unit that come from its main file (headers dominate the
     /// preprocessed size but not the compile time). 0: unknown, `bytes_in` is used.
     pub work: u64,
+    /// The agent's key for the unit (source name, arguments, compiler), under which the cost
+    /// history remembers what it cost before; 0: none.
+    pub unit: UnitKey,
 }
 
 impl JobSpec {
@@ -154,33 +163,62 @@ pub struct Assignment {
     pub explore: bool,
 }
 
-/// `(node, placed at, estimated ms)`.
-type Placed = (NodeId, Millis, f64);
-
 #[derive(Debug, Clone)]
 struct Job {
     spec: JobSpec,
-    /// Set once placed.
-    placed: Option<Placed>,
+    /// The cost estimate: the history's, else the agent's size estimate (work units).
+    work: f64,
+    /// The node, once placed.
+    placed: Option<NodeId>,
+}
+
+/// A job placed on a node.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    job: JobId,
+    /// When it was placed.
+    at: Millis,
+    /// Its estimated time there, ms.
+    est: f64,
 }
 
 #[derive(Debug, Clone)]
 struct Node {
     spec: NodeSpec,
-    toolchains: HashSet<ToolchainKey>,
+    /// Compilers it holds (a few: a list is faster to search than a set).
+    toolchains: Vec<ToolchainKey>,
     load: LoadReport,
     last_seen: Millis,
     speed: Speed,
     /// Placed jobs, in placement order (running first, then preloaded).
-    assigned: Vec<JobId>,
+    assigned: Vec<Slot>,
     /// A toolchain being installed: no other job needing an install goes here meanwhile.
     installing: Option<ToolchainKey>,
     exploring: bool,
+    /// Its rate from the last joint fit of rates and unit costs.
+    fitted_bps: Option<f64>,
+    /// Its host is a submitter's (its rate bound includes the submitter factor's best).
+    submitters_host: bool,
+    /// Where the index filed it.
+    keys: index::Keys,
     placed_total: u64,
     done_total: u64,
 }
 
 impl Node {
+    fn holds(&self, toolchain: &ToolchainKey) -> bool {
+        self.toolchains.contains(toolchain)
+    }
+    fn add_toolchain(&mut self, toolchain: ToolchainKey) {
+        if !self.holds(&toolchain) {
+            self.toolchains.push(toolchain);
+        }
+    }
+    /// Work per second of compile time with the CPU to itself: the last fit's, else the
+    /// running estimate's.
+    fn rate_bps(&self) -> f64 {
+        self.fitted_bps.unwrap_or(self.speed.rate_bps)
+    }
     fn preload_cap(&self) -> usize {
         1 + self.spec.slots as usize / 4
     }
@@ -226,12 +264,18 @@ pub struct SubmitterView {
 pub struct Scheduler {
     cfg: PolicyConfig,
     nodes: BTreeMap<NodeId, Node>,
-    jobs: HashMap<JobId, Job>,
+    jobs: ids::IdMap<Job>,
     queue: FairQueue,
     next_job: JobId,
     running_by_submitter: HashMap<String, usize>,
-    /// Node → the held job that waits for it; no other job takes that node's room meanwhile.
-    reserved: HashMap<NodeId, JobId>,
+    /// What units cost before.
+    history: CostHistory,
+    /// Recent finished jobs, for the joint fit of node rates and unit costs.
+    fit: Fit,
+    /// Reused by each dispatch for the queue's service order.
+    order_buf: Vec<JobId>,
+    /// Plannable nodes by rate bound.
+    index: index::NodeIndex,
 }
 
 impl Scheduler {
@@ -243,7 +287,10 @@ impl Scheduler {
     /// A node joins (or re-joins: its old state, and its jobs, are dropped first).
     pub fn add_node(&mut self, id: NodeId, spec: NodeSpec, now: Millis) -> Vec<JobId> {
         let requeued = self.node_lost(id, now);
-        let toolchains = spec.toolchains.iter().copied().collect();
+        let mut toolchains = spec.toolchains.clone();
+        toolchains.sort_unstable();
+        toolchains.dedup();
+        let submitters_host = self.running_by_submitter.contains_key(&spec.host);
         let node = Node {
             spec,
             toolchains,
@@ -253,25 +300,42 @@ impl Scheduler {
             assigned: Vec::new(),
             installing: None,
             exploring: false,
+            fitted_bps: None,
+            submitters_host,
+            keys: index::Keys::default(),
             placed_total: 0,
             done_total: 0,
         };
         self.nodes.insert(id, node);
+        self.reindex(id);
         requeued
     }
 
-    /// A node's load report; also proves it alive.
-    pub fn report_load(&mut self, id: NodeId, load: LoadReport, now: Millis) {
+    /// A node's load report; also proves it alive. Whether it changed what placements use
+    /// (the foreign load), so the caller knows a dispatch could place more.
+    pub fn report_load(&mut self, id: NodeId, load: LoadReport, now: Millis) -> bool {
+        let Some(n) = self.nodes.get_mut(&id) else { return false };
+        let refile = n.load.foreign_load != load.foreign_load;
+        n.load = load;
+        n.last_seen = now;
+        // Only the foreign load bears on the index (most reports only prove the node alive).
+        if refile {
+            self.reindex(id);
+        }
+        refile
+    }
+
+    /// Files a node anew in the plan's index after it changed.
+    fn reindex(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.load = load;
-            n.last_seen = now;
+            self.index.update(id, n, &self.cfg);
         }
     }
 
     /// A node now holds `toolchain` (it installed one).
     pub fn add_toolchain(&mut self, id: NodeId, toolchain: ToolchainKey) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.toolchains.insert(toolchain);
+            n.add_toolchain(toolchain);
             if n.installing == Some(toolchain) {
                 n.installing = None;
             }
@@ -291,18 +355,20 @@ impl Scheduler {
     /// A node is gone: it is forgotten, and its jobs go back to the front of their queues
     /// (returned, so a caller that cannot re-place them can cancel them).
     pub fn node_lost(&mut self, id: NodeId, _now: Millis) -> Vec<JobId> {
-        self.reserved.remove(&id);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            self.index.remove(id, n);
+        }
         let Some(node) = self.nodes.remove(&id) else { return Vec::new() };
         let mut requeued = Vec::new();
-        for job_id in node.assigned.iter().rev() {
-            if let Some(job) = self.jobs.get_mut(job_id) {
+        for slot in &node.assigned {
+            if let Some(job) = self.jobs.get_mut(&slot.job) {
                 job.placed = None;
                 let s = &job.spec;
                 if let Some(r) = self.running_by_submitter.get_mut(&s.submitter) {
                     *r = r.saturating_sub(1);
                 }
-                self.queue.push(s.priority, &s.submitter, *job_id, true);
-                requeued.push(*job_id);
+                self.queue.push(s.priority, &s.submitter, slot.job, job.work);
+                requeued.push(slot.job);
             }
         }
         requeued
@@ -312,8 +378,25 @@ impl Scheduler {
     pub fn submit(&mut self, spec: JobSpec) -> JobId {
         self.next_job += 1;
         let id = self.next_job;
-        self.queue.push(spec.priority, &spec.submitter, id, false);
-        self.jobs.insert(id, Job { spec, placed: None });
+        let work = self.history.estimate(spec.unit).unwrap_or(spec.work() as f64);
+        self.queue.push(spec.priority, &spec.submitter, id, work);
+        // Known submitters (their hosts get the submitter factor in the plan).
+        if !self.running_by_submitter.contains_key(&spec.submitter) {
+            self.running_by_submitter.insert(spec.submitter.clone(), 0);
+            let homes: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.spec.host == spec.submitter)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in homes {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.submitters_host = true;
+                }
+                self.reindex(id);
+            }
+        }
+        self.jobs.insert(id, Job { spec, work, placed: None });
         id
     }
 
@@ -322,281 +405,71 @@ impl Scheduler {
         self.remove_job(job);
     }
 
-    /// A placed job ended; a successful one teaches its node's speed.
+    /// A placed job ended; a successful one teaches its node's speed and the unit's cost.
     pub fn finish(&mut self, job: JobId, stats: JobStats, now: Millis) {
-        let Some((spec, placed)) = self.remove_job(job) else { return };
-        let Some((node_id, _, _)) = placed else { return };
+        let Some((spec, work, placed)) = self.remove_job(job) else { return };
+        let Some(node_id) = placed else { return };
         if let Some(n) = self.nodes.get_mut(&node_id) {
             n.done_total += 1;
             n.exploring = false;
             if stats.ok {
-                n.speed.add(spec.work(), stats.wall_ms, stats.cpu_ms, now);
-                n.toolchains.insert(spec.toolchain);
+                let full_ms = stats.cpu_ms as f64 * cpu_share(n.load.foreign_load);
+                // A unit seen for the first time: its cost at this node's rate as the other jobs
+                // taught it (this one would make any cost look typical), until the next fit.
+                if n.speed.samples > 0 && self.history.estimate(spec.unit).is_none() {
+                    self.history.learn(spec.unit, full_ms / 1000.0 * n.rate_bps());
+                }
+                let size = spec.work() as f64;
+                self.fit.add(Obs { unit: spec.unit, node: node_id, size, full_ms });
+                let sample = Sample {
+                    work,
+                    bytes_in: spec.bytes_in,
+                    wall_ms: stats.wall_ms,
+                    cpu_ms: stats.cpu_ms,
+                    foreign_load: n.load.foreign_load,
+                };
+                n.speed.add(&sample, now);
+                n.add_toolchain(spec.toolchain);
             }
             if n.installing == Some(spec.toolchain) {
                 n.installing = None;
             }
         }
+        if self.fit.due() {
+            let fitted = self.fit.solve();
+            for (unit, cost) in fitted.costs {
+                self.history.set(unit, cost);
+            }
+            for (id, rate) in fitted.rates {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.fitted_bps = Some(rate);
+                }
+                self.reindex(id);
+            }
+        }
+        self.reindex(node_id);
     }
 
-    fn remove_job(&mut self, job: JobId) -> Option<(JobSpec, Option<Placed>)> {
+    fn remove_job(&mut self, job: JobId) -> Option<(JobSpec, f64, Option<NodeId>)> {
         let j = self.jobs.remove(&job)?;
-        self.reserved.retain(|_, r| *r != job);
         match j.placed {
-            Some((node, _, _)) => {
+            Some(node) => {
                 if let Some(n) = self.nodes.get_mut(&node) {
-                    n.assigned.retain(|x| *x != job);
+                    n.assigned.retain(|s| s.job != job);
                 }
+                self.reindex(node);
                 if let Some(r) = self.running_by_submitter.get_mut(&j.spec.submitter) {
                     *r = r.saturating_sub(1);
                 }
             }
             None => self.queue.take(j.spec.priority, &j.spec.submitter, job),
         }
-        Some((j.spec, j.placed))
-    }
-
-    /// Places as many queued jobs as the farm has room for, fairly.
-    pub fn dispatch(&mut self, now: Millis) -> Vec<Assignment> {
-        let mut out = Vec::new();
-        if self.queue.is_empty() {
-            return out;
-        }
-        // Speeds only change in `finish`: one scan serves the whole dispatch.
-        let reference = self.reference_bps();
-        loop {
-            let mut placed_any = false;
-            for (prio, submitter) in self.queue.order() {
-                let Some(a) = self.place_one(prio, &submitter, now, reference) else { continue };
-                out.push(a);
-                placed_any = true;
-                // One job per turn: go back to the (rotated) service order.
-                break;
-            }
-            if !placed_any {
-                return out;
-            }
-        }
-    }
-
-    /// Picks one job of this submitter and a node for it, or nothing.
-    fn place_one(
-        &mut self,
-        prio: u8,
-        submitter: &str,
-        now: Millis,
-        reference: f64,
-    ) -> Option<Assignment> {
-        let queued: Vec<(JobId, u64, ToolchainKey)> = self
-            .queue
-            .jobs_of(prio, submitter)
-            .iter()
-            .filter_map(|id| self.jobs.get(id).map(|j| (*id, j.spec.work(), j.spec.toolchain)))
-            .collect();
-        if queued.is_empty() {
-            return None;
-        }
-        // Exploration first: a learning or stale node gets a typical job.
-        if let Some(a) = self.explore(&queued, now) {
-            self.commit(a, now, reference);
-            return Some(a);
-        }
-        // Largest job first (LPT), then the next ones if the largest must wait.
-        let mut by_size = queued.clone();
-        by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        for (job, _, _) in by_size {
-            if let Some(a) = self.best_node(job, now, reference) {
-                self.commit(a, now, reference);
-                return Some(a);
-            }
-        }
-        None
-    }
-
-    fn explore(&self, queued: &[(JobId, u64, ToolchainKey)], now: Millis) -> Option<Assignment> {
-        for (id, n) in &self.nodes {
-            if !n.has_room()
-                || n.assigned.len() >= n.spec.slots as usize
-                || self.reserved.contains_key(id)
-            {
-                continue;
-            }
-            // Still learning: up to one more small job in flight than samples taken.
-            let learning = n.speed.samples < self.cfg.min_samples
-                && n.assigned.len() <= n.speed.samples as usize;
-            // Stale: one job when idle.
-            let stale = n.assigned.is_empty()
-                && !n.exploring
-                && n.speed.needs_exploring(now, self.cfg.stale_ms);
-            if !learning && !stale {
-                continue;
-            }
-            // A typical job (the median of the queue): tiny units are dominated by start-up
-            // costs and would teach a misleading speed; the largest risk the build's end.
-            let mut fits: Vec<_> = queued
-                .iter()
-                .filter(|(_, _, tc)| n.toolchains.contains(tc) || n.installing.is_none())
-                .collect();
-            fits.sort_by_key(|(job, work, _)| (*work, *job));
-            let fits = fits.get(fits.len() / 2);
-            if let Some((job, _, tc)) = fits {
-                let install = !n.toolchains.contains(tc);
-                return Some(Assignment {
-                    job: *job,
-                    node: *id,
-                    preload: false,
-                    install,
-                    explore: true,
-                });
-            }
-        }
-        None
-    }
-
-    /// The node with the earliest estimated completion for `job`, or `None` when it should
-    /// wait (nothing has room, or a full node would do much better).
-    fn best_node(&mut self, job: JobId, now: Millis, reference: f64) -> Option<Assignment> {
-        let spec = &self.jobs.get(&job)?.spec;
-        let mut best_room: Option<(f64, NodeId, bool, bool)> = None;
-        let mut best_any: (f64, Option<NodeId>) = (f64::INFINITY, None);
-        for (id, n) in &self.nodes {
-            if self.reserved.get(id).is_some_and(|j| *j != job) {
-                continue;
-            }
-            if n.spec.slots == 0 || n.load.foreign_load >= 1000 {
-                continue;
-            }
-            let install = !n.toolchains.contains(&spec.toolchain);
-            if install && n.installing.is_some() {
-                continue;
-            }
-            let (start, preload) = self.slot_free_at(n, now, reference);
-            let bps = self.effective_bps(n, spec, reference);
-            let mut ect = start + spec.work() as f64 * 1000.0 / bps;
-            if install {
-                ect += self.cfg.install_ms;
-            }
-            // A node still learning its speed takes only small exploration jobs (above).
-            if n.speed.samples < self.cfg.min_samples {
-                continue;
-            }
-            // Waiting only makes sense for a node with work that will end.
-            if ect < best_any.0 && !n.assigned.is_empty() {
-                best_any = (ect, Some(*id));
-            }
-            if n.has_room() && best_room.is_none_or(|(e, ..)| ect < e) {
-                best_room = Some((ect, *id, preload, install));
-            }
-        }
-        let now_f = now as f64;
-        let hold = match best_room {
-            None => true,
-            Some((ect, ..)) => {
-                best_any.1.is_some()
-                    && ect - now_f > self.cfg.hold_factor * (best_any.0 - now_f).max(1.0)
-            }
-        };
-        if hold {
-            // Wait for the node that would finish it soonest, and keep its next room for it.
-            if let Some(target) = best_any.1
-                && !self.reserved.contains_key(&target)
-            {
-                self.reserved.retain(|_, j| *j != job);
-                self.reserved.insert(target, job);
-            }
-            return None;
-        }
-        let (_, node, preload, install) = best_room?;
-        Some(Assignment { job, node, preload, install, explore: false })
-    }
-
-    /// Speed of the fastest measured node (the optimistic guess for unmeasured ones).
-    fn reference_bps(&self) -> f64 {
-        self.nodes
-            .values()
-            .filter(|n| n.speed.samples > 0)
-            .map(|n| n.speed.wall_bps)
-            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))))
-            .unwrap_or(self.cfg.default_bps)
-    }
-
-    fn effective_bps(&self, n: &Node, spec: &JobSpec, reference: f64) -> f64 {
-        let mut bps = if n.speed.samples < self.cfg.min_samples {
-            n.speed.wall_bps.max(reference)
-        } else {
-            n.speed.wall_bps
-        };
-        let fill = n.assigned.len().min(n.spec.slots as usize) as f64 / n.spec.slots.max(1) as f64;
-        bps *= 1.0 - self.cfg.fill_weight * fill;
-        if n.spec.host == spec.submitter {
-            // The submitter's own host: its load is its own build. Small builds stay home;
-            // large ones leave it room to preprocess and link.
-            let mine = self.running_by_submitter.get(&spec.submitter).copied().unwrap_or(0);
-            let slots = n.spec.slots as usize;
-            bps *= if mine <= slots / 2 {
-                1.1
-            } else if mine <= slots {
-                0.8
-            } else {
-                0.1
-            };
-        } else {
-            bps *= (1000.0 - f64::from(n.load.foreign_load.min(999))) / 1000.0;
-        }
-        bps.max(1.0)
-    }
-
-    /// When the node's next slot frees for a new job (estimates of placed jobs), and whether
-    /// the job would be preloaded (all slots taken now).
-    fn slot_free_at(&self, n: &Node, now: Millis, reference: f64) -> (f64, bool) {
-        let slots = n.spec.slots.max(1) as usize;
-        let now_f = now as f64;
-        if n.assigned.len() < slots {
-            return (now_f, false); // a slot is free now
-        }
-        let mut free = vec![now_f; slots];
-        for job_id in &n.assigned {
-            let Some(job) = self.jobs.get(job_id) else { continue };
-            let Some((_, at, est)) = job.placed else { continue };
-            let i = argmin(&free);
-            let start = free[i].max(at as f64);
-            // A job past its estimate is assumed to end a little later, not now.
-            let end = (start + est).max(now_f + est * 0.1);
-            free[i] = end;
-        }
-        let _ = reference;
-        (free[argmin(&free)], n.assigned.len() >= slots)
-    }
-
-    fn commit(&mut self, a: Assignment, now: Millis, reference: f64) {
-        self.reserved.retain(|_, j| *j != a.job);
-        let Some(job) = self.jobs.get(&a.job) else { return };
-        let spec = job.spec.clone();
-        let Some(n) = self.nodes.get(&a.node) else { return };
-        let mut est = spec.work() as f64 * 1000.0 / self.effective_bps(n, &spec, reference);
-        if a.install {
-            est += self.cfg.install_ms;
-        }
-        self.queue.take(spec.priority, &spec.submitter, a.job);
-        if let Some(job) = self.jobs.get_mut(&a.job) {
-            job.placed = Some((a.node, now, est));
-        }
-        *self.running_by_submitter.entry(spec.submitter.clone()).or_default() += 1;
-        if let Some(n) = self.nodes.get_mut(&a.node) {
-            n.assigned.push(a.job);
-            n.placed_total += 1;
-            if a.explore {
-                n.exploring = true;
-            }
-            if a.install {
-                n.installing = Some(spec.toolchain);
-            }
-        }
+        Some((j.spec, j.work, j.placed))
     }
 
     /// Where a placed job runs.
     pub fn placement(&self, job: JobId) -> Option<NodeId> {
-        self.jobs.get(&job).and_then(|j| j.placed.map(|p| p.0))
+        self.jobs.get(&job).and_then(|j| j.placed)
     }
 
     /// Jobs waiting for room.
@@ -639,14 +512,4 @@ impl Scheduler {
         }
         map.into_values().collect()
     }
-}
-
-fn argmin(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x < v[best] {
-            best = i;
-        }
-    }
-    best
 }

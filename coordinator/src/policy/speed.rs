@@ -1,11 +1,35 @@
-//! Learned node speed: decaying sums over real jobs of work (bytes of the unit's own code) per
-//! second of wall time (transfer included) and per second of compiler CPU time. Ratios of sums,
-//! so large jobs weigh more and one odd small job cannot swing the estimate.
+//! Learned node speed: decaying sums over real jobs. The policy predicts a job's time on a node
+//! as `overhead_ms_per_byte × bytes shipped + work / rate`, where `rate` is work (the job's cost
+//! estimate) per second of compile time with the CPU to itself (the measured compile time scaled
+//! by the CPU share the node's foreign load left), and the overhead is the wall time the compile
+//! did not account for (transfer, sandbox set-up), per byte shipped. Ratios of sums, so large
+//! jobs weigh more and one odd small job cannot swing the estimate.
 
 use super::Millis;
 
-/// Decay of the old sums per new sample.
-const ALPHA: f64 = 0.2;
+/// Decay of the old sums per new sample: about the last 20 jobs count, so one unit's own cost per
+/// byte (which varies tenfold between units) does not make the node's rate.
+const ALPHA: f64 = 0.05;
+
+/// One finished job, as the speed learns from it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// The job's cost estimate when it was placed (work units).
+    pub work: f64,
+    /// Bytes shipped to the node.
+    pub bytes_in: u64,
+    /// Ask-to-answer wall time at the agent.
+    pub wall_ms: u64,
+    /// The compile's own time on the node.
+    pub cpu_ms: u64,
+    /// The node's foreign load meanwhile (0–1000).
+    pub foreign_load: u16,
+}
+
+/// The share of a node's CPU its foreign load leaves to the farm.
+pub fn cpu_share(foreign_load: u16) -> f64 {
+    (1000.0 - f64::from(foreign_load.min(990))) / 1000.0
+}
 
 /// What a node's finished jobs taught us.
 #[derive(Debug, Clone, Default)]
@@ -14,27 +38,40 @@ pub struct Speed {
     pub samples: u32,
     /// Work per wall second, transfer and queueing on the node included.
     pub wall_bps: f64,
-    /// Work per CPU second of the compiler.
+    /// Work per second of compile time, as measured (foreign load included).
     pub cpu_bps: f64,
+    /// Work per second of compile time with the CPU to itself.
+    pub rate_bps: f64,
+    /// Wall time not spent compiling, per byte shipped.
+    pub overhead_ms_per_byte: f64,
     work: f64,
     wall_ms: f64,
     cpu_ms: f64,
+    full_ms: f64,
+    overhead_ms: f64,
+    bytes: f64,
     /// When the last sample was taken.
     pub last_sample: Millis,
 }
 
 impl Speed {
-    /// Adds one successful job. Samples without bytes or time teach nothing and are ignored.
-    pub fn add(&mut self, work: u64, wall_ms: u64, cpu_ms: u64, now: Millis) {
-        if work == 0 || wall_ms == 0 {
+    /// Adds one successful job. Samples without work or time teach nothing and are ignored.
+    pub fn add(&mut self, s: &Sample, now: Millis) {
+        if !s.work.is_finite() || s.work <= 0.0 || s.wall_ms == 0 {
             return;
         }
         let keep = 1.0 - ALPHA;
-        self.work = self.work * keep + work as f64;
-        self.wall_ms = self.wall_ms * keep + wall_ms as f64;
-        self.cpu_ms = self.cpu_ms * keep + cpu_ms.max(1) as f64;
+        let cpu = s.cpu_ms.max(1) as f64;
+        self.work = self.work * keep + s.work;
+        self.wall_ms = self.wall_ms * keep + s.wall_ms as f64;
+        self.cpu_ms = self.cpu_ms * keep + cpu;
+        self.full_ms = self.full_ms * keep + cpu * cpu_share(s.foreign_load);
+        self.overhead_ms = self.overhead_ms * keep + (s.wall_ms as f64 - cpu).max(0.0);
+        self.bytes = self.bytes * keep + s.bytes_in.max(1) as f64;
         self.wall_bps = self.work * 1000.0 / self.wall_ms;
         self.cpu_bps = self.work * 1000.0 / self.cpu_ms;
+        self.rate_bps = self.work * 1000.0 / self.full_ms;
+        self.overhead_ms_per_byte = self.overhead_ms / self.bytes;
         self.samples = self.samples.saturating_add(1);
         self.last_sample = now;
     }
@@ -49,17 +86,32 @@ impl Speed {
 mod tests {
     use super::*;
 
+    fn sample(work: f64, wall_ms: u64, cpu_ms: u64, foreign_load: u16) -> Sample {
+        Sample { work, bytes_in: 1000, wall_ms, cpu_ms, foreign_load }
+    }
+
     #[test]
-    fn learns_and_clamps() {
+    fn learns_rate_and_overhead() {
         let mut s = Speed::default();
-        s.add(1000, 1000, 500, 1);
+        s.add(&sample(1000.0, 1000, 500, 0), 1);
         assert_eq!(s.wall_bps, 1000.0);
         assert_eq!(s.cpu_bps, 2000.0);
-        s.add(3000, 1000, 1000, 2);
+        assert_eq!(s.rate_bps, 2000.0);
+        assert_eq!(s.overhead_ms_per_byte, 0.5);
+        s.add(&sample(3000.0, 1000, 1000, 0), 2);
         assert!(s.wall_bps > 1000.0 && s.wall_bps < 3000.0);
-        s.add(0, 10, 10, 3);
+        s.add(&sample(0.0, 10, 10, 0), 3);
         assert_eq!(s.samples, 2);
         assert!(!s.needs_exploring(10, 100));
         assert!(s.needs_exploring(200, 100));
+    }
+
+    #[test]
+    fn foreign_load_is_taken_out_of_the_rate() {
+        // Half the CPU taken by others: the compile took twice as long as it would alone.
+        let mut s = Speed::default();
+        s.add(&sample(1000.0, 2000, 2000, 500), 1);
+        assert_eq!(s.cpu_bps, 500.0);
+        assert_eq!(s.rate_bps, 1000.0);
     }
 }

@@ -22,7 +22,14 @@ fn node(name: &str, slots: u32, toolchains: &[ToolchainKey]) -> NodeSpec {
 }
 
 fn job(submitter: &str, bytes: u64) -> JobSpec {
-    JobSpec { submitter: submitter.into(), priority: 0, toolchain: GCC, bytes_in: bytes, work: 0 }
+    JobSpec {
+        submitter: submitter.into(),
+        priority: 0,
+        toolchain: GCC,
+        bytes_in: bytes,
+        work: 0,
+        unit: 0,
+    }
 }
 
 fn ok(wall_ms: u64) -> JobStats {
@@ -216,4 +223,61 @@ fn the_submitters_host_takes_small_builds_and_is_relieved_in_large_ones() {
     let home = many.iter().filter(|j| s.placement(**j) == Some(1)).count();
     let away = many.iter().filter(|j| s.placement(**j) == Some(2)).count();
     assert!(away > home, "a large build goes out: home {home}, away {away}");
+}
+
+#[test]
+fn the_cost_history_sends_a_unit_that_was_expensive_before_to_the_fast_node() {
+    let mut s = Scheduler::new(PolicyConfig { fill_weight: 0.0, ..base() });
+    s.add_node(1, node("fast", 1, &[GCC]), 0);
+    s.add_node(2, node("slow", 1, &[GCC]), 0);
+    measure(&mut s, 1, 2_000_000, 0);
+    measure(&mut s, 2, 1_000_000, 0);
+    // Unit 7 is small (10 kB of its own source) but costs like 80 kB; unit 8 is 20 kB and cheap.
+    let heavy = JobSpec { unit: 7, ..job("c", 10_000) };
+    let light = JobSpec { unit: 8, ..job("c", 20_000) };
+    let rate = |node| if node == 1 { 2_000_000.0 } else { 1_000_000.0 };
+    let mut now = 10;
+    for _build in 0..2 {
+        let jobs = [(s.submit(heavy.clone()), 80_000.0), (s.submit(light.clone()), 20_000.0)];
+        s.dispatch(now);
+        for (j, cost) in jobs {
+            let node = s.placement(j).expect("placed");
+            s.finish(j, ok((cost / rate(node) * 1000.0) as u64), now + 100);
+        }
+        now += 1000;
+    }
+    // The next build: by size alone the light unit would take the fast node.
+    let h = s.submit(heavy);
+    let l = s.submit(light);
+    s.dispatch(now);
+    assert_eq!(s.placement(h), Some(1), "the unit that cost more goes to the fast node");
+    assert_eq!(s.placement(l), Some(2));
+    // An unseen unit is estimated by its size.
+    let fresh = s.submit(JobSpec { unit: 9, ..job("c", 5_000) });
+    assert_eq!(s.jobs.get(&fresh).map(|j| j.work), Some(5_000.0));
+}
+
+#[test]
+fn the_plan_index_follows_nodes_as_they_change() {
+    let mut s = Scheduler::new(PolicyConfig { fill_weight: 0.0, ..base() });
+    s.add_node(1, node("a", 1, &[GCC]), 0);
+    s.add_node(2, node("b", 1, &[GCC]), 0);
+    // Unmeasured nodes are only explored: not in the plan's index.
+    assert_eq!(s.index.iter().count(), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    measure(&mut s, 2, 2_000_000, 0);
+    let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
+    assert_eq!(order, vec![2, 1], "fastest bound first");
+    // Foreign load on the fast node drops it behind the other.
+    let busy = LoadReport { foreign_load: 800, ..LoadReport::default() };
+    s.report_load(2, busy, 1);
+    let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
+    assert_eq!(order, vec![1, 2]);
+    let j = s.submit(job("c", 1000));
+    s.dispatch(2);
+    assert_eq!(s.placement(j), Some(1));
+    // A lost node leaves the index.
+    s.node_lost(1, 3);
+    let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
+    assert_eq!(order, vec![2]);
 }
