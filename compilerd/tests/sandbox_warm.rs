@@ -113,6 +113,17 @@ async fn warm_helpers_compile_identically_keep_their_limits_and_refill() {
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
     assert_eq!(pool.ready(), 1, "a run with other limits took a warm helper");
+
+    // A set-up failure in a warm helper's stage 2 is a set-up failure, not an exit status.
+    let missing = sandbox::run_with(
+        &spec(warm_dir.path(), "/nonexistent/cc", &echo, &env, &limits, 61101),
+        Some(&pool),
+    )
+    .await;
+    match missing {
+        Err(SandboxError::Setup(msg)) => assert!(msg.contains("/nonexistent/cc"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, symlink};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -128,6 +128,10 @@ struct Cli {
     /// `--` and the program included) from stdin, and go on as if they had been given here.
     #[arg(long)]
     warm: bool,
+    /// Internal: stage 2 started ahead of time by a warm stage 1; its options (`--stage2=…`
+    /// included) come on stdin once the new root is ready.
+    #[arg(long, hide = true)]
+    stage2_on_stdin: bool,
     /// Internal: run stage 2 with this new root.
     #[arg(long, hide = true)]
     stage2: Option<PathBuf>,
@@ -163,6 +167,9 @@ fn main() -> ExitCode {
     // handle is close-on-exec, so the program never sees it.
     let mut status =
         cli.status_file.as_ref().and_then(|p| OpenOptions::new().write(true).open(p).ok());
+    if cli.stage2_on_stdin {
+        return stage2_from_stdin();
+    }
     let result = match &cli.stage2 {
         Some(newroot) => stage2(&cli, newroot),
         None if cli.warm => warm(&cli, &mut status),
@@ -223,16 +230,36 @@ fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
     cgroups.joined_by_stage1 = true;
     // The namespaces do not depend on the run either.
     let entered = enter_namespaces()?;
+    // Stage 2 too: it starts (PID 1 of the new namespace, in these cgroups) and waits for its
+    // options, which stage 1 writes once the new root is built.
+    let exe = std::env::current_exe().context("find the helper's own executable")?;
+    let stage2 = std::process::Command::new(exe)
+        .env_clear()
+        .arg("--stage2-on-stdin")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("start stage 2")?;
+    let base_argv: Vec<OsString> = std::env::args_os().filter(|a| a != "--warm").collect();
+    let Some(cli) = options_from_stdin(base_argv)? else {
+        return Ok(0);
+    };
+    if cli.warm || cli.stage2.is_some() || cli.probe || cli.stage2_on_stdin {
+        bail!("options on stdin: --warm, --probe and stage 2 options are not accepted there");
+    }
+    stage1(&cli, status, cgroups, Some((entered, stage2)))
+}
+
+/// `argv` followed by the NUL-separated options on stdin, parsed; `None` for an empty stdin.
+fn options_from_stdin(mut argv: Vec<OsString>) -> Result<Option<Cli>> {
     let mut options = Vec::new();
     io::Read::read_to_end(&mut io::Read::take(io::stdin(), MAX_WARM_OPTIONS + 1), &mut options)
         .context("read the run's options from stdin")?;
     if options.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     if options.len() as u64 > MAX_WARM_OPTIONS {
         bail!("more than {MAX_WARM_OPTIONS} bytes of options on stdin");
     }
-    let mut argv: Vec<OsString> = std::env::args_os().filter(|a| a != "--warm").collect();
     for option in options.strip_suffix(b"\0").unwrap_or(&options).split(|&b| b == 0) {
         argv.push(OsString::from_vec(option.to_vec()));
     }
@@ -243,10 +270,40 @@ fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
             text.lines().next().unwrap_or("invalid").trim_start_matches("error: ")
         )
     })?;
-    if cli.warm || cli.stage2.is_some() || cli.probe {
-        bail!("options on stdin: --warm, --probe and stage 2 options are not accepted there");
+    Ok(Some(cli))
+}
+
+/// A stage 2 started ahead of time: its options from stdin, then stage 2 as usual (its own
+/// set-up failures recorded in the status file its options name). Nothing on stdin: stage 1
+/// went away unused.
+fn stage2_from_stdin() -> ExitCode {
+    let argv = std::env::args_os().take(1).collect();
+    let cli = match options_from_stdin(argv) {
+        Ok(Some(cli)) => cli,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "{SETUP_PREFIX}{e:#}");
+            return ExitCode::from(SETUP_EXIT_CODE);
+        }
+    };
+    let mut status =
+        cli.status_file.as_ref().and_then(|p| OpenOptions::new().write(true).open(p).ok());
+    let result = match &cli.stage2 {
+        Some(newroot) => stage2(&cli, newroot),
+        None => Err(anyhow!("stage 2 options without --stage2")),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            let _ = writeln!(io::stderr(), "{SETUP_PREFIX}{msg}");
+            write_status(
+                &mut status,
+                &HelperStatus { setup_error: Some(msg), ..HelperStatus::default() },
+            );
+            ExitCode::from(SETUP_EXIT_CODE)
+        }
     }
-    stage1(&cli, status, cgroups, Some(entered))
 }
 
 /// The run's cgroups as the options ask for them (none unprivileged without a parent).
@@ -325,7 +382,7 @@ fn stage1(
     cli: &Cli,
     status: &mut Option<File>,
     cgroups: Cgroups,
-    entered: Option<Namespaces>,
+    entered: Option<(Namespaces, std::process::Child)>,
 ) -> Result<u8> {
     let tree = fs::canonicalize(&cli.root)
         .with_context(|| format!("toolchain tree {}", cli.root.display()))?;
@@ -370,9 +427,9 @@ fn stage1(
         }
     }
     cli.env_pairs()?;
-    let Namespaces { privileged, outer_uid, outer_gid, scratch } = match entered {
-        Some(ns) => ns,
-        None => enter_namespaces()?,
+    let (Namespaces { privileged, outer_uid, outer_gid, scratch }, started_stage2) = match entered {
+        Some((ns, stage2)) => (ns, Some(stage2)),
+        None => (enter_namespaces()?, None),
     };
     if privileged && (cli.uid == 0 || cli.gid == 0) {
         bail!("refusing to run the program as uid/gid 0 (--uid/--gid)");
@@ -400,37 +457,52 @@ fn stage1(
         anyhow!("{e:#}{hint}")
     })?;
 
-    let exe = std::env::current_exe().context("find the helper's own executable")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.env_clear()
-        .arg(stage2_flag("stage2", newroot_path.as_os_str()))
-        .arg(format!("--cpu-secs={}", cli.cpu_secs))
-        .arg(format!("--mem-bytes={}", cli.mem_bytes))
-        .arg(format!("--file-bytes={}", cli.file_bytes))
-        .arg(format!("--nproc={}", cli.nproc))
-        .arg(format!("--uid={}", cli.uid))
-        .arg(format!("--gid={}", cli.gid))
-        .args(cli.status_file.iter().map(|p| stage2_flag("status-file", p.as_os_str())))
-        .args(
-            cgroups
-                .dirs
-                .iter()
-                .filter(|_| !cgroups.joined_by_stage1)
-                .map(|d| stage2_flag("join-cgroup", d.as_os_str())),
-        )
-        .args(cli.env.iter().map(|kv| format!("--env={kv}")))
-        .args(cli.cwd.iter().map(|p| stage2_flag("cwd", p.as_os_str())));
+    let mut args: Vec<OsString> = vec![
+        stage2_flag("stage2", newroot_path.as_os_str()),
+        format!("--cpu-secs={}", cli.cpu_secs).into(),
+        format!("--mem-bytes={}", cli.mem_bytes).into(),
+        format!("--file-bytes={}", cli.file_bytes).into(),
+        format!("--nproc={}", cli.nproc).into(),
+        format!("--uid={}", cli.uid).into(),
+        format!("--gid={}", cli.gid).into(),
+    ];
+    args.extend(cli.status_file.iter().map(|p| stage2_flag("status-file", p.as_os_str())));
+    if !cgroups.joined_by_stage1 {
+        args.extend(cgroups.dirs.iter().map(|d| stage2_flag("join-cgroup", d.as_os_str())));
+    }
+    args.extend(cli.env.iter().map(|kv| OsString::from(format!("--env={kv}"))));
+    args.extend(cli.cwd.iter().map(|p| stage2_flag("cwd", p.as_os_str())));
     if !privileged {
-        cmd.arg("--userns")
-            .arg("--outer-ids")
-            .arg(outer_uid.to_string())
-            .arg(outer_gid.to_string());
+        args.extend(["--userns".into(), "--outer-ids".into()]);
+        args.extend([outer_uid.to_string().into(), outer_gid.to_string().into()]);
     }
     if cli.probe {
-        cmd.arg("--probe");
+        args.push("--probe".into());
     }
-    cmd.arg("--").args(&cli.command);
-    let child = cmd.status().context("run stage 2")?;
+    args.push("--".into());
+    args.extend(cli.command.iter().map(OsString::from));
+    let child = match started_stage2 {
+        // Started ahead of time: it only waits for its options.
+        Some(mut stage2) => {
+            let mut options = Vec::new();
+            for arg in &args {
+                options.extend_from_slice(arg.as_bytes());
+                options.push(0);
+            }
+            let mut stdin = stage2.stdin.take().context("stage 2 has no stdin")?;
+            stdin.write_all(&options).context("hand stage 2 its options")?;
+            drop(stdin);
+            stage2.wait().context("wait for stage 2")?
+        }
+        None => {
+            let exe = std::env::current_exe().context("find the helper's own executable")?;
+            std::process::Command::new(exe)
+                .env_clear()
+                .args(&args)
+                .status()
+                .context("run stage 2")?
+        }
+    };
     let cpu_ms = getrusage(UsageWho::RUSAGE_CHILDREN)
         .ok()
         .map(|u| millis(u.user_time()) + millis(u.system_time()));
