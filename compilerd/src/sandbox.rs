@@ -307,6 +307,22 @@ fn build_args(
     Ok(args)
 }
 
+/// `items`, each followed by a NUL: how options and unit-tree lists travel to the helper
+/// (a NUL cannot occur inside a path or an argument).
+pub fn nul_joined<T: AsRef<[u8]>>(items: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for item in items {
+        out.extend_from_slice(item.as_ref());
+        out.push(0);
+    }
+    out
+}
+
+/// The items of [`nul_joined`] bytes (the trailing NUL dropped).
+pub fn nul_split(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.strip_suffix(b"\0").unwrap_or(bytes).split(|&b| b == 0)
+}
+
 fn option(name: &str, value: &std::ffi::OsStr) -> OsString {
     let mut arg = OsString::from(format!("--{name}="));
     arg.push(value);
@@ -394,25 +410,14 @@ pub async fn run_with(
     if let Some(pool) = warm {
         if let Some(helper) = pool.take(spec.helper, spec.limits, spec.cgroup_parents) {
             taken = helper.start(&unit).await;
+            // Its replacement starts while this unit compiles.
+            let pool = std::sync::Arc::clone(pool);
+            tokio::spawn(async move { pool.fill() });
         }
-        let pool = std::sync::Arc::clone(pool);
-        tokio::spawn(async move { pool.fill() });
     }
     let (mut child, status_file) = match taken {
         Some(started) => started,
-        None => {
-            let status_file = tempfile::Builder::new()
-                .prefix("discomy-sandbox-status-")
-                .tempfile()
-                .map_err(SandboxError::StatusFile)?;
-            let mut args = base_args(spec.limits, spec.cgroup_parents, Some(status_file.path()));
-            args.extend(unit);
-            let child =
-                helper_command(spec.helper, &args, Stdio::null()).spawn().map_err(|source| {
-                    SandboxError::Spawn { helper: spec.helper.to_path_buf(), source }
-                })?;
-            (child, status_file)
-        }
+        None => spawn_helper(spec.helper, spec.limits, spec.cgroup_parents, unit, Stdio::null())?,
     };
     let mut killer = GroupKiller(child.id());
     let out_pipe = child.stdout.take();
@@ -514,18 +519,33 @@ pub async fn run_with(
     })
 }
 
-/// The helper as the worker runs it: an empty environment, output captured, its own process
-/// group (killed as a whole), killed when dropped.
-pub(crate) fn helper_command(helper: &Path, args: &[OsString], stdin: Stdio) -> Command {
-    let mut cmd = Command::new(helper);
-    cmd.args(args)
+/// Starts the helper as the worker runs it, with a fresh status file, the options for `limits`
+/// and then `extra`: an empty environment, output captured, its own process group (killed as a
+/// whole), killed when dropped.
+pub(crate) fn spawn_helper(
+    helper: &Path,
+    limits: &Limits,
+    cgroup_parents: &[PathBuf],
+    extra: Vec<OsString>,
+    stdin: Stdio,
+) -> Result<(tokio::process::Child, tempfile::NamedTempFile), SandboxError> {
+    let status_file = tempfile::Builder::new()
+        .prefix("discomy-sandbox-status-")
+        .tempfile()
+        .map_err(SandboxError::StatusFile)?;
+    let mut args = base_args(limits, cgroup_parents, Some(status_file.path()));
+    args.extend(extra);
+    let child = Command::new(helper)
+        .args(&args)
         .env_clear()
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
-    cmd
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SandboxError::Spawn { helper: helper.to_path_buf(), source })?;
+    Ok((child, status_file))
 }
 
 /// Checks once, at worker start-up, that sandboxes can be created on this host: runs

@@ -8,7 +8,6 @@
 //! and no start of the helper binary.
 
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tracing::debug;
 
-use crate::sandbox::{Limits, base_args, helper_command};
+use crate::sandbox::{Limits, SandboxError, nul_joined, spawn_helper};
 
 /// Helpers waiting for a run, all started with the same limits.
 pub struct WarmPool {
@@ -49,11 +48,7 @@ impl Warm {
     /// Hands the helper its run's options; `None` when it has gone (the caller starts a fresh
     /// one instead).
     pub(crate) async fn start(mut self, unit: &[OsString]) -> Option<(Child, NamedTempFile)> {
-        let mut options = Vec::new();
-        for arg in unit {
-            options.extend_from_slice(arg.as_bytes());
-            options.push(0);
-        }
+        let options = nul_joined(unit.iter().map(|a| a.as_bytes()));
         let mut stdin = self.child.stdin.take()?;
         if let Err(err) = stdin.write_all(&options).await {
             debug!(%err, "warm sandbox helper gone; starting a fresh one");
@@ -92,12 +87,9 @@ impl WarmPool {
         }
     }
 
-    fn spawn(&self) -> std::io::Result<Warm> {
-        let mut status = tempfile::Builder::new().prefix("discomy-sandbox-status-").tempfile()?;
-        status.flush()?;
-        let mut args = base_args(&self.limits, &[], Some(status.path()));
-        args.push("--warm".into());
-        let child = helper_command(&self.helper, &args, Stdio::piped()).spawn()?;
+    fn spawn(&self) -> Result<Warm, SandboxError> {
+        let warm = vec!["--warm".into()];
+        let (child, status) = spawn_helper(&self.helper, &self.limits, &[], warm, Stdio::piped())?;
         Ok(Warm { child, status })
     }
 

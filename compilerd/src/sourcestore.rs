@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -132,7 +133,7 @@ impl SourceStore {
     /// directories or links on this disk and needs no removal.
     pub fn tree_list(&self, files: &[SourceFile], cwd: &str) -> Materialized {
         let now = SystemTime::now();
-        let mut list = Vec::new();
+        let mut blobs = Vec::with_capacity(files.len());
         let mut missing = Vec::new();
         for file in files {
             let src = self.blob_path(&file.digest);
@@ -141,10 +142,6 @@ impl SourceStore {
                 missing.push(file.digest);
                 continue;
             };
-            list.extend_from_slice(file.path.as_bytes());
-            list.push(0);
-            list.extend_from_slice(src.as_os_str().as_encoded_bytes());
-            list.push(0);
             // Least recently used: a use refreshes the blob's modification time (at most every
             // few minutes: it is a metadata write).
             if now.duration_since(modified).unwrap_or_default() > TOUCH_AFTER {
@@ -152,15 +149,16 @@ impl SourceStore {
                     let _ = f.set_modified(now);
                 }
             }
+            blobs.push((file.path.as_str(), src));
         }
         if !missing.is_empty() {
             missing.sort_by_key(|d| d.0);
             missing.dedup();
             return Materialized::Missing(missing);
         }
-        list.extend_from_slice(cwd.as_bytes());
-        list.extend_from_slice(b"\0\0");
-        Materialized::Ready(list)
+        let pairs =
+            blobs.iter().flat_map(|(path, src)| [path.as_bytes(), src.as_os_str().as_bytes()]);
+        Materialized::Ready(crate::sandbox::nul_joined(pairs.chain([cwd.as_bytes(), b""])))
     }
 
     fn scan(&self) -> Vec<(SystemTime, PathBuf, u64)> {

@@ -50,9 +50,9 @@ impl Invocation {
         let argv0 = argv.next().unwrap_or_else(|| WRAPPER_NAME.into());
         let rest: Vec<OsString> = argv.collect();
         let base = file_name(Path::new(&argv0));
-        let self_exe = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+        let me = std::env::current_exe().ok().and_then(|p| FileId::of(&p));
         let path_var = std::env::var_os("PATH").unwrap_or_default();
-        let child_path = strip_masquerade_dirs(&path_var, self_exe.as_deref());
+        let child_path = strip_masquerade_dirs(&path_var, me);
 
         let (name, explicit, args) = if base.starts_with(WRAPPER_NAME) {
             let Some(first) = rest.first() else {
@@ -77,8 +77,8 @@ impl Invocation {
         };
 
         let compiler = match explicit {
-            Some(path) if !is_self(&path, self_exe.as_deref()) => path,
-            _ => find_on_path(&name, &child_path, self_exe.as_deref())
+            Some(path) if me.is_none() || FileId::of(&path) != me => path,
+            _ => find_on_path(&name, &child_path, me)
                 .ok_or_else(|| InvocationError::NotFound(name.clone()))?,
         };
         Ok(Resolved::Compile(Invocation { name, compiler, args, child_path }))
@@ -89,37 +89,39 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// Whether `candidate` is this very binary (through any links): the same file, by device and
-/// inode. Two `stat`s, where resolving every link of every PATH candidate took dozens of calls.
-fn is_self(candidate: &Path, self_exe: Option<&Path>) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(me) = self_exe else { return false };
-    match (candidate.metadata(), me.metadata()) {
-        (Ok(c), Ok(m)) => (c.dev(), c.ino()) == (m.dev(), m.ino()),
-        _ => false,
+/// A file's identity (device, inode), through any links: how the wrapper recognises itself on
+/// PATH with one `stat` per candidate, where resolving every link took dozens of calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId(u64, u64);
+
+impl FileId {
+    /// The identity of the file `path` leads to, if it exists.
+    pub fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        path.metadata().ok().map(|m| FileId(m.dev(), m.ino()))
     }
 }
 
-/// The first executable `name` on `path_var` that is not this binary.
-pub fn find_on_path(name: &str, path_var: &OsStr, self_exe: Option<&Path>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// The first executable `name` on `path_var` that is not the file `skip` (this binary).
+pub fn find_on_path(name: &str, path_var: &OsStr, skip: Option<FileId>) -> Option<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::env::split_paths(path_var).map(|dir| dir.join(name)).find(|candidate| {
-        let executable = candidate
-            .metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false);
-        executable && !is_self(candidate, self_exe)
+        candidate.metadata().is_ok_and(|m| {
+            m.is_file()
+                && m.permissions().mode() & 0o111 != 0
+                && skip != Some(FileId(m.dev(), m.ino()))
+        })
     })
 }
 
 /// PATH without directories holding links to this binary (masquerade directories).
-fn strip_masquerade_dirs(path_var: &OsStr, self_exe: Option<&Path>) -> OsString {
-    let Some(me) = self_exe else { return path_var.to_owned() };
+fn strip_masquerade_dirs(path_var: &OsStr, me: Option<FileId>) -> OsString {
+    let Some(me) = me else { return path_var.to_owned() };
     let kept: Vec<PathBuf> =
         std::env::split_paths(path_var).filter(|dir| !is_masquerade_dir(dir, me)).collect();
     std::env::join_paths(kept).unwrap_or_else(|_| path_var.to_owned())
 }
 
-fn is_masquerade_dir(dir: &Path, me: &Path) -> bool {
-    ["cc", "gcc", "c++", "g++"].iter().any(|n| is_self(&dir.join(n), Some(me)))
+fn is_masquerade_dir(dir: &Path, me: FileId) -> bool {
+    ["cc", "gcc", "c++", "g++"].iter().any(|n| FileId::of(&dir.join(n)) == Some(me))
 }

@@ -42,7 +42,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use discomy_compilerd::sandbox::{
-    HelperStatus, Limits, SETUP_EXIT_CODE, SETUP_PREFIX, WORK_ELSEWHERE, work_mount_point,
+    HelperStatus, Limits, SETUP_EXIT_CODE, SETUP_PREFIX, WORK_ELSEWHERE, nul_joined, nul_split,
+    work_mount_point,
 };
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -163,25 +164,33 @@ fn main() -> ExitCode {
             return ExitCode::from(SETUP_EXIT_CODE);
         }
     };
-    // Opened before anything else: stage 2 leaves the host's file system behind, and the
-    // handle is close-on-exec, so the program never sees it.
-    let mut status =
-        cli.status_file.as_ref().and_then(|p| OpenOptions::new().write(true).open(p).ok());
     if cli.stage2_on_stdin {
         return stage2_from_stdin();
     }
+    let mut status = open_status(&cli);
     let result = match &cli.stage2 {
         Some(newroot) => stage2(&cli, newroot),
         None if cli.warm => warm(&cli, &mut status),
         None => cgroups_for(&cli).and_then(|cgroups| stage1(&cli, &mut status, cgroups, None)),
     };
+    exit_with(result, &mut status)
+}
+
+/// The status file, opened before anything else: stage 2 leaves the host's file system behind,
+/// and the handle is close-on-exec, so the program never sees it.
+fn open_status(cli: &Cli) -> Option<File> {
+    cli.status_file.as_ref().and_then(|p| OpenOptions::new().write(true).open(p).ok())
+}
+
+/// The exit status for `result`; a set-up failure is also reported on stderr and recorded.
+fn exit_with(result: Result<u8>, status: &mut Option<File>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let msg = format!("{e:#}");
             let _ = writeln!(io::stderr(), "{SETUP_PREFIX}{msg}");
             let record = HelperStatus { setup_error: Some(msg), ..HelperStatus::default() };
-            write_status(&mut status, &record);
+            write_status(status, &record);
             ExitCode::from(SETUP_EXIT_CODE)
         }
     }
@@ -260,9 +269,7 @@ fn options_from_stdin(mut argv: Vec<OsString>) -> Result<Option<Cli>> {
     if options.len() as u64 > MAX_WARM_OPTIONS {
         bail!("more than {MAX_WARM_OPTIONS} bytes of options on stdin");
     }
-    for option in options.strip_suffix(b"\0").unwrap_or(&options).split(|&b| b == 0) {
-        argv.push(OsString::from_vec(option.to_vec()));
-    }
+    argv.extend(nul_split(&options).map(|option| OsString::from_vec(option.to_vec())));
     let cli = Cli::try_parse_from(argv).map_err(|e| {
         let text = e.render().to_string();
         anyhow!(
@@ -286,24 +293,12 @@ fn stage2_from_stdin() -> ExitCode {
             return ExitCode::from(SETUP_EXIT_CODE);
         }
     };
-    let mut status =
-        cli.status_file.as_ref().and_then(|p| OpenOptions::new().write(true).open(p).ok());
+    let mut status = open_status(&cli);
     let result = match &cli.stage2 {
         Some(newroot) => stage2(&cli, newroot),
         None => Err(anyhow!("stage 2 options without --stage2")),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            let msg = format!("{e:#}");
-            let _ = writeln!(io::stderr(), "{SETUP_PREFIX}{msg}");
-            write_status(
-                &mut status,
-                &HelperStatus { setup_error: Some(msg), ..HelperStatus::default() },
-            );
-            ExitCode::from(SETUP_EXIT_CODE)
-        }
-    }
+    exit_with(result, &mut status)
 }
 
 /// The run's cgroups as the options ask for them (none unprivileged without a parent).
@@ -320,7 +315,6 @@ fn cgroups_for(cli: &Cli) -> Result<Cgroups> {
 
 /// Stage 1's namespaces, entered (and its mounts made private), and a scratch tmpfs for its
 /// mount points.
-#[derive(Clone)]
 struct Namespaces {
     privileged: bool,
     outer_uid: Uid,
@@ -484,11 +478,7 @@ fn stage1(
     let child = match started_stage2 {
         // Started ahead of time: it only waits for its options.
         Some(mut stage2) => {
-            let mut options = Vec::new();
-            for arg in &args {
-                options.extend_from_slice(arg.as_bytes());
-                options.push(0);
-            }
+            let options = nul_joined(args.iter().map(|a| a.as_bytes()));
             let mut stdin = stage2.stdin.take().context("stage 2 has no stdin")?;
             stdin.write_all(&options).context("hand stage 2 its options")?;
             drop(stdin);
@@ -622,7 +612,7 @@ fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
         &mut text,
     )
     .context("read the unit tree list")?;
-    let fields: Vec<&[u8]> = text.strip_suffix(b"\0").unwrap_or(&text).split(|&b| b == 0).collect();
+    let fields: Vec<&[u8]> = nul_split(&text).collect();
     if fields.len() % 2 != 0 {
         bail!("unit tree list: an odd number of fields");
     }
@@ -630,11 +620,8 @@ fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
     let mut bytes: u64 = 0;
     for pair in fields.chunks(2) {
         let path = std::str::from_utf8(pair[0]).context("unit tree list: a path is not UTF-8")?;
-        let normal = path.starts_with('/')
-            && path.len() > 1
-            && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-        if !normal {
-            bail!("unit tree list: {path:?} is not an absolute normalised path");
+        if let Err(why) = discomy_protocol::sources::check_path(path) {
+            bail!("unit tree list: {path:?} is not an absolute normalised path ({why})");
         }
         let source =
             (!pair[1].is_empty()).then(|| PathBuf::from(OsString::from_vec(pair[1].to_vec())));
