@@ -90,16 +90,18 @@ async fn run(
     let internal = |e: std::io::Error| {
         Response::refused(RefusalKind::Internal, format!("unit directory: {e}"))
     };
-    tokio::fs::create_dir_all(node.work_dir).await.map_err(internal)?;
-    let dir =
-        tempfile::Builder::new().prefix("unit-").tempdir_in(node.work_dir).map_err(internal)?;
+    let list = match node.sources.tree_list(&req.files, &req.cwd) {
+        Materialized::Ready(list) => list,
+        Materialized::Missing(blobs) => return Err(Response::MissingBlobs(blobs)),
+    };
+    // One trip to the blocking pool for the unit's directory, its output directory and list.
+    let work_dir = node.work_dir.to_path_buf();
+    let dir = tokio::task::spawn_blocking(move || unit_dir(&work_dir, &list))
+        .await
+        .map_err(|e| internal(std::io::Error::other(e)))?
+        .map_err(internal)?;
     let out_dir = dir.path().join("out");
     let tree_list = dir.path().join("tree.list");
-    tokio::fs::create_dir(&out_dir).await.map_err(internal)?;
-    match node.sources.tree_list(&req.files, &req.cwd) {
-        Materialized::Ready(list) => tokio::fs::write(&tree_list, list).await.map_err(internal)?,
-        Materialized::Missing(blobs) => return Err(Response::MissingBlobs(blobs)),
-    }
     let placed = started.elapsed();
     let uid = node.uids.lock().unwrap_or_else(|e| e.into_inner()).pop();
     let ran = compile_sources(node.runner, tree, manifest, req, &out_dir, &tree_list, uid).await;
@@ -126,19 +128,14 @@ async fn run(
             OutputKind::Object => "unit.o",
             OutputKind::Assembly => "unit.s",
         };
-        let bytes = tokio::fs::read(out_dir.join(name)).await.map_err(|e| {
-            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
+        let want_deps = req.deps.is_some();
+        let read = tokio::task::spawn_blocking(move || read_outputs(&out_dir, name, want_deps))
+            .await
+            .map_err(|e| Response::refused(RefusalKind::Internal, e.to_string()))?;
+        let (output, dep_file) = read.map_err(|why| {
+            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no {why}"))
         })?;
-        let dep_file = match &req.deps {
-            Some(_) => Some(tokio::fs::read(out_dir.join("unit.d")).await.map_err(|e| {
-                Response::refused(
-                    RefusalKind::CompilerFailed,
-                    format!("compiler wrote no dependency file: {e}"),
-                )
-            })?),
-            None => None,
-        };
-        (Some(Payload::compress(&bytes)), dep_file)
+        (Some(output), dep_file)
     } else {
         (None, None)
     };
@@ -161,6 +158,32 @@ async fn run(
         compile_ms: run.elapsed.as_millis() as u64,
     };
     Ok((result, dep_file))
+}
+
+/// Makes a unit's directory under `work_dir`, with its empty `out/` and its `tree.list`.
+fn unit_dir(work_dir: &Path, list: &[u8]) -> std::io::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(work_dir)?;
+    let dir = tempfile::Builder::new().prefix("unit-").tempdir_in(work_dir)?;
+    std::fs::create_dir(dir.path().join("out"))?;
+    std::fs::write(dir.path().join("tree.list"), list)?;
+    Ok(dir)
+}
+
+/// Reads a finished unit's output (compressed for the answer) and, when asked for, its
+/// dependency file; `Err` names what is missing.
+fn read_outputs(
+    out_dir: &Path,
+    name: &str,
+    want_deps: bool,
+) -> Result<(Payload, Option<Vec<u8>>), String> {
+    let bytes = std::fs::read(out_dir.join(name)).map_err(|e| format!("output: {e}"))?;
+    let dep_file = match want_deps {
+        true => Some(
+            std::fs::read(out_dir.join("unit.d")).map_err(|e| format!("dependency file: {e}"))?,
+        ),
+        false => None,
+    };
+    Ok((Payload::compress(&bytes), dep_file))
 }
 
 /// Removes a finished unit directory off the answer's path: freeing directories is slow on

@@ -57,6 +57,22 @@ pub struct WorkerConfig {
     pub running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Where unit directories go unless `--work-dir` says otherwise: under `/dev/shm` when it is a
+/// writable directory (a tmpfs: a unit's directory, tree list and outputs are made, read and
+/// removed in microseconds, against up to milliseconds each on a disk file system mounted with
+/// `discard`), else under the system temp dir. Either way one directory per worker process.
+pub fn default_work_dir() -> PathBuf {
+    let name = format!("discomy-worker-{}", std::process::id());
+    let shm = std::path::Path::new("/dev/shm");
+    let writable = shm.is_dir()
+        && nix::unistd::access(
+            shm,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok();
+    if writable { shm.join(name) } else { std::env::temp_dir().join(name) }
+}
+
 /// What the worker's listeners share (the native one and the distcc one).
 pub(crate) struct State {
     pub(crate) config: WorkerConfig,

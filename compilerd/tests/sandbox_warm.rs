@@ -132,6 +132,11 @@ async fn a_unit_tree_is_built_from_its_list_and_hostile_lists_are_refused() {
     let (blob_c, blob_h) = (store.path().join("c"), store.path().join("h"));
     std::fs::write(&blob_c, "#include \"cube.h\"\nint cube(int x) { return CUBE(x); }\n").unwrap();
     std::fs::write(&blob_h, "#define CUBE(x) ((x) * (x) * (x))\n").unwrap();
+    // A store readable by the worker alone: the unit tree is still readable by the slot uid.
+    for blob in [&blob_c, &blob_h] {
+        std::fs::set_permissions(blob, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
     let list = |entries: &[(&str, &Path)]| {
         let mut bytes = Vec::new();
         for (path, src) in entries {

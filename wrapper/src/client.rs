@@ -30,14 +30,42 @@ pub struct AgentClient {
     stream: UnixStream,
 }
 
+/// A connection whose handshake runs on a thread of its own while the caller scans the unit:
+/// its round trips to the agent then cost the call nothing. [`PendingAgent::ready`] hands the
+/// connection over once the handshake is done; nothing else can use it before.
+pub struct PendingAgent {
+    handshake: std::thread::JoinHandle<Result<AgentClient, ProtocolError>>,
+}
+
+impl PendingAgent {
+    /// The handshaken connection, or why the handshake failed.
+    pub fn ready(self) -> Result<AgentClient, ProtocolError> {
+        self.handshake.join().unwrap_or_else(|_| {
+            Err(ProtocolError::Io(std::io::Error::other("handshake thread panicked")))
+        })
+    }
+}
+
 impl AgentClient {
     /// Connects and performs the handshake.
     pub fn connect(path: &Path) -> Result<AgentClient, ProtocolError> {
-        let mut stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut stream = open(path)?;
         client_handshake(&mut stream, &AuthConfig::none())?;
         Ok(AgentClient { stream })
+    }
+
+    /// Connects now (so a missing agent is known at once) and runs the handshake in the
+    /// background.
+    pub fn connect_in_background(path: &Path) -> Result<PendingAgent, ProtocolError> {
+        let mut stream = open(path)?;
+        let handshake = std::thread::Builder::new()
+            .name("agent-handshake".into())
+            .spawn(move || {
+                client_handshake(&mut stream, &AuthConfig::none())?;
+                Ok(AgentClient { stream })
+            })
+            .map_err(ProtocolError::Io)?;
+        Ok(PendingAgent { handshake })
     }
 
     /// Sends one request and waits for its response.
@@ -46,6 +74,13 @@ impl AgentClient {
         self.stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         read_frame(&mut self.stream)
     }
+}
+
+fn open(path: &Path) -> Result<UnixStream, ProtocolError> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
 }
 
 impl AgentClient {

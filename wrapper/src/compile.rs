@@ -96,15 +96,18 @@ fn run_local(
 fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
     // The agent first: without one (a fast refusal), no preprocessor is started for nothing.
     let socket = socket_path();
-    let mut agent = AgentClient::connect(&socket)
-        .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+    let no_agent = |e| format!("no agent at {}: {e}", socket.display());
+    let pending = AgentClient::connect_in_background(&socket).map_err(no_agent)?;
     let mode = source_mode::Mode::from_env();
     // The toolchain is looked up once: the scan needs it first, the fallback reuses it.
     let mut known_tools = None;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
-    if mode.scan {
+    // The handshake with the agent runs meanwhile.
+    let mut agent = if mode.scan {
         let tools = known_tools.insert(unit_toolchain(inv, unit)?);
-        match source_mode::scanned(inv, unit, tools) {
+        let scanned = source_mode::scanned(inv, unit, tools);
+        let mut agent = pending.ready().map_err(no_agent)?;
+        match scanned {
             Ok((files, deps)) => {
                 match source_mode::send(&mut agent, inv, unit, tools, files, deps) {
                     Ok((result, dep_file)) => return finish(unit, result, dep_file),
@@ -118,9 +121,10 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
                 debug!(source = %unit.source, %reason, "include scan gave up; preprocessing")
             }
         }
-        agent = AgentClient::connect(&socket)
-            .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    }
+        AgentClient::connect(&socket).map_err(no_agent)?
+    } else {
+        pending.ready().map_err(no_agent)?
+    };
     // Preprocessing runs while we look up the toolchain (unless the scan already did).
     let mut cpp = Preprocessor::start(inv, unit)?;
     let tools = match known_tools {
@@ -141,8 +145,7 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
             Err(SourceModeError::Unavailable(reason)) if unit.needs_sources => return Err(reason),
             Err(SourceModeError::Unavailable(reason)) => {
                 debug!(source = %unit.source, %reason, "source mode unavailable; sending the preprocessed unit");
-                agent = AgentClient::connect(&socket)
-                    .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+                agent = AgentClient::connect(&socket).map_err(no_agent)?;
             }
         }
     }

@@ -67,7 +67,8 @@ enum Role {
         /// Per-unit address-space limit, in MiB.
         #[arg(long, default_value_t = 4096)]
         mem_mb: u64,
-        /// Directory for unit directories (default: the system temp dir).
+        /// Directory for unit directories (default: under /dev/shm when writable, else the
+        /// system temp dir).
         #[arg(long)]
         work_dir: Option<PathBuf>,
         /// Toolchain store (default: ~/.cache/discomy/worker-store).
@@ -215,9 +216,7 @@ async fn run() -> Result<()> {
                 auth,
                 runner,
                 node_name: bound.to_string(),
-                work_dir: work_dir.unwrap_or_else(|| {
-                    std::env::temp_dir().join(format!("discomy-worker-{}", std::process::id()))
-                }),
+                work_dir: work_dir.unwrap_or_else(worker::default_work_dir),
                 running: running.clone(),
             };
             if let Some(addr) = coordinator {

@@ -642,6 +642,19 @@ fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
     )
     .context("mount the unit tree's tmpfs")?;
     let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    // Directories 0755 and files 0644 whatever umask the worker has.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let built = fill_unit_tree(&root, entries, &mut made);
+    nix::sys::stat::umask(umask);
+    built?;
+    Ok(root)
+}
+
+fn fill_unit_tree(
+    root: &Path,
+    entries: Vec<(&str, Option<PathBuf>)>,
+    made: &mut std::collections::HashSet<PathBuf>,
+) -> Result<()> {
     for (path, source) in entries {
         let dst = root.join(&path[1..]);
         match source {
@@ -652,12 +665,24 @@ fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
                         .with_context(|| format!("create the directory of {path}"))?;
                     made.insert(parent.to_path_buf());
                 }
-                fs::copy(&src, &dst)
+                copy_small(&src, &dst)
                     .with_context(|| format!("copy {} to {path}", src.display()))?;
             }
         }
     }
-    Ok(root)
+    Ok(())
+}
+
+/// Copies one unit file into the unit tree, readable by all (the compiler runs as a slot uid):
+/// one read and one write, where `fs::copy` first tries `copy_file_range` (which always fails
+/// across file systems, as here) and then sets permissions. A unit's files are headers and
+/// sources, so they are read whole. The caller has set the umask to 022.
+fn copy_small(src: &Path, dst: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes = fs::read(src)?;
+    let mut out =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(dst)?;
+    io::Write::write_all(&mut out, &bytes)
 }
 
 fn merge_trees(unit: &Path, tree: &Path, scratch: &Path) -> Result<PathBuf> {
