@@ -115,6 +115,13 @@ impl Core {
     pub fn dispatch(&mut self) {
         let now = self.clock.now();
         for a in self.sched.dispatch(now) {
+            if a.hedge_of.is_some() {
+                // A twin for a job on a stalled node. Agents cannot run a second copy of a unit
+                // yet, so it is withdrawn at once (its original keeps running); what the daemon
+                // keeps from hedging is that the stalled node gets no new jobs meanwhile.
+                self.sched.cancel(a.job);
+                continue;
+            }
             let Some(w) = self.waiting.remove(&a.job) else { continue };
             let worker = self.addresses.get(&a.node).cloned();
             let placed = Placement { tag: w.tag, job: a.job, worker };

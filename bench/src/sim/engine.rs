@@ -69,6 +69,7 @@ pub trait SimPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Submit(usize),
+    /// (node, job, placement id)
     Finish(usize, usize, u64),
     Down(usize),
     Detect(usize),
@@ -81,8 +82,10 @@ struct Job {
     bytes_in: u64,
     work: u64,
     bytes_out: u64,
-    /// Incremented on each placement, so a finish from a dead placement is ignored.
-    epoch: u64,
+    /// Live placements: (node, placement id). A policy may run a job twice at once (hedging);
+    /// the first to finish wins and the others are withdrawn. A finish whose placement is no
+    /// longer live (its node was lost) is ignored.
+    placements: Vec<(usize, u64)>,
     done: bool,
 }
 
@@ -143,7 +146,7 @@ fn replay(
                 bytes_in: u.bytes_in,
                 work: u.source_bytes,
                 bytes_out: u.bytes_out,
-                epoch: 0,
+                placements: Vec::new(),
                 done: false,
             });
             push(&mut events, us(t0_s + build.start_s + u.submit_s), Event::Submit(id));
@@ -167,7 +170,8 @@ fn replay(
         .collect();
     let mut dead = vec![false; nodes.len()];
     let mut running = vec![0u32; nodes.len()];
-    let mut waiting: Vec<VecDeque<usize>> = vec![VecDeque::new(); nodes.len()];
+    let mut waiting: Vec<VecDeque<(usize, u64)>> = vec![VecDeque::new(); nodes.len()];
+    let mut next_placement = 0u64;
     let mut on_node: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut makespan = 0u64;
     let verbose = std::env::var_os("DISCOMY_SIM_VERBOSE").is_some();
@@ -193,14 +197,27 @@ fn replay(
                 };
                 policy.submit(j, &info, now_ms);
             }
-            Event::Finish(node, j, epoch) => {
-                if dead[node] || jobs[j].epoch != epoch || jobs[j].done {
+            Event::Finish(node, j, placement) => {
+                if dead[node] || jobs[j].done || !jobs[j].placements.contains(&(node, placement)) {
                     continue;
                 }
                 jobs[j].done = true;
-                running[node] -= 1;
-                state[node].assigned -= 1;
-                on_node[node].retain(|x| *x != j);
+                // This copy and every other one leave their nodes (the others are withdrawn).
+                for (n, _) in std::mem::take(&mut jobs[j].placements) {
+                    state[n].assigned = state[n].assigned.saturating_sub(1);
+                    on_node[n].retain(|x| *x != j);
+                    let queued = waiting[n].len();
+                    waiting[n].retain(|&(x, _)| x != j);
+                    if waiting[n].len() < queued || dead[n] {
+                        continue;
+                    }
+                    running[n] -= 1;
+                    if let Some((next, np)) = waiting[n].pop_front() {
+                        running[n] += 1;
+                        let (d, _) = duration(&nodes[n], &jobs[next]);
+                        push(&mut events, t + d, Event::Finish(n, next, np));
+                    }
+                }
                 let (wall, cpu) = duration(&nodes[node], &jobs[j]);
                 policy.finish(j, node, wall / 1000, cpu / 1000, jobs[j].bytes_out, now_ms);
                 let b = jobs[j].build;
@@ -208,11 +225,6 @@ fn replay(
                 if left[b] == 0 {
                     // The link runs on the submitter, outside the farm's slots.
                     makespan = makespan.max(t + us(trace.link.cpu_s));
-                }
-                if let Some(next) = waiting[node].pop_front() {
-                    running[node] += 1;
-                    let (d, _) = duration(&nodes[node], &jobs[next]);
-                    push(&mut events, t + d, Event::Finish(node, next, jobs[next].epoch));
                 }
             }
             Event::Down(node) => {
@@ -225,7 +237,7 @@ fn replay(
                 running[node] = 0;
                 waiting[node].clear();
                 for j in on_node[node].drain(..) {
-                    jobs[j].epoch += 1;
+                    jobs[j].placements.retain(|&(n, _)| n != node);
                 }
                 policy.node_lost(node, now_ms);
             }
@@ -242,7 +254,9 @@ fn replay(
                     nodes[node].name
                 );
             }
-            jobs[j].epoch += 1;
+            next_placement += 1;
+            let placement = next_placement;
+            jobs[j].placements.push((node, placement));
             state[node].assigned += 1;
             on_node[node].push(j);
             if dead[node] {
@@ -251,9 +265,9 @@ fn replay(
             if running[node] < nodes[node].slots {
                 running[node] += 1;
                 let (d, _) = duration(&nodes[node], &jobs[j]);
-                push(&mut events, t + d, Event::Finish(node, j, jobs[j].epoch));
+                push(&mut events, t + d, Event::Finish(node, j, placement));
             } else {
-                waiting[node].push_back(j);
+                waiting[node].push_back((j, placement));
             }
         }
     }

@@ -16,7 +16,8 @@ const TOOLCHAIN: [u8; 32] = [7; 32];
 pub struct Discomy {
     sched: Scheduler,
     ids: HashMap<JobId, usize>,
-    back: HashMap<usize, JobId>,
+    /// A unit's scheduler jobs: the original and, once hedged, its twin.
+    back: HashMap<usize, Vec<JobId>>,
 }
 
 impl Discomy {
@@ -52,28 +53,44 @@ impl SimPolicy for Discomy {
         };
         let id = self.sched.submit(spec);
         self.ids.insert(id, job);
-        self.back.insert(job, id);
+        self.back.insert(job, vec![id]);
     }
 
     fn dispatch(&mut self, _nodes: &[NodeState], now_ms: u64) -> Vec<(usize, usize)> {
         let placed = self.sched.dispatch(now_ms);
-        placed
-            .into_iter()
-            .filter_map(|a| Some((*self.ids.get(&a.job)?, usize::try_from(a.node).ok()?)))
-            .collect()
+        let mut out = Vec::with_capacity(placed.len());
+        for a in placed {
+            // A twin runs the same unit: the submitter's side of hedging.
+            let unit = match a.hedge_of {
+                Some(original) => self.ids.get(&original).copied(),
+                None => self.ids.get(&a.job).copied(),
+            };
+            let (Some(unit), Ok(node)) = (unit, usize::try_from(a.node)) else { continue };
+            if a.hedge_of.is_some() {
+                self.ids.insert(a.job, unit);
+                self.back.entry(unit).or_default().push(a.job);
+            }
+            out.push((unit, node));
+        }
+        out
     }
 
     fn finish(
         &mut self,
         job: usize,
-        _node: usize,
+        node: usize,
         wall_ms: u64,
         cpu_ms: u64,
         bytes_out: u64,
         now_ms: u64,
     ) {
-        if let Some(id) = self.back.remove(&job) {
-            self.ids.remove(&id);
+        let Some(copies) = self.back.remove(&job) else { return };
+        for id in &copies {
+            self.ids.remove(id);
+        }
+        // The copy that ran on `node` finished; the scheduler withdraws its twin.
+        let node = node as u64;
+        if let Some(id) = copies.into_iter().find(|id| self.sched.placement(*id) == Some(node)) {
             let stats = JobStats { ok: true, wall_ms, cpu_ms, bytes_out };
             self.sched.finish(id, stats, now_ms);
         }

@@ -27,6 +27,7 @@
 
 mod clock;
 mod fit;
+mod hedge;
 mod history;
 mod ids;
 mod index;
@@ -65,6 +66,12 @@ pub struct PolicyConfig {
     pub min_samples: u32,
     /// Weight of slot fill in the effective speed (SMT, clock ramping): `1 - w * fill`.
     pub fill_weight: f64,
+    /// A node whose first-due running job is `hedge_factor` times its estimate plus
+    /// `hedge_grace_ms` late, with nothing finished meanwhile, is stalled: it gets no new jobs
+    /// and its jobs are hedged (see `hedge.rs`). 0 turns hedging off.
+    pub hedge_factor: f64,
+    /// See `hedge_factor`.
+    pub hedge_grace_ms: f64,
 }
 
 impl Default for PolicyConfig {
@@ -75,6 +82,8 @@ impl Default for PolicyConfig {
             install_ms: 2_000.0,
             min_samples: 3,
             fill_weight: 0.05,
+            hedge_factor: 2.0,
+            hedge_grace_ms: 50.0,
         }
     }
 }
@@ -161,6 +170,9 @@ pub struct Assignment {
     pub install: bool,
     /// Chosen to measure an unmeasured or stale node.
     pub explore: bool,
+    /// A twin of this placed job, whose node has stalled: the submitter runs both and keeps
+    /// the first to finish.
+    pub hedge_of: Option<JobId>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,8 +180,16 @@ struct Job {
     spec: JobSpec,
     /// The cost estimate: the history's, else the agent's size estimate (work units).
     work: f64,
+    /// The cost came from the history (the unit ran before), not from its size.
+    known: bool,
     /// The node, once placed.
     placed: Option<NodeId>,
+    /// Its hedge twin (either way), while both exist.
+    twin: Option<JobId>,
+    /// This job is the twin, made for the job it names.
+    hedge_of: Option<JobId>,
+    /// Hedged once already (a job gets at most one twin).
+    hedged: bool,
 }
 
 /// A job placed on a node.
@@ -180,6 +200,8 @@ struct Slot {
     at: Millis,
     /// Its estimated time there, ms.
     est: f64,
+    /// The estimate rests on the unit's measured cost (hedging judges only such jobs).
+    known: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +225,10 @@ struct Node {
     keys: index::Keys,
     placed_total: u64,
     done_total: u64,
+    /// When it last finished a job, or went from idle to busy.
+    progress_at: Millis,
+    /// No progress for far longer than its jobs should take: no new jobs until it finishes one.
+    stalled: bool,
 }
 
 impl Node {
@@ -223,7 +249,8 @@ impl Node {
         1 + self.spec.slots as usize / 4
     }
     fn has_room(&self) -> bool {
-        self.spec.slots > 0
+        !self.stalled
+            && self.spec.slots > 0
             && self.load.foreign_load < 1000
             && self.assigned.len() < self.spec.slots as usize + self.preload_cap()
     }
@@ -274,6 +301,8 @@ pub struct Scheduler {
     fit: Fit,
     /// Reused by each dispatch for the queue's service order.
     order_buf: Vec<JobId>,
+    /// When dispatch next looks for stalled nodes.
+    next_hedge_check: Millis,
     /// Plannable nodes by rate bound.
     index: index::NodeIndex,
 }
@@ -305,6 +334,8 @@ impl Scheduler {
             keys: index::Keys::default(),
             placed_total: 0,
             done_total: 0,
+            progress_at: now,
+            stalled: false,
         };
         self.nodes.insert(id, node);
         self.reindex(id);
@@ -361,6 +392,12 @@ impl Scheduler {
         let Some(node) = self.nodes.remove(&id) else { return Vec::new() };
         let mut requeued = Vec::new();
         for slot in &node.assigned {
+            if self.jobs.get(&slot.job).is_some_and(|j| j.twin.is_some()) {
+                // Its twin carries on elsewhere.
+                self.remove_job(slot.job);
+                requeued.push(slot.job);
+                continue;
+            }
             if let Some(job) = self.jobs.get_mut(&slot.job) {
                 job.placed = None;
                 let s = &job.spec;
@@ -378,7 +415,8 @@ impl Scheduler {
     pub fn submit(&mut self, spec: JobSpec) -> JobId {
         self.next_job += 1;
         let id = self.next_job;
-        let work = self.history.estimate(spec.unit).unwrap_or(spec.work() as f64);
+        let known_cost = self.history.estimate(spec.unit);
+        let work = known_cost.unwrap_or(spec.work() as f64);
         self.queue.push(spec.priority, &spec.submitter, id, work);
         // Known submitters (their hosts get the submitter factor in the plan).
         if !self.running_by_submitter.contains_key(&spec.submitter) {
@@ -396,21 +434,35 @@ impl Scheduler {
                 self.reindex(id);
             }
         }
-        self.jobs.insert(id, Job { spec, work, placed: None });
+        let job = Job {
+            spec,
+            work,
+            known: known_cost.is_some(),
+            placed: None,
+            twin: None,
+            hedge_of: None,
+            hedged: false,
+        };
+        self.jobs.insert(id, job);
         id
     }
 
-    /// Withdraws a job, queued or placed, without learning from it.
+    /// Withdraws a job, queued or placed, without learning from it. (Its twin, if any, stays:
+    /// cancelling a twin the submitter could not be told of leaves the original running.)
     pub fn cancel(&mut self, job: JobId) {
         self.remove_job(job);
     }
 
     /// A placed job ended; a successful one teaches its node's speed and the unit's cost.
     pub fn finish(&mut self, job: JobId, stats: JobStats, now: Millis) {
+        let twin = self.jobs.get(&job).and_then(|j| j.twin);
         let Some((spec, work, placed)) = self.remove_job(job) else { return };
+        self.drop_twin(twin);
         let Some(node_id) = placed else { return };
         if let Some(n) = self.nodes.get_mut(&node_id) {
             n.done_total += 1;
+            n.progress_at = now;
+            n.stalled = false;
             n.exploring = false;
             if stats.ok {
                 let full_ms = stats.cpu_ms as f64 * cpu_share(n.load.foreign_load);
@@ -452,10 +504,18 @@ impl Scheduler {
 
     fn remove_job(&mut self, job: JobId) -> Option<(JobSpec, f64, Option<NodeId>)> {
         let j = self.jobs.remove(&job)?;
+        if let Some(t) = j.twin.and_then(|t| self.jobs.get_mut(&t)) {
+            t.twin = None;
+        }
         match j.placed {
             Some(node) => {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.assigned.retain(|s| s.job != job);
+                    // Its jobs were withdrawn (their twins won): it may have work again, and is
+                    // judged afresh (a dead one leaves at the liveness deadline anyway).
+                    if n.assigned.is_empty() {
+                        n.stalled = false;
+                    }
                 }
                 self.reindex(node);
                 if let Some(r) = self.running_by_submitter.get_mut(&j.spec.submitter) {

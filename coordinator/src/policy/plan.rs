@@ -65,6 +65,7 @@ impl Scheduler {
     /// Places what should run now, fairly: exploration first, then the plan.
     pub fn dispatch(&mut self, now: Millis) -> Vec<Assignment> {
         let mut out = Vec::new();
+        self.hedge_stalled(now);
         if self.queue.is_empty() {
             return out;
         }
@@ -96,6 +97,8 @@ impl Scheduler {
         let bytes = j.spec.bytes_in as f64;
         let work_ms = j.work * 1000.0;
         let min_ovh = self.index.min_overhead();
+        // A twin never goes where its original runs.
+        let twin_of = j.hedge_of.and_then(|o| self.jobs.get(&o)).and_then(|o| o.placed);
         // (finish, node, start, install)
         let mut best: Option<(f64, NodeId, f64, bool)> = None;
         for (bound, id) in self.index.iter() {
@@ -105,6 +108,9 @@ impl Scheduler {
                 break; // no node from here on can finish it sooner
             }
             let Some(n) = self.nodes.get(&id) else { continue };
+            if n.stalled || Some(id) == twin_of {
+                continue;
+            }
             let install = !n.holds(tc);
             if install && n.installing.is_some() {
                 continue;
@@ -134,7 +140,8 @@ impl Scheduler {
             let free_now = n.assigned.len() < n.spec.slots as usize;
             let preload = !free_now && n.has_room();
             if free_now || preload {
-                return Some(Assignment { job, node, preload, install, explore: false });
+                let hedge_of = j.hedge_of;
+                return Some(Assignment { job, node, preload, install, explore: false, hedge_of });
             }
         }
         // Wait for that node: its next slot is this job's in the rest of this plan.
@@ -180,6 +187,7 @@ impl Scheduler {
                     preload: false,
                     install: *install,
                     explore: true,
+                    hedge_of: self.jobs.get(job).and_then(|j| j.hedge_of),
                 });
             }
         }
@@ -224,6 +232,7 @@ impl Scheduler {
         let Some(job) = self.jobs.get(&a.job) else { return };
         let Some(n) = self.nodes.get(&a.node) else { return };
         let mine = self.running_of(&job.spec.submitter);
+        let known = job.known;
         let mut est = self.duration_ms(n, job, mine);
         if a.install {
             est += self.cfg.install_ms;
@@ -241,7 +250,10 @@ impl Scheduler {
             }
         }
         if let Some(n) = self.nodes.get_mut(&a.node) {
-            n.assigned.push(Slot { job: a.job, at: now, est });
+            if n.assigned.is_empty() {
+                n.progress_at = now;
+            }
+            n.assigned.push(Slot { job: a.job, at: now, est, known });
             n.placed_total += 1;
             if a.explore {
                 n.exploring = true;

@@ -44,6 +44,16 @@ fn measure(s: &mut Scheduler, id: NodeId, bps: u64, now: Millis) {
     s.finish(j, ok(1000), now);
 }
 
+/// Nodes 1 ("a") and 2 ("b") with these slots, both measured at 1 MB/s.
+fn two_measured(a: u32, b: u32) -> Scheduler {
+    let mut s = Scheduler::new(base());
+    s.add_node(1, node("a", a, &[GCC]), 0);
+    s.add_node(2, node("b", b, &[GCC]), 0);
+    measure(&mut s, 1, 1_000_000, 0);
+    measure(&mut s, 2, 1_000_000, 0);
+    s
+}
+
 #[test]
 fn an_unmeasured_node_is_explored_even_when_a_fast_one_is_free() {
     let mut s = Scheduler::new(base());
@@ -55,8 +65,14 @@ fn an_unmeasured_node_is_explored_even_when_a_fast_one_is_free() {
     let large = s.submit(job("c", 50_000));
     let placed = s.dispatch(20);
     // A typical (median) job explores the new node; the others go to the fast one.
-    let explored =
-        Assignment { job: typical, node: 2, preload: false, install: false, explore: true };
+    let explored = Assignment {
+        job: typical,
+        node: 2,
+        preload: false,
+        install: false,
+        explore: true,
+        hedge_of: None,
+    };
     assert!(placed.contains(&explored), "{placed:?}");
     assert_eq!(s.placement(small), Some(1));
     assert_eq!(s.placement(large), Some(1));
@@ -190,11 +206,7 @@ fn a_full_farm_queues_instead_of_refusing() {
 
 #[test]
 fn a_lost_node_gives_its_jobs_back() {
-    let mut s = Scheduler::new(base());
-    s.add_node(1, node("a", 2, &[GCC]), 0);
-    s.add_node(2, node("b", 4, &[GCC]), 0);
-    measure(&mut s, 1, 1_000_000, 0);
-    measure(&mut s, 2, 1_000_000, 0);
+    let mut s = two_measured(2, 4);
     let jobs: Vec<_> = (0..4).map(|_| s.submit(job("c", 1000))).collect();
     s.dispatch(1);
     let on_a: Vec<_> = jobs.iter().copied().filter(|j| s.placement(*j) == Some(1)).collect();
@@ -280,4 +292,46 @@ fn the_plan_index_follows_nodes_as_they_change() {
     s.node_lost(1, 3);
     let order: Vec<NodeId> = s.index.iter().map(|(_, id)| id).collect();
     assert_eq!(order, vec![2]);
+}
+
+#[test]
+fn a_stalled_node_gets_no_new_jobs_and_its_jobs_are_hedged_elsewhere() {
+    let mut s = two_measured(1, 1);
+    let unit = |u: UnitKey| JobSpec { unit: u, ..job("c", 1_000_000) };
+    // Unit 7 runs once, so its cost is known (about 1 s on either node).
+    let first = s.submit(unit(7));
+    s.dispatch(10);
+    s.finish(first, ok(1000), 1010);
+    let again = s.submit(unit(7));
+    let placed = s.dispatch(2000);
+    assert_eq!(placed.len(), 1);
+    let (stuck, other) = if placed[0].node == 1 { (1, 2) } else { (2, 1) };
+    // Within twice its estimate (plus grace) nothing happens.
+    assert!(s.dispatch(3500).is_empty());
+    // Well past it, with nothing finished there: a twin goes to the other node.
+    let hedged = s.dispatch(4200);
+    assert_eq!(hedged.len(), 1, "{hedged:?}");
+    assert_eq!((hedged[0].node, hedged[0].hedge_of), (other, Some(again)));
+    let twin = hedged[0].job;
+    // The stalled node takes nothing new: the next job waits for (is preloaded on) the other.
+    let next = s.submit(unit(8));
+    s.dispatch(4300);
+    assert_eq!(s.placement(next), Some(other));
+    // The twin wins: the original is withdrawn, and the emptied node is judged afresh.
+    s.finish(twin, ok(1000), 5200);
+    assert_eq!(s.placement(again), None);
+    let after = s.submit(unit(9));
+    let placed = s.dispatch(5300);
+    assert!(placed.iter().all(|a| a.hedge_of.is_none()), "{placed:?}");
+    assert_eq!(s.placement(after), Some(stuck));
+}
+
+#[test]
+fn units_never_measured_are_not_hedged() {
+    let mut s = two_measured(1, 1);
+    let fresh = s.submit(JobSpec { unit: 9, ..job("c", 1_000) });
+    assert_eq!(s.dispatch(10).len(), 1);
+    // Its cost is a guess from its size: however late it is, it is not judged.
+    assert!(s.dispatch(60_000).is_empty());
+    assert!(s.placement(fresh).is_some());
 }

@@ -1,0 +1,89 @@
+//! Hedging stalled nodes. A node whose running job that should end first has not ended within
+//! `hedge_factor` times its estimate plus `hedge_grace_ms` (counted from the later of its
+//! placement and the node's last finished job), and which has finished nothing since, is
+//! *stalled*: dead before the farm has noticed, or stopped, or swapping. It gets no new jobs until it finishes
+//! one, and each of its jobs is queued again as a *twin* (at most one per job); the submitter
+//! runs both copies and keeps the first to finish, and [`Scheduler::finish`] withdraws the
+//! other. Only estimates that rest on measurements count: a node still learning its speed, or
+//! a unit never seen before, is never judged.
+//!
+//! The check runs at most every [`CHECK_EVERY_MS`], so a dispatch costs the same whatever the
+//! farm's size.
+
+use super::{Job, Millis, NodeId, Scheduler};
+
+/// How often dispatch looks for stalled nodes.
+pub const CHECK_EVERY_MS: Millis = 20;
+
+impl Scheduler {
+    /// Marks nodes that stopped making progress and queues twins for their jobs.
+    pub(super) fn hedge_stalled(&mut self, now: Millis) {
+        if self.cfg.hedge_factor <= 0.0 || now < self.next_hedge_check {
+            return;
+        }
+        self.next_hedge_check = now + CHECK_EVERY_MS;
+        let stalled: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.stalled && !n.assigned.is_empty())
+            .filter(|(_, n)| n.speed.samples >= self.cfg.min_samples)
+            .filter(|(_, n)| {
+                // The running job that should end first, counted from the later of its
+                // placement and the node's last progress, is long overdue.
+                let running = n.assigned.len().min(n.spec.slots.max(1) as usize);
+                let due = n.assigned[..running]
+                    .iter()
+                    .filter(|s| s.known)
+                    .map(|s| {
+                        let start = s.at.max(n.progress_at) as f64;
+                        start + self.cfg.hedge_factor * s.est + self.cfg.hedge_grace_ms
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                now as f64 > due
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            let Some(n) = self.nodes.get_mut(&id) else { continue };
+            n.stalled = true;
+            let jobs: Vec<_> = n.assigned.iter().map(|s| s.job).collect();
+            self.reindex(id);
+            for job in jobs {
+                self.add_twin(job);
+            }
+        }
+    }
+
+    /// Queues a twin of a placed job that has none yet.
+    fn add_twin(&mut self, job: super::JobId) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.hedged || j.hedge_of.is_some() {
+            return;
+        }
+        j.hedged = true;
+        self.next_job += 1;
+        let twin = self.next_job;
+        j.twin = Some(twin);
+        let spec = j.spec.clone();
+        let work = j.work;
+        let j_known = j.known;
+        self.queue.push(spec.priority, &spec.submitter, twin, work);
+        let copy = Job {
+            spec,
+            work,
+            known: j_known,
+            placed: None,
+            twin: Some(job),
+            hedge_of: Some(job),
+            hedged: true,
+        };
+        self.jobs.insert(twin, copy);
+    }
+
+    /// A job ended (finished or withdrawn): its twin, if any, is withdrawn too.
+    pub(super) fn drop_twin(&mut self, twin: Option<super::JobId>) {
+        if let Some(t) = twin {
+            self.remove_job(t);
+        }
+    }
+}
