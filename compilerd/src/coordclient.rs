@@ -1,5 +1,6 @@
 //! The agent's link to the coordinator: one persistent, pipelined connection (reconnected in the
-//! background), placements matched to questions by tag, job reports sent without waiting.
+//! background), placements matched to questions by tag, job reports sent without waiting, and
+//! hedges (second placements for units whose node stalled) handed to the unit that waits on it.
 //!
 //! When the coordinator is away every question answers `None` at once and the agent falls back
 //! to its host list, or to local compiles.
@@ -27,7 +28,25 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Placement>>>>;
 pub struct CoordClient {
     tx: Mutex<Option<mpsc::UnboundedSender<CoordRequest>>>,
     pending: Pending,
+    /// Units running a placement, by tag: where a hedge for them goes.
+    hedges: Pending,
     tags: AtomicU64,
+}
+
+/// A unit's placement, and where a hedge of it arrives while it runs. Dropping it stops the
+/// watch (a hedge arriving later is reported back as not run).
+pub struct Placed<'a> {
+    /// Where the unit runs.
+    pub placement: Placement,
+    /// A second placement, if the coordinator finds the first node stalled.
+    pub hedge: oneshot::Receiver<Placement>,
+    client: &'a CoordClient,
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        self.client.hedges.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.placement.tag);
+    }
 }
 
 impl CoordClient {
@@ -41,6 +60,7 @@ impl CoordClient {
         let client = Arc::new(CoordClient {
             tx: Mutex::new(None),
             pending: Arc::new(Mutex::new(HashMap::new())),
+            hedges: Arc::new(Mutex::new(HashMap::new())),
             tags: AtomicU64::new(1),
         });
         let me = client.clone();
@@ -75,6 +95,7 @@ impl CoordClient {
             }
             *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.hedges.lock().unwrap_or_else(|e| e.into_inner()).clear();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -132,6 +153,17 @@ impl CoordClient {
                             self.done(JobDone { job: p.job, ok: false, wall_ms: 0, cpu_ms: 0, bytes_out: 0 });
                         }
                     }
+                    CoordResponse::Hedge(p) => {
+                        let waiter = self.hedges.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.tag);
+                        let undelivered = match waiter {
+                            Some(w) => w.send(p).err(),
+                            None => Some(p),
+                        };
+                        if let Some(p) = undelivered {
+                            // The unit has its answer already: the twin is not run.
+                            self.done(JobDone { job: p.job, ok: false, wall_ms: 0, cpu_ms: 0, bytes_out: 0 });
+                        }
+                    }
                     other => tracing::debug!(?other, "ignored a coordinator message"),
                 },
             }
@@ -147,17 +179,24 @@ impl CoordClient {
         work: u64,
         unit: u64,
         wait: Duration,
-    ) -> Option<Placement> {
+    ) -> Option<Placed<'_>> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         let tag = self.tags.fetch_add(1, Ordering::Relaxed);
         let (otx, orx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(tag, otx);
+        // Watched from the start: a hedge can only follow the placement, on the same connection.
+        let (htx, hedge) = oneshot::channel();
+        self.hedges.lock().unwrap_or_else(|e| e.into_inner()).insert(tag, htx);
         let ask = PlaceRequest { tag, toolchain, bytes_in, work, priority: 0, unit };
-        tx.send(CoordRequest::Place(ask)).ok()?;
-        match tokio::time::timeout(wait, orx).await {
-            Ok(Ok(p)) => Some(p),
-            _ => {
+        let placed = match tx.send(CoordRequest::Place(ask)) {
+            Ok(()) => tokio::time::timeout(wait, orx).await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        match placed {
+            Some(placement) => Some(Placed { placement, hedge, client: self }),
+            None => {
                 self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
+                self.hedges.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
                 None
             }
         }

@@ -32,6 +32,8 @@ pub struct Core {
     waiting: IdMap<Waiter>,
     /// Placed jobs by agent connection, to cancel them when it goes.
     owner: IdMap<u64>,
+    /// Where a placed job's placement went, for a hedge of it.
+    placed: IdMap<Waiter>,
     next_id: u64,
 }
 
@@ -45,6 +47,7 @@ impl Core {
             addresses: HashMap::new(),
             waiting: IdMap::default(),
             owner: IdMap::default(),
+            placed: IdMap::default(),
             next_id: 0,
         }
     }
@@ -74,6 +77,7 @@ impl Core {
             self.sched.cancel(job);
             self.waiting.remove(&job);
             self.owner.remove(&job);
+            self.placed.remove(&job);
         }
         self.dispatch();
     }
@@ -95,6 +99,7 @@ impl Core {
             return; // not this agent's job (or already cancelled): ignore, do not learn
         }
         self.owner.remove(&job);
+        self.placed.remove(&job);
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
     }
@@ -106,6 +111,7 @@ impl Core {
         for job in jobs {
             self.owner.remove(&job);
             self.waiting.remove(&job);
+            self.placed.remove(&job);
             self.sched.cancel(job);
         }
         self.dispatch();
@@ -115,22 +121,37 @@ impl Core {
     pub fn dispatch(&mut self) {
         let now = self.clock.now();
         for a in self.sched.dispatch(now) {
-            if a.hedge_of.is_some() {
-                // A twin for a job on a stalled node. Agents cannot run a second copy of a unit
-                // yet, so it is withdrawn at once (its original keeps running); what the daemon
-                // keeps from hedging is that the stalled node gets no new jobs meanwhile.
-                self.sched.cancel(a.job);
+            let worker = self.addresses.get(&a.node).cloned();
+            if let Some(original) = a.hedge_of {
+                self.hedge(original, a.job, worker);
                 continue;
             }
             let Some(w) = self.waiting.remove(&a.job) else { continue };
-            let worker = self.addresses.get(&a.node).cloned();
             let placed = Placement { tag: w.tag, job: a.job, worker };
             if w.tx.send(CoordResponse::Placed(placed)).is_err() {
                 self.owner.remove(&a.job);
                 self.sched.cancel(a.job);
-                let _ = w.agent;
+            } else {
+                self.placed.insert(a.job, w);
             }
         }
+    }
+
+    /// Sends the agent of `original` a second placement, `twin`, because the original's node
+    /// stalled. A twin that cannot be delivered is withdrawn (the original runs on).
+    fn hedge(&mut self, original: JobId, twin: JobId, worker: Option<String>) {
+        let Some(w) = self.placed.get(&original) else {
+            self.sched.cancel(twin);
+            return;
+        };
+        let (tag, agent, tx) = (w.tag, w.agent, w.tx.clone());
+        if tx.send(CoordResponse::Hedge(Placement { tag, job: twin, worker })).is_err() {
+            self.sched.cancel(twin);
+            return;
+        }
+        tracing::info!(job = original, twin, "node stalled; unit hedged");
+        self.owner.insert(twin, agent);
+        self.placed.insert(twin, Waiter { tag, agent, tx });
     }
 
     /// The farm as `discomy status` shows it.

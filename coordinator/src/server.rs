@@ -112,6 +112,8 @@ async fn reap(shared: Arc<Shared>, shutdown: CancellationToken) {
             for id in &silent {
                 core.node_gone(*id);
             }
+            // Also when nothing else happens: stalled nodes are looked for in dispatch.
+            core.dispatch();
             silent
         };
         for id in silent {

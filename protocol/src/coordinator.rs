@@ -60,6 +60,10 @@ pub enum CoordResponse {
     Placed(Placement),
     /// The farm's state.
     Status(FarmStatus),
+    /// A second placement for a unit already placed (tag of its `Place`), because its node has
+    /// stalled: the agent runs the unit there too, keeps the first answer, and reports both jobs
+    /// with `Done` (the loser with `ok: false`).
+    Hedge(Placement),
 }
 
 /// A worker's login.

@@ -48,6 +48,7 @@ pub mod version {
     /// The version this build speaks. Version 1: handshake, `Compile`, `Ping`. Version 2:
     /// toolchain upload (`PutBlob`, `InstallToolchain`) and `NeedToolchain` refusals. Version 3:
     /// source-mode units (`CompileSources`, `PutSource`). Version 4: a unit key in the
-    /// coordinator's `PlaceRequest` (the cost history).
-    pub const CURRENT: u16 = 4;
+    /// coordinator's `PlaceRequest` (the cost history). Version 5: the coordinator's `Hedge`
+    /// (a second placement for a unit whose node has stalled).
+    pub const CURRENT: u16 = 5;
 }

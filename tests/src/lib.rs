@@ -569,6 +569,17 @@ pub fn make_lua(tree: &Path, name: &str, extra: &[&str], log_dir: &Path) {
     run_to_success(name, &mut cmd, log_dir);
 }
 
+/// Lua extracted under `dir` and built once locally with plain gcc: the tree, its `src`, and
+/// the reference objects (the tree is cleaned afterwards, ready for the build under test).
+pub fn lua_with_reference(dir: &Path) -> (PathBuf, PathBuf, BTreeMap<String, Vec<u8>>) {
+    let tree = extract_lua(dir);
+    let src = tree.join("src");
+    make_lua(&tree, "make-local", &[], dir);
+    let reference = objects(&src);
+    make_clean(&tree, dir);
+    (tree, src, reference)
+}
+
 /// `make -C src clean` in the Lua tree; asserts that no object is left.
 pub fn make_clean(tree: &Path, log_dir: &Path) {
     let mut cmd = clean_command("make");

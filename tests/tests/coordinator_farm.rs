@@ -4,6 +4,11 @@
 //! - `build_through_coordinator_survives_node_kill_and_coordinator_restart`: Lua builds with
 //!   objects identical to a local build although one worker is SIGKILLed and the coordinator is
 //!   restarted mid-build; the surviving workers re-register on their own.
+//! - `a_stopped_worker_is_hedged`: a rebuild (the coordinator knows the units' costs and the
+//!   nodes' speeds from the first build) finishes with identical objects although one worker is
+//!   SIGSTOPped just as it starts a unit: the agent's connection for that unit stays open and
+//!   silent, so only the coordinator's hedge (a second placement elsewhere) and the agent running
+//!   it save the build from the agent's 600 s per-unit limit.
 //! - `refusals_are_clear`: a peer without the farm token, and a worker advertising an address the
 //!   coordinator cannot reach, are refused with a message that says why.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use discomy_tests::{
     BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, assert_same_objects, bin, clean_command, discomy_run,
-    extract_lua, make_clean, make_lua, objects, signal_group,
+    lua_with_reference, make_clean, objects, signal_group,
 };
 
 /// Starts a coordinator on `listen` (not advertised) and waits for its address file.
@@ -35,6 +40,17 @@ fn coordinator(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> (Proc, S
         assert!(start.elapsed() < Duration::from_secs(20), "{name} did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A coordinator on loopback and three 2-slot workers that joined it.
+fn farm_of_three(dir: &Path) -> (Proc, SocketAddr, Vec<Worker>) {
+    let (coord, addr) = coordinator(dir, "coordinator", "127.0.0.1:0", &[]);
+    let caddr = addr.to_string();
+    let workers = (0..3)
+        .map(|i| Worker::start_with(dir, &format!("worker{i}"), 2, &["--coordinator", &caddr]))
+        .collect();
+    wait_nodes(addr, 3, Duration::from_secs(20));
+    (coord, addr, workers)
 }
 
 /// `discomy status --json` against `addr`, parsed; its stderr when it fails.
@@ -66,20 +82,10 @@ fn wait_nodes(addr: SocketAddr, n: usize, within: Duration) {
 #[test]
 fn build_through_coordinator_survives_node_kill_and_coordinator_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let tree = extract_lua(tmp.path());
-    let src = tree.join("src");
-    make_lua(&tree, "make-local", &[], tmp.path());
-    let reference = objects(&src);
-    make_clean(&tree, tmp.path());
+    let (tree, src, reference) = lua_with_reference(tmp.path());
 
-    let (mut coord, addr) = coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &[]);
+    let (mut coord, addr, mut workers) = farm_of_three(tmp.path());
     let caddr = addr.to_string();
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| {
-            Worker::start_with(tmp.path(), &format!("worker{i}"), 2, &["--coordinator", &caddr])
-        })
-        .collect();
-    wait_nodes(addr, 3, Duration::from_secs(20));
 
     let summary_path = tmp.path().join("summary.json");
     let mut cmd = discomy_run(&tree, tmp.path());
@@ -115,6 +121,75 @@ fn build_through_coordinator_survives_node_kill_and_coordinator_restart() {
     eprintln!("[e2e] summary: {summary}");
     assert_eq!(summary["failed"], 0);
     assert!(summary["remote"].as_u64().unwrap_or(0) > 0, "nothing ran remotely: {summary}");
+    for w in &mut workers[1..] {
+        assert!(w.proc.try_wait().is_none(), "{} died", w.proc.name());
+    }
+}
+
+/// `discomy run` of the Lua build against the coordinator at `caddr`, object cache off (every
+/// unit goes to the farm), with its summary written to `summary`.
+fn coordinated_build(tree: &Path, scratch: &Path, caddr: &str, summary: &Path) -> Proc {
+    let mut cmd = discomy_run(tree, scratch);
+    cmd.env("DISCOMY_COORDINATOR", caddr)
+        .env("DISCOMY_CACHE", "0")
+        .args(["--summary-json"])
+        .arg(summary)
+        .args(["--", "make", "-C", "src", MAKE_JOBS, "linux"]);
+    Proc::spawn("discomy-run", &mut cmd, scratch)
+}
+
+#[test]
+fn a_stopped_worker_is_hedged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tree, src, reference) = lua_with_reference(tmp.path());
+
+    let (coord, addr, mut workers) = farm_of_three(tmp.path());
+    let caddr = addr.to_string();
+    // The first build teaches the coordinator every unit's cost and every node's speed.
+    let summary_path = tmp.path().join("summary.json");
+    let mut first = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
+    assert!(first.wait_timeout(BUILD_TIMEOUT).success(), "first build:\n{}", first.logs(60));
+    make_clean(&tree, tmp.path());
+
+    // Mid-rebuild, worker0 stops just as it starts a unit (a unit directory appears): the
+    // agent waits on that unit's connection, which stays open and silent.
+    let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
+    let unit_dirs = |w: &Worker| -> std::collections::BTreeSet<std::ffi::OsString> {
+        std::fs::read_dir(&w.work_dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    let mut seen = unit_dirs(&workers[0]);
+    let start = Instant::now();
+    loop {
+        let now = unit_dirs(&workers[0]);
+        if now.iter().any(|d| !seen.contains(d) && d.to_string_lossy().starts_with("unit-")) {
+            break;
+        }
+        seen = now;
+        assert!(run.try_wait().is_none(), "the build ended before worker0 started a unit");
+        assert!(start.elapsed() < Duration::from_secs(120), "worker0 never got a unit");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(signal_group(workers[0].proc.pid(), "STOP"));
+    let stopped = Instant::now();
+    let status_code = run.wait_timeout(BUILD_TIMEOUT);
+    let took = stopped.elapsed();
+    assert!(signal_group(workers[0].proc.pid(), "CONT"));
+    assert!(status_code.success(), "the build failed:\n{}", run.logs(60));
+    assert_same_objects(&reference, &objects(&src), "hedged build");
+    // The unit caught on worker0 is answered only by its hedge: without it, the agent would
+    // wait for its 600 s per-unit limit.
+    let logs = coord.stderr_text();
+    let hedged = logs.lines().filter(|l| l.contains("unit hedged")).count();
+    assert!(hedged > 0, "no unit was hedged:\n{logs}");
+    assert!(took < Duration::from_secs(120), "the build took {took:?} after the stop");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    eprintln!(
+        "[e2e] rebuild with worker0 stopped took {took:?}, {hedged} unit(s) hedged: {summary}"
+    );
+    assert_eq!(summary["failed"], 0);
     for w in &mut workers[1..] {
         assert!(w.proc.try_wait().is_none(), "{} died", w.proc.name());
     }

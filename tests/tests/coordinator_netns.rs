@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use discomy_tests::{
     BUILD_TIMEOUT, MAKE_JOBS, Proc, assert_same_objects, bin, clean_command, discomy_run,
-    extract_lua, make_clean, make_lua, objects,
+    lua_with_reference, objects,
 };
 
 const TOKEN: &str = "netns-farm-token";
@@ -121,11 +121,7 @@ fn farm_found_over_mdns_across_namespaces() {
     };
     let farm = format!("netns-{}", net.id);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let tree = extract_lua(tmp.path());
-    let src = tree.join("src");
-    make_lua(&tree, "make-local", &[], tmp.path());
-    let reference = objects(&src);
-    make_clean(&tree, tmp.path());
+    let (tree, src, reference) = lua_with_reference(tmp.path());
 
     // Namespace 0: the coordinator, advertised over mDNS.
     let mut cmd = net.command(0, &bin("discomy-coordinator"));

@@ -7,13 +7,39 @@
 //! other. Only estimates that rest on measurements count: a node still learning its speed, or
 //! a unit never seen before, is never judged.
 //!
-//! The check runs at most every [`CHECK_EVERY_MS`], so a dispatch costs the same whatever the
-//! farm's size.
+//! Estimates are stretched by how late finished jobs have been lately ([`Lateness`]), so a farm
+//! slowed as a whole does not look stalled. The check runs at most every [`CHECK_EVERY_MS`], so
+//! a dispatch costs the same whatever the farm's size.
 
 use super::{Job, Millis, NodeId, Scheduler};
 
 /// How often dispatch looks for stalled nodes.
 pub const CHECK_EVERY_MS: Millis = 20;
+
+/// A moving average of how late finished jobs were against their estimates, so that a farm
+/// slowed as a whole (oversubscribed hosts, a loaded network) does not look stalled.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lateness(f64);
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Lateness(1.0)
+    }
+}
+
+impl Lateness {
+    /// Weight of each new observation.
+    const ALPHA: f64 = 0.1;
+
+    /// Estimates are stretched by this much (never shrunk: an early job proves nothing).
+    pub(super) fn factor(self) -> f64 {
+        self.0.max(1.0)
+    }
+
+    fn add(&mut self, ratio: f64) {
+        self.0 += Self::ALPHA * (ratio.clamp(0.25, 20.0) - self.0);
+    }
+}
 
 impl Scheduler {
     /// Marks nodes that stopped making progress and queues twins for their jobs.
@@ -36,7 +62,8 @@ impl Scheduler {
                     .filter(|s| s.known)
                     .map(|s| {
                         let start = s.at.max(n.progress_at) as f64;
-                        start + self.cfg.hedge_factor * s.est + self.cfg.hedge_grace_ms
+                        let expected = s.est * self.lateness.factor();
+                        start + self.cfg.hedge_factor * expected + self.cfg.hedge_grace_ms
                     })
                     .fold(f64::INFINITY, f64::min);
                 now as f64 > due
@@ -78,6 +105,16 @@ impl Scheduler {
             hedged: true,
         };
         self.jobs.insert(twin, copy);
+    }
+
+    /// Learns how late a finished job with a measured estimate was (its wall time includes any
+    /// wait in its node's preload queue, so this errs towards patience).
+    pub(super) fn learn_lateness(&mut self, job: super::JobId, wall_ms: u64) {
+        let Some(node) = self.jobs.get(&job).and_then(|j| j.placed) else { return };
+        let Some(n) = self.nodes.get(&node) else { return };
+        if let Some(s) = n.assigned.iter().find(|s| s.job == job && s.known && s.est > 0.0) {
+            self.lateness.add(wall_ms as f64 / s.est);
+        }
     }
 
     /// A job ended (finished or withdrawn): its twin, if any, is withdrawn too.

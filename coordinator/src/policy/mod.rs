@@ -303,6 +303,9 @@ pub struct Scheduler {
     order_buf: Vec<JobId>,
     /// When dispatch next looks for stalled nodes.
     next_hedge_check: Millis,
+    /// How late finished jobs have been lately: a moving average of wall time over estimate
+    /// (1 when estimates hold; hedging waits this much longer).
+    lateness: hedge::Lateness,
     /// Plannable nodes by rate bound.
     index: index::NodeIndex,
 }
@@ -455,7 +458,11 @@ impl Scheduler {
 
     /// A placed job ended; a successful one teaches its node's speed and the unit's cost.
     pub fn finish(&mut self, job: JobId, stats: JobStats, now: Millis) {
-        let twin = self.jobs.get(&job).and_then(|j| j.twin);
+        // A failed copy leaves its twin running; a successful one withdraws it.
+        let twin = self.jobs.get(&job).and_then(|j| j.twin).filter(|_| stats.ok);
+        if stats.ok {
+            self.learn_lateness(job, stats.wall_ms);
+        }
         let Some((spec, work, placed)) = self.remove_job(job) else { return };
         self.drop_twin(twin);
         let Some(node_id) = placed else { return };
