@@ -451,7 +451,10 @@ async fn run_hedged(
             Either::First => placed.placement.job,
             Either::Second => twin.job,
         };
-        coord.done(not_run(loser));
+        // (A unit placed again after its node was lost has one job for both copies.)
+        if loser != winner.0.job {
+            coord.done(not_run(loser));
+        }
         return winner;
     }
     // The first answer was a failure: the other copy decides.

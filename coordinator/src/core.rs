@@ -34,6 +34,9 @@ pub struct Core {
     owner: IdMap<u64>,
     /// Where a placed job's placement went, for a hedge of it.
     placed: IdMap<Waiter>,
+    /// Jobs of a lost node queued again while their agent still waits on the lost node: their
+    /// next placement goes to that agent as a hedge.
+    replacing: IdMap<Waiter>,
     next_id: u64,
 }
 
@@ -48,6 +51,7 @@ impl Core {
             waiting: IdMap::default(),
             owner: IdMap::default(),
             placed: IdMap::default(),
+            replacing: IdMap::default(),
             next_id: 0,
         }
     }
@@ -68,16 +72,24 @@ impl Core {
         self.addresses.iter().filter(|(_, a)| *a == address).map(|(id, _)| *id).collect()
     }
 
-    /// A node is gone: its placed jobs are cancelled (their agents see the worker fail and ask
-    /// again), and the room it leaves is given out.
+    /// A node is gone. Its placed jobs are placed again and each new placement goes to the
+    /// job's agent as a hedge: an agent whose connection to the node failed has asked again
+    /// already (and its `Done` for the old job withdraws the copy), but one whose connection
+    /// stays open and silent (a stopped or cut-off host) would wait for its unit limit.
     pub fn node_gone(&mut self, node: NodeId) {
         let now = self.clock.now();
         self.addresses.remove(&node);
         for job in self.sched.node_lost(node, now) {
-            self.sched.cancel(job);
             self.waiting.remove(&job);
-            self.owner.remove(&job);
-            self.placed.remove(&job);
+            match self.placed.remove(&job) {
+                Some(w) if self.sched.is_queued(job) => {
+                    self.replacing.insert(job, w);
+                }
+                _ => {
+                    self.sched.cancel(job);
+                    self.owner.remove(&job);
+                }
+            }
         }
         self.dispatch();
     }
@@ -100,6 +112,7 @@ impl Core {
         }
         self.owner.remove(&job);
         self.placed.remove(&job);
+        self.replacing.remove(&job);
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
     }
@@ -112,6 +125,7 @@ impl Core {
             self.owner.remove(&job);
             self.waiting.remove(&job);
             self.placed.remove(&job);
+            self.replacing.remove(&job);
             self.sched.cancel(job);
         }
         self.dispatch();
@@ -126,9 +140,18 @@ impl Core {
                 self.hedge(original, a.job, worker);
                 continue;
             }
-            let Some(w) = self.waiting.remove(&a.job) else { continue };
+            // Placed again after its node was lost: a hedge for its waiting agent.
+            let (w, again) = match self.replacing.remove(&a.job) {
+                Some(w) => (w, true),
+                None => match self.waiting.remove(&a.job) {
+                    Some(w) => (w, false),
+                    None => continue,
+                },
+            };
             let placed = Placement { tag: w.tag, job: a.job, worker };
-            if w.tx.send(CoordResponse::Placed(placed)).is_err() {
+            let answer =
+                if again { CoordResponse::Hedge(placed) } else { CoordResponse::Placed(placed) };
+            if w.tx.send(answer).is_err() {
                 self.owner.remove(&a.job);
                 self.sched.cancel(a.job);
             } else {

@@ -4,11 +4,13 @@
 //! - `build_through_coordinator_survives_node_kill_and_coordinator_restart`: Lua builds with
 //!   objects identical to a local build although one worker is SIGKILLed and the coordinator is
 //!   restarted mid-build; the surviving workers re-register on their own.
-//! - `a_stopped_worker_is_hedged`: a rebuild (the coordinator knows the units' costs and the
-//!   nodes' speeds from the first build) finishes with identical objects although one worker is
-//!   SIGSTOPped just as it starts a unit: the agent's connection for that unit stays open and
-//!   silent, so only the coordinator's hedge (a second placement elsewhere) and the agent running
-//!   it save the build from the agent's 600 s per-unit limit.
+//! - `stopped_workers_lose_their_units_then_get_them_hedged`: a worker SIGSTOPped just as it
+//!   starts a unit leaves the agent's connection for that unit open and silent. In a first build
+//!   (no measured costs, so no hedging) the worker is out of the farm once its reports are 2.5 s
+//!   overdue, and its unit is placed again and sent to the agent as a hedge. In the rebuild
+//!   (costs and speeds known) another stopped worker's units are hedged long before that. Both
+//!   builds end with identical objects; without either mechanism the agent would wait for its
+//!   600 s per-unit limit.
 //! - `refusals_are_clear`: a peer without the farm token, and a worker advertising an address the
 //!   coordinator cannot reach, are refused with a message that says why.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
@@ -138,59 +140,78 @@ fn coordinated_build(tree: &Path, scratch: &Path, caddr: &str, summary: &Path) -
     Proc::spawn("discomy-run", &mut cmd, scratch)
 }
 
-#[test]
-fn a_stopped_worker_is_hedged() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (tree, src, reference) = lua_with_reference(tmp.path());
-
-    let (coord, addr, mut workers) = farm_of_three(tmp.path());
-    let caddr = addr.to_string();
-    // The first build teaches the coordinator every unit's cost and every node's speed.
-    let summary_path = tmp.path().join("summary.json");
-    let mut first = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
-    assert!(first.wait_timeout(BUILD_TIMEOUT).success(), "first build:\n{}", first.logs(60));
-    make_clean(&tree, tmp.path());
-
-    // Mid-rebuild, worker0 stops just as it starts a unit (a unit directory appears): the
-    // agent waits on that unit's connection, which stays open and silent.
-    let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
-    let unit_dirs = |w: &Worker| -> std::collections::BTreeSet<std::ffi::OsString> {
+/// SIGSTOPs `w` the moment a new unit directory appears in its work dir, i.e. as it starts a
+/// unit: the agent then waits on that unit's connection, which stays open and silent.
+fn stop_as_it_starts_a_unit(w: &Worker, run: &mut Proc) -> Instant {
+    let unit_dirs = || -> std::collections::BTreeSet<std::ffi::OsString> {
         std::fs::read_dir(&w.work_dir)
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
             .unwrap_or_default()
     };
-    let mut seen = unit_dirs(&workers[0]);
+    let mut seen = unit_dirs();
     let start = Instant::now();
     loop {
-        let now = unit_dirs(&workers[0]);
+        let now = unit_dirs();
         if now.iter().any(|d| !seen.contains(d) && d.to_string_lossy().starts_with("unit-")) {
             break;
         }
         seen = now;
-        assert!(run.try_wait().is_none(), "the build ended before worker0 started a unit");
-        assert!(start.elapsed() < Duration::from_secs(120), "worker0 never got a unit");
+        assert!(run.try_wait().is_none(), "the build ended before the worker started a unit");
+        assert!(start.elapsed() < Duration::from_secs(120), "the worker never got a unit");
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(signal_group(workers[0].proc.pid(), "STOP"));
-    let stopped = Instant::now();
+    assert!(signal_group(w.proc.pid(), "STOP"));
+    Instant::now()
+}
+
+/// Waits for the build, lets the stopped worker go on, and returns how long the build took
+/// after the stop; asserts the build succeeded.
+fn finish_after_stop(run: &mut Proc, stopped_worker: &Worker, stopped: Instant) -> Duration {
     let status_code = run.wait_timeout(BUILD_TIMEOUT);
     let took = stopped.elapsed();
-    assert!(signal_group(workers[0].proc.pid(), "CONT"));
+    assert!(signal_group(stopped_worker.proc.pid(), "CONT"));
     assert!(status_code.success(), "the build failed:\n{}", run.logs(60));
-    assert_same_objects(&reference, &objects(&src), "hedged build");
-    // The unit caught on worker0 is answered only by its hedge: without it, the agent would
-    // wait for its 600 s per-unit limit.
+    took
+}
+
+#[test]
+fn stopped_workers_lose_their_units_then_get_them_hedged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tree, src, reference) = lua_with_reference(tmp.path());
+    let (coord, addr, mut workers) = farm_of_three(tmp.path());
+    let caddr = addr.to_string();
+    let summary_path = tmp.path().join("summary.json");
+
+    // A first build: no unit has a measured cost, so nothing is hedged; only the liveness
+    // deadline (2.5 s without a report) frees the unit caught on the stopped worker.
+    let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
+    let stopped = stop_as_it_starts_a_unit(&workers[0], &mut run);
+    let took = finish_after_stop(&mut run, &workers[0], stopped);
+    assert_same_objects(&reference, &objects(&src), "first build, worker0 stopped");
+    let logs = coord.stderr_text();
+    assert!(logs.contains("out of the farm"), "worker0 never left the farm:\n{logs}");
+    assert!(!logs.contains("unit hedged"), "a unit without a measured cost was hedged:\n{logs}");
+    // Without the re-placement, the caught unit waits for the agent's 600 s limit.
+    assert!(took < Duration::from_secs(120), "the first build took {took:?} after the stop");
+    eprintln!("[e2e] first build: {took:?} after worker0 stopped");
+    wait_nodes(addr, 3, Duration::from_secs(20));
+    make_clean(&tree, tmp.path());
+
+    // The rebuild: every unit's cost and worker1's speed are known now. worker1 stops as it
+    // starts a unit; its units are hedged long before the liveness deadline.
+    let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
+    let stopped = stop_as_it_starts_a_unit(&workers[1], &mut run);
+    let took = finish_after_stop(&mut run, &workers[1], stopped);
+    assert_same_objects(&reference, &objects(&src), "rebuild, worker1 stopped");
     let logs = coord.stderr_text();
     let hedged = logs.lines().filter(|l| l.contains("unit hedged")).count();
     assert!(hedged > 0, "no unit was hedged:\n{logs}");
-    assert!(took < Duration::from_secs(120), "the build took {took:?} after the stop");
+    assert!(took < Duration::from_secs(120), "the rebuild took {took:?} after the stop");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
-    eprintln!(
-        "[e2e] rebuild with worker0 stopped took {took:?}, {hedged} unit(s) hedged: {summary}"
-    );
+    eprintln!("[e2e] rebuild: {took:?} after worker1 stopped, {hedged} unit(s) hedged: {summary}");
     assert_eq!(summary["failed"], 0);
-    for w in &mut workers[1..] {
+    for w in &mut workers {
         assert!(w.proc.try_wait().is_none(), "{} died", w.proc.name());
     }
 }

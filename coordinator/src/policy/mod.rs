@@ -534,6 +534,11 @@ impl Scheduler {
         Some((j.spec, j.work, j.placed))
     }
 
+    /// The job is waiting in the queue (not placed, not finished).
+    pub fn is_queued(&self, job: JobId) -> bool {
+        self.jobs.get(&job).is_some_and(|j| j.placed.is_none())
+    }
+
     /// Where a placed job runs.
     pub fn placement(&self, job: JobId) -> Option<NodeId> {
         self.jobs.get(&job).and_then(|j| j.placed)
