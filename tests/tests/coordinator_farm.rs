@@ -6,9 +6,11 @@
 //!   restarted mid-build; the surviving workers re-register on their own.
 //! - `stopped_workers_lose_their_units_then_get_them_hedged`: a worker SIGSTOPped just as it
 //!   starts a unit leaves the agent's connection for that unit open and silent. In a first build
-//!   (no measured costs, so no hedging) the worker is out of the farm once its reports are 2.5 s
-//!   overdue, and its unit is placed again and sent to the agent as a hedge. In the rebuild
-//!   (costs and speeds known) another stopped worker's units are hedged long before that. Both
+//!   (no measured costs, so no hedging) the worker is out of the farm once its reports are
+//!   overdue (`--node-timeout 45` here), and its unit is placed again and sent to the agent as a
+//!   hedge. In the rebuild
+//!   (costs and speeds known) another stopped worker's units are hedged: it ends before the
+//!   deadline. Both
 //!   builds end with identical objects; without either mechanism the agent would wait for its
 //!   600 s per-unit limit.
 //! - `refusals_are_clear`: a peer without the farm token, and a worker advertising an address the
@@ -44,9 +46,9 @@ fn coordinator(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> (Proc, S
     }
 }
 
-/// A coordinator on loopback and three 2-slot workers that joined it.
-fn farm_of_three(dir: &Path) -> (Proc, SocketAddr, Vec<Worker>) {
-    let (coord, addr) = coordinator(dir, "coordinator", "127.0.0.1:0", &[]);
+/// A coordinator on loopback (with `extra` flags) and three 2-slot workers that joined it.
+fn farm_of_three(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr, Vec<Worker>) {
+    let (coord, addr) = coordinator(dir, "coordinator", "127.0.0.1:0", extra);
     let caddr = addr.to_string();
     let workers = (0..3)
         .map(|i| Worker::start_with(dir, &format!("worker{i}"), 2, &["--coordinator", &caddr]))
@@ -86,7 +88,7 @@ fn build_through_coordinator_survives_node_kill_and_coordinator_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (tree, src, reference) = lua_with_reference(tmp.path());
 
-    let (mut coord, addr, mut workers) = farm_of_three(tmp.path());
+    let (mut coord, addr, mut workers) = farm_of_three(tmp.path(), &[]);
     let caddr = addr.to_string();
 
     let summary_path = tmp.path().join("summary.json");
@@ -178,12 +180,14 @@ fn finish_after_stop(run: &mut Proc, stopped_worker: &Worker, stopped: Instant) 
 fn stopped_workers_lose_their_units_then_get_them_hedged() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (tree, src, reference) = lua_with_reference(tmp.path());
-    let (coord, addr, mut workers) = farm_of_three(tmp.path());
+    // A liveness deadline of 45 s: the first build waits for it, the rebuild must not (its
+    // caught unit can only come back sooner through a hedge).
+    let (coord, addr, mut workers) = farm_of_three(tmp.path(), &["--node-timeout", "45"]);
     let caddr = addr.to_string();
     let summary_path = tmp.path().join("summary.json");
 
     // A first build: no unit has a measured cost, so nothing is hedged; only the liveness
-    // deadline (2.5 s without a report) frees the unit caught on the stopped worker.
+    // deadline frees the unit caught on the stopped worker.
     let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
     let stopped = stop_as_it_starts_a_unit(&workers[0], &mut run);
     let took = finish_after_stop(&mut run, &workers[0], stopped);
@@ -206,7 +210,7 @@ fn stopped_workers_lose_their_units_then_get_them_hedged() {
     let logs = coord.stderr_text();
     let hedged = logs.lines().filter(|l| l.contains("unit hedged")).count();
     assert!(hedged > 0, "no unit was hedged:\n{logs}");
-    assert!(took < Duration::from_secs(120), "the rebuild took {took:?} after the stop");
+    assert!(took < Duration::from_secs(45), "the rebuild took {took:?} after the stop");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
     eprintln!("[e2e] rebuild: {took:?} after worker1 stopped, {hedged} unit(s) hedged: {summary}");

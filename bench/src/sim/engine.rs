@@ -44,6 +44,9 @@ pub struct NodeState {
     pub foreign_load: u16,
     /// Its host.
     pub host: String,
+    /// It sends load reports (every second, as workers do): false from the moment it dies,
+    /// while `alive` stays true until the farm notices.
+    pub reporting: bool,
 }
 
 /// A placement policy under simulation.
@@ -166,6 +169,7 @@ fn replay(
             assigned: 0,
             foreign_load: n.foreign_load,
             host: n.host.clone(),
+            reporting: true,
         })
         .collect();
     let mut dead = vec![false; nodes.len()];
@@ -229,6 +233,7 @@ fn replay(
             }
             Event::Down(node) => {
                 dead[node] = true;
+                state[node].reporting = false;
                 push(&mut events, t + us(DETECT_S), Event::Detect(node));
             }
             Event::Detect(node) => {

@@ -18,7 +18,12 @@ pub struct Discomy {
     ids: HashMap<JobId, usize>,
     /// A unit's scheduler jobs: the original and, once hedged, its twin.
     back: HashMap<usize, Vec<JobId>>,
+    /// When each node last reported its load (nodes report every second).
+    reported: Vec<u64>,
 }
+
+/// How often a node reports its load.
+const REPORT_EVERY_MS: u64 = 1000;
 
 impl Discomy {
     /// Nodes join at time 0 with the toolchain, as after a first build.
@@ -37,7 +42,7 @@ impl Discomy {
             let load = LoadReport { foreign_load: n.foreign_load, ..LoadReport::default() };
             sched.report_load(i as u64, load, 0);
         }
-        Discomy { sched, ids: HashMap::new(), back: HashMap::new() }
+        Discomy { sched, ids: HashMap::new(), back: HashMap::new(), reported: vec![0; nodes.len()] }
     }
 }
 
@@ -56,7 +61,14 @@ impl SimPolicy for Discomy {
         self.back.insert(job, vec![id]);
     }
 
-    fn dispatch(&mut self, _nodes: &[NodeState], now_ms: u64) -> Vec<(usize, usize)> {
+    fn dispatch(&mut self, nodes: &[NodeState], now_ms: u64) -> Vec<(usize, usize)> {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.reporting && now_ms >= self.reported[i] + REPORT_EVERY_MS {
+                self.reported[i] = now_ms;
+                let load = LoadReport { foreign_load: n.foreign_load, ..LoadReport::default() };
+                self.sched.report_load(i as u64, load, now_ms);
+            }
+        }
         let placed = self.sched.dispatch(now_ms);
         let mut out = Vec::with_capacity(placed.len());
         for a in placed {

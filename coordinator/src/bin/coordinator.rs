@@ -28,6 +28,17 @@ struct Cli {
     /// Write the bound address (`IP:PORT`) to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Seconds without a load report (nodes report every second) after which a node is out of
+    /// the farm and its units are placed again. Raise it for farms over slow or lossy links.
+    #[arg(long, default_value_t = 2.5, value_parser = positive_seconds)]
+    node_timeout: f64,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (1.5..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?}: expected seconds between 1.5 and 3600")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +80,7 @@ async fn run() -> Result<()> {
             }
         }
     };
-    let config = CoordinatorConfig::new(cli.farm, auth);
+    let mut config = CoordinatorConfig::new(cli.farm, auth);
+    config.node_timeout = std::time::Duration::from_secs_f64(cli.node_timeout);
     Ok(server::run(listener, config, shutdown).await?)
 }

@@ -1,8 +1,9 @@
 //! Hedging stalled nodes. A node whose running job that should end first has not ended within
 //! `hedge_factor` times its estimate plus `hedge_grace_ms` (counted from the later of its
 //! placement and the node's last finished job), and which has finished nothing since, is
-//! *stalled*: dead before the farm has noticed, or stopped, or swapping. It gets no new jobs until it finishes
-//! one, and each of its jobs is queued again as a *twin* (at most one per job); the submitter
+//! *stalled*: dead before the farm has noticed, or stopped, or swapping. It gets no new jobs
+//! until it finishes one (or, its jobs all gone to their twins, reports again: a stopped node
+//! does not), and each of its jobs is queued again as a *twin* (at most one per job); the submitter
 //! runs both copies and keeps the first to finish, and [`Scheduler::finish`] withdraws the
 //! other. Only estimates that rest on measurements count: a node still learning its speed, or
 //! a unit never seen before, is never judged.
@@ -73,6 +74,7 @@ impl Scheduler {
         for id in stalled {
             let Some(n) = self.nodes.get_mut(&id) else { continue };
             n.stalled = true;
+            n.stalled_at = now;
             let jobs: Vec<_> = n.assigned.iter().map(|s| s.job).collect();
             self.reindex(id);
             for job in jobs {

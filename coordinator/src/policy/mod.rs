@@ -227,8 +227,11 @@ struct Node {
     done_total: u64,
     /// When it last finished a job, or went from idle to busy.
     progress_at: Millis,
-    /// No progress for far longer than its jobs should take: no new jobs until it finishes one.
+    /// No progress for far longer than its jobs should take: no new jobs until it finishes one,
+    /// or until it has no jobs left and reports after `stalled_at`.
     stalled: bool,
+    /// When it was found stalled.
+    stalled_at: Millis,
 }
 
 impl Node {
@@ -339,6 +342,7 @@ impl Scheduler {
             done_total: 0,
             progress_at: now,
             stalled: false,
+            stalled_at: 0,
         };
         self.nodes.insert(id, node);
         self.reindex(id);
@@ -352,8 +356,13 @@ impl Scheduler {
         let refile = n.load.foreign_load != load.foreign_load;
         n.load = load;
         n.last_seen = now;
+        // A stalled node whose jobs all went elsewhere, and which is alive after all: work again.
+        let revived = n.stalled && n.assigned.is_empty() && now > n.stalled_at;
+        if revived {
+            n.stalled = false;
+        }
         // Only the foreign load bears on the index (most reports only prove the node alive).
-        if refile {
+        if refile || revived {
             self.reindex(id);
         }
         refile
@@ -518,9 +527,10 @@ impl Scheduler {
             Some(node) => {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.assigned.retain(|s| s.job != job);
-                    // Its jobs were withdrawn (their twins won): it may have work again, and is
-                    // judged afresh (a dead one leaves at the liveness deadline anyway).
-                    if n.assigned.is_empty() {
+                    // Its jobs were withdrawn (their twins won): if it has reported since it
+                    // stalled, it is alive and may have work again (judged afresh); a stopped or
+                    // dead one stays out until it reports, or the liveness deadline.
+                    if n.assigned.is_empty() && n.last_seen > n.stalled_at {
                         n.stalled = false;
                     }
                 }

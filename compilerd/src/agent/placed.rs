@@ -1,0 +1,146 @@
+//! The agent's side of a coordinated farm: running a unit where the coordinator placed it, and
+//! running it on a second node too when the coordinator hedges it (its first node stalled, or
+//! was lost while the unit's connection hung open); the first decisive answer is kept.
+
+use discomy_protocol::coordinator::{JobDone, Placement};
+use discomy_protocol::{RefusalKind, Response, SourceResult};
+use tracing::{info, warn};
+
+use super::{State, Unit, exchange, supply};
+use crate::coordclient::{CoordClient, Placed};
+use crate::pool::Lease;
+
+/// Runs a unit where the coordinator places it. `None`: no coordinator, no node for it, or
+/// every placement failed; the caller falls back to the host list (then to local compiles).
+pub(super) async fn forward_placed(
+    state: &State,
+    coord: &CoordClient,
+    unit: &Unit<'_>,
+) -> Option<Response> {
+    for _ in 0..state.config.max_attempts {
+        let placed = coord
+            .place(unit.toolchain, unit.bytes_in, unit.work, unit.key, state.config.queue_timeout)
+            .await?;
+        placed.placement.worker.as_ref()?;
+        let (done, outcome) = run_hedged(state, coord, unit, placed).await;
+        coord.done(done);
+        match outcome {
+            Ok(response @ (Response::Compiled(_) | Response::CompiledSources(_))) => {
+                return Some(response);
+            }
+            Ok(Response::Refused(refusal)) if !retryable(refusal.kind) => {
+                return Some(Response::Refused(refusal));
+            }
+            Ok(Response::Refused(_)) => {}
+            Ok(other) => warn!(source = %unit.source, "worker answered out of turn: {other:?}"),
+            Err(reason) => {
+                warn!(source = %unit.source, %reason, "placed worker failed; asking again")
+            }
+        }
+    }
+    None
+}
+
+/// A refusal another node may not give.
+fn retryable(kind: RefusalKind) -> bool {
+    matches!(kind, RefusalKind::NoToolchain | RefusalKind::Unavailable)
+}
+
+/// An answer that ends the unit (no other copy's answer could be better).
+fn decisive(outcome: &Result<Response, String>) -> bool {
+    match outcome {
+        Ok(Response::Compiled(_) | Response::CompiledSources(_)) => true,
+        Ok(Response::Refused(r)) => !retryable(r.kind),
+        _ => false,
+    }
+}
+
+/// Runs a placed unit; when the coordinator hedges it (its node stalled), runs it on the twin's
+/// node too and keeps the first decisive answer. Both copies compile the same files with the
+/// same compiler, so either object is the object. The copy not kept is reported here as not
+/// run; the one returned is for the caller to report.
+async fn run_hedged(
+    state: &State,
+    coord: &CoordClient,
+    unit: &Unit<'_>,
+    mut placed: Placed<'_>,
+) -> (JobDone, Result<Response, String>) {
+    let first = attempt(state, unit, &placed.placement);
+    tokio::pin!(first);
+    let twin = tokio::select! {
+        outcome = &mut first => return outcome,
+        Ok(twin) = &mut placed.hedge => twin,
+    };
+    info!(
+        source = %unit.source,
+        from = placed.placement.worker.as_deref().unwrap_or("?"),
+        to = twin.worker.as_deref().unwrap_or("?"),
+        "placed node stalled; running the unit on a second node too"
+    );
+    let second = attempt(state, unit, &twin);
+    tokio::pin!(second);
+    let (winner, other) = tokio::select! {
+        a = &mut first => (a, Either::Second),
+        b = &mut second => (b, Either::First),
+    };
+    if decisive(&winner.1) {
+        let loser = match other {
+            Either::First => placed.placement.job,
+            Either::Second => twin.job,
+        };
+        // (A unit placed again after its node was lost has one job for both copies.)
+        if loser != winner.0.job {
+            coord.done(not_run(loser));
+        }
+        return winner;
+    }
+    // The first answer was a failure: the other copy decides (and is reported by the caller).
+    let other_job = match other {
+        Either::First => placed.placement.job,
+        Either::Second => twin.job,
+    };
+    if winner.0.job != other_job {
+        coord.done(winner.0);
+    }
+    match other {
+        Either::First => first.await,
+        Either::Second => second.await,
+    }
+}
+
+enum Either {
+    First,
+    Second,
+}
+
+fn not_run(job: u64) -> JobDone {
+    JobDone { job, ok: false, wall_ms: 0, cpu_ms: 0, bytes_out: 0 }
+}
+
+/// One placement of a unit: the exchange with its worker, and what to tell the coordinator.
+async fn attempt(
+    state: &State,
+    unit: &Unit<'_>,
+    placement: &Placement,
+) -> (JobDone, Result<Response, String>) {
+    let mut done = not_run(placement.job);
+    let spec = match placement.worker.as_deref().map(crate::hosts::parse_host_list) {
+        Some(Ok(mut hosts)) if hosts.len() == 1 => hosts.remove(0),
+        other => return (done, Err(format!("placement without a usable worker: {other:?}"))),
+    };
+    let started = std::time::Instant::now();
+    let lease = Lease { host: usize::MAX, spec, conn: None };
+    let exchanged = match exchange(state, lease, &unit.request).await {
+        Ok((response, mut conn)) => supply(state, &mut conn, unit, response).await,
+        Err(e) => Err(e),
+    };
+    done.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Ok(Response::Compiled(result) | Response::CompiledSources(SourceResult { result, .. })) =
+        &exchanged
+    {
+        done.ok = true;
+        done.cpu_ms = result.compile_ms;
+        done.bytes_out = result.output.as_ref().map_or(0, |o| o.raw_len);
+    }
+    (done, exchanged)
+}
