@@ -40,6 +40,7 @@ pub mod sandbox;
 pub mod sandbox_warm;
 pub mod source_unit;
 pub mod sourcestore;
+pub mod stale;
 pub mod status;
 pub mod toolchains;
 pub mod toolstore;

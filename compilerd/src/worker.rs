@@ -63,40 +63,14 @@ pub struct WorkerConfig {
 /// `discard`), else under the system temp dir. Either way one directory per worker process.
 pub fn default_work_dir() -> PathBuf {
     use nix::unistd::{AccessFlags, access};
-    let name = format!("{WORK_DIR_PREFIX}{}", std::process::id());
     let shm = std::path::Path::new("/dev/shm");
     let writable = shm.is_dir() && access(shm, AccessFlags::W_OK | AccessFlags::X_OK).is_ok();
     let parent = if writable { shm.to_path_buf() } else { std::env::temp_dir() };
-    remove_stale_work_dirs(&parent);
-    parent.join(name)
+    parent.join(format!("{WORK_DIR_PREFIX}{}", std::process::id()))
 }
 
 /// Name of a worker's default work directory, before its pid.
-const WORK_DIR_PREFIX: &str = "discomy-worker-";
-
-/// Removes the default work directories of workers that died without removing theirs (killed
-/// with SIGKILL, or the host lost power): under `/dev/shm` they would hold memory until reboot.
-/// A directory whose pid is alive (the worker, or an unrelated process that reused the pid) is
-/// left alone.
-pub fn remove_stale_work_dirs(parent: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(WORK_DIR_PREFIX))
-            .and_then(|pid| pid.parse::<i32>().ok())
-            .filter(|pid| *pid > 0)
-        else {
-            continue;
-        };
-        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            == Err(nix::errno::Errno::ESRCH);
-        if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
+pub const WORK_DIR_PREFIX: &str = "discomy-worker-";
 
 /// What the worker's listeners share (the native one and the distcc one).
 pub(crate) struct State {
@@ -359,26 +333,4 @@ async fn run_in_dir(
         node: state.config.node_name.clone(),
         compile_ms: run.elapsed.as_millis() as u64,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_dead_workers_work_dirs_are_removed() {
-        let parent = tempfile::tempdir().unwrap();
-        // Beyond any pid_max (2^22): no such process.
-        let dead = parent.path().join(format!("{WORK_DIR_PREFIX}{}", 1 << 23));
-        let alive = parent.path().join(format!("{WORK_DIR_PREFIX}{}", std::process::id()));
-        let other = parent.path().join("discomy-worker-notapid");
-        for dir in [&dead, &alive, &other] {
-            std::fs::create_dir_all(dir.join("unit-x/out")).unwrap();
-            std::fs::write(dir.join("unit-x/out/unit.o"), b"object").unwrap();
-        }
-        remove_stale_work_dirs(parent.path());
-        assert!(!dead.exists());
-        assert!(alive.join("unit-x/out/unit.o").exists());
-        assert!(other.exists());
-    }
 }

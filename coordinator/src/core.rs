@@ -13,11 +13,14 @@ use crate::policy::{Clock, IdMap, JobId, MonotonicClock, NodeId, Scheduler};
 /// Where the answers for one agent connection go.
 pub type AgentTx = mpsc::UnboundedSender<CoordResponse>;
 
-/// A job waiting for its placement.
-struct Waiter {
+/// An agent's job: where its answers go, and whether it has had its placement yet.
+struct Asked {
     tag: u64,
     agent: u64,
     tx: AgentTx,
+    /// `Placed` went out: a later placement of the same job (its node was lost) goes as a
+    /// `Hedge`, since the agent may still be waiting on the lost node.
+    answered: bool,
 }
 
 /// Everything behind the daemon's mutex.
@@ -29,14 +32,9 @@ pub struct Core {
     /// Farm name.
     pub farm: String,
     addresses: HashMap<NodeId, String>,
-    waiting: IdMap<Waiter>,
-    /// Placed jobs by agent connection, to cancel them when it goes.
-    owner: IdMap<u64>,
-    /// Where a placed job's placement went, for a hedge of it.
-    placed: IdMap<Waiter>,
-    /// Jobs of a lost node queued again while their agent still waits on the lost node: their
-    /// next placement goes to that agent as a hedge.
-    replacing: IdMap<Waiter>,
+    /// Every job an agent asked for (twins included), queued or placed, until its `Done` or
+    /// its agent's connection ends.
+    asked: IdMap<Asked>,
     next_id: u64,
 }
 
@@ -48,10 +46,7 @@ impl Core {
             clock: MonotonicClock::default(),
             farm,
             addresses: HashMap::new(),
-            waiting: IdMap::default(),
-            owner: IdMap::default(),
-            placed: IdMap::default(),
-            replacing: IdMap::default(),
+            asked: IdMap::default(),
             next_id: 0,
         }
     }
@@ -80,15 +75,10 @@ impl Core {
         let now = self.clock.now();
         self.addresses.remove(&node);
         for job in self.sched.node_lost(node, now) {
-            self.waiting.remove(&job);
-            match self.placed.remove(&job) {
-                Some(w) if self.sched.is_queued(job) => {
-                    self.replacing.insert(job, w);
-                }
-                _ => {
-                    self.sched.cancel(job);
-                    self.owner.remove(&job);
-                }
+            // Requeued jobs keep their entry; jobs whose twin runs elsewhere were dropped.
+            if !self.sched.is_queued(job) {
+                self.asked.remove(&job);
+                self.sched.cancel(job);
             }
         }
         self.dispatch();
@@ -101,18 +91,15 @@ impl Core {
             return;
         }
         let job = self.sched.submit(spec);
-        self.waiting.insert(job, Waiter { tag, agent, tx: tx.clone() });
-        self.owner.insert(job, agent);
+        self.asked.insert(job, Asked { tag, agent, tx: tx.clone(), answered: false });
     }
 
     /// A unit ended; the caller dispatches (once per batch of requests).
     pub fn done(&mut self, agent: u64, job: JobId, stats: crate::policy::JobStats) {
-        if self.owner.get(&job) != Some(&agent) {
+        if self.asked.get(&job).is_none_or(|a| a.agent != agent) {
             return; // not this agent's job (or already cancelled): ignore, do not learn
         }
-        self.owner.remove(&job);
-        self.placed.remove(&job);
-        self.replacing.remove(&job);
+        self.asked.remove(&job);
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
     }
@@ -120,12 +107,9 @@ impl Core {
     /// An agent connection ended: its queued and placed jobs go.
     pub fn agent_gone(&mut self, agent: u64) {
         let jobs: Vec<JobId> =
-            self.owner.iter().filter(|(_, a)| **a == agent).map(|(j, _)| *j).collect();
+            self.asked.iter().filter(|(_, a)| a.agent == agent).map(|(j, _)| *j).collect();
         for job in jobs {
-            self.owner.remove(&job);
-            self.waiting.remove(&job);
-            self.placed.remove(&job);
-            self.replacing.remove(&job);
+            self.asked.remove(&job);
             self.sched.cancel(job);
         }
         self.dispatch();
@@ -140,22 +124,17 @@ impl Core {
                 self.hedge(original, a.job, worker);
                 continue;
             }
-            // Placed again after its node was lost: a hedge for its waiting agent.
-            let (w, again) = match self.replacing.remove(&a.job) {
-                Some(w) => (w, true),
-                None => match self.waiting.remove(&a.job) {
-                    Some(w) => (w, false),
-                    None => continue,
-                },
+            let Some(asked) = self.asked.get_mut(&a.job) else { continue };
+            let placed = Placement { tag: asked.tag, job: a.job, worker };
+            let answer = match asked.answered {
+                false => CoordResponse::Placed(placed),
+                true => CoordResponse::Hedge(placed),
             };
-            let placed = Placement { tag: w.tag, job: a.job, worker };
-            let answer =
-                if again { CoordResponse::Hedge(placed) } else { CoordResponse::Placed(placed) };
-            if w.tx.send(answer).is_err() {
-                self.owner.remove(&a.job);
+            if asked.tx.send(answer).is_err() {
+                self.asked.remove(&a.job);
                 self.sched.cancel(a.job);
             } else {
-                self.placed.insert(a.job, w);
+                asked.answered = true;
             }
         }
     }
@@ -163,18 +142,17 @@ impl Core {
     /// Sends the agent of `original` a second placement, `twin`, because the original's node
     /// stalled. A twin that cannot be delivered is withdrawn (the original runs on).
     fn hedge(&mut self, original: JobId, twin: JobId, worker: Option<String>) {
-        let Some(w) = self.placed.get(&original) else {
+        let Some(a) = self.asked.get(&original) else {
             self.sched.cancel(twin);
             return;
         };
-        let (tag, agent, tx) = (w.tag, w.agent, w.tx.clone());
+        let (tag, agent, tx) = (a.tag, a.agent, a.tx.clone());
         if tx.send(CoordResponse::Hedge(Placement { tag, job: twin, worker })).is_err() {
             self.sched.cancel(twin);
             return;
         }
         tracing::info!(job = original, twin, "node stalled; unit hedged");
-        self.owner.insert(twin, agent);
-        self.placed.insert(twin, Waiter { tag, agent, tx });
+        self.asked.insert(twin, Asked { tag, agent, tx, answered: true });
     }
 
     /// The farm as `discomy status` shows it.

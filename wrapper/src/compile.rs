@@ -97,33 +97,34 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
     // The agent first: without one (a fast refusal), no preprocessor is started for nothing.
     let socket = socket_path();
     let no_agent = |e| format!("no agent at {}: {e}", socket.display());
-    let pending = AgentClient::connect_in_background(&socket).map_err(no_agent)?;
     let mode = source_mode::Mode::from_env();
     // The toolchain is looked up once: the scan needs it first, the fallback reuses it.
     let mut known_tools = None;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
-    // The handshake with the agent runs meanwhile.
+    // The handshake with the agent runs on a thread meanwhile.
     let mut agent = if mode.scan {
+        let pending = AgentClient::connect_in_background(&socket).map_err(no_agent)?;
         let tools = known_tools.insert(unit_toolchain(inv, unit)?);
         let scanned = source_mode::scanned(inv, unit, tools);
         let mut agent = pending.ready().map_err(no_agent)?;
         match scanned {
-            Ok((files, deps)) => {
-                match source_mode::send(&mut agent, inv, unit, tools, files, deps) {
-                    Ok((result, dep_file)) => return finish(unit, result, dep_file),
-                    Err(SourceModeError::Final(reason)) => return Err(reason),
-                    Err(SourceModeError::Unavailable(reason)) => {
-                        debug!(source = %unit.source, %reason, "scanned unit refused; preprocessing");
-                    }
+            Ok((files, deps)) => match source_mode::send(&mut agent, inv, unit, tools, files, deps)
+            {
+                Ok((result, dep_file)) => return finish(unit, result, dep_file),
+                Err(SourceModeError::Final(reason)) => return Err(reason),
+                Err(SourceModeError::Unavailable(reason)) => {
+                    debug!(source = %unit.source, %reason, "scanned unit refused; preprocessing");
+                    AgentClient::connect(&socket).map_err(no_agent)?
                 }
-            }
+            },
             Err(reason) => {
-                debug!(source = %unit.source, %reason, "include scan gave up; preprocessing")
+                // The connection was not used: it serves the preprocessed unit.
+                debug!(source = %unit.source, %reason, "include scan gave up; preprocessing");
+                agent
             }
         }
-        AgentClient::connect(&socket).map_err(no_agent)?
     } else {
-        pending.ready().map_err(no_agent)?
+        AgentClient::connect(&socket).map_err(no_agent)?
     };
     // Preprocessing runs while we look up the toolchain (unless the scan already did).
     let mut cpp = Preprocessor::start(inv, unit)?;

@@ -79,38 +79,22 @@ async fn run_hedged(
     );
     let second = attempt(state, unit, &twin);
     tokio::pin!(second);
-    let (winner, other) = tokio::select! {
-        a = &mut first => (a, Either::Second),
-        b = &mut second => (b, Either::First),
+    let (winner, first_won) = tokio::select! {
+        a = &mut first => (a, true),
+        b = &mut second => (b, false),
     };
-    if decisive(&winner.1) {
-        let loser = match other {
-            Either::First => placed.placement.job,
-            Either::Second => twin.job,
-        };
-        // (A unit placed again after its node was lost has one job for both copies.)
-        if loser != winner.0.job {
-            coord.done(not_run(loser));
-        }
+    let other_job = if first_won { twin.job } else { placed.placement.job };
+    let decisive = decisive(&winner.1);
+    // Each job is reported once: the copy not kept here, the one returned by the caller. (A
+    // unit placed again after its node was lost has one job for both copies.)
+    if other_job != winner.0.job {
+        coord.done(if decisive { not_run(other_job) } else { winner.0 });
+    }
+    if decisive {
         return winner;
     }
-    // The first answer was a failure: the other copy decides (and is reported by the caller).
-    let other_job = match other {
-        Either::First => placed.placement.job,
-        Either::Second => twin.job,
-    };
-    if winner.0.job != other_job {
-        coord.done(winner.0);
-    }
-    match other {
-        Either::First => first.await,
-        Either::Second => second.await,
-    }
-}
-
-enum Either {
-    First,
-    Second,
+    // The first answer was a failure: the other copy decides.
+    if first_won { second.await } else { first.await }
 }
 
 fn not_run(job: u64) -> JobDone {

@@ -216,7 +216,17 @@ async fn run() -> Result<()> {
                 auth,
                 runner,
                 node_name: bound.to_string(),
-                work_dir: work_dir.unwrap_or_else(worker::default_work_dir),
+                work_dir: work_dir.unwrap_or_else(|| {
+                    let dir = worker::default_work_dir();
+                    // Default directories that killed workers left behind go.
+                    if let Some(parent) = dir.parent() {
+                        discomy_compilerd::stale::remove_dirs_of_dead_pids(
+                            parent,
+                            worker::WORK_DIR_PREFIX,
+                        );
+                    }
+                    dir
+                }),
                 running: running.clone(),
             };
             if let Some(addr) = coordinator {

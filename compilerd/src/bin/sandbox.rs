@@ -327,7 +327,9 @@ struct Namespaces {
 fn enter_namespaces() -> Result<Namespaces> {
     let privileged = geteuid().is_root();
     let (outer_uid, outer_gid) = (getuid(), getgid());
-    remove_stale_mount_points();
+    // Mount points of helpers that were killed before they could remove them (a mount point
+    // is only one in its helper's namespace, which died with it).
+    discomy_compilerd::stale::remove_dirs_of_dead_pids(&std::env::temp_dir(), ROOT_PREFIX);
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
@@ -576,26 +578,6 @@ fn write_id_maps(inner_uid: u32, outer_uid: u32, inner_gid: u32, outer_gid: u32)
     fs::write("/proc/self/gid_map", format!("{inner_gid} {outer_gid} 1\n"))
         .context("write /proc/self/gid_map")?;
     Ok(())
-}
-
-/// Removes the (empty) mount points of helpers that were killed before they could: a mount
-/// point is only a mount point in its helper's namespace, which died with it.
-fn remove_stale_mount_points() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(ROOT_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse().ok())
-        else {
-            continue;
-        };
-        if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
-            let _ = fs::remove_dir(entry.path());
-        }
-    }
 }
 
 /// Mounts a read-only overlayfs of `unit` over `tree` on a fresh mount point, which is
