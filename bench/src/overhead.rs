@@ -1,8 +1,10 @@
 //! `discomy-bench overhead`: per-job overhead of one compile at a time. The same Lua units are
 //! compiled (a) by local gcc, (b) through `distcc` to a loopback `distccd`, (c) through
-//! `discomy-cc` to a loopback agent and worker; objects are compared byte for byte, the wrapper's
-//! remote outcomes are counted, and the wrapper's start-up cost with `DISCOMY_DISABLE=1` is
-//! measured against plain gcc.
+//! `discomy-cc` to a loopback agent and worker, with its default settings (object cache on, in a
+//! private directory); objects are compared byte for byte, the wrapper's remote outcomes are
+//! counted, and the wrapper's start-up cost with `DISCOMY_DISABLE=1` is measured against plain
+//! gcc. Every rep adds a fresh `-DDISCOMY_BENCH_KEY=N` to all three modes, so each discomy
+//! compile is a cache miss, as in a cold build, and pays for computing its key.
 
 use crate::Common;
 use crate::farm::{DiscomyFarm, Distccd};
@@ -32,6 +34,10 @@ pub struct Args {
     /// Unit compiled for the wrapper start-up measurement.
     #[arg(long, default_value = "lctype.c")]
     pub startup_unit: String,
+    /// Turn discomy's object cache off (`DISCOMY_CACHE=0`), to see what the cache costs a miss;
+    /// the default measures default settings.
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -65,17 +71,25 @@ struct Ctx {
     farm: Option<DiscomyFarm>,
     discomy_cc: Option<PathBuf>,
     stats_file: PathBuf,
+    /// The wrapper's object cache (default settings: on), private to this run.
+    cache_dir: PathBuf,
+    /// `--no-cache`.
+    no_cache: bool,
 }
 
 impl Ctx {
-    fn compile_args(unit: &Unit) -> Vec<String> {
+    /// The compile command; `key` (when given) makes every rep a new cache key.
+    fn compile_args(unit: &Unit, key: Option<usize>) -> Vec<String> {
         let mut a: Vec<String> = LUA_CFLAGS.iter().map(|s| (*s).to_owned()).collect();
+        if let Some(k) = key {
+            a.push(format!("-DDISCOMY_BENCH_KEY={k}"));
+        }
         a.extend(["-c".into(), unit.name.clone(), "-o".into(), unit.object()]);
         a
     }
 
-    fn job(&self, mode: Mode, unit: &Unit) -> Job {
-        let args = Self::compile_args(unit);
+    fn job(&self, mode: Mode, unit: &Unit, key: usize) -> Job {
+        let args = Self::compile_args(unit, Some(key));
         let job = match mode {
             Mode::Local => Job::new("gcc", &self.src),
             Mode::Distcc => {
@@ -84,12 +98,16 @@ impl Ctx {
             }
             Mode::Discomy => {
                 let prog = self.discomy_cc.clone().unwrap_or_else(|| "discomy-cc".into());
-                // Distribution overhead, not caching: every rep must compile (distcc has no
-                // cache either).
+                // Default settings: the cache is on (every rep is a fresh key, so a miss).
                 let mut j = Job::new(prog, &self.src)
                     .env_remove("DISCOMY_DISABLE")
-                    .env("DISCOMY_CACHE", "0")
+                    .env_remove("DISCOMY_CACHE")
+                    .env_remove("DISCOMY_SOURCE_MODE")
+                    .env("DISCOMY_CACHE_DIR", &self.cache_dir)
                     .env("DISCOMY_STATS_FILE", &self.stats_file);
+                if self.no_cache {
+                    j = j.env("DISCOMY_CACHE", "0");
+                }
                 if let Some(f) = &self.farm {
                     j = j.env("DISCOMY_SOCKET", &f.socket);
                 }
@@ -109,14 +127,14 @@ impl Ctx {
     }
 
     /// Compile `unit` once (removing any old object first); return wall ms and the object.
-    fn compile(&self, mode: Mode, unit: &Unit) -> Result<(f64, Vec<u8>)> {
+    fn compile(&self, mode: Mode, unit: &Unit, key: usize) -> Result<(f64, Vec<u8>)> {
         let obj = self.src.join(unit.object());
         match std::fs::remove_file(&obj) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing {}", obj.display())),
         }
-        let job = self.job(mode, unit);
+        let job = self.job(mode, unit, key);
         let fin = job.run_ok(&self.scratch).with_context(|| {
             format!("{} compile of {} failed\n{}", mode.label(), unit.name, self.report(mode))
         })?;
@@ -222,6 +240,8 @@ pub fn run(args: &Args) -> Result<i32> {
         farm,
         discomy_cc,
         stats_file: work.path().join("discomy-stats.tsv"),
+        cache_dir: work.path().join("discomy-cache"),
+        no_cache: args.no_cache,
     };
 
     let file_name =
@@ -238,6 +258,14 @@ pub fn run(args: &Args) -> Result<i32> {
     }
     if let Some(f) = &ctx.farm {
         println!("(c) {}", f.describe());
+        println!(
+            "    discomy-cc object cache: {}",
+            if ctx.no_cache {
+                "off (--no-cache)"
+            } else {
+                "on, every rep a new key (default settings)"
+            }
+        );
     }
     let load_before = stats::load_average();
     println!("load average before: {load_before}");
@@ -249,38 +277,38 @@ pub fn run(args: &Args) -> Result<i32> {
     let mut compared = 0usize;
     let mut mismatch_notes = Vec::new();
     let mut calls = [0usize; 3];
+    let mut key = 0usize;
     for unit in &units {
         let mut samples: Vec<(Mode, Vec<f64>)> = modes.iter().map(|&m| (m, Vec::new())).collect();
-        let mut reference: Option<Vec<u8>> = None;
         for i in 0..args.warmup + args.reps {
-            // Rotate the order each rep so that no mode always follows the same one.
-            // (Rep 0 starts with local, which provides the reference object.)
+            // Rotate the order each rep so that no mode always follows the same one; all modes
+            // of a rep share its key, and their objects are compared with the local one.
+            key += 1;
             let n = samples.len();
+            let mut objects: Vec<(Mode, Vec<u8>)> = Vec::with_capacity(n);
             for k in 0..n {
                 let (mode, times) = &mut samples[(k + i) % n];
-                let (t, obj) = ctx.compile(*mode, unit)?;
+                let (t, obj) = ctx.compile(*mode, unit, key)?;
                 calls[*mode as usize] += 1;
-                match (*mode, &reference) {
-                    (Mode::Local, None) => reference = Some(obj),
-                    (Mode::Local, Some(_)) => {}
-                    (_, Some(r)) => {
-                        compared += 1;
-                        if *r != obj {
-                            mismatches += 1;
-                            mismatch_notes.push(format!(
-                                "{} via {} (run {}): {} bytes vs local {} bytes",
-                                unit.name,
-                                mode.label(),
-                                i + 1,
-                                obj.len(),
-                                r.len()
-                            ));
-                        }
-                    }
-                    (_, None) => {}
-                }
+                objects.push((*mode, obj));
                 if i >= args.warmup {
                     times.push(t);
+                }
+            }
+            let reference = objects.iter().find(|(m, _)| *m == Mode::Local).map(|(_, o)| o);
+            for (mode, obj) in objects.iter().filter(|(m, _)| *m != Mode::Local) {
+                let Some(r) = reference else { continue };
+                compared += 1;
+                if r != obj {
+                    mismatches += 1;
+                    mismatch_notes.push(format!(
+                        "{} via {} (run {}): {} bytes vs local {} bytes",
+                        unit.name,
+                        mode.label(),
+                        i + 1,
+                        obj.len(),
+                        r.len()
+                    ));
                 }
             }
         }
@@ -447,6 +475,7 @@ pub fn run(args: &Args) -> Result<i32> {
             "benchmark": "overhead",
             "project": file_name,
             "flags": LUA_CFLAGS,
+            "discomy_cache": !args.no_cache,
             "reps": args.reps,
             "warmup": args.warmup,
             "farm_slots": c.farm_slots,
@@ -511,7 +540,7 @@ fn measure_startup(
     work: &Path,
 ) -> Result<StartupResult> {
     let stats_file = work.join("startup-stats.tsv");
-    let args = Ctx::compile_args(unit);
+    let args = Ctx::compile_args(unit, None);
     let gcc = Job::new("gcc", &ctx.src).args(&args).timeout(COMPILE_TIMEOUT);
     let wrapped = Job::new(discomy_cc, &ctx.src)
         .env("DISCOMY_DISABLE", "1")

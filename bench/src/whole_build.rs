@@ -1,10 +1,12 @@
 //! `discomy-bench build`: a whole-project build of Lua (`make -jN -C src linux`), (a) plain,
-//! (b) with `CC="distcc gcc -std=gnu99"` against a loopback `distccd`, (c) under
-//! `discomy run --local-farm S`; each build in a fresh extraction, medians and ratios reported,
-//! objects compared with the plain build's.
+//! (b) with `CC="distcc gcc -std=gnu99"` against a long-running loopback `distccd`, (c) under
+//! `discomy run` against a long-running loopback agent and worker, (d) under
+//! `discomy run --local-farm S` (the farm started and stopped around the build); discomy with
+//! its default settings (object cache on, cold: a new cache directory per build). Each build in
+//! a fresh extraction, medians and ratios reported, objects compared with the plain build's.
 
 use crate::Common;
-use crate::farm::Distccd;
+use crate::farm::{DiscomyFarm, Distccd};
 use crate::proc::{Job, find_discomy_bin};
 use crate::project;
 use crate::stats::{self, median, num, nums, ratio};
@@ -32,7 +34,11 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 enum Mode {
     Plain,
     Distcc,
+    /// `discomy run` against a long-running agent and worker, as distcc runs against a
+    /// long-running distccd.
     Discomy,
+    /// `discomy run --local-farm`: the farm started and stopped around each build.
+    Embedded,
 }
 
 impl Mode {
@@ -41,6 +47,7 @@ impl Mode {
             Mode::Plain => "plain",
             Mode::Distcc => "distcc",
             Mode::Discomy => "discomy",
+            Mode::Embedded => "discomy-embedded",
         }
     }
 }
@@ -84,8 +91,14 @@ pub fn run(args: &Args) -> Result<i32> {
     if distccd.is_some() {
         modes.push(Mode::Distcc);
     }
+    let farm = if c.no_discomy {
+        None
+    } else {
+        Some(DiscomyFarm::start(&find_discomy_bin("discomy-compilerd")?, c.farm_slots)?)
+    };
     if discomy.is_some() {
         modes.push(Mode::Discomy);
+        modes.push(Mode::Embedded);
     }
 
     let file_name =
@@ -96,6 +109,13 @@ pub fn run(args: &Args) -> Result<i32> {
     );
     if let Some(d) = &distccd {
         println!("(b) {}", d.describe());
+    }
+    if let Some(f) = &farm {
+        println!("(c) discomy run against a long-running {}", f.describe());
+        println!(
+            "(d) discomy run --local-farm {} (farm started and stopped per build)",
+            c.farm_slots
+        );
     }
     println!("load average before: {}", stats::load_average());
     println!();
@@ -114,23 +134,27 @@ pub fn run(args: &Args) -> Result<i32> {
             let root = project::extract(&tarball, &dir, &scratch)?;
             let make: Vec<String> =
                 vec!["make".into(), format!("-j{jobs}"), "-C".into(), "src".into(), "linux".into()];
-            let summary_path: PathBuf = work.path().join(format!("summary-{}.json", rep + 1));
+            let summary_path: PathBuf =
+                work.path().join(format!("summary-{}-{}.json", mode.label(), rep + 1));
             let job = match mode {
                 Mode::Plain => Job::new(&make[0], &root).args(&make[1..]),
                 Mode::Distcc => Job::new(&make[0], &root)
                     .args(&make[1..])
                     .arg("CC=distcc gcc -std=gnu99")
                     .envs(&distccd.as_ref().map(Distccd::client_env).unwrap_or_default()),
-                Mode::Discomy => {
+                Mode::Discomy | Mode::Embedded => {
                     let prog: &Path = discomy.as_deref().unwrap_or(Path::new("discomy"));
-                    Job::new(prog, &root)
+                    // Default settings, cold: the cache is on, in a directory new to this build.
+                    let job = Job::new(prog, &root)
                         .env_remove("DISCOMY_DISABLE")
-                        .args(["run", "--local-farm"])
-                        .arg(c.farm_slots.to_string())
-                        .arg("--summary-json")
-                        .arg(&summary_path)
-                        .arg("--")
-                        .args(&make)
+                        .env_remove("DISCOMY_CACHE")
+                        .env("DISCOMY_CACHE_DIR", dir.join("discomy-cache"))
+                        .arg("run");
+                    let job = match (mode, &farm) {
+                        (Mode::Discomy, Some(f)) => job.env("DISCOMY_SOCKET", &f.socket),
+                        _ => job.arg("--local-farm").arg(c.farm_slots.to_string()),
+                    };
+                    job.arg("--summary-json").arg(&summary_path).arg("--").args(&make)
                 }
             }
             .timeout(BUILD_TIMEOUT);
@@ -176,7 +200,7 @@ pub fn run(args: &Args) -> Result<i32> {
                 }
                 Some(_) => {}
             }
-            if mode == Mode::Discomy {
+            if matches!(mode, Mode::Discomy | Mode::Embedded) {
                 let summary = match std::fs::read(&summary_path) {
                     Ok(b) => serde_json::from_slice::<Value>(&b)
                         .unwrap_or_else(|e| json!({"unparsable": e.to_string()})),
@@ -184,7 +208,7 @@ pub fn run(args: &Args) -> Result<i32> {
                 };
                 summaries.push(summary);
             }
-            eprintln!("  {:<8} rep {}: {:.2} s", mode.label(), rep + 1, fin.ms() / 1000.0);
+            eprintln!("  {:<16} rep {}: {:.2} s", mode.label(), rep + 1, fin.ms() / 1000.0);
             times.entry(mode.label()).or_default().push(fin.ms());
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
@@ -198,16 +222,18 @@ pub fn run(args: &Args) -> Result<i32> {
         None => None,
     };
     drop(distccd);
+    drop(farm);
 
     let get = |m: Mode| times.get(m.label()).map(Vec::as_slice).unwrap_or(&[]);
     let med = |m: Mode| median(get(m));
     let (a, b, cc) = (med(Mode::Plain), med(Mode::Distcc), med(Mode::Discomy));
+    let dd = med(Mode::Embedded);
 
-    println!("{:<8} {:>30} {:>10} {:>9}", "mode", "builds (s)", "median s", "vs plain");
+    println!("{:<16} {:>30} {:>10} {:>9}", "mode", "builds (s)", "median s", "vs plain");
     for &m in &modes {
         let runs: Vec<String> = get(m).iter().map(|t| format!("{:.2}", t / 1000.0)).collect();
         println!(
-            "{:<8} {:>30} {:>10.2} {:>9}",
+            "{:<16} {:>30} {:>10.2} {:>9}",
             m.label(),
             runs.join(" "),
             med(m).unwrap_or(f64::NAN) / 1000.0,
@@ -216,6 +242,9 @@ pub fn run(args: &Args) -> Result<i32> {
     }
     if let Some(r) = ratio(cc, b) {
         println!("discomy / distcc build time: {r:.3}");
+    }
+    if let Some(r) = ratio(dd, b) {
+        println!("discomy-embedded / distcc build time: {r:.3}");
     }
     println!("objects compared with the plain build: {compared}, mismatches: {mismatches}");
     for n in mismatch_notes.iter().take(20) {
@@ -250,6 +279,9 @@ pub fn run(args: &Args) -> Result<i32> {
             "plain_ms": nums(get(Mode::Plain)),
             "distcc_ms": nums(get(Mode::Distcc)),
             "discomy_ms": nums(get(Mode::Discomy)),
+            "discomy_embedded_ms": nums(get(Mode::Embedded)),
+            "median_discomy_embedded_ms": num(dd),
+            "discomy_embedded_vs_distcc": num(ratio(dd, b)),
             "median_plain_ms": num(a),
             "median_distcc_ms": num(b),
             "median_discomy_ms": num(cc),

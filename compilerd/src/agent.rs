@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
 use discomy_protocol::coordinator::unit_key;
+use discomy_protocol::stats::AgentStats;
 use discomy_protocol::{
     AuthConfig, CompileRequest, Digest, PeerKind, ProtocolError, RefusalKind, Request, Response,
 };
@@ -87,6 +88,11 @@ struct State {
     /// of these (distccd runs its own compiler of that name).
     local_compilers: BTreeMap<String, Digest>,
     coord: Option<Arc<CoordClient>>,
+    /// Idle connections to the workers holding cache keys.
+    cache_conns: Arc<crate::cache_tier::IdleConns>,
+    /// What wrappers reported (`discomy stats`).
+    stats: std::sync::Mutex<AgentStats>,
+    started: std::time::Instant,
 }
 
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
@@ -134,7 +140,17 @@ pub async fn run(
     let coord = config.coordinator.clone().map(|addr| {
         CoordClient::spawn(addr, config.host_id.clone(), config.auth.clone(), shutdown.clone())
     });
-    let state = Arc::new(State { config, pool, store, sources, local_compilers, coord });
+    let state = Arc::new(State {
+        config,
+        pool,
+        store,
+        sources,
+        local_compilers,
+        coord,
+        cache_conns: Arc::default(),
+        stats: std::sync::Mutex::default(),
+        started: std::time::Instant::now(),
+    });
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -192,6 +208,17 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 return;
             }
             Ok(Request::Ping) => Response::Pong,
+            Ok(Request::Report(report)) => {
+                if let Ok(mut stats) = state.stats.lock() {
+                    stats.record(&report);
+                }
+                continue;
+            }
+            Ok(Request::Stats) => {
+                let mut stats = state.stats.lock().map(|s| s.clone()).unwrap_or_default();
+                stats.uptime_s = state.started.elapsed().as_secs_f64();
+                Response::Stats(stats)
+            }
             Ok(Request::Compile(req)) if !state.store.is_installed(&req.compiler.identity) => {
                 Response::refused(
                     RefusalKind::NeedToolchain,
@@ -244,7 +271,7 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
             },
             Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
                 let hosts = &state.config.hosts;
-                crate::cache_tier::serve_agent(hosts, &state.config.auth, &req)
+                crate::cache_tier::serve_agent(hosts, &state.config.auth, &state.cache_conns, &req)
                     .await
                     .unwrap_or(Response::CacheMiss)
             }

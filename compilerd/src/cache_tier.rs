@@ -6,10 +6,12 @@
 //! Trust: any peer that passes the handshake (farm token holders, loopback without a token) may
 //! store entries, like any shared ccache/sccache storage.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use discomy_protocol::asyncio::{client_handshake, recv, send};
+use discomy_protocol::asyncio::{Conn, client_handshake, recv, send};
 use discomy_protocol::{AuthConfig, CacheEntry, Digest, Payload, Request, Response};
 use discomy_wrapper::cache::store::{Kind, Store};
 use tokio::net::TcpStream;
@@ -74,17 +76,41 @@ pub fn owner<'a>(hosts: &'a [HostSpec], key: &Digest) -> Option<&'a HostSpec> {
     })
 }
 
+/// An agent's idle connections to the workers holding cache keys, reused so that a lookup costs
+/// one round trip, not a connection and a handshake.
+#[derive(Default)]
+pub struct IdleConns(Mutex<HashMap<String, Vec<Conn<TcpStream>>>>);
+
+/// Idle connections kept per worker.
+const IDLE_PER_HOST: usize = 4;
+
+impl IdleConns {
+    fn take(&self, addr: &str) -> Option<Conn<TcpStream>> {
+        self.0.lock().ok()?.get_mut(addr)?.pop()
+    }
+
+    fn give_back(&self, addr: String, conn: Conn<TcpStream>) {
+        if let Ok(mut map) = self.0.lock() {
+            let idle = map.entry(addr).or_default();
+            if idle.len() < IDLE_PER_HOST {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
 /// Serves a wrapper's cache request on an agent; `None` for any other request. Stores are
 /// acknowledged at once and forwarded in the background.
 pub async fn serve_agent(
     hosts: &[HostSpec],
     auth: &AuthConfig,
+    idle: &Arc<IdleConns>,
     request: &Request,
 ) -> Option<Response> {
     match request {
         Request::CacheGet(key) => {
             let Some(host) = owner(hosts, key) else { return Some(Response::CacheMiss) };
-            Some(match ask(host, auth, request).await {
+            Some(match ask(host, auth, idle, request).await {
                 Some(r @ Response::CacheHit(_)) => r,
                 _ => Response::CacheMiss,
             })
@@ -94,8 +120,9 @@ pub async fn serve_agent(
             if let Some(host) = owner(hosts, &key).cloned() {
                 let auth = auth.clone();
                 let request = request.clone();
+                let idle = idle.clone();
                 tokio::spawn(async move {
-                    let _ = ask(&host, &auth, &request).await;
+                    let _ = ask(&host, &auth, &idle, &request).await;
                 });
             }
             Some(Response::Stored(key))
@@ -104,21 +131,41 @@ pub async fn serve_agent(
     }
 }
 
-async fn ask(host: &HostSpec, auth: &AuthConfig, request: &Request) -> Option<Response> {
+async fn ask(
+    host: &HostSpec,
+    auth: &AuthConfig,
+    idle: &IdleConns,
+    request: &Request,
+) -> Option<Response> {
     let addr = host.address();
-    let connect = async {
-        let stream = TcpStream::connect(&addr).await.ok()?;
-        let _ = stream.set_nodelay(true);
-        client_handshake(stream, auth).await.ok()
-    };
-    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.ok()??;
-    let exchange = async {
-        send(&mut conn, request).await.ok()?;
-        recv::<_, Response>(&mut conn).await.ok()
-    };
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, exchange).await.ok()?;
-    debug!(%addr, hit = matches!(answer, Some(Response::CacheHit(_))), "farm cache tier");
-    answer
+    // An idle connection the worker has closed meanwhile fails at once: try a new one then.
+    for reused in [true, false] {
+        let conn = if reused {
+            idle.take(&addr)
+        } else {
+            let connect = async {
+                let stream = TcpStream::connect(&addr).await.ok()?;
+                let _ = stream.set_nodelay(true);
+                client_handshake(stream, auth).await.ok()
+            };
+            tokio::time::timeout(CONNECT_TIMEOUT, connect).await.ok()?
+        };
+        let Some(mut conn) = conn else { continue };
+        let exchange = async {
+            send(&mut conn, request).await.ok()?;
+            recv::<_, Response>(&mut conn).await.ok()
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+            Ok(Some(answer)) => {
+                debug!(%addr, hit = matches!(answer, Response::CacheHit(_)), reused, "farm cache tier");
+                idle.give_back(addr, conn);
+                return Some(answer);
+            }
+            Ok(None) if reused => continue,
+            _ => return None,
+        }
+    }
+    None
 }
 
 #[cfg(test)]

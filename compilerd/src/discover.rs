@@ -27,6 +27,11 @@ pub enum CoordinatorAddr {
 }
 
 impl CoordinatorAddr {
+    /// Whether this is discovery over mDNS (multicast on every interface).
+    pub fn is_mdns(&self) -> bool {
+        matches!(self, CoordinatorAddr::Mdns { .. })
+    }
+
     /// From the `--coordinator` value; a missing port is the coordinator's default.
     pub fn explicit(text: &str) -> CoordinatorAddr {
         let text = text.trim();

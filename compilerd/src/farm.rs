@@ -7,7 +7,6 @@
 //! directory first on PATH and `CC`/`CXX` pointing into it; each wrapper call appends its outcome
 //! to a stats file, which becomes the summary.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -15,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use discomy_protocol::stats::{Outcome, Reason, UnitCounts};
 use serde::Serialize;
 
 /// Options of `discomy run`.
@@ -37,18 +37,9 @@ pub struct RunOptions {
 /// What happened, as printed and written to `--summary-json`. Field names are a stable interface.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Summary {
-    /// Compile calls (one source with -c/-S).
-    pub units: u64,
-    /// Units whose object came from the farm.
-    pub remote: u64,
-    /// Units compiled locally by policy.
-    pub local: u64,
-    /// Distributable units compiled locally because the farm did not deliver.
-    pub fallback: u64,
-    /// Units served from the object cache.
-    pub cache_hits: u64,
-    /// Units whose compile failed (non-zero status).
-    pub failed: u64,
+    /// What the compile units became (`units`, `remote`, `local`, …, at the top level).
+    #[serde(flatten)]
+    pub counts: UnitCounts,
     /// The build command's exit status.
     pub exit_code: i32,
     /// Wall time of the build command, in seconds.
@@ -132,7 +123,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         for i in 0..n {
             let addr_file = dir.path().join(format!("worker{i}.addr"));
             let mut cmd = Command::new(&compilerd);
-            cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+            // An embedded farm never discovers or joins anything.
+            cmd.args(["--no-mdns", "worker", "--listen", "127.0.0.1:0"])
+                .args(["--slots", &slots.to_string()])
                 .arg("--addr-file")
                 .arg(&addr_file)
                 .arg("--store")
@@ -166,6 +159,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         }
         let socket = dir.path().join("agent.sock");
         let mut cmd = Command::new(&compilerd);
+        if opts.local_farm.is_some_and(|n| n > 0) {
+            cmd.arg("--no-mdns");
+        }
         cmd.arg("agent").arg("--socket").arg(&socket).arg("--hosts").arg(hosts.join(","));
         cmd.arg("--store").arg(dir.path().join("agent.store"));
         cmd.env_remove("DISCOMY_HOSTS");
@@ -208,35 +204,29 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         fs::write(path, json).map_err(io_err(format!("failed to write {}", path.display())))?;
     }
     // The farm delivered nothing it was asked for: keep the daemon logs for a post-mortem.
-    if summary.fallback > 0 && summary.remote == 0 {
+    if summary.counts.fallback > 0 && summary.counts.remote == 0 {
         keep_logs(dir.path());
     }
     Ok(summary)
 }
 
-/// Counts stats lines (`outcome\texit\tsource`) into a summary.
+/// Counts stats lines (`outcome\texit\tsource\treason`) into a summary.
 pub fn summarise(stats: &str) -> Summary {
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut failed = 0;
+    let mut counts = UnitCounts::default();
     for line in stats.lines() {
         let mut fields = line.split('\t');
-        let outcome = fields.next().unwrap_or_default();
-        let code = fields.next().unwrap_or("0");
-        *counts.entry(outcome).or_default() += 1;
-        if code != "0" {
-            failed += 1;
-        }
+        let outcome = match fields.next().unwrap_or_default() {
+            "remote" => Outcome::Remote,
+            "local" => Outcome::Local,
+            "fallback" => Outcome::Fallback,
+            "cache" => Outcome::Cache,
+            _ => continue,
+        };
+        let code = fields.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+        let reason = fields.nth(1).and_then(Reason::from_key).unwrap_or(Reason::None);
+        counts.record(outcome, reason, code);
     }
-    let get = |k: &str| counts.get(k).copied().unwrap_or(0);
-    Summary {
-        units: get("remote") + get("local") + get("fallback") + get("cache"),
-        remote: get("remote"),
-        local: get("local"),
-        fallback: get("fallback"),
-        cache_hits: get("cache"),
-        failed,
-        ..Summary::default()
-    }
+    Summary { counts, ..Summary::default() }
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
@@ -344,8 +334,14 @@ mod tests {
 
     #[test]
     fn summary_counts_outcomes_and_failures() {
-        let s = summarise("remote\t0\ta.c\nremote\t0\tb.c\nlocal\t1\tc.c\nfallback\t0\td.c\n");
-        assert_eq!(s.units, 4);
-        assert_eq!((s.remote, s.local, s.fallback, s.failed), (2, 1, 1, 1));
+        let s = summarise(
+            "remote\t0\ta.c\tnone\nremote\t0\tb.c\tnone\nlocal\t1\tconftest.c\tconftest\n\
+             fallback\t0\td.c\tno_worker\n",
+        );
+        let c = &s.counts;
+        assert_eq!(c.units, 4);
+        assert_eq!((c.remote, c.local, c.fallback, c.failed), (2, 1, 1, 1));
+        assert_eq!(c.local_reasons.get("conftest"), Some(&1));
+        assert_eq!(c.fallback_reasons.get("no_worker"), Some(&1));
     }
 }

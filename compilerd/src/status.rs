@@ -1,4 +1,5 @@
-//! `discomy status`: asks the coordinator for the farm as it sees it, and prints it.
+//! `discomy status` and `discomy stats`: the farm as the coordinator sees it, and a build host's
+//! agent counters (what each compiler call became, and why units stayed local).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use discomy_protocol::AuthConfig;
 use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, FarmStatus};
+use discomy_protocol::stats::AgentStats;
 use tokio::net::TcpStream;
 
 /// Fetches the farm's status from the coordinator at `addr`.
@@ -72,6 +74,60 @@ pub fn render(s: &FarmStatus) -> String {
         let _ = writeln!(out, "{:<16} {:>8} {:>8}", "submitter", "running", "queued");
         for sub in &s.submitters {
             let _ = writeln!(out, "{:<16} {:>8} {:>8}", sub.host, sub.running, sub.queued);
+        }
+    }
+    out
+}
+
+/// An agent's counters (`discomy stats`), asked over its Unix socket.
+pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, String> {
+    let mut client = discomy_wrapper::client::AgentClient::connect(socket)
+        .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
+    match client.call(&discomy_protocol::Request::Stats) {
+        Ok(discomy_protocol::Response::Stats(stats)) => Ok(stats),
+        Ok(other) => Err(format!("agent at {} answered {other:?}", socket.display())),
+        Err(e) => Err(format!("agent at {}: {e}", socket.display())),
+    }
+}
+
+/// `discomy stats --json`: the counts at the top level, as in `discomy run`'s summary.
+#[derive(serde::Serialize)]
+pub struct AgentStatsJson<'a> {
+    /// The compile units.
+    #[serde(flatten)]
+    pub counts: &'a discomy_protocol::stats::UnitCounts,
+    /// Calls that were not compile units, by reason.
+    pub other_calls: &'a std::collections::BTreeMap<String, u64>,
+    /// Seconds since the agent started.
+    pub uptime_s: f64,
+}
+
+impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
+    fn from(s: &'a AgentStats) -> Self {
+        AgentStatsJson { counts: &s.counts, other_calls: &s.other_calls, uptime_s: s.uptime_s }
+    }
+}
+
+/// An agent's counters as text: the summary's line, then the reasons.
+pub fn render_agent_stats(s: &AgentStats) -> String {
+    let mut out = String::new();
+    let c = &s.counts;
+    let _ = writeln!(
+        out,
+        "units: {}, remote: {}, local: {}, fallback: {}, cache_hits: {}, failed: {} (agent up {:.0} s)",
+        c.units, c.remote, c.local, c.fallback, c.cache_hits, c.failed, s.uptime_s
+    );
+    for (title, map) in [
+        ("local, by reason", &c.local_reasons),
+        ("fallback, by reason", &c.fallback_reasons),
+        ("other calls (not units)", &s.other_calls),
+    ] {
+        if map.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}:");
+        for (reason, n) in map {
+            let _ = writeln!(out, "  {reason:<18} {n}");
         }
     }
     out

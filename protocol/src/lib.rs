@@ -12,6 +12,7 @@
 //! - [`message`]: requests and responses.
 //! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
 //! - [`sources`]: source-mode units (original source plus the files its preprocessor read).
+//! - [`stats`]: what each compiler call became, reported to the agent, and the agent's totals.
 //! - [`toolchain`]: content-addressed toolchain manifests.
 //! - `asyncio` (feature `tokio`): the same framing and handshake over tokio streams.
 //!
@@ -30,6 +31,7 @@ pub mod handshake;
 pub mod message;
 pub mod payload;
 pub mod sources;
+pub mod stats;
 pub mod toolchain;
 
 pub use digest::Digest;
@@ -49,6 +51,7 @@ pub mod version {
     /// toolchain upload (`PutBlob`, `InstallToolchain`) and `NeedToolchain` refusals. Version 3:
     /// source-mode units (`CompileSources`, `PutSource`). Version 4: a unit key in the
     /// coordinator's `PlaceRequest` (the cost history). Version 5: the coordinator's `Hedge`
-    /// (a second placement for a unit whose node has stalled).
-    pub const CURRENT: u16 = 5;
+    /// (a second placement for a unit whose node has stalled). Version 6: the wrapper's
+    /// `Report` of each call's outcome and the agent's `Stats` (`discomy stats`).
+    pub const CURRENT: u16 = 6;
 }

@@ -30,6 +30,11 @@ pub enum Request {
     CacheGet(Digest),
     /// Farm tier: store an entry; answered with [`Response::Stored`] (the key).
     CachePut(CacheEntry),
+    /// What one compiler call became, sent by the wrapper when it is done; never answered.
+    /// Since version 6.
+    Report(crate::stats::UnitReport),
+    /// The agent's counters; answered with [`Response::Stats`]. Since version 6.
+    Stats,
 }
 
 /// One object-cache entry crossing the wire: its key and its encoded body.
@@ -64,6 +69,8 @@ pub enum Response {
     CacheHit(Payload),
     /// Answer to [`Request::CacheGet`]: not stored (or the farm tier is unreachable).
     CacheMiss,
+    /// Answer to [`Request::Stats`]. Since version 6.
+    Stats(crate::stats::AgentStats),
 }
 
 /// The compiler a unit must be compiled with.

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use discomy_protocol::stats::UnitCounts;
+
 /// How long a whole Lua build may take before the test gives up (and kills it).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a daemon may take to start listening.
@@ -681,6 +683,8 @@ pub struct StatLine {
     pub exit_code: i32,
     /// The source file (may be empty, e.g. for links).
     pub source: String,
+    /// Why it was not remote (`discomy stats`' reason keys; `none` for remote and cache).
+    pub reason: String,
 }
 
 impl StatLine {
@@ -690,14 +694,15 @@ impl StatLine {
     }
 }
 
-/// Parses a stats file (`<outcome>\t<exit_code>\t<source>` lines). Missing file → no lines.
+/// Parses a stats file (`<outcome>\t<exit_code>\t<source>\t<reason>` lines). Missing file → no
+/// lines.
 pub fn read_stats(path: &Path) -> Vec<StatLine> {
     let text = fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .map(|line| {
-            let mut parts = line.splitn(3, '\t');
-            let (Some(outcome), Some(code), Some(source)) =
-                (parts.next(), parts.next(), parts.next())
+            let mut parts = line.split('\t');
+            let (Some(outcome), Some(code), Some(source), Some(reason), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 panic!("malformed stats line in {}: {line:?}", path.display());
             };
@@ -708,7 +713,12 @@ pub fn read_stats(path: &Path) -> Vec<StatLine> {
             let exit_code = code
                 .parse()
                 .unwrap_or_else(|e| panic!("bad exit code in stats line {line:?}: {e}"));
-            StatLine { outcome: outcome.to_owned(), exit_code, source: source.to_owned() }
+            StatLine {
+                outcome: outcome.to_owned(),
+                exit_code,
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+            }
         })
         .collect()
 }
@@ -722,45 +732,49 @@ pub fn outcome_counts(lines: &[StatLine]) -> BTreeMap<String, usize> {
     out
 }
 
-/// What `discomy run --summary-json` reports.
+/// What `discomy run --summary-json` reports: the unit counts (read through `Deref`, as
+/// `summary.remote`), and the whole JSON for messages.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// Compile units seen.
-    pub units: u64,
-    /// Compiled on a worker.
-    pub remote: u64,
-    /// Compiled locally by choice.
-    pub local: u64,
-    /// Compiled locally after a remote attempt failed.
-    pub fallback: u64,
-    /// Served from a cache.
-    pub cache_hits: u64,
-    /// Failed compiles.
-    pub failed: u64,
+    /// `units`, `remote`, `local`, `fallback`, `cache_hits`, `failed` and the reasons.
+    pub counts: UnitCounts,
     /// The whole JSON, for messages.
     pub raw: String,
+}
+
+impl std::ops::Deref for Summary {
+    type Target = UnitCounts;
+    fn deref(&self) -> &UnitCounts {
+        &self.counts
+    }
 }
 
 /// Reads a summary file; panics clearly on a missing file or field.
 pub fn read_summary(path: &Path) -> Summary {
     let raw = fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("summary {} not written: {e}", path.display()));
-    let v: serde_json::Value = serde_json::from_str(&raw)
-        .unwrap_or_else(|e| panic!("summary {} is not JSON ({e}): {raw}", path.display()));
-    let field = |name: &str| {
-        v.get(name)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or_else(|| panic!("summary lacks a numeric {name:?}: {raw}"))
-    };
-    Summary {
-        units: field("units"),
-        remote: field("remote"),
-        local: field("local"),
-        fallback: field("fallback"),
-        cache_hits: field("cache_hits"),
-        failed: field("failed"),
-        raw: raw.clone(),
-    }
+    let counts = serde_json::from_str(&raw).unwrap_or_else(|e| {
+        panic!("summary {} lacks the unit counts ({e}): {raw}", path.display())
+    });
+    Summary { counts, raw }
+}
+
+/// `discomy stats --json` of the agent listening on `socket`.
+pub fn agent_stats(socket: &Path) -> serde_json::Value {
+    let out = clean_command(bin("discomy"))
+        .args(["stats", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("run discomy stats");
+    assert!(
+        out.status.success(),
+        "discomy stats --json failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("discomy stats printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
 }
 
 /// Every regular file under `dir`, by path relative to it.

@@ -104,6 +104,8 @@ fn request_name(request: &Request) -> &'static str {
         Request::PutSource(_) => "PutSource",
         Request::CacheGet(_) => "CacheGet",
         Request::CachePut(_) => "CachePut",
+        Request::Report(_) => "Report",
+        Request::Stats => "Stats",
     }
 }
 

@@ -7,17 +7,41 @@
 
 use std::path::{Path, PathBuf};
 
+use discomy_protocol::stats::Reason;
 use discomy_protocol::{Language, OutputKind};
 
 /// How a call is handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
-    /// Not a compile of one source (linking, `--version`, `-E`, …): run the compiler, no stats.
-    Passthrough(&'static str),
+    /// Not a compile of one source (linking, `--version`, `-E`, …): run the compiler, counted
+    /// apart from units.
+    Passthrough(Reason),
     /// A compile that must run locally, with the reason.
-    Local(String),
+    Local(LocalReason),
     /// A compile that can go to the farm.
     Distribute(Unit),
+}
+
+/// Why a compile stays local: the stable key counted in `discomy stats`, and the detail logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReason {
+    /// The counted reason.
+    pub kind: Reason,
+    /// What exactly (the option, the file).
+    pub detail: String,
+}
+
+impl LocalReason {
+    /// A reason with its detail.
+    pub fn new(kind: Reason, detail: impl Into<String>) -> LocalReason {
+        LocalReason { kind, detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for LocalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.detail, self.kind.key())
+    }
 }
 
 /// A distributable compile, split into its two steps.
@@ -144,7 +168,7 @@ pub fn classify(compiler_name: &str, args: &[String]) -> Class {
         let takes_value = takes_value(arg);
         let value = if takes_value { args.get(i + 1).cloned() } else { None };
         if takes_value && value.is_none() {
-            return Class::Passthrough("option without its value");
+            return Class::Passthrough(Reason::Malformed);
         }
         if let Some(early) = parser.take(arg, value.as_deref()) {
             return early;
@@ -267,7 +291,7 @@ struct Parser {
     other_inputs: usize,
     cpp_args: Vec<String>,
     compile_args: Vec<String>,
-    local_reason: Option<String>,
+    local_reason: Option<LocalReason>,
     debug: bool,
     switches_unrecorded: bool,
     has_md: bool,
@@ -276,9 +300,9 @@ struct Parser {
 }
 
 impl Parser {
-    fn local(&mut self, reason: impl Into<String>) {
+    fn local(&mut self, kind: Reason, detail: impl Into<String>) {
         if self.local_reason.is_none() {
-            self.local_reason = Some(reason.into());
+            self.local_reason = Some(LocalReason::new(kind, detail));
         }
     }
 
@@ -302,10 +326,10 @@ impl Parser {
     fn take(&mut self, arg: &str, value: Option<&str>) -> Option<Class> {
         if !arg.starts_with('-') || arg == "-" {
             if arg == "-" {
-                self.local("source from standard input");
+                self.local(Reason::StandardStreams, "source from standard input");
             }
             if arg.starts_with('@') {
-                self.local("response file (@file)");
+                self.local(Reason::StandardStreams, "response file (@file)");
                 self.other_inputs += 1;
                 return None;
             }
@@ -323,11 +347,11 @@ impl Parser {
         match arg {
             "-c" => self.mode = Some(OutputKind::Object),
             "-S" => self.mode = Some(OutputKind::Assembly),
-            "-E" | "-M" | "-MM" => return Some(Class::Passthrough("preprocessing only")),
+            "-E" | "-M" | "-MM" => return Some(Class::Passthrough(Reason::Preprocess)),
             "-o" => {
                 let out = value.unwrap_or_default();
                 if out == "-" {
-                    self.local("output to standard output");
+                    self.local(Reason::StandardStreams, "output to standard output");
                 }
                 self.output = Some(out.to_string());
             }
@@ -337,7 +361,7 @@ impl Parser {
                     "c" => Some(Some(Language::C)),
                     "c++" => Some(Some(Language::Cxx)),
                     other => {
-                        self.local(format!("language -x {other}"));
+                        self.local(Reason::Language, format!("language -x {other}"));
                         Some(None)
                     }
                 };
@@ -375,7 +399,7 @@ impl Parser {
             | "-fbranch-probabilities"
             | "-fcallgraph-info"
             | "-pipe-debug" => {
-                self.local(format!("option {arg}"));
+                self.local(Reason::RefusedArgument, format!("option {arg}"));
             }
             "-gno-record-gcc-switches" => {
                 self.switches_unrecorded = true;
@@ -391,7 +415,7 @@ impl Parser {
                 } else if matches!(arg, "-Xassembler" | "-Xlinker" | "-L" | "-l" | "-u" | "-z") {
                     self.both(arg, value);
                 } else {
-                    self.local(format!("option {arg}"));
+                    self.local(Reason::RefusedArgument, format!("option {arg}"));
                 }
             }
             _ => self.take_prefixed(arg),
@@ -425,7 +449,7 @@ impl Parser {
             return;
         }
         if arg.starts_with("-M") {
-            return self.local(format!("dependency option {arg}"));
+            return self.local(Reason::RefusedArgument, format!("dependency option {arg}"));
         }
         if let Some(file) = arg.strip_prefix("-specs=") {
             return self.shipped_file(arg, "-specs=", file);
@@ -446,23 +470,22 @@ impl Parser {
             "-wrapper",
             "-fprofile-",
             "-fauto-profile",
-            "-flto",
             "-fcompare-debug",
             "-fdebug-prefix-map",
             "-ffile-prefix-map",
             "-fmacro-prefix-map",
-            "-frandom-seed",
             "-iplugindir",
             "-fworking-directory",
         ];
-        if arg == "-fno-lto" {
-            return self.both(arg, None);
+        if arg == "-frandom-seed" {
+            // gcc 12 rejects it without a value: let the local compiler say so.
+            return self.local(Reason::RefusedArgument, format!("option {arg}"));
         }
         if refused_prefixes.iter().any(|p| arg.starts_with(p)) {
-            return self.local(format!("option {arg}"));
+            return self.local(Reason::RefusedArgument, format!("option {arg}"));
         }
         if arg.ends_with("=native") {
-            return self.local(format!("option {arg} depends on the build host's CPU"));
+            return self.local(Reason::NativeCpu, format!("option {arg}"));
         }
         if let Some(level) = arg.strip_prefix("-g") {
             self.debug = !matches!(level, "0" | "gdb0") && !level.starts_with("no-");
@@ -470,7 +493,8 @@ impl Parser {
         }
         if let Some(wa) = arg.strip_prefix("-Wa,") {
             if wa.split(',').any(|a| a.starts_with("-a") || a == "--MD" || a.starts_with("--MD")) {
-                return self.local("assembler listing or dependency output");
+                return self
+                    .local(Reason::RefusedArgument, "assembler listing or dependency output");
             }
             return self.both(arg, None);
         }
@@ -490,9 +514,9 @@ impl Parser {
             || arg.starts_with("-print-")
         {
             self.other_inputs += 1;
-            return self.local(format!("informational option {arg}"));
+            return self.local(Reason::Informational, format!("informational option {arg}"));
         }
-        self.local(format!("unrecognised option {arg}"));
+        self.local(Reason::UnsupportedFlag, format!("unrecognised option {arg}"));
     }
 
     /// A `-specs=`/`-fplugin=` file: shipped with the toolchain, so the worker needs its
@@ -504,7 +528,12 @@ impl Parser {
         } else {
             match std::env::current_dir() {
                 Ok(cwd) if cwd.join(path).is_file() => cwd.join(path),
-                _ => return self.local(format!("{arg}: file found through gcc's search path")),
+                _ => {
+                    return self.local(
+                        Reason::RefusedArgument,
+                        format!("{arg}: file found through gcc's search path"),
+                    );
+                }
             }
         };
         self.cpp_args.push(arg.to_string());
@@ -513,27 +542,35 @@ impl Parser {
 
     fn finish(mut self, compiler_name: &str) -> Class {
         let Some(mode) = self.mode else {
-            return Class::Passthrough("not a compile (no -c or -S)");
+            return Class::Passthrough(Reason::Link);
         };
         if self.sources.len() + self.other_inputs == 0 {
-            return Class::Passthrough("no input file");
+            return Class::Passthrough(Reason::NoInput);
         }
         if self.sources.len() != 1 || self.other_inputs != 0 {
-            return Class::Local("not exactly one C/C++ source".into());
+            return Class::Local(LocalReason::new(
+                Reason::SeveralSources,
+                "not exactly one C/C++ source",
+            ));
         }
         let (source, lang) = self.sources.remove(0);
         let default_cxx = compiler_name.contains("++");
         let language = match lang {
             Some(Language::C) if default_cxx && self.language_override.is_none() => Language::Cxx,
             Some(l) => l,
-            None => return Class::Local(format!("{source}: not a C or C++ source")),
+            None => {
+                return Class::Local(LocalReason::new(
+                    Reason::Language,
+                    format!("{source}: not a C or C++ source"),
+                ));
+            }
         };
         if let Some(reason) = self.local_reason {
             return Class::Local(reason);
         }
         let file = Path::new(&source).file_name().and_then(|f| f.to_str()).unwrap_or_default();
         if file.starts_with("conftest.") || file.starts_with("tmp.conftest.") {
-            return Class::Local("autoconf test (conftest)".into());
+            return Class::Local(LocalReason::new(Reason::Conftest, "autoconf test (conftest)"));
         }
         // With -g, gcc records its cc1 switches in DW_AT_producer; a preprocessed unit's
         // -fdirectives-only would appear there (and reorder .debug_str): only source mode,
@@ -671,7 +708,7 @@ mod tests {
             "-specs /x.specs -c a.c",
             "-B/tmp -c a.c",
             "-save-temps -c a.c",
-            "-flto -c a.c",
+            "-frandom-seed -c a.c",
             "-x assembler-with-cpp -c a.S",
             "-c a.s",
             "-c - ",
@@ -695,6 +732,17 @@ mod tests {
         );
         let u = unit("-fplugin=/opt/p/x.so -fplugin-arg-x-k=v -c a.c");
         assert_eq!(u.compile_args, v("-fplugin=/opt/p/x.so -fplugin-arg-x-k=v"));
+    }
+
+    #[test]
+    fn every_lto_form_distributes() {
+        for lto in ["-flto", "-flto=auto", "-flto=4", "-flto=jobserver"] {
+            for fat in ["-ffat-lto-objects", "-fno-fat-lto-objects"] {
+                let u = unit(&format!("-O2 {lto} {fat} -frandom-seed=a.o -c a.c"));
+                assert_eq!(u.compile_args, v(&format!("-O2 {lto} {fat} -frandom-seed=a.o")));
+            }
+        }
+        assert!(is_local("-frandom-seed -c a.c"));
     }
 
     #[test]

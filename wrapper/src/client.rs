@@ -68,6 +68,11 @@ impl AgentClient {
         Ok(PendingAgent { handshake })
     }
 
+    /// The connection itself, for a frame that gets no answer ([`Request::Report`]).
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.stream
+    }
+
     /// Sends one request and waits for its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ProtocolError> {
         write_frame(&mut self.stream, request)?;

@@ -1,5 +1,6 @@
-//! The distributed path: classify, preprocess locally, ship, write the output atomically, and
-//! fall back to a local compile on any farm failure.
+//! The distributed path: classify, ask the object cache, ship the unit (the include scanner's
+//! files in source mode, or a locally preprocessed unit where the scanner gives up), write the
+//! output atomically, fall back to a local compile on any farm failure, and count the outcome.
 //!
 //! Diagnostics are always the real compiler's own: when preprocessing or the remote compile
 //! prints anything or fails, the call is compiled locally and the local output is what the build
@@ -19,8 +20,9 @@ use tracing::{debug, info};
 use crate::args::{Class, Unit, classify};
 use crate::client::{AgentClient, socket_path};
 use crate::invocation::Invocation;
+use crate::prepared::{Prepared, Scanned};
 use crate::source_mode::{self, SourceModeError};
-use crate::stats::{self, Outcome};
+use crate::stats::{self, Fallback, Outcome, Reason};
 use crate::{cache, local, toolchain};
 
 /// Handles one resolved call.
@@ -33,39 +35,49 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     else {
         return local::exec(inv);
     };
-    let cached = match cache::lookup(inv, &args) {
+    let unit = match classify(&inv.name, &args) {
+        Class::Passthrough(reason) => {
+            debug!(reason = reason.key(), "not a compile");
+            stats::record(Outcome::NotUnit, reason, 0, "", None);
+            return local::exec(inv);
+        }
+        Class::Local(reason) => {
+            debug!(%reason, "compiling locally");
+            return run_local(inv, Outcome::Local, reason.kind, &source_of(&args), None);
+        }
+        Class::Distribute(unit) => unit,
+    };
+    let farm_on = !disabled();
+    let mut prep = Prepared::new(inv, &unit);
+    if farm_on && prep.mode.scan {
+        // The handshake runs on a thread while the cache and the scanner work.
+        prep.connect_early();
+    }
+    let cached = match cache::lookup(inv, &args, &unit, &mut prep) {
         cache::Lookup::Hit(code) => {
-            stats::record(Outcome::Cache, 0, &source_of(&args));
+            let mut agent = if farm_on { prep.agent().ok() } else { None };
+            stats::record(Outcome::Cache, Reason::None, 0, &unit.source, agent.as_mut());
             return code;
         }
         cache::Lookup::Miss(pending) => Some(pending),
         cache::Lookup::Off => None,
     };
-    match classify(&inv.name, &args) {
-        Class::Passthrough(why) => {
-            debug!(why, "not a compile");
-            local::exec(inv)
-        }
-        Class::Local(reason) => {
-            debug!(%reason, "compiling locally");
-            run_local(inv, Outcome::Local, &source_of(&args), cached)
-        }
-        Class::Distribute(unit) if disabled() => {
-            run_local(inv, Outcome::Local, &unit.source, cached)
-        }
-        Class::Distribute(unit) => match remote(inv, &unit) {
-            Ok(stdout) => {
-                if let Some(pending) = cached {
-                    pending.store(&stdout, b"");
-                }
-                stats::record(Outcome::Remote, 0, &unit.source);
-                ExitCode::SUCCESS
+    if !farm_on {
+        return run_local(inv, Outcome::Local, Reason::Disabled, &unit.source, cached);
+    }
+    match remote(inv, &unit, &mut prep) {
+        Ok((stdout, mut agent)) => {
+            // The report first: the entry offered to the farm tier after it is not acknowledged.
+            stats::record(Outcome::Remote, Reason::None, 0, &unit.source, Some(&mut agent));
+            if let Some(pending) = cached {
+                pending.store(&stdout, b"", Some(&mut agent));
             }
-            Err(reason) => {
-                info!(source = %unit.source, %reason, "compiling locally instead");
-                run_local(inv, Outcome::Fallback, &unit.source, cached)
-            }
-        },
+            ExitCode::SUCCESS
+        }
+        Err(fallback) => {
+            info!(source = %unit.source, %fallback, "compiling locally instead");
+            run_local(inv, Outcome::Fallback, fallback.reason, &unit.source, cached)
+        }
     }
 }
 
@@ -80,6 +92,7 @@ fn source_of(args: &[String]) -> String {
 fn run_local(
     inv: &Invocation,
     outcome: Outcome,
+    reason: Reason,
     source: &str,
     cached: Option<Box<cache::Pending>>,
 ) -> ExitCode {
@@ -87,66 +100,66 @@ fn run_local(
         Some(pending) => pending.compile_locally(inv),
         None => local::run(inv),
     };
-    stats::record(outcome, raw, source);
+    stats::record(outcome, reason, raw, source, None);
     code
 }
 
-/// Tries the farm: `Ok` carries the compiler's stdout (already replayed), `Err` why the call
-/// must be compiled locally instead.
-fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
-    // The agent first: without one (a fast refusal), no preprocessor is started for nothing.
-    let socket = socket_path();
-    let no_agent = |e| format!("no agent at {}: {e}", socket.display());
-    let mode = source_mode::Mode::from_env();
-    // The toolchain is looked up once: the scan needs it first, the fallback reuses it.
-    let mut known_tools = None;
+/// Tries the farm: `Ok` carries the compiler's stdout (already replayed) and the agent
+/// connection, `Err` why the call must be compiled locally instead.
+fn remote(
+    inv: &Invocation,
+    unit: &Unit,
+    prep: &mut Prepared<'_>,
+) -> Result<(Vec<u8>, AgentClient), Fallback> {
+    // The agent first: without one (a fast refusal), nothing is scanned or preprocessed for it.
+    if prep.agent_missing() {
+        return Err(Fallback::new(Reason::NoAgent, prep.agent().err().unwrap_or_default()));
+    }
+    let mode = prep.mode;
+    let (scanned, tools) = prep.take_scan();
+    let tools = tools.map_err(|e| Fallback::new(Reason::Toolchain, e))?;
+    let mut agent = prep.agent().map_err(|e| Fallback::new(Reason::NoAgent, e))?;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
-    // The handshake with the agent runs on a thread meanwhile.
-    let mut agent = if mode.scan {
-        let pending = AgentClient::connect_in_background(&socket).map_err(no_agent)?;
-        let tools = known_tools.insert(unit_toolchain(inv, unit)?);
-        let scanned = source_mode::scanned(inv, unit, tools);
-        let mut agent = pending.ready().map_err(no_agent)?;
-        match scanned {
-            Ok((files, deps)) => match source_mode::send(&mut agent, inv, unit, tools, files, deps)
-            {
-                Ok((result, dep_file)) => return finish(unit, result, dep_file),
-                Err(SourceModeError::Final(reason)) => return Err(reason),
-                Err(SourceModeError::Unavailable(reason)) => {
-                    debug!(source = %unit.source, %reason, "scanned unit refused; preprocessing");
-                    AgentClient::connect(&socket).map_err(no_agent)?
+    match scanned {
+        Ok(Scanned { files, deps }) => {
+            match source_mode::send(&mut agent, inv, unit, &tools, files, deps) {
+                Ok((result, dep_file)) => {
+                    return finish(unit, result, dep_file).map(|o| (o, agent));
                 }
-            },
-            Err(reason) => {
-                // The connection was not used: it serves the preprocessed unit.
-                debug!(source = %unit.source, %reason, "include scan gave up; preprocessing");
-                agent
+                Err(SourceModeError::Final(fallback)) => return Err(fallback),
+                Err(SourceModeError::Unavailable(fallback)) => {
+                    debug!(source = %unit.source, %fallback, "scanned unit refused; preprocessing");
+                    agent = reconnect()?;
+                }
             }
         }
-    } else {
-        AgentClient::connect(&socket).map_err(no_agent)?
-    };
+        Err(reason) if mode.scan => {
+            debug!(source = %unit.source, %reason, "include scan gave up; preprocessing");
+        }
+        Err(_) => {}
+    }
     // Preprocessing runs while we look up the toolchain (unless the scan already did).
     let mut cpp = Preprocessor::start(inv, unit)?;
-    let tools = match known_tools {
-        Some(tools) => tools,
-        None => unit_toolchain(inv, unit)?,
-    };
     let identity = tools.manifest.digest();
     let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
-        return Err("source uses __TIMESTAMP__, which depends on the local file".into());
+        return Err(Fallback::new(
+            Reason::HostOnly,
+            "source uses __TIMESTAMP__, which depends on the local file",
+        ));
     }
     if unit.needs_sources || mode.always {
         let sent = source_mode::from_linemarkers(unit, &tools, &unit_text)
             .and_then(|files| source_mode::send(&mut agent, inv, unit, &tools, files, None));
         match sent {
-            Ok((result, _)) => return finish(unit, result, None),
-            Err(SourceModeError::Final(reason)) => return Err(reason),
-            Err(SourceModeError::Unavailable(reason)) if unit.needs_sources => return Err(reason),
-            Err(SourceModeError::Unavailable(reason)) => {
-                debug!(source = %unit.source, %reason, "source mode unavailable; sending the preprocessed unit");
-                agent = AgentClient::connect(&socket).map_err(no_agent)?;
+            Ok((result, _)) => return finish(unit, result, None).map(|o| (o, agent)),
+            Err(SourceModeError::Final(fallback)) => return Err(fallback),
+            Err(SourceModeError::Unavailable(fallback)) if unit.needs_sources => {
+                return Err(fallback);
+            }
+            Err(SourceModeError::Unavailable(fallback)) => {
+                debug!(source = %unit.source, %fallback, "source mode unavailable; sending the preprocessed unit");
+                agent = reconnect()?;
             }
         }
     }
@@ -160,22 +173,38 @@ fn remote(inv: &Invocation, unit: &Unit) -> Result<Vec<u8>, String> {
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
     });
     drop(unit_text);
-    let mut response = agent.call(&request).map_err(|e| format!("agent: {e}"))?;
+    let agent_error = |e: discomy_protocol::ProtocolError| {
+        Fallback::new(Reason::AgentError, format!("agent: {e}"))
+    };
+    let mut response = agent.call(&request).map_err(agent_error)?;
     if let Response::Refused(r) = &response {
         if r.kind == RefusalKind::NeedToolchain {
             // First use of this compiler through this agent: send it, once, then ask again.
-            agent.push_toolchain(&tools).map_err(|e| format!("toolchain upload: {e}"))?;
-            response = agent.call(&request).map_err(|e| format!("agent: {e}"))?;
+            agent
+                .push_toolchain(&tools)
+                .map_err(|e| Fallback::new(Reason::Toolchain, format!("toolchain upload: {e}")))?;
+            response = agent.call(&request).map_err(agent_error)?;
         }
     }
     let result = match response {
         Response::Compiled(result) => result,
-        Response::Refused(refusal) => {
-            return Err(format!("farm refused ({:?}): {}", refusal.kind, refusal.message));
+        Response::Refused(refusal) => return Err(Fallback::refused(&refusal)),
+        other => {
+            return Err(Fallback::new(
+                Reason::AgentError,
+                format!("agent answered out of turn: {other:?}"),
+            ));
         }
-        other => return Err(format!("agent answered out of turn: {other:?}")),
     };
-    finish(unit, result, None)
+    finish(unit, result, None).map(|o| (o, agent))
+}
+
+/// A new agent connection after a refused attempt.
+fn reconnect() -> Result<AgentClient, Fallback> {
+    let socket = socket_path();
+    AgentClient::connect(&socket).map_err(|e| {
+        Fallback::new(Reason::NoAgent, format!("no agent at {}: {e}", socket.display()))
+    })
 }
 
 /// Writes a successful remote result where the build expects it (the dependency file first,
@@ -185,21 +214,26 @@ fn finish(
     unit: &Unit,
     result: CompileResult,
     dep_file: Option<source_mode::DepFile>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Fallback> {
     if result.exit_code != 0 || !result.stderr.is_empty() {
-        return Err(format!(
-            "compile on {} reported diagnostics (exit {}); replaying locally for exact output",
-            result.node, result.exit_code
+        return Err(Fallback::new(
+            Reason::Diagnostics,
+            format!(
+                "compile on {} reported diagnostics (exit {}); replaying locally for exact output",
+                result.node, result.exit_code
+            ),
         ));
     }
-    let output = result.output.ok_or("farm returned no output file")?;
-    let bytes = output.decompress(MAX_RAW_LEN).map_err(|e| e.to_string())?;
+    let bad_output = |detail: String| Fallback::new(Reason::FarmRefused, detail);
+    let output = result.output.ok_or_else(|| bad_output("farm returned no output file".into()))?;
+    let bytes = output.decompress(MAX_RAW_LEN).map_err(|e| bad_output(e.to_string()))?;
     if let Some((path, content)) = dep_file {
         write_atomically(Path::new(&path), &content)
-            .map_err(|e| format!("failed to write {path}: {e}"))?;
+            .map_err(|e| Fallback::new(Reason::Output, format!("failed to write {path}: {e}")))?;
     }
-    write_atomically(&unit.output, &bytes)
-        .map_err(|e| format!("failed to write {}: {e}", unit.output.display()))?;
+    write_atomically(&unit.output, &bytes).map_err(|e| {
+        Fallback::new(Reason::Output, format!("failed to write {}: {e}", unit.output.display()))
+    })?;
     if !result.stdout.is_empty() {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(&result.stdout);
@@ -237,7 +271,7 @@ struct Preprocessor {
 }
 
 impl Preprocessor {
-    fn start(inv: &Invocation, unit: &Unit) -> Result<Preprocessor, String> {
+    fn start(inv: &Invocation, unit: &Unit) -> Result<Preprocessor, Fallback> {
         let child = std::process::Command::new(&inv.compiler)
             .args(&unit.cpp_args)
             .args(&unit.dep_args)
@@ -248,15 +282,20 @@ impl Preprocessor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("failed to run the preprocessor: {e}"))?;
+            .map_err(|e| {
+                Fallback::new(Reason::Toolchain, format!("failed to run the preprocessor: {e}"))
+            })?;
         Ok(Preprocessor { child: Some(child) })
     }
 
-    fn finish(&mut self) -> Result<Vec<u8>, String> {
-        let child = self.child.take().ok_or("preprocessor already finished")?;
-        let out = child.wait_with_output().map_err(|e| format!("preprocessor: {e}"))?;
+    fn finish(&mut self) -> Result<Vec<u8>, Fallback> {
+        let diagnostics = |detail: String| Fallback::new(Reason::Diagnostics, detail);
+        let child =
+            self.child.take().ok_or_else(|| diagnostics("preprocessor already finished".into()))?;
+        let out =
+            child.wait_with_output().map_err(|e| diagnostics(format!("preprocessor: {e}")))?;
         if !out.status.success() || !out.stderr.is_empty() {
-            return Err("preprocessing reported diagnostics".into());
+            return Err(diagnostics("preprocessing reported diagnostics".into()));
         }
         Ok(out.stdout)
     }

@@ -1,18 +1,23 @@
 //! discomy-cc, the compiler wrapper.
 //!
 //! It runs once per compiler call inside the build (often inside a mock chroot), decides whether
-//! the call is a distributable unit, preprocesses it locally, ships it to the local agent over a
-//! Unix socket and writes the returned object atomically. Any farm failure falls back to running
-//! the real compiler exactly as the build asked. It never prints its own messages to stdout.
+//! the call is a distributable unit, asks the object cache, finds the unit's files with the
+//! include scanner (preprocessing locally only where the scanner gives up), ships it to the local
+//! agent over a Unix socket and writes the returned object atomically. Any farm failure falls
+//! back to running the real compiler exactly as the build asked. Each call's outcome is counted
+//! (`discomy stats`, `discomy run`'s summary). It never prints its own messages to stdout.
 //!
 //! # Layout
 //! - [`invocation`]: which real compiler was meant (explicit, masquerade link, launcher).
 //! - [`args`]: parsing and classifying the compiler arguments.
 //! - [`identity`]: the cache directory and stat stamps that validate cached manifests.
 //! - [`client`]: the blocking agent client.
-//! - [`compile`]: the distributed path (preprocess, ship, write output, fall back).
+//! - [`compile`]: the distributed path (cache, ship, write output, fall back).
+//! - [`prepared`]: a call's toolchain, include scan and agent connection, computed once.
+//! - [`scan`]: the include scanner; [`sources`]: files from linemarkers; [`source_mode`]:
+//!   sending a unit with its files; [`sysdirs`]: the compiler's own include directories.
 //! - [`local`]: running the real compiler locally.
-//! - [`stats`]: per-call outcome lines for `discomy run`'s summary.
+//! - [`stats`]: each call's outcome and reason, for the agent and `discomy run`'s summary.
 //! - [`names`]: compiler names for masquerade directories.
 //! - [`toolchain`]: the compiler's closure as a content-addressed manifest, cached.
 //! - [`icecream`]: importing `icecc-create-env` tarballs as toolchains.
@@ -27,6 +32,7 @@ pub mod identity;
 pub mod invocation;
 pub mod local;
 pub mod names;
+pub mod prepared;
 pub mod scan;
 pub mod source_mode;
 pub mod sources;

@@ -16,6 +16,7 @@ use crate::args::{Deps, Unit};
 use crate::client::AgentClient;
 use crate::invocation::Invocation;
 use crate::sources::{self, UnitFiles};
+use crate::stats::{Fallback, Reason};
 use crate::{scan, sysdirs, toolchain};
 
 /// Which units go in source mode (`DISCOMY_SOURCE_MODE`).
@@ -46,9 +47,13 @@ pub type DepFile = (String, Vec<u8>);
 /// How source mode failed.
 pub enum SourceModeError {
     /// The unit cannot or could not go this way; another way may still work.
-    Unavailable(String),
+    Unavailable(Fallback),
     /// Compile locally (diagnostics to replay, a broken agent connection).
-    Final(String),
+    Final(Fallback),
+}
+
+fn host_only(detail: impl Into<String>) -> SourceModeError {
+    SourceModeError::Unavailable(Fallback::new(Reason::HostOnly, detail))
 }
 
 /// Environment variables that change what the compiler reads or writes, which a worker's
@@ -74,7 +79,7 @@ fn cwd() -> Result<String, SourceModeError> {
     std::env::current_dir()
         .ok()
         .and_then(|d| sources::usable_cwd(&d))
-        .ok_or_else(|| SourceModeError::Unavailable("working directory not usable".into()))
+        .ok_or_else(|| host_only("working directory not usable"))
 }
 
 /// The unit's files from the include scanner, and the dependency file to ask for.
@@ -120,16 +125,14 @@ pub fn from_linemarkers(
     unit_text: &[u8],
 ) -> Result<UnitFiles, SourceModeError> {
     if let Some(var) = environment_blocks() {
-        return Err(SourceModeError::Unavailable(format!("{var} is set")));
+        return Err(host_only(format!("{var} is set")));
     }
     if unit.source_args.iter().any(|a| a == "-imacros") {
-        return Err(SourceModeError::Unavailable(
-            "-imacros files are not in the preprocessor's output".into(),
-        ));
+        return Err(host_only("-imacros files are not in the preprocessor's output"));
     }
     let cwd = cwd()?;
     sources::collect(unit_text, &unit.source_args, &cwd, &sources::toolchain_dirs(&tools.manifest))
-        .map_err(|e| SourceModeError::Unavailable(e.to_string()))
+        .map_err(|e| host_only(e.to_string()))
 }
 
 /// Sends the unit, supplying the toolchain and file contents the agent asks for; returns the
@@ -159,24 +162,31 @@ pub fn send(
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         deps: dep_request,
     });
+    let agent_error = |detail: String| Final(Fallback::new(Reason::AgentError, detail));
     let call = |agent: &mut AgentClient, r: &Request| {
-        agent.call(r).map_err(|e| Final(format!("agent: {e}")))
+        agent.call(r).map_err(|e| agent_error(format!("agent: {e}")))
     };
     let mut response = call(agent, &request)?;
     for _ in 0..3 {
         match &response {
             Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
-                agent.push_toolchain(tools).map_err(|e| Final(format!("toolchain upload: {e}")))?;
+                agent.push_toolchain(tools).map_err(|e| {
+                    Final(Fallback::new(Reason::Toolchain, format!("toolchain upload: {e}")))
+                })?;
             }
             Response::MissingBlobs(blobs) => {
                 for blob in blobs {
                     let content = files.contents.get(blob).ok_or_else(|| {
-                        Final(format!("agent asked for a file this unit does not have: {blob}"))
+                        agent_error(format!(
+                            "agent asked for a file this unit does not have: {blob}"
+                        ))
                     })?;
                     match call(agent, &Request::PutSource(Payload::compress(content)))? {
                         Response::Stored(d) if d == *blob => {}
                         other => {
-                            return Err(Final(format!("agent did not store {blob}: {other:?}")));
+                            return Err(agent_error(format!(
+                                "agent did not store {blob}: {other:?}"
+                            )));
                         }
                     }
                 }
@@ -194,9 +204,7 @@ pub fn send(
         (Response::Compiled(result), None) => Ok((result, None)),
         (Response::Compiled(result), Some(_)) if result.exit_code != 0 => Ok((result, None)),
         (Response::CompiledSources(r), Some(path)) => Ok((r.result, Some((path, r.dep_file)))),
-        (Response::Refused(r), _) => {
-            Err(Unavailable(format!("farm refused ({:?}): {}", r.kind, r.message)))
-        }
-        (other, _) => Err(Final(format!("agent answered out of turn: {other:?}"))),
+        (Response::Refused(r), _) => Err(Unavailable(Fallback::refused(&r))),
+        (other, _) => Err(agent_error(format!("agent answered out of turn: {other:?}"))),
     }
 }

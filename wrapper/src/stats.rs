@@ -1,45 +1,95 @@
-//! Per-call outcome lines for `discomy run`'s summary.
+//! What each compiler call became, told to whoever counts it.
 //!
-//! When `DISCOMY_STATS_FILE` is set, each compile call appends one line
-//! `<outcome>\t<exit_code>\t<source>\n` with a single `write(2)` on an `O_APPEND` file, so
-//! concurrent wrappers never interleave within a line.
+//! - The agent: one [`Request::Report`] frame per call, on the connection the call already has
+//!   or on a fresh one (a missing agent costs one failed `connect`). A long-running agent's totals
+//!   are `discomy stats`.
+//! - `discomy run`: when `DISCOMY_STATS_FILE` is set, each compile unit appends one line
+//!   `<outcome>\t<exit_code>\t<source>\t<reason>\n` with a single `write(2)` on an `O_APPEND`
+//!   file, so concurrent wrappers never interleave within a line.
+//!
+//! Failures are ignored: counting never breaks a build.
 
 use std::io::Write;
+
+use discomy_protocol::Request;
+use discomy_protocol::frame::write_frame;
+pub use discomy_protocol::stats::{Outcome, Reason, UnitReport};
+
+use crate::client::AgentClient;
 
 /// Environment variable naming the stats file.
 pub const ENV_STATS_FILE: &str = "DISCOMY_STATS_FILE";
 
-/// How a compile call was served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The object came from the farm.
-    Remote,
-    /// Compiled locally by policy (not distributable, or distribution disabled).
-    Local,
-    /// Distributable, but the farm did not deliver: compiled locally.
-    Fallback,
-    /// Served from the object cache.
-    Cache,
-}
-
-impl Outcome {
-    /// The word used in the stats file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Remote => "remote",
-            Outcome::Local => "local",
-            Outcome::Fallback => "fallback",
-            Outcome::Cache => "cache",
+/// Records one call: the stats file line (compile units only) and the agent's report, on
+/// `agent` when the call holds a connection already.
+pub fn record(
+    outcome: Outcome,
+    reason: Reason,
+    exit_code: i32,
+    source: &str,
+    agent: Option<&mut AgentClient>,
+) {
+    if outcome != Outcome::NotUnit {
+        append_line(outcome, reason, exit_code, source);
+    }
+    let report = Request::Report(UnitReport { outcome, reason, exit_code });
+    match agent {
+        Some(agent) => {
+            let _ = write_frame(agent.stream(), &report);
+        }
+        None => {
+            if let Ok(mut agent) = AgentClient::connect(&crate::client::socket_path()) {
+                let _ = write_frame(agent.stream(), &report);
+            }
         }
     }
 }
 
-/// Appends one line, if a stats file is configured. Failures are ignored: stats never break a build.
-pub fn record(outcome: Outcome, exit_code: i32, source: &str) {
+fn append_line(outcome: Outcome, reason: Reason, exit_code: i32, source: &str) {
     let Some(path) = std::env::var_os(ENV_STATS_FILE) else { return };
-    let line =
-        format!("{}\t{exit_code}\t{}\n", outcome.as_str(), source.replace(['\t', '\n'], " "));
+    let line = format!(
+        "{}\t{exit_code}\t{}\t{}\n",
+        outcome.as_str(),
+        source.replace(['\t', '\n'], " "),
+        reason.key()
+    );
     if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// Why a distributable call is compiled locally after all: the counted reason and the detail
+/// logged.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// The counted reason.
+    pub reason: Reason,
+    /// What happened.
+    pub detail: String,
+}
+
+impl Fallback {
+    /// A fallback with its detail.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Fallback {
+        Fallback { reason, detail: detail.into() }
+    }
+
+    /// A refusal from the agent or a worker.
+    pub fn refused(refusal: &discomy_protocol::Refusal) -> Fallback {
+        use discomy_protocol::RefusalKind as K;
+        let reason = match refusal.kind {
+            K::NoWorker | K::Unavailable => Reason::NoWorker,
+            K::NoToolchain | K::NeedToolchain => Reason::Toolchain,
+            K::BadArguments | K::CompilerFailed | K::BadRequest | K::Internal => {
+                Reason::FarmRefused
+            }
+        };
+        Fallback::new(reason, format!("farm refused ({:?}): {}", refusal.kind, refusal.message))
+    }
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.detail, self.reason.key())
     }
 }

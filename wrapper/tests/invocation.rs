@@ -96,7 +96,7 @@ fn implicit_cc_and_launcher_compile_identically_without_an_agent() {
     }
     let stats = std::fs::read_to_string(&stats).unwrap();
     assert_eq!(stats.lines().count(), 2, "{stats}");
-    assert!(stats.lines().all(|l| l.starts_with("fallback\t0\tu.c")), "{stats}");
+    assert!(stats.lines().all(|l| l == "fallback\t0\tu.c\tno_agent"), "{stats}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -113,7 +113,7 @@ fn disabled_compiles_count_as_local() {
     let out = run(&mut cmd);
     assert!(out.status.success());
     assert!(dir.join("u.o").exists());
-    assert_eq!(std::fs::read_to_string(&stats).unwrap(), "local\t0\tu.c\n");
+    assert_eq!(std::fs::read_to_string(&stats).unwrap(), "local\t0\tu.c\tdisabled\n");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

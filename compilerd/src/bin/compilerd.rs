@@ -38,8 +38,16 @@ struct Cli {
     /// The farm to discover over mDNS when no coordinator address is given.
     #[arg(long, env = "DISCOMY_FARM", global = true, default_value = "default")]
     farm: String,
-    /// No coordinator discovery: with no `--coordinator`, use the host list only.
-    #[arg(long, env = "DISCOMY_NO_MDNS", global = true)]
+    /// No coordinator discovery: with no `--coordinator`, use the host list only. Implied for a
+    /// worker listening on loopback and an agent whose hosts are all on loopback: nothing
+    /// leaves the machine unless asked. `DISCOMY_NO_MDNS` takes 1/0, true/false, yes/no.
+    #[arg(
+        long,
+        env = "DISCOMY_NO_MDNS",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
     no_mdns: bool,
     #[command(subcommand)]
     role: Role,
@@ -210,6 +218,13 @@ async fn run() -> Result<()> {
                 write_atomically(&file, format!("{bound}\n").as_bytes())
                     .with_context(|| format!("failed to write {}", file.display()))?;
             }
+            let coordinator = coordinator.filter(|c| {
+                let local_only = listen.ip().is_loopback() && c.is_mdns();
+                if local_only {
+                    tracing::info!("listening on loopback: no coordinator discovery");
+                }
+                !local_only
+            });
             let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let config = WorkerConfig {
                 slots,
@@ -261,7 +276,17 @@ async fn run() -> Result<()> {
             if let Some(dir) = store {
                 config.store_dir = dir;
             }
-            config.coordinator = coordinator;
+            let loopback_only = !config.hosts.is_empty()
+                && config.hosts.iter().all(|h| {
+                    h.host == "localhost"
+                        || h.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                });
+            config.coordinator = coordinator.filter(|c| {
+                if loopback_only && c.is_mdns() {
+                    tracing::info!("every host is on loopback: no coordinator discovery");
+                }
+                !(loopback_only && c.is_mdns())
+            });
             Ok(agent::run(socket, config, shutdown).await?)
         }
     }

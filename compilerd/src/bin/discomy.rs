@@ -1,4 +1,5 @@
-//! `discomy`: the operator's command. `discomy run` builds against a farm (see the library's `farm`).
+//! `discomy`: the operator's command. `discomy run` builds against a farm (see the library's
+//! `farm`); `discomy status` shows the coordinator's view, `discomy stats` an agent's counters.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -47,6 +48,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A running agent's counters since it started: units, remote, local, fallback, cache hits,
+    /// failed, and why units stayed local.
+    Stats {
+        /// The agent's socket.
+        #[arg(long, env = "DISCOMY_SOCKET", default_value = discomy_wrapper::client::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON (the field names are a stable interface).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,19 +85,33 @@ fn run() -> Result<ExitCode> {
             let opts = RunOptions { local_farm, hosts, slots, summary_json, bin_dir, command };
             let summary = farm::run(&opts)?;
             tracing::info!(
-                units = summary.units,
-                remote = summary.remote,
-                local = summary.local,
-                fallback = summary.fallback,
-                cache_hits = summary.cache_hits,
-                failed = summary.failed,
+                units = summary.counts.units,
+                remote = summary.counts.remote,
+                local = summary.counts.local,
+                fallback = summary.counts.fallback,
+                cache_hits = summary.counts.cache_hits,
+                failed = summary.counts.failed,
                 wall_s = summary.wall_s,
                 "discomy: build finished"
             );
             Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
         }
         Cmd::Status { coordinator, token, json } => status(&coordinator, token.as_deref(), json),
+        Cmd::Stats { socket, json } => stats(&socket, json),
     }
+}
+
+/// `discomy stats`: the product is the printed report.
+#[allow(clippy::print_stdout)]
+fn stats(socket: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let stats = discomy_compilerd::status::agent_stats(socket).map_err(anyhow::Error::msg)?;
+    if json {
+        let view = discomy_compilerd::status::AgentStatsJson::from(&stats);
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", discomy_compilerd::status::render_agent_stats(&stats));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `discomy status`: the product is the printed report.

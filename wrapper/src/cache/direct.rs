@@ -2,7 +2,9 @@
 //! for each known result every file the preprocessor read with its content digest, so a hit needs
 //! no preprocessor run (ccache's direct mode).
 //!
-//! The include list comes from the linemarkers of the `-E -fdirectives-only` output of the miss.
+//! The include list is the include scanner's (every file the compile can open, digested while
+//! scanning), or, where the scanner gave up, the linemarkers of the miss's `-E -fdirectives-only`
+//! output.
 //! A manifest entry is recorded only when every file is older than the compile's start (a file
 //! changing under the compile could otherwise be recorded with the wrong content) and the unit
 //! uses no `__DATE__`/`__TIME__`/`__TIMESTAMP__`; entries whose unit depends on the working
@@ -108,6 +110,44 @@ pub fn included_files(unit: &[u8]) -> Option<BTreeSet<String>> {
         out.insert(name.to_string());
     }
     Some(out)
+}
+
+/// The files a manifest entry will list, as the miss found them.
+pub enum ManifestFiles {
+    /// Names from the linemarkers of the preprocessed unit, still to be read and digested.
+    Names(BTreeSet<String>),
+    /// The include scanner's files, already read and digested (paths under the working
+    /// directory relative to it).
+    Known(Vec<FileDigest>),
+    /// Nothing usable (a name the linemarkers escape).
+    None,
+}
+
+impl ManifestFiles {
+    /// The entry's files, if every one is settled: older than `start`, the second the call
+    /// began (a file changing under the compile could otherwise be recorded with the wrong
+    /// content).
+    pub fn digests(&self, start: SystemTime) -> Option<Vec<FileDigest>> {
+        match self {
+            ManifestFiles::Names(names) => digest_files(names, start),
+            ManifestFiles::Known(files) => {
+                let start_s =
+                    i64::try_from(start.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+                files
+                    .iter()
+                    .all(|f| {
+                        std::fs::metadata(&f.path).is_ok_and(|m| {
+                            m.is_file()
+                                && m.len() == f.size
+                                && m.mtime() < start_s
+                                && m.ctime() < start_s
+                        })
+                    })
+                    .then(|| files.clone())
+            }
+            ManifestFiles::None => None,
+        }
+    }
 }
 
 /// Digests every file for a manifest entry. `None` when a file is missing, not regular, or was

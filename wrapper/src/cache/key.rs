@@ -4,15 +4,17 @@
 //! every `-specs=` file and `-fplugin=` plugin by content), the name the compiler was called by,
 //! the canonical arguments (output and dependency-file names removed; the output name is kept
 //! when a dependency file names it as its target), the language and output kind, and the
-//! environment variables gcc reads. The preprocessed key adds the unit with gcc's
-//! working-directory marker taken out; the direct key adds the source file's content.
+//! environment variables gcc reads. The scanned key adds every file the include scanner found,
+//! by path and content ([`scanned`]); the preprocessed key (where the scanner gives up) adds the
+//! unit with gcc's working-directory marker taken out; the direct key adds the source file's
+//! content.
 
 use std::os::unix::fs::MetadataExt;
 
 use discomy_protocol::{Language, OutputKind};
 
 /// Version of the keying rules; bump to invalidate every entry when they change.
-const KEY_VERSION: &[u8] = b"discomy-cache-key-v1";
+const KEY_VERSION: &[u8] = b"discomy-cache-key-v2";
 
 /// Environment variables that change what gcc does or prints.
 const ENV_KEYS: &[&str] = &[
@@ -147,6 +149,64 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// Whether the arguments ask for LTO objects (the last `-flto…`/`-fno-lto` wins).
+pub fn is_lto(args: &[String]) -> bool {
+    args.iter().fold(false, |on, a| match a.as_str() {
+        "-fno-lto" => false,
+        "-flto" => true,
+        _ if a.starts_with("-flto=") => true,
+        _ => on,
+    })
+}
+
+/// The result key of a scanned unit: the common part, then every file the include scanner found
+/// (the compile can open no other), by path and content. Paths under the working directory are
+/// keyed relative to it, so the same tree elsewhere gives the same key, unless the working
+/// directory shows anywhere else (the arguments, a file's text), the unit is LTO, or `$PWD` and
+/// the real directory differ: the key then holds the directory. Also returns the files, as a
+/// direct-mode manifest lists them, and whether the key is independent of the directory.
+pub fn scanned(
+    mut h: blake3::Hasher,
+    unit: &crate::sources::UnitFiles,
+    canon: &[&str],
+    cwd: &str,
+    lto: bool,
+) -> Result<([u8; 32], Vec<super::direct::FileDigest>, bool), String> {
+    let date = memchr::memmem::Finder::new(b"__DATE__");
+    let time = memchr::memmem::Finder::new(b"__TIME__");
+    if unit.contents.values().any(|c| date.find(c).is_some() || time.find(c).is_some()) {
+        return Err("a file uses __DATE__ or __TIME__".into());
+    }
+    let real = std::env::current_dir()
+        .ok()
+        .and_then(|d| d.into_os_string().into_string().ok())
+        .ok_or("working directory not usable")?;
+    let here = memchr::memmem::Finder::new(cwd.as_bytes());
+    let independent = !lto
+        && real == cwd
+        && !canon.iter().any(|a| a.contains(cwd))
+        && !unit.contents.values().any(|c| here.find(c).is_some());
+    let prefix = format!("{real}/");
+    let mut files: Vec<super::direct::FileDigest> = unit
+        .files
+        .iter()
+        .map(|f| super::direct::FileDigest {
+            path: f.path.strip_prefix(&prefix).map_or_else(|| f.path.clone(), str::to_string),
+            size: f.size,
+            digest: f.digest.0,
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    field(&mut h, b"scanned");
+    field(&mut h, if independent { b"" } else { cwd.as_bytes() });
+    field(&mut h, &(files.len() as u64).to_le_bytes());
+    for f in &files {
+        field(&mut h, f.path.as_bytes());
+        field(&mut h, &f.digest);
+    }
+    Ok((*h.finalize().as_bytes(), files, independent))
 }
 
 /// Whether the text uses a macro whose value depends on when or where it is compiled.

@@ -1,8 +1,9 @@
 //! The content-addressed object cache in front of the farm.
 //!
 //! [`lookup`] runs before anything is distributed: direct mode first (a manifest keyed by the
-//! compiler, the arguments and the source's content; no preprocessor run), then the preprocessed
-//! key. A hit writes the object (rewritten for this working directory when it was compiled in
+//! compiler, the arguments and the source's content), then the result key, computed from the
+//! include scanner's files (every file the compile can open, by content: no preprocessor run on
+//! a miss) or, where the scanner gives up, from the preprocessed unit. A hit writes the object (rewritten for this working directory when it was compiled in
 //! another, see [`elf_relocate`]), regenerates the dependency file, replays the compiler's output
 //! and ends the call. A miss returns a [`Pending`] that stores the result once the compile,
 //! remote or local, has succeeded.
@@ -32,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::args::Unit;
+use crate::client::AgentClient;
 use crate::invocation::Invocation;
+use crate::prepared::Prepared;
 use stats::Counter;
 use store::{Kind, Store};
 
@@ -81,7 +84,7 @@ pub struct Pending {
     dep_file: Option<PathBuf>,
     cwd: String,
     result_key: [u8; 32],
-    manifest: Option<([u8; 32], std::collections::BTreeSet<String>, bool)>,
+    manifest: Option<([u8; 32], direct::ManifestFiles, bool)>,
     start: SystemTime,
 }
 
@@ -106,13 +109,12 @@ fn enabled() -> bool {
 }
 
 /// Looks the call up; see the module documentation.
-pub fn lookup(inv: &Invocation, args: &[String]) -> Lookup {
+pub fn lookup(inv: &Invocation, args: &[String], unit: &Unit, prep: &mut Prepared<'_>) -> Lookup {
     if !enabled() {
         return Lookup::Off;
     }
-    let Some(unit) = crate::args::cacheable(&inv.name, args) else { return Lookup::Off };
     let store = local_store();
-    match try_lookup(inv, args, unit, store.clone()) {
+    match try_lookup(inv, args, unit, prep, store.clone()) {
         Ok(l) => l,
         Err(why) => {
             debug!(why, "not cacheable");
@@ -125,7 +127,8 @@ pub fn lookup(inv: &Invocation, args: &[String]) -> Lookup {
 fn try_lookup(
     inv: &Invocation,
     args: &[String],
-    unit: Unit,
+    unit: &Unit,
+    prep: &mut Prepared<'_>,
     store: Store,
 ) -> Result<Lookup, String> {
     let start = SystemTime::now();
@@ -141,23 +144,20 @@ fn try_lookup(
         return Err("output is not a regular file".into());
     }
     let has_deps = args.iter().any(|a| a == "-MD" || a == "-MMD");
-    let dep_file = if has_deps { dep_file_of(&unit) } else { None };
+    let dep_file = if has_deps { dep_file_of(unit) } else { None };
     if has_deps && dep_file.is_none() {
         return Err("dependency file name unknown".into());
     }
     let cwd = key::gcc_pwd().ok_or("no working directory")?;
-    let extras = crate::toolchain::extras_for_args(&unit.cpp_args, &inv.compiler, &inv.child_path)
-        .map_err(|e| e.to_string())?;
-    let identity = crate::toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path)
-        .map_err(|e| e.to_string())?
-        .manifest
-        .digest()
-        .0;
+    let identity = prep.toolchain()?.manifest.digest().0;
     let keep_output =
         has_deps && !args.iter().any(|a| a.starts_with("-MT") || a.starts_with("-MQ"));
     let canon = key::canonical_args(args, keep_output);
+    // LTO objects carry the working directory inside compressed IR the rewriter cannot reach:
+    // their results are never moved to another directory.
+    let lto = key::is_lto(args);
     let common = key::common(&identity, &inv.name, &canon, unit.language, unit.output_kind);
-    let ctx = Ctx { store: &store, unit: &unit, dep_file: dep_file.as_ref(), cwd: &cwd };
+    let ctx = Ctx { store: &store, unit, dep_file: dep_file.as_ref(), cwd: &cwd };
 
     // Direct mode.
     let source = std::fs::read(&unit.source).map_err(|e| format!("{}: {e}", unit.source))?;
@@ -173,32 +173,43 @@ fn try_lookup(
         }
     }
 
-    // Preprocessed key.
-    let text = preprocess(inv, &unit)?;
-    if key::uses_time_macros(&text) {
-        return Err("unit uses __DATE__, __TIME__ or __TIMESTAMP__".into());
-    }
-    let (stripped, independent) = key::strip_cwd_marker(&text, &cwd);
-    let mut h = common;
-    key::field(&mut h, b"preprocessed");
-    key::field(&mut h, if independent { b"" } else { cwd.as_bytes() });
-    key::field(&mut h, &stripped);
-    let result_key = *h.finalize().as_bytes();
-    let files = direct::included_files(&text);
+    // The result key: from the include scan (no preprocessor), else from the preprocessed unit.
+    let (result_key, files, independent) = match prep.scan() {
+        Ok(scanned) => {
+            let (result_key, files, independent) =
+                key::scanned(common, &scanned.files, &canon, &cwd, lto)?;
+            (result_key, direct::ManifestFiles::Known(files), independent)
+        }
+        Err(why) => {
+            debug!(why, "no include scan; keyed on the preprocessed unit");
+            let text = preprocess(inv, unit)?;
+            if key::uses_time_macros(&text) {
+                return Err("unit uses __DATE__, __TIME__ or __TIMESTAMP__".into());
+            }
+            let (stripped, independent) = key::strip_cwd_marker(&text, &cwd);
+            let independent = independent && !lto;
+            let mut h = common;
+            key::field(&mut h, b"preprocessed");
+            key::field(&mut h, if independent { b"" } else { cwd.as_bytes() });
+            key::field(&mut h, &stripped);
+            let files = direct::included_files(&text).map(direct::ManifestFiles::Names);
+            (*h.finalize().as_bytes(), files.unwrap_or(direct::ManifestFiles::None), independent)
+        }
+    };
     let pending = Pending {
         store: store.clone(),
         unit: unit.clone(),
         dep_file: dep_file.clone(),
         cwd: cwd.clone(),
         result_key,
-        manifest: files.filter(|_| direct_on).map(|f| (direct_key, f, independent)),
+        manifest: if direct_on { Some((direct_key, files, independent)) } else { None },
         start,
     };
     if let Some(code) = ctx.serve(&result_key, Counter::HitPreprocessed) {
         pending.record_manifest();
         return Ok(Lookup::Hit(code));
     }
-    if let Some(body) = farm::get(&result_key) {
+    if let Some(body) = farm_get(prep, &result_key) {
         if let Some(code) = ctx.serve_body(&body, Counter::HitFarm) {
             let _ = store.put(&result_key, Kind::Result, &body);
             pending.record_manifest();
@@ -207,6 +218,31 @@ fn try_lookup(
     }
     let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
     Ok(Lookup::Miss(Box::new(pending)))
+}
+
+/// The farm tier's entry for `key`, asked on the call's agent connection.
+fn farm_get(prep: &mut Prepared<'_>, key: &[u8; 32]) -> Option<Vec<u8>> {
+    if !farm::enabled() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let agent = prep.agent_mut().ok()?;
+    let connected = started.elapsed();
+    match farm::get_on(agent.stream(), key) {
+        farm::Asked::Answered(body) => {
+            debug!(
+                hit = body.is_some(),
+                connect_ms = connected.as_secs_f64() * 1e3,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "farm tier asked"
+            );
+            body
+        }
+        farm::Asked::Lost => {
+            prep.drop_agent();
+            None
+        }
+    }
 }
 
 fn read_manifest(store: &Store, key: &[u8; 32]) -> Option<direct::Manifest> {
@@ -365,8 +401,9 @@ fn replay(stdout: &[u8], stderr: &[u8]) {
 }
 
 impl Pending {
-    /// Stores the result of a successful compile (its output files are on disk now).
-    pub fn store(self, stdout: &[u8], stderr: &[u8]) {
+    /// Stores the result of a successful compile (its output files are on disk now), offering
+    /// it to the farm tier on `agent` when the call holds a connection.
+    pub fn store(self, stdout: &[u8], stderr: &[u8], agent: Option<&mut AgentClient>) {
         let object = match std::fs::read(&self.unit.output) {
             Ok(o) => o,
             Err(_) => return,
@@ -391,13 +428,13 @@ impl Pending {
             return;
         }
         self.record_manifest();
-        farm::put(&self.result_key, &body);
+        farm::put(&self.result_key, &body, agent.map(AgentClient::stream));
     }
 
     /// Adds this unit's include list to its direct-mode manifest, when every file is settled.
     fn record_manifest(&self) {
         let Some((direct_key, files, independent)) = &self.manifest else { return };
-        let Some(files) = direct::digest_files(files, self.start) else {
+        let Some(files) = files.digests(self.start) else {
             debug!(source = %self.unit.source, "a file is too new for direct mode");
             return;
         };
@@ -425,7 +462,7 @@ impl Pending {
         };
         replay(&out.stdout, &out.stderr);
         if out.status.success() {
-            self.store(&out.stdout, &out.stderr);
+            self.store(&out.stdout, &out.stderr, None);
         }
         (crate::local::exit_code(out.status), crate::local::raw_code(out.status))
     }

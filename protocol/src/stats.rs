@@ -1,0 +1,276 @@
+//! Build-host counters: what each compiler call became, as `discomy-cc` reports it to its agent
+//! ([`crate::Request::Report`]), and the agent's totals since it started
+//! ([`crate::Request::Stats`], printed by `discomy stats`).
+//!
+//! [`UnitCounts`] is shared by `discomy run`'s summary and `discomy stats`: its field names
+//! (`units`, `remote`, `local`, `fallback`, `cache_hits`, `failed`, `local_reasons`,
+//! `fallback_reasons`) and the reason keys ([`Reason::key`]) are a stable interface: packagers
+//! read them to see why units stayed local.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How one compiler call was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A compile unit whose object came from the farm.
+    Remote,
+    /// A compile unit compiled locally by policy (see its [`Reason`]).
+    Local,
+    /// A distributable unit the farm did not deliver, compiled locally (see its [`Reason`]).
+    Fallback,
+    /// A compile unit served from the object cache.
+    Cache,
+    /// Not a compile unit at all (a link, `-E`, `--version`): run as asked, counted apart.
+    NotUnit,
+}
+
+impl Outcome {
+    /// The word used in `discomy run`'s per-call stats file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Remote => "remote",
+            Outcome::Local => "local",
+            Outcome::Fallback => "fallback",
+            Outcome::Cache => "cache",
+            Outcome::NotUnit => "other",
+        }
+    }
+}
+
+/// Why a call did not go to the farm (or [`Reason::None`] when it did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    /// Nothing to explain (remote units, cache hits).
+    None,
+    // Calls that are not compile units.
+    /// Linking (no `-c` or `-S`).
+    Link,
+    /// `-E`, `-M`, `-MM`: preprocessing only.
+    Preprocess,
+    /// No input file (`--version`, `-dumpversion`, …).
+    NoInput,
+    /// An option without its value: left to the compiler to report.
+    Malformed,
+    // Units compiled locally by policy.
+    /// An autoconf test program (`conftest.c`).
+    Conftest,
+    /// Several sources, or sources mixed with other inputs, in one call.
+    SeveralSources,
+    /// Not a C or C++ source (assembler, `-x` of another language).
+    Language,
+    /// An option discomy knows and keeps local (profiles, dumps, `-save-temps`, `-B`, …).
+    RefusedArgument,
+    /// An option discomy does not know.
+    UnsupportedFlag,
+    /// `-march=native` and friends: the build host's CPU.
+    NativeCpu,
+    /// Source from standard input, output to standard output, or a response file.
+    StandardStreams,
+    /// Informational options (`--help`, `-print-…`) next to a compile.
+    Informational,
+    /// `DISCOMY_DISABLE` is set.
+    Disabled,
+    // Fallbacks: distributable, but the farm did not deliver.
+    /// No agent listens on the socket.
+    NoAgent,
+    /// The agent had no worker for it (none configured, all busy past the queue limit, all
+    /// failed).
+    NoWorker,
+    /// Workers refused it (arguments, toolchain, internal errors).
+    FarmRefused,
+    /// The remote compile (or the local preprocessing step) printed diagnostics or failed: the
+    /// local compiler reports them.
+    Diagnostics,
+    /// The compiler's toolchain could not be collected or shipped.
+    Toolchain,
+    /// The agent connection broke or answered out of turn.
+    AgentError,
+    /// The unit depends on something only the build host has (`__TIMESTAMP__`, an unusable
+    /// working directory, unsafe paths).
+    HostOnly,
+    /// The result could not be written.
+    Output,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 22] = [
+        Reason::None,
+        Reason::Link,
+        Reason::Preprocess,
+        Reason::NoInput,
+        Reason::Malformed,
+        Reason::Conftest,
+        Reason::SeveralSources,
+        Reason::Language,
+        Reason::RefusedArgument,
+        Reason::UnsupportedFlag,
+        Reason::NativeCpu,
+        Reason::StandardStreams,
+        Reason::Informational,
+        Reason::Disabled,
+        Reason::NoAgent,
+        Reason::NoWorker,
+        Reason::FarmRefused,
+        Reason::Diagnostics,
+        Reason::Toolchain,
+        Reason::AgentError,
+        Reason::HostOnly,
+        Reason::Output,
+    ];
+
+    /// The reason of a [`Reason::key`].
+    pub fn from_key(key: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.key() == key)
+    }
+
+    /// The stable key of this reason in `discomy stats --json` and the run summary.
+    pub fn key(self) -> &'static str {
+        match self {
+            Reason::None => "none",
+            Reason::Link => "link",
+            Reason::Preprocess => "preprocess",
+            Reason::NoInput => "no_input",
+            Reason::Malformed => "malformed",
+            Reason::Conftest => "conftest",
+            Reason::SeveralSources => "several_sources",
+            Reason::Language => "language",
+            Reason::RefusedArgument => "refused_argument",
+            Reason::UnsupportedFlag => "unsupported_flag",
+            Reason::NativeCpu => "native_cpu",
+            Reason::StandardStreams => "standard_streams",
+            Reason::Informational => "informational",
+            Reason::Disabled => "disabled",
+            Reason::NoAgent => "no_agent",
+            Reason::NoWorker => "no_worker",
+            Reason::FarmRefused => "farm_refused",
+            Reason::Diagnostics => "diagnostics",
+            Reason::Toolchain => "toolchain",
+            Reason::AgentError => "agent_error",
+            Reason::HostOnly => "host_only",
+            Reason::Output => "output",
+        }
+    }
+}
+
+/// One compiler call, as the wrapper reports it when it is done. Since version 6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitReport {
+    /// How it was served.
+    pub outcome: Outcome,
+    /// Why it was not remote.
+    pub reason: Reason,
+    /// The compiler's exit status (0 for a success).
+    pub exit_code: i32,
+}
+
+/// What compile units became: the counts of `discomy run`'s summary and of `discomy stats`,
+/// under the same names. Since version 6.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitCounts {
+    /// Compile calls (one source with `-c`/`-S`).
+    pub units: u64,
+    /// Units whose object came from the farm.
+    pub remote: u64,
+    /// Units compiled locally by policy.
+    pub local: u64,
+    /// Distributable units compiled locally because the farm did not deliver.
+    pub fallback: u64,
+    /// Units served from the object cache.
+    pub cache_hits: u64,
+    /// Units whose compile failed (non-zero status).
+    pub failed: u64,
+    /// `local` by reason key.
+    #[serde(default)]
+    pub local_reasons: BTreeMap<String, u64>,
+    /// `fallback` by reason key.
+    #[serde(default)]
+    pub fallback_reasons: BTreeMap<String, u64>,
+}
+
+impl UnitCounts {
+    /// Adds one compile unit (calls that are not units are the caller's to count).
+    pub fn record(&mut self, outcome: Outcome, reason: Reason, exit_code: i32) {
+        let bump = |map: &mut BTreeMap<String, u64>| {
+            *map.entry(reason.key().to_string()).or_insert(0) += 1;
+        };
+        if outcome == Outcome::NotUnit {
+            return;
+        }
+        self.units += 1;
+        if exit_code != 0 {
+            self.failed += 1;
+        }
+        match outcome {
+            Outcome::Remote => self.remote += 1,
+            Outcome::Cache => self.cache_hits += 1,
+            Outcome::Local => {
+                self.local += 1;
+                bump(&mut self.local_reasons);
+            }
+            Outcome::Fallback => {
+                self.fallback += 1;
+                bump(&mut self.fallback_reasons);
+            }
+            Outcome::NotUnit => {}
+        }
+    }
+}
+
+/// An agent's counters since it started. Since version 6.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// The compile units.
+    pub counts: UnitCounts,
+    /// Calls that were not compile units (links, `-E`, …) by reason key.
+    pub other_calls: BTreeMap<String, u64>,
+    /// Seconds since the agent started.
+    pub uptime_s: f64,
+}
+
+impl AgentStats {
+    /// Adds one report.
+    pub fn record(&mut self, report: &UnitReport) {
+        if report.outcome == Outcome::NotUnit {
+            *self.other_calls.entry(report.reason.key().to_string()).or_insert(0) += 1;
+        } else {
+            self.counts.record(report.outcome, report.reason, report.exit_code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_round_trip() {
+        let keys: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.key()).collect();
+        assert_eq!(keys.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_key(r.key()), Some(r));
+        }
+    }
+
+    #[test]
+    fn reports_add_up_like_the_run_summary() {
+        let mut s = AgentStats::default();
+        let r = |outcome, reason, exit_code| UnitReport { outcome, reason, exit_code };
+        s.record(&r(Outcome::Remote, Reason::None, 0));
+        s.record(&r(Outcome::Local, Reason::Conftest, 1));
+        s.record(&r(Outcome::Local, Reason::Conftest, 0));
+        s.record(&r(Outcome::Fallback, Reason::NoWorker, 0));
+        s.record(&r(Outcome::Cache, Reason::None, 0));
+        s.record(&r(Outcome::NotUnit, Reason::Link, 0));
+        let c = &s.counts;
+        assert_eq!(
+            (c.units, c.remote, c.local, c.fallback, c.cache_hits, c.failed),
+            (5, 1, 2, 1, 1, 1)
+        );
+        assert_eq!(c.local_reasons.get("conftest"), Some(&2));
+        assert_eq!(c.fallback_reasons.get("no_worker"), Some(&1));
+        assert_eq!(s.other_calls.get("link"), Some(&1));
+    }
+}

@@ -1,0 +1,154 @@
+//! What one distributable call works out once and shares between the object cache and the farm
+//! path: the compiler's toolchain, the include scan, and the agent connection whose handshake
+//! runs on a thread meanwhile.
+//!
+//! The cache keys a miss on the scan (every file the compile can open, by content) and the farm
+//! path sends the same scan in source mode, so a miss runs no preprocessor on the build host.
+
+use discomy_protocol::DepRequest;
+
+use crate::args::Unit;
+use crate::client::{AgentClient, PendingAgent};
+use crate::invocation::Invocation;
+use crate::source_mode::{self, Mode};
+use crate::sources::UnitFiles;
+use crate::toolchain::Toolchain;
+
+/// A unit's files from the include scanner, and the dependency file to ask the worker for.
+pub struct Scanned {
+    /// Every file the compile can open.
+    pub files: UnitFiles,
+    /// Where the dependency file goes, and how the worker writes it.
+    pub deps: Option<(String, DepRequest)>,
+}
+
+/// The facts of one call, each computed on first use.
+pub struct Prepared<'a> {
+    inv: &'a Invocation,
+    unit: &'a Unit,
+    /// How units go in source mode.
+    pub mode: Mode,
+    tools: Option<Result<Toolchain, String>>,
+    scan: Option<Result<Scanned, String>>,
+    agent: Agent,
+}
+
+/// The call's agent connection, as far as it has got.
+enum Agent {
+    /// Not asked for yet.
+    Unasked,
+    /// Handshake running on its thread.
+    Pending(PendingAgent),
+    /// Handshaken, free for the next exchange.
+    Ready(AgentClient),
+    /// No agent (or the connection was lost): why.
+    Failed(String),
+}
+
+impl<'a> Prepared<'a> {
+    /// Nothing computed yet.
+    pub fn new(inv: &'a Invocation, unit: &'a Unit) -> Prepared<'a> {
+        Prepared {
+            inv,
+            unit,
+            mode: Mode::from_env(),
+            tools: None,
+            scan: None,
+            agent: Agent::Unasked,
+        }
+    }
+
+    /// Connects to the agent now and runs the handshake on a thread (a missing agent is known at
+    /// once); [`Prepared::agent`] takes the connection.
+    pub fn connect_early(&mut self) {
+        let socket = crate::client::socket_path();
+        self.agent = match AgentClient::connect_in_background(&socket) {
+            Ok(pending) => Agent::Pending(pending),
+            Err(e) => Agent::Failed(format!("no agent at {}: {e}", socket.display())),
+        };
+    }
+
+    /// The agent connection, kept for the exchanges after this one (the farm tier, the farm
+    /// path, the report): the early one when there is one, else a new one.
+    pub fn agent_mut(&mut self) -> Result<&mut AgentClient, String> {
+        let socket = crate::client::socket_path();
+        let no_agent = |e| format!("no agent at {}: {e}", socket.display());
+        self.agent = match std::mem::replace(&mut self.agent, Agent::Unasked) {
+            Agent::Pending(pending) => match pending.ready() {
+                Ok(client) => Agent::Ready(client),
+                Err(e) => Agent::Failed(no_agent(e)),
+            },
+            Agent::Unasked => match AgentClient::connect(&socket) {
+                Ok(client) => Agent::Ready(client),
+                Err(e) => Agent::Failed(no_agent(e)),
+            },
+            other => other,
+        };
+        match &mut self.agent {
+            Agent::Ready(client) => Ok(client),
+            Agent::Failed(why) => Err(why.clone()),
+            Agent::Unasked | Agent::Pending(_) => Err("agent connection not made".into()),
+        }
+    }
+
+    /// Hands the agent connection over (made now if not yet).
+    pub fn agent(&mut self) -> Result<AgentClient, String> {
+        self.agent_mut()?;
+        match std::mem::replace(&mut self.agent, Agent::Unasked) {
+            Agent::Ready(client) => Ok(client),
+            _ => Err("agent connection not made".into()),
+        }
+    }
+
+    /// Forgets a connection whose exchange failed or timed out (its state is unknown); the
+    /// next use connects again.
+    pub fn drop_agent(&mut self) {
+        self.agent = Agent::Unasked;
+    }
+
+    /// Whether the early connection failed (no agent listening).
+    pub fn agent_missing(&self) -> bool {
+        matches!(self.agent, Agent::Failed(_))
+    }
+
+    /// The toolchain the unit compiles with.
+    pub fn toolchain(&mut self) -> Result<&Toolchain, String> {
+        let (inv, unit) = (self.inv, self.unit);
+        match self.tools.get_or_insert_with(|| crate::compile::unit_toolchain(inv, unit)) {
+            Ok(tools) => Ok(tools),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// The include scan, when the mode allows it; `Err` says why there is none.
+    pub fn scan(&mut self) -> Result<&Scanned, String> {
+        if !self.mode.scan {
+            return Err("include scanner off (DISCOMY_SOURCE_MODE)".into());
+        }
+        if self.scan.is_none() {
+            let (inv, unit) = (self.inv, self.unit);
+            let result = match self.toolchain() {
+                Ok(tools) => source_mode::scanned(inv, unit, tools)
+                    .map(|(files, deps)| Scanned { files, deps }),
+                Err(e) => Err(e),
+            };
+            self.scan = Some(result);
+        }
+        match self.scan.as_ref() {
+            Some(Ok(scanned)) => Ok(scanned),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("no scan".into()),
+        }
+    }
+
+    /// The scan and the toolchain, handed over to the farm path (computed if not yet).
+    pub fn take_scan(&mut self) -> (Result<Scanned, String>, Result<Toolchain, String>) {
+        let _ = self.scan();
+        let scan = self.scan.take().unwrap_or_else(|| Err("no scan".into()));
+        let tools = self
+            .tools
+            .take()
+            .unwrap_or_else(|| crate::compile::unit_toolchain(self.inv, self.unit));
+        (scan, tools)
+    }
+}
