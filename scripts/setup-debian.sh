@@ -37,4 +37,6 @@ if ! ls "$projects"/lua5.4_*.orig.tar.gz >/dev/null 2>&1; then
 fi
 # A compiler this host does not run as its own, for the toolchain-shipping tests.
 bash "$here/scripts/fetch-gcc11.sh" "$here/target/x86_64-unknown-linux-gnu/tmp/gcc11"
+# The rpmbuild-in-a-chroot test: a Debian 13 chroot (gcc 14, rpm) and the Lua spec's source.
+bash "$here/scripts/setup-chroot.sh"
 echo "setup: projects in $projects" >&2
