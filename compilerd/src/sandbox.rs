@@ -425,13 +425,27 @@ pub async fn run_with(
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let (mut out_truncated, mut err_truncated) = (false, false);
     let exited = Notify::new();
+    let pipes_closed = Notify::new();
+    // The helper closes its output pipes once its record is complete: the run is over then,
+    // though the helper may still be leaving its namespaces (see the helper's stage 1).
+    let finished = async {
+        pipes_closed.notified().await;
+        match std::fs::read_to_string(status_file.path()).ok().and_then(|t| HelperStatus::parse(&t))
+        {
+            Some(record) if record.setup_error.is_none() => {}
+            _ => std::future::pending::<()>().await,
+        }
+    };
     let wait = async {
-        let result = match tokio::time::timeout(spec.limits.wall, child.wait()).await {
-            Ok(result) => result.map(|status| (status, false)),
-            Err(_) => {
-                killer.kill();
-                child.wait().await.map(|status| (status, true))
-            }
+        let result = tokio::select! {
+            waited = tokio::time::timeout(spec.limits.wall, child.wait()) => match waited {
+                Ok(result) => result.map(|status| (Some(status), false)),
+                Err(_) => {
+                    killer.kill();
+                    child.wait().await.map(|status| (Some(status), true))
+                }
+            },
+            () = finished => Ok((None, false)),
         };
         exited.notify_one();
         result
@@ -448,7 +462,7 @@ pub async fn run_with(
             tokio::time::sleep(READ_GRACE).await;
         };
         tokio::select! {
-            _ = both => {}
+            _ = both => pipes_closed.notify_one(),
             () = grace => {}
         }
     };
@@ -456,6 +470,13 @@ pub async fn run_with(
     let (status, wall_killed) = waited.map_err(SandboxError::Wait)?;
     killer.disarm();
     let elapsed = started.elapsed();
+    if status.is_none() {
+        // Finished but not yet exited: reaped in the background.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
+    let status = status.unwrap_or_default();
 
     let record = std::fs::read_to_string(status_file.path())
         .ok()

@@ -537,8 +537,22 @@ fn stage1(
         let cgroups =
             if cgroup_dirs.is_empty() { "none".to_owned() } else { cgroup_dirs.join(",") };
         let _ = writeln!(io::stdout(), "mode={mode}; cgroups={cgroups}");
+    } else {
+        // The record is written: closing the output pipes tells the worker the run is over, so
+        // leaving the namespaces (unmounting, an RCU grace period) is not on its path.
+        close_output();
     }
     Ok(u8::try_from(exit).unwrap_or(255))
+}
+
+/// Points standard output and error at `/dev/null`, closing the worker's pipes.
+fn close_output() {
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in [1, 2] {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
 }
 
 fn millis(t: TimeVal) -> u64 {
