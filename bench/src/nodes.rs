@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn fields() {
-        let l = "2025-01-01T00:00:00Z  INFO discomy_compilerd::toolstore: toolchain installed \
+        let l = "2025-01-01T00:00:00Z  INFO discomy_compilerd::store::tools: toolchain installed \
                  toolchain=abc name=gcc 11.4.0 bytes=123 ms=45";
         assert_eq!(field(l, "toolchain"), Some("abc"));
         assert_eq!(num_field(l, "bytes"), Some(123.0));

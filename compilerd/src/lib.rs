@@ -1,48 +1,31 @@
-//! compilerd: the agent and worker roles of a discomy host, and the `discomy` command.
+//! compilerd: the roles of a discomy host, each in a room of its own, and the `discomy` command.
 //!
-//! # Layout
-//! - [`worker`]: TCP server compiling units with an identical compiler ([`toolchains`]),
-//!   arguments checked by [`argcheck`], processes run by [`exec`].
-//! - [`distcc_server`]: the worker's listener for real distcc clients ([`distcc_args`] takes
-//!   their argv apart, [`cidr`] is `--allow`).
-//! - [`agent`]: Unix-socket server for wrappers; places units on workers through [`pool`].
-//! - [`hosts`]: static host lists in distcc syntax, `distcc://` hosts among them.
-//! - [`distcc_client`]: sends one unit to a real distccd (protocol 1 or 2).
-//! - [`sandbox`]: runs each remote compile in a `discomy-sandbox` (namespaces, read-only
-//!   toolchain root, no network, rlimits and cgroups).
-//! - [`toolstore`]: content-addressed toolchain blobs and trees, single-flight installs, LRU.
-//! - [`upload`]: serving and pushing toolchains and source-mode files between nodes.
-//! - [`sourcestore`], [`source_unit`]: source-mode file contents and compiling a source-mode
-//!   unit over them.
-//! - [`cache_tier`]: the farm tier of the object cache (worker stores, rendezvous routing).
-//! - [`farm`]: `discomy run`, which runs a build against a configured or embedded farm.
-//! - [`coordclient`], [`noderep`], [`discover`], [`status`]: membership in a coordinated farm
-//!   (the agent's placements, the worker's login and load reports, finding the coordinator,
-//!   `discomy status`).
-//! - [`daemon`]: logging set-up and signal-driven shutdown shared by the binaries.
+//! # Layout (each room uses only the rooms below it)
+//! - [`run`]: `discomy run`, a build against a configured or embedded farm.
+//! - [`agent`]: the build host's Unix-socket server for wrappers; places units on workers
+//!   ([`agent::pool`] for host lists, the coordinator's placements otherwise) and counts what
+//!   every compiler call became (`discomy stats`).
+//! - [`worker`]: the donor host's TCP server: units checked ([`worker::argcheck`]), run in the
+//!   sandbox ([`worker::exec`], source mode in [`worker::source_unit`]), and its listener for
+//!   real distcc clients ([`worker::distcc`]).
+//! - [`coord`]: membership in a coordinated farm (discovery, the agent's placements, the
+//!   worker's load reports, `discomy status`).
+//! - [`distcc`]: distcc's client side, argv and `--allow` lists.
+//! - [`store`]: toolchains, source-mode files, the farm tier of the object cache, uploads.
+//! - [`sandbox`]: the worker's side of the `discomy-sandbox` helper, warm helpers, leftovers of
+//!   dead processes.
+//! - [`hosts`]: host lists in distcc syntax; [`daemon`]: logging and signal-driven shutdown
+//!   shared by the binaries.
+//!
+//! Rooms for the operations work to come: `builder/` (whole package builds in chroots) beside
+//! `worker/`.
 
 pub mod agent;
-pub mod argcheck;
-pub mod cache_tier;
-pub mod cidr;
-pub mod coordclient;
+pub mod coord;
 pub mod daemon;
-pub mod discover;
-pub mod distcc_args;
-pub mod distcc_client;
-pub mod distcc_server;
-pub mod exec;
-pub mod farm;
+pub mod distcc;
 pub mod hosts;
-pub mod noderep;
-pub mod pool;
+pub mod run;
 pub mod sandbox;
-pub mod sandbox_warm;
-pub mod source_unit;
-pub mod sourcestore;
-pub mod stale;
-pub mod status;
-pub mod toolchains;
-pub mod toolstore;
-pub mod upload;
+pub mod store;
 pub mod worker;

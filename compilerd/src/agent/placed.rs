@@ -7,8 +7,8 @@ use discomy_protocol::{RefusalKind, Response, SourceResult};
 use tracing::{info, warn};
 
 use super::{State, Unit, exchange, supply};
-use crate::coordclient::{CoordClient, Placed};
-use crate::pool::Lease;
+use crate::agent::pool::Lease;
+use crate::coord::client::{CoordClient, Placed};
 
 /// Runs a unit where the coordinator places it. `None`: no coordinator, no node for it, or
 /// every placement failed; the caller falls back to the host list (then to local compiles).

@@ -8,15 +8,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use discomy_compilerd::agent::{self, AgentConfig};
-use discomy_compilerd::cidr::Cidr;
+use discomy_compilerd::coord::discover::CoordinatorAddr;
 use discomy_compilerd::daemon;
-use discomy_compilerd::discover::CoordinatorAddr;
-use discomy_compilerd::distcc_server::DistccConfig;
-use discomy_compilerd::exec::Runner;
+use discomy_compilerd::distcc::cidr::Cidr;
 use discomy_compilerd::hosts::parse_host_list;
 use discomy_compilerd::sandbox::{self, Limits};
-use discomy_compilerd::toolchains::seed_local_compilers_named;
-use discomy_compilerd::toolstore::ToolStore;
+use discomy_compilerd::store::seed::seed_local_compilers_named;
+use discomy_compilerd::store::tools::ToolStore;
+use discomy_compilerd::worker::distcc::DistccConfig;
+use discomy_compilerd::worker::exec::Runner;
 use discomy_compilerd::worker::{self, WorkerConfig};
 use discomy_protocol::AuthConfig;
 use tokio_util::sync::CancellationToken;
@@ -183,7 +183,7 @@ async fn run() -> Result<()> {
                     cgroups: sandbox_cgroups,
                     ..Limits::default()
                 };
-                // One helper per slot waits ready, its cgroup joined (see sandbox_warm).
+                // One helper per slot waits ready, its cgroup joined (see sandbox::warm).
                 let warm = std::sync::Arc::new(sandbox::WarmPool::new(
                     helper.clone(),
                     limits.clone(),
@@ -235,7 +235,7 @@ async fn run() -> Result<()> {
                     let dir = worker::default_work_dir();
                     // Default directories that killed workers left behind go.
                     if let Some(parent) = dir.parent() {
-                        discomy_compilerd::stale::remove_dirs_of_dead_pids(
+                        discomy_compilerd::sandbox::stale::remove_dirs_of_dead_pids(
                             parent,
                             worker::WORK_DIR_PREFIX,
                         );
@@ -245,8 +245,8 @@ async fn run() -> Result<()> {
                 running: running.clone(),
             };
             if let Some(addr) = coordinator {
-                let info = discomy_compilerd::noderep::NodeInfo {
-                    host: discomy_compilerd::discover::host_id(),
+                let info = discomy_compilerd::coord::node::NodeInfo {
+                    host: discomy_compilerd::coord::discover::host_id(),
                     advertise,
                     port: bound.port(),
                     slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
@@ -256,7 +256,7 @@ async fn run() -> Result<()> {
                 };
                 let auth = config.auth.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(discomy_compilerd::noderep::run(addr, info, auth, shutdown));
+                tokio::spawn(discomy_compilerd::coord::node::run(addr, info, auth, shutdown));
             }
             let work_dir = config.work_dir.clone();
             let result = worker::run_with_distcc(listener, distcc, config, store, shutdown).await;
@@ -265,7 +265,7 @@ async fn run() -> Result<()> {
         }
         Role::Agent { socket, hosts, backoff, store } => {
             let hosts = if hosts.trim().is_empty() {
-                discomy_compilerd::farm::configured_hosts(None).unwrap_or_default()
+                discomy_compilerd::run::configured_hosts(None).unwrap_or_default()
             } else {
                 hosts
             };

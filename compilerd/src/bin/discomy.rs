@@ -1,5 +1,5 @@
 //! `discomy`: the operator's command. `discomy run` builds against a farm (see the library's
-//! `farm`); `discomy status` shows the coordinator's view, `discomy stats` an agent's counters.
+//! `run`); `discomy status` shows the coordinator's view, `discomy stats` an agent's counters.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use discomy_compilerd::farm::{self, RunOptions};
+use discomy_compilerd::run::RunOptions;
 
 #[derive(Parser)]
 #[command(name = "discomy", version, about = "discomy distributed compile farm")]
@@ -83,7 +83,7 @@ fn run() -> Result<ExitCode> {
                     .to_path_buf(),
             };
             let opts = RunOptions { local_farm, hosts, slots, summary_json, bin_dir, command };
-            let summary = farm::run(&opts)?;
+            let summary = discomy_compilerd::run::run(&opts)?;
             tracing::info!(
                 units = summary.counts.units,
                 remote = summary.counts.remote,
@@ -104,12 +104,13 @@ fn run() -> Result<ExitCode> {
 /// `discomy stats`: the product is the printed report.
 #[allow(clippy::print_stdout)]
 fn stats(socket: &std::path::Path, json: bool) -> Result<ExitCode> {
-    let stats = discomy_compilerd::status::agent_stats(socket).map_err(anyhow::Error::msg)?;
+    let stats =
+        discomy_compilerd::coord::status::agent_stats(socket).map_err(anyhow::Error::msg)?;
     if json {
-        let view = discomy_compilerd::status::AgentStatsJson::from(&stats);
+        let view = discomy_compilerd::coord::status::AgentStatsJson::from(&stats);
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
-        print!("{}", discomy_compilerd::status::render_agent_stats(&stats));
+        print!("{}", discomy_compilerd::coord::status::render_agent_stats(&stats));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -117,17 +118,17 @@ fn stats(socket: &std::path::Path, json: bool) -> Result<ExitCode> {
 /// `discomy status`: the product is the printed report.
 #[allow(clippy::print_stdout)]
 fn status(coordinator: &str, token: Option<&str>, json: bool) -> Result<ExitCode> {
-    use discomy_compilerd::discover::CoordinatorAddr;
+    use discomy_compilerd::coord::discover::CoordinatorAddr;
     let addr = CoordinatorAddr::explicit(coordinator).to_string();
     let auth = discomy_protocol::AuthConfig::from_option(token);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let farm = runtime
-        .block_on(discomy_compilerd::status::fetch(&addr, &auth))
+        .block_on(discomy_compilerd::coord::status::fetch(&addr, &auth))
         .map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&farm)?);
     } else {
-        print!("{}", discomy_compilerd::status::render(&farm));
+        print!("{}", discomy_compilerd::coord::status::render(&farm));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -329,7 +329,7 @@ fn enter_namespaces() -> Result<Namespaces> {
     let (outer_uid, outer_gid) = (getuid(), getgid());
     // Mount points of helpers that were killed before they could remove them (a mount point
     // is only one in its helper's namespace, which died with it).
-    discomy_compilerd::stale::remove_dirs_of_dead_pids(&std::env::temp_dir(), ROOT_PREFIX);
+    discomy_compilerd::sandbox::stale::remove_dirs_of_dead_pids(&std::env::temp_dir(), ROOT_PREFIX);
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET

@@ -6,8 +6,8 @@ use discomy_protocol::asyncio::{Conn, recv, send};
 use discomy_protocol::{Digest, Payload, RefusalKind, Request, Response, ToolchainManifest};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::sourcestore::SourceStore;
-use crate::toolstore::{InstallStep, ToolStore};
+use crate::store::sources::SourceStore;
+use crate::store::tools::{InstallStep, ToolStore};
 
 /// Answers a store request (`PutBlob` or `InstallToolchain`); `None` for other requests.
 pub async fn serve(store: &ToolStore, request: &Request) -> Option<Response> {

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::discover::CoordinatorAddr;
+use crate::coord::discover::CoordinatorAddr;
 
 /// What the reporter needs to know about its worker.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ async fn session(
         cores,
         slots: info.slots,
         memory_mb: meminfo("MemTotal:").unwrap_or(0),
-        toolchains: crate::toolstore::installed_in(&info.store_dir),
+        toolchains: crate::store::tools::installed_in(&info.store_dir),
     };
     let mut known: std::collections::HashSet<Digest> = login.toolchains.iter().copied().collect();
     send(&mut conn, &CoordRequest::NodeLogin(login)).await.map_err(t)?;
@@ -139,7 +139,7 @@ async fn session(
             free_disk_mb: free_disk_mb(&info.work_dir),
         };
         send(&mut conn, &CoordRequest::Load(report)).await.map_err(t)?;
-        for d in crate::toolstore::installed_in(&info.store_dir) {
+        for d in crate::store::tools::installed_in(&info.store_dir) {
             if known.insert(d) {
                 send(&mut conn, &CoordRequest::ToolchainAdded(d)).await.map_err(t)?;
             }

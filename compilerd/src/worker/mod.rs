@@ -5,6 +5,11 @@
 //! is not the compiler's own verdict is answered with a [`Response::Refused`] so the client
 //! falls back, and the worker keeps serving.
 
+pub mod argcheck;
+pub mod distcc;
+pub mod exec;
+pub mod source_unit;
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,13 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::argcheck::check_compile_args;
-use crate::distcc_server::{self, DistccConfig};
-use crate::exec::Runner;
-use crate::exec::{ExecError, compile_unit};
-use crate::sourcestore::SourceStore;
-use crate::toolstore::{ToolStore, TreeLease};
-use crate::upload;
+use crate::store::sources::SourceStore;
+use crate::store::tools::{ToolStore, TreeLease};
+use crate::store::upload;
+use crate::worker::argcheck::check_compile_args;
+use crate::worker::distcc::DistccConfig;
+use crate::worker::exec::Runner;
+use crate::worker::exec::{ExecError, compile_unit};
 
 /// Most simultaneous client connections.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -53,7 +58,7 @@ pub struct WorkerConfig {
     pub node_name: String,
     /// Where unit directories are created.
     pub work_dir: PathBuf,
-    /// Units compiling now; read by the coordinator reporter (`noderep`).
+    /// Units compiling now; read by the coordinator reporter (`coord::node`).
     pub running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -86,8 +91,8 @@ pub(crate) struct State {
 pub const SOURCE_STORE_BYTES: u64 = 2 << 30;
 
 impl State {
-    fn units(&self) -> crate::source_unit::Node<'_> {
-        crate::source_unit::Node {
+    fn units(&self) -> crate::worker::source_unit::Node<'_> {
+        crate::worker::source_unit::Node {
             store: &self.store,
             sources: &self.sources,
             slots: &self.slots,
@@ -153,7 +158,7 @@ pub async fn run_with_distcc(
     let tracker = TaskTracker::new();
     if let Some((listener, distcc)) = distcc {
         let (state, shutdown, t) = (state.clone(), shutdown.clone(), tracker.clone());
-        tracker.spawn(distcc_server::run(listener, distcc, state, shutdown, t));
+        tracker.spawn(distcc::run(listener, distcc, state, shutdown, t));
     }
     loop {
         let accepted = tokio::select! {
@@ -227,15 +232,17 @@ async fn serve_connection(
             Request::Ping => Response::Pong,
             Request::Compile(req) => compile(req, &state, &shutdown).await,
             Request::CompileSources(req) => {
-                crate::source_unit::compile(req, &state.units(), &shutdown).await
+                crate::worker::source_unit::compile(req, &state.units(), &shutdown).await
             }
             Request::PutSource(payload) => match state.sources.put(&payload) {
                 Ok(digest) => Response::Stored(digest),
                 Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
             },
             req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
-                let dir = crate::cache_tier::worker_store_dir(state.store.dir());
-                crate::cache_tier::serve_worker(&dir, &req).await.unwrap_or(Response::CacheMiss)
+                let dir = crate::store::cache_tier::worker_store_dir(state.store.dir());
+                crate::store::cache_tier::serve_worker(&dir, &req)
+                    .await
+                    .unwrap_or(Response::CacheMiss)
             }
             other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
                 Response::refused(RefusalKind::BadRequest, "unexpected request")
@@ -324,7 +331,7 @@ async fn run_in_dir(
         None
     };
     debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
-    crate::source_unit::remove_later(dir);
+    crate::worker::source_unit::remove_later(dir);
     Ok(CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,

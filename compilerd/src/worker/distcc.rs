@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::argcheck::check_compile_args;
-use crate::cidr::Cidr;
-use crate::distcc_args::{DistccArgs, parse_distcc_argv};
-use crate::exec::run_compiler;
+use crate::distcc::args::{DistccArgs, parse_distcc_argv};
+use crate::distcc::cidr::Cidr;
 use crate::worker::State;
+use crate::worker::argcheck::check_compile_args;
+use crate::worker::exec::run_compiler;
 
 /// distcc's exit codes, as the real client reports them.
 mod code {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::discover::CoordinatorAddr;
+use crate::coord::discover::CoordinatorAddr;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Placement>>>>;
 

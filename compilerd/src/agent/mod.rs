@@ -4,6 +4,8 @@
 //! that worker, and waits for the answer. Transport failures put the worker in backoff and the
 //! unit is retried on another one; when none is left the wrapper is told to compile locally.
 
+pub mod pool;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -21,14 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::coordclient::CoordClient;
-use crate::distcc_client;
+use crate::agent::pool::{Lease, Pool, Release};
+use crate::coord::client::CoordClient;
+use crate::distcc::client as distcc_client;
 use crate::hosts::{HostKind, HostSpec};
-use crate::pool::{Lease, Pool, Release};
-use crate::sourcestore::SourceStore;
-use crate::toolchains::seed_local_compilers_named;
-use crate::toolstore::ToolStore;
-use crate::upload;
+use crate::store::seed::seed_local_compilers_named;
+use crate::store::sources::SourceStore;
+use crate::store::tools::ToolStore;
+use crate::store::upload;
 use placed::forward_placed;
 
 mod placed;
@@ -55,7 +57,7 @@ pub struct AgentConfig {
     /// Size bound of that store.
     pub store_bytes: u64,
     /// Coordinator to ask for placements (the host list is then the fallback).
-    pub coordinator: Option<crate::discover::CoordinatorAddr>,
+    pub coordinator: Option<crate::coord::discover::CoordinatorAddr>,
     /// This host's id, as a submitter.
     pub host_id: String,
 }
@@ -74,7 +76,7 @@ impl AgentConfig {
             store_dir: discomy_wrapper::identity::cache_dir().join("agent-store"),
             store_bytes: 4 << 30,
             coordinator: None,
-            host_id: crate::discover::host_id(),
+            host_id: crate::coord::discover::host_id(),
         }
     }
 }
@@ -89,7 +91,7 @@ struct State {
     local_compilers: BTreeMap<String, Digest>,
     coord: Option<Arc<CoordClient>>,
     /// Idle connections to the workers holding cache keys.
-    cache_conns: Arc<crate::cache_tier::IdleConns>,
+    cache_conns: Arc<crate::store::cache_tier::IdleConns>,
     /// What wrappers reported (`discomy stats`).
     stats: std::sync::Mutex<AgentStats>,
     started: std::time::Instant,
@@ -230,7 +232,7 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                     toolchain: req.compiler.identity,
                     source: &req.source_name,
                     bytes_in: req.unit.raw_len,
-                    work: crate::coordclient::main_file_bytes(&req).unwrap_or(0),
+                    work: crate::coord::client::main_file_bytes(&req).unwrap_or(0),
                     key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
                     request: Request::Compile(req.clone()),
                 };
@@ -271,9 +273,14 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
             },
             Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
                 let hosts = &state.config.hosts;
-                crate::cache_tier::serve_agent(hosts, &state.config.auth, &state.cache_conns, &req)
-                    .await
-                    .unwrap_or(Response::CacheMiss)
+                crate::store::cache_tier::serve_agent(
+                    hosts,
+                    &state.config.auth,
+                    &state.cache_conns,
+                    &req,
+                )
+                .await
+                .unwrap_or(Response::CacheMiss)
             }
             Ok(other) => match upload::serve(&state.store, &other).await {
                 Some(response) => response,

@@ -14,10 +14,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::argcheck::check_source_args;
-use crate::exec::{Runner, compile_sources};
-use crate::sourcestore::{Materialized, SourceStore};
-use crate::toolstore::ToolStore;
+use crate::store::sources::{Materialized, SourceStore};
+use crate::store::tools::ToolStore;
+use crate::worker::argcheck::check_source_args;
+use crate::worker::exec::{Runner, compile_sources};
 
 /// What a worker lends to one source-mode unit.
 pub struct Node<'a> {

@@ -15,7 +15,7 @@ use discomy_wrapper::names::compiler_names_on_path;
 use discomy_wrapper::toolchain;
 use tracing::{debug, info, warn};
 
-use crate::toolstore::{InstallStep, ToolStore};
+use crate::store::tools::{InstallStep, ToolStore};
 
 /// Installs this host's compilers into `store`; returns how many distinct toolchains it holds.
 pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usize {

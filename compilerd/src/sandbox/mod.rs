@@ -42,6 +42,9 @@
 //! - file size: `SIGXFSZ` ([`LimitHit::FileSize`]); output: stdout and stderr are kept up to
 //!   [`MAX_OUTPUT_BYTES`] each ([`LimitHit::Output`]).
 
+pub mod stale;
+pub mod warm;
+
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -52,7 +55,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::Notify;
 
-pub use crate::sandbox_warm::WarmPool;
+pub use crate::sandbox::warm::WarmPool;
 
 /// File name of the helper binary, looked up next to the worker's executable.
 pub const HELPER_NAME: &str = "discomy-sandbox";
@@ -138,7 +141,7 @@ pub struct SandboxSpec<'a> {
     /// absolute paths).
     pub overlay: Option<&'a Path>,
     /// The same, built by the helper in a tmpfs from a list (see
-    /// [`crate::sourcestore::SourceStore::tree_list`]); excludes `overlay`.
+    /// the source store's `tree_list`); excludes `overlay`.
     pub overlay_files: Option<&'a Path>,
     /// The program's working directory inside the sandbox, instead of the work directory.
     pub cwd: Option<&'a Path>,

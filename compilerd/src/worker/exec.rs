@@ -118,7 +118,7 @@ pub async fn compile_unit(
 #[derive(Debug, Clone, Copy)]
 pub struct SourceView<'a> {
     /// The unit tree's list (files at their absolute paths; see
-    /// [`crate::sourcestore::SourceStore::tree_list`]).
+    /// [`crate::store::sources::SourceStore::tree_list`]).
     pub tree_list: &'a Path,
     /// The working directory inside the sandbox.
     pub cwd: &'a Path,

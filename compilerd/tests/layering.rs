@@ -1,0 +1,75 @@
+//! The rooms of compilerd stand on top of each other without looping back: each room's files
+//! name (`crate::ROOM`) only rooms below it, or itself. Read from the sources, so a new import
+//! that points up fails here with the file and the line.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+/// Rooms from the top down, with the rooms each may use.
+const ROOMS: &[(&str, &[&str])] = &[
+    ("run.rs", &["hosts", "daemon"]),
+    ("agent", &["coord", "distcc", "store", "sandbox", "hosts", "daemon"]),
+    ("worker", &["distcc", "store", "sandbox", "hosts", "daemon"]),
+    ("coord", &["store", "sandbox", "hosts", "daemon"]),
+    ("distcc", &["hosts"]),
+    ("store", &["sandbox", "hosts"]),
+    ("sandbox", &[]),
+    ("hosts.rs", &[]),
+    ("daemon.rs", &[]),
+];
+
+fn rust_files(path: &Path, out: &mut Vec<PathBuf>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            rust_files(&entry.unwrap().path(), out);
+        }
+    } else if path.extension().is_some_and(|e| e == "rs") {
+        out.push(path.to_path_buf());
+    }
+}
+
+#[test]
+fn rooms_only_use_rooms_below_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut violations = Vec::new();
+    for (room, allowed) in ROOMS {
+        let own = room.trim_end_matches(".rs");
+        let mut files = Vec::new();
+        rust_files(&src.join(room), &mut files);
+        assert!(!files.is_empty(), "room {room} has no files");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let mut rest = line;
+                while let Some(at) = rest.find("crate::") {
+                    rest = &rest[at + "crate::".len()..];
+                    let used: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if used != own && !allowed.contains(&used.as_str()) {
+                        violations.push(format!(
+                            "{}:{}: room {room} uses {used}: {}",
+                            file.display(),
+                            n + 1,
+                            line.trim()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "imports that point up or sideways:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn every_room_is_listed() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "lib.rs" || name == "bin" {
+            continue;
+        }
+        assert!(ROOMS.iter().any(|(r, _)| *r == name), "{name} is in no room of this test");
+    }
+}
