@@ -14,15 +14,14 @@
 //! - [`store`]: toolchains, source-mode files, the farm tier of the object cache, uploads.
 //! - [`sandbox`]: the worker's side of the `discomy-sandbox` helper, warm helpers, leftovers of
 //!   dead processes.
-//! - [`hosts`]: host lists in distcc syntax; [`daemon`]: logging and signal-driven shutdown
-//!   shared by the binaries.
+//! - [`hosts`]: host lists in distcc syntax. Daemon start-up, atomic writes and process groups
+//!   are `discomy_protocol::plumbing`, shared with the wrapper and the coordinator.
 //!
 //! Rooms for the operations work to come: `builder/` (whole package builds in chroots) beside
 //! `worker/`.
 
 pub mod agent;
 pub mod coord;
-pub mod daemon;
 pub mod distcc;
 pub mod hosts;
 pub mod run;

@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// Rooms from the top down, with the rooms each may use.
 const ROOMS: &[(&str, &[&str])] = &[
-    ("run.rs", &["hosts", "daemon"]),
-    ("agent", &["coord", "distcc", "store", "sandbox", "hosts", "daemon"]),
-    ("worker", &["distcc", "store", "sandbox", "hosts", "daemon"]),
-    ("coord", &["store", "sandbox", "hosts", "daemon"]),
+    ("run.rs", &["hosts"]),
+    ("agent", &["coord", "distcc", "store", "sandbox", "hosts"]),
+    ("worker", &["distcc", "store", "sandbox", "hosts"]),
+    ("coord", &["store", "sandbox", "hosts"]),
     ("distcc", &["hosts"]),
     ("store", &["sandbox", "hosts"]),
     ("sandbox", &[]),
     ("hosts.rs", &[]),
-    ("daemon.rs", &[]),
 ];
 
 fn rust_files(path: &Path, out: &mut Vec<PathBuf>) {

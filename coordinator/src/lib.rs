@@ -4,13 +4,11 @@
 //! - [`core`]: the daemon's state around the policy (addresses, waiting agents).
 //! - [`server`]: the tokio daemon (nodes, agents, status, liveness, connect-back checks).
 //! - [`mdns`]: the `_discomy._tcp.local.` advertisement.
-//! - [`daemon`]: tracing and signal handling for the binary.
+//!
+//! Tracing and signal handling for the binary are `discomy_protocol::plumbing::daemon`.
 #![warn(missing_docs)]
 
 pub mod core;
-pub mod daemon;
 pub mod mdns;
 pub mod policy;
 pub mod server;
-
-pub use daemon::{cancel_on_signals, init_tracing};

@@ -11,6 +11,8 @@
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
 //! - [`message`]: requests and responses.
 //! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
+//! - [`plumbing`]: not wire types but what every binary shares, written once: atomic writes,
+//!   process groups, the `DISCOMY_*` table, daemon start-up (feature `daemon`).
 //! - [`sources`]: source-mode units (original source plus the files its preprocessor read).
 //! - [`stats`]: what each compiler call became, reported to the agent, and the agent's totals.
 //! - [`toolchain`]: content-addressed toolchain manifests.
@@ -18,6 +20,7 @@
 //!
 //! # Crate features
 //! - `tokio`: async framing ([`tokio_util::codec::LengthDelimitedCodec`]) and handshake.
+//! - `daemon`: `plumbing::daemon` (tracing set-up, shutdown on signals).
 #![warn(missing_docs)]
 
 #[cfg(feature = "tokio")]
@@ -30,6 +33,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod payload;
+pub mod plumbing;
 pub mod sources;
 pub mod stats;
 pub mod toolchain;

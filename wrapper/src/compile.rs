@@ -6,12 +6,12 @@
 //! prints anything or fails, the call is compiled locally and the local output is what the build
 //! sees, so warnings and errors are byte-identical to a build without discomy.
 
-use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::plumbing::write_atomically;
 use discomy_protocol::{
     CompileRequest, CompileResult, CompilerId, Payload, RefusalKind, Request, Response,
 };
@@ -309,31 +309,4 @@ impl Drop for Preprocessor {
             let _ = child.wait();
         }
     }
-}
-
-/// A temporary file removed on drop.
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// partial output never exists under the real name.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = TempPath(dir.join(format!(".{name}.discomy-{}.tmp", std::process::id())));
-    {
-        let mut file = fs::File::create(&tmp.0)?;
-        file.write_all(bytes)?;
-    }
-    fs::rename(&tmp.0, path)?;
-    std::mem::forget(tmp);
-    Ok(())
 }

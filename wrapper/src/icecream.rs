@@ -216,9 +216,8 @@ fn store_blob(reader: &mut impl Read, blobs: &Path) -> io::Result<(Digest, u64)>
             self.out.flush()
         }
     }
-    let tmp = blobs.join(crate::toolchain::unique_temp_name());
+    let (tmp, file) = discomy_protocol::plumbing::fs::create_temp(blobs, "blob".as_ref(), 0o644)?;
     let result = (|| {
-        let file = fs::File::create(&tmp)?;
         let mut tee =
             Tee { out: BufWriter::with_capacity(1 << 16, file), hasher: blake3::Hasher::new() };
         let size = io::copy(reader, &mut tee)?;

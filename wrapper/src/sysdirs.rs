@@ -60,10 +60,7 @@ pub fn system_dirs(
     let dirs = parse(&String::from_utf8_lossy(&out.stderr))?;
     if let Some(parent) = cache.parent() {
         let _ = std::fs::create_dir_all(parent);
-        let tmp = parent.join(format!(".{}.{}", key.to_hex(), std::process::id()));
-        if std::fs::write(&tmp, dirs.join("\n")).is_ok() {
-            let _ = std::fs::rename(&tmp, &cache);
-        }
+        let _ = discomy_protocol::plumbing::write_atomically(&cache, dirs.join("\n").as_bytes());
     }
     Ok(dirs)
 }

@@ -312,25 +312,10 @@ fn write_cache(file: &Path, record: &CacheRecord) {
     }
 }
 
-/// Writes `bytes` to a unique temporary file in `dir` and renames it to `file`.
+/// Writes `bytes` to `file` in `dir` (made if missing), atomically.
 pub(crate) fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(unique_temp_name());
-    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, file));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// `.tmp-<pid>-<counter>-<nanos>`: unique among threads and processes.
-pub(crate) fn unique_temp_name() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(".tmp-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    discomy_protocol::plumbing::write_atomically(file, bytes)
 }
 
 /// Each File entry's digest mapped to its path (on the client, content lives at its path).

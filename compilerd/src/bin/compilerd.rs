@@ -1,6 +1,5 @@
 //! `discomy-compilerd`: runs a host's agent or worker role. Parsing only; the work is in the library.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +8,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use discomy_compilerd::agent::{self, AgentConfig};
 use discomy_compilerd::coord::discover::CoordinatorAddr;
-use discomy_compilerd::daemon;
 use discomy_compilerd::distcc::cidr::Cidr;
 use discomy_compilerd::hosts::parse_host_list;
 use discomy_compilerd::sandbox::{self, Limits};
@@ -19,6 +17,7 @@ use discomy_compilerd::worker::distcc::DistccConfig;
 use discomy_compilerd::worker::exec::Runner;
 use discomy_compilerd::worker::{self, WorkerConfig};
 use discomy_protocol::AuthConfig;
+use discomy_protocol::plumbing::daemon;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -215,8 +214,11 @@ async fn run() -> Result<()> {
                 .with_context(|| format!("failed to listen on {listen}"))?;
             let bound = listener.local_addr()?;
             if let Some(file) = addr_file {
-                write_atomically(&file, format!("{bound}\n").as_bytes())
-                    .with_context(|| format!("failed to write {}", file.display()))?;
+                discomy_protocol::plumbing::write_atomically(
+                    &file,
+                    format!("{bound}\n").as_bytes(),
+                )
+                .with_context(|| format!("failed to write {}", file.display()))?;
             }
             let coordinator = coordinator.filter(|c| {
                 let local_only = listen.ip().is_loopback() && c.is_mdns();
@@ -259,7 +261,7 @@ async fn run() -> Result<()> {
                 tokio::spawn(discomy_compilerd::coord::node::run(addr, info, auth, shutdown));
             }
             let work_dir = config.work_dir.clone();
-            let result = worker::run_with_distcc(listener, distcc, config, store, shutdown).await;
+            let result = worker::run(listener, distcc, config, store, shutdown).await;
             let _ = std::fs::remove_dir_all(work_dir);
             Ok(result?)
         }
@@ -303,12 +305,4 @@ fn distcc_address(text: &str) -> Result<SocketAddr> {
         .parse()
         .with_context(|| format!("--distcc-listen {text}: expected IP or IP:PORT"))?;
     Ok(SocketAddr::new(ip, discomy_protocol::distcc::DEFAULT_PORT))
-}
-
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    std::fs::rename(tmp, path)
 }

@@ -61,7 +61,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    discomy_compilerd::daemon::init_tracing();
+    discomy_protocol::plumbing::daemon::init_tracing();
     match run() {
         Ok(code) => code,
         Err(err) => {

@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use discomy_protocol::plumbing::GroupKiller;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::Notify;
@@ -116,7 +117,7 @@ impl Default for Limits {
 /// One program to run in a sandbox.
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxSpec<'a> {
-    /// The `discomy-sandbox` helper (see [`helper_next_to_current_exe`]).
+    /// The `discomy-sandbox` helper (installed next to `discomy-compilerd`).
     pub helper: &'a Path,
     /// The toolchain tree: its top-level entries become the sandbox's read-only `/`.
     pub root: &'a Path,
@@ -288,13 +289,6 @@ impl HelperStatus {
     }
 }
 
-/// `discomy-sandbox` in the directory of the running executable, if it exists there.
-pub fn helper_next_to_current_exe() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let helper = exe.parent()?.join(HELPER_NAME);
-    helper.is_file().then_some(helper)
-}
-
 /// The helper's arguments for `spec` (without the helper itself), for logging or for running the
 /// helper some other way.
 pub fn command_line(spec: &SandboxSpec<'_>) -> Result<Vec<OsString>, SandboxError> {
@@ -422,7 +416,8 @@ pub async fn run_with(
         Some(started) => started,
         None => spawn_helper(spec.helper, spec.limits, spec.cgroup_parents, unit, Stdio::null())?,
     };
-    let mut killer = GroupKiller(child.id());
+    // Kills the helper's process group (and with it the sandbox) unless disarmed.
+    let mut killer = GroupKiller::new(child.id());
     let out_pipe = child.stdout.take();
     let err_pipe = child.stderr.take();
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -630,30 +625,6 @@ async fn drain<R: AsyncRead + Unpin>(pipe: Option<R>, buf: &mut Vec<u8>, truncat
                 buf.extend_from_slice(&chunk[..n.min(room)]);
             }
         }
-    }
-}
-
-/// Kills the helper's process group (and with it the sandbox) unless disarmed.
-struct GroupKiller(Option<u32>);
-
-impl GroupKiller {
-    fn kill(&self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

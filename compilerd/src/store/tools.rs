@@ -9,6 +9,7 @@
 //! Two peers installing the same toolchain at once cause one transfer and one install: the first
 //! becomes the uploader, the others wait for it (and take over if it goes away).
 
+use discomy_protocol::plumbing::fs::{WriteOptions, unique_temp_name, write_atomically_with};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
@@ -196,8 +197,7 @@ impl ToolStore {
         if path.is_file() {
             return Ok(());
         }
-        let tmp =
-            self.dir.join("tmp").join(format!("link-{}-{}", digest.to_hex(), std::process::id()));
+        let tmp = self.dir.join("tmp").join(unique_temp_name(digest.to_hex().as_ref()));
         let _ = fs::remove_file(&tmp);
         if fs::hard_link(source, &tmp).is_ok() {
             return fs::rename(&tmp, &path).map_err(io_err("store blob"));
@@ -213,16 +213,9 @@ impl ToolStore {
     }
 
     fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp =
-            tempfile::NamedTempFile::new_in(self.dir.join("tmp")).map_err(io_err("temp file"))?;
-        tmp.as_file().write_all(bytes).map_err(io_err("write blob"))?;
         // Blobs are read by the sandboxed compiler, which runs as an unprivileged user.
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(io_err("chmod blob"))?;
-        tmp.persist(path)
-            .map_err(|e| StoreError::Io { what: "store blob".into(), source: e.error })?;
-        Ok(())
+        let how = WriteOptions { mode: Some(0o644), durable: false };
+        write_atomically_with(path, &[bytes], how).map_err(io_err("store blob"))
     }
 
     /// The manifest of an installed toolchain.

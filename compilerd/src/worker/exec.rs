@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use discomy_protocol::plumbing::GroupKiller;
 use discomy_protocol::{
     CompileRequest, Language, OutputKind, SourceCompileRequest, ToolchainManifest,
 };
@@ -246,12 +247,13 @@ async fn run_on_host(
         .kill_on_drop(true);
     let started = Instant::now();
     let child = cmd.spawn().map_err(ExecError::Spawn)?;
-    let guard = GroupKiller(child.id());
+    // Kills the compile's whole process group (driver, cc1, as) if it is abandoned.
+    let mut guard = GroupKiller::new(child.id());
     match tokio::time::timeout(limit, child.wait_with_output()).await {
         Err(_) => Err(ExecError::Timeout(limit)),
         Ok(Err(e)) => Err(ExecError::Wait(e)),
         Ok(Ok(out)) => {
-            std::mem::forget(guard);
+            guard.disarm();
             use std::os::unix::process::ExitStatusExt;
             Ok(RunOutput {
                 exit_code: out
@@ -262,20 +264,6 @@ async fn run_on_host(
                 stderr: out.stderr,
                 elapsed: started.elapsed(),
             })
-        }
-    }
-}
-
-/// Kills a compile's whole process group (driver, cc1, as) when dropped before completion.
-struct GroupKiller(Option<u32>);
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
         }
     }
 }

@@ -123,18 +123,9 @@ impl Drop for UidLease<'_> {
     }
 }
 
-/// Serves until `shutdown` is cancelled, then lets running units finish (up to a grace period).
+/// Serves until `shutdown` is cancelled, then lets running units finish (up to a grace period);
+/// with `distcc`, also serves real distcc clients there (same slots, sandbox and allow-list).
 pub async fn run(
-    listener: TcpListener,
-    config: WorkerConfig,
-    store: ToolStore,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    run_with_distcc(listener, None, config, store, shutdown).await
-}
-
-/// [`run`], also serving real distcc clients on `distcc` (same slots, sandbox and allow-list).
-pub async fn run_with_distcc(
     listener: TcpListener,
     distcc: Option<(TcpListener, DistccConfig)>,
     config: WorkerConfig,

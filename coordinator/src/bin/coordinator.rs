@@ -1,6 +1,5 @@
 //! `discomy-coordinator`: the farm's scheduler daemon. Parsing only; the work is in the library.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -42,7 +41,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    discomy_coordinator::init_tracing();
+    discomy_protocol::plumbing::daemon::init_tracing();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -57,16 +56,13 @@ async fn run() -> Result<()> {
     let cli = Cli::parse();
     let auth = AuthConfig::from_option(cli.token.as_deref());
     let shutdown = CancellationToken::new();
-    discomy_coordinator::cancel_on_signals(shutdown.clone());
+    discomy_protocol::plumbing::daemon::cancel_on_signals(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("failed to listen on {}", cli.listen))?;
     let bound = listener.local_addr()?;
     if let Some(file) = cli.addr_file {
-        let tmp = file.with_extension("tmp");
-        std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(format!("{bound}\n").as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &file))
+        discomy_protocol::plumbing::write_atomically(&file, format!("{bound}\n").as_bytes())
             .with_context(|| format!("failed to write {}", file.display()))?;
     }
     let _advert = if cli.no_mdns {

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::SystemTime;
 
+use discomy_protocol::plumbing::write_atomically;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -381,9 +382,9 @@ impl Ctx<'_> {
             entry.object
         };
         if let (Some(path), Some(dep)) = (self.dep_file, &entry.dep) {
-            crate::compile::write_atomically(path, dep).map_err(|e| e.to_string())?;
+            write_atomically(path, dep).map_err(|e| e.to_string())?;
         }
-        crate::compile::write_atomically(&self.unit.output, &object).map_err(|e| e.to_string())?;
+        write_atomically(&self.unit.output, &object).map_err(|e| e.to_string())?;
         replay(&entry.stdout, &entry.stderr);
         Ok((i64::try_from(object.len()).unwrap_or(i64::MAX), moved))
     }

@@ -7,9 +7,10 @@
 //! [`MAGIC`], the blake3 digest of the body, then the body.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use discomy_protocol::plumbing::fs::{WriteOptions, write_atomically_with};
 
 use super::stats::{self, Counter};
 
@@ -111,18 +112,9 @@ impl Store {
         let dir = path.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(io)?;
         let old = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), kind.ext()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(blake3::hash(body).as_bytes())?;
-            f.write_all(body)?;
-            fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(e));
-        }
+        let digest = blake3::hash(body);
+        let parts: [&[u8]; 3] = [MAGIC, digest.as_bytes(), body];
+        write_atomically_with(&path, &parts, WriteOptions::default()).map_err(io)?;
         let len = (HEADER + body.len()) as u64;
         let delta = i64::try_from(len).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(0);
         let mut deltas = vec![(Counter::Size, delta), (Counter::BytesStored, delta.max(0))];

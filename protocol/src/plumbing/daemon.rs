@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 /// Logs to stderr with the filter in `DISCOMY_LOG` (default `info`).
 pub fn init_tracing() {
-    let filter = std::env::var("DISCOMY_LOG").unwrap_or_else(|_| "info".into());
+    let filter = std::env::var(super::env::LOG).unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
