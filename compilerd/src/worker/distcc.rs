@@ -29,6 +29,7 @@ use crate::distcc::cidr::Cidr;
 use crate::worker::State;
 use crate::worker::argcheck::check_compile_args;
 use crate::worker::exec::run_compiler;
+use crate::worker::unit::{self, Slot};
 
 /// distcc's exit codes, as the real client reports them.
 mod code {
@@ -192,14 +193,10 @@ async fn compile(
     if let Err(why) = check_compile_args(&job.args, &tree.manifest) {
         return refuse(code::BAD_ARGS, why);
     }
-    let _permit = tokio::select! {
-        _ = shutdown.cancelled() => return refuse(code::BUSY, "server is shutting down".into()),
-        permit = state.slots.acquire() => match permit {
-            Ok(p) => p,
-            Err(_) => return refuse(code::BUSY, "server is shutting down".into()),
-        },
+    let Some(slot) = Slot::take(state, shutdown).await else {
+        return refuse(code::BUSY, "server is shutting down".into());
     };
-    match run_job(&job, unit, &tree.root, &tree.manifest, state).await {
+    match run_job(&job, unit, &tree.root, &tree.manifest, state, &slot).await {
         Ok(reply) => Outcome::Compiled(reply),
         Err((code, why)) => refuse(code, why),
     }
@@ -211,21 +208,25 @@ async fn run_job(
     root: &Path,
     manifest: &discomy_protocol::ToolchainManifest,
     state: &State,
+    slot: &Slot<'_>,
 ) -> Result<Reply, (u8, String)> {
     let internal = |e: std::io::Error| (code::IO, format!("unit directory: {e}"));
-    tokio::fs::create_dir_all(&state.config.work_dir).await.map_err(internal)?;
-    let dir = tempfile::Builder::new()
-        .prefix("unit-")
-        .tempdir_in(&state.config.work_dir)
-        .map_err(internal)?;
+    let dir = unit::unit_dir(&state.config.work_dir).map_err(internal)?;
     tokio::fs::write(dir.path().join(job.input_name()), unit).await.map_err(internal)?;
-    let uid = state.uid();
     let args = job.compile_args();
-    let run =
-        run_compiler(&state.config.runner, root, manifest, &args, None, dir.path(), uid.1, None)
-            .await
-            .map_err(|e| (code::COMPILER_MISSING, e.to_string()))?;
-    let status = if run.exit_code >= 128 {
+    let run = run_compiler(
+        &state.config.runner,
+        root,
+        manifest,
+        &args,
+        None,
+        dir.path(),
+        slot.uid(),
+        None,
+    )
+    .await
+    .map_err(|e| (code::COMPILER_MISSING, e.to_string()))?;
+    let status = if unit::killed(run.exit_code) {
         (run.exit_code - 128) as u32 & 0x7f
     } else {
         (run.exit_code as u32 & 0xff) << 8
@@ -237,6 +238,7 @@ async fn run_job(
     } else {
         Vec::new()
     };
+    unit::remove_later(dir);
     Ok(Reply { status, stderr: run.stderr, stdout: run.stdout, object })
 }
 

@@ -15,6 +15,7 @@ use discomy_protocol::{
 use tokio::process::Command;
 
 use crate::sandbox::{self, Limits, SandboxSpec};
+use crate::worker::unit;
 
 /// What a compile run produced.
 #[derive(Debug)]
@@ -71,13 +72,14 @@ pub fn compile_args(req: &CompileRequest) -> Vec<String> {
         Language::C => "cpp-output",
         Language::Cxx => "c++-cpp-output",
     };
-    let (mode, out) = match req.output {
-        OutputKind::Object => ("-c", "unit.o"),
-        OutputKind::Assembly => ("-S", "unit.s"),
+    let mode = match req.output {
+        OutputKind::Object => "-c",
+        OutputKind::Assembly => "-S",
     };
+    let out = unit::output_name(req.output);
     let mut args = req.args.clone();
     args.extend(
-        ["-fpreprocessed", "-fdirectives-only", "-x", lang, mode, "unit.i", "-o", out]
+        ["-fpreprocessed", "-fdirectives-only", "-x", lang, mode, unit::INPUT, "-o", out]
             .map(String::from),
     );
     args
@@ -186,17 +188,14 @@ pub async fn run_compiler(
 /// The command line of a source-mode unit: the build's own arguments, the object or assembly
 /// written into the work directory mounted at `work_at`.
 pub fn source_args(req: &SourceCompileRequest, work_at: &str) -> Vec<String> {
-    let out = match req.output {
-        OutputKind::Object => "unit.o",
-        OutputKind::Assembly => "unit.s",
-    };
+    let out = unit::output_name(req.output);
     let mut args = req.args.clone();
     args.push("-o".into());
     args.push(format!("{work_at}/{out}"));
     if let Some(deps) = &req.deps {
         args.push(if deps.user_only { "-MMD" } else { "-MD" }.into());
         args.push("-MF".into());
-        args.push(format!("{work_at}/unit.d"));
+        args.push(format!("{work_at}/{}", unit::DEP_FILE));
         args.extend(deps.targets.iter().cloned());
     }
     args

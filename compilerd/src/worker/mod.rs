@@ -9,6 +9,7 @@ pub mod argcheck;
 pub mod distcc;
 pub mod exec;
 pub mod source_unit;
+pub mod unit;
 
 use std::io;
 use std::net::SocketAddr;
@@ -77,6 +78,8 @@ pub fn default_work_dir() -> PathBuf {
 /// Name of a worker's default work directory, before its pid.
 pub const WORK_DIR_PREFIX: &str = "discomy-worker-";
 
+use unit::Slot;
+
 /// What the worker's listeners share (the native one and the distcc one).
 pub(crate) struct State {
     pub(crate) config: WorkerConfig,
@@ -91,18 +94,6 @@ pub(crate) struct State {
 pub const SOURCE_STORE_BYTES: u64 = 2 << 30;
 
 impl State {
-    fn units(&self) -> crate::worker::source_unit::Node<'_> {
-        crate::worker::source_unit::Node {
-            store: &self.store,
-            sources: &self.sources,
-            slots: &self.slots,
-            uids: &self.uids,
-            runner: &self.config.runner,
-            work_dir: &self.config.work_dir,
-            node_name: &self.config.node_name,
-        }
-    }
-
     /// Takes a slot's uid for one unit.
     pub(crate) fn uid(&self) -> UidLease<'_> {
         UidLease(self, self.uids.lock().unwrap_or_else(|e| e.into_inner()).pop())
@@ -222,9 +213,7 @@ async fn serve_connection(
         let response = match request {
             Request::Ping => Response::Pong,
             Request::Compile(req) => compile(req, &state, &shutdown).await,
-            Request::CompileSources(req) => {
-                crate::worker::source_unit::compile(req, &state.units(), &shutdown).await
-            }
+            Request::CompileSources(req) => source_unit::compile(req, &state, &shutdown).await,
             Request::PutSource(payload) => match state.sources.put(&payload) {
                 Ok(digest) => Response::Stored(digest),
                 Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
@@ -263,20 +252,10 @@ async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToke
         Ok(unit) => unit,
         Err(err) => return Response::refused(RefusalKind::BadRequest, err.to_string()),
     };
-    let _permit = tokio::select! {
-        _ = shutdown.cancelled() => {
-            return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
-        }
-        permit = state.slots.acquire() => match permit {
-            Ok(p) => p,
-            Err(_) => return Response::refused(RefusalKind::Unavailable, "worker is shutting down"),
-        },
+    let Some(slot) = Slot::take(state, shutdown).await else {
+        return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
     };
-    let running = &state.config.running;
-    running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let result = run_in_dir(&tree, &req, &unit, state).await;
-    running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    match result {
+    match run_in_dir(&tree, &req, &unit, state, &slot).await {
         Ok(result) => Response::Compiled(result),
         Err(response) => response,
     }
@@ -287,33 +266,26 @@ async fn run_in_dir(
     req: &CompileRequest,
     unit: &[u8],
     state: &State,
+    slot: &Slot<'_>,
 ) -> Result<CompileResult, Response> {
     let internal =
         |e: io::Error| Response::refused(RefusalKind::Internal, format!("unit directory: {e}"));
-    tokio::fs::create_dir_all(&state.config.work_dir).await.map_err(internal)?;
-    let dir = tempfile::Builder::new()
-        .prefix("unit-")
-        .tempdir_in(&state.config.work_dir)
-        .map_err(internal)?;
-    tokio::fs::write(dir.path().join("unit.i"), unit).await.map_err(internal)?;
-    let uid = state.uid();
+    let dir = unit::unit_dir(&state.config.work_dir).map_err(internal)?;
+    tokio::fs::write(dir.path().join(unit::INPUT), unit).await.map_err(internal)?;
     let run =
-        compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path(), uid.1)
+        compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path(), slot.uid())
             .await
             .map_err(|e: ExecError| {
                 Response::refused(RefusalKind::CompilerFailed, e.to_string())
             })?;
-    if run.exit_code >= 128 {
+    if unit::killed(run.exit_code) {
         return Err(Response::refused(
             RefusalKind::CompilerFailed,
             format!("compiler killed (status {})", run.exit_code),
         ));
     }
     let output = if run.exit_code == 0 {
-        let name = match req.output {
-            discomy_protocol::OutputKind::Object => "unit.o",
-            discomy_protocol::OutputKind::Assembly => "unit.s",
-        };
+        let name = unit::output_name(req.output);
         let bytes = tokio::fs::read(dir.path().join(name)).await.map_err(|e| {
             Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
         })?;
@@ -322,7 +294,7 @@ async fn run_in_dir(
         None
     };
     debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
-    crate::worker::source_unit::remove_later(dir);
+    unit::remove_later(dir);
     Ok(CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,

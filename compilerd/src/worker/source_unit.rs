@@ -5,42 +5,23 @@
 //! client sends them with `PutSource` and asks again.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use discomy_protocol::{
-    CompileResult, OutputKind, Payload, RefusalKind, Response, SourceCompileRequest, SourceResult,
+    CompileResult, Payload, RefusalKind, Response, SourceCompileRequest, SourceResult,
 };
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::store::sources::{Materialized, SourceStore};
-use crate::store::tools::ToolStore;
+use super::State;
+use super::unit::{self, Slot};
+use crate::store::sources::Materialized;
 use crate::worker::argcheck::check_source_args;
-use crate::worker::exec::{Runner, compile_sources};
-
-/// What a worker lends to one source-mode unit.
-pub struct Node<'a> {
-    /// Toolchains.
-    pub store: &'a ToolStore,
-    /// Source-mode file contents.
-    pub sources: &'a SourceStore,
-    /// Compile slots.
-    pub slots: &'a Semaphore,
-    /// Free per-slot uids.
-    pub uids: &'a Mutex<Vec<u32>>,
-    /// How compilers run.
-    pub runner: &'a Runner,
-    /// Where unit directories are made.
-    pub work_dir: &'a Path,
-    /// Name reported in results.
-    pub node_name: &'a str,
-}
+use crate::worker::exec::compile_sources;
 
 /// Compiles one source-mode unit, or says why not.
-pub async fn compile(
+pub(crate) async fn compile(
     req: SourceCompileRequest,
-    node: &Node<'_>,
+    node: &State,
     shutdown: &CancellationToken,
 ) -> Response {
     if let Err(why) = req.validate() {
@@ -62,16 +43,10 @@ pub async fn compile(
     if !missing.is_empty() {
         return Response::MissingBlobs(missing);
     }
-    let _permit = tokio::select! {
-        _ = shutdown.cancelled() => {
-            return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
-        }
-        permit = node.slots.acquire() => match permit {
-            Ok(p) => p,
-            Err(_) => return Response::refused(RefusalKind::Unavailable, "worker is shutting down"),
-        },
+    let Some(slot) = Slot::take(node, shutdown).await else {
+        return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
     };
-    match run(&tree.root, &tree.manifest, &req, node).await {
+    match run(&tree.root, &tree.manifest, &req, node, &slot).await {
         Ok((result, None)) => Response::Compiled(result),
         Ok((result, Some(dep_file))) => {
             Response::CompiledSources(SourceResult { result, dep_file })
@@ -84,7 +59,8 @@ async fn run(
     tree: &Path,
     manifest: &discomy_protocol::ToolchainManifest,
     req: &SourceCompileRequest,
-    node: &Node<'_>,
+    node: &State,
+    slot: &Slot<'_>,
 ) -> Result<(CompileResult, Option<Vec<u8>>), Response> {
     let started = std::time::Instant::now();
     let internal = |e: std::io::Error| {
@@ -95,7 +71,7 @@ async fn run(
         Materialized::Missing(blobs) => return Err(Response::MissingBlobs(blobs)),
     };
     // One trip to the blocking pool for the unit's directory, its output directory and list.
-    let work_dir = node.work_dir.to_path_buf();
+    let work_dir = node.config.work_dir.clone();
     let dir = tokio::task::spawn_blocking(move || unit_dir(&work_dir, &list))
         .await
         .map_err(|e| internal(std::io::Error::other(e)))?
@@ -103,11 +79,9 @@ async fn run(
     let out_dir = dir.path().join("out");
     let tree_list = dir.path().join("tree.list");
     let placed = started.elapsed();
-    let uid = node.uids.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    let ran = compile_sources(node.runner, tree, manifest, req, &out_dir, &tree_list, uid).await;
-    if let Some(uid) = uid {
-        node.uids.lock().unwrap_or_else(|e| e.into_inner()).push(uid);
-    }
+    let ran =
+        compile_sources(&node.config.runner, tree, manifest, req, &out_dir, &tree_list, slot.uid())
+            .await;
     let run = ran.map_err(|e| {
         // A blob evicted before the helper copied it: the client sends it again.
         let missing = node.sources.missing(&req.files);
@@ -117,17 +91,14 @@ async fn run(
             Response::MissingBlobs(missing)
         }
     })?;
-    if run.exit_code >= 128 {
+    if unit::killed(run.exit_code) {
         return Err(Response::refused(
             RefusalKind::CompilerFailed,
             format!("compiler killed (status {})", run.exit_code),
         ));
     }
     let (output, dep_file) = if run.exit_code == 0 {
-        let name = match req.output {
-            OutputKind::Object => "unit.o",
-            OutputKind::Assembly => "unit.s",
-        };
+        let name = unit::output_name(req.output);
         let want_deps = req.deps.is_some();
         let read = tokio::task::spawn_blocking(move || read_outputs(&out_dir, name, want_deps))
             .await
@@ -148,13 +119,13 @@ async fn run(
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "compiled from sources"
     );
-    remove_later(dir);
+    unit::remove_later(dir);
     let result = CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,
         stderr: run.stderr,
         output,
-        node: node.node_name.to_string(),
+        node: node.config.node_name.clone(),
         compile_ms: run.elapsed.as_millis() as u64,
     };
     Ok((result, dep_file))
@@ -162,8 +133,7 @@ async fn run(
 
 /// Makes a unit's directory under `work_dir`, with its empty `out/` and its `tree.list`.
 fn unit_dir(work_dir: &Path, list: &[u8]) -> std::io::Result<tempfile::TempDir> {
-    std::fs::create_dir_all(work_dir)?;
-    let dir = tempfile::Builder::new().prefix("unit-").tempdir_in(work_dir)?;
+    let dir = unit::unit_dir(work_dir)?;
     std::fs::create_dir(dir.path().join("out"))?;
     std::fs::write(dir.path().join("tree.list"), list)?;
     Ok(dir)
@@ -179,15 +149,10 @@ fn read_outputs(
     let bytes = std::fs::read(out_dir.join(name)).map_err(|e| format!("output: {e}"))?;
     let dep_file = match want_deps {
         true => Some(
-            std::fs::read(out_dir.join("unit.d")).map_err(|e| format!("dependency file: {e}"))?,
+            std::fs::read(out_dir.join(unit::DEP_FILE))
+                .map_err(|e| format!("dependency file: {e}"))?,
         ),
         false => None,
     };
     Ok((Payload::compress(&bytes), dep_file))
-}
-
-/// Removes a finished unit directory off the answer's path: freeing directories is slow on
-/// some file systems (ext4 with `discard` takes milliseconds per directory).
-pub fn remove_later(dir: tempfile::TempDir) {
-    tokio::task::spawn_blocking(move || drop(dir));
 }

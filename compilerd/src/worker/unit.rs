@@ -1,0 +1,131 @@
+//! The one compile skeleton every unit goes through, native (preprocessed), source-mode and
+//! distcc alike: a slot (or the shutdown), the slot's own uid, the count of units compiling (what
+//! the coordinator's load report reads), a private unit directory, the names of what the compiler
+//! writes there, and the directory's removal off the answer's path. Each kind of unit adds only
+//! what differs: its checks, its files, its command line, its answer.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use discomy_protocol::OutputKind;
+use tokio::sync::SemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::{State, UidLease};
+
+/// The preprocessed input of a native unit, in its directory.
+pub const INPUT: &str = "unit.i";
+/// The dependency file a source-mode unit's compiler writes, in its output directory.
+pub const DEP_FILE: &str = "unit.d";
+
+/// The object or assembly a unit's compiler writes in its directory.
+pub fn output_name(kind: OutputKind) -> &'static str {
+    match kind {
+        OutputKind::Object => "unit.o",
+        OutputKind::Assembly => "unit.s",
+    }
+}
+
+/// Whether a compile's status says it was killed (a signal, a limit), not that it failed.
+pub fn killed(exit_code: i32) -> bool {
+    exit_code >= 128
+}
+
+/// A unit holding one of the worker's slots: while it lives, the slot is taken, the slot's uid
+/// lent, and the unit counted as running.
+pub(crate) struct Slot<'a> {
+    _permit: SemaphorePermit<'a>,
+    uid: UidLease<'a>,
+    running: &'a AtomicUsize,
+}
+
+impl<'a> Slot<'a> {
+    /// Waits for a free slot; `None` when the worker shuts down first.
+    pub(crate) async fn take(state: &'a State, shutdown: &CancellationToken) -> Option<Slot<'a>> {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = state.slots.acquire() => permit.ok()?,
+        };
+        state.config.running.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { _permit: permit, uid: state.uid(), running: &state.config.running })
+    }
+
+    /// The unprivileged uid the unit's compiler runs as (when the worker runs as root).
+    pub(crate) fn uid(&self) -> Option<u32> {
+        self.uid.1
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A fresh private directory for one unit under `work_dir` (made if missing).
+pub(crate) fn unit_dir(work_dir: &Path) -> io::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(work_dir)?;
+    tempfile::Builder::new().prefix("unit-").tempdir_in(work_dir)
+}
+
+/// Removes a finished unit directory off the answer's path: freeing directories is slow on some
+/// file systems (ext4 with `discard` takes milliseconds per directory).
+pub fn remove_later(dir: tempfile::TempDir) {
+    tokio::task::spawn_blocking(move || drop(dir));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sources::SourceStore;
+    use crate::store::tools::ToolStore;
+    use crate::worker::WorkerConfig;
+    use crate::worker::exec::Runner;
+    use std::sync::Arc;
+
+    fn state(dir: &Path, slots: usize) -> State {
+        let config = WorkerConfig {
+            slots,
+            auth: discomy_protocol::AuthConfig::none(),
+            runner: Runner::Host { wall: std::time::Duration::from_secs(1) },
+            node_name: "test".into(),
+            work_dir: dir.join("work"),
+            running: Arc::default(),
+        };
+        State {
+            config,
+            store: ToolStore::open(&dir.join("store"), 1 << 20, false).expect("store"),
+            sources: SourceStore::open(&dir.join("sources"), 1 << 20).expect("sources"),
+            slots: tokio::sync::Semaphore::new(slots),
+            uids: std::sync::Mutex::new(vec![64000, 64001]),
+        }
+    }
+
+    /// Every kind of unit takes its slot here, so every kind is counted as running and gives
+    /// its uid back (source-mode and distcc units used to be missing from the load report).
+    #[tokio::test]
+    async fn a_slot_counts_the_unit_running_and_lends_a_uid_until_dropped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(dir.path(), 2);
+        let shutdown = CancellationToken::new();
+        let running = || state.config.running.load(Ordering::Relaxed);
+        let a = Slot::take(&state, &shutdown).await.expect("slot");
+        let b = Slot::take(&state, &shutdown).await.expect("slot");
+        assert_eq!(running(), 2);
+        assert_ne!(a.uid(), b.uid());
+        assert!(a.uid().is_some() && b.uid().is_some());
+        drop(a);
+        assert_eq!(running(), 1);
+        assert_eq!(state.uids.lock().expect("uids").len(), 1, "the uid went back");
+        drop(b);
+        assert_eq!(running(), 0);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(output_name(OutputKind::Object), "unit.o");
+        assert_eq!(output_name(OutputKind::Assembly), "unit.s");
+        assert!(killed(137) && !killed(1));
+    }
+}
