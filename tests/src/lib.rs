@@ -401,6 +401,8 @@ impl Worker {
         let mut cmd = clean_command(bin("discomy-compilerd"));
         cmd.env("TMPDIR", private_tmp(dir, name));
         cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+            .arg("--seed-compilers")
+            .arg(default_compiler_names().join(","))
             .arg("--addr-file")
             .arg(&addr_file)
             .arg("--work-dir")
@@ -448,6 +450,22 @@ impl Worker {
     pub fn host_spec(&self) -> String {
         format!("{}/{}", self.addr, self.slots)
     }
+}
+
+/// The names of this host's default C and C++ compilers (`cc`, `gcc`, `gcc-12`,
+/// `x86_64-linux-gnu-gcc-12`, … for the `gcc` on PATH): what test workers offer, so that they see
+/// only the compilers a test gives them whatever else is installed (Debian's `gcc-11`, say).
+pub fn default_compiler_names() -> Vec<String> {
+    let out = Command::new("gcc").arg("-dumpversion").output().expect("gcc -dumpversion");
+    let major =
+        String::from_utf8_lossy(&out.stdout).trim().split('.').next().unwrap_or("").to_owned();
+    let mut names: Vec<String> = ["cc", "c++", "gcc", "g++"].map(String::from).to_vec();
+    for tool in ["gcc", "g++"] {
+        names.push(format!("{tool}-{major}"));
+        names.push(format!("x86_64-linux-gnu-{tool}"));
+        names.push(format!("x86_64-linux-gnu-{tool}-{major}"));
+    }
+    names
 }
 
 /// `--hosts` value for a set of workers.

@@ -132,7 +132,7 @@ pub async fn run(
         .map_err(|e| io::Error::other(e.to_string()))?;
     // Wrappers running this host's own compilers then need no upload.
     let local_compilers =
-        seed_local_compilers_named(&store, std::env::var_os("PATH").unwrap_or_default()).await;
+        seed_local_compilers_named(&store, std::env::var_os("PATH").unwrap_or_default(), &[]).await;
     let listener = bind_socket(&socket_path).map_err(|e| {
         io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
     })?;

@@ -105,6 +105,11 @@ enum Role {
         /// host's address on the route to the coordinator, with the listening port).
         #[arg(long)]
         advertise: Option<String>,
+        /// Offer only these of the host's compilers (comma-separated names as on PATH, such as
+        /// `gcc,g++,cc,c++`; default: every compiler on PATH). Others still arrive as shipped
+        /// toolchains.
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        seed_compilers: Vec<String>,
     },
     /// Serve discomy-cc wrappers on this build host and ship their units to workers.
     Agent {
@@ -161,6 +166,7 @@ async fn run() -> Result<()> {
             distcc_listen,
             allow,
             advertise,
+            seed_compilers,
         } => {
             let wall = Duration::from_secs(compile_timeout);
             let slots = slots
@@ -197,7 +203,7 @@ async fn run() -> Result<()> {
                 format!("failed to open the toolchain store {}", store_dir.display())
             })?;
             let path_var = std::env::var_os("PATH").unwrap_or_default();
-            let compilers = seed_local_compilers_named(&store, path_var).await;
+            let compilers = seed_local_compilers_named(&store, path_var, &seed_compilers).await;
             let distcc = match distcc_listen {
                 None => None,
                 Some(addr) => {

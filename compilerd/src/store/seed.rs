@@ -20,7 +20,7 @@ use crate::store::tools::{InstallStep, ToolStore};
 /// Installs this host's compilers into `store`; returns how many distinct toolchains it holds.
 pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usize {
     let mut distinct: Vec<Digest> =
-        seed_local_compilers_named(store, path_var).await.into_values().collect();
+        seed_local_compilers_named(store, path_var, &[]).await.into_values().collect();
     distinct.sort();
     distinct.dedup();
     distinct.len()
@@ -28,14 +28,18 @@ pub async fn seed_local_compilers(store: &ToolStore, path_var: OsString) -> usiz
 
 /// [`seed_local_compilers`], returning the toolchain each compiler name on PATH resolves to
 /// (how bare names from distcc clients, `gcc` or `x86_64-linux-gnu-gcc-12`, map to toolchains).
+/// With `only` non-empty, just those names (`--seed-compilers`): the host may have compilers
+/// its operator does not offer.
 pub async fn seed_local_compilers_named(
     store: &ToolStore,
     path_var: OsString,
+    only: &[String],
 ) -> BTreeMap<String, Digest> {
     let mut names = BTreeMap::new();
     let mut seeded = Vec::new();
     let mut drivers: Vec<(std::path::PathBuf, Digest)> = Vec::new();
-    for name in compiler_names_on_path(&path_var) {
+    let wanted = |name: &String| only.is_empty() || only.contains(name);
+    for name in compiler_names_on_path(&path_var).into_iter().filter(wanted) {
         // The path a wrapper would run (not canonicalised): its symlinks are part of the
         // toolchain identity, so seeding it lets an identical client skip the upload.
         let Some(driver) = find_on_path(&name, &path_var, None) else {
