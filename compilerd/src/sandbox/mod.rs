@@ -42,6 +42,7 @@
 //! - file size: `SIGXFSZ` ([`LimitHit::FileSize`]); output: stdout and stderr are kept up to
 //!   [`MAX_OUTPUT_BYTES`] each ([`LimitHit::Output`]).
 
+pub mod engine;
 pub mod stale;
 pub mod warm;
 
