@@ -3,6 +3,7 @@
 //! [`from_distcc_hosts`] turns a `DISTCC_HOSTS` value into such a list.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// The port a discomy worker listens on by default (distcc's is 3632).
 pub const DEFAULT_PORT: u16 = 3633;
@@ -166,6 +167,40 @@ pub fn from_distcc_hosts(text: &str) -> String {
         }
     }
     out.join(" ")
+}
+
+/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, the config files, then
+/// `DISTCC_HOSTS` (distcc's syntax, its servers used as `distcc://` hosts).
+pub fn configured_hosts(flag: Option<&str>) -> Option<String> {
+    configured_discomy_hosts(flag).or_else(|| {
+        let distcc = from_distcc_hosts(&std::env::var("DISTCC_HOSTS").ok()?);
+        (!distcc.is_empty()).then_some(distcc)
+    })
+}
+
+fn configured_discomy_hosts(flag: Option<&str>) -> Option<String> {
+    if let Some(h) = flag {
+        return Some(h.to_string());
+    }
+    if let Ok(h) = std::env::var("DISCOMY_HOSTS") {
+        return Some(h);
+    }
+    let mut files = Vec::new();
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
+        files.push(PathBuf::from(dir).join("discomy/hosts"));
+    } else if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".config/discomy/hosts"));
+    }
+    files.push(PathBuf::from("/etc/discomy/hosts"));
+    files.iter().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        let hosts: Vec<&str> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        Some(hosts.join(" "))
+    })
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         default_socket
     } else {
         if opts.local_farm.is_none_or(|n| n == 0) {
-            if let Some(list) = configured_hosts(opts.hosts.as_deref()) {
+            if let Some(list) = crate::hosts::configured_hosts(opts.hosts.as_deref()) {
                 for word in list.split([',', ' ']).filter(|s| !s.is_empty()) {
                     // distcc options (`,lzo`) stay with their `distcc://` entry.
                     match hosts.last_mut() {
@@ -275,40 +275,6 @@ fn wait_for<T>(mut probe: impl FnMut() -> Option<T>, what: &str) -> Result<T, Fa
 
 fn agent_alive(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
-}
-
-/// The host list for a transient agent: the flag, `DISCOMY_HOSTS`, the config files, then
-/// `DISTCC_HOSTS` (distcc's syntax, its servers used as `distcc://` hosts).
-pub fn configured_hosts(flag: Option<&str>) -> Option<String> {
-    configured_discomy_hosts(flag).or_else(|| {
-        let distcc = crate::hosts::from_distcc_hosts(&std::env::var("DISTCC_HOSTS").ok()?);
-        (!distcc.is_empty()).then_some(distcc)
-    })
-}
-
-fn configured_discomy_hosts(flag: Option<&str>) -> Option<String> {
-    if let Some(h) = flag {
-        return Some(h.to_string());
-    }
-    if let Ok(h) = std::env::var("DISCOMY_HOSTS") {
-        return Some(h);
-    }
-    let mut files = Vec::new();
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
-        files.push(PathBuf::from(dir).join("discomy/hosts"));
-    } else if let Some(home) = std::env::var_os("HOME") {
-        files.push(PathBuf::from(home).join(".config/discomy/hosts"));
-    }
-    files.push(PathBuf::from("/etc/discomy/hosts"));
-    files.iter().find_map(|f| {
-        let text = fs::read_to_string(f).ok()?;
-        let hosts: Vec<&str> = text
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .collect();
-        Some(hosts.join(" "))
-    })
 }
 
 /// Creates `dir` with a link to `wrapper` for every compiler name on `path_var`.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const ROOMS: &[(&str, &[&str])] = &[
     ("run.rs", &["hosts"]),
     ("agent", &["coord", "distcc", "store", "sandbox", "hosts"]),
-    ("worker", &["distcc", "store", "sandbox", "hosts"]),
+    ("worker", &["coord", "distcc", "store", "sandbox", "hosts"]),
     ("coord", &["store", "sandbox", "hosts"]),
     ("distcc", &["hosts"]),
     ("store", &["sandbox", "hosts"]),

@@ -5,6 +5,7 @@
 //! unit is retried on another one; when none is left the wrapper is told to compile locally.
 
 pub mod pool;
+pub mod start;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -9,6 +9,7 @@ pub mod argcheck;
 pub mod distcc;
 pub mod exec;
 pub mod source_unit;
+pub mod start;
 pub mod unit;
 
 use std::io;
