@@ -118,7 +118,8 @@ where
             send(&mut conn, &AuthOutcome::Accepted { proof }).await?;
             Ok(conn)
         }
-        Err(reason) => {
+        Err(refused) => {
+            let reason = refused.to_string();
             let _ = send(&mut conn, &AuthOutcome::Refused { reason: reason.clone() }).await;
             Err(ProtocolError::Auth(reason))
         }

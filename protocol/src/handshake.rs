@@ -102,22 +102,19 @@ impl AuthConfig {
         kind: PeerKind,
         challenge: &[u8; 32],
         auth: &ClientAuth,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
         match (self.client_proof(challenge, &auth.nonce), auth.proof) {
             // Constant-time comparison through blake3::Hash's PartialEq.
             (Some(expected), Some(got)) => {
                 if blake3::Hash::from_bytes(expected.0) == blake3::Hash::from_bytes(got.0) {
                     Ok(())
                 } else {
-                    Err("wrong farm token".into())
+                    Err(Refused::WrongToken)
                 }
             }
             (Some(_), None) if kind == PeerKind::Unix => Ok(()),
-            (Some(_), None) => Err("this node requires the farm token (set DISCOMY_TOKEN)".into()),
-            (None, _) if kind == PeerKind::Remote => {
-                Err("no farm token is configured on this node, so only loopback peers are accepted"
-                    .into())
-            }
+            (Some(_), None) => Err(Refused::TokenRequired),
+            (None, _) if kind == PeerKind::Remote => Err(Refused::LoopbackOnly),
             (None, _) => Ok(()),
         }
     }
@@ -224,6 +221,20 @@ pub fn verify_outcome(
             (Some(_), _) => Err(ProtocolError::Auth("server did not prove the farm token".into())),
         },
     }
+}
+
+/// Why a server refuses a peer at the handshake (the text goes back to the peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The peer proved another token.
+    #[error("wrong farm token")]
+    WrongToken,
+    /// The peer proved no token, and this node requires one.
+    #[error("this node requires the farm token (set DISCOMY_TOKEN)")]
+    TokenRequired,
+    /// No token is configured here, and the peer is not on loopback.
+    #[error("no farm token is configured on this node, so only loopback peers are accepted")]
+    LoopbackOnly,
 }
 
 #[cfg(test)]

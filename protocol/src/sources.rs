@@ -73,19 +73,48 @@ pub struct SourceResult {
     pub dep_file: Vec<u8>,
 }
 
+/// Why a source-mode request is refused before anything touches a node's disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUnit {
+    /// A dependency-file option of a shape nodes do not accept.
+    #[error("dependency option `{0}` refused")]
+    DependencyOption(String),
+    /// A NUL byte in a dependency target.
+    #[error("NUL in a dependency target")]
+    NulInTarget,
+    /// A path longer than [`MAX_SOURCE_PATH`].
+    #[error("path longer than {MAX_SOURCE_PATH} bytes")]
+    PathTooLong,
+    /// A relative path.
+    #[error("{0}: not absolute")]
+    NotAbsolute(String),
+    /// A NUL byte in a path.
+    #[error("path contains NUL")]
+    NulInPath,
+    /// `.`, `..` or an empty component.
+    #[error("{0}: not normalised")]
+    NotNormalised(String),
+    /// No file, or more than [`MAX_SOURCE_FILES`].
+    #[error("{0} files (1 to {MAX_SOURCE_FILES} allowed)")]
+    FileCount(usize),
+    /// One path listed twice.
+    #[error("{0}: named twice")]
+    Duplicate(String),
+}
+
 impl DepRequest {
     /// Whether the target options have the only shapes a node accepts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidUnit> {
         let mut i = 0;
         while i < self.targets.len() {
             match self.targets[i].as_str() {
                 "-MP" => i += 1,
                 "-MT" | "-MQ" if i + 1 < self.targets.len() => i += 2,
-                other => return Err(format!("dependency option `{other}` refused")),
+                other => return Err(InvalidUnit::DependencyOption(other.to_string())),
             }
         }
         if self.targets.iter().any(|t| t.contains('\0')) {
-            return Err("NUL in a dependency target".into());
+            return Err(InvalidUnit::NulInTarget);
         }
         Ok(())
     }
@@ -108,19 +137,19 @@ pub fn normalise(path: &str) -> Option<String> {
 }
 
 /// Why a path cannot be materialised on a node.
-pub fn check_path(path: &str) -> Result<(), String> {
+pub fn check_path(path: &str) -> Result<(), InvalidUnit> {
     if path.len() > MAX_SOURCE_PATH {
-        return Err(format!("path longer than {MAX_SOURCE_PATH} bytes"));
+        return Err(InvalidUnit::PathTooLong);
     }
     if !path.starts_with('/') {
-        return Err(format!("{path}: not absolute"));
+        return Err(InvalidUnit::NotAbsolute(path.to_string()));
     }
     if path.contains('\0') {
-        return Err("path contains NUL".into());
+        return Err(InvalidUnit::NulInPath);
     }
     for part in path[1..].split('/') {
         if part.is_empty() || part == "." || part == ".." {
-            return Err(format!("{path}: not normalised"));
+            return Err(InvalidUnit::NotNormalised(path.to_string()));
         }
     }
     Ok(())
@@ -128,9 +157,9 @@ pub fn check_path(path: &str) -> Result<(), String> {
 
 impl SourceCompileRequest {
     /// Structural checks a node makes before touching its disk.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidUnit> {
         if self.files.is_empty() || self.files.len() > MAX_SOURCE_FILES {
-            return Err(format!("{} files (1 to {MAX_SOURCE_FILES} allowed)", self.files.len()));
+            return Err(InvalidUnit::FileCount(self.files.len()));
         }
         check_path(&self.cwd)?;
         if let Some(deps) = &self.deps {
@@ -140,7 +169,7 @@ impl SourceCompileRequest {
         for file in &self.files {
             check_path(&file.path)?;
             if !seen.insert(file.path.as_str()) {
-                return Err(format!("{}: named twice", file.path));
+                return Err(InvalidUnit::Duplicate(file.path.clone()));
             }
         }
         Ok(())

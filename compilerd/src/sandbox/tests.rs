@@ -1,7 +1,7 @@
 //! Tests of the worker's side of the sandbox helper.
 
-use super::*;
 use super::run::setup_message;
+use super::*;
 
 #[test]
 fn status_round_trips() {

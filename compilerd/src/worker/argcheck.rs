@@ -8,11 +8,44 @@
 use discomy_protocol::ToolchainManifest;
 use discomy_protocol::sources::normalise;
 
+/// Why a command line is refused (the text goes back to the client, which compiles locally).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// An argument not on the allow-list.
+    #[error("argument `{arg}` refused: {reason}")]
+    Argument {
+        /// The argument.
+        arg: String,
+        /// Why it is not allowed.
+        reason: &'static str,
+    },
+    /// An option whose value is missing.
+    #[error("argument `{0}` has no value")]
+    NoValue(String),
+    /// `-x` of a language a worker does not compile.
+    #[error("language `-x {0}` refused")]
+    Language(String),
+    /// An input that climbs above `/`.
+    #[error("input `{0}` leaves `/`")]
+    OutsideRoot(String),
+    /// An input that is not one of the unit's files.
+    #[error("input `{0}` is not one of the unit's files")]
+    UnknownInput(String),
+    /// Not exactly one input and one of `-c`/`-S`.
+    #[error("{inputs} inputs and {modes} of -c/-S (one of each expected)")]
+    Shape {
+        /// Inputs found.
+        inputs: usize,
+        /// `-c`/`-S` found.
+        modes: usize,
+    },
+}
+
 /// Checks compile-step arguments; `Err` says which argument was refused and why.
 ///
 /// `-specs=FILE` and `-fplugin=FILE` are accepted only when FILE is an absolute path to a file
 /// inside the unit's toolchain (the client shipped it; it runs inside the sandbox).
-pub fn check_compile_args(args: &[String], toolchain: &ToolchainManifest) -> Result<(), String> {
+pub fn check_compile_args(args: &[String], toolchain: &ToolchainManifest) -> Result<(), Refused> {
     for arg in args {
         let shipped = ["-specs=", "-fplugin="]
             .iter()
@@ -25,7 +58,7 @@ pub fn check_compile_args(args: &[String], toolchain: &ToolchainManifest) -> Res
             continue;
         }
         if let Some(reason) = refusal(arg) {
-            return Err(format!("argument `{arg}` refused: {reason}"));
+            return Err(Refused::Argument { arg: arg.clone(), reason });
         }
     }
     Ok(())
@@ -46,7 +79,7 @@ pub fn check_source_args(
     toolchain: &ToolchainManifest,
     files: &[discomy_protocol::SourceFile],
     cwd: &str,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let mut inputs = 0;
     let mut modes = 0;
     let mut i = 0;
@@ -59,19 +92,19 @@ pub fn check_source_args(
         }
         if SOURCE_WITH_VALUE.contains(&arg) {
             let Some(value) = args.get(i) else {
-                return Err(format!("argument `{arg}` has no value"));
+                return Err(Refused::NoValue(arg.to_string()));
             };
             i += 1;
             if arg == "-x" && !matches!(value.as_str(), "c" | "c++") {
-                return Err(format!("language `-x {value}` refused"));
+                return Err(Refused::Language(value.to_string()));
             }
             continue;
         }
         if !arg.starts_with('-') || arg == "-" {
             let path = if arg.starts_with('/') { arg.to_string() } else { format!("{cwd}/{arg}") };
-            let path = normalise(&path).ok_or_else(|| format!("input `{arg}` leaves `/`"))?;
+            let path = normalise(&path).ok_or_else(|| Refused::OutsideRoot(arg.to_string()))?;
             if !files.iter().any(|f| f.path == path) {
-                return Err(format!("input `{arg}` is not one of the unit's files"));
+                return Err(Refused::UnknownInput(arg.to_string()));
             }
             inputs += 1;
             continue;
@@ -84,12 +117,15 @@ pub fn check_source_args(
             if list.split(',').all(|a| a.starts_with("-D") || a.starts_with("-U")) {
                 continue;
             }
-            return Err(format!("argument `{arg}` refused: preprocessor option that writes"));
+            return Err(Refused::Argument {
+                arg: arg.to_string(),
+                reason: "preprocessor option that writes",
+            });
         }
         check_compile_args(std::slice::from_ref(&args[i - 1]), toolchain)?;
     }
     if inputs != 1 || modes != 1 {
-        return Err(format!("{inputs} inputs and {modes} of -c/-S (one of each expected)"));
+        return Err(Refused::Shape { inputs, modes });
     }
     Ok(())
 }
@@ -183,7 +219,7 @@ mod tests {
         }
     }
 
-    fn check(args: &[String]) -> Result<(), String> {
+    fn check(args: &[String]) -> Result<(), Refused> {
         check_compile_args(args, &tree())
     }
 

@@ -191,7 +191,7 @@ async fn compile(
         return refuse(code::COMPILER_MISSING, format!("toolchain for `{}` is gone", job.compiler));
     };
     if let Err(why) = check_compile_args(&job.args, &tree.manifest) {
-        return refuse(code::BAD_ARGS, why);
+        return refuse(code::BAD_ARGS, why.to_string());
     }
     let Some(slot) = Slot::take(state, shutdown).await else {
         return refuse(code::BUSY, "server is shutting down".into());

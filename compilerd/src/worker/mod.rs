@@ -247,7 +247,7 @@ async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToke
         );
     };
     if let Err(why) = check_compile_args(&req.args, &tree.manifest) {
-        return Response::refused(RefusalKind::BadArguments, why);
+        return Response::refused(RefusalKind::BadArguments, why.to_string());
     }
     let unit = match req.unit.decompress(MAX_RAW_LEN) {
         Ok(unit) => unit,

@@ -25,7 +25,7 @@ pub(crate) async fn compile(
     shutdown: &CancellationToken,
 ) -> Response {
     if let Err(why) = req.validate() {
-        return Response::refused(RefusalKind::BadRequest, why);
+        return Response::refused(RefusalKind::BadRequest, why.to_string());
     }
     let Some(tree) = node.store.lease(&req.compiler.identity) else {
         return Response::refused(
@@ -37,7 +37,7 @@ pub(crate) async fn compile(
         );
     };
     if let Err(why) = check_source_args(&req.args, &tree.manifest, &req.files, &req.cwd) {
-        return Response::refused(RefusalKind::BadArguments, why);
+        return Response::refused(RefusalKind::BadArguments, why.to_string());
     }
     let missing = node.sources.missing(&req.files);
     if !missing.is_empty() {

@@ -1,7 +1,7 @@
 //! Tests of toolchain collection and its cache.
 
-use super::*;
 use super::extras::plugins_in_specs;
+use super::*;
 
 #[test]
 fn ldd_output_is_parsed() {
