@@ -363,7 +363,7 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
                 Err(reason) => {
                     warn!(source = %unit.source, %reason, "distccd failed; backing off from it");
                     state.pool.release(host, Release::Failed);
-                    last_reason = reason;
+                    last_reason = reason.to_string();
                 }
             }
             continue;
@@ -397,7 +397,7 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
             Err(reason) => {
                 warn!(source = %unit.source, %reason, "worker failed; backing off from it");
                 state.pool.release(host, Release::Failed);
-                last_reason = reason;
+                last_reason = reason.to_string();
             }
         }
     }
@@ -415,13 +415,44 @@ fn distcc_eligible(state: &State, req: &CompileRequest) -> bool {
 
 type WorkerConn = discomy_protocol::asyncio::Conn<TcpStream>;
 
+/// Why a unit's exchange with a worker failed: the worker is backed off and the unit moves on.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Connecting, the handshake or the exchange failed.
+    #[error("{addr}: {source}")]
+    Connection {
+        /// The worker.
+        addr: String,
+        /// The error.
+        source: ProtocolError,
+    },
+    /// Connecting took too long.
+    #[error("{addr}: connect timed out")]
+    ConnectTimeout {
+        /// The worker.
+        addr: String,
+    },
+    /// Sending the worker what it lacked failed.
+    #[error("{0}")]
+    Upload(#[from] crate::store::upload::UploadError),
+    /// The worker asked for a toolchain this agent no longer holds.
+    #[error("toolchain {0} is not in the agent store")]
+    MissingToolchain(Digest),
+    /// The exchange on an established connection failed.
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// The coordinator placed the unit on something that is not one worker.
+    #[error("placement without a usable worker: {0}")]
+    Placement(String),
+}
+
 /// One request/response on a worker. A reused connection that turns out closed is replaced by a
 /// fresh one once, without blaming the worker.
 async fn exchange(
     state: &State,
     lease: Lease,
     request: &Request,
-) -> Result<(Response, WorkerConn), String> {
+) -> Result<(Response, WorkerConn), TransportError> {
     if let Some(mut conn) = lease.conn {
         match round_trip(state, &mut conn, request).await {
             Ok(response) => return Ok((response, conn)),
@@ -431,7 +462,7 @@ async fn exchange(
     let mut conn = connect(state, &lease.spec).await?;
     let response = round_trip(state, &mut conn, request)
         .await
-        .map_err(|e| format!("{}: {e}", lease.spec.address()))?;
+        .map_err(|source| TransportError::Connection { addr: lease.spec.address(), source })?;
     Ok((response, conn))
 }
 
@@ -442,13 +473,14 @@ async fn supply(
     conn: &mut WorkerConn,
     unit: &Unit<'_>,
     mut response: Response,
-) -> Result<Response, String> {
+) -> Result<Response, TransportError> {
     for _ in 0..3 {
         match &response {
             Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
-                let manifest = state.store.manifest(&unit.toolchain).ok_or_else(|| {
-                    format!("toolchain {} is not in the agent store", unit.toolchain)
-                })?;
+                let manifest = state
+                    .store
+                    .manifest(&unit.toolchain)
+                    .ok_or(TransportError::MissingToolchain(unit.toolchain))?;
                 let started = std::time::Instant::now();
                 upload::push(conn, &state.store, &manifest).await?;
                 info!(toolchain = %unit.toolchain, ms = started.elapsed().as_millis() as u64, "toolchain sent to worker");
@@ -458,7 +490,7 @@ async fn supply(
             }
             _ => return Ok(response),
         }
-        response = round_trip(state, conn, &unit.request).await.map_err(|e| e.to_string())?;
+        response = round_trip(state, conn, &unit.request).await?;
     }
     Ok(response)
 }
@@ -475,7 +507,7 @@ async fn round_trip(
     }
 }
 
-async fn connect(state: &State, spec: &HostSpec) -> Result<WorkerConn, String> {
+async fn connect(state: &State, spec: &HostSpec) -> Result<WorkerConn, TransportError> {
     let addr = spec.address();
     let attempt = async {
         let stream = TcpStream::connect(&addr).await.map_err(ProtocolError::Io)?;
@@ -484,7 +516,7 @@ async fn connect(state: &State, spec: &HostSpec) -> Result<WorkerConn, String> {
     };
     match tokio::time::timeout(state.config.connect_timeout, attempt).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(err)) => Err(format!("{addr}: {err}")),
-        Err(_) => Err(format!("{addr}: connect timed out")),
+        Ok(Err(source)) => Err(TransportError::Connection { addr, source }),
+        Err(_) => Err(TransportError::ConnectTimeout { addr }),
     }
 }

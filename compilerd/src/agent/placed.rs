@@ -6,7 +6,7 @@ use discomy_protocol::coordinator::{JobDone, Placement};
 use discomy_protocol::{RefusalKind, Response, SourceResult};
 use tracing::{info, warn};
 
-use super::{State, Unit, exchange, supply};
+use super::{State, TransportError, Unit, exchange, supply};
 use crate::agent::pool::Lease;
 use crate::coord::client::{CoordClient, Placed};
 
@@ -47,7 +47,7 @@ fn retryable(kind: RefusalKind) -> bool {
 }
 
 /// An answer that ends the unit (no other copy's answer could be better).
-fn decisive(outcome: &Result<Response, String>) -> bool {
+fn decisive(outcome: &Result<Response, TransportError>) -> bool {
     match outcome {
         Ok(Response::Compiled(_) | Response::CompiledSources(_)) => true,
         Ok(Response::Refused(r)) => !retryable(r.kind),
@@ -64,7 +64,7 @@ async fn run_hedged(
     coord: &CoordClient,
     unit: &Unit<'_>,
     mut placed: Placed<'_>,
-) -> (JobDone, Result<Response, String>) {
+) -> (JobDone, Result<Response, TransportError>) {
     let first = attempt(state, unit, &placed.placement);
     tokio::pin!(first);
     let twin = tokio::select! {
@@ -106,11 +106,11 @@ async fn attempt(
     state: &State,
     unit: &Unit<'_>,
     placement: &Placement,
-) -> (JobDone, Result<Response, String>) {
+) -> (JobDone, Result<Response, TransportError>) {
     let mut done = not_run(placement.job);
     let spec = match placement.worker.as_deref().map(crate::hosts::parse_host_list) {
         Some(Ok(mut hosts)) if hosts.len() == 1 => hosts.remove(0),
-        other => return (done, Err(format!("placement without a usable worker: {other:?}"))),
+        other => return (done, Err(TransportError::Placement(format!("{other:?}")))),
     };
     let started = std::time::Instant::now();
     let lease = Lease { host: usize::MAX, spec, conn: None };

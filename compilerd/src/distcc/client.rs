@@ -50,6 +50,44 @@ pub fn distcc_argv(req: &CompileRequest) -> Vec<String> {
     argv
 }
 
+/// Why a unit did not come back from a distccd (the host is then backed off).
+#[derive(Debug, thiserror::Error)]
+pub enum DistccClientError {
+    /// The unit's payload did not decompress.
+    #[error("unit payload: {0}")]
+    Payload(discomy_protocol::ProtocolError),
+    /// Connecting failed.
+    #[error("distcc://{addr}: {source}")]
+    Connect {
+        /// The host.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Connecting took too long.
+    #[error("distcc://{addr}: connect timed out")]
+    ConnectTimeout {
+        /// The host.
+        addr: String,
+    },
+    /// The exchange failed (an empty answer is distccd's refusal).
+    #[error("distcc://{addr}: {source} (an empty answer is distccd's refusal)")]
+    Exchange {
+        /// The host.
+        addr: String,
+        /// The error.
+        source: discomy_protocol::distcc::DistccError,
+    },
+    /// No answer in time.
+    #[error("distcc://{addr}: no answer within {limit:?}")]
+    Timeout {
+        /// The host.
+        addr: String,
+        /// The limit.
+        limit: Duration,
+    },
+}
+
 /// Compiles `req` on distccd `spec`. `Err` is a transport or protocol failure (back off from the
 /// host); a compiler failure is a `Compiled` with its status, which sends the wrapper local.
 pub async fn compile(
@@ -58,16 +96,16 @@ pub async fn compile(
     req: &CompileRequest,
     connect_timeout: Duration,
     compile_timeout: Duration,
-) -> Result<Response, String> {
+) -> Result<Response, DistccClientError> {
     let addr = spec.address();
     let version = if lzo { Version::Lzo } else { Version::Plain };
-    let source = req.unit.decompress(MAX_RAW_LEN).map_err(|e| format!("unit payload: {e}"))?;
+    let source = req.unit.decompress(MAX_RAW_LEN).map_err(DistccClientError::Payload)?;
     let request = Request { version, argv: distcc_argv(req), source }.encode();
     let started = Instant::now();
     let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("distcc://{addr}: {e}")),
-        Err(_) => return Err(format!("distcc://{addr}: connect timed out")),
+        Ok(Err(source)) => return Err(DistccClientError::Connect { addr, source }),
+        Err(_) => return Err(DistccClientError::ConnectTimeout { addr }),
     };
     let _ = stream.set_nodelay(true);
     let exchange = async {
@@ -77,10 +115,8 @@ pub async fn compile(
     };
     let reply = match tokio::time::timeout(compile_timeout, exchange).await {
         Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => {
-            return Err(format!("distcc://{addr}: {e} (an empty answer is distccd's refusal)"));
-        }
-        Err(_) => return Err(format!("distcc://{addr}: no answer within {compile_timeout:?}")),
+        Ok(Err(source)) => return Err(DistccClientError::Exchange { addr, source }),
+        Err(_) => return Err(DistccClientError::Timeout { addr, limit: compile_timeout }),
     };
     let exit_code = reply.exit_code();
     Ok(Response::Compiled(CompileResult {

@@ -28,44 +28,75 @@ pub async fn serve(store: &ToolStore, request: &Request) -> Option<Response> {
     }
 }
 
+/// Why a toolchain or source files could not be pushed to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The connection failed.
+    #[error("{0}")]
+    Protocol(#[from] discomy_protocol::ProtocolError),
+    /// Something to send is not in our store (evicted meanwhile).
+    #[error("{0} is not in our store")]
+    NotStored(String),
+    /// Reading it failed.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The peer answered something else than the next step.
+    #[error("{0}")]
+    Peer(String),
+}
+
 /// Pushes `manifest` (whose blobs are in `store`) to the peer on `conn` until it is installed.
 pub async fn push<S>(
     conn: &mut Conn<S>,
     store: &ToolStore,
     manifest: &ToolchainManifest,
-) -> Result<(), String>
+) -> Result<(), UploadError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let digest = manifest.digest();
     for _ in 0..3 {
-        send(conn, &Request::InstallToolchain(manifest.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
-        match recv::<_, Response>(conn).await.map_err(|e| e.to_string())? {
+        send(conn, &Request::InstallToolchain(manifest.clone())).await?;
+        match recv::<_, Response>(conn).await? {
             Response::Installed(d) if d == digest => return Ok(()),
             Response::MissingBlobs(blobs) => {
                 for blob in blobs {
                     let path = store
                         .blob(&blob)
-                        .ok_or_else(|| format!("blob {blob} is not in our store"))?;
-                    let raw = tokio::fs::read(&path)
-                        .await
-                        .map_err(|e| format!("read {}: {e}", path.display()))?;
+                        .ok_or_else(|| UploadError::NotStored(format!("blob {blob}")))?;
+                    let raw = tokio::fs::read(&path).await.map_err(|source| UploadError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
                     let payload = tokio::task::spawn_blocking(move || Payload::compress(&raw))
                         .await
-                        .map_err(|e| e.to_string())?;
-                    send(conn, &Request::PutBlob(payload)).await.map_err(|e| e.to_string())?;
-                    match recv::<_, Response>(conn).await.map_err(|e| e.to_string())? {
+                        .map_err(|e| UploadError::Peer(format!("compression failed: {e}")))?;
+                    send(conn, &Request::PutBlob(payload)).await?;
+                    match recv::<_, Response>(conn).await? {
                         Response::Stored(d) if d == blob => {}
-                        other => return Err(format!("peer did not store blob {blob}: {other:?}")),
+                        other => {
+                            return Err(UploadError::Peer(format!(
+                                "peer did not store blob {blob}: {other:?}"
+                            )));
+                        }
                     }
                 }
             }
-            other => return Err(format!("peer refused toolchain {digest}: {other:?}")),
+            other => {
+                return Err(UploadError::Peer(format!(
+                    "peer refused toolchain {digest}: {other:?}"
+                )));
+            }
         }
     }
-    Err(format!("toolchain {digest} still not installed after sending its blobs"))
+    Err(UploadError::Peer(format!(
+        "toolchain {digest} still not installed after sending its blobs"
+    )))
 }
 
 /// Sends the source-mode files `blobs` (which are in `store`) to the peer on `conn`.
@@ -73,20 +104,24 @@ pub async fn push_sources<S>(
     conn: &mut Conn<S>,
     store: &SourceStore,
     blobs: &[Digest],
-) -> Result<(), String>
+) -> Result<(), UploadError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for blob in blobs {
-        let path = store.path(blob).ok_or_else(|| format!("source {blob} is not in our store"))?;
-        let raw =
-            tokio::fs::read(&path).await.map_err(|e| format!("read {}: {e}", path.display()))?;
-        send(conn, &Request::PutSource(Payload::compress(&raw)))
+        let path =
+            store.path(blob).ok_or_else(|| UploadError::NotStored(format!("source {blob}")))?;
+        let raw = tokio::fs::read(&path)
             .await
-            .map_err(|e| e.to_string())?;
-        match recv::<_, Response>(conn).await.map_err(|e| e.to_string())? {
+            .map_err(|source| UploadError::Read { path: path.display().to_string(), source })?;
+        send(conn, &Request::PutSource(Payload::compress(&raw))).await?;
+        match recv::<_, Response>(conn).await? {
             Response::Stored(d) if d == *blob => {}
-            other => return Err(format!("peer did not store source {blob}: {other:?}")),
+            other => {
+                return Err(UploadError::Peer(format!(
+                    "peer did not store source {blob}: {other:?}"
+                )));
+            }
         }
     }
     Ok(())
