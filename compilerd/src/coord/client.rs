@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::CoordError;
 use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{
     CoordRequest, CoordResponse, JobDone, PlaceRequest, Placement,
@@ -109,22 +110,30 @@ impl CoordClient {
         host: &str,
         auth: &AuthConfig,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), CoordError> {
+        let protocol = |source| CoordError::Protocol { addr: target.to_string(), source };
         let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| CoordError::Timeout(target.to_string()))?
+            .map_err(|source| CoordError::Connect { addr: target.to_string(), source })?;
         let _ = stream.set_nodelay(true);
-        let mut conn = client_handshake(stream, auth).await.map_err(|e| e.to_string())?;
+        let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
         send(&mut conn, &CoordRequest::AgentLogin { host: host.to_string() })
             .await
-            .map_err(|e| e.to_string())?;
-        match recv::<_, CoordResponse>(&mut conn).await.map_err(|e| e.to_string())? {
+            .map_err(protocol)?;
+        match recv::<_, CoordResponse>(&mut conn).await.map_err(protocol)? {
             CoordResponse::Welcome { farm, .. } => {
                 info!(coordinator = %target, %farm, "agent joined the farm")
             }
-            CoordResponse::Refused { reason } => return Err(reason),
-            other => return Err(format!("unexpected answer {other:?}")),
+            CoordResponse::Refused { reason } => {
+                return Err(CoordError::Refused { addr: target.to_string(), reason });
+            }
+            other => {
+                return Err(CoordError::Unexpected {
+                    addr: target.to_string(),
+                    answer: format!("{other:?}"),
+                });
+            }
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
         *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
@@ -137,13 +146,13 @@ impl CoordClient {
                     use futures_util::SinkExt;
                     let mut next = Some(out);
                     while let Some(msg) = next {
-                        let body = discomy_protocol::frame::encode(&msg).map_err(|e| e.to_string())?;
-                        conn.feed(bytes::Bytes::from(body)).await.map_err(|e| e.to_string())?;
+                        let body = discomy_protocol::frame::encode(&msg).map_err(protocol)?;
+                        conn.feed(bytes::Bytes::from(body)).await.map_err(|e| protocol(e.into()))?;
                         next = rx.try_recv().ok();
                     }
-                    SinkExt::<bytes::Bytes>::flush(&mut conn).await.map_err(|e| e.to_string())?;
+                    SinkExt::<bytes::Bytes>::flush(&mut conn).await.map_err(|e| protocol(e.into()))?;
                 }
-                msg = recv::<_, CoordResponse>(&mut conn) => match msg.map_err(|e| e.to_string())? {
+                msg = recv::<_, CoordResponse>(&mut conn) => match msg.map_err(protocol)? {
                     CoordResponse::Placed(p) => {
                         let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.tag);
                         if let Some(w) = waiter

@@ -8,23 +8,33 @@ use discomy_protocol::AuthConfig;
 use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, FarmStatus};
 use discomy_protocol::stats::AgentStats;
+
+use super::CoordError;
 use tokio::net::TcpStream;
 
 /// Fetches the farm's status from the coordinator at `addr`.
-pub async fn fetch(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, String> {
+pub async fn fetch(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordError> {
+    let who = format!("coordinator {addr}");
+    let protocol = |source| CoordError::Protocol { addr: who.clone(), source };
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut conn = client_handshake(stream, auth).await.map_err(|e| e.to_string())?;
-        send(&mut conn, &CoordRequest::Status).await.map_err(|e| e.to_string())?;
-        match recv::<_, CoordResponse>(&mut conn).await.map_err(|e| e.to_string())? {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| CoordError::Connect { addr: who.clone(), source })?;
+        let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
+        send(&mut conn, &CoordRequest::Status).await.map_err(protocol)?;
+        match recv::<_, CoordResponse>(&mut conn).await.map_err(protocol)? {
             CoordResponse::Status(s) => Ok(s),
-            CoordResponse::Refused { reason } => Err(reason),
-            other => Err(format!("unexpected answer {other:?}")),
+            CoordResponse::Refused { reason } => {
+                Err(CoordError::Refused { addr: who.clone(), reason })
+            }
+            other => {
+                Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") })
+            }
         }
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(r) => r.map_err(|e| format!("coordinator {addr}: {e}")),
-        Err(_) => Err(format!("coordinator {addr}: timed out")),
+        Ok(r) => r,
+        Err(_) => Err(CoordError::Timeout(who.clone())),
     }
 }
 
@@ -80,13 +90,13 @@ pub fn render(s: &FarmStatus) -> String {
 }
 
 /// An agent's counters (`discomy stats`), asked over its Unix socket.
-pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, String> {
-    let mut client = discomy_wrapper::client::AgentClient::connect(socket)
-        .map_err(|e| format!("no agent at {}: {e}", socket.display()))?;
-    match client.call(&discomy_protocol::Request::Stats) {
-        Ok(discomy_protocol::Response::Stats(stats)) => Ok(stats),
-        Ok(other) => Err(format!("agent at {} answered {other:?}", socket.display())),
-        Err(e) => Err(format!("agent at {}: {e}", socket.display())),
+pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
+    let who = format!("agent at {}", socket.display());
+    let protocol = |source| CoordError::Protocol { addr: who.clone(), source };
+    let mut client = discomy_wrapper::client::AgentClient::connect(socket).map_err(protocol)?;
+    match client.call(&discomy_protocol::Request::Stats).map_err(protocol)? {
+        discomy_protocol::Response::Stats(stats) => Ok(stats),
+        other => Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") }),
     }
 }
 

@@ -50,13 +50,42 @@ fn language_of(source: &str) -> Option<bool> {
     }
 }
 
+/// Why a distcc client's argv is not compiled here (sent back to the client in `SERR`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgvRefused {
+    /// No compiler at all.
+    #[error("empty command line")]
+    Empty,
+    /// A compiler given by a path other than `/usr/bin` or `/bin`.
+    #[error("compiler `{0}` must be a bare name")]
+    CompilerPath(String),
+    /// An option without its value.
+    #[error("{0} without a value")]
+    NoValue(&'static str),
+    /// Several sources.
+    #[error("more than one source file")]
+    SeveralSources,
+    /// No C or C++ source.
+    #[error("no source file with a C or C++ suffix")]
+    NoSource,
+    /// Not a compile.
+    #[error("neither -c nor -S: only compiles are distributed")]
+    NotACompile,
+    /// No output named.
+    #[error("no -o")]
+    NoOutput,
+    /// Another language.
+    #[error("language `-x {0}` is not compiled here")]
+    Language(String),
+}
+
 /// Takes a distcc argv apart; `Err` says why it cannot be compiled here.
-pub fn parse_distcc_argv(argv: &[String]) -> Result<DistccArgs, String> {
-    let (first, rest) = argv.split_first().ok_or("empty command line")?;
+pub fn parse_distcc_argv(argv: &[String]) -> Result<DistccArgs, ArgvRefused> {
+    let (first, rest) = argv.split_first().ok_or(ArgvRefused::Empty)?;
     let compiler =
         first.strip_prefix("/usr/bin/").or_else(|| first.strip_prefix("/bin/")).unwrap_or(first);
     if compiler.is_empty() || compiler.contains('/') {
-        return Err(format!("compiler `{first}` must be a bare name"));
+        return Err(ArgvRefused::CompilerPath(first.clone()));
     }
     let mut args = Vec::new();
     let (mut source, mut mode, mut lang, mut output) = (None, None, None, None);
@@ -64,26 +93,26 @@ pub fn parse_distcc_argv(argv: &[String]) -> Result<DistccArgs, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-c" | "-S" => mode = Some(arg == "-S"),
-            "-o" => output = Some(it.next().ok_or("-o without a file")?.clone()),
-            "-x" => lang = Some(it.next().ok_or("-x without a language")?.clone()),
+            "-o" => output = Some(it.next().ok_or(ArgvRefused::NoValue("-o"))?.clone()),
+            "-x" => lang = Some(it.next().ok_or(ArgvRefused::NoValue("-x"))?.clone()),
             a if a.starts_with("-o") => output = Some(a[2..].to_string()),
             a if a.starts_with("-x") => lang = Some(a[2..].to_string()),
             a if !a.starts_with('-') && language_of(a).is_some() => {
                 if source.replace(a.to_string()).is_some() {
-                    return Err("more than one source file".into());
+                    return Err(ArgvRefused::SeveralSources);
                 }
             }
             _ => args.push(arg.clone()),
         }
     }
-    let source = source.ok_or("no source file with a C or C++ suffix")?;
-    let assembly = mode.ok_or("neither -c nor -S: only compiles are distributed")?;
-    output.ok_or("no -o")?;
+    let source = source.ok_or(ArgvRefused::NoSource)?;
+    let assembly = mode.ok_or(ArgvRefused::NotACompile)?;
+    output.ok_or(ArgvRefused::NoOutput)?;
     let cxx = match lang.as_deref() {
         None => language_of(&source).unwrap_or(false),
         Some("c" | "cpp-output") => false,
         Some("c++" | "c++-cpp-output") => true,
-        Some(other) => return Err(format!("language `-x {other}` is not compiled here")),
+        Some(other) => return Err(ArgvRefused::Language(other.to_string())),
     };
     Ok(DistccArgs { compiler: compiler.to_string(), args, source, cxx, assembly })
 }
@@ -92,7 +121,7 @@ pub fn parse_distcc_argv(argv: &[String]) -> Result<DistccArgs, String> {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<DistccArgs, String> {
+    fn parse(s: &str) -> Result<DistccArgs, ArgvRefused> {
         parse_distcc_argv(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
     }
 

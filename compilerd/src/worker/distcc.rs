@@ -179,7 +179,7 @@ async fn compile(
         |code: u8, why: String| Outcome::Refused("REJ_BAD_REQ", Reply::refusal(code, &why));
     let job = match parse_distcc_argv(argv) {
         Ok(job) => job,
-        Err(why) => return refuse(code::BAD_ARGS, why),
+        Err(why) => return refuse(code::BAD_ARGS, why.to_string()),
     };
     let Some(digest) = config.compilers.get(&job.compiler) else {
         return refuse(
