@@ -88,41 +88,61 @@ fn open(path: &Path) -> Result<UnixStream, ProtocolError> {
     Ok(stream)
 }
 
+/// Why a toolchain could not be handed to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The connection failed.
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// The agent asked for a blob this toolchain does not have.
+    #[error("agent asked for unknown blob {0}")]
+    UnknownBlob(discomy_protocol::Digest),
+    /// A toolchain file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The agent answered something else than the next step.
+    #[error("{0}")]
+    Agent(String),
+}
+
 impl AgentClient {
     /// Sends a toolchain the agent asked for: the manifest, then whatever blobs it lacks.
-    pub fn push_toolchain(&mut self, toolchain: &Toolchain) -> Result<(), String> {
+    pub fn push_toolchain(&mut self, toolchain: &Toolchain) -> Result<(), PushError> {
         let digest = toolchain.manifest.digest();
         for _ in 0..3 {
-            match self
-                .call(&Request::InstallToolchain(toolchain.manifest.clone()))
-                .map_err(|e| e.to_string())?
-            {
+            match self.call(&Request::InstallToolchain(toolchain.manifest.clone()))? {
                 Response::Installed(d) if d == digest => return Ok(()),
                 Response::MissingBlobs(blobs) => {
                     for blob in blobs {
-                        let source = toolchain
-                            .sources
-                            .get(&blob)
-                            .ok_or_else(|| format!("agent asked for unknown blob {blob}"))?;
-                        let raw = std::fs::read(source)
-                            .map_err(|e| format!("read {}: {e}", source.display()))?;
-                        match self
-                            .call(&Request::PutBlob(Payload::compress(&raw)))
-                            .map_err(|e| e.to_string())?
-                        {
+                        let source =
+                            toolchain.sources.get(&blob).ok_or(PushError::UnknownBlob(blob))?;
+                        let raw = std::fs::read(source).map_err(|e| PushError::Read {
+                            path: source.display().to_string(),
+                            source: e,
+                        })?;
+                        match self.call(&Request::PutBlob(Payload::compress(&raw)))? {
                             Response::Stored(d) if d == blob => {}
                             other => {
-                                return Err(format!(
+                                return Err(PushError::Agent(format!(
                                     "agent did not store {}: {other:?}",
                                     source.display()
-                                ));
+                                )));
                             }
                         }
                     }
                 }
-                other => return Err(format!("agent refused toolchain {digest}: {other:?}")),
+                other => {
+                    return Err(PushError::Agent(format!(
+                        "agent refused toolchain {digest}: {other:?}"
+                    )));
+                }
             }
         }
-        Err(format!("toolchain {digest} still not installed on the agent"))
+        Err(PushError::Agent(format!("toolchain {digest} still not installed on the agent")))
     }
 }

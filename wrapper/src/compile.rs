@@ -117,7 +117,7 @@ fn remote(
     }
     let mode = prep.mode;
     let (scanned, tools) = prep.take_scan();
-    let tools = tools.map_err(|e| Fallback::new(Reason::Toolchain, e))?;
+    let tools = tools.map_err(|e| Fallback::new(Reason::Toolchain, e.to_string()))?;
     let mut agent = prep.agent().map_err(|e| Fallback::new(Reason::NoAgent, e))?;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
     match scanned {
@@ -248,16 +248,15 @@ fn finish(
 pub(crate) fn unit_toolchain(
     inv: &Invocation,
     unit: &Unit,
-) -> Result<toolchain::Toolchain, String> {
+) -> Result<toolchain::Toolchain, toolchain::ToolchainError> {
     if let Some(tarball) = std::env::var_os("ICECC_VERSION").map(std::path::PathBuf::from) {
         if tarball.is_file() {
             let name = if inv.name.contains("++") { "g++" } else { "gcc" };
-            return crate::icecream::import_icecc_cached(&tarball, name).map_err(|e| e.to_string());
+            return crate::icecream::import_icecc_cached(&tarball, name);
         }
     }
-    let extras = toolchain::extras_for_args(&unit.cpp_args, &inv.compiler, &inv.child_path)
-        .map_err(|e| e.to_string())?;
-    toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path).map_err(|e| e.to_string())
+    let extras = toolchain::extras_for_args(&unit.cpp_args, &inv.compiler, &inv.child_path)?;
+    toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path)
 }
 
 fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {

@@ -12,7 +12,7 @@ use crate::client::{AgentClient, PendingAgent};
 use crate::invocation::Invocation;
 use crate::source_mode::{self, Mode};
 use crate::sources::UnitFiles;
-use crate::toolchain::Toolchain;
+use crate::toolchain::{Toolchain, ToolchainError};
 
 /// A unit's files from the include scanner, and the dependency file to ask the worker for.
 pub struct Scanned {
@@ -28,7 +28,7 @@ pub struct Prepared<'a> {
     unit: &'a Unit,
     /// How units go in source mode.
     pub mode: Mode,
-    tools: Option<Result<Toolchain, String>>,
+    tools: Option<Result<Toolchain, ToolchainError>>,
     scan: Option<Result<Scanned, String>>,
     agent: Agent,
 }
@@ -112,12 +112,9 @@ impl<'a> Prepared<'a> {
     }
 
     /// The toolchain the unit compiles with.
-    pub fn toolchain(&mut self) -> Result<&Toolchain, String> {
+    pub fn toolchain(&mut self) -> Result<&Toolchain, &ToolchainError> {
         let (inv, unit) = (self.inv, self.unit);
-        match self.tools.get_or_insert_with(|| crate::compile::unit_toolchain(inv, unit)) {
-            Ok(tools) => Ok(tools),
-            Err(e) => Err(e.clone()),
-        }
+        self.tools.get_or_insert_with(|| crate::compile::unit_toolchain(inv, unit)).as_ref()
     }
 
     /// The include scan, when the mode allows it; `Err` says why there is none.
@@ -130,7 +127,7 @@ impl<'a> Prepared<'a> {
             let result = match self.toolchain() {
                 Ok(tools) => source_mode::scanned(inv, unit, tools)
                     .map(|(files, deps)| Scanned { files, deps }),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             self.scan = Some(result);
         }
@@ -142,7 +139,7 @@ impl<'a> Prepared<'a> {
     }
 
     /// The scan and the toolchain, handed over to the farm path (computed if not yet).
-    pub fn take_scan(&mut self) -> (Result<Scanned, String>, Result<Toolchain, String>) {
+    pub fn take_scan(&mut self) -> (Result<Scanned, String>, Result<Toolchain, ToolchainError>) {
         let _ = self.scan();
         let scan = self.scan.take().unwrap_or_else(|| Err("no scan".into()));
         let tools = self

@@ -150,7 +150,7 @@ fn try_lookup(
         return Err("dependency file name unknown".into());
     }
     let cwd = key::gcc_pwd().ok_or("no working directory")?;
-    let identity = prep.toolchain()?.manifest.digest().0;
+    let identity = prep.toolchain().map_err(|e| e.to_string())?.manifest.digest().0;
     let keep_output =
         has_deps && !args.iter().any(|a| a.starts_with("-MT") || a.starts_with("-MQ"));
     let canon = key::canonical_args(args, keep_output);
