@@ -61,7 +61,8 @@ pub struct Outcomes {
     pub remote: usize,
     pub local: usize,
     pub fallback: usize,
-    pub passthrough: usize,
+    pub cache: usize,
+    /// Lines the wrapper's parser does not read.
     pub other: usize,
 }
 
@@ -74,12 +75,13 @@ impl Outcomes {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let mut o = Outcomes::default();
+        use discomy_protocol::stats::{Outcome, StatsLine};
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match line.split('\t').next().unwrap_or("") {
-                "remote" => o.remote += 1,
-                "local" => o.local += 1,
-                "fallback" => o.fallback += 1,
-                "passthrough" => o.passthrough += 1,
+            match StatsLine::parse(line).map(|l| l.outcome) {
+                Some(Outcome::Remote) => o.remote += 1,
+                Some(Outcome::Local) => o.local += 1,
+                Some(Outcome::Fallback) => o.fallback += 1,
+                Some(Outcome::Cache) => o.cache += 1,
                 _ => o.other += 1,
             }
         }
@@ -87,20 +89,20 @@ impl Outcomes {
     }
 
     pub fn total(&self) -> usize {
-        self.remote + self.local + self.fallback + self.passthrough + self.other
+        self.remote + self.local + self.fallback + self.cache + self.other
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "remote {}, local {}, fallback {}, passthrough {}, other {}",
-            self.remote, self.local, self.fallback, self.passthrough, self.other
+            "remote {}, local {}, fallback {}, cache {}, other {}",
+            self.remote, self.local, self.fallback, self.cache, self.other
         )
     }
 
     pub fn to_json(self) -> Value {
         serde_json::json!({
             "remote": self.remote, "local": self.local, "fallback": self.fallback,
-            "passthrough": self.passthrough, "other": self.other,
+            "cache": self.cache, "other": self.other,
         })
     }
 }

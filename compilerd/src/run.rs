@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use discomy_protocol::stats::{Outcome, Reason, UnitCounts};
+use discomy_protocol::stats::{StatsLine, UnitCounts};
 use serde::Serialize;
 
 /// Options of `discomy run`.
@@ -210,21 +210,11 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
     Ok(summary)
 }
 
-/// Counts stats lines (`outcome\texit\tsource\treason`) into a summary.
+/// Counts the stats file's lines ([`StatsLine`]) into a summary.
 pub fn summarise(stats: &str) -> Summary {
     let mut counts = UnitCounts::default();
-    for line in stats.lines() {
-        let mut fields = line.split('\t');
-        let outcome = match fields.next().unwrap_or_default() {
-            "remote" => Outcome::Remote,
-            "local" => Outcome::Local,
-            "fallback" => Outcome::Fallback,
-            "cache" => Outcome::Cache,
-            _ => continue,
-        };
-        let code = fields.next().and_then(|c| c.parse().ok()).unwrap_or(1);
-        let reason = fields.nth(1).and_then(Reason::from_key).unwrap_or(Reason::None);
-        counts.record(outcome, reason, code);
+    for line in stats.lines().filter_map(StatsLine::parse) {
+        counts.record(line.outcome, line.reason, line.exit_code);
     }
     Summary { counts, ..Summary::default() }
 }

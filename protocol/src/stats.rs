@@ -39,6 +39,52 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// The outcome named by [`Outcome::as_str`].
+    pub fn from_word(word: &str) -> Option<Outcome> {
+        [Outcome::Remote, Outcome::Local, Outcome::Fallback, Outcome::Cache, Outcome::NotUnit]
+            .into_iter()
+            .find(|o| o.as_str() == word)
+    }
+}
+
+/// One line of `discomy run`'s per-call stats file, which every `discomy-cc` call appends to:
+/// `<outcome>\t<exit_code>\t<source>\t<reason>\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsLine {
+    /// How the call was served.
+    pub outcome: Outcome,
+    /// The compiler's exit status.
+    pub exit_code: i32,
+    /// The source file (tabs and newlines replaced by spaces).
+    pub source: String,
+    /// Why it was not remote.
+    pub reason: Reason,
+}
+
+impl StatsLine {
+    /// The line, newline included.
+    pub fn format(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}\n",
+            self.outcome.as_str(),
+            self.exit_code,
+            self.source.replace(['\t', '\n'], " "),
+            self.reason.key()
+        )
+    }
+
+    /// Parses one line (without its newline); `None` when it is not one.
+    pub fn parse(line: &str) -> Option<StatsLine> {
+        let mut fields = line.split('\t');
+        let outcome = Outcome::from_word(fields.next()?)?;
+        let exit_code = fields.next()?.parse().ok()?;
+        let source = fields.next()?.to_string();
+        let reason = Reason::from_key(fields.next()?)?;
+        fields.next().is_none().then_some(StatsLine { outcome, exit_code, source, reason })
+    }
+}
+
 /// Why a call did not go to the farm (or [`Reason::None`] when it did).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Reason {
@@ -244,6 +290,21 @@ impl AgentStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_lines_round_trip() {
+        let line = StatsLine {
+            outcome: Outcome::Local,
+            exit_code: 1,
+            source: "a\tb.c".into(),
+            reason: Reason::Conftest,
+        };
+        let text = line.format();
+        assert_eq!(text, "local\t1\ta b.c\tconftest\n");
+        let back = StatsLine::parse(text.trim_end()).expect("parses");
+        assert_eq!(back, StatsLine { source: "a b.c".into(), ..line });
+        assert_eq!(StatsLine::parse("remote\t0\ta.c"), None);
+    }
 
     #[test]
     fn keys_are_unique_and_round_trip() {

@@ -692,10 +692,11 @@ pub fn assert_same_objects(
     eprintln!("[e2e] {context}: all {} objects byte-identical", expected.len());
 }
 
-/// One line of a `DISCOMY_STATS_FILE`.
+/// One line of a `DISCOMY_STATS_FILE`, as the wrapper writes it (`protocol::stats::StatsLine`),
+/// with the outcome and reason as their words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatLine {
-    /// `remote`, `local`, `fallback` or `passthrough`.
+    /// `remote`, `local`, `fallback` or `cache`.
     pub outcome: String,
     /// The wrapper's exit code.
     pub exit_code: i32,
@@ -712,30 +713,19 @@ impl StatLine {
     }
 }
 
-/// Parses a stats file (`<outcome>\t<exit_code>\t<source>\t<reason>` lines). Missing file → no
-/// lines.
+/// Parses a stats file with the wrapper's own parser; a line it cannot read fails the test.
+/// Missing file → no lines.
 pub fn read_stats(path: &Path) -> Vec<StatLine> {
     let text = fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .map(|line| {
-            let mut parts = line.split('\t');
-            let (Some(outcome), Some(code), Some(source), Some(reason), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                panic!("malformed stats line in {}: {line:?}", path.display());
-            };
-            assert!(
-                matches!(outcome, "remote" | "local" | "fallback" | "passthrough" | "cache"),
-                "unknown outcome {outcome:?} in stats line {line:?}"
-            );
-            let exit_code = code
-                .parse()
-                .unwrap_or_else(|e| panic!("bad exit code in stats line {line:?}: {e}"));
+            let parsed = discomy_protocol::stats::StatsLine::parse(line)
+                .unwrap_or_else(|| panic!("malformed stats line in {}: {line:?}", path.display()));
             StatLine {
-                outcome: outcome.to_owned(),
-                exit_code,
-                source: source.to_owned(),
-                reason: reason.to_owned(),
+                outcome: parsed.outcome.as_str().to_owned(),
+                exit_code: parsed.exit_code,
+                source: parsed.source,
+                reason: parsed.reason.key().to_owned(),
             }
         })
         .collect()

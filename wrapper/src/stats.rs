@@ -13,7 +13,7 @@ use std::io::Write;
 
 use discomy_protocol::Request;
 use discomy_protocol::frame::write_frame;
-pub use discomy_protocol::stats::{Outcome, Reason, UnitReport};
+pub use discomy_protocol::stats::{Outcome, Reason, StatsLine, UnitReport};
 
 use crate::client::AgentClient;
 
@@ -47,12 +47,7 @@ pub fn record(
 
 fn append_line(outcome: Outcome, reason: Reason, exit_code: i32, source: &str) {
     let Some(path) = std::env::var_os(ENV_STATS_FILE) else { return };
-    let line = format!(
-        "{}\t{exit_code}\t{}\t{}\n",
-        outcome.as_str(),
-        source.replace(['\t', '\n'], " "),
-        reason.key()
-    );
+    let line = StatsLine { outcome, exit_code, source: source.to_string(), reason }.format();
     if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = file.write_all(line.as_bytes());
     }
