@@ -36,6 +36,10 @@ pub struct Core {
     /// its agent's connection ends.
     asked: IdMap<Asked>,
     next_id: u64,
+    /// Twins delivered to agents (`discomy status`'s `hedged`).
+    hedged: u64,
+    /// Nodes that left the farm (`nodes_lost`).
+    nodes_lost: u64,
 }
 
 impl Core {
@@ -48,6 +52,8 @@ impl Core {
             addresses: HashMap::new(),
             asked: IdMap::default(),
             next_id: 0,
+            hedged: 0,
+            nodes_lost: 0,
         }
     }
 
@@ -72,6 +78,7 @@ impl Core {
     /// already (and its `Done` for the old job withdraws the copy), but one whose connection
     /// stays open and silent (a stopped or cut-off host) would wait for its unit limit.
     pub fn node_gone(&mut self, node: NodeId) {
+        self.nodes_lost += 1;
         let now = self.clock.now();
         self.addresses.remove(&node);
         for job in self.sched.node_lost(node, now) {
@@ -152,6 +159,7 @@ impl Core {
             return;
         }
         tracing::info!(job = original, twin, "node stalled; unit hedged");
+        self.hedged += 1;
         self.asked.insert(twin, Asked { tag, agent, tx, answered: true });
     }
 
@@ -196,6 +204,8 @@ impl Core {
             nodes,
             submitters,
             queued: self.sched.queued() as u64,
+            hedged: self.hedged,
+            nodes_lost: self.nodes_lost,
         }
     }
 }

@@ -167,6 +167,12 @@ pub struct FarmStatus {
     pub submitters: Vec<SubmitterStatus>,
     /// Units waiting for room.
     pub queued: u64,
+    /// Second placements sent because a unit's node stalled, since the coordinator started.
+    /// Since version 6.
+    pub hedged: u64,
+    /// Nodes that left the farm (connection dropped, or silent past `--node-timeout`), since
+    /// the coordinator started. Since version 6.
+    pub nodes_lost: u64,
 }
 
 /// One node in [`FarmStatus`].

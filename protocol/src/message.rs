@@ -33,7 +33,8 @@ pub enum Request {
     /// What one compiler call became, sent by the wrapper when it is done; never answered.
     /// Since version 6.
     Report(crate::stats::UnitReport),
-    /// The agent's counters; answered with [`Response::Stats`]. Since version 6.
+    /// A node's counters; an agent answers with [`Response::Stats`], a worker with
+    /// [`Response::StoreStats`]. Since version 6.
     Stats,
 }
 
@@ -69,8 +70,10 @@ pub enum Response {
     CacheHit(Payload),
     /// Answer to [`Request::CacheGet`]: not stored (or the farm tier is unreachable).
     CacheMiss,
-    /// Answer to [`Request::Stats`]. Since version 6.
+    /// An agent's answer to [`Request::Stats`]. Since version 6.
     Stats(crate::stats::AgentStats),
+    /// A worker's answer to [`Request::Stats`]. Since version 6.
+    StoreStats(crate::stats::StoreActivity),
 }
 
 /// The compiler a unit must be compiled with.

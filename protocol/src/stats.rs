@@ -265,11 +265,35 @@ impl UnitCounts {
     }
 }
 
+/// A toolchain a node installed since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// Its manifest's name (`gcc 14.2.0`).
+    pub name: String,
+    /// Its digest (the compiler identity), hex.
+    pub digest: String,
+}
+
+/// What a node's toolchain store did since the node started: workers answer
+/// [`crate::Request::Stats`] with it ([`crate::Response::StoreStats`]), agents include it in
+/// [`AgentStats`]. Since version 6.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreActivity {
+    /// Toolchains installed (seeded ones included), in order.
+    pub installed: Vec<Installed>,
+    /// Blobs received from peers, by digest (hex): more than 1 means a blob travelled twice.
+    pub blobs_received: BTreeMap<String, u64>,
+    /// Toolchains pushed to peers that asked for them.
+    pub toolchains_pushed: u64,
+}
+
 /// An agent's counters since it started. Since version 6.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStats {
     /// The compile units.
     pub counts: UnitCounts,
+    /// Its toolchain store.
+    pub store: StoreActivity,
     /// Calls that were not compile units (links, `-E`, …) by reason key.
     pub other_calls: BTreeMap<String, u64>,
     /// Seconds since the agent started.

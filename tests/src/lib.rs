@@ -767,6 +767,24 @@ pub fn read_summary(path: &Path) -> Summary {
     Summary { counts, raw }
 }
 
+/// `discomy stats --worker ADDR --json`: a worker's toolchain-store activity (installs, blobs
+/// received, toolchains pushed).
+pub fn worker_stats(addr: &SocketAddr) -> serde_json::Value {
+    let out = clean_command(bin("discomy"))
+        .args(["stats", "--json", "--worker", &addr.to_string()])
+        .output()
+        .expect("run discomy stats --worker");
+    assert!(
+        out.status.success(),
+        "discomy stats --worker failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("discomy stats printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
 /// `discomy stats --json` of the agent listening on `socket`.
 pub fn agent_stats(socket: &Path) -> serde_json::Value {
     let out = clean_command(bin("discomy"))

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use discomy_tests::{
-    Agent, Farm, Proc, ShowOnFailure, StatLine, Worker, bin, capture, clean_command, diff_captures,
-    extract_lua, private_tmp, read_stats,
+    Agent, Farm, Proc, ShowOnFailure, StatLine, Worker, agent_stats, bin, capture, clean_command,
+    diff_captures, extract_lua, private_tmp, read_stats, worker_stats,
 };
 use discomy_wrapper::invocation::find_on_path;
 use discomy_wrapper::toolchain::{collect, extras_for_args};
@@ -143,31 +143,32 @@ fn compile_each(
     problems
 }
 
-/// The worker's `toolchain installed` log lines.
-fn install_lines(log: &str) -> Vec<String> {
-    log.lines().filter(|l| l.contains("toolchain installed")).map(str::to_owned).collect()
+/// The toolchains a store installed (`discomy stats`' `installed`): (name, digest).
+fn installs(store: &serde_json::Value) -> Vec<(String, String)> {
+    store["installed"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    let field = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+                    (field("name"), field("digest"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-/// The value of `key=` in a log line (up to the next space).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[at..].split_whitespace().next()
+/// Installs of gcc 11 toolchains (their manifest name is `gcc 11.…`).
+fn gcc11_installs(store: &serde_json::Value) -> Vec<(String, String)> {
+    installs(store).into_iter().filter(|(name, _)| name.starts_with("gcc 11.")).collect()
 }
 
-/// Install lines of gcc 11 toolchains (their manifest name is `gcc 11.…`).
-fn gcc11_installs(log: &str) -> Vec<String> {
-    install_lines(log).into_iter().filter(|l| l.contains(" name=gcc 11.")).collect()
-}
-
-/// `blob received` digests in a log, with how often each was received.
-fn received_blobs(log: &str) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for line in log.lines().filter(|l| l.contains("blob received")) {
-        if let Some(blob) = field(line, "blob") {
-            *out.entry(blob.to_owned()).or_insert(0) += 1;
-        }
-    }
-    out
+/// Blobs a store received from peers, with how often each was received.
+fn received_blobs(store: &serde_json::Value) -> BTreeMap<String, u64> {
+    store["blobs_received"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -184,7 +185,7 @@ fn private_gcc11_is_shipped_and_objects_identical() {
     show.add("wrapper stats", &stats);
     let env = WrapperEnv { socket: &farm.agent.socket, stats: &stats, tmp: &wrapper_tmp };
     assert!(
-        gcc11_installs(&farm.workers[0].proc.stderr_text()).is_empty(),
+        gcc11_installs(&worker_stats(&farm.workers[0].addr)).is_empty(),
         "the worker already holds a gcc 11 before anything was sent"
     );
 
@@ -192,28 +193,25 @@ fn private_gcc11_is_shipped_and_objects_identical() {
     farm.assert_alive();
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 
-    let agent_log = farm.agent.proc.stderr_text();
+    let agent = agent_stats(&farm.agent.socket);
     assert!(
-        agent_log.contains("toolchain sent to worker"),
-        "the agent never logged `toolchain sent to worker`:\n{}",
-        farm.agent.proc.logs(60)
+        agent["store"]["toolchains_pushed"].as_u64() >= Some(1),
+        "the agent never pushed a toolchain: {agent}"
     );
-    let worker_log = farm.workers[0].proc.stderr_text();
-    let installs = gcc11_installs(&worker_log);
+    let worker = worker_stats(&farm.workers[0].addr);
+    let installs = gcc11_installs(&worker);
     assert_eq!(
         installs.len(),
         1,
-        "the worker must install gcc 11 exactly once for {} units; gcc 11 install lines:\n{}",
+        "the worker must install gcc 11 exactly once for {} units; gcc 11 installs: {installs:?}",
         SOURCES.len(),
-        installs.join("\n")
     );
-    let installed = field(&installs[0], "toolchain").unwrap_or("");
     assert_eq!(
-        installed,
+        installs[0].1,
         expected_identity.to_hex(),
         "the installed toolchain is not the manifest discomy-cc's collect() computes for gcc 11"
     );
-    let dup: Vec<_> = received_blobs(&worker_log).into_iter().filter(|(_, n)| *n > 1).collect();
+    let dup: Vec<_> = received_blobs(&worker).into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(dup.is_empty(), "blobs received more than once: {dup:?}");
 }
 
@@ -277,17 +275,13 @@ fn el_specs_and_plugin_distribute() {
     farm.assert_alive();
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 
-    let worker_log = farm.workers[0].proc.stderr_text();
-    let installs: Vec<String> = install_lines(&worker_log)
-        .into_iter()
-        .filter(|l| field(l, "toolchain") == Some(expected_identity.to_hex().as_str()))
-        .collect();
+    let worker = worker_stats(&farm.workers[0].addr);
+    let all = installs(&worker);
+    let matching = all.iter().filter(|(_, d)| *d == expected_identity.to_hex()).count();
     assert_eq!(
-        installs.len(),
-        1,
+        matching, 1,
         "the worker must install the gcc + specs + plugin toolchain {expected_identity} exactly \
-         once; its install lines:\n{}",
-        install_lines(&worker_log).join("\n")
+         once; its installs: {all:?}"
     );
 }
 
@@ -301,7 +295,7 @@ fn two_agents_one_transfer() {
         .iter()
         .map(|name| Agent::start(tmp.path(), name, &worker.host_spec()))
         .collect();
-    assert!(gcc11_installs(&worker.proc.stderr_text()).is_empty(), "fresh worker holds gcc 11");
+    assert!(gcc11_installs(&worker_stats(&worker.addr)).is_empty(), "fresh worker holds gcc 11");
     let mut show = ShowOnFailure::default();
 
     // The reference object.
@@ -360,19 +354,18 @@ fn two_agents_one_transfer() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
-    let worker_log = worker.proc.stderr_text();
-    let installs = gcc11_installs(&worker_log);
+    let store = worker_stats(&worker.addr);
+    let installs = gcc11_installs(&store);
     assert_eq!(
         installs.len(),
         1,
-        "two agents shipping gcc 11 at once must cause one install; gcc 11 install lines:\n{}",
-        installs.join("\n")
+        "two agents shipping gcc 11 at once must cause one install; gcc 11 installs: {installs:?}"
     );
-    let blobs = received_blobs(&worker_log);
+    let blobs = received_blobs(&store);
     let dup: Vec<_> = blobs.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         !blobs.is_empty(),
-        "the worker logged no `blob received` line although it installed a toolchain it lacked"
+        "the worker received no blob although it installed a toolchain it lacked"
     );
     assert!(
         dup.is_empty(),
@@ -380,7 +373,9 @@ fn two_agents_one_transfer() {
         blobs.len()
     );
     eprintln!("[e2e] one install, {} blobs each received once", blobs.len());
-    let senders =
-        agents.iter().filter(|a| a.proc.stderr_text().contains("toolchain sent to worker")).count();
-    assert!(senders >= 1, "no agent logged `toolchain sent to worker`");
+    let senders = agents
+        .iter()
+        .filter(|a| agent_stats(&a.socket)["store"]["toolchains_pushed"].as_u64() >= Some(1))
+        .count();
+    assert!(senders >= 1, "no agent pushed the toolchain");
 }

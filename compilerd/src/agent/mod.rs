@@ -220,6 +220,7 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
             Ok(Request::Stats) => {
                 let mut stats = state.stats.lock().map(|s| s.clone()).unwrap_or_default();
                 stats.uptime_s = state.started.elapsed().as_secs_f64();
+                stats.store = state.store.activity();
                 Response::Stats(stats)
             }
             Ok(Request::Compile(req)) if !state.store.is_installed(&req.compiler.identity) => {

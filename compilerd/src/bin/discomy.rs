@@ -54,6 +54,10 @@ enum Cmd {
         /// The agent's socket.
         #[arg(long, env = "DISCOMY_SOCKET", default_value = discomy_wrapper::client::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// A worker's toolchain-store activity instead (`host:port`; the farm token from
+        /// `DISCOMY_TOKEN`).
+        #[arg(long, value_name = "ADDR")]
+        worker: Option<String>,
         /// Print JSON (the field names are a stable interface).
         #[arg(long)]
         json: bool,
@@ -97,8 +101,28 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
         }
         Cmd::Status { coordinator, token, json } => status(&coordinator, token.as_deref(), json),
-        Cmd::Stats { socket, json } => stats(&socket, json),
+        Cmd::Stats { socket, worker: None, json } => stats(&socket, json),
+        Cmd::Stats { worker: Some(addr), json, .. } => worker_stats(&addr, json),
     }
+}
+
+/// `discomy stats --worker`: the product is the printed report.
+#[allow(clippy::print_stdout)]
+fn worker_stats(addr: &str, json: bool) -> Result<ExitCode> {
+    let token = std::env::var("DISCOMY_TOKEN").ok();
+    let auth = discomy_protocol::AuthConfig::from_option(token.as_deref());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stats = runtime.block_on(discomy_compilerd::coord::status::worker_stats(addr, &auth))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        println!("toolchains pushed: {}", stats.toolchains_pushed);
+        for t in &stats.installed {
+            println!("installed {} ({})", t.name, t.digest);
+        }
+        println!("blobs received: {}", stats.blobs_received.values().sum::<u64>());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `discomy stats`: the product is the printed report.

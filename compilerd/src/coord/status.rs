@@ -7,7 +7,7 @@ use std::time::Duration;
 use discomy_protocol::AuthConfig;
 use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, FarmStatus};
-use discomy_protocol::stats::AgentStats;
+use discomy_protocol::stats::{AgentStats, StoreActivity};
 
 use super::CoordError;
 use tokio::net::TcpStream;
@@ -45,10 +45,12 @@ pub fn render(s: &FarmStatus) -> String {
     let busy: u32 = s.nodes.iter().map(|n| n.assigned).sum();
     let _ = writeln!(
         out,
-        "farm {}: {} nodes, {busy}/{slots} slots in use, {} queued",
+        "farm {}: {} nodes, {busy}/{slots} slots in use, {} queued; {} units hedged, {} nodes lost",
         s.farm,
         s.nodes.len(),
-        s.queued
+        s.queued,
+        s.hedged,
+        s.nodes_lost
     );
     let _ = writeln!(
         out,
@@ -100,6 +102,29 @@ pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
     }
 }
 
+/// A worker's store activity (`discomy stats --worker`), asked over TCP with the farm token.
+pub async fn worker_stats(addr: &str, auth: &AuthConfig) -> Result<StoreActivity, CoordError> {
+    let who = format!("worker {addr}");
+    let protocol = |source| CoordError::Protocol { addr: who.clone(), source };
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| CoordError::Connect { addr: who.clone(), source })?;
+        let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
+        send(&mut conn, &discomy_protocol::Request::Stats).await.map_err(protocol)?;
+        match recv::<_, discomy_protocol::Response>(&mut conn).await.map_err(protocol)? {
+            discomy_protocol::Response::StoreStats(s) => Ok(s),
+            other => {
+                Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") })
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(CoordError::Timeout(who.clone())),
+    }
+}
+
 /// `discomy stats --json`: the counts at the top level, as in `discomy run`'s summary.
 #[derive(serde::Serialize)]
 pub struct AgentStatsJson<'a> {
@@ -108,13 +133,20 @@ pub struct AgentStatsJson<'a> {
     pub counts: &'a discomy_protocol::stats::UnitCounts,
     /// Calls that were not compile units, by reason.
     pub other_calls: &'a std::collections::BTreeMap<String, u64>,
+    /// The agent's toolchain store.
+    pub store: &'a StoreActivity,
     /// Seconds since the agent started.
     pub uptime_s: f64,
 }
 
 impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
     fn from(s: &'a AgentStats) -> Self {
-        AgentStatsJson { counts: &s.counts, other_calls: &s.other_calls, uptime_s: s.uptime_s }
+        AgentStatsJson {
+            counts: &s.counts,
+            other_calls: &s.other_calls,
+            store: &s.store,
+            uptime_s: s.uptime_s,
+        }
     }
 }
 

@@ -63,7 +63,10 @@ where
     for _ in 0..3 {
         send(conn, &Request::InstallToolchain(manifest.clone())).await?;
         match recv::<_, Response>(conn).await? {
-            Response::Installed(d) if d == digest => return Ok(()),
+            Response::Installed(d) if d == digest => {
+                store.note_pushed();
+                return Ok(());
+            }
             Response::MissingBlobs(blobs) => {
                 for blob in blobs {
                     let path = store

@@ -213,6 +213,7 @@ async fn serve_connection(
         };
         let response = match request {
             Request::Ping => Response::Pong,
+            Request::Stats => Response::StoreStats(state.store.activity()),
             Request::Compile(req) => compile(req, &state, &shutdown).await,
             Request::CompileSources(req) => source_unit::compile(req, &state, &shutdown).await,
             Request::PutSource(payload) => match state.sources.put(&payload) {

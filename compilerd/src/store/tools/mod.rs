@@ -10,6 +10,7 @@
 //! becomes the uploader, the others wait for it (and take over if it goes away).
 
 use discomy_protocol::plumbing::fs::{WriteOptions, unique_temp_name, write_atomically_with};
+use discomy_protocol::stats::{Installed, StoreActivity};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
@@ -68,6 +69,8 @@ struct State {
     pending: HashMap<Digest, Pending>,
     last_used: HashMap<Digest, SystemTime>,
     in_use: HashMap<Digest, usize>,
+    /// What `discomy stats` reports of this store.
+    activity: StoreActivity,
 }
 
 /// Digests of the toolchains installed in the store at `dir` (read without opening it, so the
@@ -182,6 +185,7 @@ impl ToolStore {
     pub fn put_blob(&self, payload: &Payload) -> Result<Digest, StoreError> {
         let raw =
             payload.decompress(MAX_RAW_LEN).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        *self.lock().activity.blobs_received.entry(payload.digest.to_hex()).or_insert(0) += 1;
         let path = self.blob_path(&payload.digest);
         if !path.is_file() {
             self.write_atomically(&path, &raw)?;
@@ -386,7 +390,21 @@ impl ToolStore {
         self.write_atomically(&self.manifest_path(&digest), &encoded)?;
         self.lock().last_used.insert(digest, SystemTime::now());
         info!(toolchain = %digest, name = %manifest.name, bytes = manifest.content_size(), ms = started.elapsed().as_millis() as u64, "toolchain installed");
+        self.lock()
+            .activity
+            .installed
+            .push(Installed { name: manifest.name.clone(), digest: digest.to_hex() });
         Ok(())
+    }
+
+    /// What this store did since it was opened (`discomy stats`).
+    pub fn activity(&self) -> StoreActivity {
+        self.lock().activity.clone()
+    }
+
+    /// Counts a toolchain pushed to a peer.
+    pub fn note_pushed(&self) {
+        self.lock().activity.toolchains_pushed += 1;
     }
 
     /// Bytes used by blobs and trees.
