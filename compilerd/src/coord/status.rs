@@ -12,29 +12,34 @@ use discomy_protocol::stats::{AgentStats, StoreActivity};
 use super::CoordError;
 use tokio::net::TcpStream;
 
-/// Fetches the farm's status from the coordinator at `addr`.
-pub async fn fetch(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordError> {
-    let who = format!("coordinator {addr}");
-    let protocol = |source| CoordError::Protocol { addr: who.clone(), source };
+/// One request to a daemon at `addr` (`who` names it in errors), over TCP with the farm token,
+/// within 5 s.
+async fn ask<Q, A>(addr: &str, who: &str, auth: &AuthConfig, request: &Q) -> Result<A, CoordError>
+where
+    Q: serde::Serialize,
+    A: serde::de::DeserializeOwned,
+{
+    let protocol = |source| CoordError::Protocol { addr: who.to_string(), source };
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|source| CoordError::Connect { addr: who.clone(), source })?;
+            .map_err(|source| CoordError::Connect { addr: who.to_string(), source })?;
         let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
-        send(&mut conn, &CoordRequest::Status).await.map_err(protocol)?;
-        match recv::<_, CoordResponse>(&mut conn).await.map_err(protocol)? {
-            CoordResponse::Status(s) => Ok(s),
-            CoordResponse::Refused { reason } => {
-                Err(CoordError::Refused { addr: who.clone(), reason })
-            }
-            other => {
-                Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") })
-            }
-        }
+        send(&mut conn, request).await.map_err(protocol)?;
+        recv::<_, A>(&mut conn).await.map_err(protocol)
     };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(CoordError::Timeout(who.clone())),
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err(CoordError::Timeout(who.to_string())))
+}
+
+/// Fetches the farm's status from the coordinator at `addr`.
+pub async fn fetch(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordError> {
+    let who = format!("coordinator {addr}");
+    match ask(addr, &who, auth, &CoordRequest::Status).await? {
+        CoordResponse::Status(s) => Ok(s),
+        CoordResponse::Refused { reason } => Err(CoordError::Refused { addr: who, reason }),
+        other => Err(CoordError::Unexpected { addr: who, answer: format!("{other:?}") }),
     }
 }
 
@@ -105,23 +110,9 @@ pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
 /// A worker's store activity (`discomy stats --worker`), asked over TCP with the farm token.
 pub async fn worker_stats(addr: &str, auth: &AuthConfig) -> Result<StoreActivity, CoordError> {
     let who = format!("worker {addr}");
-    let protocol = |source| CoordError::Protocol { addr: who.clone(), source };
-    let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| CoordError::Connect { addr: who.clone(), source })?;
-        let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
-        send(&mut conn, &discomy_protocol::Request::Stats).await.map_err(protocol)?;
-        match recv::<_, discomy_protocol::Response>(&mut conn).await.map_err(protocol)? {
-            discomy_protocol::Response::StoreStats(s) => Ok(s),
-            other => {
-                Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") })
-            }
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(CoordError::Timeout(who.clone())),
+    match ask(addr, &who, auth, &discomy_protocol::Request::Stats).await? {
+        discomy_protocol::Response::StoreStats(s) => Ok(s),
+        other => Err(CoordError::Unexpected { addr: who, answer: format!("{other:?}") }),
     }
 }
 
