@@ -113,12 +113,13 @@ fn remote(
 ) -> Result<(Vec<u8>, AgentClient), Fallback> {
     // The agent first: without one (a fast refusal), nothing is scanned or preprocessed for it.
     if prep.agent_missing() {
-        return Err(Fallback::new(Reason::NoAgent, prep.agent().err().unwrap_or_default()));
+        let why = prep.agent().err().map(|e| e.to_string()).unwrap_or_default();
+        return Err(Fallback::new(Reason::NoAgent, why));
     }
     let mode = prep.mode;
     let (scanned, tools) = prep.take_scan();
     let tools = tools.map_err(|e| Fallback::new(Reason::Toolchain, e.to_string()))?;
-    let mut agent = prep.agent().map_err(|e| Fallback::new(Reason::NoAgent, e))?;
+    let mut agent = prep.agent().map_err(|e| Fallback::new(Reason::NoAgent, e.to_string()))?;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
     match scanned {
         Ok(Scanned { files, deps }) => {

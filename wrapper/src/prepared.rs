@@ -10,7 +10,7 @@ use discomy_protocol::DepRequest;
 use crate::args::Unit;
 use crate::client::{AgentClient, PendingAgent};
 use crate::invocation::Invocation;
-use crate::source_mode::{self, Mode};
+use crate::source_mode::{self, Mode, ScanGaveUp};
 use crate::sources::UnitFiles;
 use crate::toolchain::{Toolchain, ToolchainError};
 
@@ -29,9 +29,14 @@ pub struct Prepared<'a> {
     /// How units go in source mode.
     pub mode: Mode,
     tools: Option<Result<Toolchain, ToolchainError>>,
-    scan: Option<Result<Scanned, String>>,
+    scan: Option<Result<Scanned, ScanGaveUp>>,
     agent: Agent,
 }
+
+/// No agent to talk to, and why (nothing listens on the socket, or the handshake failed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NoAgent(String);
 
 /// The call's agent connection, as far as it has got.
 enum Agent {
@@ -70,7 +75,7 @@ impl<'a> Prepared<'a> {
 
     /// The agent connection, kept for the exchanges after this one (the farm tier, the farm
     /// path, the report): the early one when there is one, else a new one.
-    pub fn agent_mut(&mut self) -> Result<&mut AgentClient, String> {
+    pub fn agent_mut(&mut self) -> Result<&mut AgentClient, NoAgent> {
         let socket = crate::client::socket_path();
         let no_agent = |e| format!("no agent at {}: {e}", socket.display());
         self.agent = match std::mem::replace(&mut self.agent, Agent::Unasked) {
@@ -86,17 +91,17 @@ impl<'a> Prepared<'a> {
         };
         match &mut self.agent {
             Agent::Ready(client) => Ok(client),
-            Agent::Failed(why) => Err(why.clone()),
-            Agent::Unasked | Agent::Pending(_) => Err("agent connection not made".into()),
+            Agent::Failed(why) => Err(NoAgent(why.clone())),
+            Agent::Unasked | Agent::Pending(_) => Err(NoAgent("agent connection not made".into())),
         }
     }
 
     /// Hands the agent connection over (made now if not yet).
-    pub fn agent(&mut self) -> Result<AgentClient, String> {
+    pub fn agent(&mut self) -> Result<AgentClient, NoAgent> {
         self.agent_mut()?;
         match std::mem::replace(&mut self.agent, Agent::Unasked) {
             Agent::Ready(client) => Ok(client),
-            _ => Err("agent connection not made".into()),
+            _ => Err(NoAgent("agent connection not made".into())),
         }
     }
 
@@ -118,30 +123,32 @@ impl<'a> Prepared<'a> {
     }
 
     /// The include scan, when the mode allows it; `Err` says why there is none.
-    pub fn scan(&mut self) -> Result<&Scanned, String> {
+    pub fn scan(&mut self) -> Result<&Scanned, ScanGaveUp> {
         if !self.mode.scan {
-            return Err("include scanner off (DISCOMY_SOURCE_MODE)".into());
+            return Err(ScanGaveUp::Off);
         }
         if self.scan.is_none() {
             let (inv, unit) = (self.inv, self.unit);
             let result = match self.toolchain() {
                 Ok(tools) => source_mode::scanned(inv, unit, tools)
                     .map(|(files, deps)| Scanned { files, deps }),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(ScanGaveUp::Toolchain(e.to_string())),
             };
             self.scan = Some(result);
         }
         match self.scan.as_ref() {
             Some(Ok(scanned)) => Ok(scanned),
             Some(Err(e)) => Err(e.clone()),
-            None => Err("no scan".into()),
+            None => Err(ScanGaveUp::Off),
         }
     }
 
     /// The scan and the toolchain, handed over to the farm path (computed if not yet).
-    pub fn take_scan(&mut self) -> (Result<Scanned, String>, Result<Toolchain, ToolchainError>) {
+    pub fn take_scan(
+        &mut self,
+    ) -> (Result<Scanned, ScanGaveUp>, Result<Toolchain, ToolchainError>) {
         let _ = self.scan();
-        let scan = self.scan.take().unwrap_or_else(|| Err("no scan".into()));
+        let scan = self.scan.take().unwrap_or(Err(ScanGaveUp::Off));
         let tools = self
             .tools
             .take()

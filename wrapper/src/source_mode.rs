@@ -82,24 +82,53 @@ fn cwd() -> Result<String, SourceModeError> {
         .ok_or_else(|| host_only("working directory not usable"))
 }
 
+/// Why the include scanner gave the unit up (it is then preprocessed locally).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScanGaveUp {
+    /// `DISCOMY_SOURCE_MODE` turned the scanner off.
+    #[error("include scanner off (DISCOMY_SOURCE_MODE)")]
+    Off,
+    /// The unit's toolchain could not be collected.
+    #[error("toolchain: {0}")]
+    Toolchain(String),
+    /// An environment variable changes what gcc reads.
+    #[error("{0} is set")]
+    Environment(&'static str),
+    /// Dependency-file options only the preprocessor reproduces.
+    #[error("{0}")]
+    Dependencies(String),
+    /// The working directory cannot be named on a worker.
+    #[error("working directory not usable")]
+    WorkingDirectory,
+    /// The compiler's own search directories could not be learned.
+    #[error("the compiler's search directories: {0}")]
+    SystemDirs(String),
+    /// A search option the scanner does not model.
+    #[error("{0}")]
+    SearchOption(String),
+    /// The files themselves (a computed include, `__TIMESTAMP__`, `..` through a link, …).
+    #[error("{0}")]
+    Files(String),
+}
+
 /// The unit's files from the include scanner, and the dependency file to ask for.
 pub fn scanned(
     inv: &Invocation,
     unit: &Unit,
     tools: &toolchain::Toolchain,
-) -> Result<(UnitFiles, Option<(String, DepRequest)>), String> {
+) -> Result<(UnitFiles, Option<(String, DepRequest)>), ScanGaveUp> {
     let started = std::time::Instant::now();
     if let Some(var) = environment_blocks() {
-        return Err(format!("{var} is set"));
+        return Err(ScanGaveUp::Environment(var));
     }
     let deps = match &unit.deps {
         Deps::None => None,
         Deps::File { user_only, file, targets } => {
             Some((file.clone(), DepRequest { user_only: *user_only, targets: targets.clone() }))
         }
-        Deps::Unsupported(why) => return Err(why.clone()),
+        Deps::Unsupported(why) => return Err(ScanGaveUp::Dependencies(why.clone())),
     };
-    let cwd = cwd().map_err(|_| "working directory not usable".to_string())?;
+    let cwd = cwd().map_err(|_| ScanGaveUp::WorkingDirectory)?;
     let identity = tools.manifest.digest();
     let system = sysdirs::system_dirs(
         &inv.compiler,
@@ -107,9 +136,12 @@ pub fn scanned(
         unit.language,
         &unit.source_args,
         &inv.child_path,
-    )?;
-    let dirs = scan::search_dirs(&unit.source_args, &cwd, &system)?;
-    let files = scan::scan(&unit.source, &cwd, &dirs).map_err(|e| e.to_string())?;
+    )
+    .map_err(ScanGaveUp::SystemDirs)?;
+    let dirs =
+        scan::search_dirs(&unit.source_args, &cwd, &system).map_err(ScanGaveUp::SearchOption)?;
+    let files =
+        scan::scan(&unit.source, &cwd, &dirs).map_err(|e| ScanGaveUp::Files(e.to_string()))?;
     debug!(
         files = files.files.len(),
         ms = started.elapsed().as_secs_f64() * 1e3,

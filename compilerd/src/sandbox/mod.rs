@@ -60,7 +60,7 @@ use tokio::sync::Notify;
 
 pub use crate::sandbox::warm::WarmPool;
 pub(crate) use run::spawn_helper;
-pub use run::{probe, run, run_with};
+pub use run::{ProbeError, probe, run, run_with};
 
 /// File name of the helper binary, looked up next to the worker's executable.
 pub const HELPER_NAME: &str = "discomy-sandbox";

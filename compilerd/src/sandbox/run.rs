@@ -193,13 +193,13 @@ pub(crate) fn spawn_helper(
 /// `Ok` holds the helper's one-line description of what is enforced here (user namespace or
 /// root, cgroups, process limit), for the log. `Err` explains what failed, including a hint
 /// when the kernel forbids unprivileged user namespaces.
-pub fn probe(helper: &Path) -> Result<String, String> {
+pub fn probe(helper: &Path) -> Result<String, ProbeError> {
     let out = std::process::Command::new(helper)
         .arg("--probe")
         .env_clear()
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+        .map_err(|source| ProbeError::Run { helper: helper.display().to_string(), source })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     if out.status.success() {
@@ -207,11 +207,34 @@ pub fn probe(helper: &Path) -> Result<String, String> {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let why = setup_message(&out.stderr).unwrap_or_else(|| stderr.trim().to_owned());
-    Err(format!(
-        "sandboxes cannot be created here ({} --probe: {}): {why}",
-        helper.display(),
-        out.status
-    ))
+    Err(ProbeError::Refused {
+        helper: helper.display().to_string(),
+        status: out.status.to_string(),
+        why,
+    })
+}
+
+/// Why sandboxes cannot be made on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The helper could not be started.
+    #[error("cannot run {helper}: {source}")]
+    Run {
+        /// The helper.
+        helper: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The helper's set-up failed.
+    #[error("sandboxes cannot be created here ({helper} --probe: {status}): {why}")]
+    Refused {
+        /// The helper.
+        helper: String,
+        /// Its exit status.
+        status: String,
+        /// Its one-line reason, with the user-namespace hint when that is the cause.
+        why: String,
+    },
 }
 
 pub(super) fn exit_of(status: &std::process::ExitStatus) -> (i32, Option<i32>) {

@@ -85,7 +85,7 @@ pub struct WorkerOptions {
 pub enum StartError {
     /// The sandbox cannot be made here.
     #[error("cannot sandbox compiles on this host: {0} (see --insecure-no-sandbox)")]
-    Sandbox(String),
+    Sandbox(#[from] sandbox::ProbeError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -132,7 +132,7 @@ pub async fn start(
         let helper = std::env::current_exe()
             .map_err(io("find this executable"))?
             .with_file_name("discomy-sandbox");
-        sandbox::probe(&helper).map_err(StartError::Sandbox)?;
+        sandbox::probe(&helper)?;
         let limits = Limits {
             cpu_secs: opts.cpu_secs,
             mem_bytes: opts.mem_mb << 20,

@@ -182,7 +182,7 @@ fn try_lookup(
             (result_key, direct::ManifestFiles::Known(files), independent)
         }
         Err(why) => {
-            debug!(why, "no include scan; keyed on the preprocessed unit");
+            debug!(%why, "no include scan; keyed on the preprocessed unit");
             let text = preprocess(inv, unit)?;
             if key::uses_time_macros(&text) {
                 return Err("unit uses __DATE__, __TIME__ or __TIMESTAMP__".into());
