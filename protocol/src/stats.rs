@@ -294,6 +294,8 @@ pub struct AgentStats {
     pub counts: UnitCounts,
     /// Its toolchain store.
     pub store: StoreActivity,
+    /// Whether it is logged in to a coordinator now (placements come from it).
+    pub coordinator_joined: bool,
     /// Calls that were not compile units (links, `-E`, …) by reason key.
     pub other_calls: BTreeMap<String, u64>,
     /// Seconds since the agent started.

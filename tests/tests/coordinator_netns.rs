@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use discomy_tests::{
-    BUILD_TIMEOUT, MAKE_JOBS, Proc, assert_same_objects, bin, clean_command, discomy_run,
-    lua_with_reference, objects,
+    BUILD_TIMEOUT, MAKE_JOBS, Proc, agent_stats, assert_same_objects, bin, clean_command,
+    discomy_run, lua_with_reference, objects,
 };
 
 const TOKEN: &str = "netns-farm-token";
@@ -94,18 +94,16 @@ impl Drop for Net {
     }
 }
 
-fn wait_log(proc: &mut Proc, needle: &str, within: Duration) {
+/// Waits until `done` holds, failing when a daemon of `procs` exits or `within` passes.
+fn wait_until(what: &str, within: Duration, procs: &mut [Proc], mut done: impl FnMut() -> bool) {
     let start = Instant::now();
-    while !proc.stderr_text().contains(needle) {
-        if let Some(status) = proc.try_wait() {
-            panic!("{} exited ({status}):\n{}", proc.name(), proc.logs(40));
+    while !done() {
+        for proc in procs.iter_mut() {
+            if let Some(status) = proc.try_wait() {
+                panic!("{} exited ({status}):\n{}", proc.name(), proc.logs(40));
+            }
         }
-        assert!(
-            start.elapsed() < within,
-            "{} did not log {needle:?} within {within:?}:\n{}",
-            proc.name(),
-            proc.logs(40)
-        );
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -126,7 +124,7 @@ fn farm_found_over_mdns_across_namespaces() {
     // Namespace 0: the coordinator, advertised over mDNS.
     let mut cmd = net.command(0, &bin("discomy-coordinator"));
     cmd.args(["--listen", "0.0.0.0:3634", "--farm", &farm, "--token", TOKEN]);
-    let mut coord = Proc::spawn("coordinator", &mut cmd, tmp.path());
+    let coord = Proc::spawn("coordinator", &mut cmd, tmp.path());
 
     // Namespaces 1-3: workers with no address configured.
     let mut workers = Vec::new();
@@ -141,10 +139,17 @@ fn farm_found_over_mdns_across_namespaces() {
             .arg(tmp.path().join(format!("{name}.work")));
         workers.push(Proc::spawn(&name, &mut cmd, tmp.path()));
     }
-    for w in &mut workers {
-        wait_log(w, "joined the farm", Duration::from_secs(60));
-    }
-    wait_log(&mut coord, "node joined node=3", Duration::from_secs(10));
+    // The coordinator's own count of nodes, asked from its namespace.
+    let nodes = || {
+        let out = net
+            .command(0, &bin("discomy"))
+            .args(["status", "--json", "--coordinator", "127.0.0.1:3634", "--token", TOKEN])
+            .output()
+            .expect("discomy status");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["nodes"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    wait_until("three nodes in the farm", Duration::from_secs(60), &mut workers, || nodes() == 3);
 
     // Namespace 4: the build host's agent, no address either.
     let socket = tmp.path().join("agent.sock");
@@ -154,8 +159,18 @@ fn farm_found_over_mdns_across_namespaces() {
         .arg(&socket)
         .arg("--store")
         .arg(tmp.path().join("agent.store"));
-    let mut agent = Proc::spawn("agent", &mut cmd, tmp.path());
-    wait_log(&mut agent, "agent joined the farm", Duration::from_secs(60));
+    let agent = Proc::spawn("agent", &mut cmd, tmp.path());
+    let mut agent = vec![agent];
+    wait_until(
+        "the agent logged in to the coordinator",
+        Duration::from_secs(60),
+        &mut agent,
+        || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                && agent_stats(&socket)["coordinator_joined"] == true
+        },
+    );
+    let agent = agent.remove(0);
 
     let summary_path = tmp.path().join("summary.json");
     let mut cmd = clean_command("ip");

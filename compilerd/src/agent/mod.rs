@@ -221,6 +221,7 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                 let mut stats = state.stats.lock().map(|s| s.clone()).unwrap_or_default();
                 stats.uptime_s = state.started.elapsed().as_secs_f64();
                 stats.store = state.store.activity();
+                stats.coordinator_joined = state.coord.as_ref().is_some_and(|c| c.joined());
                 Response::Stats(stats)
             }
             Ok(Request::Compile(req)) if !state.store.is_installed(&req.compiler.identity) => {

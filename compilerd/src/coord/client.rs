@@ -51,6 +51,11 @@ impl Drop for Placed<'_> {
 }
 
 impl CoordClient {
+    /// Whether a session with the coordinator is up (logged in, placements possible).
+    pub fn joined(&self) -> bool {
+        self.tx.lock().map(|tx| tx.is_some()).unwrap_or(false)
+    }
+
     /// Starts the background connection to `addr` as submitter `host`.
     pub fn spawn(
         addr: CoordinatorAddr,

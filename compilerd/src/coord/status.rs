@@ -126,6 +126,8 @@ pub struct AgentStatsJson<'a> {
     pub other_calls: &'a std::collections::BTreeMap<String, u64>,
     /// The agent's toolchain store.
     pub store: &'a StoreActivity,
+    /// Whether the agent is logged in to a coordinator.
+    pub coordinator_joined: bool,
     /// Seconds since the agent started.
     pub uptime_s: f64,
 }
@@ -136,6 +138,7 @@ impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
             counts: &s.counts,
             other_calls: &s.other_calls,
             store: &s.store,
+            coordinator_joined: s.coordinator_joined,
             uptime_s: s.uptime_s,
         }
     }
