@@ -34,7 +34,7 @@ pub enum Request {
     /// Since version 6.
     Report(crate::stats::UnitReport),
     /// A node's counters; an agent answers with [`Response::Stats`], a worker with
-    /// [`Response::StoreStats`]. Since version 6.
+    /// [`Response::WorkerStats`]. Since version 6.
     Stats,
 }
 
@@ -73,7 +73,7 @@ pub enum Response {
     /// An agent's answer to [`Request::Stats`]. Since version 6.
     Stats(crate::stats::AgentStats),
     /// A worker's answer to [`Request::Stats`]. Since version 6.
-    StoreStats(crate::stats::StoreActivity),
+    WorkerStats(crate::stats::WorkerStats),
 }
 
 /// The compiler a unit must be compiled with.

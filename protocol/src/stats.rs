@@ -274,9 +274,8 @@ pub struct Installed {
     pub digest: String,
 }
 
-/// What a node's toolchain store did since the node started: workers answer
-/// [`crate::Request::Stats`] with it ([`crate::Response::StoreStats`]), agents include it in
-/// [`AgentStats`]. Since version 6.
+/// What a node's toolchain store did since the node started: workers include it in
+/// [`WorkerStats`], agents in [`AgentStats`]. Since version 6.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreActivity {
     /// Toolchains installed (seeded ones included), in order.
@@ -285,6 +284,16 @@ pub struct StoreActivity {
     pub blobs_received: BTreeMap<String, u64>,
     /// Toolchains pushed to peers that asked for them.
     pub toolchains_pushed: u64,
+}
+
+/// A worker's counters since it started ([`crate::Response::WorkerStats`]). Since version 6.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Its toolchain store.
+    pub store: StoreActivity,
+    /// Jobs from real distcc clients by result, in distccd's words (`COMPILE_OK`,
+    /// `COMPILE_ERROR`, `REJ_BAD_REQ`, `REJ_ACCESS`, `REJ_PUMP` for pump mode).
+    pub distcc: BTreeMap<String, u64>,
 }
 
 /// An agent's counters since it started. Since version 6.
@@ -296,6 +305,8 @@ pub struct AgentStats {
     pub store: StoreActivity,
     /// Whether it is logged in to a coordinator now (placements come from it).
     pub coordinator_joined: bool,
+    /// Workers and distccd hosts put in backoff after a failed exchange.
+    pub backoffs: u64,
     /// Calls that were not compile units (links, `-E`, …) by reason key.
     pub other_calls: BTreeMap<String, u64>,
     /// Seconds since the agent started.

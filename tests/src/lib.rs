@@ -767,8 +767,8 @@ pub fn read_summary(path: &Path) -> Summary {
     Summary { counts, raw }
 }
 
-/// `discomy stats --worker ADDR --json`: a worker's toolchain-store activity (installs, blobs
-/// received, toolchains pushed).
+/// `discomy stats --worker ADDR --json`: a worker's counters (`store`: installs, blobs received,
+/// toolchains pushed; `distcc`: jobs by result).
 pub fn worker_stats(addr: &SocketAddr) -> serde_json::Value {
     let out = clean_command(bin("discomy"))
         .args(["stats", "--json", "--worker", &addr.to_string()])

@@ -76,6 +76,6 @@ fn icecc_tarball_is_a_toolchain_source() {
         "the tarball's toolchain should reach the worker exactly once: {agent}"
     );
     let worker = worker_stats(&farm.workers[0].addr);
-    let installed = worker["installed"].as_array().map(Vec::len).unwrap_or(0);
+    let installed = worker["store"]["installed"].as_array().map(Vec::len).unwrap_or(0);
     assert!(installed >= 1, "the worker installed nothing: {worker}");
 }

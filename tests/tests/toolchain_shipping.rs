@@ -185,7 +185,7 @@ fn private_gcc11_is_shipped_and_objects_identical() {
     show.add("wrapper stats", &stats);
     let env = WrapperEnv { socket: &farm.agent.socket, stats: &stats, tmp: &wrapper_tmp };
     assert!(
-        gcc11_installs(&worker_stats(&farm.workers[0].addr)).is_empty(),
+        gcc11_installs(&worker_stats(&farm.workers[0].addr)["store"]).is_empty(),
         "the worker already holds a gcc 11 before anything was sent"
     );
 
@@ -198,7 +198,7 @@ fn private_gcc11_is_shipped_and_objects_identical() {
         agent["store"]["toolchains_pushed"].as_u64() >= Some(1),
         "the agent never pushed a toolchain: {agent}"
     );
-    let worker = worker_stats(&farm.workers[0].addr);
+    let worker = worker_stats(&farm.workers[0].addr)["store"].clone();
     let installs = gcc11_installs(&worker);
     assert_eq!(
         installs.len(),
@@ -275,7 +275,7 @@ fn el_specs_and_plugin_distribute() {
     farm.assert_alive();
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 
-    let worker = worker_stats(&farm.workers[0].addr);
+    let worker = worker_stats(&farm.workers[0].addr)["store"].clone();
     let all = installs(&worker);
     let matching = all.iter().filter(|(_, d)| *d == expected_identity.to_hex()).count();
     assert_eq!(
@@ -295,7 +295,10 @@ fn two_agents_one_transfer() {
         .iter()
         .map(|name| Agent::start(tmp.path(), name, &worker.host_spec()))
         .collect();
-    assert!(gcc11_installs(&worker_stats(&worker.addr)).is_empty(), "fresh worker holds gcc 11");
+    assert!(
+        gcc11_installs(&worker_stats(&worker.addr)["store"]).is_empty(),
+        "fresh worker holds gcc 11"
+    );
     let mut show = ShowOnFailure::default();
 
     // The reference object.
@@ -354,7 +357,7 @@ fn two_agents_one_transfer() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
-    let store = worker_stats(&worker.addr);
+    let store = worker_stats(&worker.addr)["store"].clone();
     let installs = gcc11_installs(&store);
     assert_eq!(
         installs.len(),

@@ -98,6 +98,15 @@ struct State {
     started: std::time::Instant,
 }
 
+impl State {
+    /// Counts a host put in backoff (`discomy stats`' `backoffs`).
+    fn count_backoff(&self) {
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.backoffs += 1;
+        }
+    }
+}
+
 /// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
 /// users (mock builds run as another user; the directory's permissions are the gate).
 pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
@@ -365,6 +374,7 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
                 Err(reason) => {
                     warn!(source = %unit.source, %reason, "distccd failed; backing off from it");
                     state.pool.release(host, Release::Failed);
+                    state.count_backoff();
                     last_reason = reason.to_string();
                 }
             }
@@ -399,6 +409,7 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
             Err(reason) => {
                 warn!(source = %unit.source, %reason, "worker failed; backing off from it");
                 state.pool.release(host, Release::Failed);
+                state.count_backoff();
                 last_reason = reason.to_string();
             }
         }

@@ -54,8 +54,8 @@ enum Cmd {
         /// The agent's socket.
         #[arg(long, env = "DISCOMY_SOCKET", default_value = discomy_wrapper::client::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// A worker's toolchain-store activity instead (`host:port`; the farm token from
-        /// `DISCOMY_TOKEN`).
+        /// A worker's counters instead (`host:port`; the farm token from `DISCOMY_TOKEN`):
+        /// its toolchain store, and its distcc jobs by result.
         #[arg(long, value_name = "ADDR")]
         worker: Option<String>,
         /// Print JSON (the field names are a stable interface).
@@ -116,11 +116,14 @@ fn worker_stats(addr: &str, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
-        println!("toolchains pushed: {}", stats.toolchains_pushed);
-        for t in &stats.installed {
+        println!("toolchains pushed: {}", stats.store.toolchains_pushed);
+        for t in &stats.store.installed {
             println!("installed {} ({})", t.name, t.digest);
         }
-        println!("blobs received: {}", stats.blobs_received.values().sum::<u64>());
+        println!("blobs received: {}", stats.store.blobs_received.values().sum::<u64>());
+        for (result, n) in &stats.distcc {
+            println!("distcc {result}: {n}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use discomy_protocol::AuthConfig;
 use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, FarmStatus};
-use discomy_protocol::stats::{AgentStats, StoreActivity};
+use discomy_protocol::stats::{AgentStats, StoreActivity, WorkerStats};
 
 use super::CoordError;
 use tokio::net::TcpStream;
@@ -107,11 +107,11 @@ pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
     }
 }
 
-/// A worker's store activity (`discomy stats --worker`), asked over TCP with the farm token.
-pub async fn worker_stats(addr: &str, auth: &AuthConfig) -> Result<StoreActivity, CoordError> {
+/// A worker's counters (`discomy stats --worker`), asked over TCP with the farm token.
+pub async fn worker_stats(addr: &str, auth: &AuthConfig) -> Result<WorkerStats, CoordError> {
     let who = format!("worker {addr}");
     match ask(addr, &who, auth, &discomy_protocol::Request::Stats).await? {
-        discomy_protocol::Response::StoreStats(s) => Ok(s),
+        discomy_protocol::Response::WorkerStats(s) => Ok(s),
         other => Err(CoordError::Unexpected { addr: who, answer: format!("{other:?}") }),
     }
 }
@@ -128,6 +128,8 @@ pub struct AgentStatsJson<'a> {
     pub store: &'a StoreActivity,
     /// Whether the agent is logged in to a coordinator.
     pub coordinator_joined: bool,
+    /// Hosts put in backoff after a failed exchange.
+    pub backoffs: u64,
     /// Seconds since the agent started.
     pub uptime_s: f64,
 }
@@ -139,6 +141,7 @@ impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
             other_calls: &s.other_calls,
             store: &s.store,
             coordinator_joined: s.coordinator_joined,
+            backoffs: s.backoffs,
             uptime_s: s.uptime_s,
         }
     }

@@ -115,7 +115,10 @@ async fn serve(
     let started = Instant::now();
     let version = match tokio::time::timeout(HEADER_TIMEOUT, read_version(&mut stream)).await {
         Ok(Ok(v)) => v,
-        Ok(Err(DistccError::Version(3))) => return refuse_pump(stream, peer, config).await,
+        Ok(Err(DistccError::Version(3))) => {
+            state.count_distcc("REJ_PUMP");
+            return refuse_pump(stream, peer, config).await;
+        }
         Ok(Err(DistccError::Io(err))) => {
             // A bare connect (`lsdistcc` without a compiler) or a client that gave up.
             debug!(client = %peer, %err, "distcc: connection closed before a request");
@@ -123,6 +126,7 @@ async fn serve(
         }
         Ok(Err(err)) => {
             let reply = Reply::refusal(code::PROTOCOL, &format!("malformed request: {err}"));
+            state.count_distcc("REJ_BAD_REQ");
             return answer_and_close(stream, peer, Version::Plain, "REJ_BAD_REQ", reply).await;
         }
         Err(_) => return,
@@ -132,6 +136,7 @@ async fn serve(
         let why =
             format!("access denied: client {} is not in this server's --allow list", peer.ip());
         let reply = Reply::refusal(code::ACCESS_DENIED, &why);
+        state.count_distcc("REJ_ACCESS");
         return answer_and_close(stream, peer, version, "REJ_ACCESS", reply).await;
     }
     let (outcome, source) = match read_job(&mut stream, version, config).await {
@@ -146,6 +151,7 @@ async fn serve(
         Outcome::Compiled(reply) => ("COMPILE_ERROR", reply),
         Outcome::Refused(what, reply) => (what, reply),
     };
+    state.count_distcc(result);
     info!(client = %peer, result, exit = reply.exit_code(), ms = started.elapsed().as_millis() as u64, %source, "distcc job");
     answer_bytes(&mut stream, &reply.encode(version)).await;
 }

@@ -89,12 +89,21 @@ pub(crate) struct State {
     pub(crate) slots: Semaphore,
     /// One unprivileged uid per slot, so per-user process limits never mix two units.
     uids: std::sync::Mutex<Vec<u32>>,
+    /// distcc jobs by result (`discomy stats --worker`).
+    pub(crate) distcc_results: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Size bound of the worker's store of source-mode file contents.
 pub const SOURCE_STORE_BYTES: u64 = 2 << 30;
 
 impl State {
+    /// Counts a distcc job's result.
+    pub(crate) fn count_distcc(&self, result: &str) {
+        if let Ok(mut m) = self.distcc_results.lock() {
+            *m.entry(result.to_string()).or_insert(0) += 1;
+        }
+    }
+
     /// Takes a slot's uid for one unit.
     pub(crate) fn uid(&self) -> UidLease<'_> {
         UidLease(self, self.uids.lock().unwrap_or_else(|e| e.into_inner()).pop())
@@ -136,6 +145,7 @@ pub async fn run(
         store,
         sources,
         uids: std::sync::Mutex::new(uids),
+        distcc_results: std::sync::Mutex::default(),
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
@@ -213,7 +223,10 @@ async fn serve_connection(
         };
         let response = match request {
             Request::Ping => Response::Pong,
-            Request::Stats => Response::StoreStats(state.store.activity()),
+            Request::Stats => Response::WorkerStats(discomy_protocol::stats::WorkerStats {
+                store: state.store.activity(),
+                distcc: state.distcc_results.lock().map(|m| m.clone()).unwrap_or_default(),
+            }),
             Request::Compile(req) => compile(req, &state, &shutdown).await,
             Request::CompileSources(req) => source_unit::compile(req, &state, &shutdown).await,
             Request::PutSource(payload) => match state.sources.put(&payload) {

@@ -99,6 +99,7 @@ mod tests {
             sources: SourceStore::open(&dir.join("sources"), 1 << 20).expect("sources"),
             slots: tokio::sync::Semaphore::new(slots),
             uids: std::sync::Mutex::new(vec![64000, 64001]),
+            distcc_results: std::sync::Mutex::default(),
         }
     }
 
