@@ -123,9 +123,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         for i in 0..n {
             let addr_file = dir.path().join(format!("worker{i}.addr"));
             let mut cmd = Command::new(&compilerd);
-            // An embedded farm never discovers or joins anything.
-            cmd.args(["--no-mdns", "worker", "--listen", "127.0.0.1:0"])
-                .args(["--slots", &slots.to_string()])
+            // On loopback: it discovers and joins nothing (compilerd's rule for loopback).
+            cmd.args(["worker", "--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
                 .arg("--addr-file")
                 .arg(&addr_file)
                 .arg("--store")
@@ -159,9 +158,6 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         }
         let socket = dir.path().join("agent.sock");
         let mut cmd = Command::new(&compilerd);
-        if opts.local_farm.is_some_and(|n| n > 0) {
-            cmd.arg("--no-mdns");
-        }
         cmd.arg("agent").arg("--socket").arg(&socket).arg("--hosts").arg(hosts.join(","));
         cmd.arg("--store").arg(dir.path().join("agent.store"));
         cmd.env_remove("DISCOMY_HOSTS");

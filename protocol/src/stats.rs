@@ -85,119 +85,84 @@ impl StatsLine {
     }
 }
 
-/// Why a call did not go to the farm (or [`Reason::None`] when it did).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Reason {
+/// Defines [`Reason`], its stable keys and the list of every reason from one table, so no
+/// variant can lack a key or be missing from [`Reason::ALL`].
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = $key:literal,)*) => {
+        /// Why a call did not go to the farm (or [`Reason::None`] when it did).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum Reason {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Reason {
+            /// Every reason.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The stable key of this reason in `discomy stats --json` and the run summary.
+            pub fn key(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $key,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
     /// Nothing to explain (remote units, cache hits).
-    None,
-    // Calls that are not compile units.
-    /// Linking (no `-c` or `-S`).
-    Link,
-    /// `-E`, `-M`, `-MM`: preprocessing only.
-    Preprocess,
-    /// No input file (`--version`, `-dumpversion`, …).
-    NoInput,
-    /// An option without its value: left to the compiler to report.
-    Malformed,
-    // Units compiled locally by policy.
+    None = "none",
+    /// Linking (no `-c` or `-S`); not a compile unit.
+    Link = "link",
+    /// `-E`, `-M`, `-MM`: preprocessing only; not a compile unit.
+    Preprocess = "preprocess",
+    /// No input file (`--version`, `-dumpversion`, …); not a compile unit.
+    NoInput = "no_input",
+    /// An option without its value, left to the compiler to report; not a compile unit.
+    Malformed = "malformed",
     /// An autoconf test program (`conftest.c`).
-    Conftest,
+    Conftest = "conftest",
     /// Several sources, or sources mixed with other inputs, in one call.
-    SeveralSources,
+    SeveralSources = "several_sources",
     /// Not a C or C++ source (assembler, `-x` of another language).
-    Language,
+    Language = "language",
     /// An option discomy knows and keeps local (profiles, dumps, `-save-temps`, `-B`, …).
-    RefusedArgument,
+    RefusedArgument = "refused_argument",
     /// An option discomy does not know.
-    UnsupportedFlag,
+    UnsupportedFlag = "unsupported_flag",
     /// `-march=native` and friends: the build host's CPU.
-    NativeCpu,
+    NativeCpu = "native_cpu",
     /// Source from standard input, output to standard output, or a response file.
-    StandardStreams,
+    StandardStreams = "standard_streams",
     /// Informational options (`--help`, `-print-…`) next to a compile.
-    Informational,
+    Informational = "informational",
     /// `DISCOMY_DISABLE` is set.
-    Disabled,
-    // Fallbacks: distributable, but the farm did not deliver.
-    /// No agent listens on the socket.
-    NoAgent,
-    /// The agent had no worker for it (none configured, all busy past the queue limit, all
-    /// failed).
-    NoWorker,
-    /// Workers refused it (arguments, toolchain, internal errors).
-    FarmRefused,
-    /// The remote compile (or the local preprocessing step) printed diagnostics or failed: the
-    /// local compiler reports them.
-    Diagnostics,
-    /// The compiler's toolchain could not be collected or shipped.
-    Toolchain,
-    /// The agent connection broke or answered out of turn.
-    AgentError,
-    /// The unit depends on something only the build host has (`__TIMESTAMP__`, an unusable
-    /// working directory, unsafe paths).
-    HostOnly,
-    /// The result could not be written.
-    Output,
+    Disabled = "disabled",
+    /// (Fallback) No agent listens on the socket.
+    NoAgent = "no_agent",
+    /// (Fallback) The agent had no worker for it (none configured, all busy past the queue
+    /// limit, all failed).
+    NoWorker = "no_worker",
+    /// (Fallback) Workers refused it (arguments, toolchain, internal errors).
+    FarmRefused = "farm_refused",
+    /// (Fallback) The remote compile (or the local preprocessing step) printed diagnostics or
+    /// failed: the local compiler reports them.
+    Diagnostics = "diagnostics",
+    /// (Fallback) The compiler's toolchain could not be collected or shipped.
+    Toolchain = "toolchain",
+    /// (Fallback) The agent connection broke or answered out of turn.
+    AgentError = "agent_error",
+    /// (Fallback) The unit depends on something only the build host has (`__TIMESTAMP__`, an
+    /// unusable working directory, unsafe paths).
+    HostOnly = "host_only",
+    /// (Fallback) The result could not be written.
+    Output = "output",
 }
 
 impl Reason {
-    /// Every reason.
-    pub const ALL: [Reason; 22] = [
-        Reason::None,
-        Reason::Link,
-        Reason::Preprocess,
-        Reason::NoInput,
-        Reason::Malformed,
-        Reason::Conftest,
-        Reason::SeveralSources,
-        Reason::Language,
-        Reason::RefusedArgument,
-        Reason::UnsupportedFlag,
-        Reason::NativeCpu,
-        Reason::StandardStreams,
-        Reason::Informational,
-        Reason::Disabled,
-        Reason::NoAgent,
-        Reason::NoWorker,
-        Reason::FarmRefused,
-        Reason::Diagnostics,
-        Reason::Toolchain,
-        Reason::AgentError,
-        Reason::HostOnly,
-        Reason::Output,
-    ];
-
     /// The reason of a [`Reason::key`].
     pub fn from_key(key: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.key() == key)
-    }
-
-    /// The stable key of this reason in `discomy stats --json` and the run summary.
-    pub fn key(self) -> &'static str {
-        match self {
-            Reason::None => "none",
-            Reason::Link => "link",
-            Reason::Preprocess => "preprocess",
-            Reason::NoInput => "no_input",
-            Reason::Malformed => "malformed",
-            Reason::Conftest => "conftest",
-            Reason::SeveralSources => "several_sources",
-            Reason::Language => "language",
-            Reason::RefusedArgument => "refused_argument",
-            Reason::UnsupportedFlag => "unsupported_flag",
-            Reason::NativeCpu => "native_cpu",
-            Reason::StandardStreams => "standard_streams",
-            Reason::Informational => "informational",
-            Reason::Disabled => "disabled",
-            Reason::NoAgent => "no_agent",
-            Reason::NoWorker => "no_worker",
-            Reason::FarmRefused => "farm_refused",
-            Reason::Diagnostics => "diagnostics",
-            Reason::Toolchain => "toolchain",
-            Reason::AgentError => "agent_error",
-            Reason::HostOnly => "host_only",
-            Reason::Output => "output",
-        }
+        Reason::ALL.iter().copied().find(|r| r.key() == key)
     }
 }
 
@@ -275,15 +240,33 @@ pub struct Installed {
 }
 
 /// What a node's toolchain store did since the node started: workers include it in
-/// [`WorkerStats`], agents in [`AgentStats`]. Since version 6.
+/// [`WorkerStats`], agents in [`AgentStats`]. Bounded whatever peers send. Since version 6.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreActivity {
-    /// Toolchains installed (seeded ones included), in order.
+    /// Toolchains installed (seeded ones included).
+    pub installs: u64,
+    /// The most recent installs, oldest first (at most [`StoreActivity::RECENT_INSTALLS`]).
     pub installed: Vec<Installed>,
-    /// Blobs received from peers, by digest (hex): more than 1 means a blob travelled twice.
-    pub blobs_received: BTreeMap<String, u64>,
+    /// Blobs received from peers.
+    pub blobs_received: u64,
+    /// Of those, blobs this node had received before: a toolchain that travelled twice.
+    pub blobs_received_again: u64,
     /// Toolchains pushed to peers that asked for them.
     pub toolchains_pushed: u64,
+}
+
+impl StoreActivity {
+    /// How many recent installs are listed.
+    pub const RECENT_INSTALLS: usize = 64;
+
+    /// Counts an install.
+    pub fn note_install(&mut self, installed: Installed) {
+        self.installs += 1;
+        self.installed.push(installed);
+        if self.installed.len() > Self::RECENT_INSTALLS {
+            self.installed.remove(0);
+        }
+    }
 }
 
 /// A worker's counters since it started ([`crate::Response::WorkerStats`]). Since version 6.
@@ -348,7 +331,7 @@ mod tests {
         let keys: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.key()).collect();
         assert_eq!(keys.len(), Reason::ALL.len());
         for r in Reason::ALL {
-            assert_eq!(Reason::from_key(r.key()), Some(r));
+            assert_eq!(Reason::from_key(r.key()), Some(*r));
         }
     }
 

@@ -323,15 +323,16 @@ impl Proc {
 
     fn exited(&mut self, status: ExitStatus) {
         self.exit = Some(status);
-        // The leader is gone; give the rest of its group a moment, then kill what is left.
+        // The leader is gone; give the rest of its group a moment, then kill what is left and
+        // wait until it is gone too (a SIGKILLed process lives on until the kernel reaps it).
         let pgid = self.pid();
         let start = Instant::now();
         loop {
             let members = live_group_members(pgid);
-            if members.is_empty() {
+            if members.is_empty() || start.elapsed() > Duration::from_secs(15) {
                 break;
             }
-            if start.elapsed() > Duration::from_secs(5) {
+            if !self.left_behind && start.elapsed() > Duration::from_secs(5) {
                 eprintln!(
                     "[e2e] {} exited but left processes in its group; killing them:\n  {}",
                     self.name,
@@ -339,7 +340,6 @@ impl Proc {
                 );
                 self.left_behind = true;
                 signal_group(pgid, "KILL");
-                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -767,40 +767,30 @@ pub fn read_summary(path: &Path) -> Summary {
     Summary { counts, raw }
 }
 
-/// `discomy stats --worker ADDR --json`: a worker's counters (`store`: installs, blobs received,
-/// toolchains pushed; `distcc`: jobs by result).
-pub fn worker_stats(addr: &SocketAddr) -> serde_json::Value {
-    let out = clean_command(bin("discomy"))
-        .args(["stats", "--json", "--worker", &addr.to_string()])
-        .output()
-        .expect("run discomy stats --worker");
+/// `discomy ARGS… --json`, parsed; fails the test when it fails or prints no JSON.
+fn discomy_json(args: &[&OsStr]) -> serde_json::Value {
+    let out = clean_command(bin("discomy")).args(args).arg("--json").output().expect("run discomy");
     assert!(
         out.status.success(),
-        "discomy stats --worker failed ({}): {}",
+        "discomy {args:?} failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("discomy stats printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!("discomy {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
+}
+
+/// `discomy stats --worker ADDR --json`: a worker's counters (`store`: installs, blobs received,
+/// toolchains pushed; `distcc`: jobs by result).
+pub fn worker_stats(addr: &SocketAddr) -> serde_json::Value {
+    let addr = addr.to_string();
+    discomy_json(&["stats".as_ref(), "--worker".as_ref(), addr.as_ref()])
 }
 
 /// `discomy stats --json` of the agent listening on `socket`.
 pub fn agent_stats(socket: &Path) -> serde_json::Value {
-    let out = clean_command(bin("discomy"))
-        .args(["stats", "--json", "--socket"])
-        .arg(socket)
-        .output()
-        .expect("run discomy stats");
-    assert!(
-        out.status.success(),
-        "discomy stats --json failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("discomy stats printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
-    })
+    discomy_json(&["stats".as_ref(), "--socket".as_ref(), socket.as_os_str()])
 }
 
 /// Every regular file under `dir`, by path relative to it.

@@ -49,7 +49,14 @@ impl PendingAgent {
 impl AgentClient {
     /// Connects and performs the handshake.
     pub fn connect(path: &Path) -> Result<AgentClient, ProtocolError> {
-        let mut stream = open(path)?;
+        AgentClient::connect_within(path, Duration::from_secs(10))
+    }
+
+    /// Connects with `limit` on the handshake and on every later write (and read, until a call
+    /// sets its own): for the exchanges that are extras (a report, the farm tier of the
+    /// cache), which a slow or wedged agent must not hold up.
+    pub fn connect_within(path: &Path, limit: Duration) -> Result<AgentClient, ProtocolError> {
+        let mut stream = open(path, limit)?;
         client_handshake(&mut stream, &AuthConfig::none())?;
         Ok(AgentClient { stream })
     }
@@ -57,7 +64,7 @@ impl AgentClient {
     /// Connects now (so a missing agent is known at once) and runs the handshake in the
     /// background.
     pub fn connect_in_background(path: &Path) -> Result<PendingAgent, ProtocolError> {
-        let mut stream = open(path)?;
+        let mut stream = open(path, Duration::from_secs(10))?;
         let handshake = std::thread::Builder::new()
             .name("agent-handshake".into())
             .spawn(move || {
@@ -81,10 +88,10 @@ impl AgentClient {
     }
 }
 
-fn open(path: &Path) -> Result<UnixStream, ProtocolError> {
+fn open(path: &Path, limit: Duration) -> Result<UnixStream, ProtocolError> {
     let stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
     Ok(stream)
 }
 

@@ -18,10 +18,10 @@ use discomy_protocol::{
 use tracing::{debug, info};
 
 use crate::args::{Class, Unit, classify};
-use crate::client::{AgentClient, socket_path};
+use crate::client::AgentClient;
 use crate::invocation::Invocation;
-use crate::prepared::{Prepared, Scanned};
-use crate::source_mode::{self, SourceModeError};
+use crate::prepared::Prepared;
+use crate::source_mode::{self, Scanned, SourceModeError};
 use crate::stats::{self, Fallback, Outcome, Reason};
 use crate::{cache, local, toolchain};
 
@@ -82,7 +82,7 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
 }
 
 fn disabled() -> bool {
-    std::env::var_os(crate::ENV_DISABLE).is_some_and(|v| !v.is_empty() && v != "0")
+    discomy_protocol::plumbing::env::flag(crate::ENV_DISABLE) == Some(true)
 }
 
 fn source_of(args: &[String]) -> String {
@@ -112,17 +112,19 @@ fn remote(
     prep: &mut Prepared<'_>,
 ) -> Result<(Vec<u8>, AgentClient), Fallback> {
     // The agent first: without one (a fast refusal), nothing is scanned or preprocessed for it.
-    if prep.agent_missing() {
-        let why = prep.agent().err().map(|e| e.to_string()).unwrap_or_default();
-        return Err(Fallback::new(Reason::NoAgent, why));
+    let no_agent = |e: crate::prepared::NoAgent| Fallback::new(Reason::NoAgent, e.to_string());
+    if let Some(missing) = prep.missing_agent() {
+        return Err(no_agent(missing));
     }
+    let toolchain_error =
+        |e: toolchain::ToolchainError| Fallback::new(Reason::Toolchain, e.to_string());
     let mode = prep.mode;
-    let (scanned, tools) = prep.take_scan();
-    let tools = tools.map_err(|e| Fallback::new(Reason::Toolchain, e.to_string()))?;
-    let mut agent = prep.agent().map_err(|e| Fallback::new(Reason::NoAgent, e.to_string()))?;
+    let scanned = prep.take_scan();
+    let mut agent = prep.agent().map_err(no_agent)?;
     // Scanned: no preprocessor on this host at all (when the includes can be found by reading).
     match scanned {
-        Ok(Scanned { files, deps }) => {
+        Ok(Scanned { files, deps, .. }) => {
+            let tools = prep.take_toolchain().map_err(toolchain_error)?;
             match source_mode::send(&mut agent, inv, unit, &tools, files, deps) {
                 Ok((result, dep_file)) => {
                     return finish(unit, result, dep_file).map(|o| (o, agent));
@@ -130,7 +132,7 @@ fn remote(
                 Err(SourceModeError::Final(fallback)) => return Err(fallback),
                 Err(SourceModeError::Unavailable(fallback)) => {
                     debug!(source = %unit.source, %fallback, "scanned unit refused; preprocessing");
-                    agent = reconnect()?;
+                    agent = prep.reconnect().map_err(no_agent)?;
                 }
             }
         }
@@ -139,8 +141,9 @@ fn remote(
         }
         Err(_) => {}
     }
-    // Preprocessing runs while we look up the toolchain (unless the scan already did).
+    // Preprocessing runs while we look up the toolchain (unless the scan or the cache did).
     let mut cpp = Preprocessor::start(inv, unit)?;
+    let tools = prep.take_toolchain().map_err(toolchain_error)?;
     let identity = tools.manifest.digest();
     let unit_text = cpp.finish()?;
     if memchr_str(&unit_text, b"__TIMESTAMP__") {
@@ -160,7 +163,7 @@ fn remote(
             }
             Err(SourceModeError::Unavailable(fallback)) => {
                 debug!(source = %unit.source, %fallback, "source mode unavailable; sending the preprocessed unit");
-                agent = reconnect()?;
+                agent = prep.reconnect().map_err(no_agent)?;
             }
         }
     }
@@ -198,14 +201,6 @@ fn remote(
         }
     };
     finish(unit, result, None).map(|o| (o, agent))
-}
-
-/// A new agent connection after a refused attempt.
-fn reconnect() -> Result<AgentClient, Fallback> {
-    let socket = socket_path();
-    AgentClient::connect(&socket).map_err(|e| {
-        Fallback::new(Reason::NoAgent, format!("no agent at {}: {e}", socket.display()))
-    })
 }
 
 /// Writes a successful remote result where the build expects it (the dependency file first,

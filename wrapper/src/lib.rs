@@ -43,18 +43,20 @@ pub mod toolchain;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-/// Environment variable: set to `1` to never distribute.
-pub const ENV_DISABLE: &str = "DISCOMY_DISABLE";
+use discomy_protocol::plumbing::env;
+
+/// Environment variable: `1` (or `true`, `yes`) never distributes.
+pub const ENV_DISABLE: &str = env::DISABLE;
 /// Environment variable: the agent's Unix socket.
-pub const ENV_SOCKET: &str = "DISCOMY_SOCKET";
+pub const ENV_SOCKET: &str = env::SOCKET;
 /// How units go in source mode: unset or `scan` (include scanner, no local preprocessing, where
 /// possible), `1` (preprocess, then source mode for every unit), `0` (preprocess; source mode
 /// only for `-g` with recorded switches). See [`source_mode::Mode`].
-pub const ENV_SOURCE_MODE: &str = "DISCOMY_SOURCE_MODE";
+pub const ENV_SOURCE_MODE: &str = env::SOURCE_MODE;
 /// Environment variable: set in the real compiler's environment so nested calls run directly.
-pub const ENV_SAFEGUARD: &str = "DISCOMY_SAFEGUARD";
+pub const ENV_SAFEGUARD: &str = env::SAFEGUARD;
 /// Environment variable: log filter for the wrapper (logs go to stderr or `DISCOMY_LOG_FILE`).
-pub const ENV_LOG: &str = "DISCOMY_LOG";
+pub const ENV_LOG: &str = env::LOG;
 
 /// Exit code when the wrapper cannot find or start the real compiler (as a shell would).
 pub const EXIT_NO_COMPILER: u8 = 127;
@@ -104,7 +106,7 @@ fn init_logging() {
     let Some(filter) = std::env::var_os(ENV_LOG) else { return };
     let filter = tracing_subscriber::EnvFilter::new(filter.to_string_lossy());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
-    match std::env::var_os("DISCOMY_LOG_FILE")
+    match std::env::var_os(env::LOG_FILE)
         .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok())
     {
         Some(file) => builder.with_writer(std::sync::Mutex::new(file)).init(),

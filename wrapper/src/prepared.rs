@@ -5,22 +5,11 @@
 //! The cache keys a miss on the scan (every file the compile can open, by content) and the farm
 //! path sends the same scan in source mode, so a miss runs no preprocessor on the build host.
 
-use discomy_protocol::DepRequest;
-
 use crate::args::Unit;
 use crate::client::{AgentClient, PendingAgent};
 use crate::invocation::Invocation;
-use crate::source_mode::{self, Mode, ScanGaveUp};
-use crate::sources::UnitFiles;
+use crate::source_mode::{self, Mode, ScanGaveUp, Scanned};
 use crate::toolchain::{Toolchain, ToolchainError};
-
-/// A unit's files from the include scanner, and the dependency file to ask the worker for.
-pub struct Scanned {
-    /// Every file the compile can open.
-    pub files: UnitFiles,
-    /// Where the dependency file goes, and how the worker writes it.
-    pub deps: Option<(String, DepRequest)>,
-}
 
 /// The facts of one call, each computed on first use.
 pub struct Prepared<'a> {
@@ -111,9 +100,19 @@ impl<'a> Prepared<'a> {
         self.agent = Agent::Unasked;
     }
 
-    /// Whether the early connection failed (no agent listening).
-    pub fn agent_missing(&self) -> bool {
-        matches!(self.agent, Agent::Failed(_))
+    /// A new connection, after a refused attempt left the old one's state unknown.
+    pub fn reconnect(&mut self) -> Result<AgentClient, NoAgent> {
+        self.drop_agent();
+        self.agent()
+    }
+
+    /// Why there is no agent, when the early connection already failed (known without
+    /// waiting for a handshake).
+    pub fn missing_agent(&self) -> Option<NoAgent> {
+        match &self.agent {
+            Agent::Failed(why) => Some(NoAgent(why.clone())),
+            _ => None,
+        }
     }
 
     /// The toolchain the unit compiles with.
@@ -130,8 +129,7 @@ impl<'a> Prepared<'a> {
         if self.scan.is_none() {
             let (inv, unit) = (self.inv, self.unit);
             let result = match self.toolchain() {
-                Ok(tools) => source_mode::scanned(inv, unit, tools)
-                    .map(|(files, deps)| Scanned { files, deps }),
+                Ok(tools) => source_mode::scanned(inv, unit, tools),
                 Err(e) => Err(ScanGaveUp::Toolchain(e.to_string())),
             };
             self.scan = Some(result);
@@ -143,16 +141,14 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// The scan and the toolchain, handed over to the farm path (computed if not yet).
-    pub fn take_scan(
-        &mut self,
-    ) -> (Result<Scanned, ScanGaveUp>, Result<Toolchain, ToolchainError>) {
+    /// The scan, handed over to the farm path (made now if the mode allows and not yet).
+    pub fn take_scan(&mut self) -> Result<Scanned, ScanGaveUp> {
         let _ = self.scan();
-        let scan = self.scan.take().unwrap_or(Err(ScanGaveUp::Off));
-        let tools = self
-            .tools
-            .take()
-            .unwrap_or_else(|| crate::compile::unit_toolchain(self.inv, self.unit));
-        (scan, tools)
+        self.scan.take().unwrap_or(Err(ScanGaveUp::Off))
+    }
+
+    /// The toolchain, handed over to the farm path (collected now if not yet).
+    pub fn take_toolchain(&mut self) -> Result<Toolchain, ToolchainError> {
+        self.tools.take().unwrap_or_else(|| crate::compile::unit_toolchain(self.inv, self.unit))
     }
 }

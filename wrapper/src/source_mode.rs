@@ -111,12 +111,23 @@ pub enum ScanGaveUp {
     Files(String),
 }
 
+/// A unit's files from the include scanner, the dependency file to ask the worker for, and the
+/// working directory the scan resolved relative names against.
+pub struct Scanned {
+    /// Every file the compile can open.
+    pub files: UnitFiles,
+    /// Where the dependency file goes, and how the worker writes it.
+    pub deps: Option<(String, DepRequest)>,
+    /// The working directory, as the request names it.
+    pub cwd: String,
+}
+
 /// The unit's files from the include scanner, and the dependency file to ask for.
 pub fn scanned(
     inv: &Invocation,
     unit: &Unit,
     tools: &toolchain::Toolchain,
-) -> Result<(UnitFiles, Option<(String, DepRequest)>), ScanGaveUp> {
+) -> Result<Scanned, ScanGaveUp> {
     let started = std::time::Instant::now();
     if let Some(var) = environment_blocks() {
         return Err(ScanGaveUp::Environment(var));
@@ -147,7 +158,7 @@ pub fn scanned(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "includes scanned"
     );
-    Ok((files, deps))
+    Ok(Scanned { files, deps, cwd })
 }
 
 /// The unit's files from the linemarkers of its `-fdirectives-only` output.

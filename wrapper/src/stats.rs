@@ -38,7 +38,11 @@ pub fn record(
             let _ = write_frame(agent.stream(), &report);
         }
         None => {
-            if let Ok(mut agent) = AgentClient::connect(&crate::client::socket_path()) {
+            // Links, `-E` and local compiles report on a connection of their own: a wedged
+            // agent may cost them the short farm-tier limit, never more.
+            let socket = crate::client::socket_path();
+            let limit = crate::cache::farm::TIMEOUT;
+            if let Ok(mut agent) = AgentClient::connect_within(&socket, limit) {
                 let _ = write_frame(agent.stream(), &report);
             }
         }

@@ -32,7 +32,7 @@ struct Cli {
     /// leaves the machine unless asked. `DISCOMY_NO_MDNS` takes 1/0, true/false, yes/no.
     #[arg(
         long,
-        env = "DISCOMY_NO_MDNS",
+        env = discomy_protocol::plumbing::env::NO_MDNS,
         global = true,
         value_parser = clap::builder::BoolishValueParser::new(),
         action = clap::ArgAction::SetTrue

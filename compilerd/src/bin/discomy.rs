@@ -120,7 +120,10 @@ fn worker_stats(addr: &str, json: bool) -> Result<ExitCode> {
         for t in &stats.store.installed {
             println!("installed {} ({})", t.name, t.digest);
         }
-        println!("blobs received: {}", stats.store.blobs_received.values().sum::<u64>());
+        println!(
+            "installs: {}, blobs received: {} ({} again)",
+            stats.store.installs, stats.store.blobs_received, stats.store.blobs_received_again
+        );
         for (result, n) in &stats.distcc {
             println!("distcc {result}: {n}");
         }

@@ -45,24 +45,31 @@ pub async fn run_with(
     let pipes_closed = Notify::new();
     // The helper closes its output pipes once its record is complete: the run is over then,
     // though the helper may still be leaving its namespaces (see the helper's stage 1).
+    let read_record =
+        || std::fs::read_to_string(status_file.path()).ok().and_then(|t| HelperStatus::parse(&t));
     let finished = async {
         pipes_closed.notified().await;
-        match std::fs::read_to_string(status_file.path()).ok().and_then(|t| HelperStatus::parse(&t))
-        {
-            Some(record) if record.setup_error.is_none() => {}
-            _ => std::future::pending::<()>().await,
+        match read_record() {
+            Some(record) if record.setup_error.is_none() => record,
+            _ => std::future::pending().await,
         }
     };
+    // How the run ended: the helper's exit (and whether the wall clock killed it), or its
+    // complete record while it is still leaving its namespaces.
+    enum Ended {
+        Exited(std::process::ExitStatus, bool),
+        Recorded(HelperStatus),
+    }
     let wait = async {
         let result = tokio::select! {
             waited = tokio::time::timeout(spec.limits.wall, child.wait()) => match waited {
-                Ok(result) => result.map(|status| (Some(status), false)),
+                Ok(result) => result.map(|status| Ended::Exited(status, false)),
                 Err(_) => {
                     killer.kill();
-                    child.wait().await.map(|status| (Some(status), true))
+                    child.wait().await.map(|status| Ended::Exited(status, true))
                 }
             },
-            () = finished => Ok((None, false)),
+            record = finished => Ok(Ended::Recorded(record)),
         };
         exited.notify_one();
         result
@@ -84,30 +91,31 @@ pub async fn run_with(
         }
     };
     let (waited, ()) = tokio::join!(wait, read);
-    let (status, wall_killed) = waited.map_err(SandboxError::Wait)?;
+    let ended = waited.map_err(SandboxError::Wait)?;
     killer.disarm();
     let elapsed = started.elapsed();
-    if status.is_none() {
-        // Finished but not yet exited: reaped in the background.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-    }
-    let status = status.unwrap_or_default();
-
-    let record = std::fs::read_to_string(status_file.path())
-        .ok()
-        .and_then(|text| HelperStatus::parse(&text));
+    let (status, wall_killed, record) = match ended {
+        Ended::Exited(status, wall_killed) => (Some(status), wall_killed, read_record()),
+        Ended::Recorded(record) => {
+            // Finished but not yet exited: reaped in the background.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            (None, false, Some(record))
+        }
+    };
     if let Some(msg) = record.as_ref().and_then(|r| r.setup_error.clone()) {
         return Err(SandboxError::Setup(msg));
     }
+    // Without a usable record the helper's own exit says it (it always has one then).
+    let exited = || status.as_ref().map_or((-1, None), exit_of);
     let (exit_code, signal) = match &record {
         Some(r) if !wall_killed => match (r.code, r.signal) {
             (_, Some(sig)) => (128 + sig, Some(sig)),
             (Some(code), None) => (code, None),
-            (None, None) => exit_of(&status),
+            (None, None) => exited(),
         },
-        _ => exit_of(&status),
+        _ => exited(),
     };
     if record.is_none() && !wall_killed && exit_code == i32::from(SETUP_EXIT_CODE) {
         if let Some(msg) = setup_message(&stderr) {

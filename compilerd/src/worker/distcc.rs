@@ -19,10 +19,9 @@ use discomy_protocol::distcc::asyncio::{read_argv, read_source, read_version};
 use discomy_protocol::distcc::{DistccError, Limits, Reply, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::distcc::args::{DistccArgs, parse_distcc_argv};
 use crate::distcc::cidr::Cidr;
@@ -46,9 +45,6 @@ mod code {
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for the preprocessed source, which the client sends once its cpp is done.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Most simultaneous distcc connections.
-const MAX_CONNECTIONS: usize = 256;
-
 /// Settings of the distcc listener.
 #[derive(Debug, Clone)]
 pub struct DistccConfig {
@@ -72,30 +68,11 @@ pub(crate) async fn run(
     let allow: Vec<String> = config.allow.iter().map(ToString::to_string).collect();
     info!(%addr, allow = %allow.join(","), compilers = config.compilers.len(), "distcc listener ready");
     let config = Arc::new(config);
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                warn!(%err, "distcc: failed to accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!(%peer, "distcc: too many connections; closing");
-            continue;
-        };
+    super::accept_each(&listener, "distcc", &shutdown, &tracker, |stream, peer| {
         let (config, state, shutdown) = (config.clone(), state.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            serve(stream, peer, &config, &state, &shutdown).await;
-            drop(permit);
-        });
-    }
+        async move { serve(stream, peer, &config, &state, &shutdown).await }
+    })
+    .await;
 }
 
 /// What a finished job was, for the per-job log line (distccd's vocabulary).

@@ -147,12 +147,36 @@ pub async fn run(
         uids: std::sync::Mutex::new(uids),
         distcc_results: std::sync::Mutex::default(),
     });
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     if let Some((listener, distcc)) = distcc {
         let (state, shutdown, t) = (state.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(distcc::run(listener, distcc, state, shutdown, t));
     }
+    accept_each(&listener, "native", &shutdown, &tracker, |stream, peer| {
+        serve_connection(stream, peer, state.clone(), shutdown.clone())
+    })
+    .await;
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!("shutdown grace period over; cancelling remaining units");
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+/// Accepts connections on `listener` until `shutdown`, each served by `serve` on `tracker`, at
+/// most [`MAX_CONNECTIONS`] at once: one more is closed at once.
+pub(crate) async fn accept_each<F, Fut>(
+    listener: &TcpListener,
+    what: &str,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -161,28 +185,21 @@ pub async fn run(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
-                warn!(%err, "failed to accept");
+                warn!(%err, listener = what, "failed to accept");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!(%peer, "too many connections; closing");
+            warn!(%peer, listener = what, "too many connections; closing");
             continue;
         };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
+        let served = serve(stream, peer);
         tracker.spawn(async move {
-            serve_connection(stream, peer, state, shutdown).await;
+            served.await;
             drop(permit);
         });
     }
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        warn!("shutdown grace period over; cancelling remaining units");
-    }
-    info!("worker stopped");
-    Ok(())
 }
 
 async fn serve_connection(

@@ -27,6 +27,10 @@ pub const LOG: &str = "DISCOMY_LOG";
 pub const LOG_FILE: &str = "DISCOMY_LOG_FILE";
 /// Turns mDNS discovery off.
 pub const NO_MDNS: &str = "DISCOMY_NO_MDNS";
+/// How units go in source mode.
+pub const SOURCE_MODE: &str = "DISCOMY_SOURCE_MODE";
+/// Set in the real compiler's environment so nested wrapper calls run it directly.
+pub const SAFEGUARD: &str = "DISCOMY_SAFEGUARD";
 
 /// The table.
 pub const VARS: &[Var] = &[
@@ -48,19 +52,12 @@ pub const VARS: &[Var] = &[
         "~/.cache/discomy",
         "toolchain manifests, stores and the object cache",
     ),
-    user(
-        "DISCOMY_SOURCE_MODE",
-        "include scanner",
-        "0: always preprocess; 1: preprocess, then source mode",
-    ),
+    user(SOURCE_MODE, "include scanner", "0: always preprocess; 1: preprocess, then source mode"),
     user("DISCOMY_CACHE", "on", "0: no object cache"),
     user("DISCOMY_CACHE_MAX", "5G", "size bound of the local cache tier"),
     user("DISCOMY_CACHE_DIRECT", "on", "0: no direct mode"),
     user("DISCOMY_CACHE_FARM", "on", "0: no farm tier"),
-    internal(
-        "DISCOMY_SAFEGUARD",
-        "set for the real compiler's children: nested calls run directly",
-    ),
+    internal(SAFEGUARD, "set for the real compiler's children: nested calls run directly"),
     internal("DISCOMY_STATS_FILE", "`discomy run`'s per-call outcome lines"),
     internal("DISCOMY_BIN_DIR", "where `discomy run` and the tests find the binaries"),
     internal("DISCOMY_HOST_ID", "this host's id in a coordinated farm (default: the hostname)"),

@@ -131,35 +131,22 @@ impl ManifestFiles {
         match self {
             ManifestFiles::Names(names) => digest_files(names, start),
             ManifestFiles::Known(files) => {
-                let start_s =
-                    i64::try_from(start.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
-                files
-                    .iter()
-                    .all(|f| {
-                        std::fs::metadata(&f.path).is_ok_and(|m| {
-                            m.is_file()
-                                && m.len() == f.size
-                                && m.mtime() < start_s
-                                && m.ctime() < start_s
-                        })
-                    })
-                    .then(|| files.clone())
+                let start_s = seconds(start)?;
+                let same =
+                    |f: &FileDigest| settled(&f.path, start_s).is_some_and(|len| len == f.size);
+                files.iter().all(same).then(|| files.clone())
             }
             ManifestFiles::None => None,
         }
     }
 }
 
-/// Digests every file for a manifest entry. `None` when a file is missing, not regular, or was
-/// modified (mtime or ctime) at or after `start`, the second the compile began.
-pub fn digest_files(files: &BTreeSet<String>, start: SystemTime) -> Option<Vec<FileDigest>> {
-    let start_s = i64::try_from(start.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+/// Digests every file for a manifest entry. `None` when a file is not [`settled`].
+fn digest_files(files: &BTreeSet<String>, start: SystemTime) -> Option<Vec<FileDigest>> {
+    let start_s = seconds(start)?;
     let mut out = Vec::with_capacity(files.len());
     for path in files {
-        let m = std::fs::metadata(path).ok()?;
-        if !m.is_file() || m.mtime() >= start_s || m.ctime() >= start_s {
-            return None;
-        }
+        settled(path, start_s)?;
         let bytes = std::fs::read(path).ok()?;
         out.push(FileDigest {
             path: path.clone(),
@@ -168,6 +155,18 @@ pub fn digest_files(files: &BTreeSet<String>, start: SystemTime) -> Option<Vec<F
         });
     }
     Some(out)
+}
+
+/// `start` in whole seconds since the epoch, as file times are compared.
+fn seconds(start: SystemTime) -> Option<i64> {
+    i64::try_from(start.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()
+}
+
+/// The size of `path` if it is a regular file last modified (mtime and ctime) before `start_s`,
+/// the second the compile began.
+fn settled(path: &str, start_s: i64) -> Option<u64> {
+    let m = std::fs::metadata(path).ok()?;
+    (m.is_file() && m.mtime() < start_s && m.ctime() < start_s).then_some(m.len())
 }
 
 #[cfg(test)]

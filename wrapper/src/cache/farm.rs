@@ -8,8 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use discomy_protocol::frame::{read_frame, write_frame};
-use discomy_protocol::handshake::client_handshake;
-use discomy_protocol::{AuthConfig, CacheEntry, Digest, Payload, Request, Response};
+use discomy_protocol::{CacheEntry, Digest, Payload, Request, Response};
 
 /// Environment variable: `0` keeps the cache local (no farm tier).
 pub const ENV_CACHE_FARM: &str = "DISCOMY_CACHE_FARM";
@@ -17,14 +16,6 @@ pub const ENV_CACHE_FARM: &str = "DISCOMY_CACHE_FARM";
 pub const TIMEOUT: Duration = Duration::from_millis(200);
 /// Largest entry accepted from the farm (decompressed).
 const MAX_ENTRY: usize = 256 << 20;
-
-fn connect() -> Option<UnixStream> {
-    let mut stream = UnixStream::connect(crate::client::socket_path()).ok()?;
-    stream.set_read_timeout(Some(TIMEOUT)).ok()?;
-    stream.set_write_timeout(Some(TIMEOUT)).ok()?;
-    client_handshake(&mut stream, &AuthConfig::none()).ok()?;
-    Some(stream)
-}
 
 /// Whether the farm tier is on (`DISCOMY_CACHE_FARM`).
 pub fn enabled() -> bool {
@@ -82,8 +73,10 @@ pub fn put(key: &[u8; 32], body: &[u8], stream: Option<&mut UnixStream>) {
             let _ = write_frame(stream, &request);
         }
         None => {
-            let Some(mut stream) = connect() else { return };
-            let _ = exchange(&mut stream, &request);
+            let socket = crate::client::socket_path();
+            if let Ok(mut agent) = crate::client::AgentClient::connect_within(&socket, TIMEOUT) {
+                let _ = exchange(agent.stream(), &request);
+            }
         }
     }
 }

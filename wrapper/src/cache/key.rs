@@ -169,20 +169,19 @@ pub fn is_lto(args: &[String]) -> bool {
 /// direct-mode manifest lists them, and whether the key is independent of the directory.
 pub fn scanned(
     mut h: blake3::Hasher,
-    unit: &crate::sources::UnitFiles,
+    scan: &crate::source_mode::Scanned,
     canon: &[&str],
     cwd: &str,
     lto: bool,
 ) -> Result<([u8; 32], Vec<super::direct::FileDigest>, bool), String> {
+    let unit = &scan.files;
     let date = memchr::memmem::Finder::new(b"__DATE__");
     let time = memchr::memmem::Finder::new(b"__TIME__");
     if unit.contents.values().any(|c| date.find(c).is_some() || time.find(c).is_some()) {
         return Err("a file uses __DATE__ or __TIME__".into());
     }
-    let real = std::env::current_dir()
-        .ok()
-        .and_then(|d| d.into_os_string().into_string().ok())
-        .ok_or("working directory not usable")?;
+    // The directory the scan named files under (the PWD gcc reports may be another name of it).
+    let real = scan.cwd.as_str();
     let here = memchr::memmem::Finder::new(cwd.as_bytes());
     let independent = !lto
         && real == cwd

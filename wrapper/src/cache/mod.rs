@@ -178,7 +178,7 @@ fn try_lookup(
     let (result_key, files, independent) = match prep.scan() {
         Ok(scanned) => {
             let (result_key, files, independent) =
-                key::scanned(common, &scanned.files, &canon, &cwd, lto)?;
+                key::scanned(common, scanned, &canon, &cwd, lto)?;
             (result_key, direct::ManifestFiles::Known(files), independent)
         }
         Err(why) => {
@@ -226,17 +226,10 @@ fn farm_get(prep: &mut Prepared<'_>, key: &[u8; 32]) -> Option<Vec<u8>> {
     if !farm::enabled() {
         return None;
     }
-    let started = std::time::Instant::now();
     let agent = prep.agent_mut().ok()?;
-    let connected = started.elapsed();
     match farm::get_on(agent.stream(), key) {
         farm::Asked::Answered(body) => {
-            debug!(
-                hit = body.is_some(),
-                connect_ms = connected.as_secs_f64() * 1e3,
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "farm tier asked"
-            );
+            debug!(hit = body.is_some(), "farm tier asked");
             body
         }
         farm::Asked::Lost => {

@@ -71,7 +71,13 @@ struct State {
     in_use: HashMap<Digest, usize>,
     /// What `discomy stats` reports of this store.
     activity: StoreActivity,
+    /// Blobs received so far, to count the ones received again (cleared when it reaches
+    /// [`MAX_SEEN_BLOBS`], so a peer sending endless distinct blobs cannot grow it).
+    seen_blobs: std::collections::HashSet<Digest>,
 }
+
+/// Most blob digests remembered for [`StoreActivity::blobs_received_again`].
+const MAX_SEEN_BLOBS: usize = 1 << 16;
 
 /// Digests of the toolchains installed in the store at `dir` (read without opening it, so the
 /// node reporter sees what the worker installs).
@@ -185,7 +191,15 @@ impl ToolStore {
     pub fn put_blob(&self, payload: &Payload) -> Result<Digest, StoreError> {
         let raw =
             payload.decompress(MAX_RAW_LEN).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        *self.lock().activity.blobs_received.entry(payload.digest.to_hex()).or_insert(0) += 1;
+        {
+            let mut state = self.lock();
+            if state.seen_blobs.len() >= MAX_SEEN_BLOBS {
+                state.seen_blobs.clear();
+            }
+            let again = !state.seen_blobs.insert(payload.digest);
+            state.activity.blobs_received += 1;
+            state.activity.blobs_received_again += u64::from(again);
+        }
         let path = self.blob_path(&payload.digest);
         if !path.is_file() {
             self.write_atomically(&path, &raw)?;
@@ -392,8 +406,7 @@ impl ToolStore {
         info!(toolchain = %digest, name = %manifest.name, bytes = manifest.content_size(), ms = started.elapsed().as_millis() as u64, "toolchain installed");
         self.lock()
             .activity
-            .installed
-            .push(Installed { name: manifest.name.clone(), digest: digest.to_hex() });
+            .note_install(Installed { name: manifest.name.clone(), digest: digest.to_hex() });
         Ok(())
     }
 

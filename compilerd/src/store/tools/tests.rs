@@ -103,3 +103,24 @@ async fn lru_eviction_keeps_the_bound_and_spares_leased_trees() {
     assert!(store.is_installed(&mc.digest()));
     drop(lease_a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_counts_installs_and_blobs_received_again_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ToolStore::open(dir.path(), 1 << 30, true).unwrap();
+    let m = manifest(&[("/usr/bin/cc", b"driver")], &[]);
+    let _ = store.install(&m).await.unwrap();
+    store.put_blob(&Payload::compress(b"driver")).unwrap();
+    store.put_blob(&Payload::compress(b"driver")).unwrap();
+    assert_eq!(store.install(&m).await.unwrap(), InstallStep::Ready);
+    let a = store.activity();
+    assert_eq!((a.installs, a.blobs_received, a.blobs_received_again), (1, 2, 1));
+    assert_eq!(a.installed.len(), 1);
+    assert_eq!(a.installed[0].digest, m.digest().to_hex());
+    // A peer sending endless distinct blobs grows no list: the digests remembered are bounded.
+    for i in 0..(MAX_SEEN_BLOBS + 10) {
+        store.put_blob(&Payload::compress(&(i as u64).to_le_bytes())).unwrap();
+    }
+    assert!(store.lock().seen_blobs.len() <= MAX_SEEN_BLOBS);
+    assert_eq!(store.activity().blobs_received, 2 + MAX_SEEN_BLOBS as u64 + 10);
+}
