@@ -1,5 +1,5 @@
-//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`, `distcc`), installs
-//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`, `toolchain`, `cache`), installs
+//! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`,
+//! `toolchain`, `distcc`, `cache`, …), installs
 //! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
 //! mismatch, 2 error).
 
