@@ -42,8 +42,8 @@ pub use digest::Digest;
 pub use error::ProtocolError;
 pub use handshake::{AuthConfig, PeerKind};
 pub use message::{
-    CacheEntry, CompileRequest, CompileResult, CompilerId, Language, OutputKind, Refusal,
-    RefusalKind, Request, Response,
+    CacheEntry, CachedSources, CompileRequest, CompileResult, CompilerId, Language, OutputKind,
+    Refusal, RefusalKind, Request, Response,
 };
 pub use payload::Payload;
 pub use sources::{DepRequest, SourceCompileRequest, SourceFile, SourceResult};
@@ -56,6 +56,7 @@ pub mod version {
     /// source-mode units (`CompileSources`, `PutSource`). Version 4: a unit key in the
     /// coordinator's `PlaceRequest` (the cost history). Version 5: the coordinator's `Hedge`
     /// (a second placement for a unit whose node has stalled). Version 6: the wrapper's
-    /// `Report` of each call's outcome and the agent's `Stats` (`discomy stats`).
-    pub const CURRENT: u16 = 6;
+    /// `Report` of each call's outcome and the agent's `Stats` (`discomy stats`). Version 7:
+    /// `CompileSourcesCached` (the farm tier asked within the compile's own trip).
+    pub const CURRENT: u16 = 7;
 }

@@ -36,6 +36,21 @@ pub enum Request {
     /// A node's counters; an agent answers with [`Response::Stats`], a worker with
     /// [`Response::WorkerStats`]. Since version 6.
     Stats,
+    /// A source-mode unit with its object-cache key: the farm tier is asked first, by the agent
+    /// or, when the worker the unit is placed on holds that key, by that worker. Answered with
+    /// [`Response::CacheHit`] (the entry's body) when the farm holds it, otherwise like
+    /// [`Request::CompileSources`]. One trip instead of a [`Request::CacheGet`] and then the
+    /// compile. Since version 7.
+    CompileSourcesCached(CachedSources),
+}
+
+/// A [`Request::CompileSourcesCached`]: the unit and its object-cache key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedSources {
+    /// The unit's key in the object cache (the key of [`Request::CacheGet`]).
+    pub key: Digest,
+    /// The unit.
+    pub unit: crate::SourceCompileRequest,
 }
 
 /// One object-cache entry crossing the wire: its key and its encoded body.
@@ -66,7 +81,7 @@ pub enum Response {
     /// A source-mode compile that also wrote the dependency file it was asked for.
     /// Since version 3.
     CompiledSources(crate::SourceResult),
-    /// Answer to [`Request::CacheGet`]: the entry's body.
+    /// Answer to [`Request::CacheGet`] and [`Request::CompileSourcesCached`]: the entry's body.
     CacheHit(Payload),
     /// Answer to [`Request::CacheGet`]: not stored (or the farm tier is unreachable).
     CacheMiss,

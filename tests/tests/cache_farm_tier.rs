@@ -1,7 +1,9 @@
 //! The farm tier of the object cache: two build hosts (two agents, separate local caches, two
 //! build directories) share two workers. The first host's build compiles on the farm and fills
 //! the tier; the second host's build is all hits from it, every object byte-identical to a local
-//! compile in its own directory.
+//! compile in its own directory. Its units go in source mode with their keys
+//! (`CompileSourcesCached`): each is looked up by the worker it is placed on when that worker
+//! owns the key, otherwise by the agent, and no hit is counted as a miss too.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::fs;
@@ -75,4 +77,7 @@ fn cache_farm_tier() {
     eprintln!("{stats}");
     let farm_hits = stats.lines().find(|l| l.starts_with("hits (farm tier)")).unwrap();
     assert!(farm_hits.trim_end().ends_with(&format!(" {total}")), "{farm_hits}");
+    // The tier is asked with each unit (source mode): a hit there is not also a miss.
+    let misses = stats.lines().find(|l| l.starts_with("misses")).unwrap();
+    assert!(misses.trim_end().ends_with(" 0"), "{misses}");
 }

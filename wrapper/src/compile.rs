@@ -21,7 +21,7 @@ use crate::args::{Class, Unit, classify};
 use crate::client::AgentClient;
 use crate::invocation::Invocation;
 use crate::prepared::Prepared;
-use crate::source_mode::{self, Scanned, SourceModeError};
+use crate::source_mode::{self, Answer, Scanned, SourceModeError};
 use crate::stats::{self, Fallback, Outcome, Reason};
 use crate::{cache, local, toolchain};
 
@@ -65,8 +65,9 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     if !farm_on {
         return run_local(inv, Outcome::Local, Reason::Disabled, &unit.source, cached);
     }
-    match remote(inv, &unit, &mut prep) {
-        Ok((stdout, mut agent)) => {
+    let farm_key = cached.as_ref().and_then(|pending| pending.farm_key());
+    match remote(inv, &unit, &mut prep, farm_key) {
+        Ok((Remote::Compiled(stdout), mut agent)) => {
             // The report first: the entry offered to the farm tier after it is not acknowledged.
             stats::record(Outcome::Remote, Reason::None, 0, &unit.source, Some(&mut agent));
             if let Some(pending) = cached {
@@ -74,6 +75,19 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Ok((Remote::FarmHit(entry), mut agent)) => match cached.map(|p| p.serve_farm(&entry)) {
+            Some(Ok(code)) => {
+                stats::record(Outcome::Cache, Reason::None, 0, &unit.source, Some(&mut agent));
+                code
+            }
+            // Not usable here (its output would differ on this terminal or in this directory).
+            unusable => {
+                let detail = "the farm tier's entry is not usable here";
+                info!(source = %unit.source, detail, "compiling locally instead");
+                let cached = unusable.and_then(Result::err);
+                run_local(inv, Outcome::Fallback, Reason::FarmRefused, &unit.source, cached)
+            }
+        },
         Err(fallback) => {
             info!(source = %unit.source, %fallback, "compiling locally instead");
             run_local(inv, Outcome::Fallback, fallback.reason, &unit.source, cached)
@@ -104,13 +118,23 @@ fn run_local(
     code
 }
 
-/// Tries the farm: `Ok` carries the compiler's stdout (already replayed) and the agent
-/// connection, `Err` why the call must be compiled locally instead.
+/// What the farm did with a call.
+enum Remote {
+    /// Compiled: the compiler's stdout (already replayed); the output is written.
+    Compiled(Vec<u8>),
+    /// The farm tier's entry for the key sent with the unit, to serve.
+    FarmHit(Payload),
+}
+
+/// Tries the farm, asking its cache tier in the same trip when `farm_key` is given: `Ok` carries
+/// what the farm did and the agent connection, `Err` why the call must be compiled locally
+/// instead.
 fn remote(
     inv: &Invocation,
     unit: &Unit,
     prep: &mut Prepared<'_>,
-) -> Result<(Vec<u8>, AgentClient), Fallback> {
+    farm_key: Option<discomy_protocol::Digest>,
+) -> Result<(Remote, AgentClient), Fallback> {
     // The agent first: without one (a fast refusal), nothing is scanned or preprocessed for it.
     let no_agent = |e: crate::prepared::NoAgent| Fallback::new(Reason::NoAgent, e.to_string());
     if let Some(missing) = prep.missing_agent() {
@@ -125,10 +149,11 @@ fn remote(
     match scanned {
         Ok(Scanned { files, deps, .. }) => {
             let tools = prep.take_toolchain().map_err(toolchain_error)?;
-            match source_mode::send(&mut agent, inv, unit, &tools, files, deps) {
-                Ok((result, dep_file)) => {
-                    return finish(unit, result, dep_file).map(|o| (o, agent));
+            match source_mode::send(&mut agent, inv, unit, &tools, files, deps, farm_key) {
+                Ok(Answer::Compiled(result, dep_file)) => {
+                    return finish(unit, result, dep_file).map(|o| (Remote::Compiled(o), agent));
                 }
+                Ok(Answer::FarmHit(entry)) => return Ok((Remote::FarmHit(entry), agent)),
                 Err(SourceModeError::Final(fallback)) => return Err(fallback),
                 Err(SourceModeError::Unavailable(fallback)) => {
                     debug!(source = %unit.source, %fallback, "scanned unit refused; preprocessing");
@@ -154,9 +179,14 @@ fn remote(
     }
     if unit.needs_sources || mode.always {
         let sent = source_mode::from_linemarkers(unit, &tools, &unit_text)
-            .and_then(|files| source_mode::send(&mut agent, inv, unit, &tools, files, None));
+            .and_then(|files| source_mode::send(&mut agent, inv, unit, &tools, files, None, None));
         match sent {
-            Ok((result, _)) => return finish(unit, result, None).map(|o| (o, agent)),
+            Ok(Answer::Compiled(result, _)) => {
+                return finish(unit, result, None).map(|o| (Remote::Compiled(o), agent));
+            }
+            Ok(Answer::FarmHit(_)) => {
+                return Err(Fallback::new(Reason::AgentError, "agent answered out of turn"));
+            }
             Err(SourceModeError::Final(fallback)) => return Err(fallback),
             Err(SourceModeError::Unavailable(fallback)) if unit.needs_sources => {
                 return Err(fallback);
@@ -200,7 +230,7 @@ fn remote(
             ));
         }
     };
-    finish(unit, result, None).map(|o| (o, agent))
+    finish(unit, result, None).map(|o| (Remote::Compiled(o), agent))
 }
 
 /// Writes a successful remote result where the build expects it (the dependency file first,

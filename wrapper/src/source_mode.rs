@@ -7,8 +7,8 @@
 //! again.
 
 use discomy_protocol::{
-    CompileResult, CompilerId, DepRequest, Payload, RefusalKind, Request, Response,
-    SourceCompileRequest,
+    CachedSources, CompileResult, CompilerId, DepRequest, Digest, Payload, RefusalKind, Request,
+    Response, SourceCompileRequest,
 };
 use tracing::debug;
 
@@ -43,6 +43,14 @@ impl Mode {
 
 /// A dependency file written remotely: where it goes (as the build named it) and its content.
 pub type DepFile = (String, Vec<u8>);
+
+/// What the farm answered for a unit.
+pub enum Answer {
+    /// The compile, and the dependency file when one was asked for.
+    Compiled(CompileResult, Option<DepFile>),
+    /// The farm tier's entry for the key sent with the unit: nothing was compiled.
+    FarmHit(Payload),
+}
 
 /// How source mode failed.
 pub enum SourceModeError {
@@ -179,7 +187,9 @@ pub fn from_linemarkers(
 }
 
 /// Sends the unit, supplying the toolchain and file contents the agent asks for; returns the
-/// compile and, when one was asked for, the dependency file with the path it goes to.
+/// compile and, when one was asked for, the dependency file with the path it goes to. With
+/// `farm_key`, the farm tier is asked for that object-cache key in the same trip, and its entry
+/// may come back instead.
 pub fn send(
     agent: &mut AgentClient,
     inv: &Invocation,
@@ -187,14 +197,15 @@ pub fn send(
     tools: &toolchain::Toolchain,
     files: UnitFiles,
     deps: Option<(String, DepRequest)>,
-) -> Result<(CompileResult, Option<DepFile>), SourceModeError> {
+    farm_key: Option<Digest>,
+) -> Result<Answer, SourceModeError> {
     use SourceModeError::{Final, Unavailable};
     let started = std::time::Instant::now();
     let (dep_path, dep_request) = match deps {
         Some((path, request)) => (Some(path), Some(request)),
         None => (None, None),
     };
-    let request = Request::CompileSources(SourceCompileRequest {
+    let source_unit = SourceCompileRequest {
         compiler: CompilerId { name: inv.name.clone(), identity: tools.manifest.digest() },
         language: unit.language,
         output: unit.output_kind,
@@ -204,7 +215,11 @@ pub fn send(
         files: files.files.clone(),
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         deps: dep_request,
-    });
+    };
+    let request = match farm_key {
+        Some(key) => Request::CompileSourcesCached(CachedSources { key, unit: source_unit }),
+        None => Request::CompileSources(source_unit),
+    };
     let agent_error = |detail: String| Final(Fallback::new(Reason::AgentError, detail));
     let call = |agent: &mut AgentClient, r: &Request| {
         agent.call(r).map_err(|e| agent_error(format!("agent: {e}")))
@@ -244,9 +259,14 @@ pub fn send(
         "source-mode answer"
     );
     match (response, dep_path) {
-        (Response::Compiled(result), None) => Ok((result, None)),
-        (Response::Compiled(result), Some(_)) if result.exit_code != 0 => Ok((result, None)),
-        (Response::CompiledSources(r), Some(path)) => Ok((r.result, Some((path, r.dep_file)))),
+        (Response::CacheHit(entry), _) if farm_key.is_some() => Ok(Answer::FarmHit(entry)),
+        (Response::Compiled(result), None) => Ok(Answer::Compiled(result, None)),
+        (Response::Compiled(result), Some(_)) if result.exit_code != 0 => {
+            Ok(Answer::Compiled(result, None))
+        }
+        (Response::CompiledSources(r), Some(path)) => {
+            Ok(Answer::Compiled(r.result, Some((path, r.dep_file))))
+        }
         (Response::Refused(r), _) => Err(Unavailable(Fallback::refused(&r))),
         (other, _) => Err(agent_error(format!("agent answered out of turn: {other:?}"))),
     }

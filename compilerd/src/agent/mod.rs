@@ -17,7 +17,8 @@ use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
 use discomy_protocol::coordinator::unit_key;
 use discomy_protocol::stats::AgentStats;
 use discomy_protocol::{
-    AuthConfig, CompileRequest, Digest, PeerKind, ProtocolError, RefusalKind, Request, Response,
+    AuthConfig, CachedSources, CompileRequest, Digest, PeerKind, ProtocolError, RefusalKind,
+    Request, Response, SourceCompileRequest,
 };
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ use crate::agent::pool::{Lease, Pool, Release};
 use crate::coord::client::CoordClient;
 use crate::distcc::client as distcc_client;
 use crate::hosts::{HostKind, HostSpec};
+use crate::store::cache_tier;
 use crate::store::seed::seed_local_compilers_named;
 use crate::store::sources::SourceStore;
 use crate::store::tools::ToolStore;
@@ -213,6 +215,9 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
         };
         let response = match request {
             Err(ProtocolError::Closed) => return,
+            // A wrapper leaves once its last frame is sent (the farm tier's store is not waited
+            // for): its socket may close with our answer unread.
+            Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return,
             Err(err) => {
                 warn!(%err, "bad request from wrapper; closing");
                 let msg = format!("malformed request: {err}");
@@ -247,38 +252,25 @@ async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: Cancella
                     work: crate::coord::client::main_file_bytes(&req).unwrap_or(0),
                     key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
                     request: Request::Compile(req.clone()),
+                    cache_key: None,
                 };
                 tokio::select! {
                     _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                     r = forward(&state, &unit) => r,
                 }
             }
-            Ok(Request::CompileSources(req))
-                if !state.store.is_installed(&req.compiler.identity) =>
-            {
-                Response::refused(
-                    RefusalKind::NeedToolchain,
-                    format!("this agent does not hold toolchain {} yet", req.compiler.identity),
-                )
-            }
-            Ok(Request::CompileSources(req)) => match state.sources.missing(&req.files) {
-                missing if !missing.is_empty() => Response::MissingBlobs(missing),
-                _ => {
-                    let unit = Unit {
-                        toolchain: req.compiler.identity,
-                        source: &req.source_name,
-                        bytes_in: req.files.iter().map(|f| f.size).sum(),
-                        // The unit's own source comes first in its file list.
-                        work: req.files.first().map_or(0, |f| f.size),
-                        key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
-                        request: Request::CompileSources(req.clone()),
-                    };
-                    tokio::select! {
-                        _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
-                        r = forward(&state, &unit) => r,
-                    }
+            Ok(Request::CompileSources(req)) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                    r = compile_sources(&state, req, None) => r,
                 }
-            },
+            }
+            Ok(Request::CompileSourcesCached(CachedSources { key, unit })) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                    r = compile_sources(&state, unit, Some(key)) => r,
+                }
+            }
             Ok(Request::PutSource(payload)) => match state.sources.put(&payload) {
                 Ok(digest) => Response::Stored(digest),
                 Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
@@ -319,21 +311,94 @@ struct Unit<'a> {
     work: u64,
     /// The unit's key in the coordinator's cost history.
     key: u64,
+    /// The unit's object-cache key, when the wrapper asks the farm tier with the unit
+    /// ([`Request::CompileSourcesCached`]).
+    cache_key: Option<Digest>,
+}
+
+/// A source-mode unit: its files must be here before a worker can ask for them.
+async fn compile_sources(
+    state: &State,
+    req: SourceCompileRequest,
+    cache_key: Option<Digest>,
+) -> Response {
+    if !state.store.is_installed(&req.compiler.identity) {
+        return Response::refused(
+            RefusalKind::NeedToolchain,
+            format!("this agent does not hold toolchain {} yet", req.compiler.identity),
+        );
+    }
+    let missing = state.sources.missing(&req.files);
+    if !missing.is_empty() {
+        return Response::MissingBlobs(missing);
+    }
+    let unit = Unit {
+        toolchain: req.compiler.identity,
+        source: &req.source_name,
+        bytes_in: req.files.iter().map(|f| f.size).sum(),
+        // The unit's own source comes first in its file list.
+        work: req.files.first().map_or(0, |f| f.size),
+        key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
+        request: Request::CompileSources(req.clone()),
+        cache_key,
+    };
+    forward(state, &unit).await
+}
+
+/// The farm tier's entry for `key`, asked of the worker that owns it.
+async fn farm_lookup(state: &State, key: Digest) -> Option<Response> {
+    let request = Request::CacheGet(key);
+    let hosts = &state.config.hosts;
+    match cache_tier::serve_agent(hosts, &state.config.auth, &state.cache_conns, &request).await {
+        Some(hit @ Response::CacheHit(_)) => Some(hit),
+        _ => None,
+    }
+}
+
+/// What to send to the worker of `lease` for `unit`: with the cache key when that worker owns
+/// it (it looks the key up itself), otherwise the unit alone after the agent asked the owner
+/// (once per unit). `Err` carries the farm tier's entry.
+async fn request_for(
+    state: &State,
+    unit: &Unit<'_>,
+    spec: &HostSpec,
+    farm_asked: &mut bool,
+) -> Result<Request, Response> {
+    let (Some(key), Request::CompileSources(req)) = (unit.cache_key, &unit.request) else {
+        return Ok(unit.request.clone());
+    };
+    let owner = cache_tier::owner(&state.config.hosts, &key);
+    if owner.is_some_and(|o| o.address() == spec.address()) {
+        return Ok(Request::CompileSourcesCached(CachedSources { key, unit: req.clone() }));
+    }
+    if !std::mem::replace(farm_asked, true)
+        && let Some(hit) = farm_lookup(state, key).await
+    {
+        return Err(hit);
+    }
+    Ok(unit.request.clone())
 }
 
 /// Places one unit, retrying on other workers after transport failures.
 async fn forward(state: &State, unit: &Unit<'_>) -> Response {
-    if let Some(coord) = &state.coord
-        && let Some(response) = forward_placed(state, coord, unit).await
-    {
-        return response;
+    let mut farm_asked = false;
+    if let Some(coord) = &state.coord {
+        // Placed by the coordinator: the agent asks the farm tier first.
+        if let Some(key) = unit.cache_key {
+            farm_asked = true;
+            if let Some(hit) = farm_lookup(state, key).await {
+                return hit;
+            }
+        }
+        if let Some(response) = forward_placed(state, coord, unit).await {
+            return response;
+        }
     }
     if state.pool.is_empty() {
         return Response::refused(RefusalKind::NoWorker, "no workers configured");
     }
-    let request = &unit.request;
     // distccd hosts take preprocessed units only (source mode needs a discomy worker).
-    let compile_req = match request {
+    let compile_req = match &unit.request {
         Request::Compile(req) => Some(req),
         _ => None,
     };
@@ -380,15 +445,22 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
             }
             continue;
         }
-        let exchanged = match exchange(state, lease, request).await {
+        let request = match request_for(state, unit, &lease.spec, &mut farm_asked).await {
+            Ok(request) => request,
+            Err(hit) => {
+                state.pool.release(host, Release::Declined(lease.conn));
+                return hit;
+            }
+        };
+        let exchanged = match exchange(state, lease, &request).await {
             Ok((response, mut conn)) => {
-                supply(state, &mut conn, unit, response).await.map(|resp| (resp, conn))
+                supply(state, &mut conn, unit, &request, response).await.map(|resp| (resp, conn))
             }
             Err(e) => Err(e),
         };
         match exchanged {
             Ok((response, conn)) => match response {
-                Response::Compiled(_) | Response::CompiledSources(_) => {
+                Response::Compiled(_) | Response::CompiledSources(_) | Response::CacheHit(_) => {
                     state.pool.release(host, Release::Ok(conn));
                     return response;
                 }
@@ -413,6 +485,12 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
                 last_reason = reason.to_string();
             }
         }
+    }
+    // No worker took the unit: the farm tier may still hold it.
+    if let Some(key) = unit.cache_key.filter(|_| !farm_asked)
+        && let Some(hit) = farm_lookup(state, key).await
+    {
+        return hit;
     }
     Response::refused(RefusalKind::NoWorker, last_reason)
 }
@@ -485,6 +563,7 @@ async fn supply(
     state: &State,
     conn: &mut WorkerConn,
     unit: &Unit<'_>,
+    request: &Request,
     mut response: Response,
 ) -> Result<Response, TransportError> {
     for _ in 0..3 {
@@ -503,7 +582,7 @@ async fn supply(
             }
             _ => return Ok(response),
         }
-        response = round_trip(state, conn, &unit.request).await?;
+        response = round_trip(state, conn, request).await?;
     }
     Ok(response)
 }

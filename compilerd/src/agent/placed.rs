@@ -115,7 +115,7 @@ async fn attempt(
     let started = std::time::Instant::now();
     let lease = Lease { host: usize::MAX, spec, conn: None };
     let exchanged = match exchange(state, lease, &unit.request).await {
-        Ok((response, mut conn)) => supply(state, &mut conn, unit, response).await,
+        Ok((response, mut conn)) => supply(state, &mut conn, unit, &unit.request, response).await,
         Err(e) => Err(e),
     };
     done.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

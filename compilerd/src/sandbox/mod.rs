@@ -145,8 +145,9 @@ pub struct SandboxSpec<'a> {
     /// A unit tree laid read-only over `root` (source-mode units: the client's files at their
     /// absolute paths).
     pub overlay: Option<&'a Path>,
-    /// The same, built by the helper in a tmpfs from a list (see
-    /// the source store's `tree_list`); excludes `overlay`.
+    /// The same from a list (see the source store's `tree_list`): the helper copies the files
+    /// into the new root and merges the toolchain tree around them with binds, no overlayfs;
+    /// excludes `overlay`.
     pub overlay_files: Option<&'a Path>,
     /// The program's working directory inside the sandbox, instead of the work directory.
     pub cwd: Option<&'a Path>,

@@ -3,10 +3,13 @@
 //! rendezvous hashing over their host list, so every agent with the same list asks the same
 //! node. A lost or slow worker is a miss after a short timeout, never an error.
 //!
+//! A worker keeps an index of the keys it stores ([`FarmStore`]), so a unit sent with its key
+//! (placed on the worker that owns the key) costs no file-system lookup when it misses.
+//!
 //! Trust: any peer that passes the handshake (farm token holders, loopback without a token) may
 //! store entries, like any shared ccache/sccache storage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,35 +38,114 @@ pub fn worker_store_dir(toolchain_store: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Serves a cache request on a worker; `None` for any other request.
-pub async fn serve_worker(dir: &Path, request: &Request) -> Option<Response> {
-    let store = Store::new(dir.to_path_buf(), WORKER_STORE_BYTES);
-    match request {
-        Request::CacheGet(key) => {
-            let key = key.0;
-            let got = tokio::task::spawn_blocking(move || store.get(&key, Kind::Result)).await;
-            Some(match got {
-                Ok(Ok(Some(body))) => Response::CacheHit(Payload::compress(&body)),
-                _ => Response::CacheMiss,
-            })
-        }
-        Request::CachePut(entry) => {
-            let key = entry.key;
-            let Ok(body) = entry.body.decompress(MAX_ENTRY) else {
-                return Some(Response::refused(
-                    discomy_protocol::RefusalKind::BadRequest,
-                    "cache entry payload invalid",
-                ));
-            };
-            let stored =
-                tokio::task::spawn_blocking(move || store.put(&key.0, Kind::Result, &body)).await;
-            if !matches!(stored, Ok(Ok(_))) {
-                debug!(%key, "failed to store a cache entry");
-            }
-            Some(Response::Stored(key))
-        }
-        _ => None,
+/// Most keys a worker's farm tier indexes in memory; past that it asks the disk.
+const MAX_INDEXED: usize = 1 << 20;
+
+/// A worker's share of the farm tier: its store of entries, with an index of the keys stored so
+/// that a unit sent with its key ([`Request::CompileSourcesCached`]), nearly always a miss,
+/// costs no file-system lookup (on a busy host one `stat` there was seen taking 0.3 ms).
+pub struct FarmStore {
+    store: Store,
+    /// The keys on disk, as far as this process knows; `None` past [`MAX_INDEXED`] keys. An
+    /// entry evicted meanwhile is a miss when read, and leaves the index then.
+    keys: Mutex<Option<HashSet<[u8; 32]>>>,
+}
+
+impl FarmStore {
+    /// The store next to `toolchain_store` ([`worker_store_dir`]), its keys indexed.
+    pub fn open(toolchain_store: &Path) -> FarmStore {
+        let store = Store::new(worker_store_dir(toolchain_store), WORKER_STORE_BYTES);
+        let keys = index(store.root());
+        FarmStore { store, keys: Mutex::new(keys) }
     }
+
+    fn indexed(&self, key: &Digest) -> bool {
+        match self.keys.lock() {
+            Ok(keys) => keys.as_ref().is_none_or(|k| k.contains(&key.0)),
+            Err(_) => true,
+        }
+    }
+
+    fn note(&self, key: &Digest, stored: bool) {
+        if let Ok(mut keys) = self.keys.lock() {
+            if let Some(set) = keys.as_mut() {
+                if !stored {
+                    set.remove(&key.0);
+                } else if set.len() < MAX_INDEXED {
+                    set.insert(key.0);
+                } else {
+                    *keys = None;
+                }
+            }
+        }
+    }
+
+    /// The entry stored under `key`, compressed for the wire.
+    pub async fn get(&self, key: Digest) -> Option<Payload> {
+        if !self.indexed(&key) {
+            return None;
+        }
+        let store = self.store.clone();
+        let got = tokio::task::spawn_blocking(move || store.get(&key.0, Kind::Result)).await;
+        match got {
+            Ok(Ok(Some(body))) => Some(Payload::compress(&body)),
+            _ => {
+                self.note(&key, false);
+                None
+            }
+        }
+    }
+
+    /// Serves a cache request; `None` for any other request.
+    pub async fn serve(&self, request: &Request) -> Option<Response> {
+        match request {
+            Request::CacheGet(key) => Some(match self.get(*key).await {
+                Some(body) => Response::CacheHit(body),
+                None => Response::CacheMiss,
+            }),
+            Request::CachePut(entry) => {
+                let key = entry.key;
+                let Ok(body) = entry.body.decompress(MAX_ENTRY) else {
+                    return Some(Response::refused(
+                        discomy_protocol::RefusalKind::BadRequest,
+                        "cache entry payload invalid",
+                    ));
+                };
+                let store = self.store.clone();
+                let stored =
+                    tokio::task::spawn_blocking(move || store.put(&key.0, Kind::Result, &body))
+                        .await;
+                if matches!(stored, Ok(Ok(_))) {
+                    self.note(&key, true);
+                } else {
+                    debug!(%key, "failed to store a cache entry");
+                }
+                Some(Response::Stored(key))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The keys of the results stored under `root` (`xx/yyyy….r`); `None` when there are more than
+/// [`MAX_INDEXED`].
+fn index(root: &Path) -> Option<HashSet<[u8; 32]>> {
+    let mut keys = HashSet::new();
+    let Ok(dirs) = std::fs::read_dir(root) else { return Some(keys) };
+    for dir in dirs.flatten() {
+        let prefix = dir.file_name().to_string_lossy().into_owned();
+        let Ok(files) = std::fs::read_dir(dir.path()) else { continue };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_suffix(".r") else { continue };
+            let Ok(hash) = blake3::Hash::from_hex(format!("{prefix}{rest}")) else { continue };
+            if keys.len() >= MAX_INDEXED {
+                return None;
+            }
+            keys.insert(*hash.as_bytes());
+        }
+    }
+    Some(keys)
 }
 
 /// The worker responsible for `key`: highest blake3(key ‖ address) over the host list.

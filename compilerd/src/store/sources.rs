@@ -5,14 +5,20 @@
 //! when used) and `tmp/` for writes in progress. The helper copies a unit's blobs into a tmpfs
 //! of its own; a blob evicted before it did makes the run fail, and the worker then asks the
 //! client for the blobs again.
+//!
+//! The store remembers the blobs this process wrote or found, and when it last refreshed their
+//! time, so that a unit's files (dozens, the same headers unit after unit) cost no `stat` each
+//! time. Only this process writes or evicts in its directory; [`SourceStore::missing_on_disk`]
+//! asks the disk itself where a blob turned out to be gone.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::{Digest, Payload, SourceFile};
@@ -41,6 +47,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SourceStoreError
 
 /// A blob's use is recorded (for eviction order) when its last record is older than this.
 const TOUCH_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most blobs remembered; past that the memory starts again empty.
+const MAX_KNOWN: usize = 1 << 18;
 
 /// The outcome of listing a unit's tree.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +65,9 @@ pub struct SourceStore {
     max_bytes: u64,
     /// Bytes stored, as far as this process knows (recomputed when evicting).
     used: Mutex<u64>,
+    /// Blobs known to be stored, with when their time was last refreshed (`None`: not by this
+    /// process).
+    known: Mutex<HashMap<Digest, Option<Instant>>>,
 }
 
 impl SourceStore {
@@ -66,7 +77,12 @@ impl SourceStore {
             fs::create_dir_all(dir.join(sub))
                 .map_err(io_err(format!("create {}", dir.display())))?;
         }
-        let store = SourceStore { dir: dir.to_path_buf(), max_bytes, used: Mutex::new(0) };
+        let store = SourceStore {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            used: Mutex::new(0),
+            known: Mutex::new(HashMap::new()),
+        };
         *store.lock() = store.scan().iter().map(|(_, _, size)| size).sum();
         Ok(store)
     }
@@ -79,9 +95,28 @@ impl SourceStore {
         self.dir.join("blobs").join(d.to_hex())
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Option<Instant>>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, d: Digest, touched: Option<Instant>) {
+        let mut known = self.known();
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        known.insert(d, touched);
+    }
+
     /// Whether a blob is stored.
     pub fn has(&self, d: &Digest) -> bool {
-        self.blob_path(d).is_file()
+        if self.known().contains_key(d) {
+            return true;
+        }
+        let stored = self.blob_path(d).is_file();
+        if stored {
+            self.remember(*d, None);
+        }
+        stored
     }
 
     /// Path of a stored blob.
@@ -97,6 +132,16 @@ impl SourceStore {
         missing.sort_by_key(|d| d.0);
         missing.dedup();
         missing
+    }
+
+    /// [`SourceStore::missing`], asking the disk (after a blob was found gone).
+    pub fn missing_on_disk(&self, files: &[SourceFile]) -> Vec<Digest> {
+        for file in files {
+            if !self.blob_path(&file.digest).is_file() {
+                self.known().remove(&file.digest);
+            }
+        }
+        self.missing(files)
     }
 
     /// Stores a blob after checking its size cap and digest.
@@ -115,6 +160,7 @@ impl SourceStore {
                 .map_err(io_err("chmod blob"))?;
             tmp.persist(&path)
                 .map_err(|e| SourceStoreError::Io { what: "store blob".into(), source: e.error })?;
+            self.remember(payload.digest, Some(Instant::now()));
             let over = {
                 let mut used = self.lock();
                 *used += raw.len() as u64;
@@ -137,6 +183,11 @@ impl SourceStore {
         let mut missing = Vec::new();
         for file in files {
             let src = self.blob_path(&file.digest);
+            let fresh = self.known().get(&file.digest).copied().flatten();
+            if fresh.is_some_and(|t| t.elapsed() < TOUCH_AFTER) {
+                blobs.push((file.path.as_str(), src));
+                continue;
+            }
             // One stat per blob: whether it is here, and when it was last used.
             let Ok(modified) = fs::metadata(&src).and_then(|m| m.modified()) else {
                 missing.push(file.digest);
@@ -144,11 +195,16 @@ impl SourceStore {
             };
             // Least recently used: a use refreshes the blob's modification time (at most every
             // few minutes: it is a metadata write).
-            if now.duration_since(modified).unwrap_or_default() > TOUCH_AFTER {
+            let age = now.duration_since(modified).unwrap_or_default();
+            let touched = if age > TOUCH_AFTER {
                 if let Ok(f) = fs::File::options().append(true).open(&src) {
                     let _ = f.set_modified(now);
                 }
-            }
+                Instant::now()
+            } else {
+                Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+            };
+            self.remember(file.digest, Some(touched));
             blobs.push((file.path.as_str(), src));
         }
         if !missing.is_empty() {
@@ -188,6 +244,8 @@ impl SourceStore {
             }
         }
         *self.lock() = total;
+        // Whatever went, the disk says again.
+        self.known().clear();
         if removed > 0 {
             debug!(removed, bytes = total, "source blobs evicted");
         }
@@ -232,6 +290,26 @@ mod tests {
         assert_eq!(fields[2], "/usr/include/h.h");
         assert_eq!(fs::read(&fields[3]).unwrap(), b"#define H 1\n");
         assert_eq!(&fields[4..], ["/src/build", "", ""]);
+    }
+
+    /// Known blobs cost no `stat`; one removed behind the store's back is still listed (the
+    /// helper then fails to copy it), and the disk check the worker makes then finds it gone.
+    #[test]
+    fn remembered_blobs_and_the_disk_check_after_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SourceStore::open(&dir.path().join("s"), 1 << 20).unwrap();
+        let (a, pa) = file("/src/a.c", b"int a;\n");
+        store.put(&pa).unwrap();
+        let files = vec![a.clone()];
+        assert!(matches!(store.tree_list(&files, "/src"), Materialized::Ready(_)));
+        fs::remove_file(store.blob_path(&a.digest)).unwrap();
+        assert!(store.missing(&files).is_empty(), "remembered");
+        assert_eq!(store.missing_on_disk(&files), vec![a.digest]);
+        assert_eq!(store.missing(&files), vec![a.digest], "forgotten once found gone");
+        match store.tree_list(&files, "/src") {
+            Materialized::Missing(m) => assert_eq!(m, vec![a.digest]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

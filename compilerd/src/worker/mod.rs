@@ -86,6 +86,8 @@ pub(crate) struct State {
     pub(crate) config: WorkerConfig,
     pub(crate) store: ToolStore,
     pub(crate) sources: SourceStore,
+    /// This worker's share of the object cache's farm tier.
+    pub(crate) farm: crate::store::cache_tier::FarmStore,
     pub(crate) slots: Semaphore,
     /// One unprivileged uid per slot, so per-user process limits never mix two units.
     uids: std::sync::Mutex<Vec<u32>>,
@@ -139,11 +141,13 @@ pub async fn run(
     let sources_dir = store.dir().join("sources");
     let sources = SourceStore::open(&sources_dir, SOURCE_STORE_BYTES)
         .map_err(|e| io::Error::other(e.to_string()))?;
+    let farm = crate::store::cache_tier::FarmStore::open(store.dir());
     let state = Arc::new(State {
         slots: Semaphore::new(slots),
         config,
         store,
         sources,
+        farm,
         uids: std::sync::Mutex::new(uids),
         distcc_results: std::sync::Mutex::default(),
     });
@@ -246,21 +250,27 @@ async fn serve_connection(
             }),
             Request::Compile(req) => compile(req, &state, &shutdown).await,
             Request::CompileSources(req) => source_unit::compile(req, &state, &shutdown).await,
+            // The agent sends the key along when this worker owns it in the farm tier.
+            Request::CompileSourcesCached(cached) => {
+                let got = state.farm.get(cached.key).await;
+                match got {
+                    Some(body) => Response::CacheHit(body),
+                    None => source_unit::compile(cached.unit, &state, &shutdown).await,
+                }
+            }
             Request::PutSource(payload) => match state.sources.put(&payload) {
                 Ok(digest) => Response::Stored(digest),
                 Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
             },
             req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
-                let dir = crate::store::cache_tier::worker_store_dir(state.store.dir());
-                crate::store::cache_tier::serve_worker(&dir, &req)
-                    .await
-                    .unwrap_or(Response::CacheMiss)
+                state.farm.serve(&req).await.unwrap_or(Response::CacheMiss)
             }
             other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
                 Response::refused(RefusalKind::BadRequest, "unexpected request")
             }),
         };
-        if let Err(err) = send(&mut conn, &response).await {
+        let sent = send(&mut conn, &response).await;
+        if let Err(err) = sent {
             debug!(%peer, %err, "failed to answer");
             return;
         }

@@ -70,12 +70,9 @@ async fn run(
         Materialized::Ready(list) => list,
         Materialized::Missing(blobs) => return Err(Response::MissingBlobs(blobs)),
     };
-    // One trip to the blocking pool for the unit's directory, its output directory and list.
-    let work_dir = node.config.work_dir.clone();
-    let dir = tokio::task::spawn_blocking(move || unit_dir(&work_dir, &list))
-        .await
-        .map_err(|e| internal(std::io::Error::other(e)))?
-        .map_err(internal)?;
+    // A directory, an empty one in it and a small file, in the work directory (a tmpfs by
+    // default): done here, a trip to the blocking pool would cost more than the work.
+    let dir = unit_dir(&node.config.work_dir, &list).map_err(internal)?;
     let out_dir = dir.path().join("out");
     let tree_list = dir.path().join("tree.list");
     let placed = started.elapsed();
@@ -84,7 +81,7 @@ async fn run(
             .await;
     let run = ran.map_err(|e| {
         // A blob evicted before the helper copied it: the client sends it again.
-        let missing = node.sources.missing(&req.files);
+        let missing = node.sources.missing_on_disk(&req.files);
         if missing.is_empty() {
             Response::refused(RefusalKind::CompilerFailed, e.to_string())
         } else {
@@ -100,9 +97,16 @@ async fn run(
     let (output, dep_file) = if run.exit_code == 0 {
         let name = unit::output_name(req.output);
         let want_deps = req.deps.is_some();
-        let read = tokio::task::spawn_blocking(move || read_outputs(&out_dir, name, want_deps))
-            .await
-            .map_err(|e| Response::refused(RefusalKind::Internal, e.to_string()))?;
+        // Small outputs (nearly all) are read and compressed here; large ones in the pool.
+        let small = std::fs::symlink_metadata(out_dir.join(name))
+            .is_ok_and(|m| m.len() <= unit::READ_INLINE_BYTES);
+        let read = if small {
+            read_outputs(&out_dir, name, want_deps)
+        } else {
+            tokio::task::spawn_blocking(move || read_outputs(&out_dir, name, want_deps))
+                .await
+                .map_err(|e| Response::refused(RefusalKind::Internal, e.to_string()))?
+        };
         let (output, dep_file) = read.map_err(|why| {
             Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no {why}"))
         })?;

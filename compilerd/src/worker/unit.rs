@@ -19,6 +19,10 @@ pub const INPUT: &str = "unit.i";
 /// The dependency file a source-mode unit's compiler writes, in its output directory.
 pub const DEP_FILE: &str = "unit.d";
 
+/// Outputs up to this size are read and compressed on the async thread: a trip to the
+/// blocking pool costs more than that work.
+pub const READ_INLINE_BYTES: u64 = 4 << 20;
+
 /// The object or assembly a unit's compiler writes in its directory.
 pub fn output_name(kind: OutputKind) -> &'static str {
     match kind {
@@ -97,6 +101,7 @@ mod tests {
             config,
             store: ToolStore::open(&dir.join("store"), 1 << 20, false).expect("store"),
             sources: SourceStore::open(&dir.join("sources"), 1 << 20).expect("sources"),
+            farm: crate::store::cache_tier::FarmStore::open(&dir.join("store")),
             slots: tokio::sync::Semaphore::new(slots),
             uids: std::sync::Mutex::new(vec![64000, 64001]),
             distcc_results: std::sync::Mutex::default(),

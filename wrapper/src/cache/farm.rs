@@ -15,7 +15,7 @@ pub const ENV_CACHE_FARM: &str = "DISCOMY_CACHE_FARM";
 /// Limit for each socket operation towards the agent.
 pub const TIMEOUT: Duration = Duration::from_millis(200);
 /// Largest entry accepted from the farm (decompressed).
-const MAX_ENTRY: usize = 256 << 20;
+pub const MAX_ENTRY: usize = 256 << 20;
 
 /// Whether the farm tier is on (`DISCOMY_CACHE_FARM`).
 pub fn enabled() -> bool {

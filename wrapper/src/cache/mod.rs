@@ -87,6 +87,8 @@ pub struct Pending {
     result_key: [u8; 32],
     manifest: Option<([u8; 32], direct::ManifestFiles, bool)>,
     start: SystemTime,
+    /// The farm tier is asked with the unit itself (source mode), not before it.
+    farm_with_unit: bool,
 }
 
 /// The local tier for this user: `<cache dir>/objects`, bounded by `DISCOMY_CACHE_MAX` or the
@@ -175,6 +177,7 @@ fn try_lookup(
     }
 
     // The result key: from the include scan (no preprocessor), else from the preprocessed unit.
+    let scanned = prep.scan().is_ok();
     let (result_key, files, independent) = match prep.scan() {
         Ok(scanned) => {
             let (result_key, files, independent) =
@@ -205,10 +208,17 @@ fn try_lookup(
         result_key,
         manifest: if direct_on { Some((direct_key, files, independent)) } else { None },
         start,
+        // A scanned unit goes to the farm in source mode, which asks the farm tier in the same
+        // trip ([`Pending::farm_key`]).
+        farm_with_unit: scanned && farm::enabled(),
     };
     if let Some(code) = ctx.serve(&result_key, Counter::HitPreprocessed) {
         pending.record_manifest();
         return Ok(Lookup::Hit(code));
+    }
+    if pending.farm_with_unit {
+        let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
+        return Ok(Lookup::Miss(Box::new(pending)));
     }
     if let Some(body) = farm_get(prep, &result_key) {
         if let Some(code) = ctx.serve_body(&body, Counter::HitFarm) {
@@ -395,6 +405,32 @@ fn replay(stdout: &[u8], stderr: &[u8]) {
 }
 
 impl Pending {
+    /// The key to send with the unit when the farm tier is asked in the compile's own trip.
+    pub fn farm_key(&self) -> Option<discomy_protocol::Digest> {
+        self.farm_with_unit.then_some(discomy_protocol::Digest(self.result_key))
+    }
+
+    /// Serves the farm tier's entry that came back instead of a compile, and stores it here;
+    /// `Err` gives the call back when the entry is not usable (it is compiled then).
+    pub fn serve_farm(
+        self: Box<Self>,
+        payload: &discomy_protocol::Payload,
+    ) -> Result<ExitCode, Box<Self>> {
+        let Ok(body) = payload.decompress(farm::MAX_ENTRY) else { return Err(self) };
+        let ctx = Ctx {
+            store: &self.store,
+            unit: &self.unit,
+            dep_file: self.dep_file.as_ref(),
+            cwd: &self.cwd,
+        };
+        let Some(code) = ctx.serve_body(&body, Counter::HitFarm) else { return Err(self) };
+        // Counted as a miss when it was looked up here.
+        let _ = stats::add(self.store.root(), &[(Counter::Miss, -1)]);
+        let _ = self.store.put(&self.result_key, Kind::Result, &body);
+        self.record_manifest();
+        Ok(code)
+    }
+
     /// Stores the result of a successful compile (its output files are on disk now), offering
     /// it to the farm tier on `agent` when the call holds a connection.
     pub fn store(self, stdout: &[u8], stderr: &[u8], agent: Option<&mut AgentClient>) {

@@ -11,17 +11,20 @@
 //!   not root (mapping uid 0 inside to the caller); private mounts; a scratch tmpfs for every
 //!   mount point of the run (nothing to unmount or remove afterwards: the namespace takes its
 //!   mounts along, and a later helper removes the one empty directory left in the temporary
-//!   directory); the new root (a tmpfs with read-only binds of the tree, the work directory at
-//!   `/tmp`, a few devices), made read-only; then it runs stage 2, waits, and records the
-//!   outcome;
-//! - stage 2 (`--stage2`, PID 1 of the new namespace): its own mount namespace, `/proc`, cgroup
+//!   directory); the new root (a tmpfs with the unit's files copied in, read-only binds of the
+//!   tree around them, the work directory at `/tmp`, a few devices), made read-only; then it
+//!   hands stage 2 its options, waits, and records the outcome;
+//! - stage 2 (a forked child of stage 1, no second `exec`: see `fork`; PID 1 of the new
+//!   namespace): its own mount namespace, `/proc`, cgroup
 //!   membership, `pivot_root` with the old root detached, `no_new_privs`, rlimits, the privilege
 //!   drop (root: `setresuid` to `--uid`; unprivileged: a nested user namespace where it is the
 //!   caller's uid, not root, so `exec` leaves no capabilities), the parent-death signal, and
 //!   `exec` of the program, which stays PID 1.
 //!
-//! `--warm` starts stage 1 ahead of time: it makes the run's cgroups and joins them itself and
-//! enters its namespaces, then waits for the run's own options on stdin (NUL-separated, `--` and the program included).
+//! `--warm` starts stage 1 ahead of time: it makes the run's cgroups and joins them itself,
+//! enters its namespaces, makes the part of the new root that does not depend on the run (`/dev`,
+//! `/proc`) and starts stage 2, then waits for the run's own options on stdin (NUL-separated,
+//! `--` and the program included).
 //! Joining a cgroup (v1) waits for an RCU grace period, about 10 ms on a busy host; a warm
 //! helper pays it while the worker is still busy with other units, and stage 2 inherits the
 //! cgroups. A warm helper cannot remove its own cgroups; a later helper removes them once this
@@ -33,8 +36,9 @@
 
 //!
 //! Rooms: this file (options, the status file, warm helpers, the entry), `stage1` (namespaces and
-//! running stage 2), `tree` (the unit tree and the new root), `cgroups`, `stage2` (PID 1 of the
-//! new namespaces, which execs the program), `error` (what a failed set-up step says).
+//! running stage 2), `fork` (stage 2 started as a child), `tree` (the unit tree and the new
+//! root), `cgroups`, `stage2` (PID 1 of the new namespaces, which execs the program), `error`
+//! (what a failed set-up step says).
 
 /// A [`SetupError`] from a format string.
 macro_rules! setup_error {
@@ -48,6 +52,7 @@ macro_rules! bail {
 
 mod cgroups;
 mod error;
+mod fork;
 mod stage1;
 mod stage2;
 mod tree;
@@ -78,6 +83,7 @@ use nix::unistd::{Gid, Pid, Uid, chdir, chown, getegid, geteuid, getgid, getuid,
 
 use cgroups::*;
 use error::{Context, Result};
+use fork::Stage2;
 use stage1::*;
 use stage2::*;
 use tree::*;
@@ -110,9 +116,10 @@ pub(super) struct Cli {
     /// read-only: source-mode units see the client's files where the client saw them.
     #[arg(long, conflicts_with = "overlay_files")]
     overlay: Option<PathBuf>,
-    /// Like --overlay, with the unit tree built by the helper in a tmpfs of its own from FILE:
+    /// Like --overlay, with the unit tree copied by the helper into the new root from FILE:
     /// NUL-separated pairs of an absolute path and the file copied there (an empty source
-    /// makes a directory).
+    /// makes a directory). The toolchain tree is merged around it with read-only binds; the
+    /// files count against --mem-bytes.
     #[arg(long, value_name = "FILE")]
     overlay_files: Option<PathBuf>,
     /// The program's working directory (absolute, inside the sandbox) instead of the work
@@ -157,10 +164,6 @@ pub(super) struct Cli {
     /// `--` and the program included) from stdin, and go on as if they had been given here.
     #[arg(long)]
     warm: bool,
-    /// Internal: stage 2 started ahead of time by a warm stage 1; its options (`--stage2=…`
-    /// included) come on stdin once the new root is ready.
-    #[arg(long, hide = true)]
-    stage2_on_stdin: bool,
     /// Internal: run stage 2 with this new root.
     #[arg(long, hide = true)]
     stage2: Option<PathBuf>,
@@ -194,9 +197,6 @@ pub fn run() -> ExitCode {
             return ExitCode::from(SETUP_EXIT_CODE);
         }
     };
-    if cli.stage2_on_stdin {
-        return stage2_from_stdin();
-    }
     let mut status = open_status(&cli);
     let result = match &cli.stage2 {
         Some(newroot) => stage2(&cli, newroot),
@@ -214,14 +214,19 @@ pub(super) fn open_status(cli: &Cli) -> Option<File> {
 
 /// The exit status for `result`; a set-up failure is also reported on stderr and recorded.
 pub(super) fn exit_with(result: Result<u8>, status: &mut Option<File>) -> ExitCode {
+    ExitCode::from(exit_code(result, status))
+}
+
+/// [`exit_with`]'s number.
+pub(super) fn exit_code(result: Result<u8>, status: &mut Option<File>) -> u8 {
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(e) => {
             let msg = format!("{e:#}");
             let _ = writeln!(io::stderr(), "{SETUP_PREFIX}{msg}");
             let record = HelperStatus { setup_error: Some(msg), ..HelperStatus::default() };
             write_status(status, &record);
-            ExitCode::from(SETUP_EXIT_CODE)
+            SETUP_EXIT_CODE
         }
     }
 }
@@ -267,22 +272,21 @@ pub(super) fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
             .with_context(|| format!("join cgroup {}", dir.display()))?;
     }
     cgroups.joined_by_stage1 = true;
-    // The namespaces do not depend on the run either.
-    let entered = enter_namespaces()?;
+    // The namespaces do not depend on the run either, nor does the skeleton of its root.
+    let mut entered = enter_namespaces()?;
+    entered.root = Some(prepare_root(&entered.scratch).map_err(|e| {
+        let hint = if geteuid().is_root() { String::new() } else { userns_hint() };
+        setup_error!("{e:#}{hint}")
+    })?);
     // Stage 2 too: it starts (PID 1 of the new namespace, in these cgroups) and waits for its
     // options, which stage 1 writes once the new root is built.
-    let exe = std::env::current_exe().context("find the helper's own executable")?;
-    let stage2 = std::process::Command::new(exe)
-        .env_clear()
-        .arg("--stage2-on-stdin")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("start stage 2")?;
+    let stage2 = Stage2::start()?;
     let base_argv: Vec<OsString> = std::env::args_os().filter(|a| a != "--warm").collect();
-    let Some(cli) = options_from_stdin(base_argv)? else {
+    let opts = options_from_stdin(base_argv);
+    let Some(cli) = opts? else {
         return Ok(0);
     };
-    if cli.warm || cli.stage2.is_some() || cli.probe || cli.stage2_on_stdin {
+    if cli.warm || cli.stage2.is_some() || cli.probe {
         bail!("options on stdin: --warm, --probe and stage 2 options are not accepted there");
     }
     stage1(&cli, status, cgroups, Some((entered, stage2)))
@@ -308,25 +312,4 @@ pub(super) fn options_from_stdin(mut argv: Vec<OsString>) -> Result<Option<Cli>>
         )
     })?;
     Ok(Some(cli))
-}
-
-/// A stage 2 started ahead of time: its options from stdin, then stage 2 as usual (its own
-/// set-up failures recorded in the status file its options name). Nothing on stdin: stage 1
-/// went away unused.
-pub(super) fn stage2_from_stdin() -> ExitCode {
-    let argv = std::env::args_os().take(1).collect();
-    let cli = match options_from_stdin(argv) {
-        Ok(Some(cli)) => cli,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(io::stderr(), "{SETUP_PREFIX}{e:#}");
-            return ExitCode::from(SETUP_EXIT_CODE);
-        }
-    };
-    let mut status = open_status(&cli);
-    let result = match &cli.stage2 {
-        Some(newroot) => stage2(&cli, newroot),
-        None => Err(setup_error!("stage 2 options without --stage2")),
-    };
-    exit_with(result, &mut status)
 }

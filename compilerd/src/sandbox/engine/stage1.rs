@@ -9,7 +9,9 @@ pub(super) struct Namespaces {
     privileged: bool,
     outer_uid: Uid,
     outer_gid: Gid,
-    scratch: PathBuf,
+    pub(super) scratch: PathBuf,
+    /// The new root's [`root_skeleton`], when a warm helper made it ahead of its run.
+    pub(super) root: Option<PathBuf>,
 }
 
 /// Leaves the caller's mount, PID (for children), network, IPC and UTS namespaces (and user
@@ -54,7 +56,14 @@ pub(super) fn enter_namespaces() -> Result<Namespaces> {
         Some("mode=0700,size=64k"),
     )
     .context("mount the scratch tmpfs")?;
-    Ok(Namespaces { privileged, outer_uid, outer_gid, scratch })
+    Ok(Namespaces { privileged, outer_uid, outer_gid, scratch, root: None })
+}
+
+/// The new root's mount point in the scratch tmpfs, with its [`root_skeleton`].
+pub(super) fn prepare_root(scratch: &Path) -> Result<PathBuf> {
+    let root = mount_point(scratch, "root")?;
+    root_skeleton(&root)?;
+    Ok(root)
 }
 
 /// A fresh mount point `name` in the scratch tmpfs.
@@ -68,7 +77,7 @@ pub(super) fn stage1(
     cli: &Cli,
     status: &mut Option<File>,
     cgroups: Cgroups,
-    entered: Option<(Namespaces, std::process::Child)>,
+    entered: Option<(Namespaces, Stage2)>,
 ) -> Result<u8> {
     let tree = fs::canonicalize(&cli.root)
         .with_context(|| format!("toolchain tree {}", cli.root.display()))?;
@@ -113,10 +122,11 @@ pub(super) fn stage1(
         }
     }
     cli.env_pairs()?;
-    let (Namespaces { privileged, outer_uid, outer_gid, scratch }, started_stage2) = match entered {
-        Some((ns, stage2)) => (ns, Some(stage2)),
-        None => (enter_namespaces()?, None),
-    };
+    let (Namespaces { privileged, outer_uid, outer_gid, scratch, root }, started_stage2) =
+        match entered {
+            Some((ns, stage2)) => (ns, Some(stage2)),
+            None => (enter_namespaces()?, None),
+        };
     if privileged && (cli.uid == 0 || cli.gid == 0) {
         bail!("refusing to run the program as uid/gid 0 (--uid/--gid)");
     }
@@ -124,12 +134,23 @@ pub(super) fn stage1(
         chown(&work, Some(Uid::from_raw(cli.uid)), Some(Gid::from_raw(cli.gid)))
             .with_context(|| format!("chown {} to {}:{}", work.display(), cli.uid, cli.gid))?;
     }
-    let newroot_path = mount_point(&scratch, "root")?;
-    let unit_tree = match &cli.overlay_files {
-        Some(list) => Some(build_unit_tree(list, &scratch)?),
-        None => None,
+    let newroot_path = match root {
+        Some(root) => root,
+        None => prepare_root(&scratch).map_err(|e| {
+            let hint = if privileged { String::new() } else { userns_hint() };
+            setup_error!("{e:#}{hint}")
+        })?,
     };
-    let overlay = unit_tree.or(overlay);
+    // A listed unit tree is copied into the new root itself; the toolchain is merged around it
+    // with binds (no overlayfs: its lookups cost the compiler about a millisecond per unit).
+    let unit_in_root = match &cli.overlay_files {
+        Some(list) => {
+            // Bounded like the program's memory: the files live in a tmpfs.
+            copy_unit_tree(list, &newroot_path, cli.mem_bytes)?;
+            true
+        }
+        None => false,
+    };
     let merged = match &overlay {
         Some(unit) => Some(merge_trees(unit, &tree, &scratch).map_err(|e| {
             let hint = if privileged { String::new() } else { userns_hint() };
@@ -138,7 +159,7 @@ pub(super) fn stage1(
         None => None,
     };
     let tree = merged.unwrap_or(tree);
-    build_root(&tree, &work, &newroot_path).map_err(|e| {
+    build_root(&tree, &work, &newroot_path, unit_in_root).map_err(|e| {
         let hint = if privileged { String::new() } else { userns_hint() };
         setup_error!("{e:#}{hint}")
     })?;
@@ -167,24 +188,13 @@ pub(super) fn stage1(
     }
     args.push("--".into());
     args.extend(cli.command.iter().map(OsString::from));
-    let child = match started_stage2 {
-        // Started ahead of time: it only waits for its options.
-        Some(mut stage2) => {
-            let options = nul_joined(args.iter().map(|a| a.as_bytes()));
-            let mut stdin = stage2.stdin.take().context("stage 2 has no stdin")?;
-            stdin.write_all(&options).context("hand stage 2 its options")?;
-            drop(stdin);
-            stage2.wait().context("wait for stage 2")?
-        }
-        None => {
-            let exe = std::env::current_exe().context("find the helper's own executable")?;
-            std::process::Command::new(exe)
-                .env_clear()
-                .args(&args)
-                .status()
-                .context("run stage 2")?
-        }
+    // Started ahead of time, stage 2 only waits for its options; otherwise it starts now.
+    let mut stage2 = match started_stage2 {
+        Some(stage2) => stage2,
+        None => Stage2::start()?,
     };
+    stage2.hand(&nul_joined(args.iter().map(|a| a.as_bytes())))?;
+    let child = stage2.wait()?;
     let cpu_ms = getrusage(UsageWho::RUSAGE_CHILDREN)
         .ok()
         .map(|u| millis(u.user_time()) + millis(u.system_time()));

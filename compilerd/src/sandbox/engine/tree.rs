@@ -1,16 +1,20 @@
-//! The unit tree (a tmpfs of the client's files at their absolute paths, overlaid on the
-//! toolchain) and the new root (read-only binds of the tree, the work directory, a few devices).
+//! The new root: a tmpfs with a few devices, the unit tree (the client's files at their absolute
+//! paths, copied in), the toolchain tree merged around it with read-only binds, and the work
+//! directory; then made read-only. A prebuilt unit tree (`--overlay`) is laid over the toolchain
+//! with overlayfs instead.
 
 use super::*;
 
-/// Mounts a read-only overlayfs of `unit` over `tree` on a fresh mount point, which is
-/// unmounted and removed when the returned guard is dropped.
 /// Most bytes of a unit tree list.
 pub(super) const MAX_TREE_LIST: u64 = 64 << 20;
+/// Room in the new root's tmpfs besides the unit tree (mount points, links).
+pub(super) const ROOT_BYTES: u64 = 1 << 20;
 
-/// The unit tree of `--overlay-files`, in a fresh tmpfs sized for it: directories as listed,
-/// files copied from their sources. Paths must be absolute and normalised.
-pub(super) fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
+/// The unit tree of `--overlay-files`, copied into the new root (a [`root_skeleton`], grown to
+/// hold at most `max_bytes` of it): directories as listed, files copied from their sources. Paths
+/// must be absolute and normalised; those under what the sandbox provides itself (`/dev`,
+/// `/proc`, …) are left out, as the toolchain tree's are.
+pub(super) fn copy_unit_tree(list: &Path, newroot: &Path, max_bytes: u64) -> Result<()> {
     let mut text = Vec::new();
     io::Read::read_to_end(
         &mut io::Read::take(File::open(list).context("open the unit tree list")?, MAX_TREE_LIST),
@@ -22,44 +26,47 @@ pub(super) fn build_unit_tree(list: &Path, scratch: &Path) -> Result<PathBuf> {
         bail!("unit tree list: an odd number of fields");
     }
     let mut entries = Vec::with_capacity(fields.len() / 2);
-    let mut bytes: u64 = 0;
     for pair in fields.chunks(2) {
         let path = std::str::from_utf8(pair[0]).context("unit tree list: a path is not UTF-8")?;
         if let Err(why) = discomy_protocol::sources::check_path(path) {
             bail!("unit tree list: {path:?} is not an absolute normalised path ({why})");
         }
+        let top = path[1..].split('/').next().unwrap_or("");
+        if RESERVED.contains(&top) || top.is_empty() {
+            continue;
+        }
         let source =
             (!pair[1].is_empty()).then(|| PathBuf::from(OsString::from_vec(pair[1].to_vec())));
-        if let Some(src) = &source {
-            bytes += fs::metadata(src).with_context(|| format!("{}", src.display()))?.len();
-        }
         entries.push((path, source));
     }
-    let root = mount_point(scratch, "unit")?;
-    // Data plus room for the directories and rounding to pages.
-    let size = bytes + (entries.len() as u64 + 64) * 8192;
+    // The files are counted against `max_bytes` as they are copied; the tmpfs only allocates
+    // what is written, so it is sized for the bound plus directories and page rounding.
+    let size =
+        ROOT_BYTES.saturating_add(max_bytes).saturating_add((entries.len() as u64 + 64) * 8192);
     mount(
-        Some("tmpfs"),
-        &root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(format!("mode=0755,size={size}").as_str()),
+        None::<&str>,
+        newroot,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("size={size}").as_str()),
     )
-    .context("mount the unit tree's tmpfs")?;
-    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    .context("grow the new root for the unit tree")?;
     // Directories 0755 and files 0644 whatever umask the worker has.
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let built = fill_unit_tree(&root, entries, &mut made);
+    let built = fill_unit_tree(newroot, entries, max_bytes);
     nix::sys::stat::umask(umask);
-    built?;
-    Ok(root)
+    built
 }
 
-pub(super) fn fill_unit_tree(
+fn fill_unit_tree(
     root: &Path,
     entries: Vec<(&str, Option<PathBuf>)>,
-    made: &mut std::collections::HashSet<PathBuf>,
+    max_bytes: u64,
 ) -> Result<()> {
+    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let mut left = max_bytes;
+    // One buffer for every file: each is read with one `read` (plus the one that finds its end).
+    let mut buffer = Vec::new();
     for (path, source) in entries {
         let dst = root.join(&path[1..]);
         match source {
@@ -70,7 +77,17 @@ pub(super) fn fill_unit_tree(
                         .with_context(|| format!("create the directory of {path}"))?;
                     made.insert(parent.to_path_buf());
                 }
-                copy_small(&src, &dst)
+                buffer.clear();
+                let file = File::open(&src).with_context(|| format!("open {}", src.display()))?;
+                io::Read::read_to_end(
+                    &mut io::Read::take(file, left.saturating_add(1)),
+                    &mut buffer,
+                )
+                .with_context(|| format!("read {}", src.display()))?;
+                left = left.checked_sub(buffer.len() as u64).ok_or_else(|| {
+                    setup_error!("unit tree list: more than {max_bytes} bytes of files")
+                })?;
+                write_new(&dst, &buffer)
                     .with_context(|| format!("copy {} to {path}", src.display()))?;
             }
         }
@@ -78,16 +95,13 @@ pub(super) fn fill_unit_tree(
     Ok(())
 }
 
-/// Copies one unit file into the unit tree, readable by all (the compiler runs as a slot uid):
-/// one read and one write, where `fs::copy` first tries `copy_file_range` (which always fails
-/// across file systems, as here) and then sets permissions. A unit's files are headers and
-/// sources, so they are read whole. The caller has set the umask to 022.
-pub(super) fn copy_small(src: &Path, dst: &Path) -> io::Result<()> {
+/// Writes one unit file into the unit tree, readable by all (the compiler runs as a slot uid).
+/// The caller has set the umask to 022.
+fn write_new(dst: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let bytes = fs::read(src)?;
     let mut out =
         fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(dst)?;
-    io::Write::write_all(&mut out, &bytes)
+    io::Write::write_all(&mut out, bytes)
 }
 
 pub(super) fn merge_trees(unit: &Path, tree: &Path, scratch: &Path) -> Result<PathBuf> {
@@ -110,49 +124,14 @@ pub(super) fn merge_trees(unit: &Path, tree: &Path, scratch: &Path) -> Result<Pa
     Ok(merged)
 }
 
-/// Builds the sandbox's root in a fresh tmpfs on `newroot`, then makes that tmpfs read-only.
-pub(super) fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()> {
+/// The part of the sandbox's root that does not depend on the run, in a fresh tmpfs on
+/// `newroot`: `/dev` (a few devices and links) and `/proc` (mounted by stage 2). A warm helper
+/// makes it before its run arrives.
+pub(super) fn root_skeleton(newroot: &Path) -> Result<()> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(Some("tmpfs"), newroot, Some("tmpfs"), nosuid_nodev, Some("mode=0755,size=1m"))
+    let options = format!("mode=0755,size={ROOT_BYTES}");
+    mount(Some("tmpfs"), newroot, Some("tmpfs"), nosuid_nodev, Some(options.as_str()))
         .with_context(|| format!("mount tmpfs on {}", newroot.display()))?;
-
-    let names: Vec<OsString> = if tree == Path::new("/") {
-        HOST_ENTRIES.iter().map(OsString::from).collect()
-    } else {
-        let mut names: Vec<OsString> = fs::read_dir(tree)
-            .with_context(|| format!("read {}", tree.display()))?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        names
-    };
-    let work_at = work_mount_point(&[tree]);
-    for name in names {
-        if RESERVED.iter().any(|r| name == *r) || (work_at == "/tmp" && name == "tmp") {
-            continue;
-        }
-        let src = tree.join(&name);
-        let dst = newroot.join(&name);
-        let Ok(meta) = fs::symlink_metadata(&src) else { continue };
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            // Recreated, not followed: inside the sandbox it resolves against the new root.
-            let target =
-                fs::read_link(&src).with_context(|| format!("read link {}", src.display()))?;
-            symlink(&target, &dst).with_context(|| format!("create link {}", dst.display()))?;
-        } else if kind.is_dir() {
-            fs::create_dir(&dst).with_context(|| format!("create {}", dst.display()))?;
-            bind(&src, &dst, MsFlags::MS_RDONLY)?;
-        } else if kind.is_file() {
-            File::create(&dst).with_context(|| format!("create {}", dst.display()))?;
-            bind(&src, &dst, MsFlags::MS_RDONLY)?;
-        }
-    }
-
-    let tmp = newroot.join(work_at.trim_start_matches('/'));
-    fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    bind(work, &tmp, MsFlags::MS_NOEXEC)?;
-
     let dev = newroot.join("dev");
     fs::create_dir(&dev).with_context(|| format!("create {}", dev.display()))?;
     for name in DEVICES {
@@ -172,6 +151,37 @@ pub(super) fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()>
     }
     let proc_dir = newroot.join("proc");
     fs::create_dir(&proc_dir).with_context(|| format!("create {}", proc_dir.display()))?;
+    Ok(())
+}
+
+/// Completes the sandbox's root on `newroot` (a [`root_skeleton`], holding the unit tree when
+/// `unit_in_root`) with the tree merged in and the work directory, then makes that tmpfs
+/// read-only.
+pub(super) fn build_root(
+    tree: &Path,
+    work: &Path,
+    newroot: &Path,
+    unit_in_root: bool,
+) -> Result<()> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let names: Vec<OsString> = if tree == Path::new("/") {
+        HOST_ENTRIES.iter().map(OsString::from).collect()
+    } else {
+        sorted_names(tree)?
+    };
+    // The unit's own /tmp (its files were there on the client) puts the work directory elsewhere.
+    let unit_tmp = unit_in_root && fs::symlink_metadata(newroot.join("tmp")).is_ok();
+    let work_at = if unit_tmp { WORK_ELSEWHERE } else { work_mount_point(&[tree]) };
+    for name in names {
+        if RESERVED.iter().any(|r| name == *r) || (work_at == "/tmp" && name == "tmp") {
+            continue;
+        }
+        merge_entry(&tree.join(&name), &newroot.join(&name))?;
+    }
+
+    let tmp = newroot.join(work_at.trim_start_matches('/'));
+    fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    bind(work, &tmp, MsFlags::MS_NOEXEC)?;
 
     mount(
         None::<&str>,
@@ -181,6 +191,46 @@ pub(super) fn build_root(tree: &Path, work: &Path, newroot: &Path) -> Result<()>
         None::<&str>,
     )
     .with_context(|| format!("remount {} read-only", newroot.display()))?;
+    Ok(())
+}
+
+/// The sorted names in `dir`.
+fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Puts the tree's entry `src` at `dst` in the new root, read-only, as an overlay with the unit
+/// tree as the upper layer would show it: where the unit tree has nothing, the entry itself
+/// (bound, or a symbolic link recreated: inside the sandbox it resolves against the new root);
+/// where both have a directory, their entries merged; otherwise the unit tree's entry wins.
+fn merge_entry(src: &Path, dst: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(src) else { return Ok(()) };
+    let kind = meta.file_type();
+    match fs::symlink_metadata(dst) {
+        Ok(there) if there.is_dir() && kind.is_dir() => {
+            for name in sorted_names(src)? {
+                merge_entry(&src.join(&name), &dst.join(&name))?;
+            }
+            return Ok(());
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    if kind.is_symlink() {
+        let target = fs::read_link(src).with_context(|| format!("read link {}", src.display()))?;
+        symlink(&target, dst).with_context(|| format!("create link {}", dst.display()))?;
+    } else if kind.is_dir() {
+        fs::create_dir(dst).with_context(|| format!("create {}", dst.display()))?;
+        bind(src, dst, MsFlags::MS_RDONLY)?;
+    } else if kind.is_file() {
+        File::create(dst).with_context(|| format!("create {}", dst.display()))?;
+        bind(src, dst, MsFlags::MS_RDONLY)?;
+    }
     Ok(())
 }
 
