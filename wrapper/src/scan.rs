@@ -127,6 +127,9 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
     let mut seen: HashSet<String> = HashSet::new();
     let mut queue: VecDeque<String> = VecDeque::new();
     let mut computed: HashSet<(String, String)> = HashSet::new(); // (macro, includer dir)
+    // Directories found missing: the many names tried under them (`bits/…` in every search
+    // directory) cost no `stat` each.
+    let mut missing_dirs: HashSet<String> = HashSet::new();
 
     let main = if source.starts_with('/') { source.to_string() } else { format!("{cwd}/{source}") };
     queue.push_back(main);
@@ -144,7 +147,7 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
             if !seen.insert(normal.clone()) {
                 continue;
             }
-            if !Path::new(&path).is_file() {
+            if !is_file(&path, &mut missing_dirs) {
                 continue;
             }
             if seen.len() > MAX_FILES {
@@ -190,6 +193,24 @@ pub fn scan(source: &str, cwd: &str, dirs: &SearchDirs) -> Result<UnitFiles, Sou
     raw_paths.extend(dirs.raw_dirs.iter().map(|d| format!("{d}/")));
     crate::sources::check_dot_dots(&raw_paths, &out.files, cwd, &[])?;
     Ok(out)
+}
+
+/// Whether `path` is a regular file (following links), remembering parent directories that do
+/// not exist.
+fn is_file(path: &str, missing_dirs: &mut HashSet<String>) -> bool {
+    let parent = path.rsplit_once('/').map(|(dir, _)| dir).filter(|dir| !dir.is_empty());
+    if parent.is_some_and(|dir| missing_dirs.contains(dir)) {
+        return false;
+    }
+    if Path::new(path).is_file() {
+        return true;
+    }
+    if let Some(dir) = parent {
+        if std::fs::metadata(dir).is_err() {
+            missing_dirs.insert(dir.to_string());
+        }
+    }
+    false
 }
 
 /// Every path a name could resolve to: itself when absolute, else under the includer's
