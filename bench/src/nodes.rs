@@ -1,21 +1,18 @@
 //! A discomy agent and worker pair on loopback with everything fresh: its own toolchain stores
 //! (`--store`), unit work directory and logs under one temp dir, an optional
-//! `--insecure-no-sandbox` worker, a chosen `DISCOMY_LOG` filter, and readiness that waits for the
-//! agent to finish seeding the host's compilers (it accepts wrappers only after that, although
-//! its socket already answers). Used by `discomy-bench toolchain`; `farm::DiscomyFarm` is the
-//! plain pair of the other benchmarks.
+//! `--insecure-no-sandbox` worker, a chosen `DISCOMY_LOG` filter, and readiness once the agent
+//! answers `Stats` (it binds its socket only after seeding the host's compilers), and the two
+//! daemons' counters. Used by `discomy-bench toolchain`; `farm::DiscomyFarm` is the plain pair of
+//! the other benchmarks.
 
 use crate::proc::{Daemon, Job};
 use anyhow::{Context, Result};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// Worker start-up includes packaging every compiler on PATH (cold when the cache is empty).
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
-/// The line the agent and the worker log once the host's compilers are in their store.
-pub const SEEDED: &str = "local compilers seeded into the toolchain store";
 
 /// How to start a [`Nodes`] pair.
 pub struct NodeOpts<'a> {
@@ -86,10 +83,13 @@ impl Nodes {
             .arg(d.join("agent-store"));
         let name = format!("discomy-compilerd agent ({})", opts.label);
         let mut agent = Daemon::spawn(&name, &agent_job, &agent_log)?;
-        agent.wait_for("seeded store and unix socket", READY_TIMEOUT, || {
-            let log = std::fs::read(&agent_log).ok()?;
-            let seeded = String::from_utf8_lossy(&log).contains(SEEDED);
-            (seeded && UnixStream::connect(&socket).is_ok()).then_some(())
+        agent.wait_for("an answer to Stats on its socket", READY_TIMEOUT, || {
+            let mut client = discomy_wrapper::client::AgentClient::connect(&socket).ok()?;
+            matches!(
+                client.call(&discomy_protocol::Request::Stats),
+                Ok(discomy_protocol::Response::Stats(_))
+            )
+            .then_some(())
         })?;
         worker.ensure_running()?;
         Ok(Nodes {
@@ -117,6 +117,34 @@ impl Nodes {
 
     pub fn worker_log(&self) -> Result<String> {
         read_log(&self.worker_log)
+    }
+
+    /// The agent's counters (`Request::Stats` on its socket, as `discomy stats` asks).
+    pub fn agent_stats(&self) -> Result<discomy_protocol::stats::AgentStats> {
+        let mut agent = discomy_wrapper::client::AgentClient::connect(&self.socket)
+            .with_context(|| format!("connecting to the agent at {}", self.socket.display()))?;
+        match agent.call(&discomy_protocol::Request::Stats)? {
+            discomy_protocol::Response::Stats(stats) => Ok(stats),
+            other => anyhow::bail!("the agent answered Stats with {other:?}"),
+        }
+    }
+
+    /// The worker's counters (`Request::Stats` over TCP, as `discomy stats --worker` asks).
+    pub fn worker_stats(&self) -> Result<discomy_protocol::stats::WorkerStats> {
+        use discomy_protocol::asyncio::{client_handshake, recv, send};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let addr = self.worker_addr.clone();
+        let answer = runtime.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let auth = discomy_protocol::AuthConfig::from_option(None);
+            let mut conn = client_handshake(stream, &auth).await?;
+            send(&mut conn, &discomy_protocol::Request::Stats).await?;
+            anyhow::Ok(recv::<_, discomy_protocol::Response>(&mut conn).await?)
+        })?;
+        match answer {
+            discomy_protocol::Response::WorkerStats(stats) => Ok(stats),
+            other => anyhow::bail!("the worker answered Stats with {other:?}"),
+        }
     }
 
     /// CPU time (user + system, ms) of the worker's reaped children so far: the compilers (and
@@ -163,78 +191,4 @@ pub fn children_cpu_ms(pid: i32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?;
     Some(ticks * 10.0)
-}
-
-/// Seconds since midnight UTC of a tracing log line's timestamp (`2025-01-01T12:34:56.789Z`).
-pub fn log_time_of_day(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?;
-    let t = ts.split_once('T')?.1.trim_end_matches('Z');
-    let mut it = t.split(':');
-    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
-    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
-}
-
-/// Seconds since midnight UTC now, comparable with [`log_time_of_day`].
-pub fn now_time_of_day() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() % 86400.0)
-}
-
-/// `later - earlier` in ms for two times of day, across midnight if need be.
-pub fn time_of_day_diff_ms(later: f64, earlier: f64) -> f64 {
-    let mut d = later - earlier;
-    if d < -43200.0 {
-        d += 86400.0;
-    }
-    d * 1000.0
-}
-
-/// The value of `key=` in a tracing log line (up to the next space).
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!(" {key}=");
-    let at = line.find(&pat)? + pat.len();
-    line[at..].split_whitespace().next()
-}
-
-/// `key=` of a log line as a number.
-pub fn num_field(line: &str, key: &str) -> Option<f64> {
-    field(line, key)?.trim_matches('"').parse().ok()
-}
-
-/// The lines of `log` after the seeding line (none if it never appeared).
-pub fn after_seeding(log: &str) -> Vec<&str> {
-    let mut seen = false;
-    let mut out = Vec::new();
-    for l in log.lines() {
-        if seen {
-            out.push(l);
-        } else if l.contains(SEEDED) {
-            seen = true;
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields() {
-        let l = "2025-01-01T00:00:00Z  INFO discomy_compilerd::store::tools: toolchain installed \
-                 toolchain=abc name=gcc 11.4.0 bytes=123 ms=45";
-        assert_eq!(field(l, "toolchain"), Some("abc"));
-        assert_eq!(num_field(l, "bytes"), Some(123.0));
-        assert_eq!(num_field(l, "ms"), Some(45.0));
-        assert_eq!(field(l, "nope"), None);
-        let log = format!("a ms=1\nx {SEEDED}\nb ms=2\n");
-        assert_eq!(after_seeding(&log), vec!["b ms=2"]);
-        let t = log_time_of_day(l).unwrap_or_default();
-        assert!(t.abs() < 1e-9, "{t}");
-        let t = log_time_of_day("2025-01-01T01:02:03.5Z  INFO x").unwrap_or_default();
-        assert!((t - 3723.5).abs() < 1e-9, "{t}");
-        assert!((time_of_day_diff_ms(1.0, 86399.0) - 2000.0).abs() < 1e-6);
-        assert!(children_cpu_ms(std::process::id() as i32).is_some());
-    }
 }

@@ -237,6 +237,24 @@ pub struct Installed {
     pub name: String,
     /// Its digest (the compiler identity), hex.
     pub digest: String,
+    /// Bytes of its files. Since version 7.
+    pub bytes: u64,
+    /// How long the install took (tree built and checked), in milliseconds. Since version 7.
+    pub ms: u64,
+    /// When it finished, in milliseconds since the Unix epoch. Since version 7.
+    pub at_unix_ms: u64,
+}
+
+/// A toolchain a node pushed to a peer that asked for it. Since version 7.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pushed {
+    /// Its digest, hex.
+    pub digest: String,
+    /// From the first `InstallToolchain` to the peer's `Installed`, blobs sent on the way, in
+    /// milliseconds.
+    pub ms: u64,
+    /// When the peer had it, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
 }
 
 /// What a node's toolchain store did since the node started: workers include it in
@@ -251,8 +269,13 @@ pub struct StoreActivity {
     pub blobs_received: u64,
     /// Of those, blobs this node had received before: a toolchain that travelled twice.
     pub blobs_received_again: u64,
+    /// Bytes of the blobs received (uncompressed). Since version 7.
+    pub blob_bytes_received: u64,
     /// Toolchains pushed to peers that asked for them.
     pub toolchains_pushed: u64,
+    /// The most recent pushes, oldest first (at most [`StoreActivity::RECENT_INSTALLS`]).
+    /// Since version 7.
+    pub pushed: Vec<Pushed>,
 }
 
 impl StoreActivity {
@@ -267,16 +290,49 @@ impl StoreActivity {
             self.installed.remove(0);
         }
     }
+
+    /// Counts a push.
+    pub fn note_push(&mut self, pushed: Pushed) {
+        self.toolchains_pushed += 1;
+        self.pushed.push(pushed);
+        if self.pushed.len() > Self::RECENT_INSTALLS {
+            self.pushed.remove(0);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now (0 before it).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A worker's counters since it started ([`crate::Response::WorkerStats`]). Since version 6.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStats {
     /// Its toolchain store.
     pub store: StoreActivity,
     /// Jobs from real distcc clients by result, in distccd's words (`COMPILE_OK`,
     /// `COMPILE_ERROR`, `REJ_BAD_REQ`, `REJ_ACCESS`, `REJ_PUMP` for pump mode).
     pub distcc: BTreeMap<String, u64>,
+    /// The most recent units this worker compiled, oldest first (at most
+    /// [`WorkerStats::RECENT_UNITS`]). Since version 7.
+    pub recent_units: Vec<UnitTime>,
+}
+
+impl WorkerStats {
+    /// How many recent units are listed.
+    pub const RECENT_UNITS: usize = 1024;
+}
+
+/// One unit a worker compiled: how long its compiler ran there. Since version 7.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitTime {
+    /// The source's name as the build gave it.
+    pub source: String,
+    /// The compiler's run on the worker (the sandbox included), in milliseconds.
+    pub ms: f64,
 }
 
 /// An agent's counters since it started. Since version 6.

@@ -195,7 +195,15 @@ fn private_gcc11_is_shipped_and_objects_identical() {
         agent["store"]["toolchains_pushed"].as_u64() >= Some(1),
         "the agent never pushed a toolchain: {agent}"
     );
-    let worker = worker_stats(&farm.workers[0].addr)["store"].clone();
+    let pushed = agent["store"]["pushed"].as_array().cloned().unwrap_or_default();
+    assert!(
+        pushed.iter().any(|p| p["digest"].as_str() == Some(expected_identity.to_hex().as_str())),
+        "the agent's push records lack gcc 11: {pushed:?}"
+    );
+    let worker_all = worker_stats(&farm.workers[0].addr);
+    let compiled = worker_all["recent_units"].as_array().map_or(0, Vec::len);
+    assert!(compiled >= SOURCES.len(), "the worker lists {compiled} compiled units: {worker_all}");
+    let worker = worker_all["store"].clone();
     let installs = gcc11_installs(&worker);
     assert_eq!(
         installs.len(),

@@ -1,13 +1,15 @@
 //! Part 2 of `discomy-bench toolchain`, install (one-time per node): the first and second
-//! `discomy-cc gcc-11` compile against fresh agent+worker pairs, the daemons' install and upload
-//! log lines, blobs moved; the report and JSON of those figures.
+//! `discomy-cc gcc-11` compile against fresh agent+worker pairs, the daemons' install and push
+//! records and blobs received (their `Stats` counters: log text is not an interface); the report
+//! and JSON of those figures.
 
 use super::env::{Compare, Env, mib};
 use super::packaging::{ManifestSize, manifest_size};
-use crate::nodes::{self, NodeOpts, Nodes};
+use crate::nodes::{NodeOpts, Nodes};
 use crate::project::Unit;
 use crate::stats::{Outcomes, median, ms, num};
 use anyhow::{Context, Result, bail};
+use discomy_protocol::stats::{Installed, StoreActivity, unix_ms_now};
 use discomy_wrapper::toolchain;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -18,13 +20,11 @@ struct Blobs {
     bytes: f64,
 }
 
-fn blobs_received(lines: &[&str]) -> Blobs {
-    let mut b = Blobs::default();
-    for l in lines.iter().filter(|l| l.contains("blob received")) {
-        b.count += 1;
-        b.bytes += nodes::num_field(l, "bytes").unwrap_or(0.0);
+fn blobs_received(store: &StoreActivity) -> Blobs {
+    Blobs {
+        count: usize::try_from(store.blobs_received).unwrap_or(usize::MAX),
+        bytes: store.blob_bytes_received as f64,
     }
-    b
 }
 
 struct InstallRep {
@@ -40,10 +40,10 @@ struct InstallRep {
     /// The installed toolchain's identity is gcc-11's manifest digest.
     identity_ok: bool,
     wrapper_cache_hit: bool,
-    /// From the start of the first compile to the agent's `toolchain installed` line (wrapper
-    /// start, preprocessing, `NeedToolchain`, wrapper→agent blobs, agent install).
+    /// From the start of the first compile to the agent's install of it (wrapper start,
+    /// `NeedToolchain`, wrapper→agent blobs, agent install).
     to_agent_ms: Option<f64>,
-    /// From the start of the first compile to the agent's `toolchain sent to worker` line.
+    /// From the start of the first compile to the agent's push to the worker being done.
     to_worker_ms: Option<f64>,
 }
 
@@ -65,18 +65,9 @@ impl InstallRep {
     }
 }
 
-/// The first `toolchain installed` line after seeding: `ms=`, `bytes=`, whether its identity is
-/// `digest`, and its time of day.
-fn install_line(lines: &[&str], digest: &str) -> (Option<f64>, Option<f64>, bool, Option<f64>) {
-    match lines.iter().find(|l| l.contains("toolchain installed")) {
-        Some(l) => (
-            nodes::num_field(l, "ms"),
-            nodes::num_field(l, "bytes"),
-            nodes::field(l, "toolchain") == Some(digest),
-            nodes::log_time_of_day(l),
-        ),
-        None => (None, None, false, None),
-    }
+/// The store's install of `digest`, if it made one.
+fn installed<'a>(store: &'a StoreActivity, digest: &str) -> Option<&'a Installed> {
+    store.installed.iter().find(|i| i.digest == digest)
 }
 
 pub(super) struct Install {
@@ -116,7 +107,7 @@ pub(super) fn measure_install(
         }
         let cache_before = env.wrapper_cache_entries();
         let job = env.wrapped(gcc11, unit, &nodes.socket, &stats_file);
-        let t0 = nodes::now_time_of_day();
+        let t0 = unix_ms_now();
         let (first_ms, obj1) = env.compile(&job, unit, || nodes.report())?;
         let wrapper_cache_hit = env.wrapper_cache_entries() == cache_before;
         let (second_ms, obj2) = env.compile(&job, unit, || nodes.report())?;
@@ -128,40 +119,35 @@ pub(super) fn measure_install(
                 o,
             );
         }
-        let agent_log = nodes.agent_log()?;
-        let worker_log = nodes.worker_log()?;
-        let agent_lines = nodes::after_seeding(&agent_log);
-        let worker_lines = nodes::after_seeding(&worker_log);
-        let (agent_install_ms, agent_bytes, agent_ok, agent_at) =
-            install_line(&agent_lines, digest);
-        let (worker_install_ms, worker_bytes, worker_ok, _) = install_line(&worker_lines, digest);
-        let sent = agent_lines.iter().find(|l| l.contains("toolchain sent to worker"));
-        let sent_ms = sent.and_then(|l| nodes::num_field(l, "ms"));
-        let sent_at = sent.and_then(|l| nodes::log_time_of_day(l));
-        let since_t0 = |at: Option<f64>| at.map(|a| nodes::time_of_day_diff_ms(a, t0));
+        let agent = nodes.agent_stats()?.store;
+        let worker = nodes.worker_stats()?.store;
+        let (agent_install, worker_install) =
+            (installed(&agent, digest), installed(&worker, digest));
+        let sent = agent.pushed.iter().find(|p| p.digest == *digest);
+        let since_t0 = |at: u64| at.saturating_sub(t0) as f64;
         let rep = InstallRep {
             startup_ms: nodes.startup_ms,
             first_ms,
             second_ms,
-            agent_install_ms,
-            sent_ms,
-            worker_install_ms,
-            install_bytes: worker_bytes.or(agent_bytes),
-            agent_blobs: blobs_received(&agent_lines),
-            worker_blobs: blobs_received(&worker_lines),
-            identity_ok: agent_ok && worker_ok,
+            agent_install_ms: agent_install.map(|i| i.ms as f64),
+            sent_ms: sent.map(|p| p.ms as f64),
+            worker_install_ms: worker_install.map(|i| i.ms as f64),
+            install_bytes: worker_install.or(agent_install).map(|i| i.bytes as f64),
+            agent_blobs: blobs_received(&agent),
+            worker_blobs: blobs_received(&worker),
+            identity_ok: agent_install.is_some() && worker_install.is_some(),
             wrapper_cache_hit,
-            to_agent_ms: since_t0(agent_at),
-            to_worker_ms: since_t0(sent_at),
+            to_agent_ms: agent_install.map(|i| since_t0(i.at_unix_ms)),
+            to_worker_ms: sent.map(|p| since_t0(p.at_unix_ms)),
         };
         eprintln!(
             "  install rep {}: first {} ms, second {} ms; agent install {} ms, sent {} ms, worker install {} ms",
             i + 1,
             ms(Some(first_ms), 0),
             ms(Some(second_ms), 0),
-            ms(agent_install_ms, 0),
-            ms(sent_ms, 0),
-            ms(worker_install_ms, 0)
+            ms(rep.agent_install_ms, 0),
+            ms(rep.sent_ms, 0),
+            ms(rep.worker_install_ms, 0)
         );
         out.push(rep);
     }
@@ -211,9 +197,9 @@ pub(super) fn print_install(inst: &Install) {
         median(&ratios).map_or("-".into(), |x| format!("{x:.2}"))
     );
     let logs: [(&str, Vec<f64>); 3] = [
-        ("agent  `toolchain installed` ms=       ", col(r, |x| x.agent_install_ms)),
-        ("agent  `toolchain sent to worker` ms=  ", col(r, |x| x.sent_ms)),
-        ("worker `toolchain installed` ms=       ", col(r, |x| x.worker_install_ms)),
+        ("agent  install (store counters) ms=    ", col(r, |x| x.agent_install_ms)),
+        ("agent  push to the worker ms=          ", col(r, |x| x.sent_ms)),
+        ("worker install (store counters) ms=    ", col(r, |x| x.worker_install_ms)),
     ];
     for (label, v) in &logs {
         println!("  {label}{} ms   [{}]", ms(median(v), 6), list(v));
@@ -223,7 +209,7 @@ pub(super) fn print_install(inst: &Install) {
         ("agent has it -> sent to worker        ", col(r, InstallRep::worker_phase_ms)),
         ("sent -> compile done (compile, answer)", col(r, InstallRep::after_worker_ms)),
     ];
-    println!("  first compile, split by the agent's log timestamps:");
+    println!("  first compile, split by the agent's install and push records:");
     for (label, v) in &phases {
         println!("    {label} {} ms   [{}]", ms(median(v), 6), list(v));
     }
@@ -231,7 +217,7 @@ pub(super) fn print_install(inst: &Install) {
         |f: fn(&InstallRep) -> usize| median(&col(r, |x| Some(f(x) as f64))).unwrap_or(0.0);
     let med_bytes = |f: fn(&InstallRep) -> f64| median(&col(r, |x| Some(f(x)))).unwrap_or(0.0);
     println!(
-        "  manifest content: {} files, {:.1} MiB ({} distinct blobs); logged install bytes= {:.1} MiB",
+        "  manifest content: {} files, {:.1} MiB ({} distinct blobs); installed bytes (store counters) {:.1} MiB",
         inst.size.files,
         mib(inst.size.bytes as f64),
         inst.size.blobs,

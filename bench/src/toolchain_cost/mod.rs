@@ -5,11 +5,11 @@
 //!    warm (cache hit); manifest size.
 //! 2. Install (one-time per node): against a fresh agent and a fresh sandboxed worker (fresh
 //!    `--store` dirs), the first `discomy-cc gcc-11 -c UNIT` (wrapper→agent and agent→worker
-//!    upload and install) versus the second one (installed); bytes moved and the daemons'
-//!    `toolchain installed … ms=` / `toolchain sent to worker … ms=` lines.
+//!    upload and install) versus the second one (installed); bytes moved and the daemons' install
+//!    and push records (their `Stats` counters).
 //! 3. Sandbox per-unit cost: two agent+worker pairs, one worker sandboxed and one
 //!    `--insecure-no-sandbox`; the same units through each (and local gcc), order rotated per
-//!    rep; per-unit medians and sandboxed/unsandboxed ratios, end to end and as the workers log
+//!    rep; per-unit medians and sandboxed/unsandboxed ratios, end to end and as the workers count
 //!    them; the bare set-up cost of `discomy-sandbox`; objects compared byte for byte.
 //!
 //! This module owns the command line ([`Args`]) and the run ([`run`]): it sets up the work tree,

@@ -1,11 +1,12 @@
 //! Part 3 of `discomy-bench toolchain`, sandbox per-unit cost, the measurement: the same units
 //! locally and through a sandboxed and an unsandboxed agent+worker pair, order rotated per rep;
-//! the workers' own `compiled ms=` times and children's CPU; the bare set-up cost of
+//! the workers' own compile times (their `Stats` counters) and children's CPU; the bare set-up
+//! cost of
 //! `discomy-sandbox`. Summary and report are in `sandbox_report`.
 
 use super::Args;
 use super::env::{Compare, Env};
-use crate::nodes::{self, NodeOpts, Nodes};
+use crate::nodes::{NodeOpts, Nodes};
 use crate::proc::{Job, find_discomy_bin};
 use crate::project::Unit;
 use crate::stats::{self, Outcomes, median, ms, ratio};
@@ -14,8 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Worker debug lines (`compiled … ms=`) give the on-worker time of each unit.
-const SANDBOX_LOG: &str = "info,discomy_compilerd::worker=debug";
+/// The daemons' log filter (their logs are for error reports only).
+const SANDBOX_LOG: &str = "info";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -39,7 +40,7 @@ pub(super) struct UnitTimes {
     pub(super) local: Vec<f64>,
     pub(super) sandboxed: Vec<f64>,
     pub(super) unsandboxed: Vec<f64>,
-    /// On-worker times from the workers' `compiled … ms=` lines (timed reps only).
+    /// On-worker times from the workers' counters (timed reps only).
     pub(super) worker_s: Vec<f64>,
     pub(super) worker_u: Vec<f64>,
     /// CPU ms of the worker's children (compiler, and helper when sandboxed) per compile.
@@ -68,15 +69,13 @@ impl UnitTimes {
     }
 }
 
-/// `source -> [ms]` of the workers' `compiled` debug lines, in log order.
-fn compiled_lines(log: &str) -> BTreeMap<String, Vec<f64>> {
+/// `source -> [ms]` of the units a worker compiled, in order (its `Stats` counters).
+fn compiled_units(nodes: &Nodes) -> Result<BTreeMap<String, Vec<f64>>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for l in log.lines().filter(|l| l.contains(" compiled ")) {
-        if let (Some(src), Some(t)) = (nodes::field(l, "source"), nodes::num_field(l, "ms")) {
-            out.entry(src.trim_matches('"').to_owned()).or_default().push(t);
-        }
+    for unit in nodes.worker_stats()?.recent_units {
+        out.entry(unit.source).or_default().push(unit.ms);
     }
-    out
+    Ok(out)
 }
 
 pub(super) struct SetupCost {
@@ -253,7 +252,7 @@ pub(super) fn measure_sandbox(
         );
         results.push(t);
     }
-    let (ws, wu) = (compiled_lines(&s.worker_log()?), compiled_lines(&u.worker_log()?));
+    let (ws, wu) = (compiled_units(&s)?, compiled_units(&u)?);
     for t in &mut results {
         let skip = |v: Option<&Vec<f64>>| -> Vec<f64> {
             v.map(|v| v.iter().skip(args.warmup).copied().collect()).unwrap_or_default()

@@ -165,7 +165,7 @@ pub(super) fn print_sandbox(sb: &Sandbox, sum: &SandboxSummary, args: &Args) {
     );
     println!(
         "  (S = sandboxed worker, U = --insecure-no-sandbox worker; paired = median of same-rep S/U; \
-         wrk = the workers' own `compiled ms=` debug lines; cpu = CPU of the worker's children, 10 ms ticks)"
+         wrk = the workers' own compile times (their Stats counters); cpu = CPU of the worker's children, 10 ms ticks)"
     );
     if let Some(c) = &sb.setup {
         let (t, h, n, p) =

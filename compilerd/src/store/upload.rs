@@ -60,11 +60,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let digest = manifest.digest();
+    let started = std::time::Instant::now();
     for _ in 0..3 {
         send(conn, &Request::InstallToolchain(manifest.clone())).await?;
         match recv::<_, Response>(conn).await? {
             Response::Installed(d) if d == digest => {
-                store.note_pushed();
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                store.note_pushed(&digest, ms);
                 return Ok(());
             }
             Response::MissingBlobs(blobs) => {

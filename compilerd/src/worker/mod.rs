@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{recv, send, server_handshake};
 use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::stats::{UnitTime, WorkerStats};
 use discomy_protocol::{
     AuthConfig, CompileRequest, CompileResult, Payload, PeerKind, ProtocolError, RefusalKind,
     Request, Response,
@@ -93,6 +94,8 @@ pub(crate) struct State {
     uids: std::sync::Mutex<Vec<u32>>,
     /// distcc jobs by result (`discomy stats --worker`).
     pub(crate) distcc_results: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The most recent units' compile times (`discomy stats --worker`).
+    pub(crate) recent_units: std::sync::Mutex<std::collections::VecDeque<UnitTime>>,
 }
 
 /// Size bound of the worker's store of source-mode file contents.
@@ -104,6 +107,15 @@ impl State {
         if let Ok(mut m) = self.distcc_results.lock() {
             *m.entry(result.to_string()).or_insert(0) += 1;
         }
+    }
+
+    /// Records a unit's compile time (bounded).
+    pub(crate) fn note_unit(&self, source: &str, elapsed: std::time::Duration) {
+        let mut units = self.recent_units.lock().unwrap_or_else(|e| e.into_inner());
+        if units.len() >= WorkerStats::RECENT_UNITS {
+            units.pop_front();
+        }
+        units.push_back(UnitTime { source: source.to_owned(), ms: elapsed.as_secs_f64() * 1e3 });
     }
 
     /// Takes a slot's uid for one unit.
@@ -150,6 +162,7 @@ pub async fn run(
         farm,
         uids: std::sync::Mutex::new(uids),
         distcc_results: std::sync::Mutex::default(),
+        recent_units: std::sync::Mutex::default(),
     });
     let tracker = TaskTracker::new();
     if let Some((listener, distcc)) = distcc {
@@ -244,9 +257,14 @@ async fn serve_connection(
         };
         let response = match request {
             Request::Ping => Response::Pong,
-            Request::Stats => Response::WorkerStats(discomy_protocol::stats::WorkerStats {
+            Request::Stats => Response::WorkerStats(WorkerStats {
                 store: state.store.activity(),
                 distcc: state.distcc_results.lock().map(|m| m.clone()).unwrap_or_default(),
+                recent_units: state
+                    .recent_units
+                    .lock()
+                    .map(|u| u.iter().cloned().collect())
+                    .unwrap_or_default(),
             }),
             Request::Compile(req) => compile(req, &state, &shutdown).await,
             Request::CompileSources(req) => source_unit::compile(req, &state, &shutdown).await,
@@ -336,6 +354,7 @@ async fn run_in_dir(
         None
     };
     debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
+    state.note_unit(&req.source_name, run.elapsed);
     unit::remove_later(dir);
     Ok(CompileResult {
         exit_code: run.exit_code,

@@ -124,6 +124,7 @@ async fn run(
         "compiled from sources"
     );
     unit::remove_later(dir);
+    node.note_unit(&req.source_name, run.elapsed);
     let result = CompileResult {
         exit_code: run.exit_code,
         stdout: run.stdout,

@@ -105,6 +105,7 @@ mod tests {
             slots: tokio::sync::Semaphore::new(slots),
             uids: std::sync::Mutex::new(vec![64000, 64001]),
             distcc_results: std::sync::Mutex::default(),
+            recent_units: std::sync::Mutex::default(),
         }
     }
 

@@ -199,6 +199,7 @@ impl ToolStore {
             let again = !state.seen_blobs.insert(payload.digest);
             state.activity.blobs_received += 1;
             state.activity.blobs_received_again += u64::from(again);
+            state.activity.blob_bytes_received += raw.len() as u64;
         }
         let path = self.blob_path(&payload.digest);
         if !path.is_file() {
@@ -403,10 +404,16 @@ impl ToolStore {
             postcard::to_stdvec(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.write_atomically(&self.manifest_path(&digest), &encoded)?;
         self.lock().last_used.insert(digest, SystemTime::now());
-        info!(toolchain = %digest, name = %manifest.name, bytes = manifest.content_size(), ms = started.elapsed().as_millis() as u64, "toolchain installed");
-        self.lock()
-            .activity
-            .note_install(Installed { name: manifest.name.clone(), digest: digest.to_hex() });
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let bytes = manifest.content_size();
+        info!(toolchain = %digest, name = %manifest.name, bytes, ms, "toolchain installed");
+        self.lock().activity.note_install(Installed {
+            name: manifest.name.clone(),
+            digest: digest.to_hex(),
+            bytes,
+            ms,
+            at_unix_ms: discomy_protocol::stats::unix_ms_now(),
+        });
         Ok(())
     }
 
@@ -415,9 +422,13 @@ impl ToolStore {
         self.lock().activity.clone()
     }
 
-    /// Counts a toolchain pushed to a peer.
-    pub fn note_pushed(&self) {
-        self.lock().activity.toolchains_pushed += 1;
+    /// Counts a toolchain pushed to a peer, `ms` after the push began.
+    pub fn note_pushed(&self, digest: &Digest, ms: u64) {
+        self.lock().activity.note_push(discomy_protocol::stats::Pushed {
+            digest: digest.to_hex(),
+            ms,
+            at_unix_ms: discomy_protocol::stats::unix_ms_now(),
+        });
     }
 
     /// Bytes used by blobs and trees.

@@ -117,6 +117,14 @@ async fn activity_counts_installs_and_blobs_received_again_within_bounds() {
     assert_eq!((a.installs, a.blobs_received, a.blobs_received_again), (1, 2, 1));
     assert_eq!(a.installed.len(), 1);
     assert_eq!(a.installed[0].digest, m.digest().to_hex());
+    // What the benchmark reads instead of log lines: bytes, time and when.
+    assert_eq!(a.installed[0].bytes, m.content_size());
+    assert!(a.installed[0].at_unix_ms > 0);
+    assert_eq!(a.blob_bytes_received, 2 * b"driver".len() as u64);
+    store.note_pushed(&m.digest(), 7);
+    let pushed = store.activity().pushed;
+    assert_eq!((pushed.len(), pushed[0].ms), (1, 7));
+    assert_eq!(pushed[0].digest, m.digest().to_hex());
     // A peer sending endless distinct blobs grows no list: the digests remembered are bounded.
     for i in 0..(MAX_SEEN_BLOBS + 10) {
         store.put_blob(&Payload::compress(&(i as u64).to_le_bytes())).unwrap();
