@@ -346,7 +346,14 @@ async fn run_in_dir(
     }
     let output = if run.exit_code == 0 {
         let name = unit::output_name(req.output);
-        let bytes = tokio::fs::read(dir.path().join(name)).await.map_err(|e| {
+        // Written by the sandboxed compiler: no links, FIFOs or devices, bounded.
+        let path = dir.path().join(name);
+        let read = tokio::task::spawn_blocking(move || {
+            discomy_protocol::plumbing::read_untrusted(&path, MAX_RAW_LEN as u64)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let bytes = read.map_err(|e| {
             Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
         })?;
         Some(Payload::compress(&bytes))

@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::plumbing::read_untrusted;
 use discomy_protocol::{
     CompileResult, Payload, RefusalKind, Response, SourceCompileRequest, SourceResult,
 };
@@ -151,12 +153,11 @@ fn read_outputs(
     name: &str,
     want_deps: bool,
 ) -> Result<(Payload, Option<Vec<u8>>), String> {
-    let bytes = std::fs::read(out_dir.join(name)).map_err(|e| format!("output: {e}"))?;
+    // Written by the sandboxed compiler: no links, FIFOs or devices, bounded.
+    let read = |file: &str| read_untrusted(&out_dir.join(file), MAX_RAW_LEN as u64);
+    let bytes = read(name).map_err(|e| format!("output: {e}"))?;
     let dep_file = match want_deps {
-        true => Some(
-            std::fs::read(out_dir.join(unit::DEP_FILE))
-                .map_err(|e| format!("dependency file: {e}"))?,
-        ),
+        true => Some(read(unit::DEP_FILE).map_err(|e| format!("dependency file: {e}"))?),
         false => None,
     };
     Ok((Payload::compress(&bytes), dep_file))

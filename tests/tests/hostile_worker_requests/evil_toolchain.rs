@@ -18,6 +18,7 @@ use crate::client::{Client, compile_request, describe, install, strings};
 pub(crate) const EVIL_CC: &str = r#"#!/usr/bin/dash
 # discomy test fixture: a hostile "compiler". The unit's first line says what to try:
 #   hello | write TAG DIR [PREFIX] | read TAG DIR [PREFIX] | net PORT | spin | bomb | cbomb | mem
+#   | link TARGET (the output, a symlink to TARGET) | fifo (the output, a FIFO)
 unit=unit.i
 out=unit.o
 prev=
@@ -68,6 +69,14 @@ mem)
   /usr/bin/evil-tool mem 2048
   echo "evil-tool exit $?"
   ;;
+link)
+  /usr/bin/evil-tool link "$a1" "$out"
+  exit 0
+  ;;
+fifo)
+  /usr/bin/evil-tool fifo "$out"
+  exit 0
+  ;;
 *)
   echo "evil-cc: unknown mode $mode" >&2
   exit 4
@@ -78,7 +87,7 @@ exit 0
 "#;
 
 /// A static helper: `net HOST PORT` connects, `mem MIB` allocates and touches memory, `bomb`
-/// forks forever.
+/// forks forever, `link TARGET PATH` makes a symlink, `fifo PATH` a FIFO.
 pub(crate) const EVIL_TOOL: &str = r#"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -86,6 +95,7 @@ pub(crate) const EVIL_TOOL: &str = r#"
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -117,6 +127,8 @@ int main(int argc, char **argv) {
     printf("mem: TOUCHED ALL %ld MiB\n", got);
     return 0;
   }
+  if (argc >= 4 && strcmp(argv[1], "link") == 0) return symlink(argv[2], argv[3]) == 0 ? 0 : 1;
+  if (argc >= 3 && strcmp(argv[1], "fifo") == 0) return mkfifo(argv[2], 0644) == 0 ? 0 : 1;
   if (argc >= 2 && strcmp(argv[1], "bomb") == 0) {
     /* A fork bomb that does not give up when fork fails (dash does). */
     for (;;) (void)fork();

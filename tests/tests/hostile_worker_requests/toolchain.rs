@@ -115,6 +115,34 @@ fn hostile_toolchain_is_confined() {
         format!("read: host files leaked: {}", read.text),
     );
 
+    // Its output made a link to a host file it cannot read itself, or to a device, or a FIFO:
+    // the worker must not read any of them for it (the link is followed on the host, outside
+    // the sandbox) and must not hang or fill its memory.
+    let secret_s = secret.to_str().unwrap();
+    for (mode, what) in [
+        (format!("link {secret_s}\n"), "a link to a host file"),
+        ("link /etc/shadow\n".to_owned(), "a link to /etc/shadow"),
+        ("link /dev/zero\n".to_owned(), "a link to /dev/zero"),
+        ("link /dev/null\n".to_owned(), "a link to /dev/null"),
+        ("fifo\n".to_owned(), "a FIFO"),
+    ] {
+        let got = run_evil(&mut client, identity, &mode);
+        let returned = match &got.response {
+            Response::Compiled(r) => r.output.as_ref().map(|p| p.decompress(64 << 20)),
+            _ => None,
+        };
+        check(
+            &mut problems,
+            returned.is_none() && !got.text.contains("TOPSECRET"),
+            format!("output as {what}: the worker answered with an object: {}", got.text),
+        );
+        check(
+            &mut problems,
+            got.elapsed < Duration::from_secs(COMPILE_TIMEOUT_SECS),
+            format!("output as {what}: the answer took {:.1?}", got.elapsed),
+        );
+    }
+
     // (b) The network.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
