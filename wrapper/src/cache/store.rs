@@ -214,4 +214,34 @@ mod tests {
         assert!(c.get(Counter::Evictions) > 0);
         assert!(c.get(Counter::Size) <= 200, "{c:?}");
     }
+
+    /// Issue 14's put race: writers once shared a temporary name per process (`.tmp.<pid>.r`),
+    /// so two concurrent puts in one worker could store one entry under the other's key.
+    /// 10,000 puts from 16 threads into one directory (every key starts with the same byte):
+    /// each key reads back its own body.
+    #[test]
+    fn concurrent_puts_with_colliding_prefixes_keep_their_own_bodies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path().to_path_buf(), 1 << 30);
+        let key = |i: u32| {
+            let mut k = *blake3::hash(&i.to_le_bytes()).as_bytes();
+            k[0] = 0xab;
+            k
+        };
+        let body = |i: u32| format!("entry {i}").into_bytes();
+        std::thread::scope(|scope| {
+            for t in 0..16u32 {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in (t..10_000).step_by(16) {
+                        store.put(&key(i), Kind::Result, &body(i)).expect("put");
+                    }
+                });
+            }
+        });
+        for i in 0..10_000u32 {
+            let got = store.get(&key(i), Kind::Result).expect("get");
+            assert_eq!(got, Some(body(i)), "key {i}");
+        }
+    }
 }
