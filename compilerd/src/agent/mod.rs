@@ -7,6 +7,7 @@
 pub mod pool;
 pub mod start;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -357,26 +358,28 @@ async fn farm_lookup(state: &State, key: Digest) -> Option<Response> {
 
 /// What to send to the worker of `lease` for `unit`: with the cache key when that worker owns
 /// it (it looks the key up itself), otherwise the unit alone after the agent asked the owner
-/// (once per unit). `Err` carries the farm tier's entry.
-async fn request_for(
+/// (once per unit). `Err` carries the farm tier's entry. Only the keyed form is a new request:
+/// the unit's own is lent, not copied, on every attempt.
+async fn request_for<'u>(
     state: &State,
-    unit: &Unit<'_>,
+    unit: &'u Unit<'_>,
     spec: &HostSpec,
     farm_asked: &mut bool,
-) -> Result<Request, Response> {
+) -> Result<Cow<'u, Request>, Response> {
     let (Some(key), Request::CompileSources(req)) = (unit.cache_key, &unit.request) else {
-        return Ok(unit.request.clone());
+        return Ok(Cow::Borrowed(&unit.request));
     };
     let owner = cache_tier::owner(&state.config.hosts, &key);
     if owner.is_some_and(|o| o.address() == spec.address()) {
-        return Ok(Request::CompileSourcesCached(CachedSources { key, unit: req.clone() }));
+        let cached = CachedSources { key, unit: req.clone() };
+        return Ok(Cow::Owned(Request::CompileSourcesCached(cached)));
     }
     if !std::mem::replace(farm_asked, true)
         && let Some(hit) = farm_lookup(state, key).await
     {
         return Err(hit);
     }
-    Ok(unit.request.clone())
+    Ok(Cow::Borrowed(&unit.request))
 }
 
 /// Places one unit, retrying on other workers after transport failures.

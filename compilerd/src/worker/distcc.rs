@@ -215,17 +215,9 @@ async fn run_job(
         (run.exit_code as u32 & 0xff) << 8
     };
     let object = if status == 0 {
-        // Written by the sandboxed compiler: no links, FIFOs or devices, bounded.
-        let path = dir.path().join(job.output_name());
-        tokio::task::spawn_blocking(move || {
-            discomy_protocol::plumbing::read_untrusted(
-                &path,
-                discomy_protocol::payload::MAX_RAW_LEN as u64,
-            )
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|e| (code::IO, format!("compiler wrote no output: {e}")))?
+        unit::read_output(dir.path().join(job.output_name()))
+            .await
+            .map_err(|e| (code::IO, format!("compiler wrote no output: {e}")))?
     } else {
         Vec::new()
     };

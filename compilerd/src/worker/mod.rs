@@ -109,13 +109,19 @@ impl State {
         }
     }
 
-    /// Records a unit's compile time (bounded).
+    /// Records a unit's compile time. Bounded in count and, since a client names its source
+    /// freely, in the length of each name.
     pub(crate) fn note_unit(&self, source: &str, elapsed: std::time::Duration) {
+        let mut end = source.len().min(discomy_protocol::sources::MAX_SOURCE_PATH);
+        while !source.is_char_boundary(end) {
+            end -= 1;
+        }
         let mut units = self.recent_units.lock().unwrap_or_else(|e| e.into_inner());
         if units.len() >= WorkerStats::RECENT_UNITS {
             units.pop_front();
         }
-        units.push_back(UnitTime { source: source.to_owned(), ms: elapsed.as_secs_f64() * 1e3 });
+        let source = source[..end].to_owned();
+        units.push_back(UnitTime { source, ms: elapsed.as_secs_f64() * 1e3 });
     }
 
     /// Takes a slot's uid for one unit.
@@ -346,14 +352,7 @@ async fn run_in_dir(
     }
     let output = if run.exit_code == 0 {
         let name = unit::output_name(req.output);
-        // Written by the sandboxed compiler: no links, FIFOs or devices, bounded.
-        let path = dir.path().join(name);
-        let read = tokio::task::spawn_blocking(move || {
-            discomy_protocol::plumbing::read_untrusted(&path, MAX_RAW_LEN as u64)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let bytes = read.map_err(|e| {
+        let bytes = unit::read_output(dir.path().join(name)).await.map_err(|e| {
             Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
         })?;
         Some(Payload::compress(&bytes))

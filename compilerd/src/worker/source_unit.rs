@@ -6,8 +6,6 @@
 
 use std::path::Path;
 
-use discomy_protocol::payload::MAX_RAW_LEN;
-use discomy_protocol::plumbing::read_untrusted;
 use discomy_protocol::{
     CompileResult, Payload, RefusalKind, Response, SourceCompileRequest, SourceResult,
 };
@@ -97,22 +95,21 @@ async fn run(
         ));
     }
     let (output, dep_file) = if run.exit_code == 0 {
-        let name = unit::output_name(req.output);
-        let want_deps = req.deps.is_some();
-        // Small outputs (nearly all) are read and compressed here; large ones in the pool.
-        let small = std::fs::symlink_metadata(out_dir.join(name))
-            .is_ok_and(|m| m.len() <= unit::READ_INLINE_BYTES);
-        let read = if small {
-            read_outputs(&out_dir, name, want_deps)
-        } else {
-            tokio::task::spawn_blocking(move || read_outputs(&out_dir, name, want_deps))
-                .await
-                .map_err(|e| Response::refused(RefusalKind::Internal, e.to_string()))?
+        let wrote_no = |what: &str, e: std::io::Error| {
+            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no {what}: {e}"))
         };
-        let (output, dep_file) = read.map_err(|why| {
-            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no {why}"))
-        })?;
-        (Some(output), dep_file)
+        let object = unit::read_output(out_dir.join(unit::output_name(req.output)))
+            .await
+            .map_err(|e| wrote_no("output", e))?;
+        let dep_file = match &req.deps {
+            Some(_) => Some(
+                unit::read_output(out_dir.join(unit::DEP_FILE))
+                    .await
+                    .map_err(|e| wrote_no("dependency file", e))?,
+            ),
+            None => None,
+        };
+        (Some(Payload::compress(&object)), dep_file)
     } else {
         (None, None)
     };
@@ -144,21 +141,4 @@ fn unit_dir(work_dir: &Path, list: &[u8]) -> std::io::Result<tempfile::TempDir> 
     std::fs::create_dir(dir.path().join("out"))?;
     std::fs::write(dir.path().join("tree.list"), list)?;
     Ok(dir)
-}
-
-/// Reads a finished unit's output (compressed for the answer) and, when asked for, its
-/// dependency file; `Err` names what is missing.
-fn read_outputs(
-    out_dir: &Path,
-    name: &str,
-    want_deps: bool,
-) -> Result<(Payload, Option<Vec<u8>>), String> {
-    // Written by the sandboxed compiler: no links, FIFOs or devices, bounded.
-    let read = |file: &str| read_untrusted(&out_dir.join(file), MAX_RAW_LEN as u64);
-    let bytes = read(name).map_err(|e| format!("output: {e}"))?;
-    let dep_file = match want_deps {
-        true => Some(read(unit::DEP_FILE).map_err(|e| format!("dependency file: {e}"))?),
-        false => None,
-    };
-    Ok((Payload::compress(&bytes), dep_file))
 }

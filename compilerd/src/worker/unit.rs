@@ -5,10 +5,12 @@
 //! what differs: its checks, its files, its command line, its answer.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use discomy_protocol::OutputKind;
+use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::plumbing::read_untrusted;
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -19,9 +21,22 @@ pub const INPUT: &str = "unit.i";
 /// The dependency file a source-mode unit's compiler writes, in its output directory.
 pub const DEP_FILE: &str = "unit.d";
 
-/// Outputs up to this size are read and compressed on the async thread: a trip to the
-/// blocking pool costs more than that work.
-pub const READ_INLINE_BYTES: u64 = 4 << 20;
+/// Outputs up to this size are read on the async thread: a trip to the blocking pool costs more
+/// than that work.
+const READ_INLINE_BYTES: u64 = 4 << 20;
+
+/// Reads an output the sandboxed compiler wrote ([`read_untrusted`]: a regular file, not through
+/// a link, within the payload cap), on this thread when it is small, in the blocking pool
+/// otherwise. Every kind of unit (native, source mode, distcc) reads its outputs here.
+pub async fn read_output(path: PathBuf) -> io::Result<Vec<u8>> {
+    let cap = MAX_RAW_LEN as u64;
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() <= READ_INLINE_BYTES) {
+        return read_untrusted(&path, cap);
+    }
+    tokio::task::spawn_blocking(move || read_untrusted(&path, cap))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
 
 /// The object or assembly a unit's compiler writes in its directory.
 pub fn output_name(kind: OutputKind) -> &'static str {
@@ -86,6 +101,7 @@ mod tests {
     use crate::store::tools::ToolStore;
     use crate::worker::WorkerConfig;
     use crate::worker::exec::Runner;
+    use discomy_protocol::stats::WorkerStats;
     use std::sync::Arc;
 
     fn state(dir: &Path, slots: usize) -> State {
@@ -107,6 +123,22 @@ mod tests {
             distcc_results: std::sync::Mutex::default(),
             recent_units: std::sync::Mutex::default(),
         }
+    }
+
+    /// A client names its source freely: the worker's list of recent units keeps a bounded
+    /// prefix of each name, and a bounded number of them.
+    #[test]
+    fn recent_units_are_bounded_in_count_and_name_length() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = state(dir.path(), 2);
+        let long = "é".repeat(1 << 16);
+        for _ in 0..(WorkerStats::RECENT_UNITS + 5) {
+            state.note_unit(&long, std::time::Duration::from_millis(3));
+        }
+        let units = state.recent_units.lock().expect("lock");
+        assert_eq!(units.len(), WorkerStats::RECENT_UNITS);
+        assert!(units.iter().all(|u| u.source.len() <= discomy_protocol::sources::MAX_SOURCE_PATH));
+        assert!(units[0].source.starts_with('é'));
     }
 
     /// Every kind of unit takes its slot here, so every kind is counted as running and gives

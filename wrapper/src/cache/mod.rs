@@ -177,12 +177,13 @@ fn try_lookup(
     }
 
     // The result key: from the include scan (no preprocessor), else from the preprocessed unit.
-    let scanned = prep.scan().is_ok();
-    let (result_key, files, independent) = match prep.scan() {
+    // `scanned`: the unit goes to the farm in source mode, which asks the farm tier in the same
+    // trip ([`Pending::farm_key`]).
+    let (result_key, files, independent, scanned) = match prep.scan() {
         Ok(scanned) => {
             let (result_key, files, independent) =
                 key::scanned(common, scanned, &canon, &cwd, lto)?;
-            (result_key, direct::ManifestFiles::Known(files), independent)
+            (result_key, direct::ManifestFiles::Known(files), independent, true)
         }
         Err(why) => {
             debug!(%why, "no include scan; keyed on the preprocessed unit");
@@ -197,7 +198,8 @@ fn try_lookup(
             key::field(&mut h, if independent { b"" } else { cwd.as_bytes() });
             key::field(&mut h, &stripped);
             let files = direct::included_files(&text).map(direct::ManifestFiles::Names);
-            (*h.finalize().as_bytes(), files.unwrap_or(direct::ManifestFiles::None), independent)
+            let files = files.unwrap_or(direct::ManifestFiles::None);
+            (*h.finalize().as_bytes(), files, independent, false)
         }
     };
     let pending = Pending {
@@ -208,8 +210,6 @@ fn try_lookup(
         result_key,
         manifest: if direct_on { Some((direct_key, files, independent)) } else { None },
         start,
-        // A scanned unit goes to the farm in source mode, which asks the farm tier in the same
-        // trip ([`Pending::farm_key`]).
         farm_with_unit: scanned && farm::enabled(),
     };
     if let Some(code) = ctx.serve(&result_key, Counter::HitPreprocessed) {
@@ -220,12 +220,8 @@ fn try_lookup(
         let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
         return Ok(Lookup::Miss(Box::new(pending)));
     }
-    if let Some(body) = farm_get(prep, &result_key) {
-        if let Some(code) = ctx.serve_body(&body, Counter::HitFarm) {
-            let _ = store.put(&result_key, Kind::Result, &body);
-            pending.record_manifest();
-            return Ok(Lookup::Hit(code));
-        }
+    if let Some(code) = farm_get(prep, &result_key).and_then(|b| pending.serve_farm_body(&b)) {
+        return Ok(Lookup::Hit(code));
     }
     let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
     Ok(Lookup::Miss(Box::new(pending)))
@@ -417,18 +413,25 @@ impl Pending {
         payload: &discomy_protocol::Payload,
     ) -> Result<ExitCode, Box<Self>> {
         let Ok(body) = payload.decompress(farm::MAX_ENTRY) else { return Err(self) };
+        let Some(code) = self.serve_farm_body(&body) else { return Err(self) };
+        // The lookup counted it as a miss before the farm was asked.
+        let _ = stats::add(self.store.root(), &[(Counter::Miss, -1)]);
+        Ok(code)
+    }
+
+    /// Serves a farm-tier entry's body, if usable here, and keeps it in the local tier (with its
+    /// direct-mode manifest), however the farm was asked.
+    fn serve_farm_body(&self, body: &[u8]) -> Option<ExitCode> {
         let ctx = Ctx {
             store: &self.store,
             unit: &self.unit,
             dep_file: self.dep_file.as_ref(),
             cwd: &self.cwd,
         };
-        let Some(code) = ctx.serve_body(&body, Counter::HitFarm) else { return Err(self) };
-        // Counted as a miss when it was looked up here.
-        let _ = stats::add(self.store.root(), &[(Counter::Miss, -1)]);
-        let _ = self.store.put(&self.result_key, Kind::Result, &body);
+        let code = ctx.serve_body(body, Counter::HitFarm)?;
+        let _ = self.store.put(&self.result_key, Kind::Result, body);
         self.record_manifest();
-        Ok(code)
+        Some(code)
     }
 
     /// Stores the result of a successful compile (its output files are on disk now), offering
