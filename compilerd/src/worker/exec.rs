@@ -59,11 +59,34 @@ pub enum Runner {
         /// Helpers started ahead of time for these limits ([`sandbox::WarmPool`]).
         warm: Option<std::sync::Arc<sandbox::WarmPool>>,
     },
-    /// Directly on the host (only for toolchains seeded from the host's own files).
+    /// Directly on the host: only the toolchains seeded from the host's own compilers at start-up
+    /// run, and the worker accepts no uploads (`--insecure-no-sandbox`).
     Host {
         /// Wall-time limit per unit.
         wall: Duration,
+        /// The toolchains seeded from this host's compilers, the only ones that may run.
+        seeded: std::sync::Arc<std::collections::BTreeSet<discomy_protocol::Digest>>,
     },
+}
+
+impl Runner {
+    /// Why this runner will not run `toolchain`, if it will not: a host-mode worker runs only the
+    /// toolchains seeded from its own compilers, whatever its store holds from earlier runs.
+    pub fn refuses(&self, toolchain: &discomy_protocol::Digest) -> Option<String> {
+        match self {
+            Runner::Host { seeded, .. } if !seeded.contains(toolchain) => Some(format!(
+                "toolchain {toolchain} is not one of this host's own compilers, the only ones a \
+                 worker without a sandbox (--insecure-no-sandbox) runs"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether this worker takes toolchain uploads (`PutBlob`, `InstallToolchain`): only with
+    /// its sandbox, since without one an uploaded program would run on the host.
+    pub fn accepts_uploads(&self) -> bool {
+        matches!(self, Runner::Sandbox { .. })
+    }
 }
 
 /// The compile-step command line the worker runs for a request (inputs and outputs its own).
@@ -178,7 +201,7 @@ pub async fn run_compiler(
         Runner::Host { .. } if view.is_some() => Err(ExecError::Sandbox(
             "source-mode units need the sandbox (this worker runs --insecure-no-sandbox)".into(),
         )),
-        Runner::Host { wall } => {
+        Runner::Host { wall, .. } => {
             env.push(("TMPDIR".to_string(), dir.to_string_lossy().into_owned()));
             run_on_host(&manifest.driver, args, &env, dir, *wall).await
         }

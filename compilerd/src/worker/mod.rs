@@ -289,6 +289,16 @@ async fn serve_connection(
             req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
                 state.farm.serve(&req).await.unwrap_or(Response::CacheMiss)
             }
+            Request::PutBlob(_) | Request::InstallToolchain(_)
+                if !state.config.runner.accepts_uploads() =>
+            {
+                debug!(%peer, "upload refused: no sandbox");
+                Response::refused(
+                    RefusalKind::NoToolchain,
+                    "this worker runs without a sandbox (--insecure-no-sandbox): it runs only its \
+                     host's own compilers and accepts no uploaded toolchains",
+                )
+            }
             other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
                 Response::refused(RefusalKind::BadRequest, "unexpected request")
             }),
@@ -302,6 +312,9 @@ async fn serve_connection(
 }
 
 async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToken) -> Response {
+    if let Some(why) = state.config.runner.refuses(&req.compiler.identity) {
+        return Response::refused(RefusalKind::NoToolchain, why);
+    }
     let Some(tree) = state.store.lease(&req.compiler.identity) else {
         return Response::refused(
             RefusalKind::NeedToolchain,

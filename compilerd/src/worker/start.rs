@@ -125,9 +125,18 @@ pub async fn start(
     let wall = Duration::from_secs(opts.compile_timeout);
     let slots =
         opts.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let store_dir =
+        opts.store.unwrap_or_else(|| discomy_wrapper::identity::cache_dir().join("worker-store"));
+    let store =
+        ToolStore::open(&store_dir, opts.store_mb << 20, true).map_err(|e| StartError::Io {
+            what: format!("failed to open the toolchain store {}", store_dir.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let compilers = seed_local_compilers_named(&store, path_var, &opts.seed_compilers).await;
     let runner = if opts.insecure_no_sandbox {
         tracing::warn!("running compilers WITHOUT a sandbox (--insecure-no-sandbox)");
-        Runner::Host { wall }
+        Runner::Host { wall, seeded: Arc::new(compilers.values().copied().collect()) }
     } else {
         let helper = std::env::current_exe()
             .map_err(io("find this executable"))?
@@ -145,15 +154,6 @@ pub async fn start(
         warm.fill();
         Runner::Sandbox { helper, limits, warm: Some(warm) }
     };
-    let store_dir =
-        opts.store.unwrap_or_else(|| discomy_wrapper::identity::cache_dir().join("worker-store"));
-    let store =
-        ToolStore::open(&store_dir, opts.store_mb << 20, true).map_err(|e| StartError::Io {
-            what: format!("failed to open the toolchain store {}", store_dir.display()),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let compilers = seed_local_compilers_named(&store, path_var, &opts.seed_compilers).await;
     let distcc = match opts.distcc_listen {
         None => None,
         Some(addr) => {

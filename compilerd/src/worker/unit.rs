@@ -108,7 +108,10 @@ mod tests {
         let config = WorkerConfig {
             slots,
             auth: discomy_protocol::AuthConfig::none(),
-            runner: Runner::Host { wall: std::time::Duration::from_secs(1) },
+            runner: Runner::Host {
+                wall: std::time::Duration::from_secs(1),
+                seeded: Arc::default(),
+            },
             node_name: "test".into(),
             work_dir: dir.join("work"),
             running: Arc::default(),

@@ -17,5 +17,6 @@
 mod arguments;
 mod client;
 mod evil_toolchain;
+mod host_mode;
 mod source_mode;
 mod toolchain;
