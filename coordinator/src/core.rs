@@ -1,7 +1,7 @@
 //! The daemon's shared state: the policy's [`Scheduler`] plus what the policy does not know
 //! (node addresses, which agent connection waits for which job), behind one mutex.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use discomy_protocol::coordinator::{
     CoordResponse, FarmStatus, NodeStatus, Placement, SubmitterStatus,
@@ -9,6 +9,9 @@ use discomy_protocol::coordinator::{
 use tokio::sync::mpsc;
 
 use crate::policy::{Clock, IdMap, JobId, MonotonicClock, NodeId, Scheduler};
+
+/// Most quarantined addresses remembered (a token holder could send any number).
+pub const MAX_QUARANTINED: usize = 4096;
 
 /// Where the answers for one agent connection go.
 pub type AgentTx = mpsc::UnboundedSender<CoordResponse>;
@@ -40,6 +43,8 @@ pub struct Core {
     hedged: u64,
     /// Nodes that left the farm (`nodes_lost`).
     nodes_lost: u64,
+    /// Worker addresses an agent's verification caught returning a wrong object.
+    quarantined: BTreeSet<String>,
 }
 
 impl Core {
@@ -54,6 +59,7 @@ impl Core {
             next_id: 0,
             hedged: 0,
             nodes_lost: 0,
+            quarantined: BTreeSet::new(),
         }
     }
 
@@ -71,6 +77,26 @@ impl Core {
     /// Nodes registered at `address`.
     pub fn nodes_at(&self, address: &str) -> Vec<NodeId> {
         self.addresses.iter().filter(|(_, a)| *a == address).map(|(id, _)| *id).collect()
+    }
+
+    /// Quarantines the worker at `address` (an agent's verification caught it returning a
+    /// wrong object): its nodes leave the farm, their jobs placed again, and it may not log in
+    /// again. Returns the nodes that left, whose connections the caller closes.
+    pub fn quarantine(&mut self, address: &str) -> Vec<NodeId> {
+        if self.quarantined.len() >= MAX_QUARANTINED && !self.quarantined.contains(address) {
+            return Vec::new();
+        }
+        self.quarantined.insert(address.to_owned());
+        let gone = self.nodes_at(address);
+        for &node in &gone {
+            self.node_gone(node);
+        }
+        gone
+    }
+
+    /// Whether the worker at `address` is quarantined.
+    pub fn is_quarantined(&self, address: &str) -> bool {
+        self.quarantined.contains(address)
     }
 
     /// A node is gone. Its placed jobs are placed again and each new placement goes to the
@@ -206,6 +232,7 @@ impl Core {
             queued: self.sched.queued() as u64,
             hedged: self.hedged,
             nodes_lost: self.nodes_lost,
+            quarantined: self.quarantined.iter().cloned().collect(),
         }
     }
 }

@@ -12,6 +12,7 @@ use discomy_protocol::asyncio::{
     Conn, client_handshake, recv, recv_ready, send, send_all, server_handshake,
 };
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, NodeLogin};
+use discomy_protocol::plumbing::admission::{Admission, Limits, Peer, Ticket};
 use discomy_protocol::{AuthConfig, PeerKind, ProtocolError, Request, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -60,6 +61,13 @@ impl Shared {
     }
 }
 
+/// Most connections at once ([`Admission`]: ones that have not logged in yet are closed to
+/// make room).
+pub const MAX_CONNECTIONS: usize = 8192;
+/// Most connections at once from one address (one host runs a worker and an agent, plus
+/// `discomy status` queries).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+
 /// Serves until `shutdown` is cancelled.
 pub async fn run(
     listener: TcpListener,
@@ -72,6 +80,8 @@ pub async fn run(
     info!(addr = %listener.local_addr()?, farm = %shared.config.farm, "coordinator listening");
     let tracker = TaskTracker::new();
     tracker.spawn(reap(shared.clone(), shutdown.clone()));
+    let limits = Limits { total: MAX_CONNECTIONS, per_peer: MAX_CONNECTIONS_PER_ADDRESS };
+    let admission = Admission::new(limits);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -79,10 +89,14 @@ pub async fn run(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(ticket) = admission.admit(Peer::Ip(peer.ip())) else {
+                    warn!(%peer, "too many connections from busy peers; closing");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(async move { serve(stream, peer, shared, shutdown).await });
+                tracker.spawn(async move { serve(stream, peer, ticket, shared, shutdown).await });
             }
             Err(err) => {
                 warn!(%err, "failed to accept");
@@ -125,15 +139,23 @@ async fn reap(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
+/// Serves one connection. Until it has logged in it may be closed to make room for another
+/// (an idle or half-open connection costs its peer nothing); a logged-in node, agent or
+/// status query is never evicted, so a flood beyond the limits is refused instead.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    ticket: Ticket,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let kind = if peer.ip().is_loopback() { PeerKind::Loopback } else { PeerKind::Remote };
     let handshake = server_handshake(stream, &shared.config.auth, kind);
-    let mut conn = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+    let handshake = tokio::select! {
+        _ = ticket.evicted() => return,
+        h = tokio::time::timeout(Duration::from_secs(10), handshake) => h,
+    };
+    let mut conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(ProtocolError::Closed)) => return,
         Ok(Err(err)) => {
@@ -142,13 +164,15 @@ async fn serve(
         }
         Err(_) => return,
     };
-    let first =
-        match tokio::time::timeout(Duration::from_secs(10), recv::<_, CoordRequest>(&mut conn))
-            .await
-        {
-            Ok(Ok(first)) => first,
-            _ => return,
-        };
+    let first = tokio::select! {
+        _ = ticket.evicted() => return,
+        f = tokio::time::timeout(Duration::from_secs(10), recv::<_, CoordRequest>(&mut conn)) => f,
+    };
+    let _logged_in = ticket.busy();
+    let first = match first {
+        Ok(Ok(first)) => first,
+        _ => return,
+    };
     match first {
         CoordRequest::NodeLogin(login) => serve_node(conn, peer, login, shared, shutdown).await,
         CoordRequest::AgentLogin { host } => serve_agent(conn, host, shared, shutdown).await,
@@ -193,6 +217,16 @@ async fn serve_node(
         let reason = format!(
             "the coordinator cannot reach this node's worker at {} (seen from {peer}): {why}; \
              advertise an address reachable from the coordinator (--advertise)",
+            login.address
+        );
+        warn!(host = %login.host, %reason, "node refused");
+        let _ = send(&mut conn, &CoordResponse::Refused { reason }).await;
+        return;
+    }
+    if shared.core().is_quarantined(&login.address) {
+        let reason = format!(
+            "the worker at {} is quarantined: an agent's verification found it returning an \
+             object that differs from a local compile",
             login.address
         );
         warn!(host = %login.host, %reason, "node refused");
@@ -312,7 +346,7 @@ async fn serve_agent(
         if !inbox.is_empty() {
             let mut core = shared.core();
             for msg in inbox.drain(..) {
-                handle_agent_request(&mut core, id, &host, msg, &tx);
+                handle_agent_request(&mut core, &shared.kick, id, &host, msg, &tx);
             }
             core.dispatch();
         }
@@ -337,7 +371,14 @@ async fn serve_agent(
 const MAX_BATCH: usize = 1024;
 
 /// One agent request; the caller dispatches after the batch.
-fn handle_agent_request(core: &mut Core, agent: u64, host: &str, msg: CoordRequest, tx: &AgentTx) {
+fn handle_agent_request(
+    core: &mut Core,
+    kicks: &Mutex<HashMap<u64, CancellationToken>>,
+    agent: u64,
+    host: &str,
+    msg: CoordRequest,
+    tx: &AgentTx,
+) {
     match msg {
         CoordRequest::Place(p) => {
             let spec = JobSpec {
@@ -357,6 +398,15 @@ fn handle_agent_request(core: &mut Core, agent: u64, host: &str, msg: CoordReque
         }
         CoordRequest::Status => {
             let _ = tx.send(CoordResponse::Status(core.status()));
+        }
+        CoordRequest::Quarantine { node, reason } => {
+            warn!(agent, %host, %node, %reason, "node quarantined");
+            let mut kicks = kicks.lock().unwrap_or_else(|e| e.into_inner());
+            for id in core.quarantine(&node) {
+                if let Some(kick) = kicks.remove(&id) {
+                    kick.cancel();
+                }
+            }
         }
         other => debug!(agent, ?other, "ignored a message from an agent"),
     }

@@ -20,6 +20,10 @@ use crate::handshake::{
 /// A connection after the handshake.
 pub type Conn<S> = Framed<S, LengthDelimitedCodec>;
 
+/// Largest frame a server reads before the handshake admitted its peer (the client's proof is
+/// under 200 bytes).
+pub const MAX_PRE_AUTH_FRAME_LEN: usize = 4096;
+
 /// The frame codec: 4-byte big-endian length, [`MAX_FRAME_LEN`] both ways.
 pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -108,7 +112,10 @@ where
         return Err(err);
     }
     stream.write_all(&preamble(STATUS_OK)).await?;
-    let mut conn = Framed::new(stream, codec());
+    // Before the peer has proved anything it may send one small frame, not MAX_FRAME_LEN.
+    let mut small = codec();
+    small.set_max_frame_length(MAX_PRE_AUTH_FRAME_LEN);
+    let mut conn = Framed::new(stream, small);
     let challenge = random_nonce();
     send(&mut conn, &ServerHello { challenge, token_required: auth.has_token() }).await?;
     let client: ClientAuth = recv(&mut conn).await?;
@@ -116,6 +123,7 @@ where
         Ok(()) => {
             let proof = auth.server_proof(&client.nonce, &challenge);
             send(&mut conn, &AuthOutcome::Accepted { proof }).await?;
+            conn.codec_mut().set_max_frame_length(MAX_FRAME_LEN);
             Ok(conn)
         }
         Err(refused) => {
@@ -212,5 +220,21 @@ mod tests {
         assert_eq!(reply[6], STATUS_VERSION_MISMATCH);
         let err = server.await.unwrap().unwrap_err();
         assert!(matches!(err, ProtocolError::VersionMismatch { theirs: 999, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_big_frame_before_authentication_is_refused_unread() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            server_handshake(b, &AuthConfig::with_token("t"), PeerKind::Remote).await
+        });
+        a.write_all(&preamble(STATUS_OK)).await.unwrap();
+        let mut reply = [0u8; PREAMBLE_LEN];
+        a.read_exact(&mut reply).await.unwrap();
+        // A header announcing 64 MiB, then nothing: the server must refuse, not wait to buffer.
+        a.write_all(&(MAX_FRAME_LEN as u32).to_be_bytes()).await.unwrap();
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        let err = refused.expect("the server waited for the big frame").unwrap().unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
     }
 }

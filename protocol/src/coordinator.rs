@@ -39,6 +39,14 @@ pub enum CoordRequest {
     Status,
     /// A node installed a toolchain (no answer).
     ToolchainAdded(Digest),
+    /// From an agent: a node's object differed from a local compile of the same unit. The node
+    /// is dropped and refused from then on, farm-wide (no answer). Since version 8.
+    Quarantine {
+        /// The node's worker address, as placements name it.
+        node: String,
+        /// What was found, for the operator.
+        reason: String,
+    },
 }
 
 /// The coordinator's answers.
@@ -173,6 +181,9 @@ pub struct FarmStatus {
     /// Nodes that left the farm (connection dropped, or silent past `--node-timeout`), since
     /// the coordinator started. Since version 6.
     pub nodes_lost: u64,
+    /// Worker addresses quarantined by agents' verification (refused from then on), sorted.
+    /// Since version 8.
+    pub quarantined: Vec<String>,
 }
 
 /// One node in [`FarmStatus`].

@@ -57,6 +57,8 @@ pub mod version {
     /// coordinator's `PlaceRequest` (the cost history). Version 5: the coordinator's `Hedge`
     /// (a second placement for a unit whose node has stalled). Version 6: the wrapper's
     /// `Report` of each call's outcome and the agent's `Stats` (`discomy stats`). Version 7:
-    /// `CompileSourcesCached` (the farm tier asked within the compile's own trip).
-    pub const CURRENT: u16 = 7;
+    /// `CompileSourcesCached` (the farm tier asked within the compile's own trip). Version 8:
+    /// verification of remote results (`CompileResult::verify`, the wrapper's `Verified`, the
+    /// agent's `Quarantine` of a node to its coordinator).
+    pub const CURRENT: u16 = 8;
 }

@@ -42,6 +42,9 @@ pub enum Request {
     /// [`Request::CompileSources`]. One trip instead of a [`Request::CacheGet`] and then the
     /// compile. Since version 7.
     CompileSourcesCached(CachedSources),
+    /// The wrapper compiled a remote unit locally as well, as its agent asked
+    /// ([`CompileResult::verify`]), and compared the two; never answered. Since version 8.
+    Verified(crate::stats::Verification),
 }
 
 /// A [`Request::CompileSourcesCached`]: the unit and its object-cache key.
@@ -154,6 +157,9 @@ pub struct CompileResult {
     pub node: String,
     /// Wall time of the compiler on the node, in milliseconds.
     pub compile_ms: u64,
+    /// Set by the agent: compile this unit locally as well, use the local object, compare, and
+    /// send the verdict ([`Request::Verified`]). Workers leave it false. Since version 8.
+    pub verify: bool,
 }
 
 /// Why a unit was not compiled.

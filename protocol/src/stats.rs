@@ -157,6 +157,9 @@ reasons! {
     HostOnly = "host_only",
     /// (Fallback) The result could not be written.
     Output = "output",
+    /// (Fallback) The farm's object differed from a local compile of the same unit
+    /// (verification): the local object is used and the node is quarantined.
+    VerifyMismatch = "verify_mismatch",
 }
 
 impl Reason {
@@ -175,6 +178,32 @@ pub struct UnitReport {
     pub reason: Reason,
     /// The compiler's exit status (0 for a success).
     pub exit_code: i32,
+}
+
+/// A remote unit compiled locally as well and compared ([`crate::Request::Verified`]). Since
+/// version 8.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// The node that compiled it, as the agent named it ([`crate::CompileResult::node`]).
+    pub node: String,
+    /// Whether the two objects are the same (byte for byte; LTO objects modulo gcc's random
+    /// section-name suffix).
+    pub matched: bool,
+    /// The unit's source, for the agent's log.
+    pub source: String,
+}
+
+/// What verification found since the agent started. Since version 8.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyCounts {
+    /// Remote units the agent asked wrappers to verify.
+    pub requested: u64,
+    /// Verdicts received.
+    pub checked: u64,
+    /// Of those, objects that differed from the local compile.
+    pub mismatched: u64,
+    /// Nodes quarantined after a mismatch (never used again), sorted.
+    pub quarantined: Vec<String>,
 }
 
 /// What compile units became: the counts of `discomy run`'s summary and of `discomy stats`,
@@ -350,6 +379,8 @@ pub struct AgentStats {
     pub other_calls: BTreeMap<String, u64>,
     /// Seconds since the agent started.
     pub uptime_s: f64,
+    /// Verification of remote results. Since version 8.
+    pub verification: VerifyCounts,
 }
 
 impl AgentStats {

@@ -40,7 +40,7 @@ pub use daemons::{Agent, Farm, Worker, default_compiler_names, hosts_of};
 pub use env::{bin, bin_dir, clean_command, private_tmp, projects_dir, workspace_root};
 pub use lua::{
     assert_lua_runs, discomy_run, extract_lua, lua_tarball, lua_with_reference, make_clean,
-    make_lua, run_to_success,
+    make_lua, make_lua_with_discomy_cc, run_to_success,
 };
 pub use process::{Proc, ShowOnFailure, live_group_members, signal_group, tail};
 pub use reports::{

@@ -81,6 +81,19 @@ pub fn make_lua(tree: &Path, name: &str, extra: &[&str], log_dir: &Path) {
     run_to_success(name, &mut cmd, log_dir);
 }
 
+/// `make -C src -j4 linux` in the Lua tree with `discomy-cc gcc` as CC, talking to the agent on
+/// `socket`, its object cache in `cache_dir`; callers add the rest of the environment.
+pub fn make_lua_with_discomy_cc(tree: &Path, socket: &Path, cache_dir: &Path) -> Command {
+    let cc = format!("CC={} gcc -std=gnu99", bin("discomy-cc").display());
+    let mut cmd = clean_command("make");
+    cmd.current_dir(tree)
+        .args(["-C", "src", MAKE_JOBS, "linux"])
+        .arg(cc)
+        .env("DISCOMY_CACHE_DIR", cache_dir)
+        .env("DISCOMY_SOCKET", socket);
+    cmd
+}
+
 /// Lua extracted under `dir` and built once locally with plain gcc: the tree, its `src`, and
 /// the reference objects (the tree is cleaned afterwards, ready for the build under test).
 pub fn lua_with_reference(dir: &Path) -> (PathBuf, PathBuf, BTreeMap<String, Vec<u8>>) {

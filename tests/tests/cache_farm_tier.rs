@@ -11,22 +11,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use discomy_tests::{
-    Agent, MAKE_JOBS, ShowOnFailure, Worker, assert_same_objects, bin, clean_command, extract_lua,
-    hosts_of, make_clean, make_lua, objects, outcome_counts, read_stats, run_to_success,
+    Agent, ShowOnFailure, Worker, assert_same_objects, bin, clean_command, extract_lua, hosts_of,
+    make_clean, make_lua, make_lua_with_discomy_cc, objects, outcome_counts, read_stats,
+    run_to_success,
 };
 
 /// `make -C src linux` through discomy-cc (as CC) against `agent`, with its own local cache.
 fn build_on_host(tree: &Path, scratch: &Path, agent: &Agent, host: &str) -> Vec<(String, usize)> {
     let stats = scratch.join(format!("{host}.stats"));
-    let cc = format!("{} gcc -std=gnu99", bin("discomy-cc").display());
-    let mut cmd = clean_command("make");
-    cmd.current_dir(tree)
-        .args(["-C", "src", MAKE_JOBS, "linux"])
-        .arg(format!("CC={cc}"))
-        .env("DISCOMY_CACHE", "1")
-        .env("DISCOMY_CACHE_DIR", scratch.join(format!("{host}-cache")))
-        .env("DISCOMY_SOCKET", &agent.socket)
-        .env("DISCOMY_STATS_FILE", &stats);
+    let mut cmd =
+        make_lua_with_discomy_cc(tree, &agent.socket, &scratch.join(format!("{host}-cache")));
+    cmd.env("DISCOMY_CACHE", "1").env("DISCOMY_STATS_FILE", &stats);
     run_to_success(&format!("make-{host}"), &mut cmd, scratch);
     let lines: Vec<_> = read_stats(&stats).into_iter().filter(|l| l.is_compile()).collect();
     outcome_counts(&lines).into_iter().collect()

@@ -15,6 +15,8 @@
 //!   600 s per-unit limit.
 //! - `refusals_are_clear`: a peer without the farm token, and a worker advertising an address the
 //!   coordinator cannot reach, are refused with a message that says why.
+//! - `quarantined_nodes_leave_the_farm_for_good`: an agent's `Quarantine` of a node (its
+//!   verification found a wrong object) drops the node at once and keeps its worker out.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -250,4 +252,38 @@ fn refusals_are_clear() {
     }
     assert_eq!(status(addr, Some("s3cret")).unwrap()["nodes"].as_array().unwrap().len(), 0);
     w.proc.kill();
+}
+
+/// An agent's verification reports a node (`Quarantine`): the coordinator drops it at once,
+/// lists it in `discomy status`, and refuses its worker when it logs in again.
+#[test]
+fn quarantined_nodes_leave_the_farm_for_good() {
+    use discomy_protocol::coordinator::{CoordRequest, CoordResponse};
+    use discomy_protocol::frame::{read_frame, write_frame};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (coord, addr) = coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &[]);
+    let caddr = addr.to_string();
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| Worker::start_with(tmp.path(), &format!("w{i}"), 1, &["--coordinator", &caddr]))
+        .collect();
+    wait_nodes(addr, 2, Duration::from_secs(20));
+    let bad = workers[0].addr.to_string();
+
+    let mut agent = std::net::TcpStream::connect(addr).unwrap();
+    let none = discomy_protocol::AuthConfig::none();
+    discomy_protocol::handshake::client_handshake(&mut agent, &none).unwrap();
+    write_frame(&mut agent, &CoordRequest::AgentLogin { host: "verifier".into() }).unwrap();
+    assert!(matches!(read_frame(&mut agent).unwrap(), CoordResponse::Welcome { .. }));
+    let reason = "its object for lapi.c differs from a local compile".to_owned();
+    write_frame(&mut agent, &CoordRequest::Quarantine { node: bad.clone(), reason }).unwrap();
+
+    wait_nodes(addr, 1, Duration::from_secs(5));
+    let s = status(addr, None).unwrap();
+    assert_eq!(s["quarantined"], serde_json::json!([bad]), "{s}");
+    assert_eq!(s["nodes"][0]["address"], workers[1].addr.to_string(), "{s}");
+    // The quarantined worker keeps trying to log in (every second or so), and stays out.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(node_count(addr), 1, "the quarantined worker is back");
+    drop(coord);
 }

@@ -67,13 +67,16 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     }
     let farm_key = cached.as_ref().and_then(|pending| pending.farm_key());
     match remote(inv, &unit, &mut prep, farm_key) {
-        Ok((Remote::Compiled(stdout), mut agent)) => {
+        Ok((Remote::Compiled { stdout, node }, mut agent)) => {
             // The report first: the entry offered to the farm tier after it is not acknowledged.
             stats::record(Outcome::Remote, Reason::None, 0, &unit.source, Some(&mut agent));
             if let Some(pending) = cached {
-                pending.store(&stdout, b"", Some(&mut agent));
+                pending.store(&stdout, b"", Some(&node), Some(&mut agent));
             }
             ExitCode::SUCCESS
+        }
+        Ok((Remote::Verify { node, object }, agent)) => {
+            verify_locally(inv, &unit, cached, node, &object, agent)
         }
         Ok((Remote::FarmHit(entry), mut agent)) => match cached.map(|p| p.serve_farm(&entry)) {
             Some(Ok(code)) => {
@@ -103,6 +106,41 @@ fn source_of(args: &[String]) -> String {
     args.iter().find(|a| crate::args::source_language(a).is_some()).cloned().unwrap_or_default()
 }
 
+/// Compiles a remote unit locally as its agent asked, keeps the local object, and tells the
+/// agent whether the farm's was the same. A local compile that fails gives no verdict (the
+/// host, not the node, may be at fault); its result is the call's, as without the farm.
+fn verify_locally(
+    inv: &Invocation,
+    unit: &Unit,
+    cached: Option<Box<cache::Pending>>,
+    node: String,
+    remote: &[u8],
+    mut agent: AgentClient,
+) -> ExitCode {
+    let (code, raw) = match cached {
+        Some(pending) => pending.compile_locally(inv),
+        None => local::run(inv),
+    };
+    let local = if raw == 0 { std::fs::read(&unit.output).ok() } else { None };
+    let verdict = local.map(|l| crate::verify::compare(&l, remote, &unit.compile_args));
+    let (outcome, reason) = match verdict {
+        Some(crate::verify::Verdict::Different) => (Outcome::Fallback, Reason::VerifyMismatch),
+        _ => (Outcome::Remote, Reason::None),
+    };
+    stats::record(outcome, reason, raw, &unit.source, Some(&mut agent));
+    if let Some(v) = verdict.filter(|v| *v != crate::verify::Verdict::Inconclusive) {
+        let matched = v == crate::verify::Verdict::Same;
+        if !matched {
+            info!(source = %unit.source, %node, "the farm's object differs from the local one");
+        }
+        let verification =
+            discomy_protocol::stats::Verification { node, matched, source: unit.source.clone() };
+        let _ =
+            discomy_protocol::frame::write_frame(agent.stream(), &Request::Verified(verification));
+    }
+    code
+}
+
 fn run_local(
     inv: &Invocation,
     outcome: Outcome,
@@ -120,8 +158,21 @@ fn run_local(
 
 /// What the farm did with a call.
 enum Remote {
-    /// Compiled: the compiler's stdout (already replayed); the output is written.
-    Compiled(Vec<u8>),
+    /// Compiled on `node`: the compiler's stdout (already replayed); the output is written.
+    Compiled {
+        /// The compiler's standard output.
+        stdout: Vec<u8>,
+        /// The node that compiled it.
+        node: String,
+    },
+    /// Compiled on `node`, and the agent asks for a local compile to compare with: nothing is
+    /// written or replayed yet.
+    Verify {
+        /// The node that compiled it.
+        node: String,
+        /// Its object.
+        object: Vec<u8>,
+    },
     /// The farm tier's entry for the key sent with the unit, to serve.
     FarmHit(Payload),
 }
@@ -151,7 +202,7 @@ fn remote(
             let tools = prep.take_toolchain().map_err(toolchain_error)?;
             match source_mode::send(&mut agent, inv, unit, &tools, files, deps, farm_key) {
                 Ok(Answer::Compiled(result, dep_file)) => {
-                    return finish(unit, result, dep_file).map(|o| (Remote::Compiled(o), agent));
+                    return finish(unit, result, dep_file).map(|r| (r, agent));
                 }
                 Ok(Answer::FarmHit(entry)) => return Ok((Remote::FarmHit(entry), agent)),
                 Err(SourceModeError::Final(fallback)) => return Err(fallback),
@@ -182,7 +233,7 @@ fn remote(
             .and_then(|files| source_mode::send(&mut agent, inv, unit, &tools, files, None, None));
         match sent {
             Ok(Answer::Compiled(result, _)) => {
-                return finish(unit, result, None).map(|o| (Remote::Compiled(o), agent));
+                return finish(unit, result, None).map(|r| (r, agent));
             }
             Ok(Answer::FarmHit(_)) => {
                 return Err(Fallback::new(Reason::AgentError, "agent answered out of turn"));
@@ -230,7 +281,7 @@ fn remote(
             ));
         }
     };
-    finish(unit, result, None).map(|o| (Remote::Compiled(o), agent))
+    finish(unit, result, None).map(|r| (r, agent))
 }
 
 /// Writes a successful remote result where the build expects it (the dependency file first,
@@ -240,7 +291,7 @@ fn finish(
     unit: &Unit,
     result: CompileResult,
     dep_file: Option<source_mode::DepFile>,
-) -> Result<Vec<u8>, Fallback> {
+) -> Result<Remote, Fallback> {
     if result.exit_code != 0 || !result.stderr.is_empty() {
         return Err(Fallback::new(
             Reason::Diagnostics,
@@ -253,6 +304,9 @@ fn finish(
     let bad_output = |detail: String| Fallback::new(Reason::FarmRefused, detail);
     let output = result.output.ok_or_else(|| bad_output("farm returned no output file".into()))?;
     let bytes = output.decompress(MAX_RAW_LEN).map_err(|e| bad_output(e.to_string()))?;
+    if result.verify {
+        return Ok(Remote::Verify { node: result.node, object: bytes });
+    }
     if let Some((path, content)) = dep_file {
         write_atomically(Path::new(&path), &content)
             .map_err(|e| Fallback::new(Reason::Output, format!("failed to write {path}: {e}")))?;
@@ -266,7 +320,7 @@ fn finish(
         let _ = out.flush();
     }
     debug!(source = %unit.source, node = %result.node, ms = result.compile_ms, "compiled remotely");
-    Ok(result.stdout)
+    Ok(Remote::Compiled { stdout: result.stdout, node: result.node })
 }
 
 /// The toolchain the unit compiles with: the closure of the compiler we run (plus the specs

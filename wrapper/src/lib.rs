@@ -39,6 +39,7 @@ pub mod sources;
 pub mod stats;
 pub mod sysdirs;
 pub mod toolchain;
+pub mod verify;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -6,24 +6,25 @@
 
 pub mod pool;
 pub mod start;
+pub mod verify;
+
+mod serve;
+pub use serve::{MAX_WRAPPERS, MAX_WRAPPERS_PER_USER, bind_socket, run};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
+use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::unit_key;
 use discomy_protocol::stats::AgentStats;
 use discomy_protocol::{
-    AuthConfig, CachedSources, CompileRequest, Digest, PeerKind, ProtocolError, RefusalKind,
-    Request, Response, SourceCompileRequest,
+    AuthConfig, CachedSources, CompileRequest, Digest, ProtocolError, RefusalKind, Request,
+    Response, SourceCompileRequest,
 };
-use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::agent::pool::{Lease, Pool, Release};
@@ -31,7 +32,6 @@ use crate::coord::client::CoordClient;
 use crate::distcc::client as distcc_client;
 use crate::hosts::{HostKind, HostSpec};
 use crate::store::cache_tier;
-use crate::store::seed::seed_local_compilers_named;
 use crate::store::sources::SourceStore;
 use crate::store::tools::ToolStore;
 use crate::store::upload;
@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub coordinator: Option<crate::coord::discover::CoordinatorAddr>,
     /// This host's id, as a submitter.
     pub host_id: String,
+    /// Fraction of remote units also compiled locally and compared, after each node's first
+    /// ones ([`verify`]).
+    pub verify_rate: f64,
 }
 
 impl AgentConfig {
@@ -81,6 +84,7 @@ impl AgentConfig {
             store_bytes: 4 << 30,
             coordinator: None,
             host_id: crate::coord::discover::host_id(),
+            verify_rate: 0.01,
         }
     }
 }
@@ -98,6 +102,8 @@ struct State {
     cache_conns: Arc<crate::store::cache_tier::IdleConns>,
     /// What wrappers reported (`discomy stats`).
     stats: std::sync::Mutex<AgentStats>,
+    /// Verification of remote results.
+    verifier: verify::Verifier,
     started: std::time::Instant,
 }
 
@@ -106,194 +112,6 @@ impl State {
     fn count_backoff(&self) {
         if let Ok(mut stats) = self.stats.lock() {
             stats.backoffs += 1;
-        }
-    }
-}
-
-/// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
-/// users (mock builds run as another user; the directory's permissions are the gate).
-pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("an agent is already listening on {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
-}
-
-/// Serves wrappers until `shutdown` is cancelled.
-///
-/// The socket is bound only once the store is seeded, so a connectable socket means a ready
-/// agent (readiness checks in `discomy run` and the tests rely on that).
-pub async fn run(
-    socket_path: PathBuf,
-    config: AgentConfig,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    let pool = Pool::new(config.hosts.clone(), config.backoff);
-    let store = ToolStore::open(&config.store_dir, config.store_bytes, false)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    // Wrappers running this host's own compilers then need no upload.
-    let local_compilers =
-        seed_local_compilers_named(&store, std::env::var_os("PATH").unwrap_or_default(), &[]).await;
-    let listener = bind_socket(&socket_path).map_err(|e| {
-        io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
-    })?;
-    info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
-    let sources = SourceStore::open(&config.store_dir.join("sources"), config.store_bytes / 4)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let coord = config.coordinator.clone().map(|addr| {
-        CoordClient::spawn(addr, config.host_id.clone(), config.auth.clone(), shutdown.clone())
-    });
-    let state = Arc::new(State {
-        config,
-        pool,
-        store,
-        sources,
-        local_compilers,
-        coord,
-        cache_conns: Arc::default(),
-        stats: std::sync::Mutex::default(),
-        started: std::time::Instant::now(),
-    });
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let state = state.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move { serve_wrapper(stream, state, shutdown).await });
-            }
-            Err(err) => {
-                warn!(%err, "failed to accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
-    for (host, compiled, failed) in state.pool.counters() {
-        info!(%host, compiled, failed, "worker totals");
-    }
-    let _ = std::fs::remove_file(&socket_path);
-    info!("agent stopped");
-    Ok(())
-}
-
-async fn serve_wrapper(stream: UnixStream, state: Arc<State>, shutdown: CancellationToken) {
-    let auth = AuthConfig::none();
-    let handshake = server_handshake(stream, &auth, PeerKind::Unix);
-    let mut conn = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(ProtocolError::Closed)) => return,
-        Ok(Err(err)) => {
-            warn!(%err, "wrapper handshake refused");
-            return;
-        }
-        Err(_) => {
-            warn!("wrapper handshake timed out");
-            return;
-        }
-    };
-    loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = recv::<_, Request>(&mut conn) => r,
-        };
-        let response = match request {
-            Err(ProtocolError::Closed) => return,
-            // A wrapper leaves once its last frame is sent (the farm tier's store is not waited
-            // for): its socket may close with our answer unread.
-            Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return,
-            Err(err) => {
-                warn!(%err, "bad request from wrapper; closing");
-                let msg = format!("malformed request: {err}");
-                let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
-                return;
-            }
-            Ok(Request::Ping) => Response::Pong,
-            Ok(Request::Report(report)) => {
-                if let Ok(mut stats) = state.stats.lock() {
-                    stats.record(&report);
-                }
-                continue;
-            }
-            Ok(Request::Stats) => {
-                let mut stats = state.stats.lock().map(|s| s.clone()).unwrap_or_default();
-                stats.uptime_s = state.started.elapsed().as_secs_f64();
-                stats.store = state.store.activity();
-                stats.coordinator_joined = state.coord.as_ref().is_some_and(|c| c.joined());
-                Response::Stats(stats)
-            }
-            Ok(Request::Compile(req)) if !state.store.is_installed(&req.compiler.identity) => {
-                Response::refused(
-                    RefusalKind::NeedToolchain,
-                    format!("this agent does not hold toolchain {} yet", req.compiler.identity),
-                )
-            }
-            Ok(Request::Compile(req)) => {
-                let unit = Unit {
-                    toolchain: req.compiler.identity,
-                    source: &req.source_name,
-                    bytes_in: req.unit.raw_len,
-                    work: crate::coord::client::main_file_bytes(&req).unwrap_or(0),
-                    key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
-                    request: Request::Compile(req.clone()),
-                    cache_key: None,
-                };
-                tokio::select! {
-                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
-                    r = forward(&state, &unit) => r,
-                }
-            }
-            Ok(Request::CompileSources(req)) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
-                    r = compile_sources(&state, req, None) => r,
-                }
-            }
-            Ok(Request::CompileSourcesCached(CachedSources { key, unit })) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
-                    r = compile_sources(&state, unit, Some(key)) => r,
-                }
-            }
-            Ok(Request::PutSource(payload)) => match state.sources.put(&payload) {
-                Ok(digest) => Response::Stored(digest),
-                Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
-            },
-            Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
-                let hosts = &state.config.hosts;
-                crate::store::cache_tier::serve_agent(
-                    hosts,
-                    &state.config.auth,
-                    &state.cache_conns,
-                    &req,
-                )
-                .await
-                .unwrap_or(Response::CacheMiss)
-            }
-            Ok(other) => match upload::serve(&state.store, &other).await {
-                Some(response) => response,
-                None => Response::refused(RefusalKind::BadRequest, "unexpected request"),
-            },
-        };
-        if send(&mut conn, &response).await.is_err() {
-            return;
         }
     }
 }
@@ -435,8 +253,9 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
             )
             .await
             {
-                Ok(response) => {
+                Ok(mut response) => {
                     state.pool.release(host, Release::Finished);
+                    verify::stamp_node(&mut response, &lease.spec.address());
                     return response;
                 }
                 Err(reason) => {
@@ -455,6 +274,7 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
                 return hit;
             }
         };
+        let address = lease.spec.address();
         let exchanged = match exchange(state, lease, &request).await {
             Ok((response, mut conn)) => {
                 supply(state, &mut conn, unit, &request, response).await.map(|resp| (resp, conn))
@@ -462,10 +282,19 @@ async fn forward(state: &State, unit: &Unit<'_>) -> Response {
             Err(e) => Err(e),
         };
         match exchanged {
-            Ok((response, conn)) => match response {
+            Ok((mut response, conn)) => match response {
                 Response::Compiled(_) | Response::CompiledSources(_) | Response::CacheHit(_) => {
                     state.pool.release(host, Release::Ok(conn));
+                    verify::stamp_node(&mut response, &address);
                     return response;
+                }
+                // A worker failing inside (a full disk, a broken sandbox) would refuse every
+                // unit at once and look idle: it is backed off and the unit moves on.
+                Response::Refused(refusal) if refusal.kind == RefusalKind::Internal => {
+                    warn!(source = %unit.source, %address, reason = %refusal.message, "worker failed internally; backing off from it");
+                    state.pool.release(host, Release::Failed);
+                    state.count_backoff();
+                    last_reason = refusal.message;
                 }
                 Response::Refused(refusal) => {
                     state.pool.release(host, Release::Declined(Some(conn)));

@@ -41,9 +41,9 @@ pub(super) async fn forward_placed(
     None
 }
 
-/// A refusal another node may not give.
+/// A refusal another node may not give (a node failing inside is one).
 fn retryable(kind: RefusalKind) -> bool {
-    matches!(kind, RefusalKind::NoToolchain | RefusalKind::Unavailable)
+    matches!(kind, RefusalKind::NoToolchain | RefusalKind::Unavailable | RefusalKind::Internal)
 }
 
 /// An answer that ends the unit (no other copy's answer could be better).
@@ -112,12 +112,20 @@ async fn attempt(
         Some(Ok(mut hosts)) if hosts.len() == 1 => hosts.remove(0),
         other => return (done, Err(TransportError::Placement(format!("{other:?}")))),
     };
+    let address = spec.address();
+    if state.verifier.is_quarantined(&address) {
+        let why = format!("{address} is quarantined");
+        return (done, Err(TransportError::Placement(why)));
+    }
     let started = std::time::Instant::now();
     let lease = Lease { host: usize::MAX, spec, conn: None };
-    let exchanged = match exchange(state, lease, &unit.request).await {
+    let mut exchanged = match exchange(state, lease, &unit.request).await {
         Ok((response, mut conn)) => supply(state, &mut conn, unit, &unit.request, response).await,
         Err(e) => Err(e),
     };
+    if let Ok(response) = &mut exchanged {
+        super::verify::stamp_node(response, &address);
+    }
     done.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if let Ok(Response::Compiled(result) | Response::CompiledSources(SourceResult { result, .. })) =
         &exchanged

@@ -23,6 +23,8 @@ struct Host {
     idle: Vec<(Instant, Conn<TcpStream>)>,
     compiled: u64,
     failed: u64,
+    /// Verification caught it returning a wrong object: never used again.
+    quarantined: bool,
 }
 
 /// A slot on a host, taken with [`Pool::acquire`]; give it back with [`Pool::release`].
@@ -66,6 +68,7 @@ impl Pool {
                 idle: Vec::new(),
                 compiled: 0,
                 failed: 0,
+                quarantined: false,
             })
             .collect();
         Pool { hosts: Mutex::new(hosts), changed: Notify::new(), backoff }
@@ -95,7 +98,7 @@ impl Pool {
         let mut any_usable = false;
         let mut best: Option<(usize, f64)> = None;
         for (i, h) in hosts.iter_mut().enumerate() {
-            if skip.contains(&i) {
+            if skip.contains(&i) || h.quarantined {
                 continue;
             }
             if h.backoff_until.is_some_and(|t| t > now) {
@@ -147,6 +150,16 @@ impl Pool {
             }
         }
         self.changed.notify_waiters();
+    }
+
+    /// Never uses the host at `address` again (verification caught it returning a wrong
+    /// object); its idle connections are closed.
+    pub fn quarantine(&self, address: &str) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        for h in hosts.iter_mut().filter(|h| h.spec.address() == address) {
+            h.quarantined = true;
+            h.idle.clear();
+        }
     }
 
     /// Number of hosts.

@@ -27,6 +27,10 @@ pub struct AgentOptions {
     /// Store for toolchains uploaded by wrappers (default: ~/.cache/discomy/agent-store).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Fraction of remote units the wrapper also compiles locally and compares, after every
+    /// node's first units (always checked); a node whose object differs is quarantined.
+    #[arg(long, env = "DISCOMY_VERIFY_RATE", default_value_t = 0.01)]
+    pub verify_rate: f64,
 }
 
 /// Why an agent did not start or stopped with an error.
@@ -56,6 +60,7 @@ pub async fn start(
     let mut config = AgentConfig::new(hosts);
     config.auth = auth;
     config.backoff = Duration::from_secs(opts.backoff);
+    config.verify_rate = opts.verify_rate;
     if let Some(dir) = opts.store {
         config.store_dir = dir;
     }

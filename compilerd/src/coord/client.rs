@@ -216,6 +216,14 @@ impl CoordClient {
         }
     }
 
+    /// Tells the coordinator that verification caught the worker at `node` returning a wrong
+    /// object (no answer awaited): it drops the node farm-wide.
+    pub fn quarantine(&self, node: String, reason: String) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(CoordRequest::Quarantine { node, reason });
+        }
+    }
+
     /// Reports a finished placement (no answer awaited).
     pub fn done(&self, done: JobDone) {
         if done.job == 0 {

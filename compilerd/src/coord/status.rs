@@ -71,6 +71,9 @@ pub fn render(s: &FarmStatus) -> String {
         "samples",
         "done"
     );
+    if !s.quarantined.is_empty() {
+        let _ = writeln!(out, "quarantined by verification: {}", s.quarantined.join(", "));
+    }
     for n in &s.nodes {
         let _ = writeln!(
             out,
@@ -132,6 +135,8 @@ pub struct AgentStatsJson<'a> {
     pub backoffs: u64,
     /// Seconds since the agent started.
     pub uptime_s: f64,
+    /// Verification of remote results (requested, checked, mismatched, quarantined nodes).
+    pub verification: &'a discomy_protocol::stats::VerifyCounts,
 }
 
 impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
@@ -143,6 +148,7 @@ impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
             coordinator_joined: s.coordinator_joined,
             backoffs: s.backoffs,
             uptime_s: s.uptime_s,
+            verification: &s.verification,
         }
     }
 }
@@ -155,6 +161,15 @@ pub fn render_agent_stats(s: &AgentStats) -> String {
         out,
         "units: {}, remote: {}, local: {}, fallback: {}, cache_hits: {}, failed: {} (agent up {:.0} s)",
         c.units, c.remote, c.local, c.fallback, c.cache_hits, c.failed, s.uptime_s
+    );
+    let v = &s.verification;
+    let _ = writeln!(
+        out,
+        "verified: {} of {} asked, {} mismatched; quarantined: {}",
+        v.checked,
+        v.requested,
+        v.mismatched,
+        if v.quarantined.is_empty() { "none".to_owned() } else { v.quarantined.join(", ") }
     );
     for (title, map) in [
         ("local, by reason", &c.local_reasons),

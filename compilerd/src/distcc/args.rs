@@ -23,6 +23,15 @@ impl DistccArgs {
         if self.cxx { "unit.ii" } else { "unit.i" }
     }
 
+    /// What the compiler writes: an object, or assembly for `-S`.
+    pub fn output_kind(&self) -> discomy_protocol::OutputKind {
+        if self.assembly {
+            discomy_protocol::OutputKind::Assembly
+        } else {
+            discomy_protocol::OutputKind::Object
+        }
+    }
+
     /// The file the compiler writes.
     pub fn output_name(&self) -> &'static str {
         if self.assembly { "unit.s" } else { "unit.o" }

@@ -126,6 +126,7 @@ pub async fn compile(
         stderr: reply.stderr,
         node: format!("distcc://{addr}"),
         compile_ms: started.elapsed().as_millis() as u64,
+        verify: false,
     }))
 }
 

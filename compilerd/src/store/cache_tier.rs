@@ -112,9 +112,10 @@ impl FarmStore {
                     ));
                 };
                 let store = self.store.clone();
-                let stored =
-                    tokio::task::spawn_blocking(move || store.put(&key.0, Kind::Result, &body))
-                        .await;
+                let stored = tokio::task::spawn_blocking(move || {
+                    store.put_if_absent(&key.0, Kind::Result, &body)
+                })
+                .await;
                 if matches!(stored, Ok(Ok(_))) {
                     self.note(&key, true);
                 } else {
@@ -268,5 +269,22 @@ mod tests {
             owners.insert(a);
         }
         assert_eq!(owners.len(), 3, "keys spread over every host");
+    }
+
+    /// A put never replaces an entry others may already read: the first one stays.
+    #[tokio::test]
+    async fn the_first_entry_under_a_key_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let farm = FarmStore::open(dir.path());
+        let key = Digest(*blake3::hash(b"unit").as_bytes());
+        for body in [&b"first"[..], b"second, from someone else"] {
+            let put = Request::CachePut(discomy_protocol::CacheEntry {
+                key,
+                body: Payload::compress(body),
+            });
+            assert!(matches!(farm.serve(&put).await, Some(Response::Stored(k)) if k == key));
+        }
+        let got = farm.get(key).await.expect("stored").decompress(MAX_ENTRY).expect("payload");
+        assert_eq!(got, b"first");
     }
 }

@@ -68,9 +68,17 @@ pub(crate) async fn run(
     let allow: Vec<String> = config.allow.iter().map(ToString::to_string).collect();
     info!(%addr, allow = %allow.join(","), compilers = config.compilers.len(), "distcc listener ready");
     let config = Arc::new(config);
-    super::accept_each(&listener, "distcc", &shutdown, &tracker, |stream, peer| {
+    super::accept_each(&listener, "distcc", &shutdown, &tracker, |stream, peer, ticket| {
         let (config, state, shutdown) = (config.clone(), state.clone(), shutdown.clone());
-        async move { serve(stream, peer, &config, &state, &shutdown).await }
+        async move {
+            // Idle (closed when room is needed) until the client's first byte.
+            tokio::select! {
+                _ = ticket.evicted() => return,
+                r = stream.readable() => if r.is_err() { return },
+            }
+            let _busy = ticket.busy();
+            serve(stream, peer, &config, &state, &shutdown).await
+        }
     })
     .await;
 }
@@ -215,9 +223,12 @@ async fn run_job(
         (run.exit_code as u32 & 0xff) << 8
     };
     let object = if status == 0 {
-        unit::read_output(dir.path().join(job.output_name()))
+        let bytes = unit::read_output(dir.path().join(job.output_name()))
             .await
-            .map_err(|e| (code::IO, format!("compiler wrote no output: {e}")))?
+            .map_err(|e| (code::IO, format!("compiler wrote no output: {e}")))?;
+        unit::check_output(job.output_kind(), &bytes)
+            .map_err(|what| (code::IO, format!("the compiler's output is {what}")))?;
+        bytes
     } else {
         Vec::new()
     };

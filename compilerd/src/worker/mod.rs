@@ -11,6 +11,7 @@ pub mod exec;
 pub mod source_unit;
 pub mod start;
 pub mod unit;
+pub mod workdir;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{recv, send, server_handshake};
 use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::plumbing::admission::{Admission, Limits, Peer, Ticket};
 use discomy_protocol::stats::{UnitTime, WorkerStats};
 use discomy_protocol::{
     AuthConfig, CompileRequest, CompileResult, Payload, PeerKind, ProtocolError, RefusalKind,
@@ -39,8 +41,13 @@ use crate::worker::distcc::DistccConfig;
 use crate::worker::exec::Runner;
 use crate::worker::exec::{ExecError, compile_unit};
 
-/// Most simultaneous client connections.
+/// Most simultaneous client connections, and from one address ([`Admission`]: idle ones are
+/// closed to make room).
 pub const MAX_CONNECTIONS: usize = 256;
+/// Most simultaneous connections from one address.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+/// Time allowed for one request frame once its first byte arrived.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time allowed for a handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle connection is closed after this long.
@@ -59,26 +66,11 @@ pub struct WorkerConfig {
     pub runner: Runner,
     /// Name reported in results.
     pub node_name: String,
-    /// Where unit directories are created.
+    /// Where unit directories are created (private to this worker: [`workdir`]).
     pub work_dir: PathBuf,
     /// Units compiling now; read by the coordinator reporter (`coord::node`).
     pub running: Arc<std::sync::atomic::AtomicUsize>,
 }
-
-/// Where unit directories go unless `--work-dir` says otherwise: under `/dev/shm` when it is a
-/// writable directory (a tmpfs: a unit's directory, tree list and outputs are made, read and
-/// removed in microseconds, against up to milliseconds each on a disk file system mounted with
-/// `discard`), else under the system temp dir. Either way one directory per worker process.
-pub fn default_work_dir() -> PathBuf {
-    use nix::unistd::{AccessFlags, access};
-    let shm = std::path::Path::new("/dev/shm");
-    let writable = shm.is_dir() && access(shm, AccessFlags::W_OK | AccessFlags::X_OK).is_ok();
-    let parent = if writable { shm.to_path_buf() } else { std::env::temp_dir() };
-    parent.join(format!("{WORK_DIR_PREFIX}{}", std::process::id()))
-}
-
-/// Name of a worker's default work directory, before its pid.
-pub const WORK_DIR_PREFIX: &str = "discomy-worker-";
 
 use unit::Slot;
 
@@ -90,6 +82,8 @@ pub(crate) struct State {
     /// This worker's share of the object cache's farm tier.
     pub(crate) farm: crate::store::cache_tier::FarmStore,
     pub(crate) slots: Semaphore,
+    /// MiB of decompressed request payloads ([`unit::payload_room`]).
+    pub(crate) payload_bytes: Semaphore,
     /// One unprivileged uid per slot, so per-user process limits never mix two units.
     uids: std::sync::Mutex<Vec<u32>>,
     /// distcc jobs by result (`discomy stats --worker`).
@@ -162,6 +156,7 @@ pub async fn run(
     let farm = crate::store::cache_tier::FarmStore::open(store.dir());
     let state = Arc::new(State {
         slots: Semaphore::new(slots),
+        payload_bytes: Semaphore::new(unit::payload_budget_mib(slots)),
         config,
         store,
         sources,
@@ -175,8 +170,8 @@ pub async fn run(
         let (state, shutdown, t) = (state.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(distcc::run(listener, distcc, state, shutdown, t));
     }
-    accept_each(&listener, "native", &shutdown, &tracker, |stream, peer| {
-        serve_connection(stream, peer, state.clone(), shutdown.clone())
+    accept_each(&listener, "native", &shutdown, &tracker, |stream, peer, ticket| {
+        serve_connection(stream, peer, ticket, state.clone(), shutdown.clone())
     })
     .await;
     tracker.close();
@@ -187,8 +182,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts connections on `listener` until `shutdown`, each served by `serve` on `tracker`, at
-/// most [`MAX_CONNECTIONS`] at once: one more is closed at once.
+/// Accepts connections on `listener` until `shutdown`, each served by `serve` on `tracker` with
+/// its admission [`Ticket`]: at most [`MAX_CONNECTIONS`] at once and
+/// [`MAX_CONNECTIONS_PER_ADDRESS`] per address, the longest-idle one closed to make room; a
+/// connection is refused only when all in its way are busy.
 pub(crate) async fn accept_each<F, Fut>(
     listener: &TcpListener,
     what: &str,
@@ -196,10 +193,11 @@ pub(crate) async fn accept_each<F, Fut>(
     tracker: &TaskTracker,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Ticket) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = Limits { total: MAX_CONNECTIONS, per_peer: MAX_CONNECTIONS_PER_ADDRESS };
+    let admission = Admission::new(limits);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -213,28 +211,31 @@ pub(crate) async fn accept_each<F, Fut>(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!(%peer, listener = what, "too many connections; closing");
+        let Some(ticket) = admission.admit(Peer::Ip(peer.ip())) else {
+            warn!(%peer, listener = what, "too many busy connections; closing");
             continue;
         };
-        let served = serve(stream, peer);
-        tracker.spawn(async move {
-            served.await;
-            drop(permit);
-        });
+        tracker.spawn(serve(stream, peer, ticket));
     }
 }
 
+/// Serves one connection. It is idle (closed when room is needed) during its handshake and
+/// whenever it waits for a request; from the first byte of a request to the answer it is busy.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    ticket: Ticket,
     state: Arc<State>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let kind = if peer.ip().is_loopback() { PeerKind::Loopback } else { PeerKind::Remote };
     let handshake = server_handshake(stream, &state.config.auth, kind);
-    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let handshake = tokio::select! {
+        _ = ticket.evicted() => return,
+        h = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => h,
+    };
+    let mut conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(ProtocolError::Closed)) => return,
         Ok(Err(err)) => {
@@ -247,9 +248,20 @@ async fn serve_connection(
         }
     };
     loop {
+        if conn.read_buffer().is_empty() {
+            let woke = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticket.evicted() => return,
+                r = tokio::time::timeout(IDLE_TIMEOUT, conn.get_ref().readable()) => r,
+            };
+            if !matches!(woke, Ok(Ok(()))) {
+                return;
+            }
+        }
+        let _busy = ticket.busy();
         let request = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(IDLE_TIMEOUT, recv::<_, Request>(&mut conn)) => r,
+            r = tokio::time::timeout(FRAME_TIMEOUT, recv::<_, Request>(&mut conn)) => r,
         };
         let request = match request {
             Err(_) | Ok(Err(ProtocolError::Closed)) => return,
@@ -282,12 +294,16 @@ async fn serve_connection(
                     None => source_unit::compile(cached.unit, &state, &shutdown).await,
                 }
             }
-            Request::PutSource(payload) => match state.sources.put(&payload) {
-                Ok(digest) => Response::Stored(digest),
-                Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
-            },
+            Request::PutSource(payload) => put_source(&state, payload).await,
             req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
-                state.farm.serve(&req).await.unwrap_or(Response::CacheMiss)
+                let len = match &req {
+                    Request::CachePut(entry) => entry.body.raw_len,
+                    _ => 0,
+                };
+                match unit::payload_room(&state, len).await {
+                    Some(_room) => state.farm.serve(&req).await.unwrap_or(Response::CacheMiss),
+                    None => Response::refused(RefusalKind::BadRequest, "entry too large"),
+                }
             }
             Request::PutBlob(_) | Request::InstallToolchain(_)
                 if !state.config.runner.accepts_uploads() =>
@@ -299,15 +315,38 @@ async fn serve_connection(
                      host's own compilers and accepts no uploaded toolchains",
                 )
             }
-            other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
-                Response::refused(RefusalKind::BadRequest, "unexpected request")
-            }),
+            other => {
+                let len = match &other {
+                    Request::PutBlob(payload) => payload.raw_len,
+                    _ => 0,
+                };
+                match unit::payload_room(&state, len).await {
+                    Some(_room) => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
+                        Response::refused(RefusalKind::BadRequest, "unexpected request")
+                    }),
+                    None => Response::refused(RefusalKind::BadRequest, "blob too large"),
+                }
+            }
         };
         let sent = send(&mut conn, &response).await;
         if let Err(err) = sent {
             debug!(%peer, %err, "failed to answer");
             return;
         }
+    }
+}
+
+/// Stores one source-mode file, decompressed within the payload budget and off the runtime's
+/// threads.
+async fn put_source(state: &Arc<State>, payload: Payload) -> Response {
+    let Some(_room) = unit::payload_room(state, payload.raw_len).await else {
+        return Response::refused(RefusalKind::BadRequest, "source file too large");
+    };
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.sources.put(&payload)).await {
+        Ok(Ok(digest)) => Response::Stored(digest),
+        Ok(Err(err)) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+        Err(err) => Response::refused(RefusalKind::Internal, err.to_string()),
     }
 }
 
@@ -327,12 +366,18 @@ async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToke
     if let Err(why) = check_compile_args(&req.args, &tree.manifest) {
         return Response::refused(RefusalKind::BadArguments, why.to_string());
     }
-    let unit = match req.unit.decompress(MAX_RAW_LEN) {
-        Ok(unit) => unit,
-        Err(err) => return Response::refused(RefusalKind::BadRequest, err.to_string()),
-    };
+    // The slot first: at most one unit per slot is decompressed (up to MAX_RAW_LEN each).
     let Some(slot) = Slot::take(state, shutdown).await else {
         return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
+    };
+    let Some(_room) = unit::payload_room(state, req.unit.raw_len).await else {
+        return Response::refused(RefusalKind::BadRequest, "unit larger than any unit may be");
+    };
+    let payload = req.unit.clone();
+    let unit = match tokio::task::spawn_blocking(move || payload.decompress(MAX_RAW_LEN)).await {
+        Ok(Ok(unit)) => unit,
+        Ok(Err(err)) => return Response::refused(RefusalKind::BadRequest, err.to_string()),
+        Err(err) => return Response::refused(RefusalKind::Internal, err.to_string()),
     };
     match run_in_dir(&tree, &req, &unit, state, &slot).await {
         Ok(result) => Response::Compiled(result),
@@ -368,7 +413,9 @@ async fn run_in_dir(
         let bytes = unit::read_output(dir.path().join(name)).await.map_err(|e| {
             Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
         })?;
-        Some(Payload::compress(&bytes))
+        let payload = unit::output_payload(req.output, &bytes)
+            .map_err(|why| Response::refused(RefusalKind::CompilerFailed, why))?;
+        Some(payload)
     } else {
         None
     };
@@ -382,5 +429,6 @@ async fn run_in_dir(
         output,
         node: state.config.node_name.clone(),
         compile_ms: run.elapsed.as_millis() as u64,
+        verify: false,
     })
 }

@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use discomy_protocol::{
-    CompileResult, Payload, RefusalKind, Response, SourceCompileRequest, SourceResult,
-};
+use discomy_protocol::{CompileResult, RefusalKind, Response, SourceCompileRequest, SourceResult};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -109,7 +107,9 @@ async fn run(
             ),
             None => None,
         };
-        (Some(Payload::compress(&object)), dep_file)
+        let payload = unit::output_payload(req.output, &object)
+            .map_err(|why| Response::refused(RefusalKind::CompilerFailed, why))?;
+        (Some(payload), dep_file)
     } else {
         (None, None)
     };
@@ -131,6 +131,7 @@ async fn run(
         output,
         node: node.config.node_name.clone(),
         compile_ms: run.elapsed.as_millis() as u64,
+        verify: false,
     };
     Ok((result, dep_file))
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use discomy_protocol::AuthConfig;
 use tokio_util::sync::CancellationToken;
 
+use super::WorkerConfig;
 use super::distcc::DistccConfig;
 use super::exec::Runner;
-use super::{WORK_DIR_PREFIX, WorkerConfig, default_work_dir};
+use super::workdir::{self, WorkDirError};
 use crate::coord::discover::CoordinatorAddr;
 use crate::coord::node::{self, NodeInfo};
 use crate::distcc::cidr::Cidr;
@@ -42,8 +43,9 @@ pub struct WorkerOptions {
     /// Per-unit address-space limit, in MiB.
     #[arg(long, default_value_t = 4096)]
     pub mem_mb: u64,
-    /// Directory for unit directories (default: under /dev/shm when writable, else the
-    /// system temp dir).
+    /// Directory for unit directories (default: a fresh private one under /dev/shm when
+    /// writable, else the system temp dir). An existing one must be a directory of this
+    /// worker's user (or root) that no one else may write to.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Toolchain store (default: ~/.cache/discomy/worker-store).
@@ -86,6 +88,9 @@ pub enum StartError {
     /// The sandbox cannot be made here.
     #[error("cannot sandbox compiles on this host: {0} (see --insecure-no-sandbox)")]
     Sandbox(#[from] sandbox::ProbeError),
+    /// The work directory cannot be used.
+    #[error("{0}")]
+    WorkDir(#[from] WorkDirError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -180,20 +185,14 @@ pub async fn start(
         }
         !local_only
     });
+    let work = workdir::prepare(opts.work_dir.as_deref())?;
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let config = WorkerConfig {
         slots,
         auth,
         runner,
         node_name: bound.to_string(),
-        work_dir: opts.work_dir.unwrap_or_else(|| {
-            let dir = default_work_dir();
-            // Default directories that killed workers left behind go.
-            if let Some(parent) = dir.parent() {
-                crate::sandbox::stale::remove_dirs_of_dead_pids(parent, WORK_DIR_PREFIX);
-            }
-            dir
-        }),
+        work_dir: work.path.clone(),
         running: running.clone(),
     };
     if let Some(addr) = coordinator {
@@ -208,8 +207,9 @@ pub async fn start(
         };
         tokio::spawn(node::run(addr, info, config.auth.clone(), shutdown.clone()));
     }
-    let work_dir = config.work_dir.clone();
     let result = super::run(listener, distcc, config, store, shutdown).await;
-    let _ = std::fs::remove_dir_all(work_dir);
+    if work.owned {
+        let _ = std::fs::remove_dir_all(&work.path);
+    }
     result.map_err(io("worker"))
 }

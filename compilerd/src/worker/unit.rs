@@ -8,9 +8,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use discomy_protocol::OutputKind;
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::plumbing::read_untrusted;
+use discomy_protocol::{OutputKind, Payload};
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,60 @@ pub async fn read_output(path: PathBuf) -> io::Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || read_untrusted(&path, cap))
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// Checks that a compiler's output is what was asked for: for `-c`, an object file (ELF
+/// relocatable, or a COFF, Mach-O or LLVM bitcode object for cross compilers), never a text file,
+/// an ELF executable or whatever a hostile toolchain chose. `Err` says what it is instead.
+pub fn check_output(kind: OutputKind, bytes: &[u8]) -> Result<(), String> {
+    if kind == OutputKind::Assembly {
+        return Ok(());
+    }
+    if let Some(header) = bytes.strip_prefix(b"\x7fELF") {
+        let big_endian = header.get(1) == Some(&2);
+        let kind = bytes.get(16..18).map(|t| {
+            let t = [t[0], t[1]];
+            if big_endian { u16::from_be_bytes(t) } else { u16::from_le_bytes(t) }
+        });
+        return match kind {
+            Some(1) => Ok(()),
+            Some(k) => Err(format!("an ELF file of type {k}, not a relocatable object")),
+            None => Err(format!("a truncated ELF file of {} bytes", bytes.len())),
+        };
+    }
+    const OTHER_OBJECTS: [&[u8]; 8] = [
+        b"\x64\x86",         // COFF x86-64
+        b"\x4c\x01",         // COFF i386
+        b"\x64\xaa",         // COFF arm64
+        b"\xcf\xfa\xed\xfe", // Mach-O 64-bit
+        b"\xce\xfa\xed\xfe", // Mach-O 32-bit
+        b"\xfe\xed\xfa\xcf", // Mach-O 64-bit, big-endian
+        b"BC\xc0\xde",       // LLVM bitcode
+        b"\xde\xc0\x17\x0b", // LLVM bitcode wrapper
+    ];
+    if OTHER_OBJECTS.iter().any(|magic| bytes.starts_with(magic)) {
+        return Ok(());
+    }
+    let start: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Err(format!("not an object file ({} bytes starting {start})", bytes.len()))
+}
+
+/// A successful unit's output as it travels: checked ([`check_output`]) and small enough, once
+/// compressed, for one frame. `Err` is the refusal to send instead (the client compiles
+/// locally; the connection and the worker's standing stay intact).
+pub fn output_payload(kind: OutputKind, bytes: &[u8]) -> Result<Payload, String> {
+    check_output(kind, bytes).map_err(|what| format!("the compiler's output is {what}"))?;
+    let payload = Payload::compress(bytes);
+    // Room for the rest of the answer (stdout, stderr, names) within the frame.
+    let room = discomy_protocol::frame::MAX_FRAME_LEN - (1 << 20);
+    if payload.lz4.len() > room {
+        return Err(format!(
+            "the output ({} bytes, {} compressed) does not fit in one frame ({room} bytes)",
+            bytes.len(),
+            payload.lz4.len()
+        ));
+    }
+    Ok(payload)
 }
 
 /// The object or assembly a unit's compiler writes in its directory.
@@ -82,9 +136,27 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A fresh private directory for one unit under `work_dir` (made if missing).
+/// Room in the worker's budget for decompressed request payloads ([`payload_budget_mib`]):
+/// taken before a payload is decompressed, held until its bytes are gone. `None` when the
+/// payload is larger than any request may be.
+pub(crate) async fn payload_room(state: &State, raw_len: u64) -> Option<SemaphorePermit<'_>> {
+    if raw_len > discomy_protocol::payload::MAX_RAW_LEN as u64 {
+        return None;
+    }
+    let mib = u32::try_from(raw_len.div_ceil(1 << 20).max(1)).ok()?;
+    state.payload_bytes.acquire_many(mib).await.ok()
+}
+
+/// The budget of decompressed request payloads in MiB, for `slots` slots: one payload of the
+/// largest size, or 64 MiB per slot when that is more. A decompression bomb (2 MiB of lz4
+/// becomes 512 MiB) then costs a worker this much memory however many arrive together.
+pub fn payload_budget_mib(slots: usize) -> usize {
+    (discomy_protocol::payload::MAX_RAW_LEN >> 20).max(slots.saturating_mul(64))
+}
+
+/// A fresh private directory for one unit under `work_dir` (random name, made exclusively,
+/// mode 0700).
 pub(crate) fn unit_dir(work_dir: &Path) -> io::Result<tempfile::TempDir> {
-    std::fs::create_dir_all(work_dir)?;
     tempfile::Builder::new().prefix("unit-").tempdir_in(work_dir)
 }
 
@@ -122,6 +194,7 @@ mod tests {
             sources: SourceStore::open(&dir.join("sources"), 1 << 20).expect("sources"),
             farm: crate::store::cache_tier::FarmStore::open(&dir.join("store")),
             slots: tokio::sync::Semaphore::new(slots),
+            payload_bytes: tokio::sync::Semaphore::new(payload_budget_mib(slots)),
             uids: std::sync::Mutex::new(vec![64000, 64001]),
             distcc_results: std::sync::Mutex::default(),
             recent_units: std::sync::Mutex::default(),
@@ -169,5 +242,33 @@ mod tests {
         assert_eq!(output_name(OutputKind::Object), "unit.o");
         assert_eq!(output_name(OutputKind::Assembly), "unit.s");
         assert!(killed(137) && !killed(1));
+    }
+
+    #[test]
+    fn only_objects_pass_for_dash_c() {
+        let mut elf = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x01\0".to_vec();
+        assert_eq!(check_output(OutputKind::Object, &elf), Ok(()));
+        elf[16] = 2;
+        let exec = check_output(OutputKind::Object, &elf).expect_err("an executable");
+        assert!(exec.contains("type 2"), "{exec}");
+        for bad in [&b""[..], b"root:x:0:0:root:/root:/bin/bash\n", b"\x7fELF"] {
+            assert!(check_output(OutputKind::Object, bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_output(OutputKind::Object, b"\xcf\xfa\xed\xfe rest"), Ok(()));
+        assert_eq!(check_output(OutputKind::Assembly, b"\t.file \"a.c\"\n"), Ok(()));
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let big: Vec<u8> = (0..(80u32 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut big_elf = elf.clone();
+        big_elf[16] = 1;
+        big_elf.extend_from_slice(&big);
+        let refused = output_payload(OutputKind::Object, &big_elf).expect_err("80 MiB of noise");
+        assert!(refused.contains("does not fit in one frame"), "{refused}");
     }
 }

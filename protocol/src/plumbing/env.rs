@@ -57,6 +57,11 @@ pub const VARS: &[Var] = &[
     user("DISCOMY_CACHE_MAX", "5G", "size bound of the local cache tier"),
     user("DISCOMY_CACHE_DIRECT", "on", "0: no direct mode"),
     user("DISCOMY_CACHE_FARM", "on", "0: no farm tier"),
+    user(
+        "DISCOMY_VERIFY_RATE",
+        "0.01",
+        "the agent's fraction of remote units also compiled locally and compared",
+    ),
     internal(SAFEGUARD, "set for the real compiler's children: nested calls run directly"),
     internal("DISCOMY_STATS_FILE", "`discomy run`'s per-call outcome lines"),
     internal("DISCOMY_BIN_DIR", "where `discomy run` and the tests find the binaries"),

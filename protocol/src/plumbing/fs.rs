@@ -19,6 +19,9 @@ pub struct WriteOptions {
     pub mode: Option<u32>,
     /// fsync the file before the rename and its directory after it.
     pub durable: bool,
+    /// Never replace an existing `path`: the new file is linked in place, and an existing one
+    /// makes the write fail with [`io::ErrorKind::AlreadyExists`] (put-if-absent).
+    pub keep_existing: bool,
 }
 
 /// Writes `bytes` to `path` atomically (no fsync: outputs and caches, which are rebuilt when
@@ -50,7 +53,13 @@ pub fn write_atomically_with(path: &Path, parts: &[&[u8]], how: WriteOptions) ->
             file.sync_all()?;
         }
         drop(file);
-        std::fs::rename(&tmp, path)
+        if how.keep_existing {
+            // link(2) fails on an existing target, atomically; the temporary name goes after.
+            std::fs::hard_link(&tmp, path)?;
+            std::fs::remove_file(&tmp)
+        } else {
+            std::fs::rename(&tmp, path)
+        }
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -101,7 +110,7 @@ mod tests {
         write_atomically_with(
             &path,
             &[b"tw", b"o"],
-            WriteOptions { mode: Some(0o600), durable: true },
+            WriteOptions { mode: Some(0o600), durable: true, keep_existing: false },
         )
         .expect("write");
         assert_eq!(std::fs::read(&path).expect("read"), b"two");

@@ -2,8 +2,13 @@
 //! a sandboxed program wrote ([`untrusted`]), killing a process group ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
 //! with the `daemon` feature, daemon start-up ([`daemon`]: logging and signal-driven shutdown).
 //!
-//! Synchronous and free of tokio (but [`daemon`]), so the wrapper uses it too.
+//! With the `tokio` feature, [`admission`]: connection limits that close idle connections to
+//! make room.
+//!
+//! Synchronous and free of tokio (but [`daemon`] and [`admission`]), so the wrapper uses it too.
 
+#[cfg(feature = "tokio")]
+pub mod admission;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod env;

@@ -92,6 +92,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Report(_) => "Report",
         Request::Stats => "Stats",
         Request::CompileSourcesCached(_) => "CompileSourcesCached",
+        Request::Verified(_) => "Verified",
     }
 }
 

@@ -19,6 +19,8 @@ pub(crate) const EVIL_CC: &str = r#"#!/usr/bin/dash
 # discomy test fixture: a hostile "compiler". The unit's first line says what to try:
 #   hello | write TAG DIR [PREFIX] | read TAG DIR [PREFIX] | net PORT | spin | bomb | cbomb | mem
 #   | link TARGET (the output, a symlink to TARGET) | fifo (the output, a FIFO)
+#   | text (a text file as the "object")
+# Otherwise the output is the start of an ELF relocatable object.
 unit=unit.i
 out=unit.o
 prev=
@@ -77,12 +79,16 @@ fifo)
   /usr/bin/evil-tool fifo "$out"
   exit 0
   ;;
+text)
+  printf 'not an object\n' > "$out"
+  exit 0
+  ;;
 *)
   echo "evil-cc: unknown mode $mode" >&2
   exit 4
   ;;
 esac
-printf 'not an object\n' > "$out"
+printf '\177ELF\002\001\001\000\000\000\000\000\000\000\000\000\001\000' > "$out"
 exit 0
 "#;
 

@@ -125,6 +125,7 @@ fn hostile_toolchain_is_confined() {
         ("link /dev/zero\n".to_owned(), "a link to /dev/zero"),
         ("link /dev/null\n".to_owned(), "a link to /dev/null"),
         ("fifo\n".to_owned(), "a FIFO"),
+        ("text\n".to_owned(), "a text file"),
     ] {
         let got = run_evil(&mut client, identity, &mode);
         let returned = match &got.response {

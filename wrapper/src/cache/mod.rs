@@ -66,6 +66,9 @@ pub struct Entry {
     /// The dependency file, when the call writes one.
     #[serde(with = "serde_bytes")]
     pub dep: Option<Vec<u8>>,
+    /// The farm node that compiled it (`None`: compiled here). Entries of a node the agent
+    /// quarantined are not served ([`crate::verify::quarantined`]).
+    pub node: Option<String>,
 }
 
 /// What the cache made of a call.
@@ -337,6 +340,11 @@ impl Ctx<'_> {
             let _ = stats::add(self.store.root(), &[(Counter::Error, 1)]);
             return None;
         };
+        if let Some(node) = entry.node.as_deref().filter(|n| crate::verify::quarantined(n)) {
+            debug!(source = %self.unit.source, node, "cache entry from a quarantined node");
+            let _ = stats::add(self.store.root(), &[(Counter::Quarantined, 1)]);
+            return None;
+        }
         match self.write(entry) {
             Ok((bytes, moved)) => {
                 let mut d = vec![(counter, 1), (Counter::BytesServed, bytes)];
@@ -434,9 +442,16 @@ impl Pending {
         Some(code)
     }
 
-    /// Stores the result of a successful compile (its output files are on disk now), offering
-    /// it to the farm tier on `agent` when the call holds a connection.
-    pub fn store(self, stdout: &[u8], stderr: &[u8], agent: Option<&mut AgentClient>) {
+    /// Stores the result of a successful compile (its output files are on disk now) made on
+    /// `node` (`None`: here), offering it to the farm tier on `agent` when the call holds a
+    /// connection.
+    pub fn store(
+        self,
+        stdout: &[u8],
+        stderr: &[u8],
+        node: Option<&str>,
+        agent: Option<&mut AgentClient>,
+    ) {
         let object = match std::fs::read(&self.unit.output) {
             Ok(o) => o,
             Err(_) => return,
@@ -454,6 +469,7 @@ impl Pending {
             stderr: stderr.to_vec(),
             object,
             dep,
+            node: node.map(str::to_owned),
         };
         let Some(body) = postcard::to_stdvec(&entry).ok() else { return };
         if self.store.put(&self.result_key, Kind::Result, &body).is_err() {
@@ -495,7 +511,7 @@ impl Pending {
         };
         replay(&out.stdout, &out.stderr);
         if out.status.success() {
-            self.store(&out.stdout, &out.stderr, None);
+            self.store(&out.stdout, &out.stderr, None, None);
         }
         (crate::local::exit_code(out.status), crate::local::raw_code(out.status))
     }

@@ -35,10 +35,12 @@ pub enum Counter {
     Stored = 10,
     /// Hits from the farm tier.
     HitFarm = 11,
+    /// Entries not served because the farm node that compiled them is quarantined.
+    Quarantined = 12,
 }
 
 const SLOTS: usize = 16;
-const NAMES: [(Counter, &str); 12] = [
+const NAMES: [(Counter, &str); 13] = [
     (Counter::HitDirect, "hits (direct mode)"),
     (Counter::HitPreprocessed, "hits (preprocessed)"),
     (Counter::HitFarm, "hits (farm tier)"),
@@ -46,6 +48,7 @@ const NAMES: [(Counter, &str); 12] = [
     (Counter::Miss, "misses"),
     (Counter::Uncacheable, "uncacheable calls"),
     (Counter::Error, "errors (corrupt entries dropped, failed stores)"),
+    (Counter::Quarantined, "entries of quarantined nodes not served"),
     (Counter::Stored, "results stored"),
     (Counter::BytesServed, "bytes served"),
     (Counter::BytesStored, "bytes stored"),

@@ -15,7 +15,7 @@ use discomy_protocol::plumbing::fs::{WriteOptions, write_atomically_with};
 use super::stats::{self, Counter};
 
 /// Format tag at the start of every entry; bump when an entry's encoding changes.
-pub const MAGIC: &[u8; 8] = b"DSCMCE01";
+pub const MAGIC: &[u8; 8] = b"DSCMCE02";
 const HEADER: usize = 8 + 32;
 
 /// What an entry holds.
@@ -107,6 +107,35 @@ impl Store {
 
     /// Writes an entry atomically; returns the bytes written. Evicts when over the bound.
     pub fn put(&self, key: &[u8; 32], kind: Kind, body: &[u8]) -> Result<u64, StoreError> {
+        self.put_with(key, kind, body, WriteOptions::default())
+    }
+
+    /// [`Store::put`] that never replaces an entry: `Ok(0)` when `key` is already stored. The
+    /// farm tier stores this way, so a later put cannot overwrite an entry others read.
+    pub fn put_if_absent(
+        &self,
+        key: &[u8; 32],
+        kind: Kind,
+        body: &[u8],
+    ) -> Result<u64, StoreError> {
+        let how = WriteOptions { keep_existing: true, ..WriteOptions::default() };
+        match self.put_with(key, kind, body, how) {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    fn put_with(
+        &self,
+        key: &[u8; 32],
+        kind: Kind,
+        body: &[u8],
+        how: WriteOptions,
+    ) -> Result<u64, StoreError> {
         let path = self.path(key, kind);
         let io = |source| StoreError::Io { path: path.clone(), source };
         let dir = path.parent().unwrap_or(&self.root);
@@ -114,7 +143,7 @@ impl Store {
         let old = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let digest = blake3::hash(body);
         let parts: [&[u8]; 3] = [MAGIC, digest.as_bytes(), body];
-        write_atomically_with(&path, &parts, WriteOptions::default()).map_err(io)?;
+        write_atomically_with(&path, &parts, how).map_err(io)?;
         let len = (HEADER + body.len()) as u64;
         let delta = i64::try_from(len).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(0);
         let mut deltas = vec![(Counter::Size, delta), (Counter::BytesStored, delta.max(0))];

@@ -79,7 +79,7 @@ use nix::sys::resource::{Resource, UsageWho, getrusage, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::sys::time::TimeVal;
-use nix::unistd::{Gid, Pid, Uid, chdir, chown, getegid, geteuid, getgid, getuid, pivot_root};
+use nix::unistd::{Gid, Pid, Uid, chdir, getegid, geteuid, getgid, getuid, pivot_root};
 
 use cgroups::*;
 use error::{Context, Result};

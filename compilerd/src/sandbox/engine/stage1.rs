@@ -131,7 +131,14 @@ pub(super) fn stage1(
         bail!("refusing to run the program as uid/gid 0 (--uid/--gid)");
     }
     if privileged {
-        chown(&work, Some(Uid::from_raw(cli.uid)), Some(Gid::from_raw(cli.gid)))
+        // On the directory itself, never through a link someone put in its place.
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits())
+            .open(&work)
+            .and_then(|dir| std::os::unix::fs::fchown(&dir, Some(cli.uid), Some(cli.gid)))
             .with_context(|| format!("chown {} to {}:{}", work.display(), cli.uid, cli.gid))?;
     }
     let newroot_path = match root {

@@ -233,7 +233,7 @@ impl ToolStore {
 
     fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         // Blobs are read by the sandboxed compiler, which runs as an unprivileged user.
-        let how = WriteOptions { mode: Some(0o644), durable: false };
+        let how = WriteOptions { mode: Some(0o644), ..WriteOptions::default() };
         write_atomically_with(path, &[bytes], how).map_err(io_err("store blob"))
     }
 

@@ -1,0 +1,262 @@
+//! The agent's wrapper side: its socket, the accept loop with its admission limits, and one
+//! wrapper connection's requests (units, reports, verdicts, stats, cache and uploads), each
+//! handed to the placement code in [`super`].
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use discomy_protocol::asyncio::{recv, send, server_handshake};
+use discomy_protocol::coordinator::unit_key;
+use discomy_protocol::plumbing::admission::{Admission, Limits, Peer, Ticket};
+use discomy_protocol::{
+    AuthConfig, CachedSources, PeerKind, ProtocolError, RefusalKind, Request, Response,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::pool::Pool;
+use super::{AgentConfig, State, Unit, compile_sources, forward, verify};
+use crate::coord::client::CoordClient;
+use crate::store::seed::seed_local_compilers_named;
+use crate::store::sources::SourceStore;
+use crate::store::tools::ToolStore;
+use crate::store::upload;
+
+/// Most wrapper connections at once ([`Admission`]: idle ones are closed to make room).
+pub const MAX_WRAPPERS: usize = 4096;
+/// Most wrapper connections at once from one local user.
+pub const MAX_WRAPPERS_PER_USER: usize = 2048;
+
+/// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
+/// users (mock builds run as another user; the directory's permissions are the gate).
+pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("an agent is already listening on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serves wrappers until `shutdown` is cancelled.
+///
+/// The socket is bound only once the store is seeded, so a connectable socket means a ready
+/// agent (readiness checks in `discomy run` and the tests rely on that).
+pub async fn run(
+    socket_path: PathBuf,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let pool = Pool::new(config.hosts.clone(), config.backoff);
+    let store = ToolStore::open(&config.store_dir, config.store_bytes, false)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    // Wrappers running this host's own compilers then need no upload.
+    let local_compilers =
+        seed_local_compilers_named(&store, std::env::var_os("PATH").unwrap_or_default(), &[]).await;
+    let listener = bind_socket(&socket_path).map_err(|e| {
+        io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
+    })?;
+    info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
+    let sources = SourceStore::open(&config.store_dir.join("sources"), config.store_bytes / 4)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let coord = config.coordinator.clone().map(|addr| {
+        CoordClient::spawn(addr, config.host_id.clone(), config.auth.clone(), shutdown.clone())
+    });
+    let verifier = verify::Verifier::new(config.verify_rate, &socket_path);
+    let state = Arc::new(State {
+        verifier,
+        config,
+        pool,
+        store,
+        sources,
+        local_compilers,
+        coord,
+        cache_conns: Arc::default(),
+        stats: std::sync::Mutex::default(),
+        started: std::time::Instant::now(),
+    });
+    let tracker = TaskTracker::new();
+    let limits = Limits { total: MAX_WRAPPERS, per_peer: MAX_WRAPPERS_PER_USER };
+    let admission = Admission::new(limits);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let peer = stream.peer_cred().map_or(Peer::Unknown, |c| Peer::Uid(c.uid()));
+                let Some(ticket) = admission.admit(peer) else {
+                    warn!(?peer, "too many busy wrapper connections; closing");
+                    continue;
+                };
+                let state = state.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move { serve_wrapper(stream, ticket, state, shutdown).await });
+            }
+            Err(err) => {
+                warn!(%err, "failed to accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    for (host, compiled, failed) in state.pool.counters() {
+        info!(%host, compiled, failed, "worker totals");
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    info!("agent stopped");
+    Ok(())
+}
+
+/// Serves one wrapper connection: idle (closed when room is needed) during its handshake and
+/// while it waits for a request, busy from a request's first byte to its answer.
+async fn serve_wrapper(
+    stream: UnixStream,
+    ticket: Ticket,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
+    let auth = AuthConfig::none();
+    let handshake = server_handshake(stream, &auth, PeerKind::Unix);
+    let handshake = tokio::select! {
+        _ = ticket.evicted() => return,
+        h = tokio::time::timeout(Duration::from_secs(10), handshake) => h,
+    };
+    let mut conn = match handshake {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(ProtocolError::Closed)) => return,
+        Ok(Err(err)) => {
+            warn!(%err, "wrapper handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!("wrapper handshake timed out");
+            return;
+        }
+    };
+    loop {
+        if conn.read_buffer().is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticket.evicted() => return,
+                r = conn.get_ref().readable() => if r.is_err() { return },
+            }
+        }
+        let _busy = ticket.busy();
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = recv::<_, Request>(&mut conn) => r,
+        };
+        let response = match request {
+            Err(ProtocolError::Closed) => return,
+            // A wrapper leaves once its last frame is sent (the farm tier's store is not waited
+            // for): its socket may close with our answer unread.
+            Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return,
+            Err(err) => {
+                warn!(%err, "bad request from wrapper; closing");
+                let msg = format!("malformed request: {err}");
+                let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
+                return;
+            }
+            Ok(Request::Ping) => Response::Pong,
+            Ok(Request::Report(report)) => {
+                if let Ok(mut stats) = state.stats.lock() {
+                    stats.record(&report);
+                }
+                continue;
+            }
+            Ok(Request::Stats) => {
+                let mut stats = state.stats.lock().map(|s| s.clone()).unwrap_or_default();
+                stats.uptime_s = state.started.elapsed().as_secs_f64();
+                stats.store = state.store.activity();
+                stats.coordinator_joined = state.coord.as_ref().is_some_and(|c| c.joined());
+                stats.verification = state.verifier.counts();
+                Response::Stats(stats)
+            }
+            Ok(Request::Verified(verdict)) => {
+                if let Some(node) = state.verifier.verdict(&verdict) {
+                    state.pool.quarantine(&node);
+                    if let Some(coord) = &state.coord {
+                        let reason = format!(
+                            "its object for {} differs from a local compile",
+                            verdict.source
+                        );
+                        coord.quarantine(node, reason);
+                    }
+                }
+                continue;
+            }
+            Ok(Request::Compile(req)) if !state.store.is_installed(&req.compiler.identity) => {
+                Response::refused(
+                    RefusalKind::NeedToolchain,
+                    format!("this agent does not hold toolchain {} yet", req.compiler.identity),
+                )
+            }
+            Ok(Request::Compile(req)) => {
+                let unit = Unit {
+                    toolchain: req.compiler.identity,
+                    source: &req.source_name,
+                    bytes_in: req.unit.raw_len,
+                    work: crate::coord::client::main_file_bytes(&req).unwrap_or(0),
+                    key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
+                    request: Request::Compile(req.clone()),
+                    cache_key: None,
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                    r = forward(&state, &unit) => state.verifier.mark(r),
+                }
+            }
+            Ok(Request::CompileSources(req)) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                    r = compile_sources(&state, req, None) => state.verifier.mark(r),
+                }
+            }
+            Ok(Request::CompileSourcesCached(CachedSources { key, unit })) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
+                    r = compile_sources(&state, unit, Some(key)) => state.verifier.mark(r),
+                }
+            }
+            Ok(Request::PutSource(payload)) => match state.sources.put(&payload) {
+                Ok(digest) => Response::Stored(digest),
+                Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+            },
+            Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
+                let hosts = &state.config.hosts;
+                crate::store::cache_tier::serve_agent(
+                    hosts,
+                    &state.config.auth,
+                    &state.cache_conns,
+                    &req,
+                )
+                .await
+                .unwrap_or(Response::CacheMiss)
+            }
+            Ok(other) => match upload::serve(&state.store, &other).await {
+                Some(response) => response,
+                None => Response::refused(RefusalKind::BadRequest, "unexpected request"),
+            },
+        };
+        if send(&mut conn, &response).await.is_err() {
+            return;
+        }
+    }
+}
