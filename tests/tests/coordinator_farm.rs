@@ -144,28 +144,33 @@ fn coordinated_build(tree: &Path, scratch: &Path, caddr: &str, summary: &Path) -
     Proc::spawn("discomy-run", &mut cmd, scratch)
 }
 
-/// SIGSTOPs `w` the moment a new unit directory appears in its work dir, i.e. as it starts a
-/// unit: the agent then waits on that unit's connection, which stays open and silent.
-fn stop_as_it_starts_a_unit(w: &Worker, run: &mut Proc) -> Instant {
-    let unit_dirs = || -> std::collections::BTreeSet<std::ffi::OsString> {
+/// SIGSTOPs the first of `ws` to start a unit (a new unit directory appears in its work dir):
+/// the agent then waits on that unit's connection, which stays open and silent. Returns which
+/// worker it was and when. (Which workers the plan uses depends on the speeds it learned, so
+/// the test takes whichever starts first.)
+fn stop_as_one_starts_a_unit(ws: &[Worker], run: &mut Proc) -> (usize, Instant) {
+    let unit_dirs = |w: &Worker| -> std::collections::BTreeSet<std::ffi::OsString> {
         std::fs::read_dir(&w.work_dir)
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
             .unwrap_or_default()
     };
-    let mut seen = unit_dirs();
+    let mut seen: Vec<_> = ws.iter().map(unit_dirs).collect();
     let start = Instant::now();
-    loop {
-        let now = unit_dirs();
-        if now.iter().any(|d| !seen.contains(d) && d.to_string_lossy().starts_with("unit-")) {
-            break;
+    let started = loop {
+        let now: Vec<_> = ws.iter().map(unit_dirs).collect();
+        let new = |i: usize| {
+            now[i].iter().any(|d| !seen[i].contains(d) && d.to_string_lossy().starts_with("unit-"))
+        };
+        if let Some(i) = (0..ws.len()).find(|&i| new(i)) {
+            break i;
         }
         seen = now;
-        assert!(run.try_wait().is_none(), "the build ended before the worker started a unit");
-        assert!(start.elapsed() < Duration::from_secs(120), "the worker never got a unit");
+        assert!(run.try_wait().is_none(), "the build ended before a worker started a unit");
+        assert!(start.elapsed() < Duration::from_secs(120), "no worker got a unit");
         std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(signal_group(w.proc.pid(), "STOP"));
-    Instant::now()
+    };
+    assert!(signal_group(ws[started].proc.pid(), "STOP"));
+    (started, Instant::now())
 }
 
 /// Waits for the build, lets the stopped worker go on, and returns how long the build took
@@ -191,31 +196,33 @@ fn stopped_workers_lose_their_units_then_get_them_hedged() {
     // A first build: no unit has a measured cost, so nothing is hedged; only the liveness
     // deadline frees the unit caught on the stopped worker.
     let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
-    let stopped = stop_as_it_starts_a_unit(&workers[0], &mut run);
-    let took = finish_after_stop(&mut run, &workers[0], stopped);
-    assert_same_objects(&reference, &objects(&src), "first build, worker0 stopped");
+    let (first, stopped) = stop_as_one_starts_a_unit(&workers, &mut run);
+    let took = finish_after_stop(&mut run, &workers[first], stopped);
+    assert_same_objects(&reference, &objects(&src), "first build, a worker stopped");
     let farm = status(addr, None).expect("discomy status");
-    assert!(farm["nodes_lost"].as_u64() >= Some(1), "worker0 never left the farm: {farm}");
+    assert!(farm["nodes_lost"].as_u64() >= Some(1), "worker{first} never left the farm: {farm}");
     assert_eq!(farm["hedged"], 0, "a unit without a measured cost was hedged: {farm}");
     // Without the re-placement, the caught unit waits for the agent's 600 s limit.
     assert!(took < Duration::from_secs(120), "the first build took {took:?} after the stop");
-    eprintln!("[e2e] first build: {took:?} after worker0 stopped");
+    eprintln!("[e2e] first build: {took:?} after worker{first} stopped");
     wait_nodes(addr, 3, Duration::from_secs(20));
     make_clean(&tree, tmp.path());
 
-    // The rebuild: every unit's cost and worker1's speed are known now. worker1 stops as it
+    // The rebuild: every unit's cost and the workers' speeds are known now. A worker stops as it
     // starts a unit; its units are hedged long before the liveness deadline.
     let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
-    let stopped = stop_as_it_starts_a_unit(&workers[1], &mut run);
-    let took = finish_after_stop(&mut run, &workers[1], stopped);
-    assert_same_objects(&reference, &objects(&src), "rebuild, worker1 stopped");
+    let (second, stopped) = stop_as_one_starts_a_unit(&workers, &mut run);
+    let took = finish_after_stop(&mut run, &workers[second], stopped);
+    assert_same_objects(&reference, &objects(&src), "rebuild, a worker stopped");
     let farm = status(addr, None).expect("discomy status");
     let hedged = farm["hedged"].as_u64().unwrap_or(0);
     assert!(hedged > 0, "no unit was hedged: {farm}");
     assert!(took < Duration::from_secs(45), "the rebuild took {took:?} after the stop");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
-    eprintln!("[e2e] rebuild: {took:?} after worker1 stopped, {hedged} unit(s) hedged: {summary}");
+    eprintln!(
+        "[e2e] rebuild: {took:?} after worker{second} stopped, {hedged} unit(s) hedged: {summary}"
+    );
     assert_eq!(summary["failed"], 0);
     for w in &mut workers {
         assert!(w.proc.try_wait().is_none(), "{} died", w.proc.name());

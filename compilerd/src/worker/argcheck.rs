@@ -46,14 +46,17 @@ pub enum Refused {
 /// `-specs=FILE` and `-fplugin=FILE` are accepted only when FILE is an absolute path to a file
 /// inside the unit's toolchain (the client shipped it; it runs inside the sandbox).
 pub fn check_compile_args(args: &[String], toolchain: &ToolchainManifest) -> Result<(), Refused> {
+    // The toolchain's plugins by name, listed once for the whole command line (not once per
+    // `-fplugin=`), so the work stays linear in the arguments and the manifest.
+    let mut plugins: Option<std::collections::HashSet<&str>> = None;
     for arg in args {
         let shipped = ["-specs=", "-fplugin="]
             .iter()
             .find_map(|p| arg.strip_prefix(p))
             .is_some_and(|path| toolchain.has_file(path))
-            || arg
-                .strip_prefix("-fplugin=")
-                .is_some_and(|name| bare_plugin_shipped(name, toolchain));
+            || arg.strip_prefix("-fplugin=").is_some_and(|name| {
+                plugins.get_or_insert_with(|| shipped_plugins(toolchain)).contains(name)
+            });
         if shipped {
             continue;
         }
@@ -101,6 +104,11 @@ pub fn check_source_args(
             continue;
         }
         if !arg.starts_with('-') || arg == "-" {
+            // One input only: a second is refused before the file list is searched again, so
+            // the work stays linear in the arguments and the files.
+            if inputs == 1 {
+                return Err(Refused::Shape { inputs: 2, modes });
+            }
             let path = if arg.starts_with('/') { arg.to_string() } else { format!("{cwd}/{arg}") };
             let path = normalise(&path).ok_or_else(|| Refused::OutsideRoot(arg.to_string()))?;
             if !files.iter().any(|f| f.path == path) {
@@ -130,15 +138,19 @@ pub fn check_source_args(
     Ok(())
 }
 
-/// `-fplugin=NAME`: gcc loads `<its plugin dir>/NAME.so`; accept it when the toolchain ships one.
-fn bare_plugin_shipped(name: &str, toolchain: &ToolchainManifest) -> bool {
-    !name.is_empty()
-        && !name.contains('/')
-        && !name.contains("..")
-        && toolchain.entries.iter().any(|e| {
-            e.path.ends_with(&format!("/plugin/{name}.so"))
-                && matches!(e.kind, discomy_protocol::EntryKind::File { .. })
+/// The names `-fplugin=NAME` may use: gcc loads `<its plugin dir>/NAME.so`, accepted when the
+/// toolchain ships that file.
+fn shipped_plugins(toolchain: &ToolchainManifest) -> std::collections::HashSet<&str> {
+    toolchain
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, discomy_protocol::EntryKind::File { .. }))
+        .filter_map(|e| {
+            let (_, file) = e.path.rsplit_once("/plugin/")?;
+            let name = file.strip_suffix(".so")?;
+            (!name.is_empty() && !name.contains('/') && !name.contains("..")).then_some(name)
         })
+        .collect()
 }
 
 fn refusal(arg: &str) -> Option<&'static str> {
@@ -274,5 +286,24 @@ mod tests {
         ] {
             assert!(check(&[bad.to_string()]).is_err(), "{bad}");
         }
+    }
+
+    /// A second input is refused at once: thousands of inputs over thousands of files are not
+    /// each searched for (arguments × files).
+    #[test]
+    fn a_second_input_stops_the_check() {
+        let files: Vec<discomy_protocol::SourceFile> = (0..5000)
+            .map(|i| discomy_protocol::SourceFile {
+                path: format!("/src/f{i}.c"),
+                digest: discomy_protocol::Digest::of(b"x"),
+                size: 1,
+            })
+            .collect();
+        let mut args = v("-O2 -c");
+        args.extend((0..5000).map(|i| format!("f{i}.c")));
+        assert_eq!(
+            check_source_args(&args, &tree(), &files, "/src"),
+            Err(Refused::Shape { inputs: 2, modes: 1 })
+        );
     }
 }

@@ -204,10 +204,14 @@ struct Slot {
     known: bool,
 }
 
+/// Most toolchains remembered per node: a node (or anyone with the farm token) may claim any
+/// number, and each placement asks every candidate node whether it holds the unit's compiler.
+pub const MAX_TOOLCHAINS_PER_NODE: usize = 4096;
+
 #[derive(Debug, Clone)]
 struct Node {
     spec: NodeSpec,
-    /// Compilers it holds (a few: a list is faster to search than a set).
+    /// Compilers it holds, sorted (at most [`MAX_TOOLCHAINS_PER_NODE`]).
     toolchains: Vec<ToolchainKey>,
     load: LoadReport,
     last_seen: Millis,
@@ -236,11 +240,13 @@ struct Node {
 
 impl Node {
     fn holds(&self, toolchain: &ToolchainKey) -> bool {
-        self.toolchains.contains(toolchain)
+        self.toolchains.binary_search(toolchain).is_ok()
     }
     fn add_toolchain(&mut self, toolchain: ToolchainKey) {
-        if !self.holds(&toolchain) {
-            self.toolchains.push(toolchain);
+        if let Err(at) = self.toolchains.binary_search(&toolchain) {
+            if self.toolchains.len() < MAX_TOOLCHAINS_PER_NODE {
+                self.toolchains.insert(at, toolchain);
+            }
         }
     }
     /// Work per second of compile time with the CPU to itself: the last fit's, else the
@@ -325,6 +331,7 @@ impl Scheduler {
         let mut toolchains = spec.toolchains.clone();
         toolchains.sort_unstable();
         toolchains.dedup();
+        toolchains.truncate(MAX_TOOLCHAINS_PER_NODE);
         let submitters_host = self.running_by_submitter.contains_key(&spec.host);
         let node = Node {
             spec,

@@ -341,3 +341,28 @@ fn units_never_measured_are_not_hedged() {
     assert!(s.dispatch(60_000).is_empty());
     assert!(s.placement(fresh).is_some());
 }
+
+/// A node may claim any number of toolchains: the scheduler keeps a bounded, sorted list, and
+/// still finds the ones it kept.
+#[test]
+fn toolchain_lists_are_bounded() {
+    let mut s = Scheduler::new(base());
+    let mut claimed: Vec<ToolchainKey> = (0..20_000u32)
+        .map(|i| {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k
+        })
+        .collect();
+    claimed.push(GCC);
+    s.add_node(1, node("greedy", 2, &claimed), 0);
+    for i in 0..20_000u32 {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&(i + 1_000_000).to_be_bytes());
+        s.add_toolchain(1, k);
+    }
+    let held = &s.nodes[&1].toolchains;
+    assert_eq!(held.len(), MAX_TOOLCHAINS_PER_NODE);
+    assert!(held.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
+    assert!(s.nodes[&1].holds(&claimed[0]));
+}

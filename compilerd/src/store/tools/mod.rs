@@ -74,6 +74,9 @@ struct State {
     /// Blobs received so far, to count the ones received again (cleared when it reaches
     /// [`MAX_SEEN_BLOBS`], so a peer sending endless distinct blobs cannot grow it).
     seen_blobs: std::collections::HashSet<Digest>,
+    /// The store's size as of the last count ([`ToolStore::size`]) plus the blobs written since:
+    /// a blob upload checks the bound without walking the store.
+    bytes: Option<u64>,
 }
 
 /// Most blob digests remembered for [`StoreActivity::blobs_received_again`].
@@ -97,7 +100,13 @@ pub struct ToolStore {
     max_bytes: u64,
     materialize: bool,
     state: Mutex<State>,
+    /// How long a blob no installed toolchain uses is kept (its install may be on its way).
+    orphan_grace: Duration,
 }
+
+/// How long a blob that no installed toolchain uses is kept: an upload sends the blobs an
+/// install asked for, then installs, within seconds.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(600);
 
 /// Keeps a tree from being evicted while a compile uses it.
 pub struct TreeLease<'a> {
@@ -142,8 +151,13 @@ impl ToolStore {
                 }
             }
         }
-        let store =
-            ToolStore { dir: dir.to_path_buf(), max_bytes, materialize, state: Mutex::default() };
+        let store = ToolStore {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            materialize,
+            state: Mutex::default(),
+            orphan_grace: ORPHAN_GRACE,
+        };
         let mut state = store.lock();
         for digest in store.installed() {
             let used = fs::metadata(store.manifest_path(&digest))
@@ -204,8 +218,22 @@ impl ToolStore {
         let path = self.blob_path(&payload.digest);
         if !path.is_file() {
             self.write_atomically(&path, &raw)?;
+            // Uploads that are never installed must not fill the disk either.
+            let counted = self.lock().bytes;
+            let bytes = counted.unwrap_or_else(|| self.size()) + raw.len() as u64;
+            self.lock().bytes = Some(bytes);
+            if bytes > self.max_bytes {
+                self.evict();
+            }
         }
         Ok(payload.digest)
+    }
+
+    /// [`ToolStore::open`] keeping blobs no toolchain uses for `grace` instead of
+    /// [`ORPHAN_GRACE`].
+    pub fn with_orphan_grace(mut self, grace: Duration) -> ToolStore {
+        self.orphan_grace = grace;
+        self
     }
 
     /// Stores a blob from a local file whose digest the caller already knows (seeding from this
@@ -439,9 +467,20 @@ impl ToolStore {
     /// Evicts least recently used toolchains not in use until the store fits its bound.
     pub fn evict(&self) {
         let mut size = self.size();
+        self.lock().bytes = Some(size);
         if size <= self.max_bytes {
             return;
         }
+        // Blobs per installed toolchain that uses them (read once, not once per eviction).
+        let mut needed: HashMap<Digest, usize> = HashMap::new();
+        for manifest in self.installed().iter().filter_map(|d| self.manifest(d)) {
+            for blob in manifest.blobs() {
+                *needed.entry(blob).or_insert(0) += 1;
+            }
+        }
+        // First the blobs no toolchain uses (uploads never installed), once their grace is over.
+        self.remove_orphans(&needed);
+        size = self.size();
         let mut candidates: Vec<(SystemTime, Digest)> = {
             let state = self.lock();
             state
@@ -460,20 +499,37 @@ impl ToolStore {
             let _ = fs::remove_file(self.manifest_path(&digest));
             let _ = fs::remove_dir_all(self.tree_path(&digest))
                 .or_else(|_| make_writable_and_remove(&self.tree_path(&digest)));
-            let still_needed: Vec<Digest> = self
-                .installed()
-                .iter()
-                .filter_map(|d| self.manifest(d))
-                .flat_map(|m| m.blobs())
-                .collect();
             for blob in manifest.blobs() {
-                if !still_needed.contains(&blob) {
+                let users = needed.entry(blob).or_insert(1);
+                *users = users.saturating_sub(1);
+                if *users == 0 {
                     let _ = fs::remove_file(self.blob_path(&blob));
                 }
             }
             self.lock().last_used.remove(&digest);
             warn!(toolchain = %digest, name = %manifest.name, "evicted to keep the store within its bound");
             size = self.size();
+        }
+        self.lock().bytes = Some(size);
+    }
+
+    /// Removes blobs that no installed toolchain uses and that are older than the grace.
+    fn remove_orphans(&self, needed: &HashMap<Digest, usize>) {
+        let Ok(entries) = fs::read_dir(self.dir.join("blobs")) else { return };
+        let mut removed = 0u64;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(digest) = name.to_str().and_then(Digest::from_hex) else { continue };
+            if needed.get(&digest).is_some_and(|n| *n > 0) {
+                continue;
+            }
+            let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|a| a >= self.orphan_grace) && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            warn!(blobs = removed, "removed uploaded blobs that no toolchain uses");
         }
     }
 }

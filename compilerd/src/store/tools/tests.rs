@@ -132,3 +132,23 @@ async fn activity_counts_installs_and_blobs_received_again_within_bounds() {
     assert!(store.lock().seen_blobs.len() <= MAX_SEEN_BLOBS);
     assert_eq!(store.activity().blobs_received, 2 + MAX_SEEN_BLOBS as u64 + 10);
 }
+
+/// Blobs uploaded but never installed do not fill the store: once over its bound, those no
+/// toolchain uses (past their grace) go first, and installed toolchains' blobs stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_blobs_are_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        ToolStore::open(dir.path(), 1 << 20, true).unwrap().with_orphan_grace(Duration::ZERO);
+    let m = manifest(&[("/usr/bin/cc", b"driver")], &[]);
+    store.put_blob(&Payload::compress(b"driver")).unwrap();
+    assert_eq!(store.install(&m).await.unwrap(), InstallStep::Ready);
+    for i in 0..3u8 {
+        let noise: Vec<u8> =
+            (0..600u32 << 10).map(|j| (j.wrapping_mul(97) ^ u32::from(i)) as u8).collect();
+        store.put_blob(&Payload::compress(&noise)).unwrap();
+    }
+    assert!(store.size() <= 1 << 20, "{} bytes kept", store.size());
+    assert!(store.has_blob(&Digest::of(b"driver")), "an installed toolchain's blob went");
+    assert!(store.lease(&m.digest()).is_some());
+}
