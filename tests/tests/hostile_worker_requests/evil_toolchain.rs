@@ -19,7 +19,7 @@ pub(crate) const EVIL_CC: &str = r#"#!/usr/bin/dash
 # discomy test fixture: a hostile "compiler". The unit's first line says what to try:
 #   hello | write TAG DIR [PREFIX] | read TAG DIR [PREFIX] | net PORT | spin | bomb | cbomb | mem
 #   | link TARGET (the output, a symlink to TARGET) | fifo (the output, a FIFO)
-#   | text (a text file as the "object")
+#   | text (a text file as the "object") | syscalls (kernel interfaces the filter refuses)
 # Otherwise the output is the start of an ELF relocatable object.
 unit=unit.i
 out=unit.o
@@ -79,6 +79,9 @@ fifo)
   /usr/bin/evil-tool fifo "$out"
   exit 0
   ;;
+syscalls)
+  /usr/bin/evil-tool syscalls
+  ;;
 text)
   printf 'not an object\n' > "$out"
   exit 0
@@ -95,8 +98,13 @@ exit 0
 /// A static helper: `net HOST PORT` connects, `mem MIB` allocates and touches memory, `bomb`
 /// forks forever, `link TARGET PATH` makes a symlink, `fifo PATH` a FIFO.
 pub(crate) const EVIL_TOOL: &str = r#"
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +139,43 @@ int main(int argc, char **argv) {
       fflush(stdout);
     }
     printf("mem: TOUCHED ALL %ld MiB\n", got);
+    return 0;
+  }
+  if (argc >= 2 && strcmp(argv[1], "syscalls") == 0) {
+    /* Kernel interfaces a compiler never needs: each must fail with ENOSYS (the filter). */
+    char params[512];
+    memset(params, 0, sizeof params);
+    struct { const char *name; long nr, a, b, c; } t[] = {
+      {"unshare-user", SYS_unshare, CLONE_NEWUSER, 0, 0},
+      {"unshare-mount", SYS_unshare, CLONE_NEWNS, 0, 0},
+      {"setns", SYS_setns, 0, 0, 0},
+      {"ptrace-traceme", SYS_ptrace, 0 /* PTRACE_TRACEME */, 0, 0},
+      {"io_uring_setup", 425, 1, (long)params, 0},
+      {"bpf", SYS_bpf, 0, 0, 0},
+      {"perf_event_open", SYS_perf_event_open, (long)params, 0, -1},
+      {"keyctl", SYS_keyctl, 0, 0, 0},
+      {"userfaultfd", SYS_userfaultfd, 0, 0, 0},
+    };
+    for (unsigned i = 0; i < sizeof t / sizeof t[0]; i++) {
+      errno = 0;
+      long r = syscall(t[i].nr, t[i].a, t[i].b, t[i].c, 0, 0);
+      if (r < 0 && errno == ENOSYS) printf("syscall %s: filtered\n", t[i].name);
+      else printf("syscall %s: REACHED (%ld, %s)\n", t[i].name, r, strerror(errno));
+    }
+    errno = 0;
+    long child = syscall(SYS_clone, CLONE_NEWNET | SIGCHLD, 0, 0, 0, 0);
+    if (child == 0) _exit(0);
+    if (child > 0) waitpid((pid_t)child, 0, 0);
+    if (child < 0 && errno == ENOSYS) printf("syscall clone-newnet: filtered\n");
+    else printf("syscall clone-newnet: REACHED (%ld, %s)\n", child, strerror(errno));
+    /* An ordinary child still works (glibc's fork and posix_spawn fall back from clone3). */
+    pid_t p = fork();
+    if (p == 0) _exit(7);
+    int st = 0;
+    if (p > 0 && waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 7)
+      printf("fork: works\n");
+    else
+      printf("fork: BROKEN\n");
     return 0;
   }
   if (argc >= 4 && strcmp(argv[1], "link") == 0) return symlink(argv[2], argv[3]) == 0 ? 0 : 1;

@@ -144,6 +144,17 @@ fn hostile_toolchain_is_confined() {
         );
     }
 
+    // Kernel interfaces a compiler never needs (namespaces, ptrace, io_uring, bpf, …) are
+    // filtered, while ordinary children still start.
+    let calls = run_evil(&mut client, identity, "syscalls\n");
+    check(
+        &mut problems,
+        calls.compiled_ok()
+            && calls.stdout().matches(": filtered").count() == 10
+            && calls.stdout().contains("fork: works"),
+        format!("syscalls: not all filtered, or fork broken: {}", calls.stdout()),
+    );
+
     // (b) The network.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

@@ -53,6 +53,7 @@ macro_rules! bail {
 mod cgroups;
 mod error;
 mod fork;
+mod seccomp;
 mod stage1;
 mod stage2;
 mod tree;

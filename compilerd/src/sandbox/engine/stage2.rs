@@ -1,6 +1,6 @@
 //! Stage 2, PID 1 of the new namespaces: `/proc`, cgroup membership, `pivot_root`,
-//! `no_new_privs`, rlimits, the privilege drop, the parent-death signal, and `exec` of the
-//! program.
+//! `no_new_privs`, rlimits, the privilege drop, the parent-death signal, the syscall filter
+//! (`seccomp`), and `exec` of the program.
 
 use super::*;
 
@@ -87,6 +87,8 @@ pub(super) fn stage2(cli: &Cli, newroot: &Path) -> Result<u8> {
     let Some((program, args)) = cli.command.split_first() else {
         bail!("no program given after --");
     };
+    // Last: from here on the program's kernel interfaces are filtered (see `seccomp`).
+    super::seccomp::install()?;
     let err = std::process::Command::new(program).args(args).env_clear().envs(env).exec();
     Err(setup_error!("exec {program}: {err}"))
 }
