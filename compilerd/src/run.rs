@@ -160,6 +160,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         let mut cmd = Command::new(&compilerd);
         cmd.arg("agent").arg("--socket").arg(&socket).arg("--hosts").arg(hosts.join(","));
         cmd.arg("--store").arg(dir.path().join("agent.store"));
+        if opts.local_farm.is_some_and(|n| n > 0) {
+            // Its workers are this command's own children, on this host, with its compilers.
+            cmd.arg("--no-verify");
+        }
         cmd.env_remove("DISCOMY_HOSTS");
         daemons.0.push(spawn_daemon(cmd, dir.path(), "agent.log")?);
         wait_for(|| agent_alive(&socket).then_some(()), "the agent to listen")?;

@@ -118,17 +118,23 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent for `hosts` and waits until its socket accepts connections.
     pub fn start(dir: &Path, name: &str, hosts: &str) -> Agent {
-        Agent::start_with_env(dir, name, hosts, &[])
+        Agent::start_with(dir, name, hosts, &[], &[])
     }
 
-    /// [`Agent::start`] with extra environment variables (`DISCOMY_VERIFY_RATE`, say).
-    pub fn start_with_env(dir: &Path, name: &str, hosts: &str, env: &[(&str, &str)]) -> Agent {
+    /// [`Agent::start`] with extra environment variables (`DISCOMY_VERIFY_RATE`, say) and flags.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        hosts: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Agent {
         let socket = dir.join(format!("{name}.sock"));
         let mut cmd = clean_command(bin("discomy-compilerd"));
         cmd.env("TMPDIR", private_tmp(dir, name));
         cmd.arg("agent").arg("--socket").arg(&socket).args(["--hosts", hosts]);
         cmd.arg("--store").arg(dir.join(format!("{name}.store")));
-        cmd.envs(env.iter().copied());
+        cmd.envs(env.iter().copied()).args(extra);
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         let start = Instant::now();
         while UnixStream::connect(&socket).is_err() {

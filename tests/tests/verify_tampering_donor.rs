@@ -193,7 +193,7 @@ fn tampering_donor_is_caught_and_quarantined() {
     //    object cache, entries naming the sleeper.
     let sleeper = Donor::start(behind.addr, false);
     let hosts = format!("{}/2,{}", sleeper.addr, honest.host_spec());
-    let unchecked = Agent::start_with_env(dir, "agent2", &hosts, &[("DISCOMY_VERIFY_RATE", "0")]);
+    let unchecked = Agent::start_with(dir, "agent2", &hosts, &[("DISCOMY_VERIFY_RATE", "0")], &[]);
     build(&tree, dir, &unchecked, &dir.join("cache-honest"), "make-sleeper-honest");
     assert_same_objects(&reference, &objects(&src), "the sleeper while honest");
     make_clean(&tree, dir);
@@ -211,7 +211,7 @@ fn tampering_donor_is_caught_and_quarantined() {
     make_clean(&tree, dir);
 
     // Another agent checks every unit: the sleeper is caught and quarantined there.
-    let checking = Agent::start_with_env(dir, "agent3", &hosts, &[("DISCOMY_VERIFY_RATE", "1")]);
+    let checking = Agent::start_with(dir, "agent3", &hosts, &[("DISCOMY_VERIFY_RATE", "1")], &[]);
     show.add("agent3 log", &dir.join("agent3.stderr"));
     build(&tree, dir, &checking, &dir.join("cache-3"), "make-checked");
     assert_same_objects(&reference, &objects(&src), "a build checking every unit");

@@ -9,7 +9,9 @@ pub mod start;
 pub mod verify;
 
 mod serve;
-pub use serve::{MAX_WRAPPERS, MAX_WRAPPERS_PER_USER, bind_socket, run};
+pub use serve::{
+    DEFAULT_SOCKET_GROUP, MAX_WRAPPERS, MAX_WRAPPERS_PER_USER, SocketAccess, bind_socket, run,
+};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -67,6 +69,10 @@ pub struct AgentConfig {
     /// Fraction of remote units also compiled locally and compared, after each node's first
     /// ones ([`verify`]).
     pub verify_rate: f64,
+    /// Matching verdicts a node needs before it is only sampled (0: no probation).
+    pub verify_first: u32,
+    /// Who may use the socket.
+    pub socket_access: SocketAccess,
 }
 
 impl AgentConfig {
@@ -85,6 +91,8 @@ impl AgentConfig {
             coordinator: None,
             host_id: crate::coord::discover::host_id(),
             verify_rate: 0.01,
+            verify_first: verify::FIRST_UNITS,
+            socket_access: SocketAccess::Everyone,
         }
     }
 }

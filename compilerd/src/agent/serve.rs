@@ -31,9 +31,57 @@ pub const MAX_WRAPPERS: usize = 4096;
 /// Most wrapper connections at once from one local user.
 pub const MAX_WRAPPERS_PER_USER: usize = 2048;
 
-/// Binds the agent socket at `path`, replacing a stale one, readable and writable by all local
-/// users (mock builds run as another user; the directory's permissions are the gate).
-pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
+/// Who may connect to the agent's socket (submit units, read and offer cache entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// Members of this group (and root): the socket is `root:GROUP` (owner: the agent's user),
+    /// mode 0660.
+    Group(u32),
+    /// Every local user (mode 0666): for a host where every user may build.
+    Everyone,
+}
+
+/// The group the agent socket belongs to unless `--socket-group` says otherwise.
+pub const DEFAULT_SOCKET_GROUP: &str = "discomy";
+
+impl SocketAccess {
+    /// `--socket-group NAME` (`everyone`: mode 0666); without it, the `discomy` group when the
+    /// host has one, else every user (the agent logs a warning).
+    pub fn from_option(group: Option<&str>) -> Result<SocketAccess, String> {
+        match group {
+            Some("everyone") => Ok(SocketAccess::Everyone),
+            Some(name) => match local_group(name) {
+                Some(gid) => Ok(SocketAccess::Group(gid)),
+                None => Err(format!("--socket-group {name}: no such group in /etc/group")),
+            },
+            None => match local_group(DEFAULT_SOCKET_GROUP) {
+                Some(gid) => Ok(SocketAccess::Group(gid)),
+                None => {
+                    tracing::warn!(
+                        "no `{DEFAULT_SOCKET_GROUP}` group on this host: every local user may use \
+                         the agent socket (create the group, or pass --socket-group)"
+                    );
+                    Ok(SocketAccess::Everyone)
+                }
+            },
+        }
+    }
+}
+
+/// The id of a group of `/etc/group`. Read directly rather than through NSS: the socket's group
+/// is a local one, and some NSS modules (systemd's) crash in a process like this one.
+fn local_group(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Binds the agent socket at `path`, replacing a stale one, open to the users `access` names
+/// (mock builds run as another user: add it to the group).
+pub fn bind_socket(path: &std::path::Path, access: SocketAccess) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -48,7 +96,14 @@ pub fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let mode = match access {
+        SocketAccess::Group(gid) => {
+            std::os::unix::fs::lchown(path, None, Some(gid))?;
+            0o660
+        }
+        SocketAccess::Everyone => 0o666,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 
@@ -67,7 +122,7 @@ pub async fn run(
     // Wrappers running this host's own compilers then need no upload.
     let local_compilers =
         seed_local_compilers_named(&store, std::env::var_os("PATH").unwrap_or_default(), &[]).await;
-    let listener = bind_socket(&socket_path).map_err(|e| {
+    let listener = bind_socket(&socket_path, config.socket_access).map_err(|e| {
         io::Error::new(e.kind(), format!("failed to listen on {}: {e}", socket_path.display()))
     })?;
     info!(socket = %socket_path.display(), hosts = config.hosts.len(), "agent listening");
@@ -76,7 +131,7 @@ pub async fn run(
     let coord = config.coordinator.clone().map(|addr| {
         CoordClient::spawn(addr, config.host_id.clone(), config.auth.clone(), shutdown.clone())
     });
-    let verifier = verify::Verifier::new(config.verify_rate, &socket_path);
+    let verifier = verify::Verifier::new(config.verify_rate, config.verify_first, &socket_path);
     let state = Arc::new(State {
         verifier,
         config,

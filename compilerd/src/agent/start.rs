@@ -31,6 +31,14 @@ pub struct AgentOptions {
     /// node's first units (always checked); a node whose object differs is quarantined.
     #[arg(long, env = "DISCOMY_VERIFY_RATE", default_value_t = 0.01)]
     pub verify_rate: f64,
+    /// Check no remote result at all, not even a node's first ones: for workers this host runs
+    /// itself (`discomy run --local-farm` passes it).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// The group whose members may use the socket (mode 0660); `everyone` for mode 0666.
+    /// Default: the `discomy` group when the host has one, else everyone.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 /// Why an agent did not start or stopped with an error.
@@ -39,6 +47,9 @@ pub enum StartError {
     /// The host list does not parse.
     #[error("bad --hosts / DISCOMY_HOSTS: {0}")]
     Hosts(String),
+    /// The socket's group does not exist.
+    #[error("{0}")]
+    SocketGroup(String),
     /// Serving failed.
     #[error("agent: {0}")]
     Io(#[from] std::io::Error),
@@ -61,6 +72,12 @@ pub async fn start(
     config.auth = auth;
     config.backoff = Duration::from_secs(opts.backoff);
     config.verify_rate = opts.verify_rate;
+    config.verify_first = if opts.no_verify { 0 } else { super::verify::FIRST_UNITS };
+    if opts.no_verify {
+        config.verify_rate = 0.0;
+    }
+    config.socket_access = super::SocketAccess::from_option(opts.socket_group.as_deref())
+        .map_err(StartError::SocketGroup)?;
     if let Some(dir) = opts.store {
         config.store_dir = dir;
     }

@@ -17,7 +17,8 @@ use discomy_protocol::stats::{Verification, VerifyCounts};
 use discomy_protocol::{CompileResult, RefusalKind, Response, SourceResult};
 use tracing::{info, warn};
 
-/// Matching verdicts a node needs before its units are only sampled.
+/// Matching verdicts a node needs before its units are only sampled (the default of
+/// [`Verifier::new`]'s `first_units`).
 pub const FIRST_UNITS: u32 = 2;
 /// Nodes remembered for [`FIRST_UNITS`] (a larger farm starts over, verifying first units
 /// again: safe, only slower).
@@ -27,6 +28,8 @@ const MAX_NODES_SEEN: usize = 65_536;
 pub struct Verifier {
     /// Fraction of remote units verified after each node's first ones, 0–1.
     rate: f64,
+    /// Matching verdicts a node needs before it is only sampled.
+    first_units: u32,
     /// Where quarantined nodes are listed for wrappers (`<socket>.quarantined`).
     list: PathBuf,
     state: Mutex<Inner>,
@@ -49,14 +52,12 @@ struct Inner {
 }
 
 impl Verifier {
-    /// A verifier sampling `rate` of remote units (clamped to 0–1; not a number counts as 0).
-    pub fn new(rate: f64, socket: &std::path::Path) -> Verifier {
+    /// A verifier checking every unit of a node until `first_units` of them matched, then
+    /// `rate` of them (clamped to 0–1; not a number counts as 0).
+    pub fn new(rate: f64, first_units: u32, socket: &std::path::Path) -> Verifier {
         let rate = if rate.is_nan() { 0.0 } else { rate.clamp(0.0, 1.0) };
-        let verifier = Verifier {
-            rate,
-            list: discomy_wrapper::verify::list_path(socket),
-            state: Mutex::default(),
-        };
+        let list = discomy_wrapper::verify::list_path(socket);
+        let verifier = Verifier { rate, first_units, list, state: Mutex::default() };
         // A previous agent's list is not this one's: quarantine lasts while the agent runs
         // (the coordinator keeps it farm-wide).
         let _ = std::fs::remove_file(&verifier.list);
@@ -98,7 +99,7 @@ impl Verifier {
                 inner.asked.clear();
             }
             let asked = inner.asked.entry(node).or_default();
-            let verify = asked.matched < FIRST_UNITS || sample(self.rate);
+            let verify = asked.matched < self.first_units || sample(self.rate);
             if verify {
                 asked.awaited = asked.awaited.saturating_add(1);
                 inner.counts.requested += 1;
@@ -215,7 +216,7 @@ mod tests {
     #[test]
     fn probation_then_sampling_then_quarantine() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let v = Verifier::new(0.0, &dir.path().join("agent.sock"));
+        let v = Verifier::new(0.0, FIRST_UNITS, &dir.path().join("agent.sock"));
         // On probation: every unit, however many are in flight, until two verdicts match.
         assert_eq!(marked(&v, "a:1"), Some(true));
         assert_eq!(marked(&v, "a:1"), Some(true));
@@ -238,5 +239,14 @@ mod tests {
         assert_eq!(counts.quarantined, vec!["a:1".to_string()]);
         let list = std::fs::read_to_string(dir.path().join("agent.sock.quarantined"));
         assert_eq!(list.expect("the list"), "a:1\n");
+    }
+
+    /// `--no-verify` (no probation, no sampling): nothing is checked.
+    #[test]
+    fn no_verify_checks_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = Verifier::new(0.0, 0, &dir.path().join("agent.sock"));
+        assert!((0..10).all(|_| marked(&v, "a:1") == Some(false)));
+        assert_eq!(v.counts().requested, 0);
     }
 }
