@@ -144,11 +144,15 @@ fn coordinated_build(tree: &Path, scratch: &Path, caddr: &str, summary: &Path) -
     Proc::spawn("discomy-run", &mut cmd, scratch)
 }
 
-/// SIGSTOPs the first of `ws` to start a unit (a new unit directory appears in its work dir):
-/// the agent then waits on that unit's connection, which stays open and silent. Returns which
-/// worker it was and when. (Which workers the plan uses depends on the speeds it learned, so
-/// the test takes whichever starts first.)
-fn stop_as_one_starts_a_unit(ws: &[Worker], run: &mut Proc) -> (usize, Instant) {
+/// SIGSTOPs the first of `ws` (but `spare`) to start a unit (a new unit directory appears in
+/// its work dir): the agent then waits on that unit's connection, which stays open and silent.
+/// Returns which worker it was and when. (Which workers the plan uses depends on the speeds it
+/// learned, so the test takes whichever starts first.)
+fn stop_as_one_starts_a_unit(
+    ws: &[Worker],
+    spare: Option<usize>,
+    run: &mut Proc,
+) -> (usize, Instant) {
     let unit_dirs = |w: &Worker| -> std::collections::BTreeSet<std::ffi::OsString> {
         std::fs::read_dir(&w.work_dir)
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
@@ -161,7 +165,7 @@ fn stop_as_one_starts_a_unit(ws: &[Worker], run: &mut Proc) -> (usize, Instant) 
         let new = |i: usize| {
             now[i].iter().any(|d| !seen[i].contains(d) && d.to_string_lossy().starts_with("unit-"))
         };
-        if let Some(i) = (0..ws.len()).find(|&i| new(i)) {
+        if let Some(i) = (0..ws.len()).find(|&i| Some(i) != spare && new(i)) {
             break i;
         }
         seen = now;
@@ -196,7 +200,7 @@ fn stopped_workers_lose_their_units_then_get_them_hedged() {
     // A first build: no unit has a measured cost, so nothing is hedged; only the liveness
     // deadline frees the unit caught on the stopped worker.
     let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
-    let (first, stopped) = stop_as_one_starts_a_unit(&workers, &mut run);
+    let (first, stopped) = stop_as_one_starts_a_unit(&workers, None, &mut run);
     let took = finish_after_stop(&mut run, &workers[first], stopped);
     assert_same_objects(&reference, &objects(&src), "first build, a worker stopped");
     let farm = status(addr, None).expect("discomy status");
@@ -208,10 +212,11 @@ fn stopped_workers_lose_their_units_then_get_them_hedged() {
     wait_nodes(addr, 3, Duration::from_secs(20));
     make_clean(&tree, tmp.path());
 
-    // The rebuild: every unit's cost and the workers' speeds are known now. A worker stops as it
-    // starts a unit; its units are hedged long before the liveness deadline.
+    // The rebuild: every unit's cost and the speeds of the workers that stayed are known now
+    // (the one stopped before joined again as a new node). One of them stops as it starts a
+    // unit; its units are hedged long before the liveness deadline.
     let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary_path);
-    let (second, stopped) = stop_as_one_starts_a_unit(&workers, &mut run);
+    let (second, stopped) = stop_as_one_starts_a_unit(&workers, Some(first), &mut run);
     let took = finish_after_stop(&mut run, &workers[second], stopped);
     assert_same_objects(&reference, &objects(&src), "rebuild, a worker stopped");
     let farm = status(addr, None).expect("discomy status");
