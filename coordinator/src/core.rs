@@ -10,6 +10,11 @@ use tokio::sync::mpsc;
 
 use crate::policy::{Clock, IdMap, JobId, MonotonicClock, NodeId, Scheduler};
 
+/// Most units one agent connection may have queued or placed at once: beyond, a unit is
+/// answered at once with no worker (its agent uses its host list, or the wrapper compiles
+/// locally), so one agent cannot grow the coordinator's queue without bound.
+pub const MAX_JOBS_PER_AGENT: usize = 65_536;
+
 /// Most quarantined addresses remembered (a token holder could send any number).
 pub const MAX_QUARANTINED: usize = 4096;
 
@@ -45,6 +50,8 @@ pub struct Core {
     nodes_lost: u64,
     /// Worker addresses an agent's verification caught returning a wrong object.
     quarantined: BTreeSet<String>,
+    /// Entries of `asked` per agent connection (bounded by [`MAX_JOBS_PER_AGENT`]).
+    per_agent: HashMap<u64, usize>,
 }
 
 impl Core {
@@ -60,6 +67,7 @@ impl Core {
             hedged: 0,
             nodes_lost: 0,
             quarantined: BTreeSet::new(),
+            per_agent: HashMap::new(),
         }
     }
 
@@ -110,7 +118,7 @@ impl Core {
         for job in self.sched.node_lost(node, now) {
             // Requeued jobs keep their entry; jobs whose twin runs elsewhere were dropped.
             if !self.sched.is_queued(job) {
-                self.asked.remove(&job);
+                self.forget(job);
                 self.sched.cancel(job);
             }
         }
@@ -123,8 +131,27 @@ impl Core {
             let _ = tx.send(CoordResponse::Placed(Placement { tag, job: 0, worker: None }));
             return;
         }
+        if self.per_agent.get(&agent).is_some_and(|n| *n >= MAX_JOBS_PER_AGENT) {
+            let _ = tx.send(CoordResponse::Placed(Placement { tag, job: 0, worker: None }));
+            return;
+        }
         let job = self.sched.submit(spec);
-        self.asked.insert(job, Asked { tag, agent, tx: tx.clone(), answered: false });
+        self.remember(job, Asked { tag, agent, tx: tx.clone(), answered: false });
+    }
+
+    fn remember(&mut self, job: JobId, asked: Asked) {
+        *self.per_agent.entry(asked.agent).or_insert(0) += 1;
+        self.asked.insert(job, asked);
+    }
+
+    fn forget(&mut self, job: JobId) {
+        let Some(asked) = self.asked.remove(&job) else { return };
+        if let Some(n) = self.per_agent.get_mut(&asked.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_agent.remove(&asked.agent);
+            }
+        }
     }
 
     /// A unit ended; the caller dispatches (once per batch of requests).
@@ -132,7 +159,7 @@ impl Core {
         if self.asked.get(&job).is_none_or(|a| a.agent != agent) {
             return; // not this agent's job (or already cancelled): ignore, do not learn
         }
-        self.asked.remove(&job);
+        self.forget(job);
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
     }
@@ -142,7 +169,7 @@ impl Core {
         let jobs: Vec<JobId> =
             self.asked.iter().filter(|(_, a)| a.agent == agent).map(|(j, _)| *j).collect();
         for job in jobs {
-            self.asked.remove(&job);
+            self.forget(job);
             self.sched.cancel(job);
         }
         self.dispatch();
@@ -164,7 +191,7 @@ impl Core {
                 true => CoordResponse::Hedge(placed),
             };
             if asked.tx.send(answer).is_err() {
-                self.asked.remove(&a.job);
+                self.forget(a.job);
                 self.sched.cancel(a.job);
             } else {
                 asked.answered = true;
@@ -186,7 +213,7 @@ impl Core {
         }
         tracing::info!(job = original, twin, "node stalled; unit hedged");
         self.hedged += 1;
-        self.asked.insert(twin, Asked { tag, agent, tx, answered: true });
+        self.remember(twin, Asked { tag, agent, tx, answered: true });
     }
 
     /// The farm as `discomy status` shows it.
@@ -234,5 +261,49 @@ impl Core {
             nodes_lost: self.nodes_lost,
             quarantined: self.quarantined.iter().cloned().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{JobSpec, NodeSpec, PolicyConfig};
+
+    /// One agent connection cannot grow the queue without bound: past its cap a unit is
+    /// answered at once with no worker, and other agents are not affected.
+    #[test]
+    fn one_agent_cannot_queue_without_bound() {
+        let mut core = Core::new("f".into(), Scheduler::new(PolicyConfig::default()));
+        let node = NodeSpec {
+            name: "w".into(),
+            host: "w".into(),
+            slots: 1,
+            cores: 1,
+            memory_mb: 1024,
+            toolchains: vec![[1; 32]],
+        };
+        core.sched.add_node(1, node, 0);
+        let spec = JobSpec {
+            submitter: "a".into(),
+            priority: 0,
+            toolchain: [1; 32],
+            bytes_in: 1000,
+            work: 1000,
+            unit: 0,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for tag in 0..=MAX_JOBS_PER_AGENT as u64 {
+            core.place(7, tag, spec.clone(), &tx);
+        }
+        match rx.try_recv() {
+            Ok(CoordResponse::Placed(p)) => {
+                assert_eq!((p.tag, p.worker), (MAX_JOBS_PER_AGENT as u64, None));
+            }
+            other => panic!("expected the refusal of the unit over the cap, got {other:?}"),
+        }
+        core.place(8, 0, spec, &tx);
+        assert!(rx.try_recv().is_err(), "another agent's unit was refused");
+        core.agent_gone(7);
+        assert!(!core.per_agent.contains_key(&7));
     }
 }
