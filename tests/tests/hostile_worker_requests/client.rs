@@ -66,6 +66,12 @@ impl Client {
         (body, response)
     }
 
+    /// Sends `request` without waiting for the reply.
+    pub(crate) fn send(&mut self, request: &Request) {
+        write_frame(&mut self.stream, request)
+            .unwrap_or_else(|e| panic!("sending {}: {e}", request_name(request)));
+    }
+
     pub(crate) fn call(&mut self, request: &Request) -> Response {
         self.call_raw(request).1
     }

@@ -1,6 +1,7 @@
 //! A hostile toolchain on a worker with tight limits: its "compiler" tries to write outside its
 //! directory, read host files, reach the network, burn CPU, fork-bomb and exhaust memory, and
-//! manifests with symlinks out of the tree try to place files on the host. All are confined.
+//! manifests with symlinks out of the tree try to place files on the host. All are confined,
+//! and a worker killed while a unit spins leaves none of its processes behind.
 
 use std::fs;
 use std::io;
@@ -275,5 +276,28 @@ fn hostile_toolchain_is_confined() {
 
     Client::connect(worker.addr).ping("the hostile toolchain (new connection)");
     assert!(worker.proc.try_wait().is_none(), "the worker died");
+
+    // (e) Last: a worker killed (SIGKILL) while a unit spins leaves no compile behind. The
+    // spin would run on to its CPU limit (5 s) without the helper's parent-death signal.
+    let mut spinner = Client::connect(worker.addr);
+    spinner.send(&crate::client::compile_request(identity, "evil-cc", &[], b"spin\n"));
+    let started = Instant::now();
+    while evil_processes().is_empty() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!evil_processes().is_empty(), "the spinning unit never started");
+    let killed = clean_command("kill").args(["-KILL", &worker.proc.pid().to_string()]).status();
+    assert!(killed.unwrap().success());
+    let killed_at = Instant::now();
+    let mut left = evil_processes();
+    while !left.is_empty() && killed_at.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+        left = evil_processes();
+    }
+    check(
+        &mut problems,
+        left.is_empty(),
+        format!("a killed worker left its unit's processes running: {left:?}"),
+    );
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }

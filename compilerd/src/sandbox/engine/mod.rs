@@ -185,6 +185,7 @@ pub(super) struct Cli {
 /// The `discomy-sandbox` binary: parses the options (or reads them from stdin), runs the stage
 /// they ask for and exits with its status.
 pub fn run() -> ExitCode {
+    let _ = PARENT.set(nix::unistd::getppid());
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -205,6 +206,21 @@ pub fn run() -> ExitCode {
         None => cgroups_for(&cli).and_then(|cgroups| stage1(&cli, &mut status, cgroups, None)),
     };
     exit_with(result, &mut status)
+}
+
+/// The process that started the helper (the worker), as it was when the helper started.
+static PARENT: std::sync::OnceLock<Pid> = std::sync::OnceLock::new();
+
+/// Makes the helper die (SIGKILL) with the process that started it, so a killed worker leaves
+/// no helper, and so no compile, behind: stage 2 dies with stage 1, and the program, PID 1 of
+/// its namespace, with stage 2. Called once the namespaces are entered (entering a user
+/// namespace changes credentials, which clears the setting). A parent already gone: exit now.
+pub(super) fn die_with_parent() -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("set the parent-death signal")?;
+    if PARENT.get().is_some_and(|p| *p != nix::unistd::getppid()) {
+        bail!("the process that started the helper is gone");
+    }
+    Ok(())
 }
 
 /// The status file, opened before anything else: stage 2 leaves the host's file system behind,
@@ -275,6 +291,7 @@ pub(super) fn warm(base: &Cli, status: &mut Option<File>) -> Result<u8> {
     cgroups.joined_by_stage1 = true;
     // The namespaces do not depend on the run either, nor does the skeleton of its root.
     let mut entered = enter_namespaces()?;
+    die_with_parent()?;
     entered.root = Some(prepare_root(&entered.scratch).map_err(|e| {
         let hint = if geteuid().is_root() { String::new() } else { userns_hint() };
         setup_error!("{e:#}{hint}")

@@ -127,6 +127,10 @@ pub(super) fn stage1(
             Some((ns, stage2)) => (ns, Some(stage2)),
             None => (enter_namespaces()?, None),
         };
+    if started_stage2.is_none() {
+        // A warm helper did this before it forked stage 2.
+        die_with_parent()?;
+    }
     if privileged && (cli.uid == 0 || cli.gid == 0) {
         bail!("refusing to run the program as uid/gid 0 (--uid/--gid)");
     }
