@@ -64,6 +64,9 @@ impl Shared {
 /// Most connections at once ([`Admission`]: ones that have not logged in yet are closed to
 /// make room).
 pub const MAX_CONNECTIONS: usize = 8192;
+/// Longest worker address a quarantine may name (`[IPv6%zone]:port` fits with room).
+pub const MAX_ADDRESS_LEN: usize = 256;
+
 /// Most connections at once from one address (one host runs a worker and an agent, plus
 /// `discomy status` queries).
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
@@ -399,7 +402,12 @@ fn handle_agent_request(
         CoordRequest::Status => {
             let _ = tx.send(CoordResponse::Status(core.status()));
         }
+        // An address is short; anything longer names no node and is not remembered.
+        CoordRequest::Quarantine { node, .. } if node.len() > MAX_ADDRESS_LEN => {
+            debug!(agent, len = node.len(), "ignored a quarantine of an overlong address");
+        }
         CoordRequest::Quarantine { node, reason } => {
+            let reason = discomy_protocol::sources::truncated(&reason, 512);
             warn!(agent, %host, %node, %reason, "node quarantined");
             let mut kicks = kicks.lock().unwrap_or_else(|e| e.into_inner());
             for id in core.quarantine(&node) {

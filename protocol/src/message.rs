@@ -193,6 +193,19 @@ pub enum RefusalKind {
     NeedToolchain,
 }
 
+impl Request {
+    /// The decompressed size a request's payload announces (a unit, a blob, a source file, a
+    /// cache entry), which a node reserves memory for before decompressing it.
+    pub fn payload_raw_len(&self) -> Option<u64> {
+        match self {
+            Request::Compile(req) => Some(req.unit.raw_len),
+            Request::PutBlob(p) | Request::PutSource(p) => Some(p.raw_len),
+            Request::CachePut(entry) => Some(entry.body.raw_len),
+            _ => None,
+        }
+    }
+}
+
 impl Response {
     /// Shorthand for a refusal.
     pub fn refused(kind: RefusalKind, message: impl Into<String>) -> Response {

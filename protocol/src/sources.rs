@@ -19,6 +19,16 @@ pub const MAX_SOURCE_FILES: usize = 20_000;
 /// Longest path of a file in a source-mode unit.
 pub const MAX_SOURCE_PATH: usize = 4096;
 
+/// At most `max` bytes of `text`, cut at a character boundary: for names a peer chose freely
+/// that a node keeps or logs (a source name, a reason).
+pub fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One file the preprocessor read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFile {

@@ -45,25 +45,14 @@ impl Worker {
             .arg(dir.join(format!("{name}.store")))
             .args(extra);
         let mut proc = Proc::spawn(name, &mut cmd, dir);
-        let start = Instant::now();
-        let addr = loop {
-            let text = fs::read_to_string(&addr_file).unwrap_or_default();
-            if text.ends_with('\n') {
-                let trimmed = text.trim();
-                break trimmed.parse::<SocketAddr>().unwrap_or_else(|e| {
-                    panic!("{name}: address file {} holds {trimmed:?}: {e}", addr_file.display())
-                });
-            }
-            if let Some(status) = proc.try_wait() {
-                panic!("{name} exited ({status}) before writing {}", addr_file.display());
-            }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "{name} did not write {} within {START_TIMEOUT:?}",
-                addr_file.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let what = format!("write {}", addr_file.display());
+        let text = wait_until_ready(&mut proc, &what, || {
+            fs::read_to_string(&addr_file).ok().filter(|t| t.ends_with('\n'))
+        });
+        let trimmed = text.trim();
+        let addr = trimmed.parse::<SocketAddr>().unwrap_or_else(|e| {
+            panic!("{name}: address file {} holds {trimmed:?}: {e}", addr_file.display())
+        });
         eprintln!("[e2e] {name} listening on {addr}");
         Worker { proc, addr, slots, work_dir }
     }
@@ -136,20 +125,30 @@ impl Agent {
         cmd.arg("--store").arg(dir.join(format!("{name}.store")));
         cmd.envs(env.iter().copied()).args(extra);
         let mut proc = Proc::spawn(name, &mut cmd, dir);
-        let start = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            if let Some(status) = proc.try_wait() {
-                panic!("{name} exited ({status}) before accepting on {}", socket.display());
-            }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "{name} did not accept on {} within {START_TIMEOUT:?}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("accept on {}", socket.display());
+        wait_until_ready(&mut proc, &what, || UnixStream::connect(&socket).ok());
         eprintln!("[e2e] {name} accepting on {}", socket.display());
         Agent { proc, socket }
+    }
+}
+
+/// Polls `ready` until it gives a value; panics, saying it could not `what`, when the daemon
+/// exits first or [`START_TIMEOUT`] runs out.
+fn wait_until_ready<T>(proc: &mut Proc, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        if let Some(status) = proc.try_wait() {
+            panic!("{} exited ({status}) before it could {what}", proc.name());
+        }
+        assert!(
+            start.elapsed() < START_TIMEOUT,
+            "{} did not {what} within {START_TIMEOUT:?}",
+            proc.name()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

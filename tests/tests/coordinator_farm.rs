@@ -288,6 +288,9 @@ fn quarantined_nodes_leave_the_farm_for_good() {
     write_frame(&mut agent, &CoordRequest::AgentLogin { host: "verifier".into() }).unwrap();
     assert!(matches!(read_frame(&mut agent).unwrap(), CoordResponse::Welcome { .. }));
     let reason = "its object for lapi.c differs from a local compile".to_owned();
+    // An overlong "address" names no node and is not remembered (a peer could send megabytes).
+    let junk = CoordRequest::Quarantine { node: "x".repeat(100_000), reason: reason.clone() };
+    write_frame(&mut agent, &junk).unwrap();
     write_frame(&mut agent, &CoordRequest::Quarantine { node: bad.clone(), reason }).unwrap();
 
     wait_nodes(addr, 1, Duration::from_secs(5));

@@ -10,6 +10,9 @@
 //!   decompressed as it arrived, as many at once as the worker had threads; now each waits for
 //!   room in the worker's payload budget (512 MiB here), so the worker's peak memory stays
 //!   near one bomb, and the worker still compiles afterwards.
+//! - `decompression_bombs_at_the_agent_wait_for_room`: the same against an agent's socket
+//!   (source files that announce 512 MiB): before, the agent decompressed each as it arrived;
+//!   now within its budget of one bomb.
 //! - `a_work_directory_someone_prepared_is_refused`: `--work-dir` naming a symbolic link, or a
 //!   directory of another user that anyone may write to. Before, the worker used either (as
 //!   root it would write and chown through them) and removed the link's target at exit; now it
@@ -97,18 +100,41 @@ fn idle_connections_do_not_lock_out_an_agent() {
 /// A Compile request whose unit announces 512 MiB: 2 MiB of lz4 that decompress to zeros,
 /// under a digest that is not theirs (refused once decompressed, never compiled).
 fn bomb(identity: Digest) -> Request {
-    let zeros = vec![0u8; discomy_protocol::payload::MAX_RAW_LEN];
-    let mut unit = Payload::compress(&zeros);
-    unit.digest = Digest::of(b"something else");
     Request::Compile(CompileRequest {
         compiler: CompilerId { name: "gcc".into(), identity },
         language: Language::C,
         output: OutputKind::Object,
         args: vec!["-O2".into()],
         source_name: "bomb.c".into(),
-        unit,
+        unit: bomb_payload(),
         source_date_epoch: None,
     })
+}
+
+/// 2 MiB of lz4 that decompress to 512 MiB of zeros, under a digest that is not theirs.
+fn bomb_payload() -> Payload {
+    let zeros = vec![0u8; discomy_protocol::payload::MAX_RAW_LEN];
+    let mut payload = Payload::compress(&zeros);
+    payload.digest = Digest::of(b"something else");
+    payload
+}
+
+/// Sends a bomb from 12 clients at once through `call`, checks each was refused for its digest
+/// (decompressed, then refused: never compiled or stored), and returns the daemon's peak memory
+/// in MiB before and after.
+fn bombard<F>(pid: u32, call: F) -> (u64, u64)
+where
+    F: Fn() -> Response + Clone + Send + 'static,
+{
+    let before = peak_rss_mib(pid);
+    let clients: Vec<_> = (0..12).map(|_| std::thread::spawn(call.clone())).collect();
+    for c in clients {
+        match c.join().unwrap() {
+            Response::Refused(r) => assert!(r.message.contains("digest"), "{r:?}"),
+            other => panic!("a bomb was answered with {other:?}"),
+        }
+    }
+    (before, peak_rss_mib(pid))
 }
 
 #[test]
@@ -122,28 +148,14 @@ fn decompression_bombs_wait_for_room() {
         discomy_wrapper::toolchain::collect(&gcc, &[], &std::env::var_os("PATH").unwrap()).unwrap();
     let identity = toolchain.manifest.digest();
     let request = bomb(identity);
-    let before = peak_rss_mib(worker.proc.pid());
-
-    let clients: Vec<_> = (0..12)
-        .map(|_| {
-            let request = request.clone();
-            let addr = worker.addr;
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-                client_handshake(&mut s, &AuthConfig::none()).unwrap();
-                write_frame(&mut s, &request).unwrap();
-                read_frame::<_, Response>(&mut s).unwrap()
-            })
-        })
-        .collect();
-    for c in clients {
-        match c.join().unwrap() {
-            Response::Refused(r) => assert!(r.message.contains("digest"), "{r:?}"),
-            other => panic!("a bomb was answered with {other:?}"),
-        }
-    }
-    let peak = peak_rss_mib(worker.proc.pid());
+    let addr = worker.addr;
+    let (before, peak) = bombard(worker.proc.pid(), move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        client_handshake(&mut s, &AuthConfig::none()).unwrap();
+        write_frame(&mut s, &request).unwrap();
+        read_frame::<_, Response>(&mut s).unwrap()
+    });
     eprintln!("[e2e] worker peak memory: {before} MiB before, {peak} MiB after 12 bombs");
     // One bomb is 512 MiB decompressed; two at once would be over 1 GiB.
     assert!(peak < before + 800, "peak {peak} MiB (from {before} MiB)");
@@ -152,6 +164,20 @@ fn decompression_bombs_wait_for_room() {
     client_handshake(&mut s, &AuthConfig::none()).unwrap();
     write_frame(&mut s, &Request::Ping).unwrap();
     assert!(matches!(read_frame::<_, Response>(&mut s).unwrap(), Response::Pong));
+}
+
+#[test]
+fn decompression_bombs_at_the_agent_wait_for_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(tmp.path(), "agent", "");
+    let bomb = bomb_payload();
+    let socket = agent.socket.clone();
+    let (before, peak) = bombard(agent.proc.pid(), move || {
+        let mut client = discomy_wrapper::client::AgentClient::connect(&socket).unwrap();
+        client.call(&Request::PutSource(bomb.clone())).unwrap()
+    });
+    eprintln!("[e2e] agent peak memory: {before} MiB before, {peak} MiB after 12 bombs");
+    assert!(peak < before + 800, "peak {peak} MiB (from {before} MiB)");
 }
 
 /// Starts a worker with `--work-dir dir` and returns how it ended within 20 s (`None`: still

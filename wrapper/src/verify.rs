@@ -97,7 +97,7 @@ fn u32_at(d: &[u8], at: usize) -> Option<u64> {
 }
 
 fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?).into()
+    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
 }
 
 fn slice(d: &[u8], offset: u64, len: u64) -> Option<&[u8]> {

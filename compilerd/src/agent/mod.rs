@@ -110,6 +110,8 @@ struct State {
     cache_conns: Arc<crate::store::cache_tier::IdleConns>,
     /// What wrappers reported (`discomy stats`).
     stats: std::sync::Mutex<AgentStats>,
+    /// Memory for decompressed payloads from wrappers (the smallest budget: one of the largest).
+    payload: discomy_protocol::plumbing::admission::PayloadBudget,
     /// Verification of remote results.
     verifier: verify::Verifier,
     started: std::time::Instant,
@@ -125,11 +127,11 @@ impl State {
 }
 
 /// One unit on its way to a worker.
-struct Unit<'a> {
+struct Unit {
     /// Its toolchain, pushed to a worker that lacks it.
     toolchain: Digest,
     /// Its source's name, for logs.
-    source: &'a str,
+    source: String,
     /// The request sent to workers.
     request: Request,
     /// Bytes the worker receives (for the coordinator's placement).
@@ -161,12 +163,12 @@ async fn compile_sources(
     }
     let unit = Unit {
         toolchain: req.compiler.identity,
-        source: &req.source_name,
+        source: req.source_name.clone(),
         bytes_in: req.files.iter().map(|f| f.size).sum(),
         // The unit's own source comes first in its file list.
         work: req.files.first().map_or(0, |f| f.size),
         key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
-        request: Request::CompileSources(req.clone()),
+        request: Request::CompileSources(req),
         cache_key,
     };
     forward(state, &unit).await
@@ -188,7 +190,7 @@ async fn farm_lookup(state: &State, key: Digest) -> Option<Response> {
 /// the unit's own is lent, not copied, on every attempt.
 async fn request_for<'u>(
     state: &State,
-    unit: &'u Unit<'_>,
+    unit: &'u Unit,
     spec: &HostSpec,
     farm_asked: &mut bool,
 ) -> Result<Cow<'u, Request>, Response> {
@@ -209,7 +211,7 @@ async fn request_for<'u>(
 }
 
 /// Places one unit, retrying on other workers after transport failures.
-async fn forward(state: &State, unit: &Unit<'_>) -> Response {
+async fn forward(state: &State, unit: &Unit) -> Response {
     let mut farm_asked = false;
     if let Some(coord) = &state.coord {
         // Placed by the coordinator: the agent asks the farm tier first.
@@ -402,7 +404,7 @@ async fn exchange(
 async fn supply(
     state: &State,
     conn: &mut WorkerConn,
-    unit: &Unit<'_>,
+    unit: &Unit,
     request: &Request,
     mut response: Response,
 ) -> Result<Response, TransportError> {

@@ -15,7 +15,7 @@ use crate::coord::client::{CoordClient, Placed};
 pub(super) async fn forward_placed(
     state: &State,
     coord: &CoordClient,
-    unit: &Unit<'_>,
+    unit: &Unit,
 ) -> Option<Response> {
     for _ in 0..state.config.max_attempts {
         let placed = coord
@@ -62,7 +62,7 @@ fn decisive(outcome: &Result<Response, TransportError>) -> bool {
 async fn run_hedged(
     state: &State,
     coord: &CoordClient,
-    unit: &Unit<'_>,
+    unit: &Unit,
     mut placed: Placed<'_>,
 ) -> (JobDone, Result<Response, TransportError>) {
     let first = attempt(state, unit, &placed.placement);
@@ -104,7 +104,7 @@ fn not_run(job: u64) -> JobDone {
 /// One placement of a unit: the exchange with its worker, and what to tell the coordinator.
 async fn attempt(
     state: &State,
-    unit: &Unit<'_>,
+    unit: &Unit,
     placement: &Placement,
 ) -> (JobDone, Result<Response, TransportError>) {
     let mut done = not_run(placement.job);

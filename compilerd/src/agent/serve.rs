@@ -142,6 +142,7 @@ pub async fn run(
         coord,
         cache_conns: Arc::default(),
         stats: std::sync::Mutex::default(),
+        payload: discomy_protocol::plumbing::admission::PayloadBudget::new(0),
         started: std::time::Instant::now(),
     });
     let tracker = TaskTracker::new();
@@ -218,6 +219,16 @@ async fn serve_wrapper(
             _ = shutdown.cancelled() => return,
             r = recv::<_, Request>(&mut conn) => r,
         };
+        // Room for a payload (a unit the agent reads for its size estimate, a blob, a source
+        // file, a cache entry) before anything is decompressed, as on a worker.
+        let len = request.as_ref().ok().and_then(Request::payload_raw_len);
+        let _room = match state.payload.room_for(len).await {
+            Ok(room) => room,
+            Err(refusal) => {
+                let _ = send(&mut conn, &refusal).await;
+                return;
+            }
+        };
         let response = match request {
             Err(ProtocolError::Closed) => return,
             // A wrapper leaves once its last frame is sent (the farm tier's store is not waited
@@ -248,10 +259,9 @@ async fn serve_wrapper(
                 if let Some(node) = state.verifier.verdict(&verdict) {
                     state.pool.quarantine(&node);
                     if let Some(coord) = &state.coord {
-                        let reason = format!(
-                            "its object for {} differs from a local compile",
-                            verdict.source
-                        );
+                        let source = discomy_protocol::sources::truncated(&verdict.source, 256);
+                        let reason =
+                            format!("its object for {source} differs from a local compile");
                         coord.quarantine(node, reason);
                     }
                 }
@@ -266,11 +276,11 @@ async fn serve_wrapper(
             Ok(Request::Compile(req)) => {
                 let unit = Unit {
                     toolchain: req.compiler.identity,
-                    source: &req.source_name,
+                    source: req.source_name.clone(),
                     bytes_in: req.unit.raw_len,
                     work: crate::coord::client::main_file_bytes(&req).unwrap_or(0),
                     key: unit_key(&req.compiler.identity, &req.source_name, &req.args),
-                    request: Request::Compile(req.clone()),
+                    request: Request::Compile(req),
                     cache_key: None,
                 };
                 tokio::select! {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{recv, send, server_handshake};
 use discomy_protocol::payload::MAX_RAW_LEN;
-use discomy_protocol::plumbing::admission::{Admission, Limits, Peer, Ticket};
+use discomy_protocol::plumbing::admission::{Admission, Limits, PayloadBudget, Peer, Ticket};
 use discomy_protocol::stats::{UnitTime, WorkerStats};
 use discomy_protocol::{
     AuthConfig, CompileRequest, CompileResult, Payload, PeerKind, ProtocolError, RefusalKind,
@@ -41,8 +41,7 @@ use crate::worker::distcc::DistccConfig;
 use crate::worker::exec::Runner;
 use crate::worker::exec::{ExecError, compile_unit};
 
-/// Most simultaneous client connections, and from one address ([`Admission`]: idle ones are
-/// closed to make room).
+/// Most simultaneous client connections ([`Admission`]: idle ones are closed to make room).
 pub const MAX_CONNECTIONS: usize = 256;
 /// Most simultaneous connections from one address.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
@@ -82,8 +81,8 @@ pub(crate) struct State {
     /// This worker's share of the object cache's farm tier.
     pub(crate) farm: crate::store::cache_tier::FarmStore,
     pub(crate) slots: Semaphore,
-    /// MiB of decompressed request payloads ([`unit::payload_room`]).
-    pub(crate) payload_bytes: Semaphore,
+    /// Memory for decompressed request payloads ([`unit::payload_budget_mib`]).
+    pub(crate) payload: PayloadBudget,
     /// One unprivileged uid per slot, so per-user process limits never mix two units.
     uids: std::sync::Mutex<Vec<u32>>,
     /// distcc jobs by result (`discomy stats --worker`).
@@ -106,15 +105,12 @@ impl State {
     /// Records a unit's compile time. Bounded in count and, since a client names its source
     /// freely, in the length of each name.
     pub(crate) fn note_unit(&self, source: &str, elapsed: std::time::Duration) {
-        let mut end = source.len().min(discomy_protocol::sources::MAX_SOURCE_PATH);
-        while !source.is_char_boundary(end) {
-            end -= 1;
-        }
+        use discomy_protocol::sources::{MAX_SOURCE_PATH, truncated};
+        let source = truncated(source, MAX_SOURCE_PATH).to_owned();
         let mut units = self.recent_units.lock().unwrap_or_else(|e| e.into_inner());
         if units.len() >= WorkerStats::RECENT_UNITS {
             units.pop_front();
         }
-        let source = source[..end].to_owned();
         units.push_back(UnitTime { source, ms: elapsed.as_secs_f64() * 1e3 });
     }
 
@@ -156,7 +152,7 @@ pub async fn run(
     let farm = crate::store::cache_tier::FarmStore::open(store.dir());
     let state = Arc::new(State {
         slots: Semaphore::new(slots),
-        payload_bytes: Semaphore::new(unit::payload_budget_mib(slots)),
+        payload: PayloadBudget::new(unit::payload_budget_mib(slots)),
         config,
         store,
         sources,
@@ -273,6 +269,16 @@ async fn serve_connection(
             }
             Ok(Ok(request)) => request,
         };
+        // Room for the payload before anything is decompressed; a unit takes its room after its
+        // slot ([`compile`]), so a unit waiting for a slot holds none.
+        let len = request.payload_raw_len().filter(|_| !matches!(request, Request::Compile(_)));
+        let _room = match state.payload.room_for(len).await {
+            Ok(room) => room,
+            Err(refusal) => {
+                let _ = send(&mut conn, &refusal).await;
+                continue;
+            }
+        };
         let response = match request {
             Request::Ping => Response::Pong,
             Request::Stats => Response::WorkerStats(WorkerStats {
@@ -294,16 +300,12 @@ async fn serve_connection(
                     None => source_unit::compile(cached.unit, &state, &shutdown).await,
                 }
             }
-            Request::PutSource(payload) => put_source(&state, payload).await,
+            Request::PutSource(payload) => {
+                off_runtime(&state, move |st| st.sources.put(&payload).map_err(|e| e.to_string()))
+                    .await
+            }
             req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
-                let len = match &req {
-                    Request::CachePut(entry) => entry.body.raw_len,
-                    _ => 0,
-                };
-                match unit::payload_room(&state, len).await {
-                    Some(_room) => state.farm.serve(&req).await.unwrap_or(Response::CacheMiss),
-                    None => Response::refused(RefusalKind::BadRequest, "entry too large"),
-                }
+                state.farm.serve(&req).await.unwrap_or(Response::CacheMiss)
             }
             Request::PutBlob(_) | Request::InstallToolchain(_)
                 if !state.config.runner.accepts_uploads() =>
@@ -315,42 +317,38 @@ async fn serve_connection(
                      host's own compilers and accepts no uploaded toolchains",
                 )
             }
-            other => {
-                let len = match &other {
-                    Request::PutBlob(payload) => payload.raw_len,
-                    _ => 0,
-                };
-                match unit::payload_room(&state, len).await {
-                    Some(_room) => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
-                        Response::refused(RefusalKind::BadRequest, "unexpected request")
-                    }),
-                    None => Response::refused(RefusalKind::BadRequest, "blob too large"),
-                }
+            Request::PutBlob(payload) => {
+                off_runtime(&state, move |st| {
+                    st.store.put_blob(&payload).map_err(|e| e.to_string())
+                })
+                .await
             }
+            other => upload::serve(&state.store, &other).await.unwrap_or_else(|| {
+                Response::refused(RefusalKind::BadRequest, "unexpected request")
+            }),
         };
-        let sent = send(&mut conn, &response).await;
-        if let Err(err) = sent {
+        if let Err(err) = send(&mut conn, &response).await {
             debug!(%peer, %err, "failed to answer");
             return;
         }
     }
 }
 
-/// Stores one source-mode file, decompressed within the payload budget and off the runtime's
-/// threads.
-async fn put_source(state: &Arc<State>, payload: Payload) -> Response {
-    let Some(_room) = unit::payload_room(state, payload.raw_len).await else {
-        return Response::refused(RefusalKind::BadRequest, "source file too large");
-    };
+/// Stores a blob a peer sent (a toolchain file, a source-mode file), decompressing and writing
+/// it off the runtime's threads (its room in the payload budget is already taken).
+async fn off_runtime<F>(state: &Arc<State>, store: F) -> Response
+where
+    F: FnOnce(&State) -> Result<discomy_protocol::Digest, String> + Send + 'static,
+{
     let st = state.clone();
-    match tokio::task::spawn_blocking(move || st.sources.put(&payload)).await {
+    match tokio::task::spawn_blocking(move || store(&st)).await {
         Ok(Ok(digest)) => Response::Stored(digest),
-        Ok(Err(err)) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+        Ok(Err(why)) => Response::refused(RefusalKind::BadRequest, why),
         Err(err) => Response::refused(RefusalKind::Internal, err.to_string()),
     }
 }
 
-async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToken) -> Response {
+async fn compile(mut req: CompileRequest, state: &State, shutdown: &CancellationToken) -> Response {
     if let Some(why) = state.config.runner.refuses(&req.compiler.identity) {
         return Response::refused(RefusalKind::NoToolchain, why);
     }
@@ -370,10 +368,12 @@ async fn compile(req: CompileRequest, state: &State, shutdown: &CancellationToke
     let Some(slot) = Slot::take(state, shutdown).await else {
         return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
     };
-    let Some(_room) = unit::payload_room(state, req.unit.raw_len).await else {
+    let Some(_room) = state.payload.room(req.unit.raw_len).await else {
         return Response::refused(RefusalKind::BadRequest, "unit larger than any unit may be");
     };
-    let payload = req.unit.clone();
+    // Moved to the blocking pool, not copied: only the decompressed unit is used after this.
+    let lz4 = std::mem::take(&mut req.unit.lz4);
+    let payload = Payload { lz4, ..req.unit };
     let unit = match tokio::task::spawn_blocking(move || payload.decompress(MAX_RAW_LEN)).await {
         Ok(Ok(unit)) => unit,
         Ok(Err(err)) => return Response::refused(RefusalKind::BadRequest, err.to_string()),

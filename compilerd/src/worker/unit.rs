@@ -136,20 +136,9 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Room in the worker's budget for decompressed request payloads ([`payload_budget_mib`]):
-/// taken before a payload is decompressed, held until its bytes are gone. `None` when the
-/// payload is larger than any request may be.
-pub(crate) async fn payload_room(state: &State, raw_len: u64) -> Option<SemaphorePermit<'_>> {
-    if raw_len > discomy_protocol::payload::MAX_RAW_LEN as u64 {
-        return None;
-    }
-    let mib = u32::try_from(raw_len.div_ceil(1 << 20).max(1)).ok()?;
-    state.payload_bytes.acquire_many(mib).await.ok()
-}
-
-/// The budget of decompressed request payloads in MiB, for `slots` slots: one payload of the
-/// largest size, or 64 MiB per slot when that is more. A decompression bomb (2 MiB of lz4
-/// becomes 512 MiB) then costs a worker this much memory however many arrive together.
+/// A worker's budget of decompressed request payloads in MiB, for `slots` slots
+/// ([`discomy_protocol::plumbing::admission::PayloadBudget`]): one payload of the largest size,
+/// or 64 MiB per slot when that is more.
 pub fn payload_budget_mib(slots: usize) -> usize {
     (discomy_protocol::payload::MAX_RAW_LEN >> 20).max(slots.saturating_mul(64))
 }
@@ -194,7 +183,9 @@ mod tests {
             sources: SourceStore::open(&dir.join("sources"), 1 << 20).expect("sources"),
             farm: crate::store::cache_tier::FarmStore::open(&dir.join("store")),
             slots: tokio::sync::Semaphore::new(slots),
-            payload_bytes: tokio::sync::Semaphore::new(payload_budget_mib(slots)),
+            payload: discomy_protocol::plumbing::admission::PayloadBudget::new(payload_budget_mib(
+                slots,
+            )),
             uids: std::sync::Mutex::new(vec![64000, 64001]),
             distcc_results: std::sync::Mutex::default(),
             recent_units: std::sync::Mutex::default(),

@@ -1,3 +1,6 @@
+//! Admission of work for a daemon: [`PayloadBudget`] for the memory decompressed payloads take,
+//! and [`Admission`] for connections.
+//!
 //! Admission of connections for a daemon that serves peers it does not trust yet: at most a
 //! fixed number at once, and at most a fixed number per peer address. A connection counts as
 //! idle while it has not finished its handshake or waits for its next request; when a new
@@ -156,6 +159,45 @@ impl Drop for Ticket {
         let mut entries = self.admission.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = entries.iter().position(|e| e.id == self.entry.id) {
             entries.remove(i);
+        }
+    }
+}
+
+/// Memory for decompressed request payloads, in MiB: a node takes room here before it
+/// decompresses anything a peer sent (2 MiB of lz4 can announce 512 MiB), and holds it while the
+/// bytes live. Concurrent decompression bombs then cost the budget, not their sum.
+pub struct PayloadBudget(tokio::sync::Semaphore);
+
+impl PayloadBudget {
+    /// A budget of `mib` MiB, at least one payload of the largest size.
+    pub fn new(mib: usize) -> PayloadBudget {
+        PayloadBudget(tokio::sync::Semaphore::new(mib.max(crate::payload::MAX_RAW_LEN >> 20)))
+    }
+
+    /// Waits for room for a payload announcing `raw_len` bytes; `None` when it announces more
+    /// than any payload may hold.
+    pub async fn room(&self, raw_len: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if raw_len > crate::payload::MAX_RAW_LEN as u64 {
+            return None;
+        }
+        let mib = u32::try_from(raw_len.div_ceil(1 << 20).max(1)).ok()?;
+        self.0.acquire_many(mib).await.ok()
+    }
+
+    /// [`PayloadBudget::room`] for a request that may carry a payload
+    /// ([`crate::Request::payload_raw_len`]): no room needed without one; `Err` is the refusal
+    /// to answer when it announces more than any payload may hold.
+    pub async fn room_for(
+        &self,
+        raw_len: Option<u64>,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, crate::Response> {
+        let Some(len) = raw_len else { return Ok(None) };
+        match self.room(len).await {
+            Some(room) => Ok(Some(room)),
+            None => Err(crate::Response::refused(
+                crate::RefusalKind::BadRequest,
+                "payload larger than any request may carry",
+            )),
         }
     }
 }
