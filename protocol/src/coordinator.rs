@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! node   → NodeLogin, then Load every second (and ToolchainAdded)   ← Welcome | Refused
-//! agent  → AgentLogin, then Place / Done, any number, pipelined      ← Welcome, then Placed (by tag)
+//! agent  → AgentLogin, then Place / Done / Status, any number,      ← Welcome, then Placed (by tag),
+//!          pipelined (Status: the farm view the agent remembers)       Hedge, Status
 //! status → Status                                                    ← Status
 //! ```
 //!

@@ -45,6 +45,10 @@ pub enum Request {
     /// The wrapper compiled a remote unit locally as well, as its agent asked
     /// ([`CompileResult::verify`]), and compared the two; never answered. Since version 8.
     Verified(crate::stats::Verification),
+    /// An agent's counters of its remembered farm (the workers it places units on while no
+    /// coordinator answers); answered with [`Response::RememberedFarm`]. Since version 8,
+    /// appended: an agent built before it refuses it as an unexpected request.
+    RememberedFarm,
 }
 
 /// A [`Request::CompileSourcesCached`]: the unit and its object-cache key.
@@ -92,6 +96,8 @@ pub enum Response {
     Stats(crate::stats::AgentStats),
     /// A worker's answer to [`Request::Stats`]. Since version 6.
     WorkerStats(crate::stats::WorkerStats),
+    /// An agent's answer to [`Request::RememberedFarm`]. Since version 8, appended.
+    RememberedFarm(crate::stats::RememberedFarmStats),
 }
 
 /// The compiler a unit must be compiled with.

@@ -381,6 +381,31 @@ pub struct AgentStats {
     pub uptime_s: f64,
     /// Verification of remote results. Since version 8.
     pub verification: VerifyCounts,
+    /// The remembered farm. Not part of [`crate::Response::Stats`] (its layout is unchanged):
+    /// asked apart with [`crate::Request::RememberedFarm`] and filled in by the reader.
+    #[serde(skip)]
+    pub remembered_farm: RememberedFarmStats,
+}
+
+/// What an agent in a coordinated farm did without its coordinator: the workers it remembers
+/// from the coordinator's farm view and placements, and the units it placed on them while no
+/// coordinator answered. The field names are a stable interface (`discomy stats --json`,
+/// `remembered_farm`). Since version 8 ([`crate::Request::RememberedFarm`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedFarmStats {
+    /// Workers remembered now.
+    pub workers: u64,
+    /// Units placed on a remembered worker while no coordinator answered.
+    pub placed: u64,
+    /// Of those, units a remembered worker compiled (its object came back).
+    pub remote: u64,
+    /// Times a session with a coordinator ended (the coordinator went away).
+    pub coordinator_lost: u64,
+    /// Sessions opened with a coordinator other than the one of the previous session (failover
+    /// between the coordinators of one farm).
+    pub failovers: u64,
+    /// The coordinator the agent is logged in to now (`IP:PORT`), if any.
+    pub coordinator: Option<String>,
 }
 
 impl AgentStats {

@@ -1,10 +1,13 @@
 //! The agent role: serves wrappers on a Unix socket and forwards their units to workers.
 //!
-//! For each unit it takes a slot from the [`Pool`], reuses or opens a handshaken connection to
-//! that worker, and waits for the answer. Transport failures put the worker in backoff and the
-//! unit is retried on another one; when none is left the wrapper is told to compile locally.
+//! For each unit it asks the coordinator where it runs ([`placed`]), or, while no coordinator
+//! answers, takes a slot among the workers remembered from it ([`remembered`]), or from the
+//! host list's [`Pool`]; it reuses or opens a handshaken connection to that worker, and waits
+//! for the answer. Transport failures put the worker in backoff and the unit is retried on
+//! another one; when none is left the wrapper is told to compile locally.
 
 pub mod pool;
+pub mod remembered;
 pub mod start;
 pub mod verify;
 
@@ -30,7 +33,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::agent::pool::{Lease, Pool, Release};
-use crate::coord::client::CoordClient;
+use crate::coord::client::{CoordClient, Unplaced};
 use crate::distcc::client as distcc_client;
 use crate::hosts::{HostKind, HostSpec};
 use crate::store::cache_tier;
@@ -106,6 +109,8 @@ struct State {
     /// of these (distccd runs its own compiler of that name).
     local_compilers: BTreeMap<String, Digest>,
     coord: Option<Arc<CoordClient>>,
+    /// The pool of workers remembered from the coordinator, and what was placed there.
+    remembered: remembered::Remembered,
     /// Idle connections to the workers holding cache keys.
     cache_conns: Arc<crate::store::cache_tier::IdleConns>,
     /// What wrappers reported (`discomy stats`).
@@ -210,7 +215,9 @@ async fn request_for<'u>(
     Ok(Cow::Borrowed(&unit.request))
 }
 
-/// Places one unit, retrying on other workers after transport failures.
+/// Places one unit, retrying on other workers after transport failures: where the coordinator
+/// places it; while no coordinator answers, on the workers remembered from it
+/// ([`remembered`]); then on the host list.
 async fn forward(state: &State, unit: &Unit) -> Response {
     let mut farm_asked = false;
     if let Some(coord) = &state.coord {
@@ -221,8 +228,14 @@ async fn forward(state: &State, unit: &Unit) -> Response {
                 return hit;
             }
         }
-        if let Some(response) = forward_placed(state, coord, unit).await {
-            return response;
+        match forward_placed(state, coord, unit).await {
+            Ok(response) => return response,
+            Err(Unplaced::Away) => {
+                if let Some(response) = remembered::forward(state, coord, unit).await {
+                    return response;
+                }
+            }
+            Err(Unplaced::Late) => {}
         }
     }
     if state.pool.is_empty() {
@@ -245,11 +258,49 @@ async fn forward(state: &State, unit: &Unit) -> Response {
                 .map(|(i, _)| i),
         );
     }
+    let ran = run_on_pool(state, &state.pool, unit, tried, &mut farm_asked).await;
+    let last_reason = match ran.outcome {
+        Ok(response) => return response,
+        Err(reason) => reason,
+    };
+    // No worker took the unit: the farm tier may still hold it.
+    if let Some(key) = unit.cache_key.filter(|_| !farm_asked)
+        && let Some(hit) = farm_lookup(state, key).await
+    {
+        return hit;
+    }
+    Response::refused(RefusalKind::NoWorker, last_reason)
+}
+
+/// What [`run_on_pool`] came to.
+struct Ran {
+    /// A worker's answer, or why none took the unit.
+    outcome: Result<Response, String>,
+    /// Slots taken on the way (0: no host was usable).
+    leases: usize,
+}
+
+/// Runs a unit on the hosts of `pool` (not those in `tried`), up to `max_attempts` of them:
+/// transport failures and internal refusals back a host off and move the unit on.
+async fn run_on_pool(
+    state: &State,
+    pool: &Pool,
+    unit: &Unit,
+    mut tried: Vec<usize>,
+    farm_asked: &mut bool,
+) -> Ran {
+    let compile_req = match &unit.request {
+        Request::Compile(req) => Some(req),
+        _ => None,
+    };
     let mut last_reason = String::from("no worker available");
+    let mut leases = 0;
     for _ in 0..state.config.max_attempts {
-        let Some(lease) = state.pool.acquire(&tried, state.config.queue_timeout).await else {
+        let Some(lease) = pool.acquire(&tried, state.config.queue_timeout).await else {
             break;
         };
+        leases += 1;
+        let answer = move |response| Ran { outcome: Ok(response), leases };
         let host = lease.host;
         tried.push(host);
         if let (HostKind::Distcc { lzo }, Some(req)) = (lease.spec.kind, compile_req) {
@@ -264,24 +315,24 @@ async fn forward(state: &State, unit: &Unit) -> Response {
             .await
             {
                 Ok(mut response) => {
-                    state.pool.release(host, Release::Finished);
+                    pool.release(host, Release::Finished);
                     verify::stamp_node(&mut response, &lease.spec.address());
-                    return response;
+                    return answer(response);
                 }
                 Err(reason) => {
                     warn!(source = %unit.source, %reason, "distccd failed; backing off from it");
-                    state.pool.release(host, Release::Failed);
+                    pool.release(host, Release::Failed);
                     state.count_backoff();
                     last_reason = reason.to_string();
                 }
             }
             continue;
         }
-        let request = match request_for(state, unit, &lease.spec, &mut farm_asked).await {
+        let request = match request_for(state, unit, &lease.spec, farm_asked).await {
             Ok(request) => request,
             Err(hit) => {
-                state.pool.release(host, Release::Declined(lease.conn));
-                return hit;
+                pool.release(host, Release::Declined(lease.conn));
+                return answer(hit);
             }
         };
         let address = lease.spec.address();
@@ -294,47 +345,41 @@ async fn forward(state: &State, unit: &Unit) -> Response {
         match exchanged {
             Ok((mut response, conn)) => match response {
                 Response::Compiled(_) | Response::CompiledSources(_) | Response::CacheHit(_) => {
-                    state.pool.release(host, Release::Ok(conn));
+                    pool.release(host, Release::Ok(conn));
                     verify::stamp_node(&mut response, &address);
-                    return response;
+                    return answer(response);
                 }
                 // A worker failing inside (a full disk, a broken sandbox) would refuse every
                 // unit at once and look idle: it is backed off and the unit moves on.
                 Response::Refused(refusal) if refusal.kind == RefusalKind::Internal => {
                     warn!(source = %unit.source, %address, reason = %refusal.message, "worker failed internally; backing off from it");
-                    state.pool.release(host, Release::Failed);
+                    pool.release(host, Release::Failed);
                     state.count_backoff();
                     last_reason = refusal.message;
                 }
                 Response::Refused(refusal) => {
-                    state.pool.release(host, Release::Declined(Some(conn)));
+                    pool.release(host, Release::Declined(Some(conn)));
                     match refusal.kind {
                         RefusalKind::NoToolchain | RefusalKind::Unavailable => {
                             last_reason = refusal.message;
                         }
-                        _ => return Response::Refused(refusal),
+                        _ => return answer(Response::Refused(refusal)),
                     }
                 }
                 other => {
-                    state.pool.release(host, Release::Failed);
+                    pool.release(host, Release::Failed);
                     last_reason = format!("worker answered out of turn: {other:?}");
                 }
             },
             Err(reason) => {
                 warn!(source = %unit.source, %reason, "worker failed; backing off from it");
-                state.pool.release(host, Release::Failed);
+                pool.release(host, Release::Failed);
                 state.count_backoff();
                 last_reason = reason.to_string();
             }
         }
     }
-    // No worker took the unit: the farm tier may still hold it.
-    if let Some(key) = unit.cache_key.filter(|_| !farm_asked)
-        && let Some(hit) = farm_lookup(state, key).await
-    {
-        return hit;
-    }
-    Response::refused(RefusalKind::NoWorker, last_reason)
+    Ran { outcome: Err(last_reason), leases }
 }
 
 /// Whether a unit may go to a distccd host, which runs its own compiler of the same name and

@@ -8,28 +8,32 @@ use tracing::{info, warn};
 
 use super::{State, TransportError, Unit, exchange, supply};
 use crate::agent::pool::Lease;
-use crate::coord::client::{CoordClient, Placed};
+use crate::coord::client::{CoordClient, Placed, Unplaced};
 
-/// Runs a unit where the coordinator places it. `None`: no coordinator, no node for it, or
-/// every placement failed; the caller falls back to the host list (then to local compiles).
+/// Runs a unit where the coordinator places it. [`Unplaced::Away`]: no coordinator answers now
+/// (the caller places the unit on the remembered workers); [`Unplaced::Late`]: no node for it,
+/// no answer in time, or every placement failed (the caller falls back to the host list, then
+/// to local compiles).
 pub(super) async fn forward_placed(
     state: &State,
     coord: &CoordClient,
     unit: &Unit,
-) -> Option<Response> {
+) -> Result<Response, Unplaced> {
     for _ in 0..state.config.max_attempts {
         let placed = coord
             .place(unit.toolchain, unit.bytes_in, unit.work, unit.key, state.config.queue_timeout)
             .await?;
-        placed.placement.worker.as_ref()?;
+        if placed.placement.worker.is_none() {
+            return Err(Unplaced::Late);
+        }
         let (done, outcome) = run_hedged(state, coord, unit, placed).await;
         coord.done(done);
         match outcome {
             Ok(response @ (Response::Compiled(_) | Response::CompiledSources(_))) => {
-                return Some(response);
+                return Ok(response);
             }
             Ok(Response::Refused(refusal)) if !retryable(refusal.kind) => {
-                return Some(Response::Refused(refusal));
+                return Ok(Response::Refused(refusal));
             }
             Ok(Response::Refused(_)) => {}
             Ok(other) => warn!(source = %unit.source, "worker answered out of turn: {other:?}"),
@@ -38,7 +42,7 @@ pub(super) async fn forward_placed(
             }
         }
     }
-    None
+    Err(Unplaced::Late)
 }
 
 /// A refusal another node may not give (a node failing inside is one).

@@ -3,6 +3,8 @@
 //! Placement is distcc's spread-first rule refined by load: among hosts that are not in backoff
 //! and have a free slot, take the one with the lowest fill (in flight / limit), list order
 //! breaking ties. When every usable host is full the unit waits for a slot instead of failing.
+//! A pool of remembered workers ([`Pool::weighted`]) divides the fill by each host's relative
+//! speed, so a faster host takes more units before a slower one is preferred.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ struct Host {
     failed: u64,
     /// Verification caught it returning a wrong object: never used again.
     quarantined: bool,
+    /// Relative speed (1: the pool's typical host); the fill is divided by it.
+    weight: f64,
 }
 
 /// A slot on a host, taken with [`Pool::acquire`]; give it back with [`Pool::release`].
@@ -59,9 +63,15 @@ pub struct Pool {
 impl Pool {
     /// A pool over `specs`, backing off `backoff` after a failure.
     pub fn new(specs: Vec<HostSpec>, backoff: Duration) -> Pool {
+        Pool::weighted(specs.into_iter().map(|spec| (spec, 1.0)).collect(), backoff)
+    }
+
+    /// A pool over hosts with their relative speeds (finite and positive; anything else is 1).
+    pub fn weighted(specs: Vec<(HostSpec, f64)>, backoff: Duration) -> Pool {
         let hosts = specs
             .into_iter()
-            .map(|spec| Host {
+            .map(|(spec, weight)| Host {
+                weight: if weight.is_finite() && weight > 0.0 { weight } else { 1.0 },
                 spec,
                 in_flight: 0,
                 backoff_until: None,
@@ -109,7 +119,7 @@ impl Pool {
             if h.in_flight >= h.spec.limit {
                 continue;
             }
-            let fill = h.in_flight as f64 / h.spec.limit as f64;
+            let fill = h.in_flight as f64 / (h.spec.limit as f64 * h.weight);
             if best.is_none_or(|(_, f)| fill < f) {
                 best = Some((i, fill));
             }
@@ -213,5 +223,19 @@ mod tests {
         assert_eq!(l.host, 1);
         pool.release(1, Release::Declined(None));
         assert!(pool.acquire(&[1], Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn faster_hosts_fill_first() {
+        let pool = Pool::weighted(
+            vec![(spec("slow", 4), 0.5), (spec("fast", 4), 2.0)],
+            Duration::from_secs(60),
+        );
+        let mut hosts = Vec::new();
+        for _ in 0..5 {
+            hosts.push(pool.acquire(&[], Duration::ZERO).await.unwrap().host);
+        }
+        // Both idle: list order; then the fast host until its fill passes the slow one's.
+        assert_eq!(hosts, vec![0, 1, 1, 1, 1]);
     }
 }

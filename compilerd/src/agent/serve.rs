@@ -140,6 +140,7 @@ pub async fn run(
         sources,
         local_compilers,
         coord,
+        remembered: super::remembered::Remembered::default(),
         cache_conns: Arc::default(),
         stats: std::sync::Mutex::default(),
         payload: discomy_protocol::plumbing::admission::PayloadBudget::new(0),
@@ -255,9 +256,13 @@ async fn serve_wrapper(
                 stats.verification = state.verifier.counts();
                 Response::Stats(stats)
             }
+            Ok(Request::RememberedFarm) => {
+                Response::RememberedFarm(state.remembered.stats(state.coord.as_deref()))
+            }
             Ok(Request::Verified(verdict)) => {
                 if let Some(node) = state.verifier.verdict(&verdict) {
                     state.pool.quarantine(&node);
+                    state.remembered.quarantine(&node);
                     if let Some(coord) = &state.coord {
                         let source = discomy_protocol::sources::truncated(&verdict.source, 256);
                         let reason =

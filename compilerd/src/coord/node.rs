@@ -1,6 +1,7 @@
 //! A worker's membership in a coordinated farm: log in (host id, the address agents reach it
 //! at, cores, slots, memory, toolchains), then report load every second; reconnect when the
 //! coordinator goes away (a restarted coordinator sees its nodes again within a second or two).
+//! Given several coordinators of one farm, the node is a member of each.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,8 +37,27 @@ pub struct NodeInfo {
     pub work_dir: std::path::PathBuf,
 }
 
-/// Keeps the node logged in until `shutdown`.
+/// Keeps the node logged in until `shutdown`: with several coordinators of one farm
+/// (`--coordinator a,b`), logged in to every one, so that an agent failing over from one to
+/// another finds the node there too.
 pub async fn run(
+    addr: CoordinatorAddr,
+    info: NodeInfo,
+    auth: AuthConfig,
+    shutdown: CancellationToken,
+) {
+    if let CoordinatorAddr::Several(list) = addr {
+        let each = list.into_iter().map(|one| {
+            run_one(CoordinatorAddr::Explicit(one), info.clone(), auth.clone(), shutdown.clone())
+        });
+        futures_util::future::join_all(each).await;
+        return;
+    }
+    run_one(addr, info, auth, shutdown).await
+}
+
+/// Keeps the node logged in to one coordinator (or the one discovery finds) until `shutdown`.
+async fn run_one(
     addr: CoordinatorAddr,
     info: NodeInfo,
     auth: AuthConfig,

@@ -33,8 +33,20 @@ where
         .unwrap_or_else(|_| Err(CoordError::Timeout(who.to_string())))
 }
 
-/// Fetches the farm's status from the coordinator at `addr`.
+/// Fetches the farm's status from the coordinator at `addr`; of a comma-separated list of the
+/// farm's coordinators, from the first that answers.
 pub async fn fetch(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordError> {
+    let mut last = None;
+    for one in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match fetch_one(one, auth).await {
+            Ok(status) => return Ok(status),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| CoordError::Timeout(format!("coordinator {addr}"))))
+}
+
+async fn fetch_one(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordError> {
     let who = format!("coordinator {addr}");
     match ask(addr, &who, auth, &CoordRequest::Status).await? {
         CoordResponse::Status(s) => Ok(s),
@@ -99,15 +111,27 @@ pub fn render(s: &FarmStatus) -> String {
     out
 }
 
-/// An agent's counters (`discomy stats`), asked over its Unix socket.
+/// An agent's counters (`discomy stats`), asked over its Unix socket: [`AgentStats`], then its
+/// remembered farm (an agent that predates that question refuses it: zeros).
 pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
+    use discomy_protocol::{Request, Response};
     let who = format!("agent at {}", socket.display());
     let protocol = |source| CoordError::Protocol { addr: who.clone(), source };
     let mut client = discomy_wrapper::client::AgentClient::connect(socket).map_err(protocol)?;
-    match client.call(&discomy_protocol::Request::Stats).map_err(protocol)? {
-        discomy_protocol::Response::Stats(stats) => Ok(stats),
-        other => Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") }),
+    let mut stats = match client.call(&Request::Stats).map_err(protocol)? {
+        Response::Stats(stats) => stats,
+        other => {
+            return Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") });
+        }
+    };
+    match client.call(&Request::RememberedFarm).map_err(protocol)? {
+        Response::RememberedFarm(remembered) => stats.remembered_farm = remembered,
+        Response::Refused(_) => {}
+        other => {
+            return Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") });
+        }
     }
+    Ok(stats)
 }
 
 /// A worker's counters (`discomy stats --worker`), asked over TCP with the farm token.
@@ -137,6 +161,10 @@ pub struct AgentStatsJson<'a> {
     pub uptime_s: f64,
     /// Verification of remote results (requested, checked, mismatched, quarantined nodes).
     pub verification: &'a discomy_protocol::stats::VerifyCounts,
+    /// The workers remembered from the coordinator and what was placed on them while no
+    /// coordinator answered (`workers`, `placed`, `remote`, `coordinator_lost`, `failovers`,
+    /// `coordinator`).
+    pub remembered_farm: &'a discomy_protocol::stats::RememberedFarmStats,
 }
 
 impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
@@ -149,6 +177,7 @@ impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
             backoffs: s.backoffs,
             uptime_s: s.uptime_s,
             verification: &s.verification,
+            remembered_farm: &s.remembered_farm,
         }
     }
 }
@@ -171,6 +200,20 @@ pub fn render_agent_stats(s: &AgentStats) -> String {
         v.mismatched,
         if v.quarantined.is_empty() { "none".to_owned() } else { v.quarantined.join(", ") }
     );
+    let r = &s.remembered_farm;
+    if r.workers > 0 || r.placed > 0 || r.coordinator_lost > 0 {
+        let _ = writeln!(
+            out,
+            "coordinator: {}; remembered workers: {}, units placed on them without a coordinator: {} \
+             ({} remote); coordinator lost {} times, {} failovers",
+            r.coordinator.as_deref().unwrap_or("none"),
+            r.workers,
+            r.placed,
+            r.remote,
+            r.coordinator_lost,
+            r.failovers
+        );
+    }
     for (title, map) in [
         ("local, by reason", &c.local_reasons),
         ("fallback, by reason", &c.fallback_reasons),

@@ -99,6 +99,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Stats => "Stats",
         Request::CompileSourcesCached(_) => "CompileSourcesCached",
         Request::Verified(_) => "Verified",
+        Request::RememberedFarm => "RememberedFarm",
     }
 }
 
