@@ -9,14 +9,20 @@
 # WORK/upper holds what the command changed (the RPMs under WORK/upper/builddir/build/RPMS), and
 # goes away with WORK. Needs root.
 #
-# Usage: chroot-run.sh --root ROOT --work WORK [--discomy] [--map HOST_DIR=DIR]...
+# Usage: chroot-run.sh --root ROOT --work WORK [--discomy] [--user] [--map HOST_DIR=DIR]...
 #                      [--macro NAME=VALUE]... [--env NAME=VALUE]... [--install SRC=CHROOT_PATH]...
-#                      -- COMMAND
+#                      [--rpm HOST_RPM]... -- COMMAND
+#   --user      run COMMAND unprivileged: uid 1000, gid 135 (mock's `mockbuild`/`mock`, added to the
+#               copy's /etc/passwd and /etc/group when absent, owning /builddir) on the host, and
+#               root inside a user namespace of its own (fakeroot-like); without it, COMMAND runs
+#               as root (the builder role always passes it: the build is untrusted)
 #   --map       use DIR for a settings `bind HOST_DIR …` line (a test's agent directory and
 #               masquerade directory instead of the build host's)
 #   --macro     a macro written after the settings' macros (like a Koji tag's rpm.macro.NAME)
 #   --env       extra environment for COMMAND
 #   --install   copy a host file into the chroot before running
+#   --rpm       install a binary RPM into the copy (as root, `rpm -U --nodeps --noscripts`: none of
+#               its code runs) before running: a build dependency made earlier in a batch
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,8 +34,8 @@ if [ "${DISCOMY_CHROOT_RUN_INNER:-}" != 1 ]; then
 fi
 unset DISCOMY_CHROOT_RUN_INNER
 
-root="" work="" discomy=0 cmd=""
-maps="" macros="" envs="" installs=""
+root="" work="" discomy=0 user=0 cmd=""
+maps="" macros="" envs="" installs="" rpms=""
 nl='
 '
 while [ $# -gt 0 ]; do
@@ -37,10 +43,12 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
     --discomy) discomy=1; shift ;;
+    --user) user=1; shift ;;
     --map) maps="$maps$2$nl"; shift 2 ;;
     --macro) macros="$macros$2$nl"; shift 2 ;;
     --env) envs="$envs$2$nl"; shift 2 ;;
     --install) installs="$installs$2$nl"; shift 2 ;;
+    --rpm) rpms="$rpms$2$nl"; shift 2 ;;
     --) shift; cmd=$*; break ;;
     *) echo "chroot-run: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -49,14 +57,18 @@ done
 [ -x "$root/usr/bin/rpmbuild" ] || { echo "chroot-run: $root is not a chroot with rpmbuild" >&2; exit 2; }
 
 ip link set lo up
+# This mount namespace's own /proc, so that PIDs of the new PID namespace name its processes.
+mount -t proc proc /proc
 mkdir -p "$work/upper" "$work/overlay-work" "$work/merged"
 m=$work/merged
-if ! mount -t overlay overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/overlay-work" \
+# nosuid, nodev: a set-user-id file or a device node an installed RPM or the build made is inert.
+if ! mount -t overlay overlay -o "nosuid,nodev,lowerdir=$root,upperdir=$work/upper,workdir=$work/overlay-work" \
     "$m" 2>"$work/overlay.err"; then
   # No overlayfs here (e.g. WORK itself on an overlay): a full copy, at the same place.
   echo "chroot-run: overlay mount failed ($(cat "$work/overlay.err")); copying $root instead" >&2
   cp -a "$root/." "$work/upper/"
   mount --bind "$work/upper" "$m"
+  mount -o remount,bind,nosuid,nodev "$m"
 fi
 mount -t proc proc "$m/proc"
 mount -t tmpfs -o mode=0755,nosuid tmpfs "$m/dev"
@@ -117,5 +129,54 @@ while IFS= read -r kv; do
   [ -n "$kv" ] && set -- "$@" "$kv"
 done <"$env_file"
 status=0
+if [ -n "$rpms" ]; then
+  mkdir -p "$m/var/tmp/chroot-run-rpms"
+  n=0
+  printf '%s' "$rpms" | while IFS= read -r rpm; do
+    [ -n "$rpm" ] || continue
+    n=$((n + 1))
+    cp "$rpm" "$m/var/tmp/chroot-run-rpms/$n.rpm"
+  done
+  chroot "$m" /usr/bin/env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin \
+    sh -c 'rpm -U --nodeps --noscripts --notriggers --replacepkgs --replacefiles /var/tmp/chroot-run-rpms/*.rpm' || {
+    echo "chroot-run: installing the build dependencies failed" >&2; exit 3; }
+  rm -rf "$m/var/tmp/chroot-run-rpms"
+fi
+if [ "$user" = 1 ]; then
+  # mock's build user owns /builddir: uid 1000, gid 135 (the overlay's passwd and group get them;
+  # the ROOT below stays untouched). COMMAND runs in a user namespace of its own in which it is
+  # root (fakeroot-like: %install may chown, rpm records what the spec says) while on the host it
+  # is uid 1000: files it makes are 1000's, and what belongs to the real root (the chroot's /etc,
+  # the first process of the PID namespace) stays out of its reach.
+  grep -q '^mockbuild:' "$m/etc/passwd" ||
+    echo 'mockbuild:x:1000:135:Mock Build User:/builddir:/bin/bash' >>"$m/etc/passwd"
+  grep -q '^mock:' "$m/etc/group" || echo 'mock:x:135:' >>"$m/etc/group"
+  chown -R 1000:135 "$m/builddir"
+  # rpmbuild, root in its namespace, opens the RPM database for writing: it gets this copy's.
+  mkdir -p "$m/var/lib/rpm"
+  chown -R 1000:135 "$m/var/lib/rpm"
+  # The copy where uid 1000 can reach it: WORK may sit in directories only root may enter, so
+  # the copy (with its mounts) is also bound under a fresh tmpfs, in this private mount namespace
+  # only, and the build enters it there. No program of the chroot runs as the real root now: the
+  # RPMs installed above may have replaced any of them.
+  pub=/mnt
+  [ -d "$pub" ] || pub=/media
+  mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev tmpfs "$pub"
+  mkdir "$pub/root"
+  mount --rbind "$m" "$pub/root"
+  # Unprivileged first (uid 1000, gid 135, no supplementary groups of the real root), then a
+  # user namespace mapping that uid to root (which an unprivileged process may do for itself),
+  # then the chroot (allowed to the namespace's root).
+  if setpriv --reuid=1000 --regid=135 --clear-groups unshare --user --map-root-user true 2>/dev/null; then
+    setpriv --reuid=1000 --regid=135 --clear-groups unshare --user --map-root-user \
+      chroot "$pub/root" /usr/bin/env -i "$@" USER=root LOGNAME=root \
+      /bin/bash --login -c "cd /builddir && $cmd" || status=$?
+  else
+    echo "chroot-run: no unprivileged user namespaces here; building as mockbuild without one" >&2
+    chroot --userspec=1000:135 --groups=135 "$pub/root" /usr/bin/env -i "$@" USER=mockbuild \
+      LOGNAME=mockbuild /bin/bash --login -c "cd /builddir && $cmd" || status=$?
+  fi
+  exit "$status"
+fi
 chroot "$m" /usr/bin/env -i "$@" /bin/bash --login -c "cd /builddir && $cmd" || status=$?
 exit "$status"

@@ -24,8 +24,9 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
 # What rpmbuild needs in the chroot (Debian's `rpm` package provides rpmbuild), the compilers,
-# what the Lua spec's BuildRequires name (gcc, make), and debugedit for find-debuginfo.
-packages=(gcc g++ make rpm cpio debugedit file patch xz-utils bzip2 diffutils findutils binutils)
+# what the Lua specs' BuildRequires name (gcc, make), and debugedit and elfutils (eu-strip) for
+# find-debuginfo.
+packages=(gcc g++ make rpm cpio debugedit elfutils file patch xz-utils bzip2 diffutils findutils binutils)
 want="suite=$suite mirror=$mirror packages=${packages[*]}"
 
 started=$(date +%s.%N)
@@ -84,4 +85,24 @@ if ! cmp -s "$orig" "$base/sources/lua-$version.tar.gz"; then
   cp "$orig" "$base/sources/lua-$version.tar.gz.tmp"
   mv "$base/sources/lua-$version.tar.gz.tmp" "$base/sources/lua-$version.tar.gz"
 fi
-echo "setup-chroot: source $base/sources/lua-$version.tar.gz; done in $(elapsed)" >&2
+echo "setup-chroot: source $base/sources/lua-$version.tar.gz" >&2
+
+# The build-queue batch test's two Lua modules (tests/tests/build_queue.rs), from their Debian
+# source packages, renamed to what their specs' Source0 says.
+fetch_module() { # DEBIAN_SOURCE SPEC_NAME TARBALL_PREFIX
+  local spec=$here/tests/rpm-projects/$2/$2.spec v orig
+  v=$(awk '/^Version:/ { print $2; exit }' "$spec")
+  orig=$projects/$1_${v}.orig.tar.gz
+  if [ ! -f "$orig" ]; then
+    echo "setup-chroot: fetching Debian source package $1 into $projects" >&2
+    (cd "$projects" && apt-get source --download-only "$1" >/dev/null)
+  fi
+  [ -f "$orig" ] || { echo "setup-chroot: $orig is missing (spec Version: $v)" >&2; exit 1; }
+  if ! cmp -s "$orig" "$base/sources/$3-$v.tar.gz"; then
+    cp "$orig" "$base/sources/$3-$v.tar.gz.tmp"
+    mv "$base/sources/$3-$v.tar.gz.tmp" "$base/sources/$3-$v.tar.gz"
+  fi
+}
+fetch_module lua-lpeg lua-lpeg lpeg
+fetch_module lua-filesystem lua-filesystem lua-filesystem
+echo "setup-chroot: sources in $base/sources; done in $(elapsed)" >&2

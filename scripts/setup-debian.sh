@@ -21,6 +21,15 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc gcc-12-plugin-dev python3 xz-utils ccache >/dev/null
 fi
 
+# The PostgreSQL build queue's tests and benchmark start a private server from Debian's programs
+# (initdb, postgres under /usr/lib/postgresql/*/bin), on a Unix socket: no system service needed.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "setup: installing postgresql" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
 # apt-get source needs deb-src next to deb in the Debian sources file.
 src=/etc/apt/sources.list.d/debian.sources
 if [ -f "$src" ] && ! grep -q '^Types:.*deb-src' "$src"; then

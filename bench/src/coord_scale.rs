@@ -69,7 +69,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 /// The process's CPU time (user + system), seconds, from /proc (clock ticks at 100 Hz).
-fn cpu_s(pid: u32) -> f64 {
+pub(crate) fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at its closing parenthesis.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

@@ -1,5 +1,5 @@
 //! discomy-bench: command-line entry point. Parses the subcommands (`overhead`, `build`,
-//! `toolchain`, `distcc`, `cache`, …), installs
+//! `toolchain`, `distcc`, `cache`, `queue`, …), installs
 //! the Ctrl-C handler that stops started daemons, and maps results to exit codes (0 ok, 1 object
 //! mismatch, 2 error).
 
@@ -14,6 +14,8 @@ mod nodes;
 mod overhead;
 mod proc;
 mod project;
+mod queue_bench;
+mod queue_overhead;
 mod sim;
 mod stats;
 mod toolchain_cost;
@@ -50,6 +52,12 @@ enum Cmd {
     /// The object cache vs ccache: hit latency (direct and preprocessor mode) on small units and
     /// a whole-Lua amalgamation, and warm whole-project rebuilds.
     Cache(cache_bench::Args),
+    /// The build queue through the real coordinator's HTTP API, SQLite and PostgreSQL: jobs
+    /// accepted and dispatched per second, scheduling CPU per job.
+    Queue(queue_bench::Args),
+    /// The build queue's cost per package: `discomy submit --batch` to a coordinator and a
+    /// builder vs the same rpmbuilds in a shell loop, same chroot and isolation.
+    QueueOverhead(queue_overhead::Args),
 }
 
 /// Options shared by both subcommands.
@@ -86,6 +94,8 @@ fn main() {
         Cmd::Sim(a) => sim::run(a),
         Cmd::CoordScale(a) => coord_scale::run(a),
         Cmd::Cache(a) => cache_bench::run(a),
+        Cmd::Queue(a) => queue_bench::run(a),
+        Cmd::QueueOverhead(a) => queue_overhead::run(a).map(|()| 0),
     };
     match result {
         Ok(0) => {}

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 /// Rooms from the top down, with the rooms each may use.
 const ROOMS: &[(&str, &[&str])] = &[
     ("run.rs", &["hosts"]),
+    ("submit", &["coord"]),
     ("agent", &["coord", "distcc", "store", "sandbox", "hosts"]),
+    ("builder", &["coord", "store", "sandbox", "hosts"]),
     ("worker", &["coord", "distcc", "store", "sandbox", "hosts"]),
     ("coord", &["store", "sandbox", "hosts"]),
     ("distcc", &["hosts"]),

@@ -3,12 +3,16 @@
 //! - [`policy`]: the pure placement policy (no I/O, injected clock), shared with the simulator.
 //! - [`core`]: the daemon's state around the policy (addresses, waiting agents).
 //! - [`server`]: the tokio daemon (nodes, agents, status, liveness, connect-back checks).
+//! - [`config_manager`]: the configuration file (`--config`), checked at start.
+//! - [`ops`]: the operations room: the package build queue, builders' green light, its API.
 //! - [`mdns`]: the `_discomy._tcp.local.` advertisement.
 //!
 //! Tracing and signal handling for the binary are `discomy_protocol::plumbing::daemon`.
 #![warn(missing_docs)]
 
+pub mod config_manager;
 pub mod core;
 pub mod mdns;
+pub mod ops;
 pub mod policy;
 pub mod server;

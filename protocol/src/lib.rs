@@ -10,6 +10,7 @@
 //! - [`frame`]: frame size limits and the synchronous frame reader/writer (used by the wrapper).
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
 //! - [`message`]: requests and responses.
+//! - [`ops`]: the operations API (package build jobs, queue, builders), JSON over HTTP.
 //! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
 //! - [`plumbing`]: not wire types but what every binary shares, written once: atomic writes,
 //!   process groups, the `DISCOMY_*` table, daemon start-up (feature `daemon`).
@@ -32,6 +33,7 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod ops;
 pub mod payload;
 pub mod plumbing;
 pub mod sources;

@@ -7,23 +7,29 @@
 //! - [`Proc`]: a child process in its own process group, with stdout/stderr in log files. Its
 //!   `Drop` kills the whole group (so also on panic), and prints the logs when the test panics.
 //! - [`Worker`], [`Agent`], [`Farm`]: compile daemons on port 0 / a private Unix socket.
+//! - [`start_coordinator`], [`farm_status`], [`wait_nodes`]: coordinators on loopback.
 //! - [`extract_lua`], [`make_lua`]: the project, unpacked into a per-test temporary directory.
 //! - [`objects`], [`assert_same_objects`]: byte-for-byte comparison of build outputs.
 //! - [`capture`], [`diff_captures`]: one compiler invocation's exit status, output and new files.
 //! - [`distcc`]: real `distccd`/`distcc` peers and raw distcc exchanges.
+//! - [`netns`]: hosts as network namespaces on a private bridge.
+//! - [`queue`]: the build queue: a restartable coordinator with its API, builders, `discomy jobs`.
 //! - [`read_stats`], [`read_summary`]: what the wrapper and `discomy run` report.
 //!
 //! This file owns the crate's shared timeouts and its public surface: every helper is defined in
 //! a submodule (`env`: paths, binaries and clean commands; `process`: [`Proc`] and process
-//! groups; `daemons`: workers and agents; `lua`: the project and its builds; `compare`: outputs
+//! groups; `daemons`: workers and agents; `coordinators`: coordinators; `lua`: the project and its builds; `compare`: outputs
 //! and leftovers; `reports`: stats files, summaries and `discomy stats`) and re-exported here, so
 //! tests import everything from the crate root.
 
 #![allow(clippy::print_stderr)] // progress and failure logs are the point of a test helper
 
 pub mod distcc;
+pub mod netns;
+pub mod queue;
 
 mod compare;
+mod coordinators;
 mod daemons;
 mod env;
 mod lua;
@@ -36,6 +42,7 @@ pub use compare::{
     Capture, assert_no_temp_leftovers, assert_same_objects, capture, describe_difference,
     diff_captures, file_mismatches, objects, snapshot, temp_leftovers,
 };
+pub use coordinators::{farm_status, node_count, start_coordinator, wait_nodes};
 pub use daemons::{Agent, Farm, Worker, default_compiler_names, hosts_of};
 pub use env::{bin, bin_dir, clean_command, private_tmp, projects_dir, workspace_root};
 pub use lua::{

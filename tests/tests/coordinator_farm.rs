@@ -24,29 +24,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use discomy_tests::{
-    BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, assert_same_objects, bin, clean_command, discomy_run,
-    lua_with_reference, make_clean, objects, signal_group,
+    BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, assert_same_objects, discomy_run,
+    farm_status as status, lua_with_reference, make_clean, node_count, objects, signal_group,
+    start_coordinator as coordinator, wait_nodes,
 };
-
-/// Starts a coordinator on `listen` (not advertised) and waits for its address file.
-fn coordinator(dir: &Path, name: &str, listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
-    let addr_file = dir.join(format!("{name}.addr"));
-    let _ = std::fs::remove_file(&addr_file);
-    let mut cmd = clean_command(bin("discomy-coordinator"));
-    // Loopback farms are not advertised: other tests' nodes must not find them.
-    cmd.args(["--no-mdns", "--listen", listen, "--addr-file"]).arg(&addr_file).args(extra);
-    let mut proc = Proc::spawn(name, &mut cmd, dir);
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
-        if text.ends_with('\n') {
-            return (proc, text.trim().parse().unwrap());
-        }
-        assert!(proc.try_wait().is_none(), "{name} exited:\n{}", proc.logs(40));
-        assert!(start.elapsed() < Duration::from_secs(20), "{name} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A coordinator on loopback (with `extra` flags) and three 2-slot workers that joined it.
 fn farm_of_three(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr, Vec<Worker>) {
@@ -57,32 +38,6 @@ fn farm_of_three(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr, Vec<Worker>) 
         .collect();
     wait_nodes(addr, 3, Duration::from_secs(20));
     (coord, addr, workers)
-}
-
-/// `discomy status --json` against `addr`, parsed; its stderr when it fails.
-fn status(addr: SocketAddr, token: Option<&str>) -> Result<serde_json::Value, String> {
-    let mut cmd = clean_command(bin("discomy"));
-    cmd.args(["status", "--json", "--coordinator", &addr.to_string()]);
-    if let Some(t) = token {
-        cmd.env("DISCOMY_TOKEN", t);
-    }
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
-fn node_count(addr: SocketAddr) -> usize {
-    status(addr, None).ok().and_then(|s| s["nodes"].as_array().map(Vec::len)).unwrap_or(0)
-}
-
-fn wait_nodes(addr: SocketAddr, n: usize, within: Duration) {
-    let start = Instant::now();
-    while node_count(addr) != n {
-        assert!(start.elapsed() < within, "the farm did not reach {n} nodes within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -237,8 +192,12 @@ fn stopped_workers_lose_their_units_then_get_them_hedged() {
 #[test]
 fn refusals_are_clear() {
     let tmp = tempfile::tempdir().expect("tempdir");
+    // The token from a file, as the README says to give it.
+    let token_file = tmp.path().join("farm-token");
+    std::fs::write(&token_file, "s3cret\n").expect("write token file");
+    let token_arg = token_file.to_str().expect("utf-8 path");
     let (_coord, addr) =
-        coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &["--token", "s3cret"]);
+        coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &["--token-file", token_arg]);
     // No token: refused, and told why.
     let err = status(addr, None).unwrap_err();
     assert!(err.contains("farm token"), "unclear refusal: {err}");
@@ -251,7 +210,7 @@ fn refusals_are_clear() {
         tmp.path(),
         "liar",
         1,
-        &["--token", "s3cret", "--coordinator", &caddr, "--advertise", "127.0.0.1:1"],
+        &["--token-file", token_arg, "--coordinator", &caddr, "--advertise", "127.0.0.1:1"],
     );
     let start = Instant::now();
     loop {

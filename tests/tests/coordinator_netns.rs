@@ -7,92 +7,15 @@
 //! Skipped, with a message, where network namespaces cannot be created (not root, no `ip`).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use discomy_tests::netns::Net;
 use discomy_tests::{
     BUILD_TIMEOUT, MAKE_JOBS, Proc, agent_stats, assert_same_objects, bin, clean_command,
     discomy_run, lua_with_reference, objects,
 };
 
 const TOKEN: &str = "netns-farm-token";
-
-/// The namespaces, bridge and links; removed on drop, also after a failure.
-struct Net {
-    id: String,
-    spaces: Vec<String>,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-impl Net {
-    fn bridge(&self) -> String {
-        format!("dsb{}", self.id)
-    }
-
-    fn addr(i: usize) -> String {
-        format!("10.213.77.{}", i + 1)
-    }
-
-    /// Creates `n` namespaces joined by a bridge.
-    fn create(n: usize) -> Result<Net, String> {
-        let id = format!("{}", std::process::id() % 100_000);
-        let mut net = Net { id, spaces: Vec::new() };
-        let br = net.bridge();
-        ip(&["link", "add", &br, "type", "bridge"])?;
-        let _ = ip(&["link", "set", &br, "type", "bridge", "mcast_snooping", "0"]);
-        ip(&["link", "set", &br, "up"])?;
-        for i in 0..n {
-            let ns = format!("dscm-{}-{i}", net.id);
-            ip(&["netns", "add", &ns])?;
-            net.spaces.push(ns.clone());
-            let host_end = format!("dsv{}{i}", net.id);
-            let peer = format!("dsp{}{i}", net.id);
-            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &peer])?;
-            ip(&["link", "set", &peer, "netns", &ns])?;
-            ip(&["link", "set", &host_end, "master", &br, "up"])?;
-            let x = |args: &[&str]| {
-                let mut all = vec!["netns", "exec", &ns, "ip"];
-                all.extend_from_slice(args);
-                ip(&all)
-            };
-            x(&["link", "set", "lo", "up"])?;
-            x(&["link", "set", &peer, "name", "eth0"])?;
-            x(&["addr", "add", &format!("{}/24", Net::addr(i)), "dev", "eth0"])?;
-            x(&["link", "set", "eth0", "up", "multicast", "on"])?;
-            x(&["route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        }
-        Ok(net)
-    }
-
-    /// `program args` inside namespace `i`, with the test's clean environment.
-    fn command(&self, i: usize, program: &Path) -> Command {
-        let mut cmd = clean_command("ip");
-        cmd.args(["netns", "exec", &self.spaces[i]]).arg(program);
-        cmd
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in &self.spaces {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        let _ = ip(&["link", "del", &self.bridge()]);
-    }
-}
 
 /// Waits until `done` holds, failing when a daemon of `procs` exits or `within` passes.
 fn wait_until(what: &str, within: Duration, procs: &mut [Proc], mut done: impl FnMut() -> bool) {
@@ -110,7 +33,7 @@ fn wait_until(what: &str, within: Duration, procs: &mut [Proc], mut done: impl F
 
 #[test]
 fn farm_found_over_mdns_across_namespaces() {
-    let net = match Net::create(5) {
+    let net = match Net::create(77, 5) {
         Ok(net) => net,
         Err(why) => {
             eprintln!("SKIPPED: cannot create network namespaces here ({why})");

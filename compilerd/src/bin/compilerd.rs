@@ -1,5 +1,5 @@
-//! `discomy-compilerd`: runs a host's agent or worker role. Parsing only; the work is in the
-//! library (`worker::start`, `agent::start`).
+//! `discomy-compilerd`: runs a host's agent, worker or builder role. Parsing only; the work is in
+//! the library (`worker::start`, `agent::start`, `builder::run`).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,8 +18,12 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     /// Farm token; nodes and clients prove it in the handshake. Without one, only loopback peers.
+    /// Prefer `DISCOMY_TOKEN` or `--token-file`: arguments are visible to every user in `ps`.
     #[arg(long, env = "DISCOMY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the farm token (its first line).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Coordinator (`host[:port]`): workers join its farm, agents ask it where units run.
     /// Without one, the coordinator of `--farm` is discovered over mDNS.
     #[arg(long, env = "DISCOMY_COORDINATOR", global = true)]
@@ -48,6 +52,16 @@ enum Role {
     Worker(WorkerOptions),
     /// Serve discomy-cc wrappers on this build host and ship their units to workers.
     Agent(AgentOptions),
+    /// Build whole packages in chroots for the coordinator's build queue.
+    Builder(BuilderArgs),
+}
+
+#[derive(clap::Args)]
+struct BuilderArgs {
+    /// The builder's TOML configuration (its token comes from its `token_file` or
+    /// `DISCOMY_TOKEN`, never from the command line).
+    #[arg(long)]
+    config: std::path::PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,7 +78,10 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> Result<()> {
     let cli = Cli::parse();
-    let auth = AuthConfig::from_option(cli.token.as_deref());
+    let (token, source) =
+        discomy_protocol::plumbing::secret::token(cli.token.clone(), cli.token_file.as_deref())?;
+    warn_if_on_command_line(source);
+    let auth = AuthConfig::from_option(token.as_deref());
     let shutdown = CancellationToken::new();
     daemon::cancel_on_signals(shutdown.clone());
     let coordinator = match (&cli.coordinator, cli.no_mdns) {
@@ -79,6 +96,21 @@ async fn run() -> Result<()> {
         Role::Agent(opts) => {
             discomy_compilerd::agent::start::start(opts, auth, coordinator, shutdown).await?
         }
+        Role::Builder(args) => {
+            let config = discomy_compilerd::builder::Config::load(&args.config)?;
+            tokio::task::spawn_blocking(move || discomy_compilerd::builder::run(config, shutdown))
+                .await??
+        }
     }
     Ok(())
+}
+
+/// Warns when the farm token came from the command line (every user of the host can read it).
+fn warn_if_on_command_line(source: discomy_protocol::plumbing::secret::Source) {
+    if source == discomy_protocol::plumbing::secret::Source::CommandLine {
+        tracing::warn!(
+            "the farm token was given on the command line, where every user of this host can \
+             read it (ps); use DISCOMY_TOKEN or --token-file"
+        );
+    }
 }

@@ -7,7 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use discomy_compilerd::coord::api::ApiClient;
 use discomy_compilerd::run::RunOptions;
+use discomy_compilerd::submit::{Options, What};
+use discomy_protocol::ops::{JobState, Target};
 
 #[derive(Parser)]
 #[command(name = "discomy", version, about = "discomy distributed compile farm")]
@@ -41,9 +46,12 @@ enum Cmd {
         /// Coordinator `host[:port]`.
         #[arg(long, env = "DISCOMY_COORDINATOR")]
         coordinator: String,
-        /// Farm token.
+        /// Farm token (prefer `DISCOMY_TOKEN` or `--token-file`: arguments show in `ps`).
         #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A file holding the farm token (its first line).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -61,6 +69,138 @@ enum Cmd {
         /// Print JSON (the field names are a stable interface).
         #[arg(long)]
         json: bool,
+    },
+    /// Queue a package build: a .src.rpm, a .spec and its sources, or a dist-git repository at a
+    /// ref. Prints the job's id.
+    Submit(SubmitArgs),
+    /// Queued package builds: list, show, cancel, retry, logs.
+    Jobs {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: JobsCmd,
+    },
+}
+
+/// Where the coordinator's build queue API is, and the token.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The coordinator's API (`http://HOST:PORT`).
+    #[arg(long, global = true, env = "DISCOMY_API", default_value = "http://127.0.0.1:3635")]
+    api: String,
+    /// A file holding the farm token (otherwise `DISCOMY_TOKEN`; never on the command line).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Result<ApiClient> {
+        let env = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
+        let (token, _) =
+            discomy_protocol::plumbing::secret::token(env, self.token_file.as_deref())?;
+        Ok(ApiClient::new(&self.api, token)?)
+    }
+}
+
+#[derive(clap::Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// A .src.rpm, or a .spec followed by its sources and patches; with `--batch`, any number
+    /// of .src.rpm files.
+    #[arg(required_unless_present_any = ["git", "package"])]
+    files: Vec<PathBuf>,
+    /// A package directory (one .spec, its sources and patches beside it, like a dist-git
+    /// checkout). Several, with `--batch`, are built in the order their BuildRequires ask.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["files", "git"])]
+    package: Vec<PathBuf>,
+    /// Build a dist-git repository (any URL git takes) instead: its top-level .spec, with every
+    /// other top-level file as a source.
+    #[arg(long, requires = "git_ref", conflicts_with = "files")]
+    git: Option<String>,
+    /// The branch, tag or commit of `--git`.
+    #[arg(long = "ref", value_name = "REF")]
+    git_ref: Option<String>,
+    /// The chroot to build in, as the builders name it.
+    #[arg(long)]
+    chroot: String,
+    /// The architecture.
+    #[arg(long, default_value = std::env::consts::ARCH)]
+    arch: String,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// A batch name: its jobs build in the order their BuildRequires ask, with the RPMs of the
+    /// batch's earlier builds installed. Several packages go in one batch, all or none.
+    #[arg(long)]
+    batch: Option<String>,
+    /// Who submits (fair share is between submitters); default `$USER`.
+    #[arg(long)]
+    submitter: Option<String>,
+    /// Timeout of one attempt, in seconds (the coordinator's default otherwise).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Wait for the job to end; exit 0 only if it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// With `--wait`: download the artefacts (RPMs, build log) into this directory.
+    #[arg(long, value_name = "DIR", requires = "wait")]
+    download: Option<PathBuf>,
+    /// Print JSON: `{"ids": [N, …]}`, and the jobs with `--wait`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Jobs, oldest first.
+    List {
+        /// Only jobs in this state (waiting, scheduled, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this batch's jobs.
+        #[arg(long)]
+        batch: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: its state, artefacts and history.
+    Show {
+        /// The job.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job that has not ended (its builder stops it).
+    Cancel {
+        /// The job.
+        id: u64,
+    },
+    /// Queue a failed or cancelled job again.
+    Retry {
+        /// The job.
+        id: u64,
+    },
+    /// Download a job's artefacts (RPMs, build log), each checked against its blake3 and size.
+    Download {
+        /// The job.
+        id: u64,
+        /// Into this directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// A job's build log.
+    Logs {
+        /// The job.
+        id: u64,
+        /// Of this attempt (the current one by default).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing as the log grows, until the job ends.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -100,10 +240,141 @@ fn run() -> Result<ExitCode> {
             );
             Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
         }
-        Cmd::Status { coordinator, token, json } => status(&coordinator, token.as_deref(), json),
+        Cmd::Status { coordinator, token, token_file, json } => {
+            let (token, _) =
+                discomy_protocol::plumbing::secret::token(token, token_file.as_deref())?;
+            status(&coordinator, token.as_deref(), json)
+        }
         Cmd::Stats { socket, worker: None, json } => stats(&socket, json),
         Cmd::Stats { worker: Some(addr), json, .. } => worker_stats(&addr, json),
+        Cmd::Submit(args) => submit(&args),
+        Cmd::Jobs { api, command } => jobs(&api.client()?, command),
     }
+}
+
+/// `discomy submit`: the product is the job's id (and, with `--wait`, its end).
+#[allow(clippy::print_stdout)]
+fn submit(args: &SubmitArgs) -> Result<ExitCode> {
+    let api = args.api.client()?;
+    let whats: Vec<What> = match (&args.git, &args.git_ref) {
+        (Some(url), Some(git_ref)) => {
+            vec![What::DistGit { url: url.clone(), git_ref: git_ref.clone() }]
+        }
+        _ if !args.package.is_empty() => args
+            .package
+            .iter()
+            .map(|dir| {
+                let (spec, sources) = discomy_compilerd::submit::package_dir(dir)?;
+                Ok(What::Spec { spec, sources })
+            })
+            .collect::<Result<_>>()?,
+        _ => match args.files.split_first() {
+            Some((first, rest)) if first.to_string_lossy().ends_with(".spec") => {
+                vec![What::Spec { spec: first.clone(), sources: rest.to_vec() }]
+            }
+            Some(_) if args.files.iter().all(|f| f.to_string_lossy().ends_with(".src.rpm")) => {
+                args.files.iter().cloned().map(What::Srpm).collect()
+            }
+            _ => anyhow::bail!("give .src.rpm files, or a .spec followed by its sources"),
+        },
+    };
+    let submitter = match &args.submitter {
+        Some(s) => s.clone(),
+        None => std::env::var("USER").unwrap_or_else(|_| "anonymous".into()),
+    };
+    let options = Options {
+        target: Target { chroot: args.chroot.clone(), arch: args.arch.clone() },
+        priority: args.priority,
+        batch: args.batch.clone(),
+        submitter,
+        timeout_secs: args.timeout,
+    };
+    let ids = match (&args.batch, whats.as_slice()) {
+        (Some(batch), _) => discomy_compilerd::submit::submit_batch(&api, batch, &whats, &options)?,
+        (None, [what]) => vec![discomy_compilerd::submit::submit(&api, what, &options)?],
+        (None, _) => anyhow::bail!("several packages go together in a --batch"),
+    };
+    if !args.wait {
+        if args.json {
+            println!("{}", serde_json::json!({ "ids": ids }));
+        } else {
+            for id in &ids {
+                println!("{id}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut jobs = Vec::new();
+    for &id in &ids {
+        let job = discomy_compilerd::submit::wait(&api, id, Duration::from_secs(30 * 24 * 3600))?;
+        if let Some(dir) = &args.download {
+            discomy_compilerd::submit::download(&api, &job, dir)?;
+        }
+        if !args.json {
+            print!("{}", discomy_compilerd::submit::render_detail(&api.job(id)?));
+        }
+        jobs.push(job);
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "ids": ids, "jobs": jobs }));
+    }
+    let all_built = jobs.iter().all(|j| j.state == JobState::Succeeded);
+    Ok(if all_built { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `discomy jobs`: the product is the printed report.
+#[allow(clippy::print_stdout)]
+fn jobs(api: &ApiClient, command: JobsCmd) -> Result<ExitCode> {
+    use discomy_compilerd::submit::{render_detail, render_list};
+    match command {
+        JobsCmd::List { state, batch, json } => {
+            let state = match state {
+                Some(name) => {
+                    Some(JobState::parse(&name).with_context(|| format!("no job state {name:?}"))?)
+                }
+                None => None,
+            };
+            let jobs = api.list_jobs(state, batch.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", render_list(&jobs));
+            }
+        }
+        JobsCmd::Show { id, json } => {
+            let detail = api.job(id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                print!("{}", render_detail(&detail));
+            }
+        }
+        JobsCmd::Cancel { id } => println!("job {id}: {}", api.cancel(id)?.state.as_str()),
+        JobsCmd::Retry { id } => println!("job {id}: {}", api.retry(id)?.state.as_str()),
+        JobsCmd::Download { id, dir } => {
+            let job = api.job(id)?.job;
+            for path in discomy_compilerd::submit::download(api, &job, &dir)? {
+                println!("{}", path.display());
+            }
+        }
+        JobsCmd::Logs { id, attempt, follow } => {
+            use std::io::Write;
+            let mut shown = 0usize;
+            loop {
+                let ended = api.job(id)?.job.state.is_final();
+                let log = api.log(id, attempt)?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(log.get(shown..).unwrap_or_default())?;
+                out.flush()?;
+                shown = shown.max(log.len());
+                if !follow || ended {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `discomy stats --worker`: the product is the printed report.

@@ -1,9 +1,13 @@
-//! Membership in a coordinated farm: finding the coordinator ([`discover`]), the agent's link to
-//! it ([`client`]: placements, reports, hedges), the worker's login and load reports ([`node`]),
+//! Membership in a coordinated farm: the operations API's client ([`api`]: jobs, blobs, builders),
+//! finding the coordinator ([`discover`]), the agent's link to
+//! it ([`client`]: placements, reports, hedges), what the agent remembers of the farm for when
+//! no coordinator answers ([`memory`]), the worker's login and load reports ([`node`]),
 //! and what the command line shows ([`status`]: `discomy status`, `discomy stats`).
 
+pub mod api;
 pub mod client;
 pub mod discover;
+pub mod memory;
 pub mod node;
 pub mod status;
 

@@ -1,5 +1,5 @@
 //! Plumbing every discomy binary shares, written once: atomic file writes ([`fs`]), reading what
-//! a sandboxed program wrote ([`untrusted`]), killing a process group ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
+//! a sandboxed program wrote ([`untrusted`]), the farm token ([`secret`]), killing a process group ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
 //! with the `daemon` feature, daemon start-up ([`daemon`]: logging and signal-driven shutdown).
 //!
 //! With the `tokio` feature, [`admission`]: connection limits that close idle connections to
@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod env;
 pub mod fs;
 pub mod process;
+pub mod secret;
 pub mod untrusted;
 
 pub use fs::{write_atomically, write_atomically_with};

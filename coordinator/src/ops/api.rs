@@ -1,0 +1,323 @@
+//! The operations API: axum routes over [`super::Ops`], as `discomy_protocol::ops` documents
+//! them. Every request proves the farm token (`Authorization: Bearer`, compared in constant time
+//! through blake3); without a token configured, only loopback clients are served. JSON bodies are
+//! capped at 1 MiB; uploads stream to the blob store under its own limit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use discomy_protocol::ops::{
+    ApiError, BatchRequest, BatchResponse, BlobRef, BuilderReport, FinishRequest, JobDetail,
+    JobState, SubmitRequest, SubmitResponse, is_blake3_hex, is_plain_file_name,
+};
+use serde::Deserialize;
+
+use super::{Ops, OpsError, now};
+
+/// JSON bodies larger than this are refused.
+const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// The API's routes.
+pub fn router(ops: Arc<Ops>) -> Router {
+    let uploads = Router::new()
+        .route("/api/v1/blobs/{hex}", put(put_blob))
+        .route("/api/v1/jobs/{id}/artifacts", put(put_artifact))
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/api/v1/blobs/{hex}", get(get_blob))
+        .route("/api/v1/jobs", post(submit).get(list))
+        .route("/api/v1/batches", post(submit_batch))
+        .route("/api/v1/jobs/{id}", get(show))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/retry", post(retry))
+        .route("/api/v1/jobs/{id}/log", get(read_log).post(append_log))
+        .route("/api/v1/jobs/{id}/finish", post(finish))
+        .route("/api/v1/builders/report", post(report))
+        .route("/api/v1/events", get(events))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .merge(uploads)
+        .layer(middleware::from_fn_with_state(Arc::clone(&ops), authenticate))
+        .with_state(ops)
+}
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            OpsError::NotFound(_) | OpsError::Missing(_) => StatusCode::NOT_FOUND,
+            OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            OpsError::Conflict(_) => StatusCode::CONFLICT,
+            OpsError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            OpsError::Corrupt(_)
+            | OpsError::Sqlite(_)
+            | OpsError::Postgres(_)
+            | OpsError::Io(_) => {
+                tracing::error!(err = %self, "build queue");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(ApiError { error: self.to_string() })).into_response()
+    }
+}
+
+async fn authenticate(
+    State(ops): State<Arc<Ops>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match &ops.token {
+        Some(expected) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            // blake3::Hash compares in constant time.
+            .is_some_and(|given| blake3::hash(given.as_bytes()) == *expected),
+        None => peer.ip().is_loopback(),
+    };
+    if !allowed {
+        tracing::warn!(%peer, path = %request.uri().path(), "API request refused: no valid token");
+        let error = ApiError { error: "the farm token is missing or wrong".into() };
+        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+    }
+    next.run(request).await
+}
+
+fn checked_hex(hex: &str) -> Result<(), OpsError> {
+    if is_blake3_hex(hex) {
+        Ok(())
+    } else {
+        Err(OpsError::BadRequest(format!("{hex:?} is not a blake3 digest")))
+    }
+}
+
+#[derive(Deserialize)]
+struct SizeQuery {
+    size: Option<u64>,
+}
+
+async fn put_blob(
+    State(ops): State<Arc<Ops>>,
+    Path(hex): Path<String>,
+    Query(q): Query<SizeQuery>,
+    body: Body,
+) -> Result<StatusCode, OpsError> {
+    checked_hex(&hex)?;
+    let size =
+        ops.blobs.put(&hex, q.size, ops.config.max_upload_bytes, body.into_data_stream()).await?;
+    tracing::debug!(%hex, size, "blob stored");
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_blob(
+    State(ops): State<Arc<Ops>>,
+    Path(hex): Path<String>,
+) -> Result<Response, OpsError> {
+    checked_hex(&hex)?;
+    let file = match tokio::fs::File::open(ops.blobs.path(&hex)).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(OpsError::Missing(format!("blob {hex}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let len = file.metadata().await?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(header::CONTENT_LENGTH, len.to_string())], body).into_response())
+}
+
+async fn submit(
+    State(ops): State<Arc<Ops>>,
+    Json(req): Json<SubmitRequest>,
+) -> Result<(StatusCode, Json<SubmitResponse>), OpsError> {
+    let (id, events) = ops
+        .db(move |db, ops| db.submit(&req, &ops.config.queue, &|b| ops.blobs.has(b), now()))
+        .await?;
+    ops.publish(events);
+    Ok((StatusCode::CREATED, Json(SubmitResponse { id })))
+}
+
+async fn submit_batch(
+    State(ops): State<Arc<Ops>>,
+    Json(req): Json<BatchRequest>,
+) -> Result<(StatusCode, Json<BatchResponse>), OpsError> {
+    let (ids, events) = ops
+        .db(move |db, ops| db.submit_batch(&req, &ops.config.queue, &|b| ops.blobs.has(b), now()))
+        .await?;
+    ops.publish(events);
+    Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    batch: Option<String>,
+}
+
+async fn list(
+    State(ops): State<Arc<Ops>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, OpsError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(name) => Some(
+            JobState::parse(name)
+                .ok_or_else(|| OpsError::BadRequest(format!("no job state {name:?}")))?,
+        ),
+    };
+    let jobs = ops.db(move |db, _| db.list(state, q.batch.as_deref())).await?;
+    Ok(Json(jobs).into_response())
+}
+
+async fn show(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Response, OpsError> {
+    let detail = ops
+        .db(move |db, _| {
+            Ok(JobDetail { job: db.job(id)?, events: db.events(Some(id), 0, 100_000)? })
+        })
+        .await?;
+    Ok(Json(detail).into_response())
+}
+
+async fn cancel(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Response, OpsError> {
+    let (job, events) = ops.db(move |db, _| db.cancel(id, "the API", now())).await?;
+    ops.publish(events);
+    Ok(Json(job).into_response())
+}
+
+async fn retry(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Response, OpsError> {
+    let (job, events) = ops.db(move |db, _| db.retry(id, "the API", now())).await?;
+    ops.publish(events);
+    Ok(Json(job).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    attempt: Option<u32>,
+    offset: Option<u64>,
+}
+
+async fn read_log(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<u64>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, OpsError> {
+    let bytes = ops
+        .db(move |db, ops| {
+            let attempt = match q.attempt {
+                Some(a) => a,
+                None => db.job(id)?.attempt,
+            };
+            ops.logs.read(id, attempt)
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+async fn append_log(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<u64>,
+    Query(q): Query<LogQuery>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, OpsError> {
+    let (Some(attempt), Some(offset)) = (q.attempt, q.offset) else {
+        return Err(OpsError::BadRequest("attempt and offset are required".into()));
+    };
+    ops.db(move |db, ops| {
+        db.check_attempt(id, attempt)?;
+        ops.logs.append(id, attempt, offset, &body)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ArtifactQuery {
+    attempt: u32,
+    name: String,
+    blake3: String,
+    size: u64,
+}
+
+async fn put_artifact(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<u64>,
+    Query(q): Query<ArtifactQuery>,
+    body: Body,
+) -> Result<StatusCode, OpsError> {
+    checked_hex(&q.blake3)?;
+    if !is_plain_file_name(&q.name) {
+        return Err(OpsError::BadRequest(format!("{:?} is not a plain file name", q.name)));
+    }
+    let attempt = q.attempt;
+    ops.db(move |db, _| db.check_attempt(id, attempt)).await?;
+    let limit = ops.config.max_upload_bytes;
+    let size = ops.blobs.put(&q.blake3, Some(q.size), limit, body.into_data_stream()).await?;
+    let blob = BlobRef { name: q.name, blake3: q.blake3, size };
+    ops.db(move |db, _| db.add_artifact(id, attempt, &blob)).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn finish(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<u64>,
+    Json(req): Json<FinishRequest>,
+) -> Result<Response, OpsError> {
+    let (job, events) =
+        ops.db(move |db, ops| db.finish(id, &req, &ops.config.queue, now())).await?;
+    ops.publish(events);
+    Ok(Json(job).into_response())
+}
+
+/// A builder's report. One that wants work and gets none is held (long-polled) for up to half
+/// a report period, and answered again as soon as anything changes in the queue: a job is given
+/// out the moment it can run, not at the builder's next report.
+async fn report(
+    State(ops): State<Arc<Ops>>,
+    Json(report): Json<BuilderReport>,
+) -> Result<Response, OpsError> {
+    let report = Arc::new(report);
+    let ask = |report: Arc<BuilderReport>| {
+        ops.db(move |db, ops| db.report(&report, &ops.config.queue, now()))
+    };
+    // Subscribed before asking, so a change between the answer and the wait is not missed.
+    let changed = ops.work.notified();
+    tokio::pin!(changed);
+    changed.as_mut().enable();
+    let (mut answer, events) = ask(Arc::clone(&report)).await?;
+    ops.publish(events);
+    let room = (report.held.len() as u64) < u64::from(report.slots);
+    if answer.assignment.is_none() && report.wants_work && room && answer.stop.is_empty() {
+        let hold = Duration::from_secs_f64(ops.config.queue.report_every_secs / 2.0);
+        if tokio::time::timeout(hold, changed).await.is_ok() {
+            let (again, events) = ask(Arc::clone(&report)).await?;
+            ops.publish(events);
+            answer = again;
+        }
+    }
+    Ok(Json(answer).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+    job: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(ops): State<Arc<Ops>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, OpsError> {
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let events = ops.db(move |db, _| db.events(q.job, q.after.unwrap_or(0), limit)).await?;
+    Ok(Json(events).into_response())
+}
