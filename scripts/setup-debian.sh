@@ -30,6 +30,20 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 
+# Publishing signed package repositories (coordinator ops::final_aggregator) and its tests:
+# rpmbuild/rpmsign/rpmkeys (rpm), gpg with its agent (gnupg), createrepo_c, dnf (installs from
+# the published repository in a test), rsync (mirrors).
+repo_need=()
+for cmd in rpmbuild rpmsign rpmkeys gpg gpg-agent gpgconf createrepo_c dnf rsync; do
+  command -v "$cmd" >/dev/null 2>&1 || repo_need+=("$cmd")
+done
+if [ ${#repo_need[@]} -gt 0 ]; then
+  echo "setup: installing packages for: ${repo_need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends rpm gnupg createrepo-c dnf rsync >/dev/null
+fi
+
 # apt-get source needs deb-src next to deb in the Debian sources file.
 src=/etc/apt/sources.list.d/debian.sources
 if [ -f "$src" ] && ! grep -q '^Types:.*deb-src' "$src"; then

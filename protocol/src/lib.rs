@@ -14,6 +14,8 @@
 //! - [`payload`]: lz4-compressed payloads with a decompressed-size cap and digest check.
 //! - [`plumbing`]: not wire types but what every binary shares, written once: atomic writes,
 //!   process groups, the `DISCOMY_*` table, daemon start-up (feature `daemon`).
+//! - [`specdeps`]: a spec's `BuildRequires` and provided names, read from its text (not a wire
+//!   type: shared by `discomy submit` and the coordinator's job_listener).
 //! - [`sources`]: source-mode units (original source plus the files its preprocessor read).
 //! - [`stats`]: what each compiler call became, reported to the agent, and the agent's totals.
 //! - [`toolchain`]: content-addressed toolchain manifests.
@@ -37,6 +39,7 @@ pub mod ops;
 pub mod payload;
 pub mod plumbing;
 pub mod sources;
+pub mod specdeps;
 pub mod stats;
 pub mod toolchain;
 

@@ -12,6 +12,7 @@
 //! - [`objects`], [`assert_same_objects`]: byte-for-byte comparison of build outputs.
 //! - [`capture`], [`diff_captures`]: one compiler invocation's exit status, output and new files.
 //! - [`distcc`]: real `distccd`/`distcc` peers and raw distcc exchanges.
+//! - [`forge`]: a forge's commit-status API on loopback, recording requests.
 //! - [`netns`]: hosts as network namespaces on a private bridge.
 //! - [`queue`]: the build queue: a restartable coordinator with its API, builders, `discomy jobs`.
 //! - [`read_stats`], [`read_summary`]: what the wrapper and `discomy run` report.
@@ -25,6 +26,7 @@
 #![allow(clippy::print_stderr)] // progress and failure logs are the point of a test helper
 
 pub mod distcc;
+pub mod forge;
 pub mod netns;
 pub mod queue;
 

@@ -9,7 +9,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::{Proc, START_TIMEOUT, bin, clean_command, private_tmp, workspace_root};
+use std::os::unix::net::UnixStream;
+
+use crate::{
+    Proc, START_TIMEOUT, Worker, bin, clean_command, hosts_of, private_tmp, workspace_root,
+};
 
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
@@ -32,7 +36,13 @@ pub fn chroot_prerequisites() -> Result<(PathBuf, PathBuf), String> {
             root.display()
         ));
     }
-    for tarball in ["lua-5.4.4.tar.gz", "lpeg-1.0.2.tar.gz", "lua-filesystem-1.8.0.tar.gz"] {
+    let tarballs = [
+        "lua-5.4.4.tar.gz",
+        "lpeg-1.0.2.tar.gz",
+        "lua-filesystem-1.8.0.tar.gz",
+        "argparse-0.7.1.tar.gz",
+    ];
+    for tarball in tarballs {
         if !sources.join(tarball).is_file() {
             return Err(format!("{} is missing: run `bash scripts/setup-chroot.sh`", tarball));
         }
@@ -266,4 +276,58 @@ pub fn wait_for_job(
 /// The job's state in a detail.
 pub fn state_of(detail: &serde_json::Value) -> &str {
     detail["job"]["state"].as_str().unwrap_or("?")
+}
+
+/// The agent on a socket of its own directory, the workers, and the masquerade directory.
+pub struct RpmFarm {
+    /// The agent (its socket in `socket_dir`).
+    pub agent: Proc,
+    /// The agent's socket.
+    pub socket: PathBuf,
+    /// The directory builders bind-mount as `/run/discomy`.
+    pub socket_dir: PathBuf,
+    /// The masquerade directory (`/usr/libexec/discomy`).
+    pub libexec: PathBuf,
+    _workers: Vec<Worker>,
+}
+
+impl RpmFarm {
+    /// Two workers (2 slots each), an agent whose socket anyone may use, and the masquerade
+    /// directory made for the chroot `root`'s compilers.
+    pub fn start(dir: &Path, root: &Path) -> RpmFarm {
+        let workers: Vec<Worker> =
+            (0..2).map(|i| Worker::start(dir, &format!("worker{i}"), 2)).collect();
+        let socket_dir = dir.join("run-discomy");
+        fs::create_dir_all(&socket_dir).expect("create the socket directory");
+        let socket = socket_dir.join("agent.sock");
+        let mut cmd = clean_command(bin("discomy-compilerd"));
+        cmd.env("TMPDIR", private_tmp(dir, "agent"))
+            .arg("agent")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--hosts", &hosts_of(&workers), "--socket-group", "everyone"])
+            .arg("--store")
+            .arg(dir.join("agent.store"));
+        let mut agent = Proc::spawn("agent", &mut cmd, dir);
+        let start = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(agent.try_wait().is_none(), "the agent exited:\n{}", agent.logs(40));
+            assert!(start.elapsed() < START_TIMEOUT, "the agent did not accept");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let libexec = dir.join("libexec-discomy");
+        let out = clean_command("sh")
+            .arg(workspace_root().join("rpm/mock/make-masquerade.sh"))
+            .arg(&libexec)
+            .arg(bin("discomy-cc"))
+            .arg(root)
+            .output()
+            .expect("run make-masquerade.sh");
+        assert!(
+            out.status.success(),
+            "make-masquerade.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RpmFarm { agent, socket, socket_dir, libexec, _workers: workers }
+    }
 }

@@ -19,19 +19,15 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::fs;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use discomy_tests::netns::Net;
 use discomy_tests::queue::{
-    Api, Builder, QueueCoordinator, chroot_prerequisites, discomy_command, discomy_json,
+    Api, Builder, QueueCoordinator, RpmFarm, chroot_prerequisites, discomy_command, discomy_json,
     job_detail, package_dir, state_of, wait_for_job,
 };
-use discomy_tests::{
-    Proc, START_TIMEOUT, Worker, agent_stats, bin, clean_command, hosts_of, private_tmp,
-    workspace_root,
-};
+use discomy_tests::{agent_stats, clean_command};
 
 const BUILD: Duration = Duration::from_secs(600);
 
@@ -54,48 +50,6 @@ const QUEUE: &str = "max_upload_bytes = 8388608\n[ops.queue]\nreport_every_secs 
 
 fn ids_of(json: &serde_json::Value) -> Vec<u64> {
     json["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
-}
-
-/// The agent on a socket of its own directory, the workers, and the masquerade directory.
-struct Farm {
-    agent: Proc,
-    socket: PathBuf,
-    socket_dir: PathBuf,
-    libexec: PathBuf,
-    _workers: Vec<Worker>,
-}
-
-fn farm(dir: &Path, root: &Path) -> Farm {
-    let workers: Vec<Worker> =
-        (0..2).map(|i| Worker::start(dir, &format!("worker{i}"), 2)).collect();
-    let socket_dir = dir.join("run-discomy");
-    fs::create_dir_all(&socket_dir).unwrap();
-    let socket = socket_dir.join("agent.sock");
-    let mut cmd = clean_command(bin("discomy-compilerd"));
-    cmd.env("TMPDIR", private_tmp(dir, "agent"))
-        .arg("agent")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--hosts", &hosts_of(&workers), "--socket-group", "everyone"])
-        .arg("--store")
-        .arg(dir.join("agent.store"));
-    let mut agent = Proc::spawn("agent", &mut cmd, dir);
-    let start = Instant::now();
-    while UnixStream::connect(&socket).is_err() {
-        assert!(agent.try_wait().is_none(), "the agent exited:\n{}", agent.logs(40));
-        assert!(start.elapsed() < START_TIMEOUT, "the agent did not accept");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let libexec = dir.join("libexec-discomy");
-    let out = clean_command("sh")
-        .arg(workspace_root().join("rpm/mock/make-masquerade.sh"))
-        .arg(&libexec)
-        .arg(bin("discomy-cc"))
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "make-masquerade.sh: {}", String::from_utf8_lossy(&out.stderr));
-    Farm { agent, socket, socket_dir, libexec, _workers: workers }
 }
 
 /// The events of a detail as `(seq, to, attempt, builder)`.
@@ -133,7 +87,7 @@ fn a_batch_builds_in_order_on_two_builders_through_the_farm_across_a_coordinator
     let Some((root, sources)) = prerequisites("build_queue batch") else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let farm = farm(dir, &root);
+    let farm = RpmFarm::start(dir, &root);
     let mut coordinator = QueueCoordinator::start(dir, QUEUE);
     let api = coordinator.api.clone();
     let farm_dirs = Some((farm.socket_dir.as_path(), farm.libexec.as_path()));

@@ -73,6 +73,13 @@ enum Cmd {
     /// Queue a package build: a .src.rpm, a .spec and its sources, or a dist-git repository at a
     /// ref. Prints the job's id.
     Submit(SubmitArgs),
+    /// Published repositories: `verify NAME --public-key FILE`, `sync NAME DEST` (run on the
+    /// coordinator's host: this runs `discomy-coordinator repo …` next to this program).
+    Repo {
+        /// `verify` or `sync` and their arguments (`discomy repo verify --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<OsString>,
+    },
     /// Queued package builds: list, show, cancel, retry, logs.
     Jobs {
         #[command(flatten)]
@@ -248,6 +255,16 @@ fn run() -> Result<ExitCode> {
         Cmd::Stats { socket, worker: None, json } => stats(&socket, json),
         Cmd::Stats { worker: Some(addr), json, .. } => worker_stats(&addr, json),
         Cmd::Submit(args) => submit(&args),
+        Cmd::Repo { args } => {
+            let exe = std::env::current_exe().context("cannot locate the discomy executable")?;
+            let coordinator = exe.with_file_name("discomy-coordinator");
+            let status = std::process::Command::new(&coordinator)
+                .arg("repo")
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", coordinator.display()))?;
+            Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(2)).unwrap_or(2)))
+        }
         Cmd::Jobs { api, command } => jobs(&api.client()?, command),
     }
 }

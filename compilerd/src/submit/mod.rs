@@ -15,7 +15,7 @@ use discomy_protocol::ops::{
 
 use crate::coord::api::{ApiClient, ApiClientError};
 
-pub mod spec;
+use discomy_protocol::specdeps as spec;
 
 /// Why a submission could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, default_value_t = 2.5, value_parser = positive_seconds)]
     node_timeout: f64,
     /// Configuration file (TOML): the build queue (`[ops]`), the token file.
-    #[arg(long, env = "DISCOMY_COORDINATOR_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "DISCOMY_COORDINATOR_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Serve the build queue's HTTP API here (overrides `ops.api_listen`).
     #[arg(long, value_name = "ADDR")]
@@ -50,6 +50,43 @@ struct Cli {
     /// Write the API's bound address (`IP:PORT`) to this file once listening.
     #[arg(long, value_name = "FILE")]
     api_addr_file: Option<PathBuf>,
+    /// Instead of running the daemon: the published repositories (`discomy repo` runs this).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Published repositories (`[ops.publish]` of `--config`).
+    Repo {
+        #[command(subcommand)]
+        command: RepoCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum RepoCmd {
+    /// Re-check a published repository: every file against the recorded sha256, repomd.xml's
+    /// checksums, the signatures of repomd.xml and of every RPM. Exit 1 when anything is wrong.
+    Verify {
+        /// The repository (`CHROOT-ARCH`), or a path to one.
+        name: String,
+        /// The signing key's public half (ASCII-armored), as you trust it (not the repository's
+        /// own copy).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mirror a published repository to a directory (switched atomically) or an rsync target
+    /// (`host:path`, `rsync://…`; packages first, metadata last).
+    Sync {
+        /// The repository (`CHROOT-ARCH`), or a path to one.
+        name: String,
+        /// Where to.
+        dest: String,
+    },
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -61,7 +98,17 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 
 fn main() -> std::process::ExitCode {
     discomy_protocol::plumbing::daemon::init_tracing();
-    match run() {
+    let cli = Cli::parse();
+    if let Some(Command::Repo { command }) = &cli.command {
+        return match repo(&cli, command) {
+            Ok(code) => code,
+            Err(err) => {
+                tracing::error!("{err:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -70,9 +117,46 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `discomy-coordinator repo …`: the product is the printed report.
+#[allow(clippy::print_stdout)]
+fn repo(cli: &Cli, command: &RepoCmd) -> Result<std::process::ExitCode> {
+    use discomy_coordinator::ops::final_aggregator as agg;
+    let file = match &cli.config {
+        Some(path) => CoordinatorFile::load(path)?,
+        None => CoordinatorFile::default(),
+    };
+    let path_of = |name: &str| -> Result<PathBuf> {
+        if name.contains('/') {
+            return Ok(PathBuf::from(name));
+        }
+        let publish = file.ops.publish.as_ref().context("no [ops.publish] in --config")?;
+        Ok(publish.repos_root.join(name))
+    };
+    match command {
+        RepoCmd::Verify { name, public_key, json } => {
+            let report = agg::verify(&path_of(name)?, public_key)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.is_ok() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            })
+        }
+        RepoCmd::Sync { name, dest } => {
+            let keep = file.ops.publish.as_ref().map_or(3, |p| p.keep_generations);
+            let report = agg::sync(&path_of(name)?, &agg::SyncDest::parse(dest), keep)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn run() -> Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> Result<()> {
     let mut file = match &cli.config {
         Some(path) => CoordinatorFile::load(path)?,
         None => CoordinatorFile::default(),

@@ -46,6 +46,8 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .merge(uploads)
         .layer(middleware::from_fn_with_state(Arc::clone(&ops), authenticate))
+        // Forges prove themselves with their hook's secret, not the farm token.
+        .merge(super::job_listener::routes())
         .with_state(ops)
 }
 
@@ -150,10 +152,14 @@ async fn submit_batch(
     State(ops): State<Arc<Ops>>,
     Json(req): Json<BatchRequest>,
 ) -> Result<(StatusCode, Json<BatchResponse>), OpsError> {
+    let (batch, target) = (req.batch.clone(), req.jobs.first().map(|j| j.target.clone()));
     let (ids, events) = ops
         .db(move |db, ops| db.submit_batch(&req, &ops.config.queue, &|b| ops.blobs.has(b), now()))
         .await?;
     ops.publish(events);
+    if let Some(target) = target {
+        ops.batch_queued(&batch, &target, &ids).await?;
+    }
     Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
 }
 

@@ -50,6 +50,39 @@ impl BlobStore {
         Ok(BlobStore { dir: dir.to_path_buf(), tmp })
     }
 
+    /// A directory of this process's own for scratch files that [`BlobStore::adopt`] takes
+    /// (on the store's file system, so adopting is a rename).
+    pub fn scratch(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Takes the file at `path` (in [`BlobStore::scratch`]) as a blob: hashed, synced, renamed
+    /// into place; returns its digest and size. Refused past `limit` bytes.
+    pub fn adopt(&self, path: &Path, limit: u64) -> Result<(String, u64), OpsError> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        if size > limit {
+            let _ = std::fs::remove_file(path);
+            return Err(OpsError::TooLarge(format!("{size} bytes; the limit is {limit}")));
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        file.sync_all()?;
+        let hex = hasher.finalize().to_hex().to_string();
+        let final_path = self.path(&hex);
+        std::fs::create_dir_all(final_path.parent().unwrap_or(&self.dir))?;
+        std::fs::rename(path, &final_path)?;
+        Ok((hex, size))
+    }
+
     /// Where the blob `hex` lives (whether or not it exists). `hex` must be checked first.
     pub fn path(&self, hex: &str) -> PathBuf {
         self.dir.join(&hex[..2]).join(hex)

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS artifacts (
     size INTEGER NOT NULL,
     PRIMARY KEY (job, attempt, name)
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    forge TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (forge, id)
+);
 ";
 
 /// The columns [`job_from_row`] reads, in its order.
@@ -89,6 +95,7 @@ impl Db {
 
     fn init(conn: Connection) -> Result<Db, OpsError> {
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::outbox::SCHEMA)?;
         Ok(Db { conn })
     }
 

@@ -9,7 +9,13 @@
 //! - [`queue_executor`]: the per-job state machine; every transition is stored as an event.
 //! - [`host_scheduler`]: the green light for a builder (slots, memory, disk).
 //! - [`blobs`]: content-addressed sources and artefacts, verified on arrival.
+//! - [`outbox`]: messages and watches kept until delivered (commit statuses), in the database.
 //! - [`logs`]: build logs streamed by builders.
+//! - [`job_listener`]: forge webhooks (GitHub, Gitea/Forgejo, GitLab) → batches from the pushed
+//!   commit's `.discomy.toml`.
+//! - [`final_aggregator`]: a batch whose builds all succeeded, signed and published as a
+//!   repository (createrepo_c, rpmsign, gpg), switched atomically; `verify` and `sync`.
+//! - [`ci_notify`]: commit statuses posted to the forge when a push's jobs end.
 //! - [`api`]: the JSON HTTP API (`discomy submit`, `discomy jobs`, builders).
 //!
 //! Wire types are `discomy_protocol::ops`. Nothing here touches the compile farm's scheduler:
@@ -18,10 +24,14 @@
 pub mod api;
 pub mod batch;
 pub mod blobs;
+pub mod ci_notify;
 pub mod db;
+pub mod final_aggregator;
 pub mod host_scheduler;
+pub mod job_listener;
 pub mod job_queue;
 pub mod logs;
+pub mod outbox;
 pub mod pg;
 pub mod queue_executor;
 pub mod queue_rules;
@@ -33,7 +43,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use discomy_protocol::ops::JobEvent;
+use discomy_protocol::ops::{JobEvent, Target};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +106,13 @@ pub struct OpsConfig {
     pub max_log_bytes: u64,
     /// The queue's timings and limits.
     pub queue: QueueConfig,
+    /// Repositories whose forge webhooks are accepted (`[[ops.repos]]`).
+    pub repos: Vec<job_listener::RepoConfig>,
+    /// The API's address as people and forges reach it (links in commit statuses);
+    /// `http://API_LISTEN` by default.
+    pub public_url: Option<String>,
+    /// Where and how batches are published (`[ops.publish]`); nothing is published without it.
+    pub publish: Option<final_aggregator::RepoConfig>,
 }
 
 impl Default for OpsConfig {
@@ -108,6 +125,9 @@ impl Default for OpsConfig {
             max_upload_bytes: 4 << 30,
             max_log_bytes: 64 << 20,
             queue: QueueConfig::default(),
+            repos: Vec::new(),
+            public_url: None,
+            publish: None,
         }
     }
 }
@@ -159,6 +179,8 @@ pub struct Ops {
     config: OpsConfig,
     token: Option<blake3::Hash>,
     events: broadcast::Sender<JobEvent>,
+    /// The repositories whose webhooks are accepted, with their secrets.
+    repos: Vec<job_listener::Repo>,
     /// Woken by every change: builders waiting for work (a long-polled report) ask again.
     work: tokio::sync::Notify,
 }
@@ -175,6 +197,7 @@ impl Ops {
     /// must present; without one, only loopback clients are served.
     pub fn open(config: OpsConfig, token: Option<&str>) -> Result<Arc<Ops>, OpsError> {
         config.queue.validate().map_err(OpsError::BadRequest)?;
+        let repos = job_listener::load(&config.repos).map_err(OpsError::BadRequest)?;
         std::fs::create_dir_all(&config.state_dir)?;
         // On a thread of its own: the PostgreSQL client must not block an async thread.
         let (db, resumed) = std::thread::scope(|s| {
@@ -202,8 +225,48 @@ impl Ops {
             token: token.map(|t| blake3::hash(t.as_bytes())),
             config,
             events,
+            repos,
             work: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Runs `f` on the database on this (blocking) thread.
+    fn blocking_db(
+        &self,
+        f: &mut dyn FnMut(&mut dyn QueueStore) -> Result<(), OpsError>,
+    ) -> Result<(), OpsError> {
+        let mut db = self.db.lock().map_err(|_| OpsError::Corrupt("lock poisoned".into()))?;
+        f(db.as_mut())
+    }
+
+    /// After a batch was queued: its publication is watched (when publishing is configured).
+    async fn batch_queued(
+        self: &Arc<Self>,
+        batch: &str,
+        target: &Target,
+        jobs: &[u64],
+    ) -> Result<(), OpsError> {
+        if self.config.publish.is_none() {
+            return Ok(());
+        }
+        let watch = final_aggregator::watch::Publish {
+            batch: batch.to_owned(),
+            repository: format!("{}-{}", target.chroot, target.arch),
+            jobs: jobs.to_vec(),
+        };
+        let payload = serde_json::to_string(&watch).unwrap_or_default();
+        self.db(move |db, _| db.outbox_add(final_aggregator::watch::PUBLISH, &payload, now()))
+            .await?;
+        Ok(())
+    }
+
+    /// The API's address as people and forges reach it.
+    pub fn public_url(&self) -> String {
+        match (&self.config.public_url, self.config.api_listen) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(addr)) => format!("http://{addr}"),
+            (None, None) => "http://localhost:3635".to_owned(),
+        }
     }
 
     /// Events as they happen (the monitor and the web UI subscribe).
@@ -265,10 +328,12 @@ pub async fn serve(
             }
         })
     };
+    let notifier = tokio::spawn(outbox::run(Arc::clone(&ops), shutdown.clone()));
     let app = api::router(ops);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     ticker.abort();
+    notifier.abort();
     result
 }

@@ -11,6 +11,7 @@ use discomy_protocol::ops::{
 use super::OpsError;
 use super::db::Db;
 use super::job_queue::{Events, QueueConfig};
+use super::outbox::{self, OutboxItem};
 
 /// Whether the coordinator holds a blob with that size.
 pub type BlobPresent<'a> = &'a dyn Fn(&BlobRef) -> bool;
@@ -74,6 +75,27 @@ pub trait QueueStore: Send {
     fn retry(&mut self, job: u64, who: &str, now: f64) -> Result<(JobView, Events), OpsError>;
     /// After a restart: leases run from now.
     fn resume(&mut self, config: &QueueConfig, now: f64) -> Result<usize, OpsError>;
+    /// Adds an outbox item (a commit status to send, a push to watch), due at once.
+    fn outbox_add(&mut self, kind: &str, payload: &str, now: f64) -> Result<u64, OpsError>;
+    /// Claims up to `limit` due outbox items for `lease` seconds.
+    fn outbox_claim(
+        &mut self,
+        now: f64,
+        lease: f64,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, OpsError>;
+    /// An outbox item was delivered.
+    fn outbox_done(&mut self, id: u64, now: f64) -> Result<(), OpsError>;
+    /// An outbox item is not done: due again at `next_try`, with its new content.
+    fn outbox_later(
+        &mut self,
+        id: u64,
+        next_try: f64,
+        payload: &str,
+        error: &str,
+    ) -> Result<(), OpsError>;
+    /// Records a webhook delivery; `false` when it was seen before (a replay).
+    fn record_delivery(&mut self, forge: &str, id: &str, now: f64) -> Result<bool, OpsError>;
     /// Expired leases, timeouts, jobs whose dependency failed.
     fn tick(&mut self, config: &QueueConfig, now: f64) -> Result<Events, OpsError>;
 }
@@ -149,5 +171,35 @@ impl QueueStore for Db {
     }
     fn tick(&mut self, config: &QueueConfig, now: f64) -> Result<Events, OpsError> {
         Db::tick(self, config, now)
+    }
+    fn outbox_add(&mut self, kind: &str, payload: &str, now: f64) -> Result<u64, OpsError> {
+        outbox::add(&self.conn, kind, payload, now)
+    }
+    fn outbox_claim(
+        &mut self,
+        now: f64,
+        lease: f64,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, OpsError> {
+        outbox::claim(&mut self.conn, now, lease, limit)
+    }
+    fn outbox_done(&mut self, id: u64, now: f64) -> Result<(), OpsError> {
+        outbox::done(&self.conn, id, now)
+    }
+    fn outbox_later(
+        &mut self,
+        id: u64,
+        next_try: f64,
+        payload: &str,
+        error: &str,
+    ) -> Result<(), OpsError> {
+        outbox::later(&self.conn, id, next_try, payload, error)
+    }
+    fn record_delivery(&mut self, forge: &str, id: &str, now: f64) -> Result<bool, OpsError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO deliveries (forge, id, at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![forge, id, now],
+        )?;
+        Ok(n == 1)
     }
 }

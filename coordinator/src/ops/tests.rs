@@ -54,6 +54,7 @@ on_both_stores!(
     submissions_are_checked_and_survive_reopening,
     a_batch_builds_in_dependency_order_with_earlier_rpms,
     a_cycle_is_refused_with_its_members_and_a_failed_dependency_fails_its_dependents,
+    the_outbox_keeps_items_until_done_and_deliveries_are_seen_once,
 );
 
 /// The private PostgreSQL server of this test run, started once. Missing PostgreSQL fails the
@@ -418,4 +419,28 @@ fn a_cycle_is_refused_with_its_members_and_a_failed_dependency_fails_its_depende
     let failure = top.failure.unwrap();
     assert_eq!(failure.kind, FailureKind::Dependency);
     assert!(failure.message.contains("base-1.0-1"), "{}", failure.message);
+}
+
+fn the_outbox_keeps_items_until_done_and_deliveries_are_seen_once(open: Open<'_>) {
+    let mut db = open();
+    let a = db.outbox_add("watch", "{\"n\":1}", 10.0).unwrap();
+    let b = db.outbox_add("publish", "{\"n\":2}", 10.0).unwrap();
+    let claimed = db.outbox_claim(11.0, 60.0, 10).unwrap();
+    let ids: Vec<u64> = claimed.iter().map(|i| i.id).collect();
+    assert_eq!(ids, [a, b]);
+    assert_eq!((claimed[0].kind.as_str(), claimed[0].attempts), ("watch", 1));
+    assert!(db.outbox_claim(12.0, 60.0, 10).unwrap().is_empty(), "leased to the first claim");
+    db.outbox_done(a, 13.0).unwrap();
+    db.outbox_later(b, 20.0, "{\"n\":3}", "the forge is down").unwrap();
+    assert!(db.outbox_claim(19.0, 60.0, 10).unwrap().is_empty(), "not due yet");
+    let again = db.outbox_claim(21.0, 60.0, 10).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].payload.as_str(), again[0].attempts), (b, "{\"n\":3}", 2));
+    // A restart (a new connection) loses nothing.
+    drop(db);
+    let mut db = open();
+    assert_eq!(db.outbox_claim(1000.0, 60.0, 10).unwrap().len(), 1, "b is still there, a is done");
+    assert!(db.record_delivery("github", "d-1", 1.0).unwrap());
+    assert!(!db.record_delivery("github", "d-1", 2.0).unwrap(), "a replay");
+    assert!(db.record_delivery("gitlab", "d-1", 2.0).unwrap(), "ids are per forge");
 }

@@ -21,6 +21,7 @@
 //!   transaction back and frees its row locks. One that hangs is cut off by
 //!   `idle_in_transaction_session_timeout`.
 
+mod outbox;
 mod queue;
 pub mod scratch;
 #[cfg(test)]
@@ -84,6 +85,23 @@ CREATE TABLE IF NOT EXISTS artifacts (
     blake3 TEXT NOT NULL,
     size BIGINT NOT NULL,
     PRIMARY KEY (job, attempt, name)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_try DOUBLE PRECISION NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    done_at DOUBLE PRECISION,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (done_at, next_try);
+CREATE TABLE IF NOT EXISTS deliveries (
+    forge TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (forge, id)
 );
 ";
 

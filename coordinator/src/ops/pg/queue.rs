@@ -16,6 +16,7 @@ use crate::ops::batch::{is_installable, orphan_failure, refuse_cycle_in};
 use crate::ops::db::JOB_COLUMNS;
 use crate::ops::host_scheduler::green_light;
 use crate::ops::job_queue::{Events, QueueConfig};
+use crate::ops::outbox::OutboxItem;
 use crate::ops::queue_executor::Change;
 use crate::ops::queue_rules::{
     batch_member, check_batch, check_report, check_submission, failed_detail, infra_verdict,
@@ -211,6 +212,37 @@ impl QueueStore for PgStore {
             Ok(tx.tx.execute(&sql, &[&(now + config.lease_secs)])?)
         })?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn outbox_add(&mut self, kind: &str, payload: &str, now: f64) -> Result<u64, OpsError> {
+        self.add_to_outbox(kind, payload, now)
+    }
+
+    fn outbox_claim(
+        &mut self,
+        now: f64,
+        lease: f64,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, OpsError> {
+        self.claim_outbox(now, lease, limit)
+    }
+
+    fn outbox_done(&mut self, id: u64, now: f64) -> Result<(), OpsError> {
+        self.outbox_item_done(id, now)
+    }
+
+    fn outbox_later(
+        &mut self,
+        id: u64,
+        next_try: f64,
+        payload: &str,
+        error: &str,
+    ) -> Result<(), OpsError> {
+        self.outbox_item_later(id, next_try, payload, error)
+    }
+
+    fn record_delivery(&mut self, forge: &str, id: &str, now: f64) -> Result<bool, OpsError> {
+        self.delivery_seen_first(forge, id, now)
     }
 
     fn tick(&mut self, config: &QueueConfig, now: f64) -> Result<Events, OpsError> {

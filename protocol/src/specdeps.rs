@@ -5,8 +5,9 @@
 //! runs nothing; a name still holding a macro is left out (the order can then be wrong, never
 //! the build: a job built too early fails on its missing dependency, loudly).
 //!
-//! For a source RPM, the spec inside it is read with `rpm2cpio | cpio` (the user's own file, on
-//! the user's machine).
+//! Shared by `discomy submit` (which, for a source RPM, reads the spec inside it with
+//! `rpm2cpio | cpio`: the user's own file, on the user's machine) and the coordinator's
+//! job_listener (specs of a pushed repository: text only, nothing run on the coordinator).
 
 use std::collections::BTreeMap;
 use std::path::Path;
