@@ -73,6 +73,20 @@ fn farm_found_over_mdns_across_namespaces() {
         status["nodes"].as_array().map(Vec::len).unwrap_or(0)
     };
     wait_until("three nodes in the farm", Duration::from_secs(60), &mut workers, || nodes() == 3);
+    // `discomy status` without an address finds the coordinator by farm name, from another host.
+    let out = net
+        .command(4, &bin("discomy"))
+        .args(["status", "--json", "--farm", &farm])
+        .env("DISCOMY_TOKEN", TOKEN)
+        .output()
+        .expect("discomy status over mDNS");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        found["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "discomy status --farm {farm}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Namespace 4: the build host's agent, no address either.
     let socket = tmp.path().join("agent.sock");

@@ -43,9 +43,21 @@ enum Cmd {
     },
     /// The farm as the coordinator sees it: nodes, slots, load, learned speed, submitters.
     Status {
-        /// Coordinator `host[:port]`.
+        /// Coordinator `host[:port]` (or several, comma-separated); without one, the coordinator
+        /// of `--farm` is discovered over mDNS, as nodes and agents do.
         #[arg(long, env = "DISCOMY_COORDINATOR")]
-        coordinator: String,
+        coordinator: Option<String>,
+        /// The farm to discover when no coordinator is given.
+        #[arg(long, env = "DISCOMY_FARM", default_value = "default")]
+        farm: String,
+        /// No mDNS discovery (`DISCOMY_NO_MDNS` takes 1/0, true/false, yes/no).
+        #[arg(
+            long,
+            env = discomy_protocol::plumbing::env::NO_MDNS,
+            value_parser = clap::builder::BoolishValueParser::new(),
+            action = clap::ArgAction::SetTrue
+        )]
+        no_mdns: bool,
         /// Farm token (prefer `DISCOMY_TOKEN` or `--token-file`: arguments show in `ps`).
         #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -247,9 +259,23 @@ fn run() -> Result<ExitCode> {
             );
             Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
         }
-        Cmd::Status { coordinator, token, token_file, json } => {
+        Cmd::Status { coordinator, farm, no_mdns, token, token_file, json } => {
             let (token, _) =
                 discomy_protocol::plumbing::secret::token(token, token_file.as_deref())?;
+            let coordinator = match (coordinator, no_mdns) {
+                (Some(addr), _) => addr,
+                (None, true) => anyhow::bail!("no --coordinator, and mDNS discovery is off"),
+                (None, false) => {
+                    use discomy_compilerd::coord::discover;
+                    let found = discover::browse_all(&farm, std::time::Duration::from_secs(3));
+                    anyhow::ensure!(
+                        !found.is_empty(),
+                        "no coordinator of farm {farm:?} answered over mDNS within 3 s; \
+                         give --coordinator HOST:PORT"
+                    );
+                    found.join(",")
+                }
+            };
             status(&coordinator, token.as_deref(), json)
         }
         Cmd::Stats { socket, worker: None, json } => stats(&socket, json),
