@@ -25,8 +25,8 @@ sudo=""
 
 # What rpmbuild needs in the chroot (Debian's `rpm` package provides rpmbuild), the compilers,
 # what the Lua specs' BuildRequires name (gcc, make), and debugedit and elfutils (eu-strip) for
-# find-debuginfo.
-packages=(gcc g++ make rpm cpio debugedit elfutils file patch xz-utils bzip2 diffutils findutils binutils)
+# find-debuginfo, and the batch checks' tools (rpmlint, abigail-tools for abipkgdiff).
+packages=(gcc g++ make rpm cpio debugedit elfutils file patch xz-utils bzip2 diffutils findutils binutils rpmlint abigail-tools)
 want="suite=$suite mirror=$mirror packages=${packages[*]}"
 
 started=$(date +%s.%N)

@@ -18,7 +18,7 @@ use discomy_compilerd::builder::config::ChrootConfig;
 use discomy_compilerd::builder::job::{
     BuildResult, BuildSettings, Control, Inputs, LocalFile, build,
 };
-use discomy_protocol::ops::{FailureKind, Outcome};
+use discomy_protocol::ops::{CheckKind, FailureKind, Outcome};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -347,4 +347,63 @@ fn dependencies_are_installed_before_the_build() {
     );
     // The chroot's root is not changed by the install (the overlay takes it).
     assert!(!root.join("usr/share/depa").exists());
+}
+
+/// A shared library package: `libabi.so.1` exporting `f` and, in version 1 only, `g`.
+fn libabi(version: &str) -> String {
+    let g = if version == "1" { "int g(void) { return 2; }" } else { "" };
+    format!(
+        "Name: libabi\nVersion: {version}\nRelease: 1\nSummary: x\nLicense: MIT\n%description\nx\n\
+         %build\nprintf '%s\\n' 'int f(void) {{ return 1; }}' '{g}' > abi.c\n\
+         gcc -shared -fPIC -g -O2 -Wl,-soname,libabi.so.1 -o libabi.so.1 abi.c\n\
+         %install\ninstall -D -m 0755 libabi.so.1 %{{buildroot}}/usr/lib64/libabi.so.1\n\
+         %files\n/usr/lib64/libabi.so.1\n"
+    )
+}
+
+#[test]
+fn checks_report_with_rpmlint_and_find_abi_breaks_with_abipkgdiff() {
+    let Some(root) = chroot_or_skip("checks_report_with_rpmlint_and_find_abi_breaks") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rpms = Vec::new();
+    for version in ["1", "2"] {
+        let inputs =
+            spec_inputs(tmp.path(), &format!("libabi{version}"), &libabi(version), Vec::new());
+        let work = tmp.path().join(format!("build-{version}"));
+        let built =
+            run(&root, &work, &format!("test-libabi-{version}"), &inputs, Duration::from_secs(120));
+        assert!(matches!(built.outcome, Outcome::Succeeded), "{built:?}");
+        let rpm = built
+            .artifacts
+            .iter()
+            .find(|a| a.name == format!("libabi-{version}-1.x86_64.rpm"))
+            .unwrap_or_else(|| panic!("no libabi {version} RPM in {:?}", names(&built)))
+            .clone();
+        rpms.push(rpm);
+    }
+    let check = |check, warn_only, new: &LocalFile, baseline: &[LocalFile], tag: &str| {
+        let inputs =
+            Inputs::Check { check, warn_only, new: vec![new.clone()], baseline: baseline.to_vec() };
+        let result = run(&root, &tmp.path().join(tag), tag, &inputs, Duration::from_secs(120));
+        let log = fs::read_to_string(&result.log).unwrap_or_default();
+        (result, log)
+    };
+    // rpmlint reports (a library package has plenty to say); warn_only keeps the job green.
+    let (lint, log) = check(CheckKind::Rpmlint, true, &rpms[0], &[], "check-rpmlint");
+    assert!(matches!(lint.outcome, Outcome::Succeeded), "{lint:?}\n{log}");
+    assert!(log.contains("== rpmlint") && log.contains("libabi"), "{log}");
+    assert!(lint.artifacts.is_empty(), "a check uploads no RPM: {:?}", names(&lint));
+    // Version 2 drops `g`: abipkgdiff against version 1 fails the check...
+    let (abi, log) = check(CheckKind::Abidiff, false, &rpms[1], &rpms[..1], "check-abi");
+    let (kind, message) = failure_of(&abi);
+    assert_eq!(kind, FailureKind::Build, "{message}");
+    assert!(log.contains("libabi-1-1.x86_64.rpm -> libabi-2-1.x86_64.rpm"), "{log}");
+    assert!(log.contains("g"), "{log}");
+    // ...and version 1 against itself passes; with warn_only the break only warns.
+    let (same, log) = check(CheckKind::Abidiff, false, &rpms[0], &rpms[..1], "check-same");
+    assert!(matches!(same.outcome, Outcome::Succeeded), "{same:?}\n{log}");
+    let (warned, _) = check(CheckKind::Abidiff, true, &rpms[1], &rpms[..1], "check-warn");
+    assert!(matches!(warned.outcome, Outcome::Succeeded), "{warned:?}");
 }

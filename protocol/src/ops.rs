@@ -123,6 +123,39 @@ pub enum JobSource {
         /// Its sources, put in `SOURCES/`.
         sources: Vec<BlobRef>,
     },
+    /// A check of the binary RPMs its batch built (they come as the assignment's `deps`): the
+    /// job waits for them like any job of the batch, and its log is the check's report.
+    Check {
+        /// Which check.
+        check: CheckKind,
+        /// A failed check only warns: the job succeeds, its report says what was found.
+        #[serde(default)]
+        warn_only: bool,
+        /// For `abidiff`: the previously published RPMs of the same packages.
+        #[serde(default)]
+        baseline: Vec<BlobRef>,
+    },
+}
+
+/// The checks a batch can run after its builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// `rpmlint` on the new RPMs (sanitisation).
+    Rpmlint,
+    /// `abipkgdiff` (abigail-tools) of each new package's shared libraries against its
+    /// previously published build.
+    Abidiff,
+}
+
+impl CheckKind {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Rpmlint => "rpmlint",
+            CheckKind::Abidiff => "abidiff",
+        }
+    }
 }
 
 impl JobSource {
@@ -131,6 +164,7 @@ impl JobSource {
         match self {
             JobSource::Srpm { srpm } => vec![srpm],
             JobSource::Spec { spec, sources } => std::iter::once(spec).chain(sources).collect(),
+            JobSource::Check { baseline, .. } => baseline.iter().collect(),
         }
     }
 }

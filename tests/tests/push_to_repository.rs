@@ -115,9 +115,13 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
         fs::copy(spec, d.join(format!("{pkg}.spec"))).unwrap();
         fs::copy(sources.join(tarball), d.join(tarball)).unwrap();
     }
-    let pipeline = "[[targets]]\nchroot = \"el9\"\narch = \"x86_64\"\n[[packages]]\ndir = \"lua\"\n\
-                    [[packages]]\ndir = \"lua-argparse\"\n";
-    fs::write(work.join(".discomy.toml"), pipeline).unwrap();
+    let checks =
+        "[[checks]]\nkind = \"rpmlint\"\non_failure = \"warn\"\n[[checks]]\nkind = \"abidiff\"\n";
+    let pipeline = format!(
+        "[[targets]]\nchroot = \"el9\"\narch = \"x86_64\"\n[[packages]]\ndir = \"lua\"\n\
+         [[packages]]\ndir = \"lua-argparse\"\n{checks}"
+    );
+    fs::write(work.join(".discomy.toml"), &pipeline).unwrap();
     git(&work, &["init", "-q", "-b", "c9s"]);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "lua stack"]);
@@ -182,7 +186,7 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
     );
 
     let ids = push_hook(&api.url, &sha, "push-1");
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.len(), 4, "two builds and two checks: {ids:?}");
     wait_status(&statuses, "pending");
     for id in &ids {
         let d = wait_for_job(&api, *id, BUILD, "end", |d| {
@@ -191,6 +195,17 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
         assert_eq!(state_of(&d), "succeeded", "{d:#}");
     }
     wait_status(&statuses, "success");
+    // The checks ran after the builds, on the builder, and their reports are kept.
+    let (ok, log, _) = {
+        let out =
+            discomy_tests::queue::discomy_command(&api, &["jobs", "logs", &ids[2].to_string()])
+                .output()
+                .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), ())
+    };
+    assert!(ok && log.contains("== rpmlint") && log.contains("lua-argparse"), "{log}");
+    let d = discomy_tests::queue::job_detail(&api, ids[3]);
+    assert_eq!(d["job"]["name"], "check-abidiff", "{d:#}");
     let stats = agent_stats(&farm.socket);
     assert!(stats["remote"].as_u64().unwrap_or(0) >= 20, "lua compiled through the farm: {stats}");
 
@@ -276,11 +291,11 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
     let broken =
         fs::read_to_string(&spec).unwrap().replace("Version:        0.7.1", "Version 0.7.2");
     fs::write(&spec, broken).unwrap();
-    fs::write(
-        work.join(".discomy.toml"),
-        "[[targets]]\nchroot = \"el9\"\narch = \"x86_64\"\n[[packages]]\ndir = \"lua-argparse\"\n",
-    )
-    .unwrap();
+    // Only the broken package, with the checks: they fail with it (a dependency failed).
+    let pipeline = format!(
+        "[[targets]]\nchroot = \"el9\"\narch = \"x86_64\"\n[[packages]]\ndir = \"lua-argparse\"\n{checks}"
+    );
+    fs::write(work.join(".discomy.toml"), pipeline).unwrap();
     git(&work, &["commit", "-q", "-am", "broken"]);
     git(&work, &["push", "-q", bare.to_str().unwrap(), "c9s"]);
     let sha2 = git(&work, &["rev-parse", "HEAD"]);
@@ -292,7 +307,11 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(fs::read_link(&repo).unwrap(), generation, "a failed batch was published");
     let (ok, list, _) = discomy_json(&api, &["jobs", "list", "--json"]);
-    assert!(ok && list.as_array().unwrap().len() == 3, "{list:#}");
+    assert!(ok && list.as_array().unwrap().len() == 7, "{list:#}");
+    for id in &ids[1..] {
+        let d = wait_for_job(&api, *id, BUILD, "end", |d| state_of(d) == "failed");
+        assert_eq!(d["job"]["failure"]["kind"], "dependency", "{d:#}");
+    }
     drop(farm.agent);
     let _ =
         Command::new("gpgconf").arg("--homedir").arg(&gnupg).args(["--kill", "gpg-agent"]).status();

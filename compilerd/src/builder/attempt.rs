@@ -219,12 +219,18 @@ fn download(
 ) -> Result<(Inputs, Vec<LocalFile>), Failure> {
     let files = fetch_all(env, a, control, &work.join("in"), &a.source.blobs())?;
     let deps = fetch_all(env, a, control, &work.join("deps"), &a.deps.iter().collect::<Vec<_>>())?;
+    if let JobSource::Check { check, warn_only, .. } = &a.source {
+        // The batch's RPMs are what is checked, not installed.
+        let inputs =
+            Inputs::Check { check: *check, warn_only: *warn_only, new: deps, baseline: files };
+        return Ok((inputs, Vec::new()));
+    }
     let mut files = files.into_iter();
     let first =
         files.next().ok_or_else(|| failure(FailureKind::Refused, "the job names no file"))?;
     let inputs = match &a.source {
         JobSource::Srpm { .. } => Inputs::Srpm(first),
-        JobSource::Spec { .. } => Inputs::Spec { spec: first, sources: files.collect() },
+        _ => Inputs::Spec { spec: first, sources: files.collect() },
     };
     Ok((inputs, deps))
 }

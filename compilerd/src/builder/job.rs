@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use discomy_protocol::ops::{Failure, FailureKind, Outcome, is_plain_file_name};
+use discomy_protocol::ops::{CheckKind, Failure, FailureKind, Outcome, is_plain_file_name};
 use discomy_protocol::plumbing::GroupKiller;
 
 use super::cgroup::{JobCgroup, Limits};
@@ -69,6 +69,17 @@ pub enum Inputs {
         spec: LocalFile,
         /// Its sources and patches.
         sources: Vec<LocalFile>,
+    },
+    /// A check of the batch's RPMs (`rpmlint`, or `abipkgdiff` against `baseline`).
+    Check {
+        /// Which.
+        check: CheckKind,
+        /// A failing check still succeeds (its log is the report).
+        warn_only: bool,
+        /// The RPMs checked.
+        new: Vec<LocalFile>,
+        /// The previously published RPMs (abidiff).
+        baseline: Vec<LocalFile>,
     },
 }
 
@@ -151,6 +162,18 @@ pub fn build(
                 ),
             );
         }
+        Ok(Ended::Exited(status)) if matches!(inputs, Inputs::Check { .. }) => {
+            let warn_only = matches!(inputs, Inputs::Check { warn_only: true, .. });
+            if !status.success() && !warn_only {
+                result.outcome = failed(
+                    FailureKind::Build,
+                    format!(
+                        "the check failed ({status}); its report ends:\n{}",
+                        log_tail(&log, TAIL_LINES)
+                    ),
+                );
+            }
+        }
         Ok(Ended::Exited(status)) if !status.success() => {
             let oom = if oom { " (the memory limit killed a process)" } else { "" };
             result.outcome = failed(
@@ -177,6 +200,26 @@ enum Ended {
     Exited(std::process::ExitStatus),
     TimedOut,
     Stopped,
+}
+
+/// The shell command of a check, run in the chroot over `TOPDIR/check/{new,old}/*.rpm`.
+fn check_command(check: CheckKind) -> String {
+    let dir = format!("{TOPDIR}/check");
+    match check {
+        CheckKind::Rpmlint => format!(
+            "echo '== rpmlint'; ls {dir}/new/*.rpm >/dev/null 2>&1 || {{ echo 'no RPM to check'; exit 0; }}; \
+             rpmlint {dir}/new/*.rpm"
+        ),
+        // Each new package against the published build of the same name, when there is one.
+        CheckKind::Abidiff => format!(
+            "echo '== abipkgdiff'; rc=0; for new in {dir}/new/*.rpm; do [ -e \"$new\" ] || continue; \
+             name=$(rpm -qp --qf '%{{NAME}}' \"$new\" 2>/dev/null); case \"$name\" in *-debuginfo|*-debugsource) continue;; esac; \
+             for old in {dir}/old/*.rpm; do [ -e \"$old\" ] || continue; \
+             [ \"$(rpm -qp --qf '%{{NAME}}' \"$old\" 2>/dev/null)\" = \"$name\" ] || continue; \
+             echo \"== $name: $(basename \"$old\") -> $(basename \"$new\")\"; \
+             abipkgdiff \"$old\" \"$new\" || rc=1; done; done; exit $rc"
+        ),
+    }
 }
 
 /// Single-quoted for `bash -c`.
@@ -233,6 +276,15 @@ fn runner_args(settings: &BuildSettings<'_>, work: &Path, inputs: &Inputs) -> Ve
                 install(source, "SOURCES");
             }
             format!("rpmbuild -ba{nodeps} {}", shell_quote(&at))
+        }
+        Inputs::Check { check, new, baseline, .. } => {
+            for rpm in new {
+                install(rpm, "check/new");
+            }
+            for rpm in baseline {
+                install(rpm, "check/old");
+            }
+            check_command(*check)
         }
     };
     args.extend(["--".into(), command]);

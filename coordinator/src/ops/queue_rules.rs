@@ -16,6 +16,7 @@ pub(super) fn job_name(source: &JobSource) -> String {
     match source {
         JobSource::Srpm { srpm } => srpm.name.trim_end_matches(".rpm").trim_end_matches(".src"),
         JobSource::Spec { spec, .. } => spec.name.trim_end_matches(".spec"),
+        JobSource::Check { check, .. } => return format!("check-{}", check.as_str()),
     }
     .to_owned()
 }
@@ -96,6 +97,16 @@ pub(super) fn check_submission(
         }
         JobSource::Spec { sources, .. } if sources.len() > 1024 => {
             return Err(OpsError::BadRequest("more than 1024 sources".into()));
+        }
+        JobSource::Check { baseline, .. }
+            if baseline.len() > 1024 || baseline.iter().any(|b| !b.name.ends_with(".rpm")) =>
+        {
+            return Err(OpsError::BadRequest("a check's baseline is at most 1024 RPMs".into()));
+        }
+        JobSource::Check { .. } if req.batch.is_none() || req.requires.is_empty() => {
+            return Err(OpsError::BadRequest(
+                "a check belongs to a batch and requires what the batch builds".into(),
+            ));
         }
         _ => {}
     }

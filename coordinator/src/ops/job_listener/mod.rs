@@ -22,11 +22,11 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use discomy_protocol::ops::{BatchRequest, BlobRef, JobSource, SubmitRequest, Target};
+use discomy_protocol::ops::{BatchRequest, BlobRef, CheckKind, JobSource, SubmitRequest, Target};
 use serde::Deserialize;
 
 use self::forge::{Event, Forge, HookError};
-use self::pipeline::{GitCache, PipelineError};
+use self::pipeline::{GitCache, OnFailure, PipelineError};
 use super::ci_notify::{WATCH, Watch};
 use super::{Ops, OpsError, now};
 
@@ -299,24 +299,85 @@ fn prepare(
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
         .collect();
-    Ok(pipeline
-        .targets
-        .iter()
-        .map(|target: &Target| BatchRequest {
+    // Checks wait for every package of the batch (they require all it provides) and get their
+    // RPMs; abidiff also gets the published build of the same packages.
+    let built: Vec<String> = jobs.iter().flat_map(|(_, d)| d.provides.clone()).collect();
+    let submitter = format!("{}:{label}", repo.config.forge.as_str());
+    let mut batches = Vec::new();
+    for target in &pipeline.targets {
+        let mut requests: Vec<SubmitRequest> = jobs
+            .iter()
+            .map(|(source, deps)| SubmitRequest {
+                source: source.clone(),
+                target: target.clone(),
+                priority: pipeline.priority,
+                batch: None,
+                submitter: submitter.clone(),
+                timeout_secs: None,
+                requires: deps.requires.clone(),
+                provides: deps.provides.clone(),
+            })
+            .collect();
+        for check in &pipeline.checks {
+            let baseline = match check.kind {
+                CheckKind::Abidiff => published_baseline(ops, target, &built)?,
+                CheckKind::Rpmlint => Vec::new(),
+            };
+            requests.push(SubmitRequest {
+                source: JobSource::Check {
+                    check: check.kind,
+                    warn_only: check.on_failure == OnFailure::Warn,
+                    baseline,
+                },
+                target: target.clone(),
+                priority: pipeline.priority,
+                batch: None,
+                submitter: submitter.clone(),
+                timeout_secs: None,
+                requires: built.clone(),
+                provides: Vec::new(),
+            });
+        }
+        batches.push(BatchRequest {
             batch: format!("{label}@{short}.{}-{}", target.chroot, target.arch),
-            jobs: jobs
-                .iter()
-                .map(|(source, deps)| SubmitRequest {
-                    source: source.clone(),
-                    target: target.clone(),
-                    priority: pipeline.priority,
-                    batch: None,
-                    submitter: format!("{}:{label}", repo.config.forge.as_str()),
-                    timeout_secs: None,
-                    requires: deps.requires.clone(),
-                    provides: deps.provides.clone(),
-                })
-                .collect(),
-        })
-        .collect())
+            jobs: requests,
+        });
+    }
+    Ok(batches)
+}
+
+/// The newest published binary RPM of each package in `names`, from the target's repository,
+/// stored as blobs (abidiff's baseline). Nothing when nothing is published.
+fn published_baseline(
+    ops: &Ops,
+    target: &Target,
+    names: &[String],
+) -> Result<Vec<BlobRef>, Prepared> {
+    let Some(publish) = &ops.config.publish else { return Ok(Vec::new()) };
+    let dir =
+        publish.repos_root.join(format!("{}-{}", target.chroot, target.arch)).join("Packages");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut newest: std::collections::BTreeMap<String, String> = Default::default();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        let Some(stem) = file.strip_suffix(".rpm").filter(|_| is_file) else { continue };
+        // NAME-VERSION-RELEASE.ARCH
+        let Some((nvr, _arch)) = stem.rsplit_once('.') else { continue };
+        let mut parts = nvr.rsplitn(3, '-');
+        let (_release, _version, name) = (parts.next(), parts.next(), parts.next());
+        let Some(name) = name.filter(|n| names.iter().any(|w| w == n)) else { continue };
+        let slot = newest.entry(name.to_owned()).or_default();
+        if file > *slot {
+            *slot = file;
+        }
+    }
+    let mut blobs = Vec::new();
+    for file in newest.into_values() {
+        let copy = ops.blobs.scratch().join(format!("baseline-{file}"));
+        std::fs::copy(dir.join(&file), &copy).map_err(OpsError::from)?;
+        let (blake3, size) = ops.blobs.adopt(&copy, ops.config.max_upload_bytes)?;
+        blobs.push(BlobRef { name: file, blake3, size });
+    }
+    Ok(blobs)
 }

@@ -12,6 +12,9 @@
 //! arch = "x86_64"
 //! [[packages]]                  # package directories: one .spec and its sources (default ".")
 //! dir = "."
+//! [[checks]]                    # after the builds, on builders: rpmlint, abidiff
+//! kind = "rpmlint"
+//! on_failure = "warn"           # or "fail" (the default): the batch fails, nothing is published
 //! ```
 
 use std::io::Read;
@@ -55,6 +58,31 @@ pub struct Pipeline {
     /// What to build.
     #[serde(default = "root_package")]
     pub packages: Vec<PackageDir>,
+    /// What to check once the packages are built.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+/// A check after the builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Which.
+    pub kind: discomy_protocol::ops::CheckKind,
+    /// What a failed check does to the batch.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What a failed check does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// The batch fails: its status is `failure` and nothing is published.
+    #[default]
+    Fail,
+    /// A warning: the report is kept with the job, the batch goes on.
+    Warn,
 }
 
 /// One package directory.
@@ -80,6 +108,9 @@ impl Pipeline {
         let p: Pipeline = toml::from_str(text).map_err(|e| PipelineError::Spec(e.to_string()))?;
         if p.targets.is_empty() || p.targets.len() > 16 {
             return Err(PipelineError::Spec("1 to 16 [[targets]]".into()));
+        }
+        if p.checks.len() > 8 {
+            return Err(PipelineError::Spec("at most 8 [[checks]]".into()));
         }
         if p.packages.is_empty() || p.packages.len() > 256 {
             return Err(PipelineError::Spec("1 to 256 [[packages]]".into()));
