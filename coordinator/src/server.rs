@@ -34,6 +34,8 @@ pub struct CoordinatorConfig {
     pub node_timeout: Duration,
     /// Limit for connecting back to a node's advertised address.
     pub verify_timeout: Duration,
+    /// Where quarantined worker addresses are kept across restarts (none: in memory only).
+    pub quarantine_file: Option<std::path::PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -44,6 +46,7 @@ impl CoordinatorConfig {
             auth,
             node_timeout: Duration::from_millis(2500),
             verify_timeout: Duration::from_secs(3),
+            quarantine_file: None,
         }
     }
 }
@@ -71,13 +74,47 @@ pub const MAX_ADDRESS_LEN: usize = 256;
 /// `discomy status` queries).
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
+/// The quarantined addresses kept in `file` (a JSON list), bounded; none when it is missing or
+/// unreadable.
+fn load_quarantine(file: &std::path::Path) -> Vec<String> {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(file) else { return Vec::new() };
+    let mut text = String::new();
+    if f.take(1 << 20).read_to_string(&mut text).is_err() {
+        return Vec::new();
+    }
+    let list: Vec<String> = serde_json::from_str(&text).unwrap_or_else(|err| {
+        warn!(%err, file = %file.display(), "the quarantine file is not a JSON list; ignored");
+        Vec::new()
+    });
+    list.into_iter()
+        .filter(|a| !a.is_empty() && a.len() <= MAX_ADDRESS_LEN)
+        .take(crate::core::MAX_QUARANTINED)
+        .collect()
+}
+
+/// Writes the quarantined addresses to `file`, atomically and durably.
+fn save_quarantine(file: &std::path::Path, list: &[String]) -> io::Result<()> {
+    let text = serde_json::to_vec_pretty(list).map_err(io::Error::other)?;
+    discomy_protocol::plumbing::write_atomically(file, &text)
+}
+
 /// Serves until `shutdown` is cancelled.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let core = Core::new(config.farm.clone(), Scheduler::new(PolicyConfig::default()));
+    let mut core = Core::new(config.farm.clone(), Scheduler::new(PolicyConfig::default()));
+    if let Some(file) = &config.quarantine_file {
+        let kept = load_quarantine(file);
+        if !kept.is_empty() {
+            info!(count = kept.len(), file = %file.display(), "quarantined workers stay out");
+        }
+        for address in kept {
+            core.quarantine(&address);
+        }
+    }
     let shared =
         Arc::new(Shared { config, core: Mutex::new(core), kick: Mutex::new(HashMap::new()) });
     info!(addr = %listener.local_addr()?, farm = %shared.config.farm, "coordinator listening");
@@ -349,7 +386,8 @@ async fn serve_agent(
         if !inbox.is_empty() {
             let mut core = shared.core();
             for msg in inbox.drain(..) {
-                handle_agent_request(&mut core, &shared.kick, id, &host, msg, &tx);
+                let quarantine_file = shared.config.quarantine_file.as_deref();
+                handle_agent_request(&mut core, &shared.kick, quarantine_file, id, &host, msg, &tx);
             }
             core.dispatch();
         }
@@ -377,6 +415,7 @@ const MAX_BATCH: usize = 1024;
 fn handle_agent_request(
     core: &mut Core,
     kicks: &Mutex<HashMap<u64, CancellationToken>>,
+    quarantine_file: Option<&std::path::Path>,
     agent: u64,
     host: &str,
     msg: CoordRequest,
@@ -413,6 +452,12 @@ fn handle_agent_request(
             for id in core.quarantine(&node) {
                 if let Some(kick) = kicks.remove(&id) {
                     kick.cancel();
+                }
+            }
+            if let Some(file) = quarantine_file {
+                let list = core.status().quarantined;
+                if let Err(err) = save_quarantine(file, &list) {
+                    warn!(%err, file = %file.display(), "the quarantine could not be saved");
                 }
             }
         }

@@ -233,7 +233,13 @@ fn quarantined_nodes_leave_the_farm_for_good() {
     use discomy_protocol::frame::{read_frame, write_frame};
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (coord, addr) = coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &[]);
+    // A fixed port and a state directory: the coordinator is restarted below.
+    let port = discomy_tests::queue::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = tmp.path().join("coordinator-state");
+    let state_arg = state.to_str().expect("utf-8 path");
+    let (coord, addr) =
+        coordinator(tmp.path(), "coordinator", &listen, &["--state-dir", state_arg]);
     let caddr = addr.to_string();
     let workers: Vec<Worker> = (0..2)
         .map(|i| Worker::start_with(tmp.path(), &format!("w{i}"), 1, &["--coordinator", &caddr]))
@@ -259,5 +265,15 @@ fn quarantined_nodes_leave_the_farm_for_good() {
     // The quarantined worker keeps trying to log in (every second or so), and stays out.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(node_count(addr), 1, "the quarantined worker is back");
+
+    // A restart on the same state: the quarantine holds (it was lost with the process before).
+    drop(coord);
+    let (coord, addr) =
+        coordinator(tmp.path(), "coordinator-again", &listen, &["--state-dir", state_arg]);
+    wait_nodes(addr, 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+    let s = status(addr, None).unwrap();
+    assert_eq!(s["quarantined"], serde_json::json!([bad]), "{s}");
+    assert_eq!(node_count(addr), 1, "the quarantined worker came back after a restart: {s}");
     drop(coord);
 }

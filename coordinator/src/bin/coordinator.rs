@@ -44,7 +44,8 @@ struct Cli {
     /// Serve the build queue's HTTP API here (overrides `ops.api_listen`).
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<SocketAddr>,
-    /// The build queue's database, blobs and logs (overrides `ops.state_dir`).
+    /// The build queue's database, blobs and logs, and the quarantined workers (overrides
+    /// `ops.state_dir`; with neither it nor `--config`, quarantines last until a restart).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Write the API's bound address (`IP:PORT`) to this file once listening.
@@ -199,6 +200,7 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(addr) = cli.api_listen {
         file.ops.api_listen = Some(addr);
     }
+    let state_given = cli.state_dir.is_some() || cli.config.is_some();
     if let Some(dir) = cli.state_dir {
         file.ops.state_dir = dir;
     }
@@ -222,6 +224,12 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let mut config = CoordinatorConfig::new(cli.farm, auth);
     config.node_timeout = std::time::Duration::from_secs_f64(cli.node_timeout);
+    // With a state directory (given, or the configuration's), quarantines outlive restarts.
+    if state_given {
+        std::fs::create_dir_all(&file.ops.state_dir)
+            .with_context(|| format!("failed to create {}", file.ops.state_dir.display()))?;
+        config.quarantine_file = Some(file.ops.state_dir.join("quarantine.json"));
+    }
     server::run(listener, config, shutdown.clone()).await?;
     shutdown.cancel();
     if let Some(api) = api {
