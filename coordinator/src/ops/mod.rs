@@ -43,7 +43,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use discomy_protocol::ops::{JobEvent, Target};
+use discomy_protocol::ops::{JobEvent, JobState, Target};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -275,7 +275,10 @@ impl Ops {
     }
 
     fn publish(&self, events: Vec<JobEvent>) {
-        if !events.is_empty() {
+        // Only a change that can make work wakes the held reports: a job waiting (submitted,
+        // retried, backed off), or one ending (its slot is free, its dependents may run). A
+        // report's own `scheduled`/`running` would only make every held report ask again.
+        if events.iter().any(|e| !matches!(e.to, JobState::Scheduled | JobState::Running)) {
             self.work.notify_waiters();
         }
         for event in events {
