@@ -319,46 +319,31 @@ impl Db {
 
     /// Cancels a job that has not ended.
     pub fn cancel(&mut self, job: u64, who: &str, now: f64) -> Result<(JobView, Events), OpsError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (state, attempt) = state_of(&tx, job)?;
-        let event = transition(
-            &tx,
-            Change {
-                job,
-                from: Some(state),
-                to: JobState::Cancelled,
-                attempt,
-                builder: None,
-                detail: format!("cancelled by {who}"),
-            },
-            now,
-        )?;
-        tx.execute("UPDATE jobs SET lease_until = NULL WHERE id = ?1", [job as i64])?;
-        tx.commit()?;
-        Ok((self.job(job)?, vec![event]))
+        let detail = format!("cancelled by {who}");
+        self.user_move(job, JobState::Cancelled, detail, "lease_until = NULL", now)
     }
 
     /// Queues a failed or cancelled job again, at once, with a fresh infrastructure count.
     pub fn retry(&mut self, job: u64, who: &str, now: f64) -> Result<(JobView, Events), OpsError> {
+        let reset =
+            "not_before = 0, infra_failures = 0, failure_kind = NULL, failure_message = NULL";
+        self.user_move(job, JobState::Waiting, format!("retried by {who}"), reset, now)
+    }
+
+    /// A user's move of `job` to `to` (cancel, retry), with the columns `set` resets.
+    fn user_move(
+        &mut self,
+        job: u64,
+        to: JobState,
+        detail: String,
+        set: &'static str,
+        now: f64,
+    ) -> Result<(JobView, Events), OpsError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (state, attempt) = state_of(&tx, job)?;
-        let event = transition(
-            &tx,
-            Change {
-                job,
-                from: Some(state),
-                to: JobState::Waiting,
-                attempt,
-                builder: None,
-                detail: format!("retried by {who}"),
-            },
-            now,
-        )?;
-        tx.execute(
-            "UPDATE jobs SET not_before = 0, infra_failures = 0, failure_kind = NULL, \
-             failure_message = NULL WHERE id = ?1",
-            [job as i64],
-        )?;
+        let change = Change { job, from: Some(state), to, attempt, builder: None, detail };
+        let event = transition(&tx, change, now)?;
+        tx.execute(&format!("UPDATE jobs SET {set} WHERE id = ?1"), [job as i64])?;
         tx.commit()?;
         Ok((self.job(job)?, vec![event]))
     }

@@ -70,6 +70,22 @@ pub struct Change<'a> {
     pub detail: String,
 }
 
+impl Change<'_> {
+    /// The event this change is, numbered `seq`, at `now`.
+    pub fn into_event(self, seq: u64, now: f64) -> JobEvent {
+        JobEvent {
+            seq,
+            job: self.job,
+            at: now,
+            from: self.from,
+            to: self.to,
+            attempt: self.attempt,
+            builder: self.builder.map(str::to_owned),
+            detail: self.detail,
+        }
+    }
+}
+
 /// Moves the job and stores the event, inside `tx`. `from == None` records a submission (the job
 /// row was just inserted in `to`).
 pub fn transition(tx: &Connection, change: Change<'_>, now: f64) -> Result<JobEvent, OpsError> {
@@ -96,16 +112,7 @@ pub fn transition(tx: &Connection, change: Change<'_>, now: f64) -> Result<JobEv
             change.detail
         ],
     )?;
-    Ok(JobEvent {
-        seq: tx.last_insert_rowid() as u64,
-        job: change.job,
-        at: now,
-        from: change.from,
-        to: change.to,
-        attempt: change.attempt,
-        builder: change.builder.map(str::to_owned),
-        detail: change.detail,
-    })
+    Ok(change.into_event(tx.last_insert_rowid() as u64, now))
 }
 
 #[cfg(test)]

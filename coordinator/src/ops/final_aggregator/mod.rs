@@ -165,13 +165,10 @@ pub struct Artefact {
     pub job: u64,
 }
 
-/// Whether `name` is a plain file name an artefact may have: no `/`, no NUL, not `.`/`..`, no
-/// leading `.` or `-`, printable ASCII without spaces, at most 255 bytes.
+/// Whether `name` is a plain file name an artefact may have: the API's plain name
+/// (`discomy_protocol::ops::is_plain_file_name`), and not hidden (no leading `.`).
 pub fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+    discomy_protocol::ops::is_plain_file_name(name) && !name.starts_with('.')
 }
 
 /// Whether `name` may name a repository (`el9-x86_64`): letters, digits, `.`, `_`, `-`, not

@@ -322,16 +322,8 @@ impl Tx<'_> {
                 return Err(moved_away(change.job, from));
             }
         }
-        self.events.push(JobEvent {
-            seq: 0,
-            job: change.job,
-            at: now,
-            from: change.from,
-            to: change.to,
-            attempt: change.attempt,
-            builder: change.builder.map(str::to_owned),
-            detail: change.detail,
-        });
+        // Numbered at commit, under the event lock.
+        self.events.push(change.into_event(0, now));
         Ok(())
     }
 
