@@ -44,6 +44,19 @@ if [ ${#repo_need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends rpm gnupg createrepo-c dnf rsync >/dev/null
 fi
 
+# Monitoring (issue 18): a real Prometheus scrapes a farm in a test; `discomy top` is driven in
+# tmux; the web UI is driven in headless Chromium through chromedriver.
+mon_need=()
+for cmd in prometheus tmux chromium chromedriver; do
+  command -v "$cmd" >/dev/null 2>&1 || mon_need+=("$cmd")
+done
+if [ ${#mon_need[@]} -gt 0 ]; then
+  echo "setup: installing packages for: ${mon_need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends prometheus tmux chromium chromium-driver >/dev/null
+fi
+
 # apt-get source needs deb-src next to deb in the Debian sources file.
 src=/etc/apt/sources.list.d/debian.sources
 if [ -f "$src" ] && ! grep -q '^Types:.*deb-src' "$src"; then

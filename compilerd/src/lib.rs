@@ -3,6 +3,7 @@
 //! # Layout (each room uses only the rooms below it)
 //! - [`submit`]: `discomy submit` and `discomy jobs`, clients of the coordinator's build queue.
 //! - [`run`]: `discomy run`, a build against a configured or embedded farm.
+//! - [`top`]: `discomy top`, a live terminal view of the farm's nodes, build hosts and queue.
 //! - [`agent`]: the build host's Unix-socket server for wrappers; places units on workers
 //!   ([`agent::pool`] for host lists, the coordinator's placements otherwise, the workers it
 //!   remembers from the coordinator while none answers: [`agent::remembered`]) and counts what
@@ -30,4 +31,5 @@ pub mod run;
 pub mod sandbox;
 pub mod store;
 pub mod submit;
+pub mod top;
 pub mod worker;

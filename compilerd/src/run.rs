@@ -5,7 +5,7 @@
 //! starts a transient agent over the configured hosts (`--hosts`, `DISCOMY_HOSTS`, or the first
 //! line of `~/.config/discomy/hosts` / `/etc/discomy/hosts`). The command runs with a masquerade
 //! directory first on PATH and `CC`/`CXX` pointing into it; each wrapper call appends its outcome
-//! to a stats file, which becomes the summary.
+//! to a stats file, which becomes the summary (and, on a terminal, a progress line: [`progress`]).
 
 use std::ffi::OsString;
 use std::fs;
@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use discomy_protocol::stats::{StatsLine, UnitCounts};
 use serde::Serialize;
+
+mod progress;
 
 /// Options of `discomy run`.
 #[derive(Debug, Clone, Default)]
@@ -182,6 +184,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         return Err(FarmError::Startup("no command given".into()));
     };
     let started = Instant::now();
+    // On a terminal, a progress line until the command ends (cleared before the summary).
+    let progress = progress::Progress::start(&stats_file, started);
     let status = Command::new(program)
         .args(args)
         .env("PATH", &new_path)
@@ -192,6 +196,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
         .status()
         .map_err(io_err(format!("failed to run {}", program.to_string_lossy())))?;
     let wall_s = started.elapsed().as_secs_f64();
+    drop(progress);
     drop(daemons);
 
     let mut summary = summarise(&fs::read_to_string(&stats_file).unwrap_or_default());

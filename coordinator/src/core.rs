@@ -1,12 +1,15 @@
 //! The daemon's shared state: the policy's [`Scheduler`] plus what the policy does not know
-//! (node addresses, which agent connection waits for which job), behind one mutex.
+//! (node addresses, which agent connection waits for which job), behind one mutex; and what it
+//! tells watchers: [`FarmEvent`]s for live views (web UI, icemon) and [`FarmCounters`] for
+//! `/metrics`.
 
 use std::collections::{BTreeSet, HashMap};
 
 use discomy_protocol::coordinator::{
     CoordResponse, FarmStatus, NodeStatus, Placement, SubmitterStatus,
 };
-use tokio::sync::mpsc;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::policy::{Clock, IdMap, JobId, MonotonicClock, NodeId, Scheduler};
 
@@ -21,11 +24,87 @@ pub const MAX_QUARANTINED: usize = 4096;
 /// Where the answers for one agent connection go.
 pub type AgentTx = mpsc::UnboundedSender<CoordResponse>;
 
+/// What happens on the farm, for live views (the web UI's farm page, icemon). Lagging receivers
+/// lose events (a bounded broadcast): a view re-reads [`Core::status`] when it lags.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FarmEvent {
+    /// A node logged in.
+    NodeJoined {
+        /// The coordinator's id for it.
+        node: NodeId,
+        /// Its host id.
+        host: String,
+        /// Its worker address.
+        address: String,
+        /// Its slots.
+        slots: u32,
+    },
+    /// A node left the farm (connection closed, silent, replaced or quarantined).
+    NodeLeft {
+        /// The coordinator's id for it.
+        node: NodeId,
+    },
+    /// A unit was placed on a node (a hedge twin too).
+    UnitPlaced {
+        /// The placement's job id.
+        job: JobId,
+        /// Where it goes.
+        node: NodeId,
+        /// The build host that asked.
+        submitter: String,
+    },
+    /// A placed unit ended (its agent's `Done`).
+    UnitDone {
+        /// The placement's job id.
+        job: JobId,
+        /// Whether the worker compiled it.
+        ok: bool,
+        /// Ask-to-answer wall time at the agent.
+        wall_ms: u64,
+    },
+}
+
+/// Events kept for slow receivers before they lag.
+const EVENT_BACKLOG: usize = 4096;
+
+/// The coordinator's own counts since it started, for `/metrics` (the rest comes from
+/// [`Core::status`]).
+#[derive(Debug, Clone)]
+pub struct FarmCounters {
+    /// Units agents asked to place.
+    pub asked: u64,
+    /// Of those, answered with a worker.
+    pub placed: u64,
+    /// Of those, answered with none (no node, or the agent's bound reached).
+    pub no_worker: u64,
+    /// Units that ended with their worker's object, and without.
+    pub done_ok: u64,
+    /// Units that ended without an object.
+    pub done_failed: u64,
+    /// Seconds from an agent's ask to its placement.
+    pub queue_wait: Histogram,
+}
+
+impl Default for FarmCounters {
+    fn default() -> FarmCounters {
+        FarmCounters {
+            asked: 0,
+            placed: 0,
+            no_worker: 0,
+            done_ok: 0,
+            done_failed: 0,
+            queue_wait: Histogram::new(discomy_protocol::plumbing::metrics::LATENCY_BUCKETS),
+        }
+    }
+}
+
 /// An agent's job: where its answers go, and whether it has had its placement yet.
 struct Asked {
     tag: u64,
     agent: u64,
     tx: AgentTx,
+    /// When the agent asked (the clock's milliseconds).
+    asked_at: u64,
     /// `Placed` went out: a later placement of the same job (its node was lost) goes as a
     /// `Hedge`, since the agent may still be waiting on the lost node.
     answered: bool,
@@ -52,6 +131,10 @@ pub struct Core {
     quarantined: BTreeSet<String>,
     /// Entries of `asked` per agent connection (bounded by [`MAX_JOBS_PER_AGENT`]).
     per_agent: HashMap<u64, usize>,
+    /// Live views' feed.
+    events: broadcast::Sender<FarmEvent>,
+    /// Counts for `/metrics`.
+    pub counters: FarmCounters,
 }
 
 impl Core {
@@ -68,7 +151,34 @@ impl Core {
             nodes_lost: 0,
             quarantined: BTreeSet::new(),
             per_agent: HashMap::new(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            counters: FarmCounters::default(),
         }
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FarmEvent> {
+        self.events.subscribe()
+    }
+
+    /// Tells live views (nobody listening is fine).
+    pub fn emit(&self, event: FarmEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// A node logged in: the policy learns it and live views see it.
+    pub fn add_node(&mut self, node: NodeId, spec: crate::policy::NodeSpec, address: String) {
+        let now = self.clock.now();
+        let event = FarmEvent::NodeJoined {
+            node,
+            host: spec.host.clone(),
+            address: address.clone(),
+            slots: spec.slots,
+        };
+        self.sched.add_node(node, spec, now);
+        self.set_address(node, address);
+        self.emit(event);
+        self.dispatch();
     }
 
     /// A fresh id for a node or agent connection.
@@ -114,7 +224,9 @@ impl Core {
     pub fn node_gone(&mut self, node: NodeId) {
         self.nodes_lost += 1;
         let now = self.clock.now();
-        self.addresses.remove(&node);
+        if self.addresses.remove(&node).is_some() {
+            self.emit(FarmEvent::NodeLeft { node });
+        }
         for job in self.sched.node_lost(node, now) {
             // Requeued jobs keep their entry; jobs whose twin runs elsewhere were dropped.
             if !self.sched.is_queued(job) {
@@ -127,16 +239,17 @@ impl Core {
 
     /// Queues one unit for an agent; the caller dispatches (once per batch of requests).
     pub fn place(&mut self, agent: u64, tag: u64, spec: crate::policy::JobSpec, tx: &AgentTx) {
-        if self.sched.node_count() == 0 {
-            let _ = tx.send(CoordResponse::Placed(Placement { tag, job: 0, worker: None }));
-            return;
-        }
-        if self.per_agent.get(&agent).is_some_and(|n| *n >= MAX_JOBS_PER_AGENT) {
+        self.counters.asked += 1;
+        if self.sched.node_count() == 0
+            || self.per_agent.get(&agent).is_some_and(|n| *n >= MAX_JOBS_PER_AGENT)
+        {
+            self.counters.no_worker += 1;
             let _ = tx.send(CoordResponse::Placed(Placement { tag, job: 0, worker: None }));
             return;
         }
         let job = self.sched.submit(spec);
-        self.remember(job, Asked { tag, agent, tx: tx.clone(), answered: false });
+        let asked_at = self.clock.now();
+        self.remember(job, Asked { tag, agent, tx: tx.clone(), asked_at, answered: false });
     }
 
     fn remember(&mut self, job: JobId, asked: Asked) {
@@ -160,6 +273,11 @@ impl Core {
             return; // not this agent's job (or already cancelled): ignore, do not learn
         }
         self.forget(job);
+        match stats.ok {
+            true => self.counters.done_ok += 1,
+            false => self.counters.done_failed += 1,
+        }
+        self.emit(FarmEvent::UnitDone { job, ok: stats.ok, wall_ms: stats.wall_ms });
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
     }
@@ -186,6 +304,7 @@ impl Core {
             }
             let Some(asked) = self.asked.get_mut(&a.job) else { continue };
             let placed = Placement { tag: asked.tag, job: a.job, worker };
+            let waited = now.saturating_sub(asked.asked_at);
             let answer = match asked.answered {
                 false => CoordResponse::Placed(placed),
                 true => CoordResponse::Hedge(placed),
@@ -194,7 +313,13 @@ impl Core {
                 self.forget(a.job);
                 self.sched.cancel(a.job);
             } else {
+                if !asked.answered {
+                    self.counters.placed += 1;
+                    self.counters.queue_wait.observe(waited as f64 / 1000.0);
+                }
                 asked.answered = true;
+                let submitter = self.sched.submitter_of(a.job).unwrap_or_default();
+                self.emit(FarmEvent::UnitPlaced { job: a.job, node: a.node, submitter });
             }
         }
     }
@@ -206,14 +331,14 @@ impl Core {
             self.sched.cancel(twin);
             return;
         };
-        let (tag, agent, tx) = (a.tag, a.agent, a.tx.clone());
+        let (tag, agent, tx, asked_at) = (a.tag, a.agent, a.tx.clone(), a.asked_at);
         if tx.send(CoordResponse::Hedge(Placement { tag, job: twin, worker })).is_err() {
             self.sched.cancel(twin);
             return;
         }
         tracing::info!(job = original, twin, "node stalled; unit hedged");
         self.hedged += 1;
-        self.remember(twin, Asked { tag, agent, tx, answered: true });
+        self.remember(twin, Asked { tag, agent, tx, asked_at, answered: true });
     }
 
     /// The farm as `discomy status` shows it.

@@ -99,24 +99,65 @@ fn save_quarantine(file: &std::path::Path, list: &[String]) -> io::Result<()> {
     discomy_protocol::plumbing::write_atomically(file, &text)
 }
 
+/// The farm's state, shared by the daemon ([`serve_farm`]) and what watches it in the same
+/// process (the web UI, `/metrics`, the icemon listener).
+#[derive(Clone)]
+pub struct FarmHandle(Arc<Shared>);
+
+impl FarmHandle {
+    /// An empty farm (quarantined addresses loaded from the configuration's file).
+    pub fn new(config: CoordinatorConfig) -> FarmHandle {
+        let mut core = Core::new(config.farm.clone(), Scheduler::new(PolicyConfig::default()));
+        if let Some(file) = &config.quarantine_file {
+            let kept = load_quarantine(file);
+            if !kept.is_empty() {
+                info!(count = kept.len(), file = %file.display(), "quarantined workers stay out");
+            }
+            for address in kept {
+                core.quarantine(&address);
+            }
+        }
+        let kick = Mutex::new(HashMap::new());
+        FarmHandle(Arc::new(Shared { config, core: Mutex::new(core), kick }))
+    }
+
+    /// The farm's name.
+    pub fn farm(&self) -> &str {
+        &self.0.config.farm
+    }
+
+    /// The farm as `discomy status` shows it.
+    pub fn status(&self) -> discomy_protocol::coordinator::FarmStatus {
+        self.0.core().status()
+    }
+
+    /// The coordinator's counts since it started.
+    pub fn counters(&self) -> crate::core::FarmCounters {
+        self.0.core().counters.clone()
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::core::FarmEvent> {
+        self.0.core().subscribe()
+    }
+}
+
 /// Serves until `shutdown` is cancelled.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let mut core = Core::new(config.farm.clone(), Scheduler::new(PolicyConfig::default()));
-    if let Some(file) = &config.quarantine_file {
-        let kept = load_quarantine(file);
-        if !kept.is_empty() {
-            info!(count = kept.len(), file = %file.display(), "quarantined workers stay out");
-        }
-        for address in kept {
-            core.quarantine(&address);
-        }
-    }
-    let shared =
-        Arc::new(Shared { config, core: Mutex::new(core), kick: Mutex::new(HashMap::new()) });
+    serve_farm(listener, FarmHandle::new(config), shutdown).await
+}
+
+/// Serves `farm` on `listener` until `shutdown` is cancelled.
+pub async fn serve_farm(
+    listener: TcpListener,
+    farm: FarmHandle,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let shared = farm.0;
     info!(addr = %listener.local_addr()?, farm = %shared.config.farm, "coordinator listening");
     let tracker = TaskTracker::new();
     tracker.spawn(reap(shared.clone(), shutdown.clone()));
@@ -295,10 +336,7 @@ async fn serve_node(
             memory_mb: login.memory_mb,
             toolchains: login.toolchains.iter().map(|d| d.0).collect(),
         };
-        let now = core.clock.now();
-        core.sched.add_node(id, spec, now);
-        core.set_address(id, login.address.clone());
-        core.dispatch();
+        core.add_node(id, spec, login.address.clone());
         id
     };
     info!(node = id, host = %login.host, address = %login.address, slots = login.slots, "node joined");

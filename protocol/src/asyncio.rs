@@ -44,14 +44,16 @@ fn map_codec_err(err: std::io::Error) -> ProtocolError {
     }
 }
 
-/// Sends one message.
-pub async fn send<S, T>(conn: &mut Conn<S>, msg: &T) -> Result<(), ProtocolError>
+/// Sends one message; returns the length of its frame's body (for byte counts).
+pub async fn send<S, T>(conn: &mut Conn<S>, msg: &T) -> Result<usize, ProtocolError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Serialize,
 {
     let body = encode(msg)?;
-    conn.send(Bytes::from(body)).await.map_err(map_codec_err)
+    let len = body.len();
+    conn.send(Bytes::from(body)).await.map_err(map_codec_err)?;
+    Ok(len)
 }
 
 /// Receives one message; a clean close is [`ProtocolError::Closed`].
@@ -60,10 +62,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     T: DeserializeOwned,
 {
+    recv_sized(conn).await.map(|(msg, _)| msg)
+}
+
+/// Receives one message and the length of its frame's body (for byte counts).
+pub async fn recv_sized<S, T>(conn: &mut Conn<S>) -> Result<(T, usize), ProtocolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: DeserializeOwned,
+{
     match conn.next().await {
         None => Err(ProtocolError::Closed),
         Some(Err(e)) => Err(map_codec_err(e)),
-        Some(Ok(body)) => decode(&body),
+        Some(Ok(body)) => Ok((decode(&body)?, body.len())),
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`extract_lua`], [`make_lua`]: the project, unpacked into a per-test temporary directory.
 //! - [`objects`], [`assert_same_objects`]: byte-for-byte comparison of build outputs.
 //! - [`capture`], [`diff_captures`]: one compiler invocation's exit status, output and new files.
+//! - [`browser`]: headless Chromium driven over WebDriver (chromedriver), for the web UI.
 //! - [`distcc`]: real `distccd`/`distcc` peers and raw distcc exchanges.
 //! - [`forge`]: a forge's commit-status API on loopback, recording requests.
 //! - [`netns`]: hosts as network namespaces on a private bridge.
@@ -25,8 +26,10 @@
 
 #![allow(clippy::print_stderr)] // progress and failure logs are the point of a test helper
 
+pub mod browser;
 pub mod distcc;
 pub mod forge;
+pub mod metrics;
 pub mod netns;
 pub mod queue;
 

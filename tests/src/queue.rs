@@ -162,6 +162,8 @@ pub struct Builder {
     pub proc: Proc,
     /// Its name.
     pub name: String,
+    /// Its `/metrics` (`http://IP:PORT/metrics`).
+    pub metrics: String,
 }
 
 impl Builder {
@@ -190,6 +192,9 @@ impl Builder {
         if let Some(file) = &api.token_file {
             text.push_str(&format!("token_file = \"{}\"\n", file.display()));
         }
+        // In a network namespace of its own, only that namespace's loopback is reachable.
+        let metrics = format!("127.0.0.1:{}", free_port());
+        text.push_str(&format!("metrics_listen = \"{metrics}\"\n"));
         if let Some((socket_dir, libexec)) = farm {
             text.push_str(&format!(
                 "[farm]\nsocket_dir = \"{}\"\nlibexec_dir = \"{}\"\nsmp_ncpus = 4\n",
@@ -220,7 +225,7 @@ impl Builder {
         };
         cmd.env("TMPDIR", private_tmp(dir, name)).arg("builder").arg("--config").arg(&config);
         let proc = Proc::spawn(name, &mut cmd, dir);
-        Builder { proc, name: name.to_owned() }
+        Builder { proc, name: name.to_owned(), metrics: format!("http://{metrics}/metrics") }
     }
 }
 

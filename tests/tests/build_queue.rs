@@ -27,7 +27,7 @@ use discomy_tests::queue::{
     Api, Builder, QueueCoordinator, RpmFarm, chroot_prerequisites, discomy_command, discomy_json,
     job_detail, package_dir, state_of, wait_for_job,
 };
-use discomy_tests::{agent_stats, clean_command};
+use discomy_tests::{agent_stats, clean_command, metrics};
 
 const BUILD: Duration = Duration::from_secs(600);
 
@@ -91,8 +91,8 @@ fn a_batch_builds_in_order_on_two_builders_through_the_farm_across_a_coordinator
     let mut coordinator = QueueCoordinator::start(dir, QUEUE);
     let api = coordinator.api.clone();
     let farm_dirs = Some((farm.socket_dir.as_path(), farm.libexec.as_path()));
-    let _b1 = Builder::start(dir, "builder1", &api, &root, farm_dirs, None);
-    let _b2 = Builder::start(dir, "builder2", &api, &root, farm_dirs, None);
+    let b1 = Builder::start(dir, "builder1", &api, &root, farm_dirs, None);
+    let b2 = Builder::start(dir, "builder2", &api, &root, farm_dirs, None);
 
     // Given in the wrong order: the order comes from BuildRequires.
     let lpeg = package_dir(dir, "lua-lpeg", &sources.join("lpeg-1.0.2.tar.gz"));
@@ -159,6 +159,19 @@ fn a_batch_builds_in_order_on_two_builders_through_the_farm_across_a_coordinator
     assert_eq!(builders.len(), 2, "both builders built: {builders:?}");
     let (ok, list, _) = discomy_json(&api, &["jobs", "list", "--batch", "lua-chain", "--json"]);
     assert!(ok && list.as_array().unwrap().len() == 3, "exactly three jobs: {list:#}");
+    // `/metrics`: the builders ran three builds to success between them, the queue holds three
+    // succeeded jobs.
+    let built: f64 = [&b1, &b2]
+        .iter()
+        .map(|b| {
+            let text = metrics::scrape(&b.metrics);
+            metrics::value(&text, r#"discomy_builder_builds_total{result="succeeded"}"#)
+                .unwrap_or_else(|| panic!("{}: no builds in:\n{text}", b.name))
+        })
+        .sum();
+    assert_eq!(built, 3.0, "builds the builders counted");
+    let queue = metrics::scrape(&format!("{}/metrics", api.url));
+    assert_eq!(metrics::value(&queue, r#"discomy_jobs{state="succeeded"}"#), Some(3.0), "{queue}");
 
     // The RPMs arrived verified (the client checks blake3 and size again on download), and the
     // module's RPM holds what it built.

@@ -51,6 +51,27 @@ fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
     (status, resp.body_mut().read_to_string().unwrap_or_default())
 }
 
+/// POSTs an oversized `body` on a plain connection and reads the status line: the server may
+/// answer (413) and close before the body is sent in full, which an HTTP client reports as a
+/// broken pipe instead of the answer.
+fn post_early_answer(url: &str, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let head = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body); // may fail once the answer is sent
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// A push payload as GitHub documents it (the fields the listener reads, and then some).
 fn github_push(sha: &str, before: &str) -> Vec<u8> {
     serde_json::json!({
@@ -141,7 +162,7 @@ fn pushes_queue_their_pipeline_and_bad_deliveries_queue_nothing() {
     );
     assert_eq!(post(&hook("github"), &github_headers(b"{not json", "d-0"), b"{not json").0, 400);
     let huge = vec![b' '; 2 << 20];
-    assert_eq!(post(&hook("github"), &github_headers(&huge, "d-0"), &huge).0, 413, "oversized");
+    assert_eq!(post_early_answer(&hook("github"), &huge), 413, "oversized");
     assert_eq!(post(&hook("bitbucket"), &github_headers(&body, "d-0"), &body).0, 404);
     assert_eq!(job_count(&api), 0, "a refused delivery queued something");
 
@@ -218,4 +239,29 @@ fn pushes_queue_their_pipeline_and_bad_deliveries_queue_nothing() {
     assert_eq!(status, 422, "{answer}");
     assert!(answer.contains(".discomy.toml"), "{answer}");
     assert_eq!(job_count(&api), 2);
+
+    // What `/metrics` says of all this: every delivery by forge and answer, the commit statuses
+    // (one refused by the forge that was down, then pending and failure), the jobs by state.
+    let metrics = discomy_tests::metrics::scrape(&format!("{}/metrics", api.url));
+    let value = |series: &str| discomy_tests::metrics::value(&metrics, series);
+    for (series, want) in [
+        (r#"discomy_webhook_deliveries_total{forge="github",code="401"}"#, 2.0),
+        (r#"discomy_webhook_deliveries_total{forge="github",code="404"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="github",code="400"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="unknown",code="404"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="github",code="202"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="github",code="409"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="github",code="422"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="gitlab",code="401"}"#, 1.0),
+        (r#"discomy_webhook_deliveries_total{forge="gitlab",code="202"}"#, 1.0),
+        (r#"discomy_jobs{state="cancelled"}"#, 1.0),
+        (r#"discomy_jobs{state="waiting"}"#, 1.0),
+        (r#"discomy_jobs{state="succeeded"}"#, 0.0),
+        ("discomy_queue_depth", 1.0),
+    ] {
+        assert_eq!(value(series), Some(want), "{series} in:\n{metrics}");
+    }
+    let sent = value(r#"discomy_ci_notifications_total{result="sent"}"#).unwrap_or(0.0);
+    let failed = value(r#"discomy_ci_notifications_total{result="failed"}"#).unwrap_or(0.0);
+    assert!(sent >= 2.0 && failed >= 1.0, "notifications sent {sent}, failed {failed}");
 }

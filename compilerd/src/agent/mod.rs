@@ -11,6 +11,7 @@ pub mod remembered;
 pub mod start;
 pub mod verify;
 
+mod metrics;
 mod serve;
 pub use serve::{
     DEFAULT_SOCKET_GROUP, MAX_WRAPPERS, MAX_WRAPPERS_PER_USER, SocketAccess, bind_socket, run,
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discomy_protocol::asyncio::{client_handshake, recv, send};
+use discomy_protocol::asyncio::{client_handshake, recv_sized, send};
 use discomy_protocol::coordinator::unit_key;
 use discomy_protocol::stats::AgentStats;
 use discomy_protocol::{
@@ -76,6 +77,8 @@ pub struct AgentConfig {
     pub verify_first: u32,
     /// Who may use the socket.
     pub socket_access: SocketAccess,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -96,6 +99,7 @@ impl AgentConfig {
             verify_rate: 0.01,
             verify_first: verify::FIRST_UNITS,
             socket_access: SocketAccess::Everyone,
+            metrics_listen: None,
         }
     }
 }
@@ -120,6 +124,8 @@ struct State {
     /// Verification of remote results.
     verifier: verify::Verifier,
     started: std::time::Instant,
+    /// Counts for `/metrics`.
+    metrics: metrics::AgentMetrics,
 }
 
 impl State {
@@ -479,9 +485,13 @@ async fn round_trip(
     conn: &mut WorkerConn,
     request: &Request,
 ) -> Result<Response, ProtocolError> {
-    send(conn, request).await?;
-    match tokio::time::timeout(state.config.compile_timeout, recv(conn)).await {
-        Ok(result) => result,
+    let sent = send(conn, request).await?;
+    match tokio::time::timeout(state.config.compile_timeout, recv_sized(conn)).await {
+        Ok(Ok((response, received))) => {
+            state.metrics.exchanged(sent, received);
+            Ok(response)
+        }
+        Ok(Err(err)) => Err(err),
         Err(_) => Err(ProtocolError::Timeout),
     }
 }

@@ -145,8 +145,16 @@ pub async fn run(
         stats: std::sync::Mutex::default(),
         payload: discomy_protocol::plumbing::admission::PayloadBudget::new(0),
         started: std::time::Instant::now(),
+        metrics: super::metrics::AgentMetrics::default(),
     });
     let tracker = TaskTracker::new();
+    if let Some(addr) = state.config.metrics_listen {
+        let listener = discomy_protocol::plumbing::metrics::bind(addr).await?;
+        let rendered = state.clone();
+        let render = Arc::new(move || super::metrics::render(&rendered));
+        let serve = discomy_protocol::plumbing::metrics::serve(listener, render, shutdown.clone());
+        tracker.spawn(serve);
+    }
     let limits = Limits { total: MAX_WRAPPERS, per_peer: MAX_WRAPPERS_PER_USER };
     let admission = Admission::new(limits);
     loop {
@@ -230,6 +238,16 @@ async fn serve_wrapper(
                 return;
             }
         };
+        let unit = request.as_ref().is_ok_and(|r| {
+            matches!(
+                r,
+                Request::Compile(_) | Request::CompileSources(_) | Request::CompileSourcesCached(_)
+            )
+        });
+        let lookup = request
+            .as_ref()
+            .is_ok_and(|r| matches!(r, Request::CacheGet(_) | Request::CompileSourcesCached(_)));
+        let began = std::time::Instant::now();
         let response = match request {
             Err(ProtocolError::Closed) => return,
             // A wrapper leaves once its last frame is sent (the farm tier's store is not waited
@@ -325,6 +343,12 @@ async fn serve_wrapper(
                 None => Response::refused(RefusalKind::BadRequest, "unexpected request"),
             },
         };
+        if unit {
+            state.metrics.unit_answered(&response, began.elapsed().as_secs_f64());
+        }
+        if lookup {
+            state.metrics.farm_lookup(matches!(response, Response::CacheHit(_)));
+        }
         if send(&mut conn, &response).await.is_err() {
             return;
         }

@@ -39,6 +39,9 @@ pub struct AgentOptions {
     /// Default: the `discomy` group when the host has one, else everyone.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (units by outcome, latency, bytes).
+    #[arg(long, env = "DISCOMY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why an agent did not start or stopped with an error.
@@ -72,6 +75,7 @@ pub async fn start(
     config.auth = auth;
     config.backoff = Duration::from_secs(opts.backoff);
     config.verify_rate = opts.verify_rate;
+    config.metrics_listen = opts.metrics_listen;
     config.verify_first = if opts.no_verify { 0 } else { super::verify::FIRST_UNITS };
     if opts.no_verify {
         config.verify_rate = 0.0;

@@ -62,6 +62,9 @@ struct BuilderArgs {
     /// `DISCOMY_TOKEN`, never from the command line).
     #[arg(long)]
     config: std::path::PathBuf,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (overrides `metrics_listen`).
+    #[arg(long, env = "DISCOMY_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,7 +100,10 @@ async fn run() -> Result<()> {
             discomy_compilerd::agent::start::start(opts, auth, coordinator, shutdown).await?
         }
         Role::Builder(args) => {
-            let config = discomy_compilerd::builder::Config::load(&args.config)?;
+            let mut config = discomy_compilerd::builder::Config::load(&args.config)?;
+            if args.metrics_listen.is_some() {
+                config.metrics_listen = args.metrics_listen;
+            }
             tokio::task::spawn_blocking(move || discomy_compilerd::builder::run(config, shutdown))
                 .await??
         }

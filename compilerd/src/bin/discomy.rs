@@ -1,5 +1,6 @@
 //! `discomy`: the operator's command. `discomy run` builds against a farm (see the library's
-//! `run`); `discomy status` shows the coordinator's view, `discomy stats` an agent's counters.
+//! `run`); `discomy status` shows the coordinator's view (`discomy top`, live), `discomy stats` an
+//! agent's counters.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -43,30 +44,23 @@ enum Cmd {
     },
     /// The farm as the coordinator sees it: nodes, slots, load, learned speed, submitters.
     Status {
-        /// Coordinator `host[:port]` (or several, comma-separated); without one, the coordinator
-        /// of `--farm` is discovered over mDNS, as nodes and agents do.
-        #[arg(long, env = "DISCOMY_COORDINATOR")]
-        coordinator: Option<String>,
-        /// The farm to discover when no coordinator is given.
-        #[arg(long, env = "DISCOMY_FARM", default_value = "default")]
-        farm: String,
-        /// No mDNS discovery (`DISCOMY_NO_MDNS` takes 1/0, true/false, yes/no).
-        #[arg(
-            long,
-            env = discomy_protocol::plumbing::env::NO_MDNS,
-            value_parser = clap::builder::BoolishValueParser::new(),
-            action = clap::ArgAction::SetTrue
-        )]
-        no_mdns: bool,
-        /// Farm token (prefer `DISCOMY_TOKEN` or `--token-file`: arguments show in `ps`).
-        #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// A file holding the farm token (its first line).
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        coord: CoordArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// A live view of the farm: nodes, units per build host, the build queue (keys: `s` sort,
+    /// `r` reverse, `/` filter, Esc clear, `q` quit).
+    Top {
+        #[command(flatten)]
+        coord: CoordArgs,
+        /// The coordinator's build-queue API (`http://HOST:PORT`); without it, no queue pane.
+        #[arg(long, env = "DISCOMY_API")]
+        api: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        refresh: f64,
     },
     /// A running agent's counters since it started: units, remote, local, fallback, cache hits,
     /// failed, and why units stayed local.
@@ -99,6 +93,55 @@ enum Cmd {
         #[command(subcommand)]
         command: JobsCmd,
     },
+}
+
+/// Where the coordinator is (`discomy status`, `discomy top`), and the farm token.
+#[derive(clap::Args)]
+struct CoordArgs {
+    /// Coordinator `host[:port]` (or several, comma-separated); without one, the coordinator
+    /// of `--farm` is discovered over mDNS, as nodes and agents do.
+    #[arg(long, env = "DISCOMY_COORDINATOR")]
+    coordinator: Option<String>,
+    /// The farm to discover when no coordinator is given.
+    #[arg(long, env = "DISCOMY_FARM", default_value = "default")]
+    farm: String,
+    /// No mDNS discovery (`DISCOMY_NO_MDNS` takes 1/0, true/false, yes/no).
+    #[arg(
+        long,
+        env = discomy_protocol::plumbing::env::NO_MDNS,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    no_mdns: bool,
+    /// Farm token (prefer `DISCOMY_TOKEN` or `--token-file`: arguments show in `ps`).
+    #[arg(long, env = "DISCOMY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the farm token (its first line).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl CoordArgs {
+    /// The coordinator's address(es), discovered over mDNS when none was given, and the token.
+    fn resolve(self) -> Result<(String, Option<String>)> {
+        let CoordArgs { coordinator, farm, no_mdns, token, token_file } = self;
+        let (token, _) = discomy_protocol::plumbing::secret::token(token, token_file.as_deref())?;
+        let coordinator = match (coordinator, no_mdns) {
+            (Some(addr), _) => addr,
+            (None, true) => anyhow::bail!("no --coordinator, and mDNS discovery is off"),
+            (None, false) => {
+                use discomy_compilerd::coord::discover;
+                let found = discover::browse_all(&farm, std::time::Duration::from_secs(3));
+                anyhow::ensure!(
+                    !found.is_empty(),
+                    "no coordinator of farm {farm:?} answered over mDNS within 3 s; \
+                     give --coordinator HOST:PORT"
+                );
+                found.join(",")
+            }
+        };
+        Ok((coordinator, token))
+    }
 }
 
 /// Where the coordinator's build queue API is, and the token.
@@ -259,24 +302,25 @@ fn run() -> Result<ExitCode> {
             );
             Ok(ExitCode::from(u8::try_from(summary.exit_code & 0xff).unwrap_or(1)))
         }
-        Cmd::Status { coordinator, farm, no_mdns, token, token_file, json } => {
-            let (token, _) =
-                discomy_protocol::plumbing::secret::token(token, token_file.as_deref())?;
-            let coordinator = match (coordinator, no_mdns) {
-                (Some(addr), _) => addr,
-                (None, true) => anyhow::bail!("no --coordinator, and mDNS discovery is off"),
-                (None, false) => {
-                    use discomy_compilerd::coord::discover;
-                    let found = discover::browse_all(&farm, std::time::Duration::from_secs(3));
-                    anyhow::ensure!(
-                        !found.is_empty(),
-                        "no coordinator of farm {farm:?} answered over mDNS within 3 s; \
-                         give --coordinator HOST:PORT"
-                    );
-                    found.join(",")
-                }
-            };
+        Cmd::Status { coord, json } => {
+            let (coordinator, token) = coord.resolve()?;
             status(&coordinator, token.as_deref(), json)
+        }
+        Cmd::Top { coord, api, refresh } => {
+            anyhow::ensure!(
+                refresh.is_finite() && (0.1..=3600.0).contains(&refresh),
+                "--refresh takes 0.1 to 3600 seconds"
+            );
+            let (coordinator, token) = coord.resolve()?;
+            let api = api.filter(|a| !a.is_empty());
+            let refresh = Duration::from_secs_f64(refresh);
+            discomy_compilerd::top::run(&discomy_compilerd::top::TopOptions {
+                coordinator,
+                token,
+                api,
+                refresh,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats { socket, worker: None, json } => stats(&socket, json),
         Cmd::Stats { worker: Some(addr), json, .. } => worker_stats(&addr, json),

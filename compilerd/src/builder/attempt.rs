@@ -49,6 +49,8 @@ pub struct AttemptEnv {
     pub config: Arc<Config>,
     /// The builder's shutdown.
     pub shutdown: CancellationToken,
+    /// The builder's counts for `/metrics`.
+    pub metrics: Arc<super::metrics::BuilderMetrics>,
 }
 
 fn failure(kind: FailureKind, message: impl Into<String>) -> Failure {
@@ -58,13 +60,17 @@ fn failure(kind: FailureKind, message: impl Into<String>) -> Failure {
 /// Runs assignment `a` to its end and says how it ended to the coordinator (unless stopped).
 pub fn run_attempt(env: &AttemptEnv, a: &Assignment, control: &Control) {
     let work = work_path(&env.config, a.job, a.attempt);
+    let started = std::time::Instant::now();
     let outcome = match attempt(env, a, control, &work) {
         Ok(outcome) => outcome,
         Err(f) => Outcome::Failed(f),
     };
+    let seconds = started.elapsed().as_secs_f64();
     if control.stop.load(Ordering::SeqCst) {
         tracing::info!(job = a.job, attempt = a.attempt, "stopped");
+        env.metrics.build_ended(None, seconds);
     } else {
+        env.metrics.build_ended(Some(&outcome), seconds);
         finish(env, a, outcome, control);
     }
     if !env.config.keep_work

@@ -12,6 +12,7 @@
 //! cpus = 4                            # per build
 //! report_every = 5                    # seconds
 //! keep_work = false
+//! metrics_listen = "127.0.0.1:9102"   # optional: Prometheus metrics at /metrics
 //!
 //! [farm]                              # optional: each build's compiles go to the farm
 //! socket_dir = "/run/discomy"
@@ -119,6 +120,7 @@ struct RawConfig {
     report_every: Option<f64>,
     #[serde(default)]
     keep_work: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
     farm: Option<FarmConfig>,
     #[serde(default)]
     chroot: Vec<ChrootConfig>,
@@ -153,6 +155,8 @@ pub struct Config {
     pub report_every: Duration,
     /// Keep jobs' work directories (debugging).
     pub keep_work: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Farm use.
     pub farm: Option<FarmConfig>,
     /// The chroots.
@@ -267,6 +271,7 @@ impl Config {
             runner,
             report_every: Duration::from_secs_f64(report_every),
             keep_work: raw.keep_work,
+            metrics_listen: raw.metrics_listen,
             farm: raw.farm,
             chroots: raw.chroot,
         })

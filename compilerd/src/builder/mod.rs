@@ -7,11 +7,13 @@
 //!   retried while the coordinator is away.
 //! - [`job`]: one build, local: inputs on disk → rpmbuild in a chroot → outcome, log, RPMs.
 //! - [`cgroup`]: each build's cgroup (v2 or v1) with its memory and CPU limits.
+//! - [`metrics`]: `/metrics` (builds by result and duration, reports).
 
 pub mod attempt;
 pub mod cgroup;
 pub mod config;
 pub mod job;
+pub mod metrics;
 pub mod run;
 
 use std::sync::atomic::{AtomicU64, Ordering};

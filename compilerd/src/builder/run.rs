@@ -39,6 +39,25 @@ pub enum BuilderError {
     /// The API client could not be made.
     #[error(transparent)]
     Api(#[from] ApiClientError),
+    /// The metrics listener could not be started.
+    #[error("metrics: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// Serves `/metrics` on `addr` on the runtime this (blocking) thread was started from.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<super::metrics::BuilderMetrics>,
+    shutdown: CancellationToken,
+) -> Result<(), BuilderError> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| BuilderError::Metrics(std::io::Error::other(e.to_string())))?;
+    let listener = runtime
+        .block_on(discomy_protocol::plumbing::metrics::bind(addr))
+        .map_err(BuilderError::Metrics)?;
+    let render = Arc::new(move || metrics.render());
+    runtime.spawn(discomy_protocol::plumbing::metrics::serve(listener, render, shutdown));
+    Ok(())
 }
 
 type HeldMap = BTreeMap<(u64, u32), Arc<Control>>;
@@ -50,10 +69,15 @@ pub fn run(config: Config, shutdown: CancellationToken) -> Result<(), BuilderErr
     fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.work_dir).map_err(work_err)?;
     fs::set_permissions(&config.work_dir, fs::Permissions::from_mode(0o700)).map_err(work_err)?;
     let config = Arc::new(config);
+    let metrics = Arc::new(super::metrics::BuilderMetrics::new(config.slots));
+    if let Some(addr) = config.metrics_listen {
+        serve_metrics(addr, Arc::clone(&metrics), shutdown.clone())?;
+    }
     let env = AttemptEnv {
         client: client.clone(),
         config: Arc::clone(&config),
         shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     };
     let held: Arc<Mutex<HeldMap>> = Arc::default();
     let (wake_tx, wake) = mpsc::channel::<()>();
@@ -74,13 +98,16 @@ pub fn run(config: Config, shutdown: CancellationToken) -> Result<(), BuilderErr
                 control.stop.store(true, Ordering::SeqCst);
             }
         }
+        metrics.held.store(snapshot.len() as u64, Ordering::Relaxed);
         let report = make_report(&config, &snapshot, !stopping);
         if stopping && snapshot.is_empty() {
             // Best effort: the coordinator learns at once that this builder holds nothing.
             let _ = client.report(&report);
             break;
         }
-        match client.report(&report) {
+        let answered = client.report(&report);
+        metrics.reported(answered.is_ok());
+        match answered {
             Ok(answer) => {
                 if failures > 0 {
                     tracing::info!("coordinator reachable again after {failures} failed reports");

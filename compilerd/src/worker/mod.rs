@@ -8,6 +8,7 @@
 pub mod argcheck;
 pub mod distcc;
 pub mod exec;
+mod metrics;
 pub mod source_unit;
 pub mod start;
 pub mod unit;
@@ -69,6 +70,8 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
     /// Units compiling now; read by the coordinator reporter (`coord::node`).
     pub running: Arc<std::sync::atomic::AtomicUsize>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 use unit::Slot;
@@ -89,6 +92,8 @@ pub(crate) struct State {
     pub(crate) distcc_results: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// The most recent units' compile times (`discomy stats --worker`).
     pub(crate) recent_units: std::sync::Mutex<std::collections::VecDeque<UnitTime>>,
+    /// Counts for `/metrics`.
+    pub(crate) metrics: metrics::WorkerMetrics,
 }
 
 /// Size bound of the worker's store of source-mode file contents.
@@ -107,6 +112,7 @@ impl State {
     pub(crate) fn note_unit(&self, source: &str, elapsed: std::time::Duration) {
         use discomy_protocol::sources::{MAX_SOURCE_PATH, truncated};
         let source = truncated(source, MAX_SOURCE_PATH).to_owned();
+        self.metrics.compile_seconds.observe(elapsed.as_secs_f64());
         let mut units = self.recent_units.lock().unwrap_or_else(|e| e.into_inner());
         if units.len() >= WorkerStats::RECENT_UNITS {
             units.pop_front();
@@ -160,8 +166,16 @@ pub async fn run(
         uids: std::sync::Mutex::new(uids),
         distcc_results: std::sync::Mutex::default(),
         recent_units: std::sync::Mutex::default(),
+        metrics: metrics::WorkerMetrics::default(),
     });
     let tracker = TaskTracker::new();
+    if let Some(addr) = state.config.metrics_listen {
+        let listener = discomy_protocol::plumbing::metrics::bind(addr).await?;
+        let rendered = state.clone();
+        let render = Arc::new(move || metrics::render(&rendered));
+        let serve = discomy_protocol::plumbing::metrics::serve(listener, render, shutdown.clone());
+        tracker.spawn(serve);
+    }
     if let Some((listener, distcc)) = distcc {
         let (state, shutdown, t) = (state.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(distcc::run(listener, distcc, state, shutdown, t));

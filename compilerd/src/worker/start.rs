@@ -80,6 +80,9 @@ pub struct WorkerOptions {
     /// toolchains.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub seed_compilers: Vec<String>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (slots, running units, compile times).
+    #[arg(long, env = "DISCOMY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why a worker did not start or stopped with an error.
@@ -194,6 +197,7 @@ pub async fn start(
         node_name: bound.to_string(),
         work_dir: work.path.clone(),
         running: running.clone(),
+        metrics_listen: opts.metrics_listen,
     };
     if let Some(addr) = coordinator {
         let info = NodeInfo {

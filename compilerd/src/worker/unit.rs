@@ -176,6 +176,7 @@ mod tests {
             node_name: "test".into(),
             work_dir: dir.join("work"),
             running: Arc::default(),
+            metrics_listen: None,
         };
         State {
             config,
@@ -189,6 +190,7 @@ mod tests {
             uids: std::sync::Mutex::new(vec![64000, 64001]),
             distcc_results: std::sync::Mutex::default(),
             recent_units: std::sync::Mutex::default(),
+            metrics: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use clap::Parser;
 use discomy_coordinator::config_manager::CoordinatorFile;
 use discomy_coordinator::ops::{self, Ops};
 use discomy_coordinator::server::{self, CoordinatorConfig};
+
 use discomy_protocol::AuthConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +52,13 @@ struct Cli {
     /// Write the API's bound address (`IP:PORT`) to this file once listening.
     #[arg(long, value_name = "FILE")]
     api_addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (also at `/metrics` of the API).
+    #[arg(long, env = "DISCOMY_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Speak icecream's monitor protocol here, so `icemon` shows the farm (read-only, no
+    /// authentication: bind it to loopback or a firewalled address; icecream uses port 8765).
+    #[arg(long, env = "DISCOMY_ICEMON_LISTEN", value_name = "ADDR")]
+    icemon_listen: Option<SocketAddr>,
     /// Instead of running the daemon: the published repositories (`discomy repo` runs this).
     #[command(subcommand)]
     command: Option<Command>,
@@ -204,11 +212,47 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(dir) = cli.state_dir {
         file.ops.state_dir = dir;
     }
-    let api = match file.ops.api_listen {
+    let mut config = CoordinatorConfig::new(cli.farm, auth);
+    config.node_timeout = std::time::Duration::from_secs_f64(cli.node_timeout);
+    // With a state directory (given, or the configuration's), quarantines outlive restarts.
+    if state_given {
+        std::fs::create_dir_all(&file.ops.state_dir)
+            .with_context(|| format!("failed to create {}", file.ops.state_dir.display()))?;
+        config.quarantine_file = Some(file.ops.state_dir.join("quarantine.json"));
+    }
+    let farm = server::FarmHandle::new(config);
+    let ops = match file.ops.api_listen {
+        Some(_) => Some(Ops::open(file.ops.clone(), token.as_deref()).with_context(|| {
+            format!("failed to open the build queue in {}", file.ops.state_dir.display())
+        })?),
+        None => None,
+    };
+    let render = discomy_coordinator::metrics::renderer(farm.clone(), ops.clone());
+    let metrics = match cli.metrics_listen {
         Some(addr) => {
-            let ops = Ops::open(file.ops.clone(), token.as_deref()).with_context(|| {
-                format!("failed to open the build queue in {}", file.ops.state_dir.display())
-            })?;
+            let listener = discomy_protocol::plumbing::metrics::bind(addr).await?;
+            let serve = discomy_protocol::plumbing::metrics::serve(
+                listener,
+                render.clone(),
+                shutdown.clone(),
+            );
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
+    let icemon = match cli.icemon_listen {
+        Some(addr) => {
+            let listener = discomy_coordinator::icemon::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on {addr} (icemon)"))?;
+            let serve =
+                discomy_coordinator::icemon::serve(listener, farm.clone(), shutdown.clone());
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
+    let api = match (file.ops.api_listen, ops) {
+        (Some(addr), Some(ops)) => {
             let api_listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("failed to listen on {addr} (API)"))?;
@@ -218,22 +262,24 @@ async fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("failed to write {}", path.display()))?;
             }
             tracing::info!(%bound, "build queue API listening");
-            Some(tokio::spawn(ops::serve(api_listener, ops, shutdown.clone())))
+            let ui =
+                discomy_coordinator::wuimy::router(ops.clone(), farm.clone(), shutdown.clone())
+                    .context("the web UI")?;
+            let extra = discomy_coordinator::metrics::route(render).merge(ui);
+            Some(tokio::spawn(ops::serve(api_listener, ops, extra, shutdown.clone())))
         }
-        None => None,
+        _ => None,
     };
-    let mut config = CoordinatorConfig::new(cli.farm, auth);
-    config.node_timeout = std::time::Duration::from_secs_f64(cli.node_timeout);
-    // With a state directory (given, or the configuration's), quarantines outlive restarts.
-    if state_given {
-        std::fs::create_dir_all(&file.ops.state_dir)
-            .with_context(|| format!("failed to create {}", file.ops.state_dir.display()))?;
-        config.quarantine_file = Some(file.ops.state_dir.join("quarantine.json"));
-    }
-    server::run(listener, config, shutdown.clone()).await?;
+    server::serve_farm(listener, farm, shutdown.clone()).await?;
     shutdown.cancel();
     if let Some(api) = api {
         api.await.context("the API task")?.context("the API server")?;
+    }
+    if let Some(metrics) = metrics {
+        metrics.await.context("the metrics task")?.context("the metrics server")?;
+    }
+    if let Some(icemon) = icemon {
+        icemon.await.context("the icemon task")?.context("the icemon listener")?;
     }
     Ok(())
 }

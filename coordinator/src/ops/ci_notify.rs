@@ -213,7 +213,9 @@ pub(super) fn step(ops: &Ops, id: u64, payload: &str, attempts: u32) {
     let result = if watch.sent == Some(state) {
         Ok(())
     } else {
-        post(&request(&watch, api, token, state, &description))
+        let posted = post(&request(&watch, api, token, state, &description));
+        ops.counters.notification(posted.is_ok());
+        posted
     };
     let saved = match result {
         Ok(()) => {

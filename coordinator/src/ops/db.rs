@@ -131,6 +131,20 @@ impl Db {
         Ok(jobs)
     }
 
+    /// How many jobs are in each state.
+    pub fn state_counts(&self) -> Result<Vec<(JobState, u64)>, OpsError> {
+        let mut stmt = self.conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            let state = JobState::parse(&state)
+                .ok_or_else(|| OpsError::Corrupt(format!("job state {state:?}")))?;
+            counts.push((state, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(counts)
+    }
+
     /// What attempt `attempt` of job `job` uploaded.
     pub fn artifacts(&self, job: u64, attempt: u32) -> Result<Vec<BlobRef>, OpsError> {
         let mut stmt = self.conn.prepare(

@@ -68,6 +68,28 @@ impl Logs {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Up to `max` bytes of the log of `attempt` of `job` from `offset` (empty when nothing
+    /// more arrived): the web UI follows a log with it.
+    pub fn read_from(
+        &self,
+        job: u64,
+        attempt: u32,
+        offset: u64,
+        max: u64,
+    ) -> Result<Vec<u8>, OpsError> {
+        use std::io::{Seek, SeekFrom};
+        match fs::File::open(self.path(job, attempt)) {
+            Ok(mut file) => {
+                file.seek(SeekFrom::Start(offset))?;
+                let mut bytes = Vec::new();
+                file.take(max).read_to_end(&mut bytes)?;
+                Ok(bytes)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]

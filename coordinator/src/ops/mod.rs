@@ -16,6 +16,7 @@
 //! - [`final_aggregator`]: a batch whose builds all succeeded, signed and published as a
 //!   repository (createrepo_c, rpmsign, gpg), switched atomically; `verify` and `sync`.
 //! - [`ci_notify`]: commit statuses posted to the forge when a push's jobs end.
+//! - [`counters`]: webhook deliveries, commit statuses and build durations, for `/metrics`.
 //! - [`api`]: the JSON HTTP API (`discomy submit`, `discomy jobs`, builders).
 //!
 //! Wire types are `discomy_protocol::ops`. Nothing here touches the compile farm's scheduler:
@@ -25,6 +26,7 @@ pub mod api;
 pub mod batch;
 pub mod blobs;
 pub mod ci_notify;
+pub mod counters;
 pub mod db;
 pub mod final_aggregator;
 pub mod host_scheduler;
@@ -174,15 +176,17 @@ impl OpsConfig {
 /// The operations state shared by the API's handlers.
 pub struct Ops {
     db: Mutex<Box<dyn QueueStore>>,
-    blobs: BlobStore,
-    logs: logs::Logs,
-    config: OpsConfig,
-    token: Option<blake3::Hash>,
+    pub(crate) blobs: BlobStore,
+    pub(crate) logs: logs::Logs,
+    pub(crate) config: OpsConfig,
+    pub(crate) token: Option<blake3::Hash>,
     events: broadcast::Sender<JobEvent>,
     /// The repositories whose webhooks are accepted, with their secrets.
     repos: Vec<job_listener::Repo>,
     /// Woken by every change: builders waiting for work (a long-polled report) ask again.
     work: tokio::sync::Notify,
+    /// Counts for `/metrics`.
+    pub counters: counters::OpsCounters,
 }
 
 /// Unix seconds now.
@@ -227,7 +231,18 @@ impl Ops {
             events,
             repos,
             work: tokio::sync::Notify::new(),
+            counters: counters::OpsCounters::default(),
         }))
+    }
+
+    /// How many jobs are in each state, read on this (blocking) thread.
+    pub fn state_counts(&self) -> Result<Vec<(JobState, u64)>, OpsError> {
+        let mut counts = Vec::new();
+        self.blocking_db(&mut |db| {
+            counts = db.state_counts()?;
+            Ok(())
+        })?;
+        Ok(counts)
     }
 
     /// Runs `f` on the database on this (blocking) thread.
@@ -274,7 +289,7 @@ impl Ops {
         self.events.subscribe()
     }
 
-    fn publish(&self, events: Vec<JobEvent>) {
+    pub(crate) fn publish(&self, events: Vec<JobEvent>) {
         // Only a change that can make work wakes the held reports: a job waiting (submitted,
         // retried, backed off), or one ending (its slot is free, its dependents may run). A
         // report's own `scheduled`/`running` would only make every held report ask again.
@@ -282,6 +297,7 @@ impl Ops {
             self.work.notify_waiters();
         }
         for event in events {
+            self.counters.observe(&event);
             tracing::info!(
                 job = event.job,
                 to = event.to.as_str(),
@@ -294,7 +310,7 @@ impl Ops {
     }
 
     /// Runs `f` on the database off the async threads.
-    async fn db<T: Send + 'static>(
+    pub(crate) async fn db<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut dyn QueueStore, &Ops) -> Result<T, OpsError> + Send + 'static,
     ) -> Result<T, OpsError> {
@@ -308,10 +324,12 @@ impl Ops {
     }
 }
 
-/// Serves the API on `listener` and expires leases and timeouts every second, until `shutdown`.
+/// Serves the API on `listener`, with `extra` routes beside it (the web UI, `/metrics`), and
+/// expires leases and timeouts every second, until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ops: Arc<Ops>,
+    extra: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let ticker = {
@@ -332,7 +350,7 @@ pub async fn serve(
         })
     };
     let notifier = tokio::spawn(outbox::run(Arc::clone(&ops), shutdown.clone()));
-    let app = api::router(ops);
+    let app = api::router(ops).merge(extra);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;

@@ -27,6 +27,8 @@ pub trait QueueStore: Send {
         state: Option<JobState>,
         batch: Option<&str>,
     ) -> Result<Vec<JobView>, OpsError>;
+    /// How many jobs are in each state (states with none are left out).
+    fn state_counts(&mut self) -> Result<Vec<(JobState, u64)>, OpsError>;
     /// Events after `after`, of one job or of all.
     fn events(
         &mut self,
@@ -110,6 +112,9 @@ impl QueueStore for Db {
         batch: Option<&str>,
     ) -> Result<Vec<JobView>, OpsError> {
         Db::list(self, state, batch)
+    }
+    fn state_counts(&mut self) -> Result<Vec<(JobState, u64)>, OpsError> {
+        Db::state_counts(self)
     }
     fn events(
         &mut self,

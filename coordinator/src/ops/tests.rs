@@ -172,6 +172,11 @@ fn a_job_runs_once_to_success(open: Open<'_>) {
         states,
         [JobState::Waiting, JobState::Scheduled, JobState::Running, JobState::Succeeded]
     );
+    // `/metrics`' jobs by state.
+    let other = submit(db, "zlib", "alice", 0, 4.0);
+    let mut counts = db.state_counts().unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(counts, [(JobState::Succeeded, 1), (JobState::Waiting, 1)], "job {other}");
 }
 
 fn priority_first_then_fair_share_then_age(open: Open<'_>) {

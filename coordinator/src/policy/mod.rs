@@ -556,6 +556,11 @@ impl Scheduler {
         self.jobs.get(&job).is_some_and(|j| j.placed.is_none())
     }
 
+    /// The build host that submitted a job.
+    pub fn submitter_of(&self, job: JobId) -> Option<String> {
+        self.jobs.get(&job).map(|j| j.spec.submitter.clone())
+    }
+
     /// Where a placed job runs.
     pub fn placement(&self, job: JobId) -> Option<NodeId> {
         self.jobs.get(&job).and_then(|j| j.placed)

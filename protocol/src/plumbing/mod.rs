@@ -1,6 +1,7 @@
 //! Plumbing every discomy binary shares, written once: atomic file writes ([`fs`]), reading what
 //! a sandboxed program wrote ([`untrusted`]), the farm token ([`secret`]), killing a process group ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
-//! with the `daemon` feature, daemon start-up ([`daemon`]: logging and signal-driven shutdown).
+//! with the `daemon` feature, daemon start-up ([`daemon`]: logging and signal-driven shutdown);
+//! with the `metrics` feature, every daemon's `/metrics` ([`metrics`]).
 //!
 //! With the `tokio` feature, [`admission`]: connection limits that close idle connections to
 //! make room.
@@ -13,6 +14,8 @@ pub mod admission;
 pub mod daemon;
 pub mod env;
 pub mod fs;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod process;
 pub mod secret;
 pub mod untrusted;

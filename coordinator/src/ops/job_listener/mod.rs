@@ -128,12 +128,21 @@ impl From<HookError> for StatusCode {
     }
 }
 
+/// One delivery, counted by forge and answer for `/metrics`.
 async fn hook(
     State(ops): State<Arc<Ops>>,
     Path(forge_name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let forge = Forge::parse(&forge_name).map_or("unknown", |f| f.as_str());
+    // (Bodies over the size limit are refused before this handler runs: not counted.)
+    let response = handle(Arc::clone(&ops), forge_name, headers, body).await;
+    ops.counters.webhook(forge, response.status().as_u16());
+    response
+}
+
+async fn handle(ops: Arc<Ops>, forge_name: String, headers: HeaderMap, body: Bytes) -> Response {
     let Some(forge) = Forge::parse(&forge_name) else {
         return refuse(StatusCode::NOT_FOUND, &forge_name, "no such forge (github, gitea, gitlab)");
     };

@@ -39,6 +39,10 @@ impl QueueStore for PgStore {
         PgStore::list(self, state, batch)
     }
 
+    fn state_counts(&mut self) -> Result<Vec<(JobState, u64)>, OpsError> {
+        PgStore::state_counts(self)
+    }
+
     fn events(
         &mut self,
         job: Option<u64>,
