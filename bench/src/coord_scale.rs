@@ -2,7 +2,8 @@
 //! nodes (each logged in from its own 127.x.y.z address, connect-back answered by one fake
 //! worker listener, load reported every second) and M simulated agents keeping a window of
 //! placement questions in flight (each answer is followed by its `Done` and a new question).
-//! Prints placements/s, p50/p99 latency, and the daemon's peak RSS from /proc.
+//! Prints placements/s, p50/p99 latency, the daemon's peak RSS from /proc, and what a scrape of
+//! its `/metrics` (every 200 ms during the measurement, as a Prometheus would) costs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,9 +116,13 @@ pub fn run(args: &Args) -> Result<i32> {
     }
     let dir = tempfile::tempdir()?;
     let addr_file = dir.path().join("coord.addr");
+    // `/metrics` is scraped during the measurement, as a Prometheus would (its cost is reported).
+    let metrics =
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
     let child = std::process::Command::new(&exe)
         .args(["--no-mdns", "--listen", "127.0.0.1:0", "--addr-file"])
         .arg(&addr_file)
+        .args(["--metrics-listen", &metrics])
         .env("DISCOMY_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -137,7 +142,7 @@ pub fn run(args: &Args) -> Result<i32> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let report = runtime.block_on(drive(args, addr, pid))?;
+    let report = runtime.block_on(drive(args, addr, pid, format!("http://{metrics}/metrics")))?;
     drop(daemon);
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(p) = &args.json {
@@ -258,7 +263,19 @@ async fn client(
     Ok(count)
 }
 
-async fn drive(args: &Args, addr: SocketAddr, pid: u32) -> Result<serde_json::Value> {
+/// One scrape of `url`: milliseconds and bytes (none if it failed).
+fn scrape(url: &str) -> Option<(f64, usize)> {
+    let t = Instant::now();
+    let text = ureq::get(url).call().ok()?.body_mut().read_to_string().ok()?;
+    Some((t.elapsed().as_secs_f64() * 1e3, text.len()))
+}
+
+async fn drive(
+    args: &Args,
+    addr: SocketAddr,
+    pid: u32,
+    metrics: String,
+) -> Result<serde_json::Value> {
     let listener = TcpListener::bind("0.0.0.0:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(fake_worker(listener));
@@ -303,10 +320,24 @@ async fn drive(args: &Args, addr: SocketAddr, pid: u32) -> Result<serde_json::Va
     let cpu0 = cpu_s(pid);
     let t0 = Instant::now();
     let mut rss_peak = 0;
+    let mut scrapes: Vec<f64> = Vec::new();
+    let mut scrape_bytes = 0;
     while t0.elapsed() < Duration::from_secs(args.seconds) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         rss_peak = rss_peak.max(rss_kb(pid));
+        let url = metrics.clone();
+        if let Ok(Some((ms, bytes))) = tokio::task::spawn_blocking(move || scrape(&url)).await {
+            scrapes.push(ms);
+            scrape_bytes = bytes;
+        }
     }
+    scrapes.sort_by(f64::total_cmp);
+    let scrape_ms = |p: f64| {
+        scrapes
+            .get(((scrapes.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     measuring.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_s(pid) - cpu0;
@@ -349,5 +380,11 @@ async fn drive(args: &Args, addr: SocketAddr, pid: u32) -> Result<serde_json::Va
         "coordinator_cpu_us_per_placement": if placed > 0 { (cpu * 1e6 / placed as f64 * 10.0).round() / 10.0 } else { 0.0 },
         "loadavg_1m": {"before": load_before, "after": load_after},
         "cpu_steal_pct": (steal_pct * 10.0).round() / 10.0,
+        "metrics_scrape": {
+            "scrapes": scrapes.len(),
+            "p50_ms": (scrape_ms(0.5) * 100.0).round() / 100.0,
+            "max_ms": (scrape_ms(1.0) * 100.0).round() / 100.0,
+            "bytes": scrape_bytes,
+        },
     }))
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 /// Rooms from the top down, with the rooms each may use.
 const ROOMS: &[(&str, &[&str])] = &[
     ("run.rs", &["hosts"]),
+    ("run", &["hosts"]),
+    ("top", &["coord"]),
     ("submit", &["coord"]),
     ("agent", &["coord", "distcc", "store", "sandbox", "hosts"]),
     ("builder", &["coord", "store", "sandbox", "hosts"]),

@@ -9,6 +9,7 @@
 //!         → GET  /api/v1/jobs[?state=&batch=]                     ← Vec<JobView>
 //!         → GET  /api/v1/jobs/ID                                  ← JobDetail (with its events)
 //!         → POST /api/v1/jobs/ID/cancel | /retry                  ← JobView
+//!         → POST /api/v1/jobs/ID/priority         PriorityRequest ← JobView (a waiting job)
 //!         → GET  /api/v1/jobs/ID/log[?attempt=N]                  ← the build log (text)
 //!         → GET  /api/v1/events?after=SEQ                         ← Vec<JobEvent>
 //!         → GET  /api/v1/blobs/HEX                                ← a source or an artefact
@@ -328,7 +329,8 @@ pub struct JobEvent {
     pub job: u64,
     /// Unix seconds.
     pub at: f64,
-    /// The state before (`None` for the submission).
+    /// The state before (`None` for the submission, and for a change that leaves the job where
+    /// it is: a new priority).
     pub from: Option<JobState>,
     /// The state after.
     pub to: JobState,
@@ -427,6 +429,13 @@ pub enum Outcome {
     Succeeded,
     /// It did not.
     Failed(Failure),
+}
+
+/// `POST /api/v1/jobs/ID/priority`: a waiting job's new priority (higher runs first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PriorityRequest {
+    /// The new priority.
+    pub priority: i32,
 }
 
 /// `POST /api/v1/jobs/ID/finish`.

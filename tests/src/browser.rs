@@ -147,12 +147,17 @@ impl Browser {
     ) -> Result<T> {
         let start = Instant::now();
         loop {
-            if let Some(found) = probe(self)? {
-                return Ok(found);
-            }
+            // A live update may replace an element between finding and reading it (a stale
+            // element reference): that is "not yet", asked again until the limit.
+            let last = match probe(self) {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
             if start.elapsed() > limit {
                 let _ = self.screenshot(&format!("timeout-{}", what.replace(' ', "-")));
-                bail!("{what}: not within {limit:?} (url {})", self.url().unwrap_or_default());
+                let url = self.url().unwrap_or_default();
+                bail!("{what}: not within {limit:?} (url {url}; last error: {last:?})");
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -178,10 +178,12 @@ fn the_web_ui_shows_a_build_live_streams_its_log_and_cancels_it() {
 
     // The farm page lists the build on its builder.
     b.goto(&format!("{}/ui/", api.url)).unwrap();
-    let run = b
-        .wait_for(UI_WAIT, "the build on the farm page", |b| b.find(&format!("#run-{id}")))
+    // (Read in one probe: a live update may replace the row between finding and reading it.)
+    let text = b
+        .wait_for(UI_WAIT, "the build on the farm page", |b| {
+            b.find(&format!("#run-{id}"))?.map(|el| b.text(&el)).transpose()
+        })
         .unwrap();
-    let text = b.text(&run).unwrap();
     assert!(text.contains("builder1") && text.contains("ticker"), "{text}");
     b.screenshot("2-farm").unwrap();
 
@@ -334,6 +336,56 @@ fn with_a_farm_token_the_web_ui_needs_a_login() {
             .status()
             .as_u16()
     };
+    // Re-prioritise a waiting job (no builder here: it stays waiting) from its page, and from
+    // `discomy jobs priority`; a POST without the CSRF token, or out of range, changes nothing.
+    let pkg = tmp.path().join("tiny");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("tiny.spec"),
+        "Name: tiny\nVersion: 1\nRelease: 1\nSummary: x\nLicense: MIT\n%description\nx\n%files\n",
+    )
+    .unwrap();
+    let api = &coordinator.api;
+    let pkg_arg = pkg.to_str().unwrap();
+    let (ok, json, err) =
+        discomy_json(api, &["submit", "--chroot", "el9", "--json", "--package", pkg_arg]);
+    assert!(ok, "discomy submit: {err}");
+    let id = json["ids"][0].as_u64().unwrap();
+    let set = |csrf: Option<&str>, priority: &str| {
+        let body = match csrf {
+            Some(c) => format!("csrf={c}&priority={priority}"),
+            None => format!("priority={priority}"),
+        };
+        agent
+            .post(format!("{url}/ui/jobs/{id}/priority"))
+            .header("Cookie", &cookie)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body.as_str())
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let priority_of = || {
+        let (ok, d, err) = discomy_json(api, &["jobs", "show", &id.to_string(), "--json"]);
+        assert!(ok, "{err}");
+        d["job"]["priority"].as_i64().unwrap()
+    };
+    let mut job_page =
+        agent.get(format!("{url}/ui/jobs/{id}")).header("Cookie", &cookie).call().unwrap();
+    let job_html = job_page.body_mut().read_to_string().unwrap();
+    assert!(job_html.contains("id=\"priority\""), "a waiting job's page offers a priority");
+    assert_eq!(set(None, "9"), 403, "no CSRF token");
+    assert_eq!(set(Some(&csrf), "5000"), 400, "out of range");
+    assert_eq!(priority_of(), 0);
+    assert_eq!(set(Some(&csrf), "7"), 303);
+    assert_eq!(priority_of(), 7);
+    let out =
+        discomy_tests::queue::discomy_command(api, &["jobs", "priority", &id.to_string(), "-3"])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(priority_of(), -3);
+
     assert_eq!(logout(&"f".repeat(64)), 403, "a wrong CSRF token");
     assert_eq!(logout(&csrf), 303);
     let resp = agent.get(format!("{url}/ui/queue")).header("Cookie", &cookie).call().unwrap();

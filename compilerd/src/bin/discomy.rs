@@ -245,6 +245,14 @@ enum JobsCmd {
         /// The job.
         id: u64,
     },
+    /// Give a waiting job a new priority (higher runs first; -1000 to 1000).
+    Priority {
+        /// The job.
+        id: u64,
+        /// The new priority.
+        #[arg(allow_hyphen_values = true)]
+        priority: i32,
+    },
     /// Download a job's artefacts (RPMs, build log), each checked against its blake3 and size.
     Download {
         /// The job.
@@ -438,6 +446,10 @@ fn jobs(api: &ApiClient, command: JobsCmd) -> Result<ExitCode> {
         }
         JobsCmd::Cancel { id } => println!("job {id}: {}", api.cancel(id)?.state.as_str()),
         JobsCmd::Retry { id } => println!("job {id}: {}", api.retry(id)?.state.as_str()),
+        JobsCmd::Priority { id, priority } => {
+            let job = api.set_priority(id, priority)?;
+            println!("job {id}: priority {}", job.priority);
+        }
         JobsCmd::Download { id, dir } => {
             let job = api.job(id)?.job;
             for path in discomy_compilerd::submit::download(api, &job, &dir)? {

@@ -272,6 +272,12 @@ impl ApiClient {
         self.post_json(&format!("/jobs/{id}/retry"), &serde_json::json!({}))
     }
 
+    /// Gives a waiting job a new priority (`POST /jobs/ID/priority`).
+    pub fn set_priority(&self, id: u64, priority: i32) -> Result<JobView> {
+        let req = discomy_protocol::ops::PriorityRequest { priority };
+        self.post_json(&format!("/jobs/{id}/priority"), &req)
+    }
+
     /// A job's build log, of `attempt` or the current one (`GET /jobs/ID/log`).
     pub fn log(&self, id: u64, attempt: Option<u32>) -> Result<Vec<u8>> {
         let path = match attempt {

@@ -39,6 +39,7 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/retry", post(retry))
+        .route("/api/v1/jobs/{id}/priority", post(set_priority))
         .route("/api/v1/jobs/{id}/log", get(read_log).post(append_log))
         .route("/api/v1/jobs/{id}/finish", post(finish))
         .route("/api/v1/builders/report", post(report))
@@ -201,6 +202,17 @@ async fn cancel(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Resp
 
 async fn retry(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Response, OpsError> {
     let (job, events) = ops.db(move |db, _| db.retry(id, "the API", now())).await?;
+    ops.publish(events);
+    Ok(Json(job).into_response())
+}
+
+async fn set_priority(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<u64>,
+    Json(req): Json<discomy_protocol::ops::PriorityRequest>,
+) -> Result<Response, OpsError> {
+    let (job, events) =
+        ops.db(move |db, _| db.set_priority(id, req.priority, "the API", now())).await?;
     ops.publish(events);
     Ok(Json(job).into_response())
 }

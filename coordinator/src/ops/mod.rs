@@ -7,6 +7,7 @@
 //! - [`batch`]: batches in build order (dependencies from `BuildRequires`, cycles refused).
 //! - [`queue_rules`]: the checks, verdicts and messages both stores share.
 //! - [`queue_executor`]: the per-job state machine; every transition is stored as an event.
+//! - [`priority`]: an operator's new priority for a waiting job.
 //! - [`host_scheduler`]: the green light for a builder (slots, memory, disk).
 //! - [`blobs`]: content-addressed sources and artefacts, verified on arrival.
 //! - [`outbox`]: messages and watches kept until delivered (commit statuses), in the database.
@@ -35,6 +36,7 @@ pub mod job_queue;
 pub mod logs;
 pub mod outbox;
 pub mod pg;
+pub mod priority;
 pub mod queue_executor;
 pub mod queue_rules;
 pub mod store;

@@ -75,6 +75,14 @@ pub trait QueueStore: Send {
     fn cancel(&mut self, job: u64, who: &str, now: f64) -> Result<(JobView, Events), OpsError>;
     /// Queues a failed or cancelled job again.
     fn retry(&mut self, job: u64, who: &str, now: f64) -> Result<(JobView, Events), OpsError>;
+    /// Gives a waiting job a new priority ([`super::priority`]).
+    fn set_priority(
+        &mut self,
+        job: u64,
+        priority: i32,
+        who: &str,
+        now: f64,
+    ) -> Result<(JobView, Events), OpsError>;
     /// After a restart: leases run from now.
     fn resume(&mut self, config: &QueueConfig, now: f64) -> Result<usize, OpsError>;
     /// Adds an outbox item (a commit status to send, a push to watch), due at once.
@@ -170,6 +178,15 @@ impl QueueStore for Db {
     }
     fn retry(&mut self, job: u64, who: &str, now: f64) -> Result<(JobView, Events), OpsError> {
         Db::retry(self, job, who, now)
+    }
+    fn set_priority(
+        &mut self,
+        job: u64,
+        priority: i32,
+        who: &str,
+        now: f64,
+    ) -> Result<(JobView, Events), OpsError> {
+        Db::set_priority(self, job, priority, who, now)
     }
     fn resume(&mut self, config: &QueueConfig, now: f64) -> Result<usize, OpsError> {
         Db::resume(self, config, now)

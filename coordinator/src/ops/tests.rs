@@ -46,6 +46,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     a_job_runs_once_to_success,
     priority_first_then_fair_share_then_age,
+    an_operator_reprioritises_a_waiting_job_only,
     a_silent_builder_loses_its_job_to_a_retry_with_backoff,
     infrastructure_failures_are_retried_up_to_a_limit_and_build_failures_never,
     timeouts_and_cancels_stop_the_builder,
@@ -177,6 +178,24 @@ fn a_job_runs_once_to_success(open: Open<'_>) {
     let mut counts = db.state_counts().unwrap();
     counts.sort_by_key(|(s, _)| s.as_str());
     assert_eq!(counts, [(JobState::Succeeded, 1), (JobState::Waiting, 1)], "job {other}");
+}
+
+fn an_operator_reprioritises_a_waiting_job_only(open: Open<'_>) {
+    let mut store = open();
+    let db = store.as_mut();
+    let first = submit(db, "first", "alice", 0, 1.0);
+    let second = submit(db, "second", "alice", 0, 2.0);
+    let (view, events) = db.set_priority(second, 5, "ops", 3.0).unwrap();
+    assert_eq!(view.priority, 5);
+    assert_eq!((events[0].from, events[0].to), (None, JobState::Waiting));
+    assert!(events[0].detail.contains("priority 0 → 5 by ops"), "{:?}", events[0].detail);
+    assert!(matches!(db.set_priority(first, 1001, "ops", 3.0), Err(OpsError::BadRequest(_))));
+    assert!(matches!(db.set_priority(999, 1, "ops", 3.0), Err(OpsError::NotFound(_))));
+    // The raised job is claimed first; a scheduled one keeps its priority.
+    let a = ask(db, "b1", 1, vec![], 4.0).assignment.unwrap();
+    assert_eq!(a.job, second);
+    assert!(matches!(db.set_priority(second, 9, "ops", 5.0), Err(OpsError::Conflict(_))));
+    assert_eq!(db.job(first).unwrap().priority, 0);
 }
 
 fn priority_first_then_fair_share_then_age(open: Open<'_>) {

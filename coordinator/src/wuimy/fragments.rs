@@ -282,9 +282,20 @@ pub fn job_summary(j: &JobView, now: f64, csrf: &str) -> String {
     if matches!(j.state, JobState::Failed | JobState::Cancelled) {
         out.push_str(&form("retry", "Retry"));
     }
-    out.push_str(
-        "<span class=\"muted\">(the queue has no operation to change a job's priority)</span></p>",
-    );
+    if j.state == JobState::Waiting {
+        let _ = write!(
+            out,
+            "<form class=\"inline\" method=\"post\" action=\"/ui/jobs/{}/priority\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input id=\"priority-value\" name=\"priority\" type=\"number\" min=\"-1000\" \
+             max=\"1000\" value=\"{}\"> <button id=\"priority\" type=\"submit\">Set priority\
+             </button></form>",
+            j.id,
+            attr(csrf),
+            j.priority
+        );
+    }
+    out.push_str("</p>");
     out
 }
 

@@ -9,7 +9,7 @@
 //!   artefacts), rendered into pages and again by the live streams.
 //! - [`html`]: escaping, layout, security headers, the live-update script.
 //! - [`pages`]: the farm, the queue and its batches, a job (log, history, artefacts), the
-//!   published repositories; login and the operator's actions (cancel, retry).
+//!   published repositories; login and the operator's actions (cancel, retry, priority).
 //! - [`live`]: Server-Sent Events: page fragments re-rendered as the farm and the queue change,
 //!   and a job's log as it arrives.
 //!
@@ -103,8 +103,7 @@ pub fn router(
         .route("/ui/queue", get(queue_page))
         .route("/ui/jobs/{id}", get(job_page))
         .route("/ui/jobs/{id}/artifacts/{name}", get(artifact))
-        .route("/ui/jobs/{id}/cancel", post(cancel))
-        .route("/ui/jobs/{id}/retry", post(retry))
+        .route("/ui/jobs/{id}/{action}", post(act))
         .route("/ui/repos", get(repos_page))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
@@ -243,24 +242,21 @@ async fn artifact(
     }
 }
 
-async fn cancel(
+/// `POST /ui/jobs/ID/{cancel,retry,priority}`.
+async fn act(
     State(ui): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
-    Path(id): Path<u64>,
+    Path((id, action)): Path<(u64, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    pages::act(&ui, peer, &h, id, pages::Action::Cancel, &body).await
-}
-
-async fn retry(
-    State(ui): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(id): Path<u64>,
-    body: axum::body::Bytes,
-) -> Response {
-    pages::act(&ui, peer, &h, id, pages::Action::Retry, &body).await
+    let action = match action.as_str() {
+        "cancel" => pages::Action::Cancel,
+        "retry" => pages::Action::Retry,
+        "priority" => pages::Action::Priority,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    pages::act(&ui, peer, &h, id, action, &body).await
 }
 
 async fn login_page(State(ui): St) -> Response {

@@ -263,9 +263,11 @@ pub enum Action {
     Cancel,
     /// Queue a failed or cancelled job again.
     Retry,
+    /// Give a waiting job a new priority (the form's `priority`).
+    Priority,
 }
 
-/// `POST /ui/jobs/ID/{cancel,retry}`: a session and its CSRF token are required.
+/// `POST /ui/jobs/ID/{cancel,retry,priority}`: a session and its CSRF token are required.
 pub async fn act(
     ui: &Ui,
     peer: SocketAddr,
@@ -284,11 +286,20 @@ pub async fn act(
         return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
     let who = format!("the web UI ({})", peer.ip());
+    let priority = form.get("priority").map(|p| p.trim().parse::<i32>());
+    let priority = match (action, priority) {
+        (Action::Priority, Some(Ok(p))) => p,
+        (Action::Priority, _) => {
+            return error_page(StatusCode::BAD_REQUEST, "the priority must be a whole number");
+        }
+        _ => 0,
+    };
     let result = ui
         .ops
         .db(move |db, _| match action {
             Action::Cancel => db.cancel(id, &who, now()),
             Action::Retry => db.retry(id, &who, now()),
+            Action::Priority => db.set_priority(id, priority, &who, now()),
         })
         .await;
     match result {

@@ -54,6 +54,16 @@ pub const VARS: &[Var] = &[
         "the build queue API for `discomy submit` and `discomy jobs`",
     ),
     user("DISCOMY_COORDINATOR_CONFIG", "none", "the coordinator's configuration file (`--config`)"),
+    user(
+        "DISCOMY_METRICS_LISTEN",
+        "none",
+        "serve Prometheus metrics at http://ADDR/metrics (`--metrics-listen`, every daemon)",
+    ),
+    user(
+        "DISCOMY_ICEMON_LISTEN",
+        "none",
+        "the coordinator's icecream monitor listener for icemon (`--icemon-listen`)",
+    ),
     user(NO_MDNS, "unset", "1/true/yes: no mDNS discovery"),
     user(LOG, "info (daemons), off (wrapper)", "log filter"),
     user(LOG_FILE, "stderr", "where the wrapper logs"),

@@ -210,6 +210,16 @@ impl QueueStore for PgStore {
         Ok((self.job(job)?, events))
     }
 
+    fn set_priority(
+        &mut self,
+        job: u64,
+        priority: i32,
+        who: &str,
+        now: f64,
+    ) -> Result<(JobView, Events), OpsError> {
+        PgStore::set_priority(self, job, priority, who, now)
+    }
+
     fn resume(&mut self, config: &QueueConfig, now: f64) -> Result<usize, OpsError> {
         let (n, _) = self.write(|tx| {
             let sql = format!("UPDATE jobs SET lease_until = $1 WHERE state IN {LIVE}");
