@@ -177,9 +177,12 @@ async fn node(
     let auth = AuthConfig::none();
     // Nodes of a real farm do not all log in within the same millisecond: bound the herd.
     let permit = logins.acquire_owned().await?;
-    let stream = TcpStream::connect(addr).await?;
-    let mut conn = client_handshake(stream, &auth).await?;
     let ip = format!("127.{}.{}.{}", 1 + i / 62_500, (i / 250) % 250, 1 + i % 250);
+    // From its own address, as a real node (the coordinator bounds connections per address).
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip.parse()?, 0))?;
+    let stream = socket.connect(addr).await?;
+    let mut conn = client_handshake(stream, &auth).await?;
     let login = NodeLogin {
         host: format!("sim-{i}"),
         address: format!("{ip}:{port}"),
@@ -293,6 +296,14 @@ async fn drive(
         }
     }
     while joined.load(Ordering::Relaxed) < args.nodes as u64 {
+        // A node runs until the end: one that ended already failed (refused, say).
+        if let Some(i) = nodes.iter().position(|n| n.is_finished()) {
+            let why = match nodes.swap_remove(i).await {
+                Ok(Err(e)) => format!("{e:#}"),
+                other => format!("{other:?}"),
+            };
+            bail!("a simulated node failed to join: {why}");
+        }
         if t_login.elapsed() > Duration::from_secs(300) {
             bail!("only {} of {} nodes joined", joined.load(Ordering::Relaxed), args.nodes);
         }
