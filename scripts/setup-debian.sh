@@ -44,6 +44,32 @@ if [ ${#repo_need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends rpm gnupg createrepo-c dnf rsync >/dev/null
 fi
 
+# The RPM package (rpm/discomy.spec, tests/tests/rpm_package.rs): rpm2cpio and cpio extract the
+# RPMs, systemd-analyze verifies the units, rpmlint (PyPI; it uses Debian's python3-rpm through
+# the `rpm` shim package) checks the packages.
+pkg_need=()
+for cmd in rpm2cpio cpio systemd-analyze; do
+  command -v "$cmd" >/dev/null 2>&1 || pkg_need+=("$cmd")
+done
+/usr/bin/python3 -c 'import rpm' >/dev/null 2>&1 || pkg_need+=(python3-rpm)
+if [ ${#pkg_need[@]} -gt 0 ]; then
+  echo "setup: installing packages for: ${pkg_need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends rpm2cpio cpio systemd python3-rpm python3-pip >/dev/null
+fi
+if ! command -v rpmlint >/dev/null 2>&1; then
+  echo "setup: installing rpmlint from PyPI" >&2
+  if command -v pip3 >/dev/null 2>&1 && [ "$(command -v python3)" != /usr/bin/python3 ]; then
+    pip3 install -q rpmlint
+  else
+    $sudo /usr/bin/python3 -m pip install -q --break-system-packages rpmlint
+  fi
+fi
+# The crates of Cargo.lock in ~/.cargo/registry, so rpm/make-tarball.sh vendors them offline
+# (the tests run without network).
+(cd "$here" && cargo fetch --locked >/dev/null)
+
 # Monitoring (issue 18): a real Prometheus scrapes a farm in a test; `discomy top` is driven in
 # tmux; the web UI is driven in headless Chromium through chromedriver.
 mon_need=()

@@ -54,6 +54,9 @@ enum Role {
     Agent(AgentOptions),
     /// Build whole packages in chroots for the coordinator's build queue.
     Builder(BuilderArgs),
+    /// Write man pages and shell completions (for packages).
+    #[command(hide = true)]
+    GenerateDocs(discomy_protocol::plumbing::docs::Args),
 }
 
 #[derive(clap::Args)]
@@ -81,6 +84,10 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> Result<()> {
     let cli = Cli::parse();
+    if let Role::GenerateDocs(args) = &cli.role {
+        use clap::CommandFactory;
+        return Ok(discomy_protocol::plumbing::docs::generate(Cli::command(), &args.out)?);
+    }
     let (token, source) =
         discomy_protocol::plumbing::secret::token(cli.token.clone(), cli.token_file.as_deref())?;
     warn_if_on_command_line(source);
@@ -107,6 +114,7 @@ async fn run() -> Result<()> {
             tokio::task::spawn_blocking(move || discomy_compilerd::builder::run(config, shutdown))
                 .await??
         }
+        Role::GenerateDocs(_) => unreachable!("handled above"),
     }
     Ok(())
 }

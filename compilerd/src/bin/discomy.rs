@@ -93,6 +93,9 @@ enum Cmd {
         #[command(subcommand)]
         command: JobsCmd,
     },
+    /// Write man pages and shell completions (for packages).
+    #[command(hide = true)]
+    GenerateDocs(discomy_protocol::plumbing::docs::Args),
 }
 
 /// Where the coordinator is (`discomy status`, `discomy top`), and the farm token.
@@ -287,6 +290,11 @@ fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     match Cli::parse().command {
+        Cmd::GenerateDocs(args) => {
+            use clap::CommandFactory;
+            discomy_protocol::plumbing::docs::generate(Cli::command(), &args.out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run { local_farm, hosts, slots, summary_json, command } => {
             let bin_dir = match std::env::var_os("DISCOMY_BIN_DIR") {
                 Some(dir) => PathBuf::from(dir),

@@ -66,6 +66,9 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Command {
+    /// Write man pages and shell completions (for packages).
+    #[command(hide = true)]
+    GenerateDocs(discomy_protocol::plumbing::docs::Args),
     /// Published repositories (`[ops.publish]` of `--config`).
     Repo {
         #[command(subcommand)]
@@ -108,6 +111,16 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 fn main() -> std::process::ExitCode {
     discomy_protocol::plumbing::daemon::init_tracing();
     let cli = Cli::parse();
+    if let Some(Command::GenerateDocs(args)) = &cli.command {
+        use clap::CommandFactory;
+        return match discomy_protocol::plumbing::docs::generate(Cli::command(), &args.out) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("generate-docs: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Repo { command }) = &cli.command {
         return match repo(&cli, command) {
             Ok(code) => code,

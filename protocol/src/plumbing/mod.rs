@@ -1,7 +1,8 @@
 //! Plumbing every discomy binary shares, written once: atomic file writes ([`fs`]), reading what
 //! a sandboxed program wrote ([`untrusted`]), the farm token ([`secret`]), killing a process group ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
 //! with the `daemon` feature, daemon start-up ([`daemon`]: logging and signal-driven shutdown);
-//! with the `metrics` feature, every daemon's `/metrics` ([`metrics`]).
+//! with the `metrics` feature, every daemon's `/metrics` ([`metrics`]); with the `docs` feature,
+//! man pages and shell completions for packages ([`docs`]).
 //!
 //! With the `tokio` feature, [`admission`]: connection limits that close idle connections to
 //! make room.
@@ -12,6 +13,8 @@
 pub mod admission;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "docs")]
+pub mod docs;
 pub mod env;
 pub mod fs;
 #[cfg(feature = "metrics")]

@@ -104,6 +104,7 @@ pub(super) const ROOT_PREFIX: &str = "discomy-sandbox-root-";
 #[derive(Parser, Debug)]
 #[command(
     name = "discomy-sandbox",
+    version,
     about = "Runs one program in a throw-away sandbox (discomy worker helper)"
 )]
 pub(super) struct Cli {
