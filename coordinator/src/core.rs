@@ -161,23 +161,31 @@ impl Core {
         self.events.subscribe()
     }
 
+    /// Whether a live view listens (events are only made for one: a placement is the
+    /// coordinator's hot path).
+    fn watched(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     /// Tells live views (nobody listening is fine).
-    pub fn emit(&self, event: FarmEvent) {
+    fn emit(&self, event: FarmEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// The quarantined worker addresses, sorted.
+    pub fn quarantined(&self) -> Vec<String> {
+        self.quarantined.iter().cloned().collect()
     }
 
     /// A node logged in: the policy learns it and live views see it.
     pub fn add_node(&mut self, node: NodeId, spec: crate::policy::NodeSpec, address: String) {
         let now = self.clock.now();
-        let event = FarmEvent::NodeJoined {
-            node,
-            host: spec.host.clone(),
-            address: address.clone(),
-            slots: spec.slots,
-        };
+        if self.watched() {
+            let (host, slots) = (spec.host.clone(), spec.slots);
+            self.emit(FarmEvent::NodeJoined { node, host, address: address.clone(), slots });
+        }
         self.sched.add_node(node, spec, now);
         self.set_address(node, address);
-        self.emit(event);
         self.dispatch();
     }
 
@@ -224,7 +232,7 @@ impl Core {
     pub fn node_gone(&mut self, node: NodeId) {
         self.nodes_lost += 1;
         let now = self.clock.now();
-        if self.addresses.remove(&node).is_some() {
+        if self.addresses.remove(&node).is_some() && self.watched() {
             self.emit(FarmEvent::NodeLeft { node });
         }
         for job in self.sched.node_lost(node, now) {
@@ -277,7 +285,9 @@ impl Core {
             true => self.counters.done_ok += 1,
             false => self.counters.done_failed += 1,
         }
-        self.emit(FarmEvent::UnitDone { job, ok: stats.ok, wall_ms: stats.wall_ms });
+        if self.watched() {
+            self.emit(FarmEvent::UnitDone { job, ok: stats.ok, wall_ms: stats.wall_ms });
+        }
         let now = self.clock.now();
         self.sched.finish(job, stats, now);
     }
@@ -299,7 +309,7 @@ impl Core {
         for a in self.sched.dispatch(now) {
             let worker = self.addresses.get(&a.node).cloned();
             if let Some(original) = a.hedge_of {
-                self.hedge(original, a.job, worker);
+                self.hedge(original, a.job, a.node, worker);
                 continue;
             }
             let Some(asked) = self.asked.get_mut(&a.job) else { continue };
@@ -318,15 +328,23 @@ impl Core {
                     self.counters.queue_wait.observe(waited as f64 / 1000.0);
                 }
                 asked.answered = true;
-                let submitter = self.sched.submitter_of(a.job).unwrap_or_default();
-                self.emit(FarmEvent::UnitPlaced { job: a.job, node: a.node, submitter });
+                self.placed_event(a.job, a.node);
             }
         }
     }
 
-    /// Sends the agent of `original` a second placement, `twin`, because the original's node
-    /// stalled. A twin that cannot be delivered is withdrawn (the original runs on).
-    fn hedge(&mut self, original: JobId, twin: JobId, worker: Option<String>) {
+    /// Tells live views that `job` went to `node`.
+    fn placed_event(&self, job: JobId, node: NodeId) {
+        if self.watched() {
+            let submitter = self.sched.submitter_of(job).unwrap_or_default();
+            self.emit(FarmEvent::UnitPlaced { job, node, submitter });
+        }
+    }
+
+    /// Sends the agent of `original` a second placement, `twin` on `node`, because the
+    /// original's node stalled. A twin that cannot be delivered is withdrawn (the original runs
+    /// on).
+    fn hedge(&mut self, original: JobId, twin: JobId, node: NodeId, worker: Option<String>) {
         let Some(a) = self.asked.get(&original) else {
             self.sched.cancel(twin);
             return;
@@ -339,6 +357,7 @@ impl Core {
         tracing::info!(job = original, twin, "node stalled; unit hedged");
         self.hedged += 1;
         self.remember(twin, Asked { tag, agent, tx, asked_at, answered: true });
+        self.placed_event(twin, node);
     }
 
     /// The farm as `discomy status` shows it.
@@ -384,7 +403,7 @@ impl Core {
             queued: self.sched.queued() as u64,
             hedged: self.hedged,
             nodes_lost: self.nodes_lost,
-            quarantined: self.quarantined.iter().cloned().collect(),
+            quarantined: self.quarantined(),
         }
     }
 }

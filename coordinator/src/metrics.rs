@@ -12,24 +12,10 @@ use discomy_protocol::plumbing::metrics::{Exposition, Labels, Render, label};
 use crate::ops::Ops;
 use crate::server::FarmHandle;
 
-/// The render function of `--metrics-listen` and of the API's `/metrics`.
+/// The render function of `--metrics-listen` and of the API's `/metrics` (both served by
+/// `discomy_protocol::plumbing::metrics::router`).
 pub fn renderer(farm: FarmHandle, ops: Option<Arc<Ops>>) -> Render {
     Arc::new(move || render(&farm, ops.as_deref()))
-}
-
-/// `/metrics` as a route to merge into the API's router.
-pub fn route(render: Render) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let render = Arc::clone(&render);
-            async move {
-                let text = tokio::task::spawn_blocking(move || render()).await.unwrap_or_default();
-                let content_type = discomy_protocol::plumbing::metrics::CONTENT_TYPE;
-                ([(axum::http::header::CONTENT_TYPE, content_type)], text)
-            }
-        }),
-    )
 }
 
 /// One scrape's text.

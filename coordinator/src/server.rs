@@ -121,11 +121,6 @@ impl FarmHandle {
         FarmHandle(Arc::new(Shared { config, core: Mutex::new(core), kick }))
     }
 
-    /// The farm's name.
-    pub fn farm(&self) -> &str {
-        &self.0.config.farm
-    }
-
     /// The farm as `discomy status` shows it.
     pub fn status(&self) -> discomy_protocol::coordinator::FarmStatus {
         self.0.core().status()
@@ -493,8 +488,7 @@ fn handle_agent_request(
                 }
             }
             if let Some(file) = quarantine_file {
-                let list = core.status().quarantined;
-                if let Err(err) = save_quarantine(file, &list) {
+                if let Err(err) = save_quarantine(file, &core.quarantined()) {
                     warn!(%err, file = %file.display(), "the quarantine could not be saved");
                 }
             }

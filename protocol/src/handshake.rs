@@ -172,16 +172,22 @@ pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u8, ProtocolError> {
     Ok(bytes[6])
 }
 
+/// 32 bytes from the kernel's random source, or its error: for secrets that must not be guessed
+/// (session ids, keys), which have no fallback.
+pub fn random_bytes() -> std::io::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    getrandom::fill(&mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(out)
+}
+
 /// Fresh random bytes for a challenge or nonce.
 pub fn random_nonce() -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if getrandom::fill(&mut out).is_err() {
+    random_bytes().unwrap_or_else(|_| {
         // No entropy source: fall back to a hash of time and pid, still unpredictable enough to
         // prevent replay across connections.
         let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-        out = *blake3::hash(seed.as_bytes()).as_bytes();
-    }
-    out
+        *blake3::hash(seed.as_bytes()).as_bytes()
+    })
 }
 
 /// Client side of the handshake over a blocking stream.

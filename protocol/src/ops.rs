@@ -456,6 +456,20 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// `text` with everything but unreserved characters (`A-Za-z0-9-._~`) percent-encoded: a path
+/// segment or a query value of the API.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Whether `name` is acceptable as a file name from a peer: a plain name of at most 255 bytes,
 /// printable ASCII, no `/`, not `.` or `..`, not starting with `-`.
 pub fn is_plain_file_name(name: &str) -> bool {

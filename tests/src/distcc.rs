@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,11 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::{Proc, START_TIMEOUT, Worker, clean_command};
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
+pub use crate::free_port;
 
 /// Waits until `127.0.0.1:port` accepts connections.
 pub fn wait_for_port(port: u16, proc: &mut Proc) {

@@ -1,5 +1,6 @@
 //! Where things are and how commands start: the workspace root, the projects directory, the
-//! built binaries, a command with a clean environment, and a private `TMPDIR` per process.
+//! built binaries, a command with a clean environment, a private `TMPDIR` per process, a free
+//! loopback port, and whether a test whose prerequisites are missing skips or fails (under CI).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -73,4 +74,23 @@ pub fn private_tmp(dir: &Path, name: &str) -> PathBuf {
     let tmp = dir.join(format!("{name}-tmpdir"));
     fs::create_dir_all(&tmp).expect("create private TMPDIR");
     tmp
+}
+
+/// A TCP port on 127.0.0.1 nothing listens on now (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// `found`, or, when `test`'s prerequisites are missing (`Err` says which): a skip with a
+/// message on a developer's machine, a failure under CI (`CI` set), where they must be there.
+pub fn or_skip<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(found) => Some(found),
+        Err(why) if std::env::var_os("CI").is_none_or(|v| v.is_empty()) => {
+            eprintln!("[e2e] SKIPPED {test}: {why} (under CI=true this fails)");
+            None
+        }
+        Err(why) => panic!("{test} cannot run under CI: {why}"),
+    }
 }

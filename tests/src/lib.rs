@@ -49,7 +49,9 @@ pub use compare::{
 };
 pub use coordinators::{farm_status, node_count, start_coordinator, wait_nodes};
 pub use daemons::{Agent, Farm, Worker, default_compiler_names, hosts_of};
-pub use env::{bin, bin_dir, clean_command, private_tmp, projects_dir, workspace_root};
+pub use env::{
+    bin, bin_dir, clean_command, free_port, or_skip, private_tmp, projects_dir, workspace_root,
+};
 pub use lua::{
     assert_lua_runs, discomy_run, extract_lua, lua_tarball, lua_with_reference, make_clean,
     make_lua, make_lua_with_discomy_cc, run_to_success,

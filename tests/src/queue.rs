@@ -15,11 +15,13 @@ use crate::{
     Proc, START_TIMEOUT, Worker, bin, clean_command, hosts_of, private_tmp, workspace_root,
 };
 
-/// A loopback port nothing listens on now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
+pub use crate::free_port;
+
+/// Queue timings short enough for a test: builders report every second, a silent one loses its
+/// job after 6 s, retries wait 1 s; no disk or memory floor.
+pub const FAST_QUEUE: &str = "max_upload_bytes = 8388608\n[ops.queue]\nreport_every_secs = 1.0\n\
+                              lease_secs = 6.0\nbackoff_secs = 1.0\nmin_free_disk_bytes = 0\n\
+                              min_job_memory_bytes = 0\n";
 
 /// The chroot tree (`scripts/setup-chroot.sh`) and the sources directory; `Err` says why the
 /// package-build tests cannot run here.

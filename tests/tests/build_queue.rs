@@ -32,21 +32,10 @@ use discomy_tests::{agent_stats, clean_command, metrics};
 const BUILD: Duration = Duration::from_secs(600);
 
 fn prerequisites(test: &str) -> Option<(PathBuf, PathBuf)> {
-    match chroot_prerequisites() {
-        Ok(found) => Some(found),
-        Err(why) if std::env::var_os("CI").is_none_or(|v| v.is_empty()) => {
-            eprintln!("[e2e] SKIPPED {test}: {why} (under CI=true this fails)");
-            None
-        }
-        Err(why) => panic!("{test} cannot run under CI: {why}"),
-    }
+    discomy_tests::or_skip(test, chroot_prerequisites())
 }
 
-/// Queue timings short enough for a test: builders report every second, a silent one loses its
-/// job after 6 s, retries wait 1 s.
-const QUEUE: &str = "max_upload_bytes = 8388608\n[ops.queue]\nreport_every_secs = 1.0\n\
-                     lease_secs = 6.0\nbackoff_secs = 1.0\nmin_free_disk_bytes = 0\n\
-                     min_job_memory_bytes = 0\n";
+const QUEUE: &str = discomy_tests::queue::FAST_QUEUE;
 
 fn ids_of(json: &serde_json::Value) -> Vec<u64> {
     json["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()

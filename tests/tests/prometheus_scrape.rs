@@ -6,19 +6,14 @@
 //! histograms' counts; the scrape cost (Prometheus' own `scrape_duration_seconds`) is printed.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use discomy_tests::{
     Agent, BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, clean_command, discomy_run, extract_lua,
-    read_summary, start_coordinator, wait_nodes,
+    free_port, read_summary, start_coordinator, wait_nodes,
 };
-
-/// A loopback port free now (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Prometheus on `listen`, scraping `targets` (job name, `IP:PORT`) every second.
 fn start_prometheus(dir: &Path, listen: SocketAddr, targets: &[(&str, String)]) -> Proc {

@@ -43,14 +43,7 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
         .collect();
     let found = chroot_prerequisites()
         .and_then(|f| if missing.is_empty() { Ok(f) } else { Err(format!("missing {missing:?}")) });
-    match found {
-        Ok(found) => Some(found),
-        Err(why) if std::env::var_os("CI").is_none_or(|v| v.is_empty()) => {
-            eprintln!("[e2e] SKIPPED push_to_repository: {why} (under CI=true this fails)");
-            None
-        }
-        Err(why) => panic!("push_to_repository cannot run under CI: {why}"),
-    }
+    discomy_tests::or_skip("push_to_repository", found)
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -27,9 +27,7 @@ use discomy_tests::queue::{Builder, QueueCoordinator, chroot_prerequisites, disc
 use serde_json::Value;
 
 /// Queue timings short enough for a test (as `build_queue`).
-const QUEUE: &str = "max_upload_bytes = 8388608\n[ops.queue]\nreport_every_secs = 1.0\n\
-                     lease_secs = 6.0\nbackoff_secs = 1.0\nmin_free_disk_bytes = 0\n\
-                     min_job_memory_bytes = 0\n";
+const QUEUE: &str = discomy_tests::queue::FAST_QUEUE;
 
 /// A package whose `%build` prints `tick N at NANOS` every half second for 40 s.
 const TICKER_SPEC: &str = "Name: ticker\nVersion: 1.0\nRelease: 1\nSummary: x\nLicense: MIT\n\
@@ -48,14 +46,7 @@ fn prerequisites() -> Option<PathBuf> {
             Err(format!("{} or {} is missing", browser::CHROMIUM, browser::CHROMEDRIVER))
         }
     });
-    match found {
-        Ok(root) => Some(root),
-        Err(why) if std::env::var_os("CI").is_none_or(|v| v.is_empty()) => {
-            eprintln!("[e2e] SKIPPED web_ui: {why} (under CI=true this fails)");
-            None
-        }
-        Err(why) => panic!("web_ui cannot run under CI: {why}"),
-    }
+    discomy_tests::or_skip("web_ui", found)
 }
 
 fn http() -> ureq::Agent {

@@ -7,14 +7,22 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use discomy_protocol::Response;
-use discomy_protocol::plumbing::metrics::{Exposition, HistogramFamily, label, latency_histograms};
+use discomy_protocol::plumbing::metrics::{
+    Exposition, Histogram, HistogramFamily, label, latency_histograms,
+};
 
 use super::State;
+
+/// How a unit can be answered: the `result` label of `discomy_agent_unit_seconds`.
+const ANSWERS: [&str; 5] =
+    ["compiled", "compile_error", "farm_cache_hit", "missing_sources", "refused"];
 
 /// Counts kept only for `/metrics` (the rest is the agent's [`discomy_protocol::stats::AgentStats`]).
 pub(super) struct AgentMetrics {
     /// Seconds from a wrapper's unit to the agent's answer, by how it was answered.
     unit_seconds: HistogramFamily,
+    /// Its series, one per [`ANSWERS`] entry, made once: a unit observes without allocating.
+    by_answer: Vec<Histogram>,
     /// Bytes of unit frames sent to workers (compressed, as on the wire).
     sent_bytes: AtomicU64,
     /// Bytes of answer frames received from workers.
@@ -26,8 +34,14 @@ pub(super) struct AgentMetrics {
 
 impl Default for AgentMetrics {
     fn default() -> AgentMetrics {
+        let unit_seconds = latency_histograms();
+        let by_answer = ANSWERS
+            .iter()
+            .map(|a| unit_seconds.get_or_create(&vec![label("result", *a)]).clone())
+            .collect();
         AgentMetrics {
-            unit_seconds: latency_histograms(),
+            unit_seconds,
+            by_answer,
             sent_bytes: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
             farm_hits: AtomicU64::new(0),
@@ -36,24 +50,24 @@ impl Default for AgentMetrics {
     }
 }
 
-/// How a unit was answered, as the histogram's `result` label says it.
-fn answer_kind(response: &Response) -> &'static str {
+/// How a unit was answered: its index in [`ANSWERS`].
+fn answer_kind(response: &Response) -> usize {
     match response {
-        Response::Compiled(r) if r.exit_code == 0 => "compiled",
-        Response::CompiledSources(r) if r.result.exit_code == 0 => "compiled",
-        Response::Compiled(_) | Response::CompiledSources(_) => "compile_error",
-        Response::CacheHit(_) => "farm_cache_hit",
-        Response::MissingBlobs(_) => "missing_sources",
-        _ => "refused",
+        Response::Compiled(r) if r.exit_code == 0 => 0,
+        Response::CompiledSources(r) if r.result.exit_code == 0 => 0,
+        Response::Compiled(_) | Response::CompiledSources(_) => 1,
+        Response::CacheHit(_) => 2,
+        Response::MissingBlobs(_) => 3,
+        _ => 4,
     }
 }
 
 impl AgentMetrics {
     /// One unit answered after `seconds`.
     pub(super) fn unit_answered(&self, response: &Response, seconds: f64) {
-        self.unit_seconds
-            .get_or_create(&vec![label("result", answer_kind(response))])
-            .observe(seconds);
+        if let Some(histogram) = self.by_answer.get(answer_kind(response)) {
+            histogram.observe(seconds);
+        }
     }
 
     /// One exchange with a worker: `sent` bytes out, `received` bytes back.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use discomy_protocol::ops::{
     API_PREFIX, ApiError, BatchRequest, BatchResponse, BlobRef, BuilderAnswer, BuilderReport,
     FinishRequest, JobDetail, JobEvent, JobState, JobView, SubmitRequest, SubmitResponse,
-    is_blake3_hex, is_plain_file_name,
+    is_blake3_hex, is_plain_file_name, percent_encode,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -451,19 +451,6 @@ fn read_capped(url: &str, mut resp: ureq::http::Response<ureq::Body>, max: u64) 
 fn parse_json<T: DeserializeOwned>(url: &str, resp: ureq::http::Response<ureq::Body>) -> Result<T> {
     let body = read_capped(url, resp, MAX_JSON_BYTES)?;
     serde_json::from_slice(&body).map_err(|e| bad_answer(url, format!("JSON: {e}")))
-}
-
-/// `s` with everything but unreserved characters percent-encoded (a query value).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub(crate) fn render(state: &State) -> String {
     e.histogram(
         "discomy_worker_compile_seconds",
         "How long each unit's compiler ran here, the sandbox included (its _count is the units \
-         compiled).",
+         compiled for agents; distcc clients' jobs are discomy_worker_distcc_jobs_total).",
         &state.metrics.compile_seconds,
     );
     let distcc = state.distcc_results.lock().map(|m| m.clone()).unwrap_or_default();

@@ -8,7 +8,6 @@ use clap::Parser;
 use discomy_coordinator::config_manager::CoordinatorFile;
 use discomy_coordinator::ops::{self, Ops};
 use discomy_coordinator::server::{self, CoordinatorConfig};
-
 use discomy_protocol::AuthConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -278,7 +277,7 @@ async fn run(cli: Cli) -> Result<()> {
             let ui =
                 discomy_coordinator::wuimy::router(ops.clone(), farm.clone(), shutdown.clone())
                     .context("the web UI")?;
-            let extra = discomy_coordinator::metrics::route(render).merge(ui);
+            let extra = discomy_protocol::plumbing::metrics::router(render).merge(ui);
             Some(tokio::spawn(ops::serve(api_listener, ops, extra, shutdown.clone())))
         }
         _ => None,

@@ -52,9 +52,11 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .with_state(ops)
 }
 
-impl IntoResponse for OpsError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl OpsError {
+    /// The HTTP status that says it (the API's and the web UI's); a server-side failure is
+    /// logged here.
+    pub fn status(&self) -> StatusCode {
+        match self {
             OpsError::NotFound(_) | OpsError::Missing(_) => StatusCode::NOT_FOUND,
             OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
             OpsError::Conflict(_) => StatusCode::CONFLICT,
@@ -66,9 +68,30 @@ impl IntoResponse for OpsError {
                 tracing::error!(err = %self, "build queue");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-        };
-        (status, Json(ApiError { error: self.to_string() })).into_response()
+        }
     }
+}
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(ApiError { error: self.to_string() })).into_response()
+    }
+}
+
+/// A blob's bytes, streamed, with its length (`GET /api/v1/blobs/HEX`, and the web UI's
+/// downloads, which add their own headers).
+pub(crate) async fn blob_response(ops: &Ops, hex: &str) -> Result<Response, OpsError> {
+    checked_hex(hex)?;
+    let file = match tokio::fs::File::open(ops.blobs.path(hex)).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(OpsError::Missing(format!("blob {hex}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let len = file.metadata().await?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
 async fn authenticate(
@@ -125,17 +148,7 @@ async fn get_blob(
     State(ops): State<Arc<Ops>>,
     Path(hex): Path<String>,
 ) -> Result<Response, OpsError> {
-    checked_hex(&hex)?;
-    let file = match tokio::fs::File::open(ops.blobs.path(&hex)).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(OpsError::Missing(format!("blob {hex}")));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let len = file.metadata().await?.len();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    Ok(([(header::CONTENT_LENGTH, len.to_string())], body).into_response())
+    blob_response(&ops, &hex).await
 }
 
 async fn submit(

@@ -138,9 +138,7 @@ impl Db {
         let mut counts = Vec::new();
         for row in rows {
             let (state, n) = row?;
-            let state = JobState::parse(&state)
-                .ok_or_else(|| OpsError::Corrupt(format!("job state {state:?}")))?;
-            counts.push((state, u64::try_from(n).unwrap_or(0)));
+            counts.push(super::queue_rules::state_count(&state, n)?);
         }
         Ok(counts)
     }

@@ -188,3 +188,10 @@ pub(super) fn stale_attempt(
 pub(super) fn failed_detail(failure: &Failure) -> String {
     format!("{} failure: {}", failure.kind.as_str(), failure.message)
 }
+
+/// One row of a `SELECT state, COUNT(*) … GROUP BY state` (either store).
+pub(super) fn state_count(state: &str, n: i64) -> Result<(JobState, u64), OpsError> {
+    let parsed =
+        JobState::parse(state).ok_or_else(|| OpsError::Corrupt(format!("job state {state:?}")))?;
+    Ok((parsed, u64::try_from(n).unwrap_or(0)))
+}

@@ -4,12 +4,11 @@
 //!
 //! Sessions live in memory (lost on restart), bounded in number ([`MAX_SESSIONS`], the oldest
 //! go first) and age ([`MAX_AGE`]); the cookie is `HttpOnly; SameSite=Strict` and holds 32
-//! random bytes from the kernel. Every form carries a CSRF token derived from the session id
+//! random bytes from the kernel (no fallback: without them no session is made). Every form carries a CSRF token derived from the session id
 //! with a key known only to this process (keyed blake3), checked in constant time on POST,
 //! together with the `Origin` header when the browser sends one.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,16 +64,14 @@ pub enum Access {
 }
 
 fn random_hex() -> Result<String, AuthError> {
-    let mut buf = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    let bytes = discomy_protocol::handshake::random_bytes()?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Sessions {
     /// Sessions for a UI whose farm token hashes to `token` (`None`: loopback only).
     pub fn new(token: Option<blake3::Hash>) -> Result<Sessions, AuthError> {
-        let mut csrf_key = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut csrf_key)?;
+        let csrf_key = discomy_protocol::handshake::random_bytes()?;
         Ok(Sessions { map: Mutex::new(HashMap::new()), csrf_key, token })
     }
 
@@ -191,42 +188,12 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     !host.is_empty() && origin_host == host
 }
 
-/// `application/x-www-form-urlencoded` fields (`+` and `%XX` decoded; bad escapes kept).
+/// `application/x-www-form-urlencoded` fields (`+` and `%XX` decoded; bad escapes kept); an
+/// undecodable body has none.
 pub fn form_fields(body: &[u8]) -> HashMap<String, String> {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-    }
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' => match (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) {
-                    (Some(hi), Some(lo)) => {
-                        out.push(hi * 16 + lo);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                },
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    let text = String::from_utf8_lossy(body);
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map(|pairs| pairs.into_iter().collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

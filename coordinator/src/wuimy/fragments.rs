@@ -6,25 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use discomy_protocol::coordinator::FarmStatus;
-use discomy_protocol::ops::{JobEvent, JobState, JobView};
+use discomy_protocol::ops::{JobEvent, JobState, JobView, percent_encode};
 
 use super::html::{ago, attr, bytes, duration, esc, state, utc};
 
 /// How many ended jobs the queue page lists.
 pub const RECENT: usize = 50;
-
-/// `text` percent-encoded for a URL path segment.
-pub fn url_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
 
 fn job_link(id: u64) -> String {
     format!("<a href=\"/ui/jobs/{id}\">#{id}</a>")
@@ -334,7 +321,7 @@ pub fn job_artifacts(j: &JobView) -> String {
             out,
             "<tr><td><a href=\"/ui/jobs/{}/artifacts/{}\">{}</a></td><td>{}</td><td><code>{}</code></td></tr>",
             j.id,
-            attr(&url_segment(&a.name)),
+            attr(&percent_encode(&a.name)),
             esc(&a.name),
             bytes(a.size),
             esc(&a.blake3)
@@ -350,6 +337,6 @@ mod tests {
 
     #[test]
     fn segments_are_encoded() {
-        assert_eq!(url_segment("a b?#%.rpm"), "a%20b%3F%23%25.rpm");
+        assert_eq!(percent_encode("a b?#%.rpm"), "a%20b%3F%23%25.rpm");
     }
 }

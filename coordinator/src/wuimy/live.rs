@@ -47,8 +47,8 @@ fn html_event(id: &str, html: &str) -> Option<Event> {
     Event::default().event("html").json_data(serde_json::json!({"id": id, "html": html})).ok()
 }
 
-/// Waits for the next event of `rx`; true when there was one (or some were lost). A closed
-/// channel never answers.
+/// Waits for the next event of `rx`: `Some` event, or `None` when some were lost (the caller
+/// re-reads everything either way). A closed channel never answers.
 async fn next<T: Clone>(rx: &mut broadcast::Receiver<T>) -> Option<T> {
     match rx.recv().await {
         Ok(t) => Some(t),

@@ -53,10 +53,7 @@ pub enum UiError {
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            UiError::Ops(OpsError::NotFound(_) | OpsError::Missing(_)) => StatusCode::NOT_FOUND,
-            UiError::Ops(OpsError::BadRequest(_)) => StatusCode::BAD_REQUEST,
-            UiError::Ops(OpsError::Conflict(_)) => StatusCode::CONFLICT,
-            UiError::Ops(OpsError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            UiError::Ops(err) => err.status(),
             _ => {
                 tracing::error!(err = %self, "web UI");
                 StatusCode::INTERNAL_SERVER_ERROR

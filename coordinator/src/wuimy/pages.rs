@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
@@ -144,21 +143,16 @@ pub async fn artifact(ui: &Ui, id: u64, name: &str) -> Result<Response, UiError>
                 .ok_or_else(|| OpsError::Missing(format!("artefact {name:?} of job {id}")))
         })
         .await?;
-    let file =
-        tokio::fs::File::open(ui.ops.blobs.path(&blob.blake3)).await.map_err(OpsError::from)?;
+    let mut resp = crate::ops::api::blob_response(&ui.ops, &blob.blake3).await?;
     let safe: String = blob
         .name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "._+-~".contains(c) { c } else { '_' })
         .collect();
-    let mut resp = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&blob.size.to_string()) {
-        headers.insert(header::CONTENT_LENGTH, v);
     }
     html::secure_headers(headers);
     Ok(resp)

@@ -146,8 +146,25 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     })
 }
 
-/// Answers `GET /metrics` on `listener` with `render()`'s text until `shutdown`. Metrics carry
-/// no secrets (counts, host names, addresses) and are read-only, as node exporters are.
+/// `GET /metrics` answering `render()`'s text, rendered on a blocking thread: a farm of
+/// thousands of nodes makes megabytes of text (33 ms for 5,000 nodes), which would stall a
+/// current-thread daemon's placements. Merged into the coordinator's API; served alone by
+/// [`serve`].
+pub fn router(render: Render) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = Arc::clone(&render);
+            async move {
+                let text = tokio::task::spawn_blocking(move || render()).await.unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text)
+            }
+        }),
+    )
+}
+
+/// Answers `GET /metrics` on `listener` ([`router`]) until `shutdown`. Metrics carry no secrets
+/// (counts, host names, addresses) and are read-only, as node exporters are.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     render: Render,
@@ -156,19 +173,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics listening");
     }
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let render = Arc::clone(&render);
-            async move {
-                // Off the runtime's threads: a farm of thousands of nodes makes megabytes of text
-                // (33 ms for 5,000 nodes), which would stall a current-thread daemon's placements.
-                let text = tokio::task::spawn_blocking(move || render()).await.unwrap_or_default();
-                ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text)
-            }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, router(render)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 #[cfg(test)]

@@ -243,15 +243,11 @@ impl PgStore {
     pub fn state_counts(&mut self) -> Result<Vec<(JobState, u64)>, OpsError> {
         let client = self.client()?;
         let rows = client.query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])?;
-        let mut counts = Vec::new();
-        for row in rows {
-            let state: String = row.try_get(0)?;
-            let n: i64 = row.try_get(1)?;
-            let state = JobState::parse(&state)
-                .ok_or_else(|| OpsError::Corrupt(format!("job state {state:?}")))?;
-            counts.push((state, u64::try_from(n).unwrap_or(0)));
-        }
-        Ok(counts)
+        rows.iter()
+            .map(|row| {
+                super::queue_rules::state_count(&row.try_get::<_, String>(0)?, row.try_get(1)?)
+            })
+            .collect()
     }
 
     /// Jobs, oldest first, optionally only those in `state` or of `batch`.
