@@ -10,6 +10,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/setup-debian.sh
+# One clean build: incremental state would only cost disk (CI's disk once filled mid-link).
+export CARGO_INCREMENTAL=0
 cargo build --workspace --bins
 cargo test --workspace --no-run
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then

@@ -3,15 +3,15 @@
 //! lookup of discomy's own binaries.
 
 use anyhow::{Context, Result, bail};
+use discomy_protocol::plumbing::{self, Logs};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -252,65 +252,32 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A long-running child in its own process group, stopped (group-wide) when dropped.
-pub struct Daemon {
-    name: String,
-    child: Option<Child>,
-    pgid: i32,
-    console: PathBuf,
-    cmdline: String,
-}
+/// A long-running child in its own process group, stopped (group-wide) when dropped: the
+/// shared harness ([`discomy_protocol::plumbing::Daemon`]), registered for the Ctrl-C handler.
+pub struct Daemon(plumbing::Daemon);
 
 impl Daemon {
     /// Start `job` with stdout and stderr appended to `console`.
     pub fn spawn(name: &str, job: &Job, console: &Path) -> Result<Self> {
-        let log =
-            File::create(console).with_context(|| format!("creating {}", console.display()))?;
-        let log2 = log.try_clone().with_context(|| format!("duplicating {}", console.display()))?;
         let mut cmd = job.command();
-        cmd.stdout(log).stderr(log2).process_group(0);
-        let child =
-            cmd.spawn().with_context(|| format!("cannot start {name}: `{}`", job.describe()))?;
-        let pgid = i32::try_from(child.id()).context("pid out of range")?;
-        live_groups().push(pgid);
-        Ok(Daemon {
-            name: name.to_owned(),
-            child: Some(child),
-            pgid,
-            console: console.to_owned(),
-            cmdline: job.describe(),
-        })
+        let daemon = plumbing::Daemon::spawn(name, &mut cmd, Logs::Combined(console.to_owned()))?;
+        live_groups().push(daemon.pid() as i32);
+        Ok(Daemon(daemon))
     }
 
     pub fn pid(&self) -> i32 {
-        self.pgid
-    }
-
-    /// The last lines the daemon printed.
-    pub fn console_tail(&self, n: usize) -> String {
-        match std::fs::read(&self.console) {
-            Ok(b) => tail(&String::from_utf8_lossy(&b), n),
-            Err(e) => format!("(cannot read {}: {e})", self.console.display()),
-        }
+        self.0.pid() as i32
     }
 
     /// A labelled block with the command line and the console tail, for error reports.
     pub fn report(&self, n: usize) -> String {
-        format!(
-            "--- {} (pid {}): `{}`, output {} ---\n{}",
-            self.name,
-            self.pgid,
-            self.cmdline,
-            self.console.display(),
-            self.console_tail(n)
-        )
+        self.0.logs_tail(n)
     }
 
     /// Fail if the daemon has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else { bail!("{} was already stopped", self.name) };
-        if let Some(st) = child.try_wait().with_context(|| format!("polling {}", self.name))? {
-            bail!("{} exited early ({st})\n{}", self.name, self.report(40));
+        if let Some(st) = self.0.try_wait() {
+            bail!("{} exited early ({st})\n{}", self.0.name(), self.report(40));
         }
         Ok(())
     }
@@ -320,37 +287,16 @@ impl Daemon {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut probe: impl FnMut() -> Option<T>,
+        probe: impl FnMut() -> Option<T>,
     ) -> Result<T> {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = probe() {
-                return Ok(v);
-            }
-            self.ensure_running()?;
-            if start.elapsed() > timeout {
-                bail!("{}: {what} not ready after {timeout:?}\n{}", self.name, self.report(40));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(self.0.wait_until(what, timeout, probe)?)
     }
 
     /// SIGTERM the process group, wait up to 3 s for the leader, then SIGKILL whatever is left.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let group = Pid::from_raw(self.pgid);
-        let _ = killpg(group, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        // Stragglers (workers of a pre-forking server, compilers it started) go too.
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = child.wait();
-        live_groups().retain(|&g| g != self.pgid);
+        self.0.stop();
+        let pgid = self.pid();
+        live_groups().retain(|&g| g != pgid);
     }
 }
 

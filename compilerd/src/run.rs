@@ -11,9 +11,10 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use discomy_protocol::plumbing::{Daemon, Logs};
 use discomy_protocol::stats::{StatsLine, UnitCounts};
 use serde::Serialize;
 
@@ -71,35 +72,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> FarmError {
     move |source| FarmError::Io { what, source }
 }
 
-/// Children killed (SIGTERM, then SIGKILL) when dropped.
-struct Daemons(Vec<Child>);
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for child in &self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for child in &mut self.0 {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
-    }
-}
+/// How long a daemon of the embedded farm may take to come up.
+const STARTUP: Duration = Duration::from_secs(60);
 
 /// Runs the build; returns the summary (the command's status is in it).
 pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
@@ -117,7 +91,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
             )));
         }
     }
-    let mut daemons = Daemons(Vec::new());
+    // Each in its own process group, stopped (group and all) when dropped.
+    let mut daemons: Vec<Daemon> = Vec::new();
     let mut hosts = Vec::new();
     if let Some(n) = opts.local_farm.filter(|n| *n > 0) {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -131,11 +106,13 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
                 .arg(&addr_file)
                 .arg("--store")
                 .arg(dir.path().join(format!("worker{i}.store")));
-            daemons.0.push(spawn_daemon(cmd, dir.path(), &format!("worker{i}.log"))?);
-            let addr = wait_for(
-                || fs::read_to_string(&addr_file).ok().filter(|s| s.ends_with('\n')),
-                "a local worker to listen",
-            )?;
+            let mut worker = spawn_daemon(&format!("worker{i}"), cmd, dir.path())?;
+            let addr = worker
+                .wait_until("a local worker to listen", STARTUP, || {
+                    fs::read_to_string(&addr_file).ok().filter(|s| s.ends_with('\n'))
+                })
+                .map_err(|e| FarmError::Startup(e.to_string()))?;
+            daemons.push(worker);
             hosts.push(format!("{}/{slots}", addr.trim()));
         }
     }
@@ -167,8 +144,11 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
             cmd.arg("--no-verify");
         }
         cmd.env_remove("DISCOMY_HOSTS");
-        daemons.0.push(spawn_daemon(cmd, dir.path(), "agent.log")?);
-        wait_for(|| agent_alive(&socket).then_some(()), "the agent to listen")?;
+        let mut agent = spawn_daemon("agent", cmd, dir.path())?;
+        agent
+            .wait_until("the agent to listen", STARTUP, || agent_alive(&socket).then_some(()))
+            .map_err(|e| FarmError::Startup(e.to_string()))?;
+        daemons.push(agent);
         socket
     };
 
@@ -230,14 +210,11 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 /// Starts a daemon with its stderr in `dir/log_name`.
-fn spawn_daemon(mut cmd: Command, dir: &Path, log_name: &str) -> Result<Child, FarmError> {
-    let log = fs::File::create(dir.join(log_name))
-        .map_err(io_err(format!("failed to create {log_name}")))?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(io_err(format!("failed to start {:?}", cmd.get_program())))
+/// Starts one of the farm's daemons, its log (stderr) in `<dir>/<name>.log`.
+fn spawn_daemon(name: &str, mut cmd: Command, dir: &Path) -> Result<Daemon, FarmError> {
+    let log = dir.join(format!("{name}.log"));
+    Daemon::spawn(name, &mut cmd, Logs::StderrOnly(log))
+        .map_err(|e| FarmError::Startup(e.to_string()))
 }
 
 /// Copies daemon logs somewhere that outlives the run directory, for a post-mortem.
@@ -252,19 +229,6 @@ fn keep_logs(dir: &Path) {
             }
         }
         tracing::warn!(logs = %keep.display(), "farm logs kept");
-    }
-}
-
-fn wait_for<T>(mut probe: impl FnMut() -> Option<T>, what: &str) -> Result<T, FarmError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = probe() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(FarmError::Startup(format!("timed out waiting for {what}")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -236,6 +236,42 @@ async fn a_fork_bomb_is_contained() {
     assert_eq!(text(&out.stdout), "still fine\n");
 }
 
+/// Files each under the file-size limit, together over the unit directory's: the program sees
+/// ENOSPC, the run is reported as over its limit, and nothing reaches the worker's disk. Before
+/// the bound, the directory was a bind of the worker's own and took all 64 MiB.
+#[tokio::test]
+async fn the_unit_directory_is_bounded() {
+    let work = work_dir();
+    std::fs::write(work.path().join("input"), b"from the worker\n").unwrap();
+    let limits = Limits { work_bytes: 16 << 20, file_bytes: 8 << 20, ..Limits::default() };
+    let fill = "for i in 1 2 3 4 5 6 7 8; do head -c 8000000 /dev/zero > f$i || exit 3; done";
+    let out = run(work.path(), "/bin/sh", &["-c", fill], &limits, 61010).await;
+    assert!(out.hit(LimitHit::WorkDir), "{out:?}: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("No space left on device"), "{}", text(&out.stderr));
+    let used: u64 =
+        std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(used < 1 << 20, "{used} bytes reached the worker's directory");
+
+    // Within the bound, the worker's files are there and the program's come back, links and
+    // FIFOs as what they are (the worker's own checks refuse them).
+    let work = work_dir();
+    std::fs::write(work.path().join("input"), b"from the worker\n").unwrap();
+    let script = "cat input > copy && mkdir -p d && echo deep > d/x && ln -s /etc/passwd link \
+                  && mkfifo fifo && head -c 4000000 /dev/zero > big";
+    let out = run(work.path(), "/bin/sh", &["-c", script], &limits, 61010).await;
+    assert_eq!(out.exit_code, 0, "stderr: {}", text(&out.stderr));
+    assert!(!out.hit(LimitHit::WorkDir));
+    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap();
+    assert_eq!(read("copy"), "from the worker\n");
+    assert_eq!(read("d/x"), "deep\n");
+    assert_eq!(std::fs::metadata(work.path().join("big")).unwrap().len(), 4_000_000);
+    let link = std::fs::symlink_metadata(work.path().join("link")).unwrap();
+    assert!(link.file_type().is_symlink());
+    use std::os::unix::fs::FileTypeExt;
+    let fifo = std::fs::symlink_metadata(work.path().join("fifo")).unwrap();
+    assert!(fifo.file_type().is_fifo());
+}
+
 #[tokio::test]
 async fn a_memory_hog_fails() {
     let work = work_dir();

@@ -159,7 +159,9 @@ pub struct JobDone {
     pub ok: bool,
     /// Ask-to-answer wall time at the agent, transfer included.
     pub wall_ms: u64,
-    /// The compiler's time on the node.
+    /// The node's time on the unit as the agent measured it: from its last request handed to
+    /// the socket to the answer read (the compile, its set-up and the object's transfer). Not
+    /// the node's own `compile_ms`: a donor could make that up to draw work.
     pub cpu_ms: u64,
     /// Object bytes.
     pub bytes_out: u64,

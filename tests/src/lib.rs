@@ -16,6 +16,7 @@
 //! - [`forge`]: a forge's commit-status API on loopback, recording requests.
 //! - [`netns`]: hosts as network namespaces on a private bridge.
 //! - [`queue`]: the build queue: a restartable coordinator with its API, builders, `discomy jobs`.
+//! - [`relay`]: a man in the middle on a worker's connections that edits its answers.
 //! - [`read_stats`], [`read_summary`]: what the wrapper and `discomy run` report.
 //!
 //! This file owns the crate's shared timeouts and its public surface: every helper is defined in
@@ -32,6 +33,7 @@ pub mod forge;
 pub mod metrics;
 pub mod netns;
 pub mod queue;
+pub mod relay;
 
 mod compare;
 mod coordinators;

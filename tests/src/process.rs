@@ -1,13 +1,13 @@
-//! Processes under test: [`Proc`], a child in its own process group with its output in log
-//! files, killed with its whole group on drop; signalling and listing a process group; log tails;
-//! [`ShowOnFailure`] for files worth printing when a test fails.
+//! Processes under test: [`Proc`], the shared daemon harness ([`Daemon`]) with a test's manners;
+//! signalling and listing a process group; log tails; [`ShowOnFailure`] for files worth printing
+//! when a test fails.
 
-use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use discomy_protocol::plumbing::{Daemon, Logs};
 
 /// Sends `signal` (a name such as `KILL`, or `0` to probe) to every process of group `pgid`.
 /// True when at least one process received it.
@@ -22,92 +22,54 @@ pub fn signal_group(pgid: u32, signal: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Processes of group `pgid` that are not zombies, as `pid command line` (from `/proc`).
-pub fn live_group_members(pgid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
-        let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        if fields.len() < 3 || fields[0] == "Z" || fields[2].parse::<u32>() != Ok(pgid) {
-            continue;
-        }
-        let cmdline = fs::read(entry.path().join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
-            .unwrap_or_default();
-        out.push(format!("{pid} {cmdline}"));
-    }
-    out
-}
+pub use discomy_protocol::plumbing::process::live_group_members;
 
 /// Last `lines` lines of a file, for failure output.
 pub fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let skip = all.len().saturating_sub(lines);
-    let mut out = String::new();
-    if skip > 0 {
-        let _ = writeln!(out, "[… {skip} earlier lines …]");
-    }
-    for line in &all[skip..] {
-        let _ = writeln!(out, "{line}");
-    }
-    out
+    discomy_protocol::plumbing::process::tail(path, lines)
 }
 
-/// A child process in its own process group, its output in `<log_dir>/<name>.{stdout,stderr}`.
+/// A child process in its own process group, its output in `<log_dir>/<name>.{stdout,stderr}`:
+/// the shared [`Daemon`] harness, with a test's manners (failures panic).
 ///
 /// Dropping it kills the whole group if it is still running (also during a panic), and a
 /// panicking test gets the tail of its logs printed.
 pub struct Proc {
-    name: String,
-    child: Child,
-    exit: Option<ExitStatus>,
+    daemon: Daemon,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
-    left_behind: bool,
 }
 
 impl Proc {
     /// Spawns `cmd` (stdin null, output to log files, a new process group).
     pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
-        let stdout_log = log_dir.join(format!("{name}.stdout"));
-        let stderr_log = log_dir.join(format!("{name}.stderr"));
-        let out = fs::File::create(&stdout_log).expect("create stdout log");
-        let err = fs::File::create(&stderr_log).expect("create stderr log");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
-        eprintln!("[e2e] started {name} (pid {}): {cmd:?}", child.id());
+        let daemon = Daemon::spawn(name, cmd, Logs::Split(log_dir.to_path_buf()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("[e2e] started {name} (pid {}): {}", daemon.pid(), daemon.cmdline());
         Proc {
-            name: name.to_owned(),
-            child,
-            exit: None,
-            stdout_log,
-            stderr_log,
-            left_behind: false,
+            daemon,
+            stdout_log: log_dir.join(format!("{name}.stdout")),
+            stderr_log: log_dir.join(format!("{name}.stderr")),
         }
     }
 
     /// The process id (also its process group id).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.pid()
     }
 
     /// The name given at spawn.
     pub fn name(&self) -> &str {
-        &self.name
+        self.daemon.name()
     }
 
     /// Its exit status, if it has exited (non-blocking).
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exited(status);
-            }
+        let status = self.daemon.try_wait();
+        if status.is_some() && self.daemon.left_processes_behind() {
+            eprintln!("[e2e] {} exited but left processes in its group (killed)", self.name());
         }
-        self.exit
+        status
     }
 
     /// Waits for it to exit; past `limit` it is killed and the test fails.
@@ -119,7 +81,7 @@ impl Proc {
             }
             if start.elapsed() > limit {
                 self.kill();
-                panic!("{} did not finish within {limit:?} (killed)", self.name);
+                panic!("{} did not finish within {limit:?} (killed)", self.name());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -128,28 +90,12 @@ impl Proc {
     /// Stops the whole process group: SIGTERM (daemons clean up their files), then SIGKILL
     /// after a short grace period; reaps the leader.
     pub fn kill(&mut self) {
-        if self.exit.is_some() {
-            return;
-        }
-        signal_group(self.pid(), "TERM");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(3) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(status);
-                // Anything left in the group gets no more grace.
-                signal_group(self.pid(), "KILL");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        signal_group(self.pid(), "KILL");
-        let status = self.child.wait().expect("wait after kill");
-        self.exit = Some(status);
+        self.daemon.stop();
     }
 
     /// Whether processes of its group were still running after it had exited (then killed).
     pub fn left_processes_behind(&self) -> bool {
-        self.left_behind
+        self.daemon.left_processes_behind()
     }
 
     /// Its standard output so far.
@@ -168,40 +114,7 @@ impl Proc {
 
     /// The tails of both logs, labelled.
     pub fn logs(&self, lines: usize) -> String {
-        format!(
-            "----- {} (pid {}) stdout ({}) -----\n{}----- {} stderr ({}) -----\n{}",
-            self.name,
-            self.child.id(),
-            self.stdout_log.display(),
-            tail(&self.stdout_log, lines),
-            self.name,
-            self.stderr_log.display(),
-            tail(&self.stderr_log, lines),
-        )
-    }
-
-    fn exited(&mut self, status: ExitStatus) {
-        self.exit = Some(status);
-        // The leader is gone; give the rest of its group a moment, then kill what is left and
-        // wait until it is gone too (a SIGKILLed process lives on until the kernel reaps it).
-        let pgid = self.pid();
-        let start = Instant::now();
-        loop {
-            let members = live_group_members(pgid);
-            if members.is_empty() || start.elapsed() > Duration::from_secs(15) {
-                break;
-            }
-            if !self.left_behind && start.elapsed() > Duration::from_secs(5) {
-                eprintln!(
-                    "[e2e] {} exited but left processes in its group; killing them:\n  {}",
-                    self.name,
-                    members.join("\n  ")
-                );
-                self.left_behind = true;
-                signal_group(pgid, "KILL");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon.logs_tail(lines)
     }
 }
 

@@ -17,6 +17,8 @@
 //!   coordinator cannot reach, are refused with a message that says why.
 //! - `quarantined_nodes_leave_the_farm_for_good`: an agent's `Quarantine` of a node (its
 //!   verification found a wrong object) drops the node at once and keeps its worker out.
+//! - `a_node_cannot_claim_its_own_speed`: a donor's made-up compile times teach the coordinator
+//!   nothing; speeds come from what agents measured.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -276,4 +278,85 @@ fn quarantined_nodes_leave_the_farm_for_good() {
     assert_eq!(s["quarantined"], serde_json::json!([bad]), "{s}");
     assert_eq!(node_count(addr), 1, "the quarantined worker came back after a restart: {s}");
     drop(coord);
+}
+
+/// A donor whose answers come 400 ms late while they say the compile took 1 ms (`compile_ms`),
+/// a relay in front of a worker that advertises the relay's address. The coordinator learns
+/// node speeds from the agent's own measurements, so the liar ends up slower than the honest
+/// worker beside it, not thousands of times faster (which had drawn every unit to it).
+#[test]
+fn a_node_cannot_claim_its_own_speed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tree, src, reference) = lua_with_reference(tmp.path());
+    let (_coord, addr) = coordinator(tmp.path(), "coordinator", "127.0.0.1:0", &[]);
+    let caddr = addr.to_string();
+    let honest = Worker::start_with(tmp.path(), "honest", 2, &["--coordinator", &caddr]);
+    let liar = LyingRelay::start();
+    let behind = Worker::start_with(
+        tmp.path(),
+        "liar",
+        2,
+        &["--coordinator", &caddr, "--advertise", &liar.addr.to_string()],
+    );
+    liar.forward_to(behind.addr);
+    wait_nodes(addr, 2, Duration::from_secs(20));
+
+    let summary = tmp.path().join("summary.json");
+    let mut run = coordinated_build(&tree, tmp.path(), &caddr, &summary);
+    assert!(run.wait_timeout(BUILD_TIMEOUT).success(), "the build failed:\n{}", run.logs(60));
+    assert_same_objects(&reference, &objects(&src), "build with a lying node");
+    let lied = liar.lied.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(lied > 0, "no unit went through the lying relay");
+
+    let farm = status(addr, None).expect("status");
+    let node = |address: &str| {
+        farm["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["address"] == address))
+            .cloned()
+            .unwrap_or_else(|| panic!("no node {address} in {farm}"))
+    };
+    let (l, h) = (node(&liar.addr.to_string()), node(&honest.addr.to_string()));
+    eprintln!("[e2e] {lied} units lied about; liar {l}\nhonest {h}");
+    let rate = |n: &serde_json::Value| n["speed_cpu_bps"].as_f64().unwrap_or(f64::NAN);
+    assert!(l["samples"].as_u64().unwrap_or(0) > 0 && h["samples"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        rate(&l) < rate(&h),
+        "the liar's learned speed ({}) is above the honest node's ({})",
+        rate(&l),
+        rate(&h)
+    );
+}
+
+/// A relay that answers compiles 400 ms late, saying they took 1 ms; counts them in `lied`.
+struct LyingRelay {
+    relay: discomy_tests::relay::Relay,
+    addr: SocketAddr,
+    lied: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LyingRelay {
+    fn start() -> LyingRelay {
+        use discomy_protocol::{Response, SourceResult};
+        use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+        let lied = Arc::new(AtomicUsize::new(0));
+        let count = lied.clone();
+        let relay = discomy_tests::relay::Relay::start(
+            None,
+            Arc::new(move |response: &mut Response| match response {
+                Response::Compiled(result)
+                | Response::CompiledSources(SourceResult { result, .. }) => {
+                    result.compile_ms = 1;
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Some(Duration::from_millis(400))
+                }
+                _ => None,
+            }),
+        );
+        LyingRelay { addr: relay.addr, relay, lied }
+    }
+
+    fn forward_to(&self, worker: SocketAddr) {
+        self.relay.forward_to(worker);
+    }
 }

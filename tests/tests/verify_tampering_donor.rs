@@ -21,8 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use discomy_protocol::asyncio::{client_handshake, recv, send, server_handshake};
-use discomy_protocol::{AuthConfig, Payload, PeerKind, Request, Response, SourceResult};
+use discomy_protocol::{Payload, Response, SourceResult};
+use discomy_tests::relay::Relay;
 use discomy_tests::{
     Agent, ShowOnFailure, Worker, assert_same_objects, bin, clean_command, lua_with_reference,
     make_clean, make_lua_with_discomy_cc, objects, run_to_success,
@@ -40,56 +40,30 @@ struct Donor {
 
 impl Donor {
     fn start(upstream: SocketAddr, tampering: bool) -> Donor {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let tampering = Arc::new(AtomicBool::new(tampering));
         let compiled = Arc::new(AtomicUsize::new(0));
         let tampered = Arc::new(AtomicUsize::new(0));
         let (on, c, t) = (tampering.clone(), compiled.clone(), tampered.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                while let Ok((stream, _)) = listener.accept().await {
-                    let (on, c, t) = (on.clone(), c.clone(), t.clone());
-                    tokio::spawn(relay(stream, upstream, on, c, t));
+        let relay = Relay::start(
+            Some(upstream),
+            Arc::new(move |response: &mut Response| {
+                if let Response::Compiled(result)
+                | Response::CompiledSources(SourceResult { result, .. }) = response
+                    && let Some(output) = &result.output
+                {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if on.load(Ordering::SeqCst)
+                        && let Ok(mut object) = output.decompress(1 << 30)
+                        && rewrite(&mut object, b"GCC: (", b"GCC: [")
+                    {
+                        t.fetch_add(1, Ordering::SeqCst);
+                        result.output = Some(Payload::compress(&object));
+                    }
                 }
-            });
-        });
-        Donor { addr, tampering, compiled, tampered }
-    }
-}
-
-async fn relay(
-    client: tokio::net::TcpStream,
-    upstream: SocketAddr,
-    tampering: Arc<AtomicBool>,
-    compiled: Arc<AtomicUsize>,
-    tampered: Arc<AtomicUsize>,
-) -> Option<()> {
-    let none = AuthConfig::none();
-    let mut down = server_handshake(client, &none, PeerKind::Loopback).await.ok()?;
-    let up = tokio::net::TcpStream::connect(upstream).await.ok()?;
-    let mut up = client_handshake(up, &none).await.ok()?;
-    loop {
-        let request: Request = recv(&mut down).await.ok()?;
-        send(&mut up, &request).await.ok()?;
-        let mut response: Response = recv(&mut up).await.ok()?;
-        if let Response::Compiled(result) | Response::CompiledSources(SourceResult { result, .. }) =
-            &mut response
-            && let Some(output) = &result.output
-        {
-            compiled.fetch_add(1, Ordering::SeqCst);
-            if tampering.load(Ordering::SeqCst) {
-                let mut object = output.decompress(1 << 30).ok()?;
-                if rewrite(&mut object, b"GCC: (", b"GCC: [") {
-                    tampered.fetch_add(1, Ordering::SeqCst);
-                    result.output = Some(Payload::compress(&object));
-                }
-            }
-        }
-        send(&mut down, &response).await.ok()?;
+                None
+            }),
+        );
+        Donor { addr: relay.addr, tampering, compiled, tampered }
     }
 }
 

@@ -343,9 +343,9 @@ async fn run_on_pool(
         };
         let address = lease.spec.address();
         let exchanged = match exchange(state, lease, &request).await {
-            Ok((response, mut conn)) => {
-                supply(state, &mut conn, unit, &request, response).await.map(|resp| (resp, conn))
-            }
+            Ok((answer, mut conn)) => supply(state, &mut conn, unit, &request, answer)
+                .await
+                .map(|answer| (answer.response, conn)),
             Err(e) => Err(e),
         };
         match exchanged {
@@ -436,18 +436,18 @@ async fn exchange(
     state: &State,
     lease: Lease,
     request: &Request,
-) -> Result<(Response, WorkerConn), TransportError> {
+) -> Result<(Answer, WorkerConn), TransportError> {
     if let Some(mut conn) = lease.conn {
         match round_trip(state, &mut conn, request).await {
-            Ok(response) => return Ok((response, conn)),
+            Ok(answer) => return Ok((answer, conn)),
             Err(err) => debug!(host = %lease.spec, %err, "idle connection was stale; reconnecting"),
         }
     }
     let mut conn = connect(state, &lease.spec).await?;
-    let response = round_trip(state, &mut conn, request)
+    let answer = round_trip(state, &mut conn, request)
         .await
         .map_err(|source| TransportError::Connection { addr: lease.spec.address(), source })?;
-    Ok((response, conn))
+    Ok((answer, conn))
 }
 
 /// Gives a worker what it asked for before it can compile the unit (its toolchain, source
@@ -457,10 +457,10 @@ async fn supply(
     conn: &mut WorkerConn,
     unit: &Unit,
     request: &Request,
-    mut response: Response,
-) -> Result<Response, TransportError> {
+    mut answer: Answer,
+) -> Result<Answer, TransportError> {
     for _ in 0..3 {
-        match &response {
+        match &answer.response {
             Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
                 let manifest = state
                     .store
@@ -473,23 +473,33 @@ async fn supply(
             Response::MissingBlobs(blobs) if matches!(unit.request, Request::CompileSources(_)) => {
                 upload::push_sources(conn, &state.sources, blobs).await?;
             }
-            _ => return Ok(response),
+            _ => return Ok(answer),
         }
-        response = round_trip(state, conn, request).await?;
+        answer = round_trip(state, conn, request).await?;
     }
-    Ok(response)
+    Ok(answer)
+}
+
+/// A worker's answer, and how long it took as this agent measured it: from the request handed
+/// to the socket to the answer read, so the worker's time on the unit and the answer's transfer.
+/// The coordinator learns node speeds from this, never from what a node says of itself (its
+/// `compile_ms`), which a donor could make up to draw work.
+pub(crate) struct Answer {
+    pub(crate) response: Response,
+    pub(crate) took: std::time::Duration,
 }
 
 async fn round_trip(
     state: &State,
     conn: &mut WorkerConn,
     request: &Request,
-) -> Result<Response, ProtocolError> {
+) -> Result<Answer, ProtocolError> {
     let sent = send(conn, request).await?;
+    let asked = std::time::Instant::now();
     match tokio::time::timeout(state.config.compile_timeout, recv_sized(conn)).await {
         Ok(Ok((response, received))) => {
             state.metrics.exchanged(sent, received);
-            Ok(response)
+            Ok(Answer { response, took: asked.elapsed() })
         }
         Ok(Err(err)) => Err(err),
         Err(_) => Err(ProtocolError::Timeout),

@@ -123,9 +123,13 @@ async fn attempt(
     }
     let started = std::time::Instant::now();
     let lease = Lease { host: usize::MAX, spec, conn: None };
-    let mut exchanged = match exchange(state, lease, &unit.request).await {
-        Ok((response, mut conn)) => supply(state, &mut conn, unit, &unit.request, response).await,
+    let answered = match exchange(state, lease, &unit.request).await {
+        Ok((answer, mut conn)) => supply(state, &mut conn, unit, &unit.request, answer).await,
         Err(e) => Err(e),
+    };
+    let (mut exchanged, took) = match answered {
+        Ok(answer) => (Ok(answer.response), Some(answer.took)),
+        Err(e) => (Err(e), None),
     };
     if let Ok(response) = &mut exchanged {
         super::verify::stamp_node(response, &address);
@@ -135,7 +139,9 @@ async fn attempt(
         &exchanged
     {
         done.ok = true;
-        done.cpu_ms = result.compile_ms;
+        // The node's time as this agent measured it (see `Answer`), not its `compile_ms`.
+        done.cpu_ms =
+            took.map_or(done.wall_ms, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         done.bytes_out = result.output.as_ref().map_or(0, |o| o.raw_len);
     }
     (done, exchanged)

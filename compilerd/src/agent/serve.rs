@@ -323,10 +323,16 @@ async fn serve_wrapper(
                     r = compile_sources(&state, unit, Some(key)) => state.verifier.mark(r),
                 }
             }
-            Ok(Request::PutSource(payload)) => match state.sources.put(&payload) {
-                Ok(digest) => Response::Stored(digest),
-                Err(err) => Response::refused(RefusalKind::BadRequest, err.to_string()),
-            },
+            // Decompressing and writing a source blob is blocking work: off the runtime threads,
+            // so one large upload does not stall every other connection of the agent.
+            Ok(Request::PutSource(payload)) => {
+                let st = state.clone();
+                match tokio::task::spawn_blocking(move || st.sources.put(&payload)).await {
+                    Ok(Ok(digest)) => Response::Stored(digest),
+                    Ok(Err(err)) => Response::refused(RefusalKind::BadRequest, err.to_string()),
+                    Err(err) => Response::refused(RefusalKind::Internal, err.to_string()),
+                }
+            }
             Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
                 let hosts = &state.config.hosts;
                 crate::store::cache_tier::serve_agent(

@@ -40,7 +40,9 @@
 //!   raised to twice `nproc` as a backstop. Without either, a fork bomb is still confined to the
 //!   PID namespace and ends with the wall-time kill;
 //! - file size: `SIGXFSZ` ([`LimitHit::FileSize`]); output: stdout and stderr are kept up to
-//!   [`MAX_OUTPUT_BYTES`] each ([`LimitHit::Output`]).
+//!   [`MAX_OUTPUT_BYTES`] each ([`LimitHit::Output`]);
+//! - the unit directory: a tmpfs of [`Limits::work_bytes`] in the sandbox, holding a copy of the
+//!   worker's directory and copied back after the run; filling it is [`LimitHit::WorkDir`].
 
 pub mod engine;
 mod run;
@@ -97,6 +99,8 @@ pub struct Limits {
     pub file_bytes: u64,
     /// Processes (`RLIMIT_NPROC`, and the cgroup `pids.max` when there is one).
     pub nproc: u64,
+    /// Size of the writable unit directory (a tmpfs in the sandbox, copied back after the run).
+    pub work_bytes: u64,
     /// Wall time, after which the whole process group is killed.
     pub wall: Duration,
     /// Also confine each run in fresh pids/memory cgroups (root, or a delegated parent). Exact
@@ -112,6 +116,7 @@ impl Default for Limits {
             mem_bytes: 4 << 30,
             file_bytes: 1 << 30,
             nproc: 64,
+            work_bytes: 1 << 30,
             wall: Duration::from_secs(600),
             cgroups: true,
         }
@@ -168,6 +173,8 @@ pub enum LimitHit {
     Processes,
     /// Stdout or stderr was longer than [`MAX_OUTPUT_BYTES`] and was truncated.
     Output,
+    /// The program filled its unit directory ([`Limits::work_bytes`]); nothing was copied back.
+    WorkDir,
 }
 
 /// What a sandboxed run produced.
@@ -236,6 +243,8 @@ pub struct HelperStatus {
     pub pids_max_events: u64,
     /// How many processes the cgroup memory limit OOM-killed.
     pub oom_kills: u64,
+    /// The program filled its unit directory.
+    pub work_full: bool,
 }
 
 impl HelperStatus {
@@ -259,8 +268,10 @@ impl HelperStatus {
             text.push_str(&format!("cpu_ms={cpu_ms}\n"));
         }
         text.push_str(&format!(
-            "pids_max_events={}\noom_kills={}\n",
-            self.pids_max_events, self.oom_kills
+            "pids_max_events={}\noom_kills={}\nwork_full={}\n",
+            self.pids_max_events,
+            self.oom_kills,
+            u8::from(self.work_full)
         ));
         text
     }
@@ -280,6 +291,7 @@ impl HelperStatus {
                 "cpu_ms" => status.cpu_ms = value.parse().ok(),
                 "pids_max_events" => status.pids_max_events = value.parse().unwrap_or(0),
                 "oom_kills" => status.oom_kills = value.parse().unwrap_or(0),
+                "work_full" => status.work_full = value == "1",
                 _ => {}
             }
         }
@@ -341,6 +353,7 @@ pub(crate) fn base_args(
         option("cpu-secs", limits.cpu_secs.to_string().as_ref()),
         option("mem-bytes", limits.mem_bytes.to_string().as_ref()),
         option("file-bytes", limits.file_bytes.to_string().as_ref()),
+        option("work-bytes", limits.work_bytes.to_string().as_ref()),
         option("nproc", limits.nproc.to_string().as_ref()),
     ];
     args.extend(cgroup_parents.iter().map(|p| option("cgroup-parent", p.as_os_str())));

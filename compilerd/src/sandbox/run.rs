@@ -150,6 +150,9 @@ pub async fn run_with(
         if r.pids_max_events > 0 {
             limits_hit.push(LimitHit::Processes);
         }
+        if r.work_full {
+            limits_hit.push(LimitHit::WorkDir);
+        }
     }
     if out_truncated || err_truncated {
         limits_hit.push(LimitHit::Output);

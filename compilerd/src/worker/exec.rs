@@ -191,6 +191,14 @@ pub async fn run_compiler(
             let out = sandbox::run_with(&spec, warm.as_ref())
                 .await
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?;
+            // The compiler saw ENOSPC and failed, which it would not have done at home: that
+            // is the farm's limit, never the unit's result.
+            if out.hit(sandbox::LimitHit::WorkDir) {
+                return Err(ExecError::Sandbox(format!(
+                    "the unit directory outgrew its limit of {} bytes",
+                    limits.work_bytes
+                )));
+            }
             Ok(RunOutput {
                 exit_code: out.exit_code,
                 stdout: out.stdout,

@@ -43,6 +43,10 @@ pub struct WorkerOptions {
     /// Per-unit address-space limit, in MiB.
     #[arg(long, default_value_t = 4096)]
     pub mem_mb: u64,
+    /// Per-unit size of the writable unit directory, in MiB (a tmpfs in the sandbox; a unit
+    /// that fills it is refused, and its build compiles it locally).
+    #[arg(long, default_value_t = 1024)]
+    pub unit_dir_mb: u64,
     /// Directory for unit directories (default: a fresh private one under /dev/shm when
     /// writable, else the system temp dir). An existing one must be a directory of this
     /// worker's user (or root) that no one else may write to.
@@ -153,6 +157,7 @@ pub async fn start(
         let limits = Limits {
             cpu_secs: opts.cpu_secs,
             mem_bytes: opts.mem_mb << 20,
+            work_bytes: opts.unit_dir_mb << 20,
             wall,
             cgroups: opts.sandbox_cgroups,
             ..Limits::default()

@@ -1,5 +1,5 @@
 //! Plumbing every discomy binary shares, written once: atomic file writes ([`fs`]), reading what
-//! a sandboxed program wrote ([`untrusted`]), the farm token ([`secret`]), killing a process group ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
+//! a sandboxed program wrote ([`untrusted`]), the farm token ([`secret`]), process groups: killing one, and the one daemon harness ([`process`]), the table of `DISCOMY_*` environment variables ([`env`]), and,
 //! with the `daemon` feature, daemon start-up ([`daemon`]: logging and signal-driven shutdown);
 //! with the `metrics` feature, every daemon's `/metrics` ([`metrics`]); with the `docs` feature,
 //! man pages and shell completions for packages ([`docs`]).
@@ -24,5 +24,5 @@ pub mod secret;
 pub mod untrusted;
 
 pub use fs::{write_atomically, write_atomically_with};
-pub use process::GroupKiller;
+pub use process::{Daemon, GroupKiller, Logs};
 pub use untrusted::read_untrusted;

@@ -37,7 +37,7 @@
 //!
 //! Rooms: this file (options, the status file, warm helpers, the entry), `stage1` (namespaces and
 //! running stage 2), `fork` (stage 2 started as a child), `tree` (the unit tree and the new
-//! root), `cgroups`, `stage2` (PID 1 of the new namespaces, which execs the program), `error`
+//! root), `workdir` (the size-bounded work directory), `cgroups`, `stage2` (PID 1 of the new namespaces, which execs the program), `error`
 //! (what a failed set-up step says).
 
 /// A [`SetupError`] from a format string.
@@ -57,6 +57,7 @@ mod seccomp;
 mod stage1;
 mod stage2;
 mod tree;
+mod workdir;
 
 pub use error::SetupError;
 use std::ffi::OsString;
@@ -137,6 +138,10 @@ pub(super) struct Cli {
     /// RLIMIT_FSIZE in bytes.
     #[arg(long, default_value_t = Limits::default().file_bytes)]
     file_bytes: u64,
+    /// Size of the writable work directory (a tmpfs holding a copy of --work, copied back
+    /// after the run); filling it ends the run as over its limit.
+    #[arg(long, default_value_t = Limits::default().work_bytes)]
+    work_bytes: u64,
     /// RLIMIT_NPROC, and the cgroup pids.max.
     #[arg(long, default_value_t = Limits::default().nproc)]
     nproc: u64,

@@ -170,10 +170,11 @@ pub(super) fn stage1(
         None => None,
     };
     let tree = merged.unwrap_or(tree);
-    build_root(&tree, &work, &newroot_path, unit_in_root).map_err(|e| {
-        let hint = if privileged { String::new() } else { userns_hint() };
-        setup_error!("{e:#}{hint}")
-    })?;
+    let work_mount = build_root(&tree, &work, &newroot_path, unit_in_root, cli.work_bytes)
+        .map_err(|e| {
+            let hint = if privileged { String::new() } else { userns_hint() };
+            setup_error!("{e:#}{hint}")
+        })?;
 
     let mut args: Vec<OsString> = vec![
         stage2_flag("stage2", newroot_path.as_os_str()),
@@ -206,6 +207,8 @@ pub(super) fn stage1(
     };
     stage2.hand(&nul_joined(args.iter().map(|a| a.as_bytes())))?;
     let child = stage2.wait()?;
+    // Before anything tells the worker the run is over: it reads the outputs from `work`.
+    let work_full = workdir::copy_back(&work_mount, &work)?;
     let cpu_ms = getrusage(UsageWho::RUSAGE_CHILDREN)
         .ok()
         .map(|u| millis(u.user_time()) + millis(u.system_time()));
@@ -228,6 +231,7 @@ pub(super) fn stage1(
         cpu_ms,
         pids_max_events,
         oom_kills,
+        work_full,
         ..HelperStatus::default()
     };
     write_status(status, &record);
