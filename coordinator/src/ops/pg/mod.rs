@@ -1,7 +1,8 @@
 //! The build queue on PostgreSQL, for a site where several coordinators (separate processes,
 //! usually on separate hosts) share one queue. Owns the connection, the schema (created at
 //! connect), the mapping between rows and [`JobView`]s, and the transaction discipline; the
-//! operations are in [`queue`], the rules they apply are [`super::job_queue`]'s.
+//! operations are in [`queue`] (and the batch rules in `batch`), the rules they apply are
+//! [`super::job_queue`]'s.
 //!
 //! How several coordinators stay safe, all in PostgreSQL's default READ COMMITTED isolation:
 //! - Every operation is one transaction. A job row is locked (`SELECT … FOR UPDATE`) before its
@@ -21,6 +22,7 @@
 //!   transaction back and frees its row locks. One that hangs is cut off by
 //!   `idle_in_transaction_session_timeout`.
 
+mod batch;
 mod outbox;
 mod queue;
 pub mod scratch;

@@ -2,7 +2,7 @@
 //! SQLite queue ([`super::super::job_queue`], [`super::super::batch`]), whose pure helpers they
 //! share, in transactions safe to run from several coordinators at once (see [`super`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use discomy_protocol::ops::{
     Assignment, BatchRequest, BlobRef, BuilderAnswer, BuilderReport, Failure, FailureKind,
@@ -10,9 +10,9 @@ use discomy_protocol::ops::{
 };
 use postgres::GenericClient;
 
-use super::{PgStore, Tx, artifacts, job_from_row, small, waits_for};
+use super::batch::{dependency_rpms, fail_orphans, refuse_cycles};
+use super::{PgStore, Tx, job_from_row, small};
 use crate::ops::OpsError;
-use crate::ops::batch::{is_installable, orphan_failure, refuse_cycle_in};
 use crate::ops::db::JOB_COLUMNS;
 use crate::ops::host_scheduler::green_light;
 use crate::ops::job_queue::{Events, QueueConfig};
@@ -499,7 +499,7 @@ pub(super) fn check_current(
     Ok(())
 }
 
-fn fail(
+pub(super) fn fail(
     tx: &mut Tx<'_>,
     job: u64,
     from: JobState,
@@ -547,72 +547,4 @@ fn infra_failure(
     let builder = Some(builder);
     let change = Change { job, from: Some(from), to: JobState::Waiting, attempt, builder, detail };
     tx.transition(change, now)
-}
-
-/// Refuses the batch when its unfinished jobs depend on each other in a cycle.
-fn refuse_cycles(tx: &mut Tx<'_>, batch: &str) -> Result<(), OpsError> {
-    const OPEN: &str = "NOT IN ('succeeded', 'failed', 'cancelled')";
-    let mut names = BTreeMap::new();
-    let mut graph: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    let sql = format!("SELECT id, name FROM jobs WHERE batch = $1 AND state {OPEN}");
-    for r in tx.tx.query(&sql, &[&batch])? {
-        let id = r.try_get::<_, i64>(0)? as u64;
-        names.insert(id, r.try_get::<_, String>(1)?);
-        graph.insert(id, Vec::new());
-    }
-    let sql = format!(
-        "SELECT DISTINCT j.id, k.id FROM jobs j JOIN jobs k ON k.batch = j.batch \
-         AND k.id <> j.id AND k.provides && j.requires \
-         WHERE j.batch = $1 AND j.state {OPEN} AND k.state {OPEN} ORDER BY j.id, k.id"
-    );
-    for r in tx.tx.query(&sql, &[&batch])? {
-        let (j, k) = (r.try_get::<_, i64>(0)? as u64, r.try_get::<_, i64>(1)? as u64);
-        graph.entry(j).or_default().push(k);
-    }
-    refuse_cycle_in(batch, &names, &graph)
-}
-
-/// Waiting jobs one of whose dependencies failed or was cancelled fail too, saying which.
-fn fail_orphans(tx: &mut Tx<'_>, now: f64) -> Result<(), OpsError> {
-    let orphans = tx.tx.query(
-        "SELECT j.id, j.attempt FROM jobs j WHERE j.state = 'waiting' AND j.batch IS NOT NULL \
-         AND EXISTS (SELECT 1 FROM jobs k WHERE k.batch = j.batch AND k.id <> j.id \
-         AND k.state IN ('failed', 'cancelled') AND k.provides && j.requires) \
-         ORDER BY j.id FOR UPDATE OF j SKIP LOCKED",
-        &[],
-    )?;
-    for row in orphans {
-        let (job, attempt) = (row.try_get::<_, i64>(0)?, small(row.try_get(1)?)?);
-        let dep = tx.tx.query_one(
-            "SELECT k.id, k.name, k.state FROM jobs j JOIN jobs k ON k.batch = j.batch \
-             AND k.id <> j.id AND k.state IN ('failed', 'cancelled') \
-             AND k.provides && j.requires WHERE j.id = $1 ORDER BY k.id LIMIT 1",
-            &[&job],
-        )?;
-        let dep_id = dep.try_get::<_, i64>(0)? as u64;
-        let failure = orphan_failure(dep.try_get(1)?, dep_id, dep.try_get(2)?);
-        fail(tx, job as u64, JobState::Waiting, attempt, None, &failure, now)?;
-    }
-    Ok(())
-}
-
-/// The binary RPMs of every job `job` waits for, transitively (see batch).
-fn dependency_rpms(c: &mut impl GenericClient, job: u64) -> Result<Vec<BlobRef>, OpsError> {
-    let mut seen = BTreeSet::new();
-    let mut todo = waits_for(c, job)?;
-    while let Some(dep) = todo.pop() {
-        if dep != job && seen.insert(dep) {
-            todo.extend(waits_for(c, dep)?);
-        }
-    }
-    let mut rpms = Vec::new();
-    for dep in seen {
-        let row = c.query_one("SELECT attempt, state FROM jobs WHERE id = $1", &[&(dep as i64)])?;
-        if row.try_get::<_, &str>(1)? != JobState::Succeeded.as_str() {
-            continue;
-        }
-        let blobs = artifacts(c, dep, small(row.try_get(0)?)?)?;
-        rpms.extend(blobs.into_iter().filter(|b| is_installable(&b.name)));
-    }
-    Ok(rpms)
 }
