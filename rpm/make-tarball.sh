@@ -1,8 +1,9 @@
 #!/bin/sh
 # Makes the sources of rpm/discomy.spec in OUT_DIR (default target/rpm): discomy-VERSION.tar.gz
 # (the project's files, tracked and untracked-but-not-ignored, plus vendor/ from `cargo vendor`,
-# so rpmbuild needs no network), discomy.sysusers, and discomy.spec with the workspace's version
-# and the bundled crates' Provides filled in. Prints the tarball's path.
+# so rpmbuild needs no network), discomy.sysusers, and discomy.spec with the workspace's version,
+# the bundled crates' Provides and the %changelog (rpm/changelog.sh, from CHANGELOG.md) filled in.
+# Prints the tarball's path.
 #
 # Usage: rpm/make-tarball.sh [OUT_DIR]
 #   then: rpmbuild -ba --define "_sourcedir OUT_DIR" OUT_DIR/discomy.spec
@@ -21,6 +22,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/$name"
 cd "$top"
 # Files deleted from the work tree but still tracked are left out.
+# shellcheck disable=SC2016 # the inner script's own "$f"
 git ls-files -z --cached --others --exclude-standard |
   xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done; :' sh >"$stage/files"
 tar -c --null -T "$stage/files" | tar -x -C "$stage/$name"
@@ -38,7 +40,10 @@ provides=$(for toml in "$stage/$name"/vendor/*/Cargo.toml; do
 done)
 tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner -czf "$out/$name.tar.gz" "$name"
 cp rpm/discomy.sysusers "$out/discomy.sysusers"
-awk -v version="$version" -v provides="$provides" '
+sh rpm/changelog.sh CHANGELOG.md "$version" >"$stage/changelog"
+[ -s "$stage/changelog" ] || { echo "make-tarball: CHANGELOG.md has no entry for the %changelog" >&2; exit 1; }
+awk -v version="$version" -v provides="$provides" -v changelog="$stage/changelog" '
   /^@BUNDLED_PROVIDES@$/ { print provides; next }
+  /^@CHANGELOG@$/ { while ((getline line < changelog) > 0) print line; next }
   { gsub(/@VERSION@/, version); print }' rpm/discomy.spec >"$out/discomy.spec"
 echo "$out/$name.tar.gz"

@@ -9,17 +9,25 @@ projects=${DISCOMY_PROJECTS_DIR:-$here/target/projects}
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
+# install_for WHAT… -- PACKAGE…: installs the packages (quietly, no recommends) when WHAT names
+# anything (the commands or files found missing), saying what for.
+install_for() {
+  local what=()
+  while [ "$1" != -- ]; do what+=("$1"); shift; done
+  shift
+  [ ${#what[@]} -gt 0 ] || return 0
+  echo "setup: installing packages for: ${what[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 need=()
 for cmd in gcc g++ make dpkg-source distcc distccd icecc-create-env python3 ccache; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 [ -f "$(gcc -print-file-name=plugin 2>/dev/null)/include/gcc-plugin.h" ] || need+=(gcc-12-plugin-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "setup: installing packages for: ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends gcc g++ make dpkg-dev distcc icecc gcc-12-plugin-dev python3 xz-utils ccache >/dev/null
-fi
+install_for "${need[@]}" -- gcc g++ make dpkg-dev distcc icecc gcc-12-plugin-dev python3 xz-utils ccache
 
 # The PostgreSQL build queue's tests and benchmark start a private server from Debian's programs
 # (initdb, postgres under /usr/lib/postgresql/*/bin), on a Unix socket: no system service needed.
@@ -37,12 +45,7 @@ repo_need=()
 for cmd in rpmbuild rpmsign rpmkeys gpg gpg-agent gpgconf createrepo_c dnf rsync; do
   command -v "$cmd" >/dev/null 2>&1 || repo_need+=("$cmd")
 done
-if [ ${#repo_need[@]} -gt 0 ]; then
-  echo "setup: installing packages for: ${repo_need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends rpm gnupg createrepo-c dnf rsync >/dev/null
-fi
+install_for "${repo_need[@]}" -- rpm gnupg createrepo-c dnf rsync
 
 # The RPM package (rpm/discomy.spec, tests/tests/rpm_package.rs): rpm2cpio and cpio extract the
 # RPMs, systemd-analyze verifies the units, rpmlint (PyPI; it uses Debian's python3-rpm through
@@ -52,12 +55,7 @@ for cmd in rpm2cpio cpio systemd-analyze; do
   command -v "$cmd" >/dev/null 2>&1 || pkg_need+=("$cmd")
 done
 /usr/bin/python3 -c 'import rpm' >/dev/null 2>&1 || pkg_need+=(python3-rpm)
-if [ ${#pkg_need[@]} -gt 0 ]; then
-  echo "setup: installing packages for: ${pkg_need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends rpm2cpio cpio systemd python3-rpm python3-pip >/dev/null
-fi
+install_for "${pkg_need[@]}" -- rpm2cpio cpio systemd python3-rpm python3-pip
 if ! command -v rpmlint >/dev/null 2>&1; then
   echo "setup: installing rpmlint from PyPI" >&2
   if command -v pip3 >/dev/null 2>&1 && [ "$(command -v python3)" != /usr/bin/python3 ]; then
@@ -66,6 +64,14 @@ if ! command -v rpmlint >/dev/null 2>&1; then
     $sudo /usr/bin/python3 -m pip install -q --break-system-packages rpmlint
   fi
 fi
+# The virtual farm (scripts/vfarm, tests/tests/vfarm.rs; issue 19): jq reads the daemons' JSON,
+# and the install, configure, vfarm and release scripts pass shellcheck; iproute2 and util-linux
+# (ip netns, unshare, setpriv) are part of Debian's base system.
+farm_need=()
+for cmd in jq shellcheck ip setpriv; do
+  command -v "$cmd" >/dev/null 2>&1 || farm_need+=("$cmd")
+done
+install_for "${farm_need[@]}" -- jq shellcheck iproute2 util-linux
 # The crates of Cargo.lock in ~/.cargo/registry, so rpm/make-tarball.sh vendors them offline
 # (the tests run without network).
 (cd "$here" && cargo fetch --locked >/dev/null)
@@ -76,12 +82,7 @@ mon_need=()
 for cmd in prometheus tmux chromium chromedriver; do
   command -v "$cmd" >/dev/null 2>&1 || mon_need+=("$cmd")
 done
-if [ ${#mon_need[@]} -gt 0 ]; then
-  echo "setup: installing packages for: ${mon_need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends prometheus tmux chromium chromium-driver >/dev/null
-fi
+install_for "${mon_need[@]}" -- prometheus tmux chromium chromium-driver
 
 # apt-get source needs deb-src next to deb in the Debian sources file.
 src=/etc/apt/sources.list.d/debian.sources

@@ -6,7 +6,10 @@
 //! - the RPMs are extracted into a temporary root, where `systemd-analyze verify --root` checks
 //!   the four units (their `ExecStart=` binaries resolved inside that root);
 //! - the extracted binaries run `--version` and print the workspace's version;
-//! - `rpmlint` (PyPI) reports no errors (its warnings are printed).
+//! - `rpmlint` (PyPI) reports no errors (its warnings are printed);
+//! - `rpm -q --changelog` shows CHANGELOG.md's latest entry (the spec's `%changelog` is generated
+//!   from it by `rpm/changelog.sh`): the workspace version's section, or the Unreleased one while
+//!   that version has none, its first item as the first line under an entry for `VERSION-1`.
 //!
 //! Cargo's target directory stays in `target/rpm-test/cargo-target`, so a second run only
 //! rebuilds discomy's own crates. Without the tools the test is skipped with a message, unless
@@ -71,6 +74,33 @@ fn workspace_version() -> String {
     line.trim_start_matches("version = ").trim_matches('"').to_owned()
 }
 
+/// The first `%changelog` line `rpm/changelog.sh` makes from CHANGELOG.md for `version`: the
+/// first item (its lines joined) of the version's own section, or of Unreleased when it has none;
+/// a subsection other than Added is a prefix ("Fixed: ").
+fn latest_changelog_item(version: &str) -> String {
+    let text = fs::read_to_string(workspace_root().join("CHANGELOG.md")).unwrap();
+    let own = format!("## [{version}]");
+    let wanted =
+        if text.lines().any(|l| l.starts_with(&own)) { own } else { "## [Unreleased]".into() };
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&wanted)).skip(1);
+    let mut prefix = String::new();
+    let mut item = String::new();
+    for line in lines.by_ref() {
+        assert!(!line.starts_with("## ["), "CHANGELOG.md: {wanted} lists nothing");
+        if let Some(sub) = line.strip_prefix("### ") {
+            prefix = if sub == "Added" { String::new() } else { format!("{sub}: ") };
+        } else if let Some(first) = line.strip_prefix("- ") {
+            item = first.to_owned();
+            break;
+        }
+    }
+    for line in lines.take_while(|l| l.starts_with("  ")) {
+        item.push(' ');
+        item.push_str(line.trim());
+    }
+    format!("- {prefix}{item}")
+}
+
 fn rpm_named(dir: &Path, name: &str) -> PathBuf {
     let found: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -103,6 +133,10 @@ fn rpm_package() {
     let tarball = run(command("sh").arg(root.join("rpm/make-tarball.sh")).arg(&sources));
     assert!(tarball.trim().ends_with(&format!("discomy-{version}.tar.gz")), "{tarball}");
     let spec = sources.join("discomy.spec");
+    let spec_text = fs::read_to_string(&spec).unwrap();
+    for placeholder in ["@VERSION@", "@BUNDLED_PROVIDES@", "@CHANGELOG@"] {
+        assert!(!spec_text.contains(placeholder), "{placeholder} left in {}", spec.display());
+    }
     let def = |name: &str, value: &Path| format!("{name} {}", value.display());
     // --nodeps: Debian's RPM database does not know cargo, rust, glibc-static.
     let log = run(command("rpmbuild")
@@ -239,6 +273,20 @@ fn rpm_package() {
         let name = bin.rsplit('/').next().unwrap();
         assert_eq!(printed.trim(), format!("{name} {version}"), "{bin} --version");
     }
+
+    // %changelog: CHANGELOG.md's latest entry, first.
+    let changelog = run(command("rpm").args(["-qp", "--changelog"]).arg(&packages[0].0));
+    let mut entry = changelog.lines();
+    let header = entry.next().unwrap_or("");
+    assert!(
+        header.starts_with("* ") && header.ends_with(&format!(" - {version}-1")),
+        "the latest %changelog entry is not {version}-1:\n{changelog}"
+    );
+    assert_eq!(
+        entry.next().unwrap_or(""),
+        latest_changelog_item(&version),
+        "the latest %changelog entry does not start with CHANGELOG.md's latest item"
+    );
 
     // rpmlint: the binary RPMs and the source RPM, no errors.
     let srpm = rpm_named(&top.join("SRPMS"), "discomy");
