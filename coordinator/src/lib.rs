@@ -19,6 +19,7 @@ pub mod icemon;
 pub mod mdns;
 pub mod metrics;
 pub mod ops;
+pub mod plan;
 pub mod policy;
 pub mod server;
 pub mod wuimy;

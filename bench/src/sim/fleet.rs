@@ -1,25 +1,7 @@
-//! Simulated fleets: node speeds, slots, links, foreign load and failures; a few generated ones.
+//! The generated fleets the `sim` command compares policies on (uniform, hetero, wan, loaded,
+//! flaky); the node model is `discomy_coordinator::plan::fleet`.
 
-/// One simulated node.
-#[derive(Debug, Clone)]
-pub struct SimNode {
-    /// Name.
-    pub name: String,
-    /// The host it runs on (a submitter's name when it is that submitter's own machine).
-    pub host: String,
-    /// Compile speed relative to the trace's recording host.
-    pub speed: f64,
-    /// Concurrent compiles.
-    pub slots: u32,
-    /// One-way latency, seconds.
-    pub latency_s: f64,
-    /// Link bandwidth, bytes per second.
-    pub bandwidth: f64,
-    /// Foreign CPU load, 0–1000: the node computes at `speed * (1 - load/1000)`.
-    pub foreign_load: u16,
-    /// When the node dies, if it does.
-    pub fails_at_s: Option<f64>,
-}
+use discomy_coordinator::plan::fleet::SimNode;
 
 /// A named fleet.
 #[derive(Debug, Clone)]
@@ -30,25 +12,9 @@ pub struct Fleet {
     pub nodes: Vec<SimNode>,
 }
 
-fn lan(name: &str, speed: f64, slots: u32) -> SimNode {
-    SimNode {
-        name: name.into(),
-        host: name.into(),
-        speed,
-        slots,
-        latency_s: 0.0005,
-        bandwidth: 100e6,
-        foreign_load: 0,
-        fails_at_s: None,
-    }
-}
-
-fn home(submitter: &str, speed: f64, slots: u32) -> SimNode {
-    SimNode { latency_s: 0.0, bandwidth: f64::INFINITY, ..lan(submitter, speed, slots) }
-}
-
 /// The generated fleets.
 pub fn fleets() -> Vec<Fleet> {
+    let (lan, home) = (SimNode::lan, SimNode::home);
     let hetero = || {
         vec![
             home("dev-a", 1.0, 2),

@@ -1,18 +1,31 @@
 //! `discomy-bench sim`: replays a job trace over simulated fleets with a virtual clock and
-//! compares placement policies by makespan against the lower bound.
+//! compares placement policies by makespan against the lower bound. The engine, node model,
+//! trace and discomy's policy adapter are `discomy_coordinator::plan` (which `discomy plan`
+//! uses too); this command keeps the generated fleets and the peer policies.
 
-mod engine;
 mod fleet;
 mod policies;
-mod workload;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 
-use engine::{SimPolicy, lower_bound, simulate};
-use policies::{Discomy, Fifo, IcecreamFastest, LeastLoaded, Random, RoundRobin};
-use workload::{Trace, default_builds};
+use discomy_coordinator::plan::discomy::Discomy;
+use discomy_coordinator::plan::engine::{SimPolicy, lower_bound, simulate};
+use discomy_coordinator::plan::fleet::SimNode;
+use discomy_coordinator::plan::workload::{SimBuild, Trace, default_builds};
+use policies::{Fifo, IcecreamFastest, LeastLoaded, Random, RoundRobin};
+
+/// The shipped trace, or one from a file.
+fn load_trace(path: Option<&std::path::Path>) -> Result<Trace> {
+    let trace = match path {
+        Some(p) => Trace::parse(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?,
+        None => Trace::lua()?,
+    };
+    Ok(trace)
+}
 
 /// `sim` options.
 #[derive(clap::Args, Debug)]
@@ -34,7 +47,7 @@ pub struct Args {
 
 const POLICIES: &[&str] = &["discomy", "random", "round-robin", "least-loaded", "icecream-fastest"];
 
-fn policy(name: &str, nodes: &[fleet::SimNode]) -> Box<dyn SimPolicy> {
+fn policy(name: &str, nodes: &[SimNode]) -> Box<dyn SimPolicy> {
     match name {
         "discomy" => Box::new(Discomy::new(nodes)),
         "random" => Box::new(Fifo::new(Random(0x9E37_79B9_7F4A_7C15))),
@@ -47,8 +60,8 @@ fn policy(name: &str, nodes: &[fleet::SimNode]) -> Box<dyn SimPolicy> {
 /// Runs the simulation. Whether discomy met its targets is reported (`targets_met`), not
 /// turned into an exit code.
 pub fn run(args: &Args) -> Result<i32> {
-    let trace = Trace::load(args.trace.as_deref())?;
-    let builds = default_builds();
+    let trace = load_trace(args.trace.as_deref())?;
+    let builds: Vec<SimBuild> = trace.builds(&default_builds());
     let mut fleets = fleet::fleets();
     if let Some(only) = &args.fleet {
         fleets.retain(|f| f.name == only);
@@ -60,12 +73,12 @@ pub fn run(args: &Args) -> Result<i32> {
     let mut met = true;
     let mut table = Vec::new();
     for f in &fleets {
-        let lb = lower_bound(&trace, &builds, &f.nodes);
+        let lb = lower_bound(&builds, &f.nodes).seconds();
         let mut pols = Map::new();
         let mut spans = Vec::new();
         for name in POLICIES {
             let mut p = policy(name, &f.nodes);
-            let out = simulate(&trace, &builds, &f.nodes, p.as_mut(), args.cold);
+            let out = simulate(&builds, &f.nodes, p.as_mut(), args.cold);
             spans.push(out.makespan_s);
             pols.insert(
                 (*name).to_string(),
@@ -123,15 +136,13 @@ mod tests {
     /// node dies; see the README's simulator section).
     #[test]
     fn discomy_beats_the_baselines_on_every_fleet() {
-        let trace = Trace::load(None).unwrap();
-        let builds = default_builds();
+        let trace = Trace::lua().unwrap();
+        let builds = trace.builds(&default_builds());
         for f in fleet::fleets() {
-            let lb = lower_bound(&trace, &builds, &f.nodes);
+            let lb = lower_bound(&builds, &f.nodes).seconds();
             let spans: Vec<f64> = POLICIES
                 .iter()
-                .map(|name| {
-                    simulate(&trace, &builds, &f.nodes, policy(name, &f.nodes).as_mut(), false)
-                })
+                .map(|name| simulate(&builds, &f.nodes, policy(name, &f.nodes).as_mut(), false))
                 .map(|o| o.makespan_s)
                 .collect();
             assert!(spans[0].is_finite(), "{}: discomy did not finish", f.name);

@@ -1,6 +1,6 @@
 //! `discomy`: the operator's command. `discomy run` builds against a farm (see the library's
 //! `run`); `discomy status` shows the coordinator's view (`discomy top`, live), `discomy stats` an
-//! agent's counters.
+//! agent's counters; `discomy plan` plans a rebuild (`discomy_coordinator::plan`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use discomy_compilerd::coord::api::ApiClient;
 use discomy_compilerd::run::RunOptions;
 use discomy_compilerd::submit::{Options, What};
+use discomy_coordinator::plan;
 use discomy_protocol::ops::{JobState, Target};
 
 #[derive(Parser)]
@@ -92,6 +93,15 @@ enum Cmd {
         api: ApiArgs,
         #[command(subcommand)]
         command: JobsCmd,
+    },
+    /// Plan a rebuild: the lower bound on wall time, the simulated makespan, the bottleneck and
+    /// the storage it needs, on an inventory's fleet or the live one; what-ifs; an SVG plot.
+    Plan {
+        #[command(flatten)]
+        args: Box<plan::cli::Args>,
+        /// Where the live fleet is (without `--inventory`).
+        #[command(flatten)]
+        coord: CoordArgs,
     },
     /// Write man pages and shell completions (for packages).
     #[command(hide = true)]
@@ -352,6 +362,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(2)).unwrap_or(2)))
         }
         Cmd::Jobs { api, command } => jobs(&api.client()?, command),
+        Cmd::Plan { args, coord } => plan(&args, coord),
     }
 }
 
@@ -537,6 +548,63 @@ fn status(coordinator: &str, token: Option<&str>, json: bool) -> Result<ExitCode
         println!("{}", serde_json::to_string_pretty(&farm)?);
     } else {
         print!("{}", discomy_compilerd::coord::status::render(&farm));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The build queue's succeeded jobs as history: running-to-succeeded seconds of each.
+fn queue_history(api: &ApiClient) -> Result<Vec<plan::estimate::HistoryRecord>> {
+    let mut out = Vec::new();
+    for job in api.list_jobs(Some(JobState::Succeeded), None)?.into_iter().take(20_000) {
+        let detail = api.job(job.id)?;
+        let started = detail.events.iter().rev().find(|e| e.to == JobState::Running);
+        let done = detail.events.iter().rev().find(|e| e.to == JobState::Succeeded);
+        if let (Some(s), Some(d)) = (started, done) {
+            out.push(plan::estimate::HistoryRecord {
+                name: job.name.clone(),
+                wall_s: d.at - s.at,
+                serial_s: None,
+                artefact_bytes: job.artifacts.iter().map(|a| a.size).sum(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `discomy plan`: reads the inputs (the live fleet and the queue's history from the
+/// coordinator when asked), plans, prints: the product is the printed report.
+#[allow(clippy::print_stdout)]
+fn plan(args: &plan::cli::Args, coord: CoordArgs) -> Result<ExitCode> {
+    let mut history = args.history_file()?;
+    if let Some(url) = &args.history_api {
+        let token = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
+        history.extend(queue_history(&ApiClient::new(url, token)?)?);
+    }
+    let (workload, notes) = args.workload(&history)?;
+    let fleet = match args.inventory()? {
+        Some(fleet) => fleet,
+        None => {
+            let link = args.assumed_link()?;
+            let (coordinator, token) = coord.resolve()?;
+            let addr = discomy_compilerd::coord::discover::CoordinatorAddr::explicit(&coordinator);
+            let auth = discomy_protocol::AuthConfig::from_option(token.as_deref());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let farm = runtime
+                .block_on(discomy_compilerd::coord::status::fetch(&addr.to_string(), &auth))
+                .map_err(anyhow::Error::msg)?;
+            plan::inventory::from_status(&farm, &coordinator, link)?
+        }
+    };
+    let mut report = plan::run(&fleet, &workload, &args.options()?)?;
+    report.notes.extend(notes);
+    if let Some(path) = &args.plot {
+        let svg = plan::plot::svg(&report.curve, "discomy plan: makespan against fleet size")?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
     }
     Ok(ExitCode::SUCCESS)
 }
