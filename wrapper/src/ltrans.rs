@@ -316,6 +316,9 @@ fn remote(inv: &Invocation, call: &Ltrans) -> Result<Done, Fallback> {
         .ok()
         .and_then(|d| crate::sources::usable_cwd(&d))
         .ok_or_else(|| host_only("working directory not usable".into()))?;
+    // The agent first: without one (a fast refusal), the partition is not read.
+    let mut agent = AgentClient::connect(&crate::client::socket_path())
+        .map_err(|e| Fallback::new(Reason::NoAgent, format!("agent: {e}")))?;
     let path = if call.input.starts_with('/') {
         call.input.clone()
     } else {
@@ -329,8 +332,6 @@ fn remote(inv: &Invocation, call: &Ltrans) -> Result<Done, Fallback> {
     if content.len() as u64 > MAX_INPUT {
         return Err(host_only(format!("{path}: larger than {MAX_INPUT} bytes")));
     }
-    let mut agent = AgentClient::connect(&crate::client::socket_path())
-        .map_err(|e| Fallback::new(Reason::NoAgent, format!("agent: {e}")))?;
     let tools = toolchain::extras_for_args(&call.args, &inv.compiler, &inv.child_path)
         .and_then(|extras| toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path))
         .map_err(|e| Fallback::new(Reason::Toolchain, e.to_string()))?;
