@@ -109,22 +109,9 @@ pub fn make_shim(argv: &[OsString]) -> Option<ExitCode> {
     cmd.env_remove(crate::ENV_SAFEGUARD).env_remove(ENV_MAKE).env("MAKE", &real);
     let copy = file_at.and_then(|i| rewritten_copy(Path::new(&args[i])));
     let jobs = std::env::var(ENV_JOBS).ok().and_then(|j| j.trim().parse::<u32>().ok());
-    let mut raised = false;
-    for (i, arg) in args.iter().enumerate() {
-        match (&copy, jobs_of(arg), jobs) {
-            (Some(copy), _, _) if Some(i) == file_at => cmd.arg(copy),
-            (_, Some(n), Some(want)) if want > n => {
-                raised = true;
-                cmd.arg(format!("-j{want}"))
-            }
-            _ => cmd.arg(arg),
-        };
-    }
-    // No -j: lto-wrapper found a jobserver and leaves the count to it (the build's own -j).
-    if let Some(want) = jobs.filter(|_| !args.iter().any(|a| jobs_of(a).is_some())) {
-        cmd.arg(format!("-j{want}"));
-        raised = true;
-    }
+    let jobs = jobs.filter(|_| file_at.is_some());
+    let (make_args, raised) = make_args(args, file_at.zip(copy.as_deref()), jobs);
+    cmd.args(make_args);
     if raised {
         // A parent's jobserver would make make warn about the forced -j.
         cmd.env_remove("MAKEFLAGS").env_remove("MFLAGS");
@@ -140,6 +127,33 @@ pub fn make_shim(argv: &[OsString]) -> Option<ExitCode> {
         let _ = std::fs::remove_file(copy);
     }
     Some(code)
+}
+
+/// The real make's arguments: lto-wrapper's, the makefile at index `copy.0` replaced by the copy
+/// `copy.1`, `-jN` raised to `jobs` when that is larger (added when there is none: lto-wrapper
+/// left the count to a jobserver); and whether the count changed.
+fn make_args(
+    args: &[OsString],
+    copy: Option<(usize, &Path)>,
+    jobs: Option<u32>,
+) -> (Vec<OsString>, bool) {
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut raised = false;
+    for (i, arg) in args.iter().enumerate() {
+        match (copy, jobs_of(arg), jobs) {
+            (Some((at, copy)), _, _) if at == i => out.push(copy.as_os_str().to_owned()),
+            (_, Some(n), Some(want)) if want > n => {
+                raised = true;
+                out.push(format!("-j{want}").into());
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    if let Some(want) = jobs.filter(|_| !args.iter().any(|a| jobs_of(a).is_some())) {
+        out.insert(0, format!("-j{want}").into());
+        raised = true;
+    }
+    (out, raised)
 }
 
 /// `N` of a `-jN` argument.

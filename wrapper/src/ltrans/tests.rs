@@ -88,3 +88,20 @@ fn lto_links_are_the_ones_whose_last_lto_switch_enables_it() {
     assert!(!is_lto_link(&v("-flto-partition=one -o x x.o")));
     assert!(!is_lto_link(&v("-o x x.o")));
 }
+
+#[test]
+fn make_runs_the_copy_with_the_jobs_raised_never_lowered() {
+    let os = |s: &str| s.split_whitespace().map(OsString::from).collect::<Vec<_>>();
+    let args = os("-f /tmp/cc.mk -j2 all");
+    let copy = Some((1, Path::new("/tmp/cc.mk.discomy7")));
+    assert_eq!(make_args(&args, copy, None), (os("-f /tmp/cc.mk.discomy7 -j2 all"), false));
+    assert_eq!(make_args(&args, copy, Some(16)), (os("-f /tmp/cc.mk.discomy7 -j16 all"), true));
+    assert_eq!(make_args(&args, copy, Some(1)), (os("-f /tmp/cc.mk.discomy7 -j2 all"), false));
+    // No copy (unreadable, too large, no LTRANS recipe): the original runs.
+    assert_eq!(make_args(&args, None, None), (args.clone(), false));
+    // A jobserver (no -j): the count is added only when asked for.
+    let args = os("-f /tmp/cc.mk all");
+    assert_eq!(make_args(&args, None, None), (args.clone(), false));
+    assert_eq!(make_args(&args, None, Some(8)), (os("-j8 -f /tmp/cc.mk all"), true));
+    assert_eq!(make_args(&os("--version"), None, None), (os("--version"), false));
+}
