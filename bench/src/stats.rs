@@ -77,7 +77,7 @@ impl Outcomes {
         let mut o = Outcomes::default();
         use discomy_protocol::stats::{Outcome, StatsLine};
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match StatsLine::parse(line).map(|l| l.outcome) {
+            match StatsLine::parse(line).filter(|l| !l.ltrans).map(|l| l.outcome) {
                 Some(Outcome::Remote) => o.remote += 1,
                 Some(Outcome::Local) => o.local += 1,
                 Some(Outcome::Fallback) => o.fallback += 1,

@@ -15,7 +15,7 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use discomy_protocol::plumbing::{Daemon, Logs};
-use discomy_protocol::stats::{StatsLine, UnitCounts};
+use discomy_protocol::stats::{LtransCounts, StatsLine, UnitCounts};
 use serde::Serialize;
 
 mod progress;
@@ -49,6 +49,9 @@ pub struct Summary {
     pub wall_s: f64,
     /// Workers used.
     pub hosts: Vec<String>,
+    /// LTRANS units (partitions of LTO links), counted apart from the compile units: `units`,
+    /// `remote`, `fallback`.
+    pub ltrans: LtransCounts,
 }
 
 /// Errors setting up the farm around a build.
@@ -198,10 +201,15 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
 /// Counts the stats file's lines ([`StatsLine`]) into a summary.
 pub fn summarise(stats: &str) -> Summary {
     let mut counts = UnitCounts::default();
+    let mut ltrans = LtransCounts::default();
     for line in stats.lines().filter_map(StatsLine::parse) {
-        counts.record(line.outcome, line.reason, line.exit_code);
+        if line.ltrans {
+            ltrans.record(line.outcome == discomy_protocol::stats::Outcome::Remote);
+        } else {
+            counts.record(line.outcome, line.reason, line.exit_code);
+        }
     }
-    Summary { counts, ..Summary::default() }
+    Summary { counts, ltrans, ..Summary::default() }
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
@@ -268,5 +276,15 @@ mod tests {
         assert_eq!((c.remote, c.local, c.fallback, c.failed), (2, 1, 1, 1));
         assert_eq!(c.local_reasons.get("conftest"), Some(&1));
         assert_eq!(c.fallback_reasons.get("no_worker"), Some(&1));
+    }
+
+    #[test]
+    fn ltrans_units_are_counted_apart() {
+        let s = summarise(
+            "remote\t0\ta.c\tnone\nltrans\tremote\t0\t./lua.ltrans0.ltrans\tnone\n\
+             ltrans\tfallback\t0\t./lua.ltrans1.ltrans\tno_agent\n",
+        );
+        assert_eq!((s.counts.units, s.counts.remote, s.counts.fallback), (1, 1, 0));
+        assert_eq!(s.ltrans, LtransCounts { units: 2, remote: 1, fallback: 1 });
     }
 }

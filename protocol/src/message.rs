@@ -49,6 +49,10 @@ pub enum Request {
     /// coordinator answers); answered with [`Response::RememberedFarm`]. Since version 8,
     /// appended: an agent built before it refuses it as an unexpected request.
     RememberedFarm,
+    /// An agent's counters of LTRANS units (the partitions of LTO links it sent to the farm);
+    /// answered with [`Response::LtransStats`]. Since version 8, appended: an agent built before
+    /// it refuses it as an unexpected request.
+    LtransStats,
 }
 
 /// A [`Request::CompileSourcesCached`]: the unit and its object-cache key.
@@ -98,6 +102,8 @@ pub enum Response {
     WorkerStats(crate::stats::WorkerStats),
     /// An agent's answer to [`Request::RememberedFarm`]. Since version 8, appended.
     RememberedFarm(crate::stats::RememberedFarmStats),
+    /// An agent's answer to [`Request::LtransStats`]. Since version 8, appended.
+    LtransStats(crate::stats::LtransCounts),
 }
 
 /// The compiler a unit must be compiled with.

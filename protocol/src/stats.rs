@@ -49,9 +49,12 @@ impl Outcome {
 }
 
 /// One line of `discomy run`'s per-call stats file, which every `discomy-cc` call appends to:
-/// `<outcome>\t<exit_code>\t<source>\t<reason>\n`.
+/// `<outcome>\t<exit_code>\t<source>\t<reason>\n`, with a leading `ltrans\t` for an LTRANS
+/// unit (one partition of an LTO link; counted apart from compile units).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsLine {
+    /// An LTRANS unit, not a compile unit.
+    pub ltrans: bool,
     /// How the call was served.
     pub outcome: Outcome,
     /// The compiler's exit status.
@@ -66,7 +69,8 @@ impl StatsLine {
     /// The line, newline included.
     pub fn format(&self) -> String {
         format!(
-            "{}\t{}\t{}\t{}\n",
+            "{}{}\t{}\t{}\t{}\n",
+            if self.ltrans { "ltrans\t" } else { "" },
             self.outcome.as_str(),
             self.exit_code,
             self.source.replace(['\t', '\n'], " "),
@@ -76,12 +80,16 @@ impl StatsLine {
 
     /// Parses one line (without its newline); `None` when it is not one.
     pub fn parse(line: &str) -> Option<StatsLine> {
+        let (ltrans, line) = match line.strip_prefix("ltrans\t") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
         let mut fields = line.split('\t');
         let outcome = Outcome::from_word(fields.next()?)?;
         let exit_code = fields.next()?.parse().ok()?;
         let source = fields.next()?.to_string();
         let reason = Reason::from_key(fields.next()?)?;
-        fields.next().is_none().then_some(StatsLine { outcome, exit_code, source, reason })
+        fields.next().is_none().then_some(StatsLine { ltrans, outcome, exit_code, source, reason })
     }
 }
 
@@ -385,6 +393,38 @@ pub struct AgentStats {
     /// asked apart with [`crate::Request::RememberedFarm`] and filled in by the reader.
     #[serde(skip)]
     pub remembered_farm: RememberedFarmStats,
+    /// LTRANS units: the partitions of LTO links sent to the farm. Not part of
+    /// [`crate::Response::Stats`] (its layout is unchanged): asked apart with
+    /// [`crate::Request::LtransStats`] and filled in by the reader.
+    #[serde(skip)]
+    pub ltrans: LtransCounts,
+}
+
+/// LTRANS units, counted apart from compile units: each is one partition of an LTO link (gcc's
+/// `-fltrans` step, run by the link's `lto-wrapper`). In `discomy run`'s summary: every LTRANS
+/// call of the build; in an agent's counters: the ones it was asked to send to the farm. The
+/// field names are a stable interface (`ltrans` in `discomy stats --json` and the summary).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LtransCounts {
+    /// LTRANS units.
+    pub units: u64,
+    /// Of those, units whose object came from the farm.
+    pub remote: u64,
+    /// Of those, units compiled locally because the farm did not deliver (or, in the summary,
+    /// because none was asked: no agent, `DISCOMY_DISABLE`).
+    pub fallback: u64,
+}
+
+impl LtransCounts {
+    /// Adds one LTRANS unit.
+    pub fn record(&mut self, remote: bool) {
+        self.units += 1;
+        if remote {
+            self.remote += 1;
+        } else {
+            self.fallback += 1;
+        }
+    }
 }
 
 /// What an agent in a coordinated farm did without its coordinator: the workers it remembers
@@ -426,6 +466,7 @@ mod tests {
     #[test]
     fn stats_lines_round_trip() {
         let line = StatsLine {
+            ltrans: false,
             outcome: Outcome::Local,
             exit_code: 1,
             source: "a\tb.c".into(),
@@ -436,6 +477,9 @@ mod tests {
         let back = StatsLine::parse(text.trim_end()).expect("parses");
         assert_eq!(back, StatsLine { source: "a b.c".into(), ..line });
         assert_eq!(StatsLine::parse("remote\t0\ta.c"), None);
+        let ltrans = StatsLine { ltrans: true, outcome: Outcome::Remote, ..back };
+        assert_eq!(ltrans.format(), "ltrans\tremote\t1\ta b.c\tconftest\n");
+        assert_eq!(StatsLine::parse(ltrans.format().trim_end()), Some(ltrans));
     }
 
     #[test]

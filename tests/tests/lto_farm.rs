@@ -7,6 +7,9 @@
 //! - Lua built with EL9's full `%optflags` and an `-flto=auto` link, its compiler being
 //!   `discomy-cc gcc`: at least 90 % of the units run remotely, and the linked `lua` and `luac`
 //!   are byte-identical to a plain local build's in the same directory.
+//! - The links' LTRANS units (the partitions `lto-wrapper` compiles after its whole-program
+//!   analysis) run on the farm too, counted apart from compile units (`ltrans` in
+//!   `discomy stats --json`), and the binaries are still byte-identical.
 //! - The counters: links and `-E` are counted apart from units, a `conftest.c` stays local with
 //!   its reason, and a rebuild with the object cache on is served from it (LTO objects are cached
 //!   like any other), still giving identical binaries.
@@ -142,6 +145,11 @@ fn lto_units_go_to_the_farm_and_link_identically() {
     assert!(delta(&["other_calls", "link"]) >= 2, "links not counted apart: {after}");
     assert_eq!(count(&after, &["local_reasons", "conftest"]), 1, "{after}");
     assert_eq!(count(&after, &["other_calls", "preprocess"]), 1, "{after}");
+    // The links' LTRANS units (partitions) went to the farm too, counted apart from units.
+    let (ltrans, ltrans_remote) = (delta(&["ltrans", "units"]), delta(&["ltrans", "remote"]));
+    eprintln!("[e2e] LTRANS units: {ltrans_remote} of {ltrans} remote");
+    assert!(ltrans_remote >= 2, "LTRANS units did not run remotely: {after}");
+    assert!(ltrans_remote * 10 >= ltrans * 9, "{ltrans_remote} of {ltrans} LTRANS units remote");
     assert_eq!(binaries(&tree), reference, "LTO-linked lua/luac differ from the local build");
 
     // Cached like any other unit: a rebuild with the cache on fills it, the next is all hits.

@@ -35,10 +35,16 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     else {
         return local::exec(inv);
     };
+    if let Some(call) = crate::ltrans::detect(&args) {
+        return crate::ltrans::run(inv, &call);
+    }
     let unit = match classify(&inv.name, &args) {
         Class::Passthrough(reason) => {
             debug!(reason = reason.key(), "not a compile");
             stats::record(Outcome::NotUnit, reason, 0, "", None);
+            if reason == Reason::Link && !disabled() && crate::ltrans::is_lto_link(&args) {
+                return crate::ltrans::exec_link(inv);
+            }
             return local::exec(inv);
         }
         Class::Local(reason) => {

@@ -17,6 +17,7 @@
 //! - [`scan`]: the include scanner; [`sources`]: files from linemarkers; [`source_mode`]:
 //!   sending a unit with its files; [`sysdirs`]: the compiler's own include directories.
 //! - [`local`]: running the real compiler locally.
+//! - [`ltrans`]: the partitions of an LTO link (LTRANS units) on the farm, through gcc's `MAKE`.
 //! - [`stats`]: each call's outcome and reason, for the agent and `discomy run`'s summary.
 //! - [`names`]: compiler names for masquerade directories.
 //! - [`toolchain`]: the compiler's closure as a content-addressed manifest, cached.
@@ -31,6 +32,7 @@ pub mod icecream;
 pub mod identity;
 pub mod invocation;
 pub mod local;
+pub mod ltrans;
 pub mod names;
 pub mod prepared;
 pub mod scan;
@@ -67,6 +69,10 @@ pub const EXIT_USAGE: u8 = 2;
 /// Runs one wrapper invocation and returns the exit code to leave with.
 pub fn run(argv: Vec<OsString>) -> ExitCode {
     init_logging();
+    // lto-wrapper's `MAKE` at an LTO link: before anything else, the recursion guard included.
+    if let Some(code) = ltrans::make_shim(&argv) {
+        return code;
+    }
     if let Some(code) = cache_command(&argv) {
         return code;
     }

@@ -79,7 +79,16 @@ const LOCAL_ONLY_ENV: &[&str] = &[
 
 /// Why the environment rules source mode out, if it does.
 pub fn environment_blocks() -> Option<&'static str> {
-    LOCAL_ONLY_ENV.iter().copied().find(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+    environment_blocks_but(&[])
+}
+
+/// [`environment_blocks`], the variables in `checked` left to the caller.
+pub fn environment_blocks_but(checked: &[&str]) -> Option<&'static str> {
+    LOCAL_ONLY_ENV
+        .iter()
+        .copied()
+        .filter(|k| !checked.contains(k))
+        .find(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
 /// The working directory as the wire carries it.
@@ -199,7 +208,6 @@ pub fn send(
     deps: Option<(String, DepRequest)>,
     farm_key: Option<Digest>,
 ) -> Result<Answer, SourceModeError> {
-    use SourceModeError::{Final, Unavailable};
     let started = std::time::Instant::now();
     let (dep_path, dep_request) = match deps {
         Some((path, request)) => (Some(path), Some(request)),
@@ -220,11 +228,33 @@ pub fn send(
         Some(key) => Request::CompileSourcesCached(CachedSources { key, unit: source_unit }),
         None => Request::CompileSources(source_unit),
     };
+    let answer = exchange(agent, tools, &files, &request, dep_path);
+    debug!(
+        files = files.files.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "source-mode answer"
+    );
+    answer
+}
+
+/// Sends a source-mode `request` (a [`Request::CompileSources`] or
+/// [`Request::CompileSourcesCached`]) and supplies what the agent asks for (the toolchain, the
+/// contents of `files`) until it answers; `dep_path` is where an asked-for dependency file goes.
+/// Shared by compile units and LTRANS units ([`crate::ltrans`]).
+pub fn exchange(
+    agent: &mut AgentClient,
+    tools: &toolchain::Toolchain,
+    files: &UnitFiles,
+    request: &Request,
+    dep_path: Option<String>,
+) -> Result<Answer, SourceModeError> {
+    use SourceModeError::{Final, Unavailable};
+    let farm_key = matches!(request, Request::CompileSourcesCached(_));
     let agent_error = |detail: String| Final(Fallback::new(Reason::AgentError, detail));
     let call = |agent: &mut AgentClient, r: &Request| {
         agent.call(r).map_err(|e| agent_error(format!("agent: {e}")))
     };
-    let mut response = call(agent, &request)?;
+    let mut response = call(agent, request)?;
     for _ in 0..3 {
         match &response {
             Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => {
@@ -251,15 +281,10 @@ pub fn send(
             }
             _ => break,
         }
-        response = call(agent, &request)?;
+        response = call(agent, request)?;
     }
-    debug!(
-        files = files.files.len(),
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "source-mode answer"
-    );
     match (response, dep_path) {
-        (Response::CacheHit(entry), _) if farm_key.is_some() => Ok(Answer::FarmHit(entry)),
+        (Response::CacheHit(entry), _) if farm_key => Ok(Answer::FarmHit(entry)),
         (Response::Compiled(result), None) => Ok(Answer::Compiled(result, None)),
         (Response::Compiled(result), Some(_)) if result.exit_code != 0 => {
             Ok(Answer::Compiled(result, None))

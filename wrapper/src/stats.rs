@@ -50,8 +50,19 @@ pub fn record(
 }
 
 fn append_line(outcome: Outcome, reason: Reason, exit_code: i32, source: &str) {
+    write_line(StatsLine { ltrans: false, outcome, exit_code, source: source.to_string(), reason });
+}
+
+/// Records one LTRANS unit (a partition of an LTO link): the stats file line only, marked as
+/// such. The agent counts the LTRANS units it is asked to send itself
+/// ([`discomy_protocol::stats::LtransCounts`]); they are not compile units.
+pub fn record_ltrans(outcome: Outcome, reason: Reason, exit_code: i32, source: &str) {
+    write_line(StatsLine { ltrans: true, outcome, exit_code, source: source.to_string(), reason });
+}
+
+fn write_line(line: StatsLine) {
     let Some(path) = std::env::var_os(ENV_STATS_FILE) else { return };
-    let line = StatsLine { outcome, exit_code, source: source.to_string(), reason }.format();
+    let line = line.format();
     if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = file.write_all(line.as_bytes());
     }

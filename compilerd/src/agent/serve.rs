@@ -277,6 +277,9 @@ async fn serve_wrapper(
             Ok(Request::RememberedFarm) => {
                 Response::RememberedFarm(state.remembered.stats(state.coord.as_deref()))
             }
+            Ok(Request::LtransStats) => Response::LtransStats(
+                state.stats.lock().map(|s| s.ltrans.clone()).unwrap_or_default(),
+            ),
             Ok(Request::Verified(verdict)) => {
                 if let Some(node) = state.verifier.verdict(&verdict) {
                     state.pool.quarantine(&node);
@@ -312,10 +315,15 @@ async fn serve_wrapper(
                 }
             }
             Ok(Request::CompileSources(req)) => {
-                tokio::select! {
+                let ltrans = is_ltrans(&req);
+                let response = tokio::select! {
                     _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                     r = compile_sources(&state, req, None) => state.verifier.mark(r),
+                };
+                if ltrans {
+                    count_ltrans(&state, &response);
                 }
+                response
             }
             Ok(Request::CompileSourcesCached(CachedSources { key, unit })) => {
                 tokio::select! {
@@ -358,5 +366,28 @@ async fn serve_wrapper(
         if send(&mut conn, &response).await.is_err() {
             return;
         }
+    }
+}
+
+/// Whether a source-mode unit is an LTRANS unit (a partition of an LTO link).
+fn is_ltrans(req: &discomy_protocol::SourceCompileRequest) -> bool {
+    req.args.iter().any(|a| a == "-fltrans")
+}
+
+/// Counts an LTRANS unit's answer (one answered with missing files or a missing toolchain is
+/// asked again, and counted then): remote when the farm compiled it cleanly, which is when the
+/// wrapper uses it.
+fn count_ltrans(state: &State, response: &Response) {
+    match response {
+        Response::MissingBlobs(_) => return,
+        Response::Refused(r) if r.kind == RefusalKind::NeedToolchain => return,
+        _ => {}
+    }
+    let remote = matches!(
+        response,
+        Response::Compiled(r) if r.exit_code == 0 && r.stderr.is_empty() && r.output.is_some()
+    );
+    if let Ok(mut stats) = state.stats.lock() {
+        stats.ltrans.record(remote);
     }
 }

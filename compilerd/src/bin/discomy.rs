@@ -323,6 +323,8 @@ fn run() -> Result<ExitCode> {
                 fallback = summary.counts.fallback,
                 cache_hits = summary.counts.cache_hits,
                 failed = summary.counts.failed,
+                ltrans = summary.ltrans.units,
+                ltrans_remote = summary.ltrans.remote,
                 wall_s = summary.wall_s,
                 "discomy: build finished"
             );

@@ -112,7 +112,8 @@ pub fn render(s: &FarmStatus) -> String {
 }
 
 /// An agent's counters (`discomy stats`), asked over its Unix socket: [`AgentStats`], then its
-/// remembered farm (an agent that predates that question refuses it: zeros).
+/// remembered farm and its LTRANS units (an agent that predates those questions refuses them:
+/// zeros).
 pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
     use discomy_protocol::{Request, Response};
     let who = format!("agent at {}", socket.display());
@@ -126,6 +127,13 @@ pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
     };
     match client.call(&Request::RememberedFarm).map_err(protocol)? {
         Response::RememberedFarm(remembered) => stats.remembered_farm = remembered,
+        Response::Refused(_) => {}
+        other => {
+            return Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") });
+        }
+    }
+    match client.call(&Request::LtransStats).map_err(protocol)? {
+        Response::LtransStats(ltrans) => stats.ltrans = ltrans,
         Response::Refused(_) => {}
         other => {
             return Err(CoordError::Unexpected { addr: who.clone(), answer: format!("{other:?}") });
@@ -165,6 +173,8 @@ pub struct AgentStatsJson<'a> {
     /// coordinator answered (`workers`, `placed`, `remote`, `coordinator_lost`, `failovers`,
     /// `coordinator`).
     pub remembered_farm: &'a discomy_protocol::stats::RememberedFarmStats,
+    /// LTRANS units (partitions of LTO links) sent to the farm: `units`, `remote`, `fallback`.
+    pub ltrans: &'a discomy_protocol::stats::LtransCounts,
 }
 
 impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
@@ -178,6 +188,7 @@ impl<'a> From<&'a AgentStats> for AgentStatsJson<'a> {
             uptime_s: s.uptime_s,
             verification: &s.verification,
             remembered_farm: &s.remembered_farm,
+            ltrans: &s.ltrans,
         }
     }
 }
@@ -212,6 +223,14 @@ pub fn render_agent_stats(s: &AgentStats) -> String {
             r.remote,
             r.coordinator_lost,
             r.failovers
+        );
+    }
+    let l = &s.ltrans;
+    if l.units > 0 {
+        let _ = writeln!(
+            out,
+            "ltrans (partitions of LTO links): {}, remote: {}, fallback: {}",
+            l.units, l.remote, l.fallback
         );
     }
     for (title, map) in [

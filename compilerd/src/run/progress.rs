@@ -104,7 +104,8 @@ impl Tally {
 
     fn take(&mut self, text: &str) {
         for line in text.lines().filter_map(StatsLine::parse) {
-            if line.outcome == Outcome::NotUnit {
+            // LTRANS units (partitions of an LTO link) are not compile units either.
+            if line.outcome == Outcome::NotUnit || line.ltrans {
                 self.other_calls += 1;
                 continue;
             }

@@ -77,6 +77,9 @@ const SOURCE_WITH_VALUE: &[&str] =
 /// preprocessor options that read are accepted; everything that writes, runs programs or reads
 /// outside the command line's own files is refused as in [`check_compile_args`]. Exactly one
 /// input, which must be one of the unit's files, and exactly one of `-c`/`-S`.
+///
+/// An LTRANS unit (one partition of an LTO link) is `-x lto` with `-fltrans`: each only with
+/// the other, its input a partition object the client shipped like a source.
 pub fn check_source_args(
     args: &[String],
     toolchain: &ToolchainManifest,
@@ -85,6 +88,7 @@ pub fn check_source_args(
 ) -> Result<(), Refused> {
     let mut inputs = 0;
     let mut modes = 0;
+    let (mut lto_input, mut ltrans) = (false, false);
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -93,12 +97,18 @@ pub fn check_source_args(
             modes += 1;
             continue;
         }
+        if arg == "-fltrans" {
+            ltrans = true;
+            continue;
+        }
         if SOURCE_WITH_VALUE.contains(&arg) {
             let Some(value) = args.get(i) else {
                 return Err(Refused::NoValue(arg.to_string()));
             };
             i += 1;
-            if arg == "-x" && !matches!(value.as_str(), "c" | "c++") {
+            if arg == "-x" && value == "lto" {
+                lto_input = true;
+            } else if arg == "-x" && !matches!(value.as_str(), "c" | "c++") {
                 return Err(Refused::Language(value.to_string()));
             }
             continue;
@@ -134,6 +144,15 @@ pub fn check_source_args(
     }
     if inputs != 1 || modes != 1 {
         return Err(Refused::Shape { inputs, modes });
+    }
+    if lto_input && !ltrans {
+        return Err(Refused::Language("lto".into()));
+    }
+    if ltrans && !lto_input {
+        return Err(Refused::Argument {
+            arg: "-fltrans".into(),
+            reason: "an LTO partition only, with -x lto",
+        });
     }
     Ok(())
 }
@@ -177,6 +196,9 @@ fn refusal(arg: &str) -> Option<&'static str> {
         ("-fstack-usage", "writes a file"),
         ("-fcallgraph-info", "writes a file"),
         ("-frecord-gcc-switches", "not reproducible remotely"),
+        ("-fltrans", "an LTO partition only, in source mode with -x lto"),
+        ("-fwpa", "writes the partitions of an LTO link"),
+        ("-fresolution", "reads a linker resolution file"),
         ("-I", "preprocessor option on a preprocessed unit"),
         ("-include", "preprocessor option on a preprocessed unit"),
         ("-imacros", "preprocessor option on a preprocessed unit"),
@@ -286,6 +308,44 @@ mod tests {
         ] {
             assert!(check(&[bad.to_string()]).is_err(), "{bad}");
         }
+    }
+
+    fn lto_files() -> Vec<discomy_protocol::SourceFile> {
+        vec![discomy_protocol::SourceFile {
+            path: "/tmp/ccA.ltrans0.o".into(),
+            digest: discomy_protocol::Digest::of(b"x"),
+            size: 1,
+        }]
+    }
+
+    /// An LTRANS unit as the wrapper sends it passes; `-x lto` and `-fltrans` are refused
+    /// without each other, and the other LTO steps (WPA, its outputs) are refused.
+    #[test]
+    fn ltrans_units_pass_only_as_ltrans_units() {
+        let src = |a: &str| check_source_args(&v(a), &tree(), &lto_files(), "/src");
+        let ltrans = "-x lto -c -fno-openmp -fPIC -g -m64 -march=x86-64-v2 -O2 \
+                      -fcf-protection=full -fltrans /tmp/ccA.ltrans0.o";
+        assert_eq!(src(ltrans), Ok(()));
+        assert_eq!(src("-x lto -c -O2 /tmp/ccA.ltrans0.o"), Err(Refused::Language("lto".into())));
+        assert!(matches!(
+            src("-x c -c -O2 -fltrans /tmp/ccA.ltrans0.o"),
+            Err(Refused::Argument { .. })
+        ));
+        assert!(matches!(src("-c -O2 -fltrans /tmp/ccA.ltrans0.o"), Err(Refused::Argument { .. })));
+        for bad in [
+            "-x lto -c -fltrans -fltrans-output-list=/tmp/l /tmp/ccA.ltrans0.o",
+            "-x lto -c -fltrans -fwpa /tmp/ccA.ltrans0.o",
+            "-x lto -c -fltrans -fresolution=/etc/passwd /tmp/ccA.ltrans0.o",
+            "-x lto -c -fltrans -dumpdir /tmp/ /tmp/ccA.ltrans0.o",
+            "-x lto -c -fltrans -o /tmp/x /tmp/ccA.ltrans0.o",
+            "-xlto -c -fltrans /tmp/ccA.ltrans0.o",
+            "-x lto -c -fltrans /tmp/other.o",
+            "-x lto -c -fltrans /tmp/ccA.ltrans0.o /tmp/ccA.ltrans0.o",
+        ] {
+            assert!(src(bad).is_err(), "{bad}");
+        }
+        // Not in a preprocessed unit's command line at all.
+        assert!(check(&v("-fltrans")).is_err());
     }
 
     /// A second input is refused at once: thousands of inputs over thousands of files are not

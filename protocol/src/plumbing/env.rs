@@ -31,6 +31,10 @@ pub const NO_MDNS: &str = "DISCOMY_NO_MDNS";
 pub const SOURCE_MODE: &str = "DISCOMY_SOURCE_MODE";
 /// Set in the real compiler's environment so nested wrapper calls run it directly.
 pub const SAFEGUARD: &str = "DISCOMY_SAFEGUARD";
+/// The real `make` of an LTO link whose `MAKE` is the wrapper (LTRANS units on the farm).
+pub const LTRANS_MAKE: &str = "DISCOMY_LTRANS_MAKE";
+/// How many LTRANS units of one LTO link run at once, at least.
+pub const LTRANS_JOBS: &str = "DISCOMY_LTRANS_JOBS";
 
 /// The table.
 pub const VARS: &[Var] = &[
@@ -82,7 +86,13 @@ pub const VARS: &[Var] = &[
         "0.01",
         "the agent's fraction of remote units also compiled locally and compared",
     ),
+    user(
+        LTRANS_JOBS,
+        "gcc's (-flto=N, or the cores for -flto=auto)",
+        "LTRANS units (partitions of an LTO link) run at once on the farm, at least",
+    ),
     internal(SAFEGUARD, "set for the real compiler's children: nested calls run directly"),
+    internal(LTRANS_MAKE, "the real make of an LTO link whose MAKE is discomy-cc"),
     internal("DISCOMY_STATS_FILE", "`discomy run`'s per-call outcome lines"),
     internal("DISCOMY_BIN_DIR", "where `discomy run` and the tests find the binaries"),
     internal("DISCOMY_HOST_ID", "this host's id in a coordinated farm (default: the hostname)"),

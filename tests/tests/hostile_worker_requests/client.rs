@@ -100,6 +100,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::CompileSourcesCached(_) => "CompileSourcesCached",
         Request::Verified(_) => "Verified",
         Request::RememberedFarm => "RememberedFarm",
+        Request::LtransStats => "LtransStats",
     }
 }
 
