@@ -64,6 +64,8 @@ pub mod version {
     /// `Report` of each call's outcome and the agent's `Stats` (`discomy stats`). Version 7:
     /// `CompileSourcesCached` (the farm tier asked within the compile's own trip). Version 8:
     /// verification of remote results (`CompileResult::verify`, the wrapper's `Verified`, the
-    /// agent's `Quarantine` of a node to its coordinator).
-    pub const CURRENT: u16 = 8;
+    /// agent's `Quarantine` of a node to its coordinator). Version 9: LTRANS units (source-mode
+    /// units of `-x lto … -fltrans`, which workers before it refuse) and the agent's
+    /// `LtransStats`.
+    pub const CURRENT: u16 = 9;
 }

@@ -50,8 +50,7 @@ pub enum Request {
     /// appended: an agent built before it refuses it as an unexpected request.
     RememberedFarm,
     /// An agent's counters of LTRANS units (the partitions of LTO links it sent to the farm);
-    /// answered with [`Response::LtransStats`]. Since version 8, appended: an agent built before
-    /// it refuses it as an unexpected request.
+    /// answered with [`Response::LtransStats`]. Since version 9.
     LtransStats,
 }
 
@@ -102,7 +101,7 @@ pub enum Response {
     WorkerStats(crate::stats::WorkerStats),
     /// An agent's answer to [`Request::RememberedFarm`]. Since version 8, appended.
     RememberedFarm(crate::stats::RememberedFarmStats),
-    /// An agent's answer to [`Request::LtransStats`]. Since version 8, appended.
+    /// An agent's answer to [`Request::LtransStats`]. Since version 9.
     LtransStats(crate::stats::LtransCounts),
 }
 

@@ -226,6 +226,13 @@ impl Daemon {
         if self.exit.is_none() {
             self.exit = self.child.wait().ok();
         }
+        // A SIGKILLed process lives on until the kernel has torn it down: wait for the group to
+        // be gone (bounded), so what it held (ports, files, mounts) is free when this returns.
+        let pgid = self.child.id();
+        let start = Instant::now();
+        while !live_group_members(pgid).is_empty() && start.elapsed() < STOP_GRACE {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.exit
     }
 
