@@ -105,6 +105,13 @@ if [ "$uninstall" = 1 ]; then
   # Reverse order: files before the directories holding them.
   for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
     read -r kind sum path <<<"${lines[$i]}"
+    # The manifest is a file: only what this script could have written is acted on.
+    case "$kind" in
+      user|group) [[ "$path" =~ ^discomy[a-z-]*$ ]] || { say "manifest: refused $kind '$path'"; continue; } ;;
+      *) if [[ ! "$path" =~ ^/[A-Za-z0-9._/+@-]+$ || "$path" == *"/../"* || "$path" == *"/.." ]]; then
+           say "manifest: refused path '$path'"; continue
+         fi ;;
+    esac
     p=$R$path
     case "$kind" in
       file|link|new)

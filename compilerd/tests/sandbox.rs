@@ -256,14 +256,20 @@ async fn the_unit_directory_is_bounded() {
     // FIFOs as what they are (the worker's own checks refuse them).
     let work = work_dir();
     std::fs::write(work.path().join("input"), b"from the worker\n").unwrap();
+    std::fs::write(work.path().join("changed"), b"before\n").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let inode = |name: &str| std::fs::metadata(work.path().join(name)).unwrap().ino();
+    let input_inode = inode("input");
     let script = "cat input > copy && mkdir -p d && echo deep > d/x && ln -s /etc/passwd link \
-                  && mkfifo fifo && head -c 4000000 /dev/zero > big";
+                  && mkfifo fifo && head -c 4000000 /dev/zero > big && rm changed && echo after > changed";
     let out = run(work.path(), "/bin/sh", &["-c", script], &limits, 61010).await;
     assert_eq!(out.exit_code, 0, "stderr: {}", text(&out.stderr));
     assert!(!out.hit(LimitHit::WorkDir));
     let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap();
     assert_eq!(read("copy"), "from the worker\n");
     assert_eq!(read("d/x"), "deep\n");
+    assert_eq!(read("changed"), "after\n", "an input the program rewrote comes back");
+    assert_eq!(inode("input"), input_inode, "an untouched input is not copied back");
     assert_eq!(std::fs::metadata(work.path().join("big")).unwrap().len(), 4_000_000);
     let link = std::fs::symlink_metadata(work.path().join("link")).unwrap();
     assert!(link.file_type().is_symlink());

@@ -200,3 +200,20 @@ fn history_replaces_estimates_and_says_so() {
     assert_eq!((report.workload.history, report.workload.estimated), (1, 1));
     assert_eq!(report.workload.estimated_packages, ["glibc"]);
 }
+
+#[test]
+fn the_latest_history_record_of_a_package_applies() {
+    let record = |wall_s: f64| plan::estimate::HistoryRecord {
+        name: "zlib".into(),
+        wall_s,
+        serial_s: Some(0.0),
+        artefact_bytes: 0,
+    };
+    // A later record replaces an earlier one, even an unusable one (the package is estimated).
+    let history = [record(40.0), record(20.0)];
+    let (w, _) = import::parse_any("glibc:\nzlib: glibc\n", "l", &history, 1).expect("parses");
+    assert_eq!(w.packages[1].compile_cpu_s, 20.0);
+    let history = [record(40.0), record(f64::NAN)];
+    let (w, _) = import::parse_any("glibc:\nzlib: glibc\n", "l", &history, 1).expect("parses");
+    assert_eq!(w.packages[1].cost, workload::CostSource::Estimate);
+}

@@ -30,6 +30,7 @@
 pub mod browser;
 pub mod distcc;
 pub mod forge;
+pub mod lto;
 pub mod metrics;
 pub mod netns;
 pub mod queue;

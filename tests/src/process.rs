@@ -22,12 +22,7 @@ pub fn signal_group(pgid: u32, signal: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub use discomy_protocol::plumbing::process::live_group_members;
-
-/// Last `lines` lines of a file, for failure output.
-pub fn tail(path: &Path, lines: usize) -> String {
-    discomy_protocol::plumbing::process::tail(path, lines)
-}
+pub use discomy_protocol::plumbing::process::{live_group_members, tail};
 
 /// A child process in its own process group, its output in `<log_dir>/<name>.{stdout,stderr}`:
 /// the shared [`Daemon`] harness, with a test's manners (failures panic).
@@ -36,8 +31,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// panicking test gets the tail of its logs printed.
 pub struct Proc {
     daemon: Daemon,
-    stdout_log: PathBuf,
-    stderr_log: PathBuf,
 }
 
 impl Proc {
@@ -46,11 +39,7 @@ impl Proc {
         let daemon = Daemon::spawn(name, cmd, Logs::Split(log_dir.to_path_buf()))
             .unwrap_or_else(|e| panic!("{e}"));
         eprintln!("[e2e] started {name} (pid {}): {}", daemon.pid(), daemon.cmdline());
-        Proc {
-            daemon,
-            stdout_log: log_dir.join(format!("{name}.stdout")),
-            stderr_log: log_dir.join(format!("{name}.stderr")),
-        }
+        Proc { daemon }
     }
 
     /// The process id (also its process group id).
@@ -100,14 +89,20 @@ impl Proc {
 
     /// Its standard output so far.
     pub fn stdout_text(&self) -> String {
-        fs::read(&self.stdout_log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.log_text(0)
     }
 
     /// Its standard error so far.
     pub fn stderr_text(&self) -> String {
-        fs::read(&self.stderr_log)
+        self.log_text(1)
+    }
+
+    /// The text of log file `i` ([`Daemon::log_files`]: stdout, then stderr).
+    fn log_text(&self, i: usize) -> String {
+        let files = self.daemon.log_files();
+        files
+            .get(i)
+            .and_then(|p| fs::read(p).ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }

@@ -18,6 +18,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use discomy_tests::lto::run_quietly;
 use discomy_tests::{
     Farm, MAKE_JOBS, Proc, agent_stats, bin, clean_command, extract_lua, make_clean, run_to_success,
 };
@@ -47,16 +48,6 @@ fn wrapped(dir: &Path, socket: &Path, cache: Option<&Path>) -> Command {
         cmd.env("DISCOMY_CACHE", "1").env("DISCOMY_CACHE_DIR", cache);
     }
     cmd
-}
-
-fn gcc_ok(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "{what}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `make -C src linux` with Rocky's flags and an LTO link, compiling with `cc`.
@@ -100,11 +91,11 @@ fn lto_units_go_to_the_farm_and_link_identically() {
         let args = ["-O2", "-frandom-seed=lapi.o", form[0], form[1], form[2], "-c"];
         let local = format!("seed-local{i}.o");
         let remote = format!("seed-remote{i}.o");
-        gcc_ok(
+        run_quietly(
             clean_command("gcc").current_dir(&src).args(args).args(["lapi.c", "-o", &local]),
             "local seeded LTO compile",
         );
-        gcc_ok(
+        run_quietly(
             wrapped(&src, &socket, None).args(args).args(["lapi.c", "-o", &remote]),
             "seeded LTO compile through discomy-cc",
         );
@@ -121,7 +112,7 @@ fn lto_units_go_to_the_farm_and_link_identically() {
 
     // A conftest stays local, with its reason; -E is not a unit.
     std::fs::write(src.join("conftest.c"), "int main(void) { return 0; }\n").unwrap();
-    gcc_ok(wrapped(&src, &socket, None).args(["-c", "conftest.c"]), "conftest");
+    run_quietly(wrapped(&src, &socket, None).args(["-c", "conftest.c"]), "conftest");
     let out = wrapped(&src, &socket, None).args(["-E", "lapi.c"]).output().unwrap();
     assert!(out.status.success());
     for f in ["conftest.c", "conftest.o"] {

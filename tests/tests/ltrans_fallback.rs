@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use discomy_tests::lto::run_quietly;
 use discomy_tests::{assert_no_temp_leftovers, bin, clean_command, private_tmp, read_stats};
 
 const A: &str = "__attribute__((noinline)) int helper(int x);
@@ -18,16 +19,6 @@ const B: &str = "__attribute__((noinline)) int helper(int x) { return x + 1; }\n
 
 /// `-flto-partition=max`: one partition per function that is not inlined, three here.
 const LINK: [&str; 5] = ["-O2", "-g", "-flto=2", "-flto-partition=max", "a.o"];
-
-fn quiet(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "{what}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn gcc(dir: &Path) -> Command {
     let mut cmd = clean_command("gcc");
@@ -43,9 +34,9 @@ fn ltrans_units_without_a_farm_compile_locally_and_link_identically() {
     std::fs::write(dir.join("b.c"), B).unwrap();
     for src in ["a", "b"] {
         let (c, o) = (format!("{src}.c"), format!("{src}.o"));
-        quiet(gcc(dir).args(["-O2", "-g", "-flto", "-c", &c, "-o", &o]), "LTO compile");
+        run_quietly(gcc(dir).args(["-O2", "-g", "-flto", "-c", &c, "-o", &o]), "LTO compile");
     }
-    quiet(gcc(dir).args(LINK).args(["b.o", "-o", "plain"]), "plain LTO link");
+    run_quietly(gcc(dir).args(LINK).args(["b.o", "-o", "plain"]), "plain LTO link");
 
     let stats = dir.join("stats.tsv");
     let wrapper_tmp = private_tmp(dir, "wrapper");
@@ -57,7 +48,7 @@ fn ltrans_units_without_a_farm_compile_locally_and_link_identically() {
         .env("DISCOMY_SOCKET", dir.join("no-such-agent.sock"))
         .env("DISCOMY_STATS_FILE", &stats)
         .env("TMPDIR", &wrapper_tmp);
-    quiet(&mut link, "LTO link through discomy-cc without an agent");
+    run_quietly(&mut link, "LTO link through discomy-cc without an agent");
     assert_no_temp_leftovers(&wrapper_tmp, "an LTO link through discomy-cc");
     assert_eq!(
         std::fs::read(dir.join("plain")).unwrap(),

@@ -22,13 +22,14 @@
 //! compile units ([`crate::stats::record_ltrans`]).
 
 use std::ffi::{OsStr, OsString};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
-use discomy_protocol::plumbing::{env, write_atomically};
+use discomy_protocol::plumbing::fs::create_temp;
+use discomy_protocol::plumbing::{env, read_untrusted, write_atomically};
 use discomy_protocol::sources::normalise;
 use discomy_protocol::{
     CompilerId, Digest, Language, OutputKind, Request, SourceCompileRequest, SourceFile,
@@ -166,19 +167,13 @@ fn jobs_of(arg: &OsStr) -> Option<u32> {
 /// has no LTRANS recipe or the copy cannot be written.
 fn rewritten_copy(makefile: &Path) -> Option<PathBuf> {
     let me = std::env::current_exe().ok()?;
-    let mut text = String::new();
-    std::fs::File::open(makefile).ok()?.take(MAX_MAKEFILE + 1).read_to_string(&mut text).ok()?;
-    if text.len() as u64 > MAX_MAKEFILE {
-        return None;
-    }
+    let text = String::from_utf8(read_untrusted(makefile, MAX_MAKEFILE).ok()?).ok()?;
     let (rewritten, rules) = rewrite_makefile(&text, &me);
     if rules == 0 {
         return None;
     }
-    let mut name = makefile.as_os_str().to_owned();
-    name.push(format!(".discomy{}", std::process::id()));
-    let copy = PathBuf::from(name);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&copy).ok()?;
+    let dir = makefile.parent().unwrap_or(Path::new(""));
+    let (copy, mut file) = create_temp(dir, makefile.file_name()?, 0o600).ok()?;
     if file.write_all(rewritten.as_bytes()).is_err() {
         let _ = std::fs::remove_file(&copy);
         return None;
@@ -339,13 +334,8 @@ fn remote(inv: &Invocation, call: &Ltrans) -> Result<Done, Fallback> {
         format!("{cwd}/{}", call.input)
     };
     let path = normalise(&path).ok_or_else(|| host_only(format!("{}: leaves /", call.input)))?;
-    let mut content = Vec::new();
-    std::fs::File::open(&path)
-        .and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut content))
+    let content = read_untrusted(Path::new(&path), MAX_INPUT)
         .map_err(|e| host_only(format!("{path}: {e}")))?;
-    if content.len() as u64 > MAX_INPUT {
-        return Err(host_only(format!("{path}: larger than {MAX_INPUT} bytes")));
-    }
     let tools = toolchain::extras_for_args(&call.args, &inv.compiler, &inv.child_path)
         .and_then(|extras| toolchain::collect_cached(&inv.compiler, &extras, &inv.child_path))
         .map_err(|e| Fallback::new(Reason::Toolchain, e.to_string()))?;

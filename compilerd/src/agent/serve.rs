@@ -385,7 +385,8 @@ fn count_ltrans(state: &State, response: &Response) {
     }
     let remote = matches!(
         response,
-        Response::Compiled(r) if r.exit_code == 0 && r.stderr.is_empty() && r.output.is_some()
+        Response::Compiled(r)
+            if r.exit_code == 0 && r.stdout.is_empty() && r.stderr.is_empty() && r.output.is_some()
     );
     if let Ok(mut stats) = state.stats.lock() {
         stats.ltrans.record(remote);

@@ -573,20 +573,16 @@ fn queue_history(api: &ApiClient) -> Result<Vec<plan::estimate::HistoryRecord>> 
     Ok(out)
 }
 
-/// `discomy plan`: reads the inputs (the live fleet and the queue's history from the
-/// coordinator when asked), plans, prints: the product is the printed report.
+/// `discomy plan` ([`plan::cli::Args::run`]), given the coordinator's answers when asked:
+/// the queue's history, the live fleet. The product is the printed report.
 #[allow(clippy::print_stdout)]
 fn plan(args: &plan::cli::Args, coord: CoordArgs) -> Result<ExitCode> {
-    let mut history = args.history_file()?;
-    if let Some(url) = &args.history_api {
-        let token = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
-        history.extend(queue_history(&ApiClient::new(url, token)?)?);
-    }
-    let (workload, notes) = args.workload(&history)?;
-    let fleet = match args.inventory()? {
-        Some(fleet) => fleet,
-        None => {
-            let link = args.assumed_link()?;
+    let out = args.run(
+        |url| {
+            let token = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
+            queue_history(&ApiClient::new(url, token)?)
+        },
+        |link| {
             let (coordinator, token) = coord.resolve()?;
             let addr = discomy_compilerd::coord::discover::CoordinatorAddr::explicit(&coordinator);
             let auth = discomy_protocol::AuthConfig::from_option(token.as_deref());
@@ -594,19 +590,9 @@ fn plan(args: &plan::cli::Args, coord: CoordArgs) -> Result<ExitCode> {
             let farm = runtime
                 .block_on(discomy_compilerd::coord::status::fetch(&addr.to_string(), &auth))
                 .map_err(anyhow::Error::msg)?;
-            plan::inventory::from_status(&farm, &coordinator, link)?
-        }
-    };
-    let mut report = plan::run(&fleet, &workload, &args.options()?)?;
-    report.notes.extend(notes);
-    if let Some(path) = &args.plot {
-        let svg = plan::plot::svg(&report.curve, "discomy plan: makespan against fleet size")?;
-        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render_text());
-    }
+            Ok(plan::inventory::from_status(&farm, &coordinator, link)?)
+        },
+    )?;
+    print!("{out}");
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,8 @@
 //! per byte of `.orig.tar.gz`, 330 kB preprocessed and 16 kB of object per unit); the factors
 //! for other languages are rough rules of thumb, and say so in the report.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::workload::{CostSource, Package};
@@ -178,11 +180,18 @@ pub struct HistoryRecord {
     pub artefact_bytes: u64,
 }
 
-/// Replaces a package's figures by its history: the wall time split into the serial part
-/// (measured, or [`HISTORY_SERIAL_SHARE`]) and compile work that ran `jobs` wide on its builder
-/// (no wider than its units). Returns whether a record applied.
-pub fn apply_history(p: &mut Package, records: &[HistoryRecord], jobs: u32) -> bool {
-    let Some(r) = records.iter().rfind(|r| r.name == p.name) else { return false };
+/// Each package's latest record (a later record of a name replaces an earlier one), indexed
+/// once so that looking packages up is not a scan of the history per package.
+pub fn latest_records(records: &[HistoryRecord]) -> HashMap<&str, &HistoryRecord> {
+    records.iter().map(|r| (r.name.as_str(), r)).collect()
+}
+
+/// Replaces a package's figures by its history (its record in [`latest_records`]): the wall
+/// time split into the serial part (measured, or [`HISTORY_SERIAL_SHARE`]) and compile work
+/// that ran `jobs` wide on its builder (no wider than its units). Returns whether a record
+/// applied.
+pub fn apply_history(p: &mut Package, latest: &HashMap<&str, &HistoryRecord>, jobs: u32) -> bool {
+    let Some(r) = latest.get(p.name.as_str()) else { return false };
     if !(r.wall_s.is_finite() && r.wall_s > 0.0 && r.wall_s < super::workload::MAX_CPU_S) {
         return false;
     }

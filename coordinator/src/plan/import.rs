@@ -317,12 +317,13 @@ impl PackageList {
         history: &[super::estimate::HistoryRecord],
         jobs: u32,
     ) -> (Workload, Vec<String>) {
+        let latest = super::estimate::latest_records(history);
         let packages = self
             .packages
             .into_iter()
             .map(|(n, deps, facts)| {
                 let mut p = super::estimate::estimate(&n, deps, &facts);
-                super::estimate::apply_history(&mut p, history, jobs);
+                super::estimate::apply_history(&mut p, &latest, jobs);
                 p
             })
             .collect();
@@ -347,9 +348,10 @@ pub fn parse_any(
         if w.name.is_empty() {
             w.name = name.to_string();
         }
+        let latest = super::estimate::latest_records(history);
         let mut applied = 0;
         for p in &mut w.packages {
-            applied += usize::from(super::estimate::apply_history(p, history, jobs));
+            applied += usize::from(super::estimate::apply_history(p, &latest, jobs));
         }
         let notes = if applied > 0 {
             vec![format!("{applied} packages' given costs replaced by their history")]

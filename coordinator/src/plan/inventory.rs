@@ -160,6 +160,12 @@ pub fn from_status(status: &FarmStatus, source: &str, link: f64) -> Result<PlanF
     if status.nodes.is_empty() {
         return Err(PlanError::Invalid(format!("{source}: the farm has no nodes")));
     }
+    if status.nodes.len() as u64 > MAX_NODES {
+        return Err(PlanError::Invalid(format!(
+            "{source}: {} nodes: more than {MAX_NODES}",
+            status.nodes.len()
+        )));
+    }
     let mut measured: Vec<f64> = status
         .nodes
         .iter()
@@ -214,5 +220,17 @@ mod tests {
         assert_eq!(parse_size("2TiB"), Some(2 << 40));
         assert_eq!(parse_size("12 parsecs"), None);
         assert_eq!(parse_size("999999PB"), None);
+    }
+
+    #[test]
+    fn live_fleet_is_bounded() {
+        let node = discomy_protocol::coordinator::NodeStatus { slots: 8, ..Default::default() };
+        let mut status = FarmStatus { nodes: vec![node; 3], ..Default::default() };
+        assert_eq!(from_status(&status, "c", 125e6).expect("three nodes").nodes.len(), 3);
+        status.nodes = Vec::new();
+        assert!(from_status(&status, "c", 125e6).is_err());
+        status.nodes = vec![Default::default(); MAX_NODES as usize + 1];
+        let err = from_status(&status, "c", 125e6).expect_err("too many nodes").to_string();
+        assert!(err.contains("more than"), "{err}");
     }
 }

@@ -23,11 +23,8 @@ impl GroupKiller {
 
     /// Kills the group now (it stays armed: killing twice is harmless).
     pub fn kill(&self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(pid) = self.0 {
+            let _ = killpg(group_of(pid), Signal::SIGKILL);
         }
     }
 
@@ -226,13 +223,8 @@ impl Daemon {
         if self.exit.is_none() {
             self.exit = self.child.wait().ok();
         }
-        // A SIGKILLed process lives on until the kernel has torn it down: wait for the group to
-        // be gone (bounded), so what it held (ports, files, mounts) is free when this returns.
-        let pgid = self.child.id();
-        let start = Instant::now();
-        while !live_group_members(pgid).is_empty() && start.elapsed() < STOP_GRACE {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // So that what the group held (ports, files, mounts) is free when this returns.
+        wait_group_gone(self.child.id(), STOP_GRACE);
         self.exit
     }
 
@@ -263,25 +255,37 @@ impl Daemon {
     }
 
     fn group(&self) -> Pid {
-        Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+        group_of(self.child.id())
     }
 
-    /// The leader is gone: waits up to 5 s for the rest of its group, then kills it and waits
-    /// (a SIGKILLed process lives on until the kernel reaps it), at most 15 s in all.
+    /// The leader is gone: gives the rest of its group 5 s to exit on its own, then kills it and
+    /// waits for it to be gone.
     fn reap_group(&mut self) {
         let pgid = self.child.id();
-        let start = Instant::now();
-        loop {
-            let members = live_group_members(pgid);
-            if members.is_empty() || start.elapsed() > Duration::from_secs(15) {
-                break;
-            }
-            if !self.left_behind && start.elapsed() > Duration::from_secs(5) {
-                self.left_behind = true;
-                let _ = killpg(self.group(), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !wait_group_gone(pgid, Duration::from_secs(5)) {
+            self.left_behind = true;
+            let _ = killpg(self.group(), Signal::SIGKILL);
+            wait_group_gone(pgid, Duration::from_secs(10));
         }
+    }
+}
+
+fn group_of(pgid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pgid).unwrap_or(i32::MAX))
+}
+
+/// Waits up to `limit` until no live process is left in group `pgid` (a SIGKILLed process
+/// lives on until the kernel has torn it down); whether it is gone.
+fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if live_group_members(pgid).is_empty() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -170,8 +170,8 @@ pub(super) fn stage1(
         None => None,
     };
     let tree = merged.unwrap_or(tree);
-    let work_mount = build_root(&tree, &work, &newroot_path, unit_in_root, cli.work_bytes)
-        .map_err(|e| {
+    let (work_mount, copied_in) =
+        build_root(&tree, &work, &newroot_path, unit_in_root, cli.work_bytes).map_err(|e| {
             let hint = if privileged { String::new() } else { userns_hint() };
             setup_error!("{e:#}{hint}")
         })?;
@@ -208,7 +208,7 @@ pub(super) fn stage1(
     stage2.hand(&nul_joined(args.iter().map(|a| a.as_bytes())))?;
     let child = stage2.wait()?;
     // Before anything tells the worker the run is over: it reads the outputs from `work`.
-    let work_full = workdir::copy_back(&work_mount, &work)?;
+    let work_full = workdir::copy_back(&work_mount, &work, &copied_in)?;
     let cpu_ms = getrusage(UsageWho::RUSAGE_CHILDREN)
         .ok()
         .map(|u| millis(u.user_time()) + millis(u.system_time()));

@@ -157,14 +157,14 @@ pub(super) fn root_skeleton(newroot: &Path) -> Result<()> {
 /// Completes the sandbox's root on `newroot` (a [`root_skeleton`], holding the unit tree when
 /// `unit_in_root`) with the tree merged in and the work directory (a copy in a tmpfs of
 /// `work_bytes`: see `workdir`), then makes that tmpfs read-only. Returns where the work
-/// directory's tmpfs is mounted.
+/// directory's tmpfs is mounted, and what was copied into it.
 pub(super) fn build_root(
     tree: &Path,
     work: &Path,
     newroot: &Path,
     unit_in_root: bool,
     work_bytes: u64,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, super::workdir::CopiedIn)> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let names: Vec<OsString> = if tree == Path::new("/") {
         HOST_ENTRIES.iter().map(OsString::from).collect()
@@ -183,7 +183,7 @@ pub(super) fn build_root(
 
     let tmp = newroot.join(work_at.trim_start_matches('/'));
     fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    super::workdir::mount_bounded(work, &tmp, work_bytes)?;
+    let copied_in = super::workdir::mount_bounded(work, &tmp, work_bytes)?;
 
     mount(
         None::<&str>,
@@ -193,7 +193,7 @@ pub(super) fn build_root(
         None::<&str>,
     )
     .with_context(|| format!("remount {} read-only", newroot.display()))?;
-    Ok(tmp)
+    Ok((tmp, copied_in))
 }
 
 /// The sorted names in `dir`.
