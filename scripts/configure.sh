@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Configures and starts discomy's roles on a host where scripts/install.sh (or the RPMs) put it.
 # It owns: the variables it sets in /etc/discomy/{worker,agent,builder,coordinator}.env (other
-# lines are kept), /etc/discomy/token, /etc/discomy/builder.toml while it is the shipped example or
+# lines are kept), /etc/discomy/token, the fleet directories /var/lib/discomy/fleet and
+# /var/lib/discomy/agent-fleet (a node's key and certificate, from `discomy-compilerd join`), /etc/discomy/builder.toml while it is the shipped example or
 # one this script wrote, the list of roles in /var/lib/discomy/configure-state, and, without
 # systemd, the daemons it started (pid files /run/discomy/ROLE.pid, logs /var/log/discomy/ROLE.log).
 #
@@ -18,7 +19,18 @@
 #   --farm NAME       find the coordinator of farm NAME over mDNS instead (not for builders)
 #   --token T         the farm token, written to /etc/discomy/token (mode 0640, group discomy);
 #                     --token-file FILE copies it from FILE. Kept from an earlier run when omitted.
-#                     (Join tokens, issue 17, do not exist yet: this is the farm's shared token.)
+#                     A plain-token farm (a lab); the working fleet uses the flags below.
+# The working fleet (mutual TLS with certificates of the farm CA; README "The working fleet"):
+#   --fleet           with the coordinator role: the coordinator owns a CA in
+#                     /var/lib/discomy/coordinator/fleet; this host's other roles are enrolled
+#                     at once with its admin certificate
+#   --join-token T    join the coordinator's fleet with this join token (or --join-token-file F);
+#                     needs --coordinator and --ca. The host waits as pending until the operator
+#                     approves (`discomy nodes approve`); run this again then, or wait here with
+#                     --wait-approval SECS. Its worker and agent start once approved.
+#   --ca FILE         the farm CA certificate (from the provisioning bundle)
+#   --node-name N     this node's name in the fleet (default: the host name)
+#   --organisation O, --contact C   who donates this host, carried into the join request
 #   --api URL         the build queue API for a builder (default http://COORDINATOR-HOST:3635)
 #   --api-listen A    the coordinator's API address (default 0.0.0.0:3635)
 #   --slots N         a worker's compile slots / a builder's builds at once
@@ -47,6 +59,7 @@ say() { echo "$prog: $*"; }
 roles=() coordinator="" farm="" token="" token_file="" api="" api_listen="0.0.0.0:3635"
 slots="" socket_group="" builder_name="" chroots=() el9=0 nodeps=0 smp_ncpus=16
 no_systemd=0 no_start=0 root=/ stop=0
+fleet=0 join_token="" join_token_file="" ca="" node_name="" organisation="" contact="" wait_approval=0
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,7 +68,14 @@ while [ $# -gt 0 ]; do
     --farm) need "$@"; farm=$2; shift 2 ;;
     --token) need "$@"; token=$2; shift 2 ;;
     --token-file) need "$@"; token_file=$2; shift 2 ;;
-    --join-token) die "--join-token: join tokens (issue 17) do not exist yet; give the farm token with --token" ;;
+    --fleet) fleet=1; shift ;;
+    --join-token) need "$@"; join_token=$2; shift 2 ;;
+    --join-token-file) need "$@"; join_token_file=$2; shift 2 ;;
+    --ca) need "$@"; ca=$2; shift 2 ;;
+    --node-name) need "$@"; node_name=$2; shift 2 ;;
+    --organisation) need "$@"; organisation=$2; shift 2 ;;
+    --contact) need "$@"; contact=$2; shift 2 ;;
+    --wait-approval) need "$@"; wait_approval=$2; shift 2 ;;
     --api) need "$@"; api=$2; shift 2 ;;
     --api-listen) need "$@"; api_listen=$2; shift 2 ;;
     --slots) need "$@"; slots=$2; shift 2 ;;
@@ -238,6 +258,31 @@ if [ -n "$socket_group" ]; then
   [[ "$socket_group" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--socket-group '$socket_group': not a group name"
 fi
 [ -n "$builder_name" ] || builder_name=$(hostname -s 2>/dev/null || echo builder)
+if [ -n "$join_token_file" ]; then
+  [ -r "$join_token_file" ] || die "--join-token-file $join_token_file: not readable"
+  join_token=$(head -n1 "$join_token_file")
+fi
+if [ "$fleet" = 1 ]; then
+  [ -n "${has[coordinator]:-}" ] || die "--fleet goes with the coordinator role (other hosts: --join-token)"
+  [ -z "$join_token" ] || die "--fleet and --join-token exclude each other"
+fi
+if [ -n "$join_token" ]; then
+  [ -n "$coordinator" ] || die "--join-token needs --coordinator HOST[:PORT]"
+  if [ -z "$ca" ] || [ ! -r "$ca" ]; then die "--join-token needs --ca FILE, the farm CA certificate"; fi
+  [ -z "$R" ] || die "--join-token joins from the host itself: not with --root"
+  [[ "$join_token" =~ ^[0-9a-f]{1,32}\.[0-9a-f]{1,64}$ ]] || die "--join-token: expected ID.SECRET"
+fi
+[ -n "$node_name" ] || node_name=$(hostname -s 2>/dev/null || echo node)
+[[ "$node_name" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$ ]] || die "--node-name '$node_name': letters, digits, '.', '_', '-'"
+for v in "$organisation" "$contact"; do
+  [[ "$v" =~ ^[A-Za-z0-9\ .,@_+:/-]{0,128}$ ]] || die "--organisation/--contact '$v': letters, digits, spaces, .,@_+:/-"
+done
+[[ "$wait_approval" =~ ^[0-9]{1,6}$ ]] || die "--wait-approval '$wait_approval': seconds"
+# The fleet's directories: the worker's (root) and a copy for the agent (its own user).
+fleet_dir=/var/lib/discomy/fleet agent_fleet_dir=/var/lib/discomy/agent-fleet
+coord_fleet_dir=/var/lib/discomy/coordinator/fleet
+in_fleet=0
+if [ -n "$join_token" ] || [ "$fleet" = 1 ] || [ -s "$R$fleet_dir/node.pem" ]; then in_fleet=1; fi
 [[ "$builder_name" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "--builder-name '$builder_name': letters, digits, '.', '_', '-'"
 for c in "${chroots[@]}"; do
   [[ "$c" =~ ^[A-Za-z0-9._-]{1,64}=/[^\"[:space:]]*$ ]] || die "--chroot '$c': expected NAME=/ABSOLUTE/DIR"
@@ -309,6 +354,7 @@ where=$coordinator$farm
 if [ -n "${has[coordinator]:-}" ]; then
   f=$etc/coordinator.env
   set_var "$f" DISCOMY_FARM "$farm" coordinator
+  set_var "$f" DISCOMY_FLEET_DIR "$([ "$fleet" = 0 ] || echo "$coord_fleet_dir")" coordinator
   set_var "$f" DISCOMY_COORDINATOR_ARGS \
     "--state-dir /var/lib/discomy/coordinator --api-listen $api_listen${token_args:+ $token_args}" coordinator
 fi
@@ -325,12 +371,14 @@ set_coordinator() {
 if [ -n "${has[worker]:-}" ]; then
   f=$etc/worker.env
   set_coordinator "$f" worker
+  set_var "$f" DISCOMY_FLEET_DIR "$([ "$in_fleet" = 0 ] || echo "$fleet_dir")" worker
   args="$token_args${slots:+ --slots $slots}"
   set_var "$f" DISCOMY_WORKER_ARGS "${args# }" worker
 fi
 if [ -n "${has[agent]:-}" ]; then
   f=$etc/agent.env
   set_coordinator "$f" agent
+  set_var "$f" DISCOMY_FLEET_DIR "$([ "$in_fleet" = 0 ] || echo "$agent_fleet_dir")" agent
   args="$token_args --socket-group ${socket_group:-discomy}"
   set_var "$f" DISCOMY_AGENT_ARGS "${args# }" agent
 fi
@@ -391,8 +439,82 @@ for role in $all_roles; do
     stop_role "$role"
   fi
 done
+# Joins the fleet (once: a certificate already there is kept and renews itself). Prints the join
+# command's JSON outcome.
+join_fleet() { # join_fleet COORDINATOR CA TOKEN WAIT
+  local roles=() r
+  for r in worker agent builder; do [ -z "${has[$r]:-}" ] || roles+=("$r"); done
+  local wait_args=(--no-wait)
+  [ "$4" = 0 ] || wait_args=(--wait "$4")
+  mkdir -p "$fleet_dir"
+  chmod 0700 "$fleet_dir"
+  DISCOMY_JOIN_TOKEN=$3 discomy-compilerd --coordinator "$1" --fleet-dir "$fleet_dir" join \
+    --ca "$2" --name "$node_name" --roles "$(IFS=,; echo "${roles[*]}")" \
+    --organisation "$organisation" --contact "$contact" "${wait_args[@]}"
+}
+json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+# The agent runs as its own user: it gets its own copy of the node's key and certificate (each
+# copy renews on its own).
+agent_copy() {
+  [ -n "${has[agent]:-}" ] && [ -s "$fleet_dir/node.pem" ] || return 0
+  [ ! -s "$agent_fleet_dir/node.pem" ] || return 0
+  install -d -m 0700 -o discomy -g discomy "$agent_fleet_dir" 2>/dev/null || install -d -m 0700 "$agent_fleet_dir"
+  local f
+  for f in ca.pem node.pem node.key; do
+    install -m 0600 "$fleet_dir/$f" "$agent_fleet_dir/$f"
+    chown discomy:discomy "$agent_fleet_dir/$f" 2>/dev/null || true
+  done
+  chown discomy:discomy "$agent_fleet_dir" 2>/dev/null || true
+}
+# After the coordinator: this host's own node, when it is in the fleet.
+enrol() {
+  [ "$in_fleet" = 1 ] || return 0
+  local others=0 r
+  for r in worker agent builder; do [ -z "${has[$r]:-}" ] || others=1; done
+  [ "$others" = 1 ] || return 0
+  if [ ! -s "$fleet_dir/node.pem" ]; then
+    if [ "$fleet" = 1 ]; then
+      # The coordinator's own host: the operator running this holds its admin certificate.
+      local local_coord=127.0.0.1:3634 i out request t
+      for ((i = 0; i < 200; i++)); do [ -s "$coord_fleet_dir/admin.pem" ] && break; sleep 0.1; done
+      [ -s "$coord_fleet_dir/admin.pem" ] || die "the coordinator made no $coord_fleet_dir/admin.pem"
+      t=""
+      for ((i = 0; i < 50; i++)); do
+        t=$(discomy nodes --coordinator "$local_coord" --fleet-dir "$coord_fleet_dir" --json token --uses 1 --ttl 600 2>/dev/null | json_field token) || true
+        [ -z "$t" ] || break
+        sleep 0.2
+      done
+      [ -n "$t" ] || die "the local coordinator made no join token"
+      out=$(join_fleet "$local_coord" "$coord_fleet_dir/ca.pem" "$t" 0)
+      request=$(printf '%s' "$out" | json_field request)
+      discomy nodes --coordinator "$local_coord" --fleet-dir "$coord_fleet_dir" approve "$request" >/dev/null
+      join_fleet "$local_coord" "$coord_fleet_dir/ca.pem" "$t" 30 >/dev/null
+      say "enrolled this host's node $node_name (request $request) with the local admin certificate"
+    else
+      local out state request
+      out=$(join_fleet "$coordinator" "$ca" "$join_token" "$wait_approval") ||
+        die "joining the fleet at $coordinator failed (see above)"
+      state=$(printf '%s' "$out" | json_field state)
+      request=$(printf '%s' "$out" | json_field request)
+      if [ "$state" != approved ]; then
+        say "pending: join request $request of node $node_name waits for the operator (discomy nodes approve $request); run this again then"
+      else
+        say "joined the fleet as $node_name (request $request)"
+      fi
+    fi
+  fi
+  agent_copy
+}
 for role in $order; do
   [ -n "${has[$role]:-}" ] || continue
+  if [ "$role" != coordinator ] && [ "$in_fleet" = 1 ] && [ -z "${enrolled:-}" ]; then
+    enrolled=1
+    enrol
+  fi
+  if [ "$in_fleet" = 1 ] && { [ "$role" = worker ] || [ "$role" = agent ]; } && [ ! -s "$fleet_dir/node.pem" ]; then
+    say "$role not started: this node is not approved yet"
+    continue
+  fi
   if [ "$systemd" = 1 ]; then
     systemctl daemon-reload
     if [[ "$changed_roles" == *" $role "* ]] && systemctl is-active --quiet "discomy-$role.service"; then

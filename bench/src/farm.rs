@@ -99,11 +99,49 @@ pub struct DiscomyFarm {
     _dir: TempDir,
 }
 
+/// A farm CA and fleet directories for a worker and an agent (`--fleet-dir`), made in `dir`.
+fn fleet_dirs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use discomy_protocol::fleet::FleetRole;
+    use discomy_protocol::plumbing::fs::{WriteOptions, write_atomically_with};
+    let (ca, _) = discomy_protocol::tls::Ca::create("bench")?;
+    let day = Duration::from_secs(86_400);
+    let mut out = Vec::new();
+    for (name, role) in [("worker", FleetRole::Worker), ("agent", FleetRole::Agent)] {
+        let fleet = dir.join(format!("{name}-fleet"));
+        std::fs::create_dir(&fleet).with_context(|| format!("creating {}", fleet.display()))?;
+        let (issued, key) = ca.issue_with_key(name, &[role], day)?;
+        for (file, text, mode) in [
+            ("ca.pem", ca.pem(), 0o644),
+            ("node.pem", issued.pem.as_str(), 0o644),
+            ("node.key", key.as_str(), 0o600),
+        ] {
+            let how = WriteOptions { mode: Some(mode), ..WriteOptions::default() };
+            write_atomically_with(&fleet.join(file), &[text.as_bytes()], how)?;
+        }
+        out.push(fleet);
+    }
+    let agent = out.pop().context("two fleet directories")?;
+    let worker = out.pop().context("two fleet directories")?;
+    Ok((worker, agent))
+}
+
 impl DiscomyFarm {
+    /// Plain TCP between agent and worker (a lab farm's default).
     pub fn start(compilerd: &Path, slots: u32) -> Result<Self> {
+        Self::start_with(compilerd, slots, false)
+    }
+
+    /// With `tls`, the working fleet's mutual TLS between agent and worker (certificates of a
+    /// CA made for the run).
+    pub fn start_with(compilerd: &Path, slots: u32, tls: bool) -> Result<Self> {
         let dir = crate::proc::temp_dir("discomy-bench-farm.")?;
+        let fleet = if tls { Some(fleet_dirs(dir.path())?) } else { None };
         let addr_file = dir.path().join("worker.addr");
-        let worker_job = Job::new(compilerd, dir.path())
+        let mut worker_job = Job::new(compilerd, dir.path());
+        if let Some((worker_fleet, _)) = &fleet {
+            worker_job = worker_job.arg("--fleet-dir").arg(worker_fleet);
+        }
+        let worker_job = worker_job
             .args(["worker", "--listen", "127.0.0.1:0", "--slots"])
             .arg(slots.to_string())
             .arg("--addr-file")
@@ -117,7 +155,11 @@ impl DiscomyFarm {
         })?;
 
         let socket = dir.path().join("agent.sock");
-        let agent_job = Job::new(compilerd, dir.path())
+        let mut agent_job = Job::new(compilerd, dir.path());
+        if let Some((_, agent_fleet)) = &fleet {
+            agent_job = agent_job.arg("--fleet-dir").arg(agent_fleet);
+        }
+        let agent_job = agent_job
             .arg("agent")
             .arg("--socket")
             .arg(&socket)

@@ -18,6 +18,7 @@ mod queue_bench;
 mod queue_overhead;
 mod sim;
 mod stats;
+mod tls_cost;
 mod toolchain_cost;
 mod whole_build;
 
@@ -58,6 +59,9 @@ enum Cmd {
     /// The build queue's cost per package: `discomy submit --batch` to a coordinator and a
     /// builder vs the same rpmbuilds in a shell loop, same chroot and isolation.
     QueueOverhead(queue_overhead::Args),
+    /// What the working fleet's mutual TLS costs a unit: the same units through a plain and a
+    /// TLS agent-to-worker link, side by side, default settings.
+    TlsCost(tls_cost::Args),
 }
 
 /// Options shared by both subcommands.
@@ -96,6 +100,7 @@ fn main() {
         Cmd::Cache(a) => cache_bench::run(a),
         Cmd::Queue(a) => queue_bench::run(a),
         Cmd::QueueOverhead(a) => queue_overhead::run(a).map(|()| 0),
+        Cmd::TlsCost(a) => tls_cost::run(a),
     };
     match result {
         Ok(0) => {}

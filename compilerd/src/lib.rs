@@ -8,13 +8,15 @@
 //!   ([`agent::pool`] for host lists, the coordinator's placements otherwise, the workers it
 //!   remembers from the coordinator while none answers: [`agent::remembered`]) and counts what
 //!   every compiler call became (`discomy stats`).
-//! - [`worker`]: the donor host's TCP server: units checked ([`worker::argcheck`]), run in the
-//!   sandbox ([`worker::exec`], source mode in [`worker::source_unit`]), and its listener for
-//!   real distcc clients ([`worker::distcc`]).
+//! - [`worker`]: the donor host's TCP server: units checked ([`worker::argcheck`]), taken from
+//!   request to answer ([`worker::unit`], native and source mode), run in the sandbox
+//!   ([`worker::exec`]), and its listener for real distcc clients ([`worker::distcc`]).
 //! - [`builder`]: the builder role, whole package builds in chroots for the coordinator's build
 //!   queue (report loop, downloads, rpmbuild as an unprivileged user in a cgroup, uploads).
 //! - [`coord`]: membership in a coordinated farm (discovery, the agent's placements, the
 //!   worker's load reports, `discomy status`).
+//! - [`fleet`]: this host in the working fleet: its TLS identity (the process's one
+//!   transport), `discomy-compilerd join`, certificate renewal.
 //! - [`distcc`]: distcc's client side, argv and `--allow` lists.
 //! - [`store`]: toolchains, source-mode files, the farm tier of the object cache, uploads.
 //! - [`sandbox`]: the worker's side of the `discomy-sandbox` helper, warm helpers, leftovers of
@@ -26,6 +28,7 @@ pub mod agent;
 pub mod builder;
 pub mod coord;
 pub mod distcc;
+pub mod fleet;
 pub mod hosts;
 pub mod run;
 pub mod sandbox;

@@ -11,13 +11,14 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("run", &["hosts"]),
     ("top", &["coord"]),
     ("submit", &["coord"]),
-    ("agent", &["coord", "distcc", "store", "sandbox", "hosts"]),
-    ("builder", &["coord", "store", "sandbox", "hosts"]),
-    ("worker", &["coord", "distcc", "store", "sandbox", "hosts"]),
-    ("coord", &["store", "sandbox", "hosts"]),
+    ("agent", &["coord", "distcc", "store", "sandbox", "hosts", "fleet"]),
+    ("builder", &["coord", "store", "sandbox", "hosts", "fleet"]),
+    ("worker", &["coord", "distcc", "store", "sandbox", "hosts", "fleet"]),
+    ("coord", &["store", "sandbox", "hosts", "fleet"]),
     ("distcc", &["hosts"]),
-    ("store", &["sandbox", "hosts"]),
+    ("store", &["sandbox", "hosts", "fleet"]),
     ("sandbox", &[]),
+    ("fleet", &[]),
     ("hosts.rs", &[]),
 ];
 
@@ -74,5 +75,44 @@ fn every_room_is_listed() {
             continue;
         }
         assert!(ROOMS.iter().any(|(r, _)| *r == name), "{name} is in no room of this test");
+    }
+}
+
+/// Issue 13: one compile job is traceable in at most six files. The opening paragraph of
+/// ARCHITECTURE.md's "The life of one compile job" names, in backticks, every file on the path of
+/// a source-mode unit; each must be a repository path that exists and stays readable.
+#[test]
+fn one_compile_job_is_traceable_in_six_files() {
+    const MOST_FILES: usize = 6;
+    const MOST_LINES: usize = 600;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("The life of one compile job"))
+        .expect("ARCHITECTURE.md has a section \"The life of one compile job\"");
+    let paragraph = section
+        .split("\n\n")
+        .find(|p| p.trim_start().starts_with("Files on the path"))
+        .expect("the section opens with a \"Files on the path ...\" paragraph");
+    // Every backticked file name counts, whether it names its crate or not (`worker/x.rs` is a
+    // file on the path too, and then fails the existence check).
+    let mut files: Vec<&str> = Vec::new();
+    for (i, span) in paragraph.split('`').enumerate() {
+        if i % 2 == 1 && span.ends_with(".rs") && !files.contains(&span) {
+            files.push(span);
+        }
+    }
+    assert!(!files.is_empty(), "no files listed in:\n{paragraph}");
+    assert!(
+        files.len() <= MOST_FILES,
+        "{} files on the path of one compile job (at most {MOST_FILES}): {files:?}",
+        files.len()
+    );
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file))
+            .unwrap_or_else(|e| panic!("{file} (listed in ARCHITECTURE.md) is not readable: {e}"));
+        let lines = text.lines().count();
+        assert!(lines < MOST_LINES, "{file} has {lines} lines (at most {MOST_LINES} - 1)");
     }
 }

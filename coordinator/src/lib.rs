@@ -5,6 +5,7 @@
 //! - [`server`]: the tokio daemon (nodes, agents, status, liveness, connect-back checks).
 //! - [`config_manager`]: the configuration file (`--config`), checked at start.
 //! - [`ops`]: the operations room: the package build queue, builders' green light, its API.
+//! - [`fleet`]: the working fleet: farm CA, join tokens and requests, certificates, revocation.
 //! - [`mdns`]: the `_discomy._tcp.local.` advertisement.
 //! - [`metrics`]: `/metrics` (the farm, the build queue) for Prometheus.
 //! - [`wuimy`]: the web UI under `/ui/` (farm, queue, jobs with live logs, repositories, actions).
@@ -15,6 +16,7 @@
 
 pub mod config_manager;
 pub mod core;
+pub mod fleet;
 pub mod icemon;
 pub mod mdns;
 pub mod metrics;

@@ -12,8 +12,10 @@ use discomy_protocol::asyncio::{
     Conn, client_handshake, recv, recv_ready, send, send_all, server_handshake,
 };
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, NodeLogin};
+use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::plumbing::admission::{Admission, Limits, Peer, Ticket};
-use discomy_protocol::{AuthConfig, PeerKind, ProtocolError, Request, Response};
+use discomy_protocol::tls::{FarmStream, Transport};
+use discomy_protocol::{AuthConfig, ProtocolError, Request, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,9 @@ pub struct CoordinatorConfig {
     pub verify_timeout: Duration,
     /// Where quarantined worker addresses are kept across restarts (none: in memory only).
     pub quarantine_file: Option<std::path::PathBuf>,
+    /// The working fleet (farm CA, certificates, mutual TLS on the listener); none: a
+    /// plain-token lab farm.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl CoordinatorConfig {
@@ -47,7 +52,13 @@ impl CoordinatorConfig {
             node_timeout: Duration::from_millis(2500),
             verify_timeout: Duration::from_secs(3),
             quarantine_file: None,
+            fleet: None,
         }
+    }
+
+    /// How the listener and the connect-back checks carry their links.
+    pub fn transport(&self) -> Transport {
+        self.fleet.as_ref().map(|f| f.transport()).unwrap_or_default()
     }
 }
 
@@ -225,8 +236,12 @@ async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let kind = if peer.ip().is_loopback() { PeerKind::Loopback } else { PeerKind::Remote };
-    let handshake = server_handshake(stream, &shared.config.auth, kind);
+    let transport = shared.config.transport();
+    let kind = transport.peer_kind(peer);
+    let handshake = async {
+        let stream = transport.accept(stream).await.map_err(ProtocolError::Io)?;
+        server_handshake(stream, &shared.config.auth, kind).await
+    };
     let handshake = tokio::select! {
         _ = ticket.evicted() => return,
         h = tokio::time::timeout(Duration::from_secs(10), handshake) => h,
@@ -240,6 +255,7 @@ async fn serve(
         }
         Err(_) => return,
     };
+    let cert = conn.get_ref().peer_cert();
     let first = tokio::select! {
         _ = ticket.evicted() => return,
         f = tokio::time::timeout(Duration::from_secs(10), recv::<_, CoordRequest>(&mut conn)) => f,
@@ -249,24 +265,57 @@ async fn serve(
         Ok(Ok(first)) => first,
         _ => return,
     };
-    match first {
-        CoordRequest::NodeLogin(login) => serve_node(conn, peer, login, shared, shutdown).await,
-        CoordRequest::AgentLogin { host } => serve_agent(conn, host, shared, shutdown).await,
-        CoordRequest::Status => {
-            let status = shared.core().status();
-            let _ = send(&mut conn, &CoordResponse::Status(status)).await;
+    let fleet = shared.config.fleet.clone();
+    if let Err(reason) = crate::fleet::serve::admit(fleet.as_deref(), cert.as_ref(), &first) {
+        warn!(%peer, %reason, "refused a request");
+        let _ = send(&mut conn, &CoordResponse::Refused { reason }).await;
+        return;
+    }
+    // A revoked certificate's connections end within the revocation.
+    let revoked = match (&fleet, &cert) {
+        (Some(fleet), Some(cert)) => fleet.session(cert),
+        _ => CancellationToken::new(),
+    };
+    let _ended = revoked.clone().drop_guard();
+    let session = async {
+        match first {
+            CoordRequest::NodeLogin(login) => serve_node(conn, peer, login, shared, shutdown).await,
+            CoordRequest::AgentLogin { host } => serve_agent(conn, host, shared, shutdown).await,
+            CoordRequest::Status => {
+                let status = shared.core().status();
+                let _ = send(&mut conn, &CoordResponse::Status(status)).await;
+            }
+            msg @ (CoordRequest::Join(_)
+            | CoordRequest::JoinPoll { .. }
+            | CoordRequest::Renew { .. }
+            | CoordRequest::Fleet(_)) => {
+                if let Some(fleet) = &fleet {
+                    let _ = crate::fleet::serve::answer(fleet, &mut conn, peer, cert.as_ref(), msg)
+                        .await;
+                }
+            }
+            other => {
+                let reason = format!("expected a login, got {other:?}");
+                let _ = send(&mut conn, &CoordResponse::Refused { reason }).await;
+            }
         }
-        other => {
-            let reason = format!("expected a login, got {other:?}");
-            let _ = send(&mut conn, &CoordResponse::Refused { reason }).await;
-        }
+    };
+    tokio::select! {
+        _ = revoked.cancelled() => info!(%peer, "closed a revoked peer's connection"),
+        _ = session => {}
     }
 }
 
 /// Connects to a node's advertised address as an agent would, and pings its worker.
-async fn verify_address(address: &str, auth: &AuthConfig, limit: Duration) -> Result<(), String> {
+async fn verify_address(
+    address: &str,
+    transport: &Transport,
+    auth: &AuthConfig,
+    limit: Duration,
+) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        let stream =
+            transport.connect(address, FleetRole::Worker).await.map_err(|e| e.to_string())?;
         let mut conn = client_handshake(stream, auth).await.map_err(|e| e.to_string())?;
         send(&mut conn, &Request::Ping).await.map_err(|e| e.to_string())?;
         match recv::<_, Response>(&mut conn).await.map_err(|e| e.to_string())? {
@@ -281,14 +330,20 @@ async fn verify_address(address: &str, auth: &AuthConfig, limit: Duration) -> Re
 }
 
 async fn serve_node(
-    mut conn: Conn<TcpStream>,
+    mut conn: Conn<FarmStream>,
     peer: SocketAddr,
     login: NodeLogin,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    if let Err(why) =
-        verify_address(&login.address, &shared.config.auth, shared.config.verify_timeout).await
+    let transport = shared.config.transport();
+    if let Err(why) = verify_address(
+        &login.address,
+        &transport,
+        &shared.config.auth,
+        shared.config.verify_timeout,
+    )
+    .await
     {
         let reason = format!(
             "the coordinator cannot reach this node's worker at {} (seen from {peer}): {why}; \
@@ -336,11 +391,22 @@ async fn serve_node(
     };
     info!(node = id, host = %login.host, address = %login.address, slots = login.slots, "node joined");
     let farm = shared.config.farm.clone();
-    if send(&mut conn, &CoordResponse::Welcome { farm, id }).await.is_ok() {
+    let (mut revoked, serials) = crate::fleet::serve::revocations(shared.config.fleet.as_deref());
+    let mut welcome = vec![CoordResponse::Welcome { farm, id }];
+    if !serials.is_empty() {
+        welcome.push(CoordResponse::Revoked { serials });
+    }
+    if send_all(&mut conn, &welcome).await.is_ok() {
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = kick.cancelled() => break,
+                serials = crate::fleet::serve::next_revocation(&mut revoked) => {
+                    if send(&mut conn, &CoordResponse::Revoked { serials }).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 m = recv::<_, CoordRequest>(&mut conn) => m,
             };
             match msg {
@@ -377,7 +443,7 @@ async fn serve_node(
 }
 
 async fn serve_agent(
-    mut conn: Conn<TcpStream>,
+    mut conn: Conn<FarmStream>,
     host: String,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -389,11 +455,18 @@ async fn serve_agent(
         return;
     }
     debug!(agent = id, %host, "agent joined");
+    let (mut revoked, serials) = crate::fleet::serve::revocations(shared.config.fleet.as_deref());
     let mut inbox: Vec<CoordRequest> = Vec::new();
     let mut outbox: Vec<CoordResponse> = Vec::new();
+    if !serials.is_empty() {
+        outbox.push(CoordResponse::Revoked { serials });
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            serials = crate::fleet::serve::next_revocation(&mut revoked) => {
+                outbox.push(CoordResponse::Revoked { serials });
+            }
             out = rx.recv() => match out {
                 Some(out) => outbox.push(out),
                 None => break,

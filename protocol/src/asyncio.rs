@@ -153,7 +153,9 @@ where
     stream.write_all(&preamble(STATUS_OK)).await?;
     let mut reply = [0u8; PREAMBLE_LEN];
     read_exact_or_closed(&mut stream, &mut reply).await?;
-    check_preamble(&reply)?;
+    if check_preamble(&reply)? == crate::handshake::STATUS_TLS_REQUIRED {
+        return Err(ProtocolError::Auth(crate::handshake::TLS_REQUIRED.into()));
+    }
     let mut conn = Framed::new(stream, codec());
     let hello: ServerHello = recv(&mut conn).await?;
     let nonce = random_nonce();

@@ -6,6 +6,7 @@
 //! agent  → AgentLogin, then Place / Done / Status, any number,      ← Welcome, then Placed (by tag),
 //!          pipelined (Status: the farm view the agent remembers)       Hedge, Status
 //! status → Status                                                    ← Status
+//! joiner → Join / JoinPoll; node → Renew; admin → Fleet              (see [`crate::fleet`])
 //! ```
 //!
 //! Enum variants are append-only: never reorder or remove one (postcard encodes the index).
@@ -48,6 +49,22 @@ pub enum CoordRequest {
         /// What was found, for the operator.
         reason: String,
     },
+    /// A host asks to join the fleet (farms with a CA; no client certificate needed). Answered
+    /// with [`CoordResponse::Join`]. Since version 10.
+    Join(crate::fleet::JoinRequest),
+    /// Where does this join request stand? Answered with [`CoordResponse::Join`].
+    JoinPoll {
+        /// The id the coordinator gave the request.
+        request: u64,
+    },
+    /// A node renews its certificate before it expires (over mutual TLS, with the current one):
+    /// same name and roles, new key. Answered with [`CoordResponse::Join`].
+    Renew {
+        /// A PEM certificate request signed by the node's new key.
+        csr_pem: String,
+    },
+    /// An operator's command (admin certificate). Answered with [`CoordResponse::Fleet`].
+    Fleet(crate::fleet::FleetCommand),
 }
 
 /// The coordinator's answers.
@@ -73,6 +90,17 @@ pub enum CoordResponse {
     /// stalled: the agent runs the unit there too, keeps the first answer, and reports both jobs
     /// with `Done` (the loser with `ok: false`).
     Hedge(Placement),
+    /// Where a join or renewal stands. Since version 10.
+    Join(crate::fleet::JoinState),
+    /// The answer to an operator's command.
+    Fleet(crate::fleet::FleetAnswer),
+    /// To nodes and agents of a fleet: certificate serials (hex) revoked so far (after login,
+    /// then on each revocation). A worker refuses their holders from then on, also on
+    /// connections already open.
+    Revoked {
+        /// The serials.
+        serials: Vec<String>,
+    },
 }
 
 /// A worker's login.

@@ -28,6 +28,14 @@ pub const PREAMBLE_LEN: usize = 8;
 pub const STATUS_OK: u8 = 0;
 /// Preamble status: the server speaks another version (its own is in the preamble).
 pub const STATUS_VERSION_MISMATCH: u8 = 1;
+/// Preamble status: the server speaks the farm's mutual TLS and this client came in plain
+/// (sent in clear by a TLS listener that saw a plain preamble, so the client can say why).
+pub const STATUS_TLS_REQUIRED: u8 = 3;
+
+/// What a client says when the server answered [`STATUS_TLS_REQUIRED`].
+pub const TLS_REQUIRED: &str = "the peer speaks the farm's mutual TLS and this host came in \
+                                plain TCP: give it its fleet directory (--fleet-dir or \
+                                DISCOMY_FLEET_DIR)";
 
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,9 @@ pub enum PeerKind {
     Loopback,
     /// Any other TCP peer.
     Remote,
+    /// A TCP peer behind the farm's TLS: who it is comes from its certificate (or, for a
+    /// joiner without one, it may only ask to join), not from the token.
+    Tls,
 }
 
 /// The farm token, if any.
@@ -112,7 +123,7 @@ impl AuthConfig {
                     Err(Refused::WrongToken)
                 }
             }
-            (Some(_), None) if kind == PeerKind::Unix => Ok(()),
+            (Some(_), None) if matches!(kind, PeerKind::Unix | PeerKind::Tls) => Ok(()),
             (Some(_), None) => Err(Refused::TokenRequired),
             (None, _) if kind == PeerKind::Remote => Err(Refused::LoopbackOnly),
             (None, _) => Ok(()),
@@ -199,7 +210,9 @@ pub fn client_handshake<S: Read + Write>(
     stream.flush()?;
     let mut reply = [0u8; PREAMBLE_LEN];
     read_exact_or_closed(stream, &mut reply)?;
-    check_preamble(&reply)?;
+    if check_preamble(&reply)? == crate::handshake::STATUS_TLS_REQUIRED {
+        return Err(ProtocolError::Auth(crate::handshake::TLS_REQUIRED.into()));
+    }
     let hello: ServerHello = read_frame(stream)?;
     let nonce = random_nonce();
     let proof = auth.client_proof(&hello.challenge, &nonce);

@@ -7,6 +7,7 @@
 //! - [`distcc`]: distcc's wire protocol (versions 1 and 2) and its LZO1X-1 codec.
 //! - [`coordinator`]: messages to and from the coordinator (nodes, agents, status).
 //! - [`digest`]: the blake3 [`Digest`] newtype used for content addresses and compiler identity.
+//! - [`fleet`]: joining the fleet: requests, host facts, roles, operators' commands.
 //! - [`frame`]: frame size limits and the synchronous frame reader/writer (used by the wrapper).
 //! - [`handshake`]: preamble (magic + version) and token challenge-response, synchronous side.
 //! - [`message`]: requests and responses.
@@ -20,6 +21,8 @@
 //! - [`stats`]: what each compiler call became, reported to the agent, and the agent's totals.
 //! - [`toolchain`]: content-addressed toolchain manifests.
 //! - `asyncio` (feature `tokio`): the same framing and handshake over tokio streams.
+//! - `tls` (feature `tls`): the farm's mutual TLS 1.3, its CA and certificates (not wire types:
+//!   the transport under the same frames, shared by every daemon).
 //!
 //! # Crate features
 //! - `tokio`: async framing ([`tokio_util::codec::LengthDelimitedCodec`]) and handshake.
@@ -32,6 +35,7 @@ pub mod coordinator;
 pub mod digest;
 pub mod distcc;
 mod error;
+pub mod fleet;
 pub mod frame;
 pub mod handshake;
 pub mod message;
@@ -41,6 +45,8 @@ pub mod plumbing;
 pub mod sources;
 pub mod specdeps;
 pub mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod toolchain;
 
 pub use digest::Digest;
@@ -66,6 +72,6 @@ pub mod version {
     /// verification of remote results (`CompileResult::verify`, the wrapper's `Verified`, the
     /// agent's `Quarantine` of a node to its coordinator). Version 9: LTRANS units (source-mode
     /// units of `-x lto … -fltrans`, which workers before it refuse) and the agent's
-    /// `LtransStats`.
-    pub const CURRENT: u16 = 9;
+    /// `LtransStats`. Version 10: the working fleet (`Join`, `JoinPoll`, `Renew`, `Fleet`).
+    pub const CURRENT: u16 = 10;
 }

@@ -17,7 +17,13 @@
 //!         → POST /api/v1/jobs/ID/log?attempt=N&offset=O           (log bytes, appended)
 //!         → PUT  /api/v1/jobs/ID/artifacts?attempt=N&name=F&blake3=HEX&size=S  (an RPM or log)
 //!         → POST /api/v1/jobs/ID/finish           FinishRequest   ← JobView
+//! admin   → POST|GET /api/v1/tokens, DELETE /api/v1/tokens/ID  (tenant tokens, see below)
 //! ```
+//!
+//! Who may call what: the farm token may call everything (the lab's and the bootstrap
+//! credential); a tenant token ([`TokenInfo`]) only what its scopes allow: any token reads
+//! (`GET`), `submit` uploads sources and submits, `admin` cancels, retries, reprioritises and
+//! manages tokens; builders' endpoints take the farm token only.
 //!
 //! A builder's report is also its heartbeat and its request for work: the coordinator answers
 //! with at most one new [`Assignment`] (the green light, given from the builder's free capacity)
@@ -28,6 +34,12 @@
 //! are added with `#[serde(default)]`, never removed.
 
 use serde::{Deserialize, Serialize};
+
+mod tokens;
+pub use tokens::{
+    MAX_LIVE_TOKENS, MAX_TOKEN_NAME, TOKEN_PREFIX, TOKEN_SECRET_HEX, TokenCreateRequest,
+    TokenCreated, TokenInfo, TokenScope, parse_token,
+};
 
 /// The API's path prefix.
 pub const API_PREFIX: &str = "/api/v1";

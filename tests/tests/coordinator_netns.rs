@@ -2,7 +2,8 @@
 //! a coordinator in one, a worker in each of three more, and the build host in the last. Nobody
 //! is given an address: workers and the build host's agent find the coordinator over mDNS by
 //! farm name, the coordinator connects back to each worker's address, and Lua builds through
-//! the farm with objects identical to a local build.
+//! the farm with objects identical to a local build. And a rogue coordinator of another CA
+//! advertising the same farm gets no node of the working fleet.
 //!
 //! Skipped, with a message, where network namespaces cannot be created (not root, no `ip`).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
@@ -135,4 +136,72 @@ fn farm_found_over_mdns_across_namespaces() {
     assert_eq!(summary["failed"], 0);
     assert!(summary["remote"].as_u64().unwrap_or(0) > 0, "nothing ran remotely: {summary}");
     drop((agent, workers, coord));
+}
+
+/// A rogue coordinator advertising the same farm over mDNS, with a CA of its own: a fleet worker
+/// that discovers both joins the real one only (the rogue's certificate does not chain to the CA
+/// it enrolled with), whichever answers first.
+#[test]
+fn a_rogue_coordinator_on_mdns_gets_no_fleet_node() {
+    use discomy_protocol::fleet::FleetRole;
+    let net = match Net::create(78, 3) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot create network namespaces here ({why})");
+            return;
+        }
+    };
+    let farm = format!("rogue-{}", net.id);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fleet = |name: &str| tmp.path().join(name);
+    // The rogue first, so that it is on the network before the real one.
+    let mut procs = Vec::new();
+    for (i, name) in [(1, "rogue"), (0, "coordinator")] {
+        let mut cmd = net.command(i, &bin("discomy-coordinator"));
+        cmd.args(["--listen", "0.0.0.0:3634", "--farm", &farm, "--fleet-dir"]).arg(fleet(name));
+        procs.push(Proc::spawn(name, &mut cmd, tmp.path()));
+        wait_until("its admin certificate", Duration::from_secs(20), &mut procs, || {
+            fleet(name).join("admin.pem").exists()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The worker's certificate, issued by the real farm CA (as `discomy nodes approve` would).
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let ca = discomy_protocol::tls::Ca::load(
+        &read(fleet("coordinator").join("ca.pem")),
+        &read(fleet("coordinator").join("ca.key")),
+    )
+    .unwrap();
+    let (issued, key) =
+        ca.issue_with_key("donor", &[FleetRole::Worker], Duration::from_secs(3600)).unwrap();
+    let wdir = fleet("worker");
+    std::fs::create_dir(&wdir).unwrap();
+    std::fs::write(wdir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(wdir.join("node.pem"), &issued.pem).unwrap();
+    std::fs::write(wdir.join("node.key"), &key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(wdir.join("node.key"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let mut cmd = net.command(2, &bin("discomy-compilerd"));
+    cmd.env("TMPDIR", discomy_tests::private_tmp(tmp.path(), "worker"))
+        .args(["--farm", &farm, "--fleet-dir"])
+        .arg(&wdir)
+        .args(["worker", "--listen", "0.0.0.0:3633", "--slots", "1", "--store"])
+        .arg(tmp.path().join("worker.store"));
+    procs.push(Proc::spawn("worker", &mut cmd, tmp.path()));
+    let nodes = |i: usize, dir: &str| {
+        let out = net
+            .command(i, &bin("discomy"))
+            .args(["status", "--json", "--coordinator", "127.0.0.1:3634", "--fleet-dir"])
+            .arg(fleet(dir))
+            .output()
+            .expect("discomy status");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["nodes"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    wait_until("the worker in the real farm", Duration::from_secs(60), &mut procs, || {
+        nodes(0, "coordinator") == 1
+    });
+    assert_eq!(nodes(1, "rogue"), 0, "the rogue coordinator got the fleet's worker");
+    drop(procs);
 }

@@ -4,7 +4,8 @@
 //!   links, units, sysusers, configuration, manifest), the second says "no changes" and changes
 //!   no file;
 //! - configure with flags writes the role variables and the token (twice: the second writes
-//!   nothing), and refuses bad input (an unknown role, a malformed address, `--join-token`);
+//!   nothing), and refuses bad input (an unknown role, a malformed address, a join token
+//!   without the farm CA, `--fleet` without the coordinator role);
 //! - an edited configuration file survives a re-install (no .new while what is shipped did not
 //!   change) and `--uninstall`, which leaves nothing else; `--uninstall --purge` leaves nothing;
 //! - `release.sh VERSION --dry-run --no-rpm` in a clone shows the bump and the CHANGELOG's new
@@ -150,7 +151,8 @@ fn install_configure_uninstall_purge_in_a_temporary_root() {
     for (bad, why) in [
         (&["--role", "donor", "--coordinator", "c1"][..], "unknown role"),
         (&["--role", "worker", "--coordinator", "bad host!"][..], "expected HOST[:PORT]"),
-        (&["--role", "worker", "--coordinator", "c1", "--join-token", "x"][..], "issue 17"),
+        (&["--role", "worker", "--coordinator", "c1", "--join-token", "x"][..], "--ca FILE"),
+        (&["--role", "worker", "--coordinator", "c1", "--fleet"][..], "--fleet goes with"),
         (&["--role", "builder", "--coordinator", "c1"][..], "--chroot"),
     ] {
         let out = run(&mut configure(&root, bad));

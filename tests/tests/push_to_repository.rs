@@ -5,9 +5,11 @@
 //! pipeline's batch; a builder builds it in its chroot with the farm under it; the
 //! final_aggregator signs the RPMs (rpmsign), makes the metadata (createrepo_c), signs
 //! `repomd.xml` (gpg) and switches the repository atomically; Debian's `dnf` installs argparse
-//! from it into an empty root with `gpgcheck=1 repo_gpgcheck=1`; `discomy repo verify` passes;
-//! and the commit status reaches a forge API on loopback as `pending`, then `success`. A second
-//! push with a broken spec ends in `failure`, and publishes nothing.
+//! from it into an empty root with `gpgcheck=1 repo_gpgcheck=1`; `discomy repo verify` passes and
+//! the web UI's repositories page shows it; and the commit status reaches a forge API on loopback
+//! as `pending`, then `success`. A second push with a broken spec ends in `failure`, and publishes
+//! nothing. Last, a file slipped into the repository fails the verify, and the page shows that
+//! verify and names the file.
 //!
 //! Without the chroot, dnf or the signing tools (or not as root) the test is skipped with a
 //! message, unless `CI` is set: then it fails.
@@ -44,6 +46,35 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
     let found = chroot_prerequisites()
         .and_then(|f| if missing.is_empty() { Ok(f) } else { Err(format!("missing {missing:?}")) });
     discomy_tests::or_skip("push_to_repository", found)
+}
+
+/// `GET /ui/repos` (a loopback client of a coordinator without a token needs no login): the
+/// last-verify row of `name`, from its `<tr>` to its `</tr>`.
+fn verify_row(api: &str, name: &str) -> String {
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+    let t0 = Instant::now();
+    let html = agent.get(format!("{api}/ui/repos")).call().unwrap().body_mut().read_to_string();
+    let html = html.unwrap();
+    eprintln!("[e2e] /ui/repos: {} bytes in {:.1?}", html.len(), t0.elapsed());
+    let start = html.find(&format!("<tr id=\"verify-{name}\"")).expect("a last-verify row");
+    let row = &html[start..];
+    row[..row.find("</tr>").unwrap()].to_string()
+}
+
+/// `discomy repo verify REPO --public-key KEY --json`: whether it passed, and what it printed.
+fn repo_verify(repo: &Path, public_key: &Path) -> (bool, String) {
+    let out = clean_command(bin("discomy"))
+        .args(["repo", "verify"])
+        .arg(repo)
+        .arg("--public-key")
+        .arg(public_key)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -262,21 +293,11 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
         "argparse.lua not installed"
     );
 
-    // discomy repo verify: every file, checksum and signature.
-    let out = clean_command(bin("discomy"))
-        .args(["repo", "verify"])
-        .arg(&repo)
-        .arg("--public-key")
-        .arg(&public_key)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // discomy repo verify: every file, checksum and signature; the web UI shows its result.
+    let (ok, text) = repo_verify(&repo, &public_key);
+    assert!(ok, "verify: {text}");
+    let row = verify_row(&api.url, "el9-x86_64");
+    assert!(row.contains("data-verdict=\"ok\"") && row.contains("discomy repo verify"), "{row}");
 
     // A broken spec: failure, and nothing new published.
     let generation = fs::read_link(&repo).unwrap();
@@ -305,6 +326,15 @@ fn a_push_ends_in_a_signed_repository_dnf_installs_from_and_a_success_status() {
         let d = wait_for_job(&api, *id, BUILD, "end", |d| state_of(d) == "failed");
         assert_eq!(d["job"]["failure"]["kind"], "dependency", "{d:#}");
     }
+    // Tampered with (a file the manifest does not list): the verify fails, and the page says so.
+    fs::write(repo.join("Packages/stranger.rpm"), b"not a package").unwrap();
+    let (ok, text) = repo_verify(&repo, &public_key);
+    assert!(!ok && text.contains("stranger.rpm"), "verify: {text}");
+    let row = verify_row(&api.url, "el9-x86_64");
+    assert!(
+        row.contains("data-verdict=\"failed\"") && row.contains("Packages/stranger.rpm"),
+        "{row}"
+    );
     drop(farm.agent);
     let _ =
         Command::new("gpgconf").arg("--homedir").arg(&gnupg).args(["--kill", "gpg-agent"]).status();

@@ -1,7 +1,9 @@
 //! The virtual farm (`scripts/vfarm`) end to end, as the README shows it to a newcomer:
-//! `vfarm up 3` makes three hosts (network namespaces on a private bridge, each pivoted into its
-//! own root tree) and installs discomy in each with `scripts/install.sh --root` and
-//! `scripts/configure.sh --no-systemd`; `vfarm build --json` builds Lua 5.4's RPM through the
+//! `vfarm up 3 --fleet` makes three hosts (network namespaces on a private bridge, each pivoted
+//! into its own root tree) and installs discomy in each with `scripts/install.sh --root` and
+//! `scripts/configure.sh --no-systemd`, as a working fleet (issue 17): h1's coordinator owns the
+//! farm CA, h2 and h3 get provisioning bundles, run their `join.sh`, wait as pending, are approved
+//! and then take units over mutual TLS; `vfarm build --json` builds Lua 5.4's RPM through the
 //! coordinator's queue, the builder of h3 and the workers of h1 and h2; `vfarm status --json`
 //! shows the hosts, their daemons and the coordinator's nodes; `vfarm down` removes everything.
 //!
@@ -120,7 +122,7 @@ fn vfarm_up_build_status_down() {
     let bins = bins.to_str().unwrap();
 
     let started = Instant::now();
-    let up = farm.run(&["up", "3", "--from", bins]);
+    let up = farm.run(&["up", "3", "--from", bins, "--fleet"]);
     let up_time = started.elapsed();
     eprintln!("[vfarm] up 3 in {up_time:.1?}:\n{up}");
 
@@ -137,6 +139,20 @@ fn vfarm_up_build_status_down() {
     assert_eq!(pids.len(), 5, "coordinator, 2 workers, agent, builder: {status:#}");
     assert_eq!(status["coordinator"]["nodes"].as_array().map(Vec::len), Some(2), "{status:#}");
     assert_eq!(status["agent"]["coordinator_joined"], true, "{status:#}");
+    // The working fleet: h1's worker enrolled with the local admin certificate, h2 and h3 joined
+    // through their bundles' join.sh, waited as pending, and were approved.
+    let fleet = status["fleet"].as_array().unwrap();
+    let mut approved: Vec<&str> = fleet
+        .iter()
+        .filter(|n| n["state"] == "approved")
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    approved.sort_unstable();
+    let names: Vec<String> = (1..=3).map(|i| format!("{}-h{i}", farm.name)).collect();
+    assert_eq!(approved.len(), 3, "{fleet:?}");
+    for name in &names[1..] {
+        assert!(approved.contains(&name.as_str()), "{name} not approved: {fleet:?}");
+    }
 
     let started = Instant::now();
     let build = json(&farm.run(&["build", "--json"]));
@@ -170,8 +186,8 @@ fn vfarm_up_build_status_down() {
     let status = json(&farm.run(&["status", "--json"]));
     assert!(status["agent"]["remote"].as_u64().unwrap() >= remote, "{status:#}");
 
-    // configure.sh on a live host, as its administrator would run it again: same settings, so
-    // the running worker is left alone; then --stop stops it (and only it).
+    // configure.sh on a live host, as its administrator would run it again: same settings (its
+    // certificate is kept, no join token needed), so the running worker is left alone; then --stop stops it (and only it).
     let worker_pid = status["hosts"][1]["daemons"][0]["pid"].as_u64().unwrap();
     let again = farm.run(&[
         "exec",
@@ -181,7 +197,7 @@ fn vfarm_up_build_status_down() {
         "--role",
         "worker",
         "--coordinator",
-        "10.77.0.1",
+        "10.77.0.1:3634",
         "--slots",
         "2",
     ]);

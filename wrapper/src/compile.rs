@@ -20,8 +20,7 @@ use tracing::{debug, info};
 use crate::args::{Class, Unit, classify};
 use crate::client::AgentClient;
 use crate::invocation::Invocation;
-use crate::prepared::Prepared;
-use crate::source_mode::{self, Answer, Scanned, SourceModeError};
+use crate::source_mode::{self, Answer, Prepared, Scanned, SourceModeError};
 use crate::stats::{self, Fallback, Outcome, Reason};
 use crate::{cache, local, toolchain};
 
@@ -193,7 +192,7 @@ fn remote(
     farm_key: Option<discomy_protocol::Digest>,
 ) -> Result<(Remote, AgentClient), Fallback> {
     // The agent first: without one (a fast refusal), nothing is scanned or preprocessed for it.
-    let no_agent = |e: crate::prepared::NoAgent| Fallback::new(Reason::NoAgent, e.to_string());
+    let no_agent = |e: source_mode::NoAgent| Fallback::new(Reason::NoAgent, e.to_string());
     if let Some(missing) = prep.missing_agent() {
         return Err(no_agent(missing));
     }

@@ -13,9 +13,10 @@
 //! - [`identity`]: the cache directory and stat stamps that validate cached manifests.
 //! - [`client`]: the blocking agent client.
 //! - [`compile`]: the distributed path (cache, ship, write output, fall back).
-//! - [`prepared`]: a call's toolchain, include scan and agent connection, computed once.
 //! - [`scan`]: the include scanner; [`sources`]: files from linemarkers; [`source_mode`]:
-//!   sending a unit with its files; [`sysdirs`]: the compiler's own include directories.
+//!   sending a unit with its files, and a call's toolchain, include scan and agent connection,
+//!   computed once ([`source_mode::Prepared`]); [`sysdirs`]: the compiler's own include
+//!   directories.
 //! - [`local`]: running the real compiler locally.
 //! - [`ltrans`]: the partitions of an LTO link (LTRANS units) on the farm, through gcc's `MAKE`.
 //! - [`stats`]: each call's outcome and reason, for the agent and `discomy run`'s summary.
@@ -34,7 +35,6 @@ pub mod invocation;
 pub mod local;
 pub mod ltrans;
 pub mod names;
-pub mod prepared;
 pub mod scan;
 pub mod source_mode;
 pub mod sources;

@@ -25,12 +25,13 @@ use std::time::Duration;
 
 use discomy_protocol::asyncio::{client_handshake, recv_sized, send};
 use discomy_protocol::coordinator::unit_key;
+use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::stats::AgentStats;
+use discomy_protocol::tls::FarmStream;
 use discomy_protocol::{
     AuthConfig, CachedSources, CompileRequest, Digest, ProtocolError, RefusalKind, Request,
     Response, SourceCompileRequest,
 };
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::agent::pool::{Lease, Pool, Release};
@@ -397,7 +398,7 @@ fn distcc_eligible(state: &State, req: &CompileRequest) -> bool {
         && state.local_compilers.get(name) == Some(&req.compiler.identity)
 }
 
-type WorkerConn = discomy_protocol::asyncio::Conn<TcpStream>;
+type WorkerConn = discomy_protocol::asyncio::Conn<FarmStream>;
 
 /// Why a unit's exchange with a worker failed: the worker is backed off and the unit moves on.
 #[derive(Debug, thiserror::Error)]
@@ -509,8 +510,8 @@ async fn round_trip(
 async fn connect(state: &State, spec: &HostSpec) -> Result<WorkerConn, TransportError> {
     let addr = spec.address();
     let attempt = async {
-        let stream = TcpStream::connect(&addr).await.map_err(ProtocolError::Io)?;
-        let _ = stream.set_nodelay(true);
+        let stream =
+            crate::fleet::connect(&addr, FleetRole::Worker).await.map_err(ProtocolError::Io)?;
         client_handshake(stream, &state.config.auth).await
     };
     match tokio::time::timeout(state.config.connect_timeout, attempt).await {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use discomy_protocol::asyncio::Conn;
-use tokio::net::TcpStream;
+use discomy_protocol::tls::FarmStream;
 use tokio::sync::Notify;
 
 use crate::hosts::HostSpec;
@@ -22,7 +22,7 @@ struct Host {
     spec: HostSpec,
     in_flight: usize,
     backoff_until: Option<Instant>,
-    idle: Vec<(Instant, Conn<TcpStream>)>,
+    idle: Vec<(Instant, Conn<FarmStream>)>,
     compiled: u64,
     failed: u64,
     /// Verification caught it returning a wrong object: never used again.
@@ -38,15 +38,15 @@ pub struct Lease {
     /// The host.
     pub spec: HostSpec,
     /// A reusable connection, if one was idle.
-    pub conn: Option<Conn<TcpStream>>,
+    pub conn: Option<Conn<FarmStream>>,
 }
 
 /// How a lease ended.
 pub enum Release {
     /// The exchange worked; keep the connection for reuse.
-    Ok(Conn<TcpStream>),
+    Ok(Conn<FarmStream>),
     /// The host answered but will not take this unit; no penalty.
-    Declined(Option<Conn<TcpStream>>),
+    Declined(Option<Conn<FarmStream>>),
     /// The host failed (connect, transport, protocol): back off from it.
     Failed,
     /// The exchange worked on a connection that is not kept (distccd: one job per connection).

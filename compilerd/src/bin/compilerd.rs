@@ -42,6 +42,11 @@ struct Cli {
         action = clap::ArgAction::SetTrue
     )]
     no_mdns: bool,
+    /// The working fleet: this host's fleet directory (`ca.pem`, `node.pem`, `node.key` from
+    /// `join`). Every TCP link is then mutual TLS with the farm's certificates, and the
+    /// certificate renews itself from `--coordinator`.
+    #[arg(long, env = "DISCOMY_FLEET_DIR", global = true, value_name = "DIR")]
+    fleet_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     role: Role,
 }
@@ -54,6 +59,9 @@ enum Role {
     Agent(AgentOptions),
     /// Build whole packages in chroots for the coordinator's build queue.
     Builder(BuilderArgs),
+    /// Ask to join the working fleet with a join token; waits until an operator approves
+    /// (`discomy nodes approve`), then writes this host's certificate into `--fleet-dir`.
+    Join(JoinArgs),
     /// Write man pages and shell completions (for packages).
     #[command(hide = true)]
     GenerateDocs(discomy_protocol::plumbing::docs::Args),
@@ -68,6 +76,37 @@ struct BuilderArgs {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (overrides `metrics_listen`).
     #[arg(long, env = "DISCOMY_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// The join token (`ID.SECRET`) from `discomy nodes token`.
+    #[arg(long, env = "DISCOMY_JOIN_TOKEN", hide_env_values = true)]
+    join_token: String,
+    /// The farm CA certificate to trust (the coordinator's `ca.pem`, from the bundle).
+    #[arg(long, value_name = "FILE")]
+    ca: std::path::PathBuf,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Roles to ask for, comma-separated: worker, builder, agent.
+    #[arg(long, value_delimiter = ',', default_value = "worker")]
+    roles: Vec<String>,
+    /// The donating organisation.
+    #[arg(long, default_value = "")]
+    organisation: String,
+    /// Who to write to about this host.
+    #[arg(long, default_value = "")]
+    contact: String,
+    /// The address it will serve on, or a note on its network.
+    #[arg(long, default_value = "")]
+    network: String,
+    /// Return once the request is pending (run `join` again to fetch the certificate).
+    #[arg(long)]
+    no_wait: bool,
+    /// Longest wait for the operator, seconds.
+    #[arg(long, default_value_t = 3600)]
+    wait: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -99,6 +138,20 @@ async fn run() -> Result<()> {
         (None, false) => Some(CoordinatorAddr::Mdns { farm: cli.farm.clone() }),
         (None, true) => None,
     };
+    let fleet_dir = cli.fleet_dir.clone();
+    if let Role::Join(args) = cli.role {
+        return join(args, cli.coordinator, fleet_dir).await;
+    }
+    if let Some(dir) = &fleet_dir {
+        use discomy_compilerd::fleet::{FleetDir, install, renew_in_background};
+        let tls = std::sync::Arc::new(
+            FleetDir(dir.clone()).tls(discomy_protocol::tls::ClientAuth::Required)?,
+        );
+        if let Some(addr) = &cli.coordinator {
+            renew_in_background(tls.clone(), dir.clone(), addr.clone(), shutdown.clone());
+        }
+        install(discomy_protocol::tls::Transport::Tls(tls));
+    }
     match cli.role {
         Role::Worker(opts) => {
             discomy_compilerd::worker::start::start(opts, auth, coordinator, shutdown).await?
@@ -114,8 +167,55 @@ async fn run() -> Result<()> {
             tokio::task::spawn_blocking(move || discomy_compilerd::builder::run(config, shutdown))
                 .await??
         }
-        Role::GenerateDocs(_) => unreachable!("handled above"),
+        Role::GenerateDocs(_) | Role::Join(_) => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+/// `discomy-compilerd join`: prints the outcome as JSON on stdout.
+#[allow(clippy::print_stdout)]
+async fn join(
+    args: JoinArgs,
+    coordinator: Option<String>,
+    dir: Option<std::path::PathBuf>,
+) -> Result<()> {
+    use discomy_compilerd::coord::node::{free_disk_mb, meminfo};
+    use discomy_protocol::fleet::{FleetRole, HostFacts};
+    let coordinator = coordinator.ok_or_else(|| anyhow::anyhow!("join needs --coordinator"))?;
+    let dir = dir.ok_or_else(|| anyhow::anyhow!("join needs --fleet-dir"))?;
+    let mut roles = Vec::new();
+    for name in &args.roles {
+        roles
+            .push(FleetRole::parse(name.trim()).ok_or_else(|| {
+                anyhow::anyhow!("unknown role {name:?} (worker, builder, agent)")
+            })?);
+    }
+    let name = match args.name {
+        Some(n) => n,
+        None => discomy_compilerd::coord::discover::host_id(),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let facts = HostFacts {
+        organisation: args.organisation,
+        contact: args.contact,
+        cores: u32::try_from(cores).unwrap_or(u32::MAX),
+        memory_bytes: meminfo("MemTotal:").unwrap_or(0) << 20,
+        disk_bytes: free_disk_mb(&dir) << 20,
+        network: args.network,
+    };
+    let opts = discomy_compilerd::fleet::JoinOptions {
+        coordinator,
+        token: args.join_token,
+        ca: args.ca,
+        dir,
+        name,
+        roles,
+        facts,
+        no_wait: args.no_wait,
+        wait: std::time::Duration::from_secs(args.wait),
+    };
+    let outcome = discomy_compilerd::fleet::join(&opts).await?;
+    println!("{}", serde_json::to_string(&outcome)?);
     Ok(())
 }
 

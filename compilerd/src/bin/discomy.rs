@@ -103,6 +103,11 @@ enum Cmd {
         #[command(flatten)]
         coord: CoordArgs,
     },
+    /// The working fleet: join tokens, pending requests, approve, reject, revoke (admin
+    /// certificate from the coordinator's fleet directory).
+    Nodes(Box<discomy_compilerd::fleet::cli::NodesArgs>),
+    /// Tenant tokens for people and CI (create, list, revoke; farm token or an admin token).
+    Tokens(Box<discomy_compilerd::submit::tokens::TokensArgs>),
     /// Write man pages and shell completions (for packages).
     #[command(hide = true)]
     GenerateDocs(discomy_protocol::plumbing::docs::Args),
@@ -132,12 +137,18 @@ struct CoordArgs {
     /// A file holding the farm token (its first line).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// A fleet directory (a node's, or the coordinator's with `admin.pem`): talk mutual TLS.
+    #[arg(long, env = "DISCOMY_FLEET_DIR", value_name = "DIR")]
+    fleet_dir: Option<PathBuf>,
 }
 
 impl CoordArgs {
     /// The coordinator's address(es), discovered over mDNS when none was given, and the token.
     fn resolve(self) -> Result<(String, Option<String>)> {
-        let CoordArgs { coordinator, farm, no_mdns, token, token_file } = self;
+        let CoordArgs { coordinator, farm, no_mdns, token, token_file, fleet_dir } = self;
+        if let Some(dir) = fleet_dir {
+            discomy_compilerd::fleet::install_dir(dir)?;
+        }
         let (token, _) = discomy_protocol::plumbing::secret::token(token, token_file.as_deref())?;
         let coordinator = match (coordinator, no_mdns) {
             (Some(addr), _) => addr,
@@ -298,11 +309,24 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::print_stdout)]
+fn print_out(text: &str) {
+    print!("{text}");
+}
+
 fn run() -> Result<ExitCode> {
     match Cli::parse().command {
         Cmd::GenerateDocs(args) => {
             use clap::CommandFactory;
             discomy_protocol::plumbing::docs::generate(Cli::command(), &args.out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Nodes(args) => {
+            print_out(&args.run()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tokens(args) => {
+            print_out(&args.run()?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { local_farm, hosts, slots, summary_json, command } => {
@@ -502,22 +526,15 @@ fn jobs(api: &ApiClient, command: JobsCmd) -> Result<ExitCode> {
 fn worker_stats(addr: &str, json: bool) -> Result<ExitCode> {
     let token = std::env::var("DISCOMY_TOKEN").ok();
     let auth = discomy_protocol::AuthConfig::from_option(token.as_deref());
+    if let Some(dir) = std::env::var_os("DISCOMY_FLEET_DIR") {
+        discomy_compilerd::fleet::install_dir(dir.into())?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stats = runtime.block_on(discomy_compilerd::coord::status::worker_stats(addr, &auth))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
-        println!("toolchains pushed: {}", stats.store.toolchains_pushed);
-        for t in &stats.store.installed {
-            println!("installed {} ({})", t.name, t.digest);
-        }
-        println!(
-            "installs: {}, blobs received: {} ({} again)",
-            stats.store.installs, stats.store.blobs_received, stats.store.blobs_received_again
-        );
-        for (result, n) in &stats.distcc {
-            println!("distcc {result}: {n}");
-        }
+        print!("{}", discomy_compilerd::coord::status::render_worker_stats(&stats));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -554,25 +571,6 @@ fn status(coordinator: &str, token: Option<&str>, json: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// The build queue's succeeded jobs as history: running-to-succeeded seconds of each.
-fn queue_history(api: &ApiClient) -> Result<Vec<plan::estimate::HistoryRecord>> {
-    let mut out = Vec::new();
-    for job in api.list_jobs(Some(JobState::Succeeded), None)?.into_iter().take(20_000) {
-        let detail = api.job(job.id)?;
-        let started = detail.events.iter().rev().find(|e| e.to == JobState::Running);
-        let done = detail.events.iter().rev().find(|e| e.to == JobState::Succeeded);
-        if let (Some(s), Some(d)) = (started, done) {
-            out.push(plan::estimate::HistoryRecord {
-                name: job.name.clone(),
-                wall_s: d.at - s.at,
-                serial_s: None,
-                artefact_bytes: job.artifacts.iter().map(|a| a.size).sum(),
-            });
-        }
-    }
-    Ok(out)
-}
-
 /// `discomy plan` ([`plan::cli::Args::run`]), given the coordinator's answers when asked:
 /// the queue's history, the live fleet. The product is the printed report.
 #[allow(clippy::print_stdout)]
@@ -580,7 +578,9 @@ fn plan(args: &plan::cli::Args, coord: CoordArgs) -> Result<ExitCode> {
     let out = args.run(
         |url| {
             let token = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
-            queue_history(&ApiClient::new(url, token)?)
+            Ok::<_, anyhow::Error>(discomy_compilerd::coord::api::queue_history(&ApiClient::new(
+                url, token,
+            )?)?)
         },
         |link| {
             let (coordinator, token) = coord.resolve()?;

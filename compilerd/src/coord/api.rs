@@ -15,7 +15,7 @@ use std::time::Duration;
 use discomy_protocol::ops::{
     API_PREFIX, ApiError, BatchRequest, BatchResponse, BlobRef, BuilderAnswer, BuilderReport,
     FinishRequest, JobDetail, JobEvent, JobState, JobView, SubmitRequest, SubmitResponse,
-    is_blake3_hex, is_plain_file_name, percent_encode,
+    TokenCreateRequest, TokenCreated, TokenInfo, is_blake3_hex, is_plain_file_name, percent_encode,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -299,6 +299,25 @@ impl ApiClient {
         self.get_json(&format!("/events?after={after}"))
     }
 
+    // ---- admin endpoints (the farm token, or a tenant token with the admin scope) ----
+
+    /// Creates a tenant token (`POST /tokens`): its text is in this answer only.
+    pub fn create_token(&self, req: &TokenCreateRequest) -> Result<TokenCreated> {
+        self.post_json("/tokens", req)
+    }
+
+    /// Every tenant token, without secrets (`GET /tokens`).
+    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.get_json("/tokens")
+    }
+
+    /// Revokes a tenant token at once (`DELETE /tokens/ID`).
+    pub fn revoke_token(&self, id: u64) -> Result<TokenInfo> {
+        let url = self.url(&format!("/tokens/{id}"));
+        let resp = self.auth(self.agent.delete(&url)).call().map_err(|e| transport(&url, e))?;
+        parse_json(&url, check_status(&url, resp)?)
+    }
+
     // ---- builder endpoints ----
 
     /// A builder's report and heartbeat (`POST /builders/report`).
@@ -451,6 +470,27 @@ fn read_capped(url: &str, mut resp: ureq::http::Response<ureq::Body>, max: u64) 
 fn parse_json<T: DeserializeOwned>(url: &str, resp: ureq::http::Response<ureq::Body>) -> Result<T> {
     let body = read_capped(url, resp, MAX_JSON_BYTES)?;
     serde_json::from_slice(&body).map_err(|e| bad_answer(url, format!("JSON: {e}")))
+}
+
+/// The build queue's succeeded jobs as history: running-to-succeeded seconds of each.
+pub fn queue_history(
+    api: &ApiClient,
+) -> Result<Vec<discomy_coordinator::plan::estimate::HistoryRecord>> {
+    let mut out = Vec::new();
+    for job in api.list_jobs(Some(JobState::Succeeded), None)?.into_iter().take(20_000) {
+        let detail = api.job(job.id)?;
+        let started = detail.events.iter().rev().find(|e| e.to == JobState::Running);
+        let done = detail.events.iter().rev().find(|e| e.to == JobState::Succeeded);
+        if let (Some(s), Some(d)) = (started, done) {
+            out.push(discomy_coordinator::plan::estimate::HistoryRecord {
+                name: job.name.clone(),
+                wall_s: d.at - s.at,
+                serial_s: None,
+                artefact_bytes: job.artifacts.iter().map(|a| a.size).sum(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{
     CoordRequest, CoordResponse, JobDone, PlaceRequest, Placement,
 };
+use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::{AuthConfig, CompileRequest};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -203,11 +203,13 @@ impl CoordClient {
         joined: &mut bool,
     ) -> Result<(), CoordError> {
         let protocol = |source| CoordError::Protocol { addr: target.to_string(), source };
-        let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target))
-            .await
-            .map_err(|_| CoordError::Timeout(target.to_string()))?
-            .map_err(|source| CoordError::Connect { addr: target.to_string(), source })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            crate::fleet::connect(target, FleetRole::Coordinator),
+        )
+        .await
+        .map_err(|_| CoordError::Timeout(target.to_string()))?
+        .map_err(|source| CoordError::Connect { addr: target.to_string(), source })?;
         let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
         send(&mut conn, &CoordRequest::AgentLogin { host: host.to_string() })
             .await
@@ -290,6 +292,7 @@ impl CoordClient {
                         }
                     }
                     CoordResponse::Status(status) => self.memory.learn_status(&status),
+                    CoordResponse::Revoked { serials } => crate::fleet::learn_revoked(serials),
                     other => tracing::debug!(?other, "ignored a coordinator message"),
                 },
             }

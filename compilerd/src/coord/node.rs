@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use discomy_protocol::asyncio::{client_handshake, recv, send};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, LoadReport, NodeLogin};
+use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::{AuthConfig, Digest};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -66,9 +66,20 @@ async fn run_one(
     let mut warned = false;
     while !shutdown.is_cancelled() {
         let mut pause = Duration::from_millis(500);
-        if let Some(target) = addr.resolve(&shutdown).await {
-            match session(&target, &info, &auth, &shutdown).await {
-                Ok(()) => warned = false,
+        // Every coordinator discovery finds, in order: one that fails (in a fleet, one whose
+        // certificate is not of the farm CA, such as a rogue answering mDNS first) does not
+        // keep the node from the next.
+        let targets = addr.resolve_all(&shutdown).await;
+        if targets.is_empty() {
+            // Nothing advertised (yet): look again a little later.
+            pause = Duration::from_secs(3);
+        }
+        for target in &targets {
+            match session(target, &info, &auth, &shutdown).await {
+                Ok(()) => {
+                    warned = false;
+                    break;
+                }
                 Err(Refusal(err)) => {
                     error!(coordinator = %target, "the coordinator refused this node: {err}");
                     pause = Duration::from_secs(5);
@@ -79,9 +90,9 @@ async fn run_one(
                 }
                 Err(Transport(_)) => {}
             }
-        } else {
-            // Nothing advertised (yet): look again a little later.
-            pause = Duration::from_secs(3);
+            if shutdown.is_cancelled() {
+                return;
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -103,11 +114,14 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let t = |e: discomy_protocol::ProtocolError| Transport(e.to_string());
-    let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target))
-        .await
-        .map_err(|_| Transport("connect timed out".into()))?
-        .map_err(|e| Transport(e.to_string()))?;
-    let local = stream.local_addr().map_err(|e| Transport(e.to_string()))?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(3),
+        crate::fleet::connect(target, FleetRole::Coordinator),
+    )
+    .await
+    .map_err(|_| Transport("connect timed out".into()))?
+    .map_err(|e| Transport(e.to_string()))?;
+    let local = stream.tcp().local_addr().map_err(|e| Transport(e.to_string()))?;
     let mut conn = client_handshake(stream, auth).await.map_err(|e| match e {
         discomy_protocol::ProtocolError::Auth(r) => Refusal(r),
         other => Transport(other.to_string()),
@@ -144,10 +158,15 @@ async fn session(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
-            // The coordinator never speaks after the welcome; reading detects its death.
+            // After the welcome the coordinator only tells of revocations; reading also
+            // detects its death.
             r = recv::<_, CoordResponse>(&mut conn) => {
                 return match r {
                     Err(e) => Err(t(e)),
+                    Ok(CoordResponse::Revoked { serials }) => {
+                        crate::fleet::learn_revoked(serials);
+                        continue;
+                    }
                     Ok(_) => Ok(()),
                 };
             }
@@ -167,14 +186,16 @@ async fn session(
     }
 }
 
-fn meminfo(key: &str) -> Option<u64> {
+/// A `/proc/meminfo` figure in MiB.
+pub fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
 }
 
-fn free_disk_mb(dir: &std::path::Path) -> u64 {
+/// Free space where `dir` is (or the temporary directory), MiB.
+pub fn free_disk_mb(dir: &std::path::Path) -> u64 {
     let probe = if dir.exists() { dir.to_path_buf() } else { std::env::temp_dir() };
     nix::sys::statvfs::statvfs(&probe)
         .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) >> 20)

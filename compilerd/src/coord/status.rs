@@ -10,18 +10,24 @@ use discomy_protocol::coordinator::{CoordRequest, CoordResponse, FarmStatus};
 use discomy_protocol::stats::{AgentStats, StoreActivity, WorkerStats};
 
 use super::CoordError;
-use tokio::net::TcpStream;
+use discomy_protocol::fleet::FleetRole;
 
 /// One request to a daemon at `addr` (`who` names it in errors), over TCP with the farm token,
 /// within 5 s.
-async fn ask<Q, A>(addr: &str, who: &str, auth: &AuthConfig, request: &Q) -> Result<A, CoordError>
+async fn ask<Q, A>(
+    addr: &str,
+    role: FleetRole,
+    who: &str,
+    auth: &AuthConfig,
+    request: &Q,
+) -> Result<A, CoordError>
 where
     Q: serde::Serialize,
     A: serde::de::DeserializeOwned,
 {
     let protocol = |source| CoordError::Protocol { addr: who.to_string(), source };
     let attempt = async {
-        let stream = TcpStream::connect(addr)
+        let stream = crate::fleet::connect(addr, role)
             .await
             .map_err(|source| CoordError::Connect { addr: who.to_string(), source })?;
         let mut conn = client_handshake(stream, auth).await.map_err(protocol)?;
@@ -48,7 +54,7 @@ pub async fn fetch(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordErr
 
 async fn fetch_one(addr: &str, auth: &AuthConfig) -> Result<FarmStatus, CoordError> {
     let who = format!("coordinator {addr}");
-    match ask(addr, &who, auth, &CoordRequest::Status).await? {
+    match ask(addr, FleetRole::Coordinator, &who, auth, &CoordRequest::Status).await? {
         CoordResponse::Status(s) => Ok(s),
         CoordResponse::Refused { reason } => Err(CoordError::Refused { addr: who, reason }),
         other => Err(CoordError::Unexpected { addr: who, answer: format!("{other:?}") }),
@@ -145,7 +151,7 @@ pub fn agent_stats(socket: &std::path::Path) -> Result<AgentStats, CoordError> {
 /// A worker's counters (`discomy stats --worker`), asked over TCP with the farm token.
 pub async fn worker_stats(addr: &str, auth: &AuthConfig) -> Result<WorkerStats, CoordError> {
     let who = format!("worker {addr}");
-    match ask(addr, &who, auth, &discomy_protocol::Request::Stats).await? {
+    match ask(addr, FleetRole::Worker, &who, auth, &discomy_protocol::Request::Stats).await? {
         discomy_protocol::Response::WorkerStats(s) => Ok(s),
         other => Err(CoordError::Unexpected { addr: who, answer: format!("{other:?}") }),
     }
@@ -245,6 +251,25 @@ pub fn render_agent_stats(s: &AgentStats) -> String {
         for (reason, n) in map {
             let _ = writeln!(out, "  {reason:<18} {n}");
         }
+    }
+    out
+}
+
+/// `discomy stats --worker` as text: its toolchain store and its distcc jobs by result.
+pub fn render_worker_stats(stats: &WorkerStats) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "toolchains pushed: {}", stats.store.toolchains_pushed);
+    for t in &stats.store.installed {
+        let _ = writeln!(out, "installed {} ({})", t.name, t.digest);
+    }
+    let _ = writeln!(
+        out,
+        "installs: {}, blobs received: {} ({} again)",
+        stats.store.installs, stats.store.blobs_received, stats.store.blobs_received_again
+    );
+    for (result, n) in &stats.distcc {
+        let _ = writeln!(out, "distcc {result}: {n}");
     }
     out
 }

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discomy_protocol::asyncio::{Conn, client_handshake, recv, send};
+use discomy_protocol::fleet::FleetRole;
+use discomy_protocol::tls::FarmStream;
 use discomy_protocol::{AuthConfig, CacheEntry, Digest, Payload, Request, Response};
 use discomy_wrapper::cache::store::{Kind, Store};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::hosts::HostSpec;
@@ -162,17 +163,17 @@ pub fn owner<'a>(hosts: &'a [HostSpec], key: &Digest) -> Option<&'a HostSpec> {
 /// An agent's idle connections to the workers holding cache keys, reused so that a lookup costs
 /// one round trip, not a connection and a handshake.
 #[derive(Default)]
-pub struct IdleConns(Mutex<HashMap<String, Vec<Conn<TcpStream>>>>);
+pub struct IdleConns(Mutex<HashMap<String, Vec<Conn<FarmStream>>>>);
 
 /// Idle connections kept per worker.
 const IDLE_PER_HOST: usize = 4;
 
 impl IdleConns {
-    fn take(&self, addr: &str) -> Option<Conn<TcpStream>> {
+    fn take(&self, addr: &str) -> Option<Conn<FarmStream>> {
         self.0.lock().ok()?.get_mut(addr)?.pop()
     }
 
-    fn give_back(&self, addr: String, conn: Conn<TcpStream>) {
+    fn give_back(&self, addr: String, conn: Conn<FarmStream>) {
         if let Ok(mut map) = self.0.lock() {
             let idle = map.entry(addr).or_default();
             if idle.len() < IDLE_PER_HOST {
@@ -227,8 +228,7 @@ async fn ask(
             idle.take(&addr)
         } else {
             let connect = async {
-                let stream = TcpStream::connect(&addr).await.ok()?;
-                let _ = stream.set_nodelay(true);
+                let stream = crate::fleet::connect(&addr, FleetRole::Worker).await.ok()?;
                 client_handshake(stream, auth).await.ok()
             };
             tokio::time::timeout(CONNECT_TIMEOUT, connect).await.ok()?

@@ -1,7 +1,10 @@
 //! `discomy submit` and `discomy jobs`: package builds sent to the coordinator's build queue, and
 //! what became of them, through [`crate::coord::api::ApiClient`]. This module turns a user's
 //! files into a [`SubmitRequest`] (a source RPM; a spec and its sources; a dist-git repository at
-//! a ref) and renders jobs as text; the binary prints.
+//! a ref) and renders jobs as text; the binary prints. [`tokens`] is `discomy tokens` (tenant
+//! tokens, for admins).
+
+pub mod tokens;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

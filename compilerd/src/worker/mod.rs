@@ -9,7 +9,6 @@ pub mod argcheck;
 pub mod distcc;
 pub mod exec;
 mod metrics;
-pub mod source_unit;
 pub mod start;
 pub mod unit;
 pub mod workdir;
@@ -21,13 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use discomy_protocol::asyncio::{recv, send, server_handshake};
-use discomy_protocol::payload::MAX_RAW_LEN;
+use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::plumbing::admission::{Admission, Limits, PayloadBudget, Peer, Ticket};
 use discomy_protocol::stats::{UnitTime, WorkerStats};
-use discomy_protocol::{
-    AuthConfig, CompileRequest, CompileResult, Payload, PeerKind, ProtocolError, RefusalKind,
-    Request, Response,
-};
+use discomy_protocol::{AuthConfig, ProtocolError, RefusalKind, Request, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -35,12 +31,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::store::sources::SourceStore;
-use crate::store::tools::{ToolStore, TreeLease};
+use crate::store::tools::ToolStore;
 use crate::store::upload;
-use crate::worker::argcheck::check_compile_args;
 use crate::worker::distcc::DistccConfig;
 use crate::worker::exec::Runner;
-use crate::worker::exec::{ExecError, compile_unit};
 
 /// Most simultaneous client connections ([`Admission`]: idle ones are closed to make room).
 pub const MAX_CONNECTIONS: usize = 256;
@@ -73,8 +67,6 @@ pub struct WorkerConfig {
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
-
-use unit::Slot;
 
 /// What the worker's listeners share (the native one and the distcc one).
 pub(crate) struct State {
@@ -238,9 +230,24 @@ async fn serve_connection(
     state: Arc<State>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let kind = if peer.ip().is_loopback() { PeerKind::Loopback } else { PeerKind::Remote };
-    let handshake = server_handshake(stream, &state.config.auth, kind);
+    let transport = crate::fleet::transport();
+    let kind = transport.peer_kind(peer);
+    let handshake = async {
+        let stream = transport.accept(stream).await.map_err(ProtocolError::Io)?;
+        // Under the fleet's TLS only agents (units, cache), the coordinator (its connect-back
+        // ping) and the operator (`discomy stats --worker`) are served; workers and builders
+        // ask nothing of a worker.
+        if let Some(cert) = stream.peer_cert() {
+            let allowed = [FleetRole::Agent, FleetRole::Coordinator, FleetRole::Admin];
+            if !allowed.iter().any(|r| cert.has(*r)) {
+                return Err(ProtocolError::Auth(format!(
+                    "{} holds no agent certificate; a worker serves agents only",
+                    cert.name
+                )));
+            }
+        }
+        server_handshake(stream, &state.config.auth, kind).await
+    };
     let handshake = tokio::select! {
         _ = ticket.evicted() => return,
         h = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => h,
@@ -257,12 +264,14 @@ async fn serve_connection(
             return;
         }
     };
+    // A revoked agent is dropped at its next request, also on a connection opened before.
+    let peer_serial = conn.get_ref().peer_cert().map(|c| c.serial);
     loop {
         if conn.read_buffer().is_empty() {
             let woke = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticket.evicted() => return,
-                r = tokio::time::timeout(IDLE_TIMEOUT, conn.get_ref().readable()) => r,
+                r = tokio::time::timeout(IDLE_TIMEOUT, conn.get_ref().tcp().readable()) => r,
             };
             if !matches!(woke, Ok(Ok(()))) {
                 return;
@@ -283,8 +292,14 @@ async fn serve_connection(
             }
             Ok(Ok(request)) => request,
         };
+        if peer_serial.as_deref().is_some_and(crate::fleet::is_revoked) {
+            warn!(%peer, "the peer's certificate was revoked; closing its connection");
+            let msg = "this agent's certificate was revoked".to_string();
+            let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
+            return;
+        }
         // Room for the payload before anything is decompressed; a unit takes its room after its
-        // slot ([`compile`]), so a unit waiting for a slot holds none.
+        // slot ([`unit::compile`]), so a unit waiting for a slot holds none.
         let len = request.payload_raw_len().filter(|_| !matches!(request, Request::Compile(_)));
         let _room = match state.payload.room_for(len).await {
             Ok(room) => room,
@@ -304,14 +319,14 @@ async fn serve_connection(
                     .map(|u| u.iter().cloned().collect())
                     .unwrap_or_default(),
             }),
-            Request::Compile(req) => compile(req, &state, &shutdown).await,
-            Request::CompileSources(req) => source_unit::compile(req, &state, &shutdown).await,
+            Request::Compile(req) => unit::compile(req, &state, &shutdown).await,
+            Request::CompileSources(req) => unit::compile_sources(req, &state, &shutdown).await,
             // The agent sends the key along when this worker owns it in the farm tier.
             Request::CompileSourcesCached(cached) => {
                 let got = state.farm.get(cached.key).await;
                 match got {
                     Some(body) => Response::CacheHit(body),
-                    None => source_unit::compile(cached.unit, &state, &shutdown).await,
+                    None => unit::compile_sources(cached.unit, &state, &shutdown).await,
                 }
             }
             Request::PutSource(payload) => {
@@ -360,89 +375,4 @@ where
         Ok(Err(why)) => Response::refused(RefusalKind::BadRequest, why),
         Err(err) => Response::refused(RefusalKind::Internal, err.to_string()),
     }
-}
-
-async fn compile(mut req: CompileRequest, state: &State, shutdown: &CancellationToken) -> Response {
-    if let Some(why) = state.config.runner.refuses(&req.compiler.identity) {
-        return Response::refused(RefusalKind::NoToolchain, why);
-    }
-    let Some(tree) = state.store.lease(&req.compiler.identity) else {
-        return Response::refused(
-            RefusalKind::NeedToolchain,
-            format!(
-                "this worker does not hold toolchain {} ({}) yet",
-                req.compiler.identity, req.compiler.name
-            ),
-        );
-    };
-    if let Err(why) = check_compile_args(&req.args, &tree.manifest) {
-        return Response::refused(RefusalKind::BadArguments, why.to_string());
-    }
-    // The slot first: at most one unit per slot is decompressed (up to MAX_RAW_LEN each).
-    let Some(slot) = Slot::take(state, shutdown).await else {
-        return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
-    };
-    let Some(_room) = state.payload.room(req.unit.raw_len).await else {
-        return Response::refused(RefusalKind::BadRequest, "unit larger than any unit may be");
-    };
-    // Moved to the blocking pool, not copied: only the decompressed unit is used after this.
-    let lz4 = std::mem::take(&mut req.unit.lz4);
-    let payload = Payload { lz4, ..req.unit };
-    let unit = match tokio::task::spawn_blocking(move || payload.decompress(MAX_RAW_LEN)).await {
-        Ok(Ok(unit)) => unit,
-        Ok(Err(err)) => return Response::refused(RefusalKind::BadRequest, err.to_string()),
-        Err(err) => return Response::refused(RefusalKind::Internal, err.to_string()),
-    };
-    match run_in_dir(&tree, &req, &unit, state, &slot).await {
-        Ok(result) => Response::Compiled(result),
-        Err(response) => response,
-    }
-}
-
-async fn run_in_dir(
-    tree: &TreeLease<'_>,
-    req: &CompileRequest,
-    unit: &[u8],
-    state: &State,
-    slot: &Slot<'_>,
-) -> Result<CompileResult, Response> {
-    let internal =
-        |e: io::Error| Response::refused(RefusalKind::Internal, format!("unit directory: {e}"));
-    let dir = unit::unit_dir(&state.config.work_dir).map_err(internal)?;
-    tokio::fs::write(dir.path().join(unit::INPUT), unit).await.map_err(internal)?;
-    let run =
-        compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path(), slot.uid())
-            .await
-            .map_err(|e: ExecError| {
-                Response::refused(RefusalKind::CompilerFailed, e.to_string())
-            })?;
-    if unit::killed(run.exit_code) {
-        return Err(Response::refused(
-            RefusalKind::CompilerFailed,
-            format!("compiler killed (status {})", run.exit_code),
-        ));
-    }
-    let output = if run.exit_code == 0 {
-        let name = unit::output_name(req.output);
-        let bytes = unit::read_output(dir.path().join(name)).await.map_err(|e| {
-            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
-        })?;
-        let payload = unit::output_payload(req.output, &bytes)
-            .map_err(|why| Response::refused(RefusalKind::CompilerFailed, why))?;
-        Some(payload)
-    } else {
-        None
-    };
-    debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
-    state.note_unit(&req.source_name, run.elapsed);
-    unit::remove_later(dir);
-    Ok(CompileResult {
-        exit_code: run.exit_code,
-        stdout: run.stdout,
-        stderr: run.stderr,
-        output,
-        node: state.config.node_name.clone(),
-        compile_ms: run.elapsed.as_millis() as u64,
-        verify: false,
-    })
 }

@@ -1,8 +1,14 @@
-//! The one compile skeleton every unit goes through, native (preprocessed), source-mode and
-//! distcc alike: a slot (or the shutdown), the slot's own uid, the count of units compiling (what
-//! the coordinator's load report reads), a private unit directory, the names of what the compiler
-//! writes there, and the directory's removal off the answer's path. Each kind of unit adds only
-//! what differs: its checks, its files, its command line, its answer.
+//! A unit on the worker, from request to answer: a native unit (preprocessed on the client,
+//! [`compile`]) or a source-mode unit (the build's own command over the files it can open,
+//! [`compile_sources`]; one whose files are not all stored yet is answered with
+//! [`Response::MissingBlobs`], and the client sends them with `PutSource` and asks again).
+//!
+//! Both stand on the one skeleton every unit goes through, distcc's ([`super::distcc`]) too: a
+//! slot (or the shutdown), the slot's own uid, the count of units compiling (what the
+//! coordinator's load report reads), a private unit directory, the names of what the compiler
+//! writes there, the checks on its output, and the directory's removal off the answer's path.
+//! Each kind of unit adds only what differs: its checks, its files, its command line
+//! ([`super::exec`]), its answer.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,11 +16,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::plumbing::read_untrusted;
-use discomy_protocol::{OutputKind, Payload};
+use discomy_protocol::{
+    CompileRequest, CompileResult, OutputKind, Payload, RefusalKind, Response,
+    SourceCompileRequest, SourceResult, ToolchainManifest,
+};
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
+use super::argcheck::{check_compile_args, check_source_args};
+use super::exec::{self, ExecError, compile_unit};
 use super::{State, UidLease};
+use crate::store::sources::Materialized;
+use crate::store::tools::TreeLease;
 
 /// The preprocessed input of a native unit, in its directory.
 pub const INPUT: &str = "unit.i";
@@ -153,6 +167,231 @@ pub(crate) fn unit_dir(work_dir: &Path) -> io::Result<tempfile::TempDir> {
 /// file systems (ext4 with `discard` takes milliseconds per directory).
 pub fn remove_later(dir: tempfile::TempDir) {
     tokio::task::spawn_blocking(move || drop(dir));
+}
+
+/// Compiles one native unit (preprocessed on the client), or says why not.
+pub(crate) async fn compile(
+    mut req: CompileRequest,
+    state: &State,
+    shutdown: &CancellationToken,
+) -> Response {
+    if let Some(why) = state.config.runner.refuses(&req.compiler.identity) {
+        return Response::refused(RefusalKind::NoToolchain, why);
+    }
+    let Some(tree) = state.store.lease(&req.compiler.identity) else {
+        return Response::refused(
+            RefusalKind::NeedToolchain,
+            format!(
+                "this worker does not hold toolchain {} ({}) yet",
+                req.compiler.identity, req.compiler.name
+            ),
+        );
+    };
+    if let Err(why) = check_compile_args(&req.args, &tree.manifest) {
+        return Response::refused(RefusalKind::BadArguments, why.to_string());
+    }
+    // The slot first: at most one unit per slot is decompressed (up to MAX_RAW_LEN each).
+    let Some(slot) = Slot::take(state, shutdown).await else {
+        return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
+    };
+    let Some(_room) = state.payload.room(req.unit.raw_len).await else {
+        return Response::refused(RefusalKind::BadRequest, "unit larger than any unit may be");
+    };
+    // Moved to the blocking pool, not copied: only the decompressed unit is used after this.
+    let lz4 = std::mem::take(&mut req.unit.lz4);
+    let payload = Payload { lz4, ..req.unit };
+    let unit = match tokio::task::spawn_blocking(move || payload.decompress(MAX_RAW_LEN)).await {
+        Ok(Ok(unit)) => unit,
+        Ok(Err(err)) => return Response::refused(RefusalKind::BadRequest, err.to_string()),
+        Err(err) => return Response::refused(RefusalKind::Internal, err.to_string()),
+    };
+    match run_in_dir(&tree, &req, &unit, state, &slot).await {
+        Ok(result) => Response::Compiled(result),
+        Err(response) => response,
+    }
+}
+
+async fn run_in_dir(
+    tree: &TreeLease<'_>,
+    req: &CompileRequest,
+    unit: &[u8],
+    state: &State,
+    slot: &Slot<'_>,
+) -> Result<CompileResult, Response> {
+    let internal =
+        |e: io::Error| Response::refused(RefusalKind::Internal, format!("unit directory: {e}"));
+    let dir = unit_dir(&state.config.work_dir).map_err(internal)?;
+    tokio::fs::write(dir.path().join(INPUT), unit).await.map_err(internal)?;
+    let run =
+        compile_unit(&state.config.runner, &tree.root, &tree.manifest, req, dir.path(), slot.uid())
+            .await
+            .map_err(|e: ExecError| {
+                Response::refused(RefusalKind::CompilerFailed, e.to_string())
+            })?;
+    if killed(run.exit_code) {
+        return Err(Response::refused(
+            RefusalKind::CompilerFailed,
+            format!("compiler killed (status {})", run.exit_code),
+        ));
+    }
+    let output = if run.exit_code == 0 {
+        let name = output_name(req.output);
+        let bytes = read_output(dir.path().join(name)).await.map_err(|e| {
+            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no output: {e}"))
+        })?;
+        let payload = output_payload(req.output, &bytes)
+            .map_err(|why| Response::refused(RefusalKind::CompilerFailed, why))?;
+        Some(payload)
+    } else {
+        None
+    };
+    debug!(source = %req.source_name, exit = run.exit_code, ms = run.elapsed.as_millis() as u64, "compiled");
+    state.note_unit(&req.source_name, run.elapsed);
+    remove_later(dir);
+    Ok(CompileResult {
+        exit_code: run.exit_code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        output,
+        node: state.config.node_name.clone(),
+        compile_ms: run.elapsed.as_millis() as u64,
+        verify: false,
+    })
+}
+
+/// Compiles one source-mode unit, or says why not.
+pub(crate) async fn compile_sources(
+    req: SourceCompileRequest,
+    node: &State,
+    shutdown: &CancellationToken,
+) -> Response {
+    if let Err(why) = req.validate() {
+        return Response::refused(RefusalKind::BadRequest, why.to_string());
+    }
+    let Some(tree) = node.store.lease(&req.compiler.identity) else {
+        return Response::refused(
+            RefusalKind::NeedToolchain,
+            format!(
+                "this worker does not hold toolchain {} ({}) yet",
+                req.compiler.identity, req.compiler.name
+            ),
+        );
+    };
+    if let Err(why) = check_source_args(&req.args, &tree.manifest, &req.files, &req.cwd) {
+        return Response::refused(RefusalKind::BadArguments, why.to_string());
+    }
+    let missing = node.sources.missing(&req.files);
+    if !missing.is_empty() {
+        return Response::MissingBlobs(missing);
+    }
+    let Some(slot) = Slot::take(node, shutdown).await else {
+        return Response::refused(RefusalKind::Unavailable, "worker is shutting down");
+    };
+    match run_sources(&tree.root, &tree.manifest, &req, node, &slot).await {
+        Ok((result, None)) => Response::Compiled(result),
+        Ok((result, Some(dep_file))) => {
+            Response::CompiledSources(SourceResult { result, dep_file })
+        }
+        Err(response) => response,
+    }
+}
+
+async fn run_sources(
+    tree: &Path,
+    manifest: &ToolchainManifest,
+    req: &SourceCompileRequest,
+    node: &State,
+    slot: &Slot<'_>,
+) -> Result<(CompileResult, Option<Vec<u8>>), Response> {
+    let started = std::time::Instant::now();
+    let internal = |e: std::io::Error| {
+        Response::refused(RefusalKind::Internal, format!("unit directory: {e}"))
+    };
+    let list = match node.sources.tree_list(&req.files, &req.cwd) {
+        Materialized::Ready(list) => list,
+        Materialized::Missing(blobs) => return Err(Response::MissingBlobs(blobs)),
+    };
+    // A directory, an empty one in it and a small file, in the work directory (a tmpfs by
+    // default): done here, a trip to the blocking pool would cost more than the work.
+    let dir = sources_dir(&node.config.work_dir, &list).map_err(internal)?;
+    let out_dir = dir.path().join("out");
+    let tree_list = dir.path().join("tree.list");
+    let placed = started.elapsed();
+    let ran = exec::compile_sources(
+        &node.config.runner,
+        tree,
+        manifest,
+        req,
+        &out_dir,
+        &tree_list,
+        slot.uid(),
+    )
+    .await;
+    let run = ran.map_err(|e| {
+        // A blob evicted before the helper copied it: the client sends it again.
+        let missing = node.sources.missing_on_disk(&req.files);
+        if missing.is_empty() {
+            Response::refused(RefusalKind::CompilerFailed, e.to_string())
+        } else {
+            Response::MissingBlobs(missing)
+        }
+    })?;
+    if killed(run.exit_code) {
+        return Err(Response::refused(
+            RefusalKind::CompilerFailed,
+            format!("compiler killed (status {})", run.exit_code),
+        ));
+    }
+    let (output, dep_file) = if run.exit_code == 0 {
+        let wrote_no = |what: &str, e: std::io::Error| {
+            Response::refused(RefusalKind::CompilerFailed, format!("compiler wrote no {what}: {e}"))
+        };
+        let object = read_output(out_dir.join(output_name(req.output)))
+            .await
+            .map_err(|e| wrote_no("output", e))?;
+        let dep_file = match &req.deps {
+            Some(_) => Some(
+                read_output(out_dir.join(DEP_FILE))
+                    .await
+                    .map_err(|e| wrote_no("dependency file", e))?,
+            ),
+            None => None,
+        };
+        let payload = output_payload(req.output, &object)
+            .map_err(|why| Response::refused(RefusalKind::CompilerFailed, why))?;
+        (Some(payload), dep_file)
+    } else {
+        (None, None)
+    };
+    debug!(
+        source = %req.source_name,
+        exit = run.exit_code,
+        files = req.files.len(),
+        tree_ms = placed.as_secs_f64() * 1e3,
+        compile_ms = run.elapsed.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "compiled from sources"
+    );
+    remove_later(dir);
+    node.note_unit(&req.source_name, run.elapsed);
+    let result = CompileResult {
+        exit_code: run.exit_code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        output,
+        node: node.config.node_name.clone(),
+        compile_ms: run.elapsed.as_millis() as u64,
+        verify: false,
+    };
+    Ok((result, dep_file))
+}
+
+/// Makes a unit's directory under `work_dir`, with its empty `out/` and its `tree.list`.
+fn sources_dir(work_dir: &Path, list: &[u8]) -> std::io::Result<tempfile::TempDir> {
+    let dir = unit_dir(work_dir)?;
+    std::fs::create_dir(dir.path().join("out"))?;
+    std::fs::write(dir.path().join("tree.list"), list)?;
+    Ok(dir)
 }
 
 #[cfg(test)]

@@ -58,6 +58,14 @@ struct Cli {
     /// authentication: bind it to loopback or a firewalled address; icecream uses port 8765).
     #[arg(long, env = "DISCOMY_ICEMON_LISTEN", value_name = "ADDR")]
     icemon_listen: Option<SocketAddr>,
+    /// The working fleet: the farm CA, join requests and node certificates live here (made on
+    /// first start). The listener then speaks mutual TLS only; without it, a plain-token lab
+    /// farm.
+    #[arg(long, env = "DISCOMY_FLEET_DIR", value_name = "DIR")]
+    fleet_dir: Option<PathBuf>,
+    /// How long a node's certificate lives (it renews itself at two thirds), seconds.
+    #[arg(long, default_value_t = 86_400)]
+    cert_lifetime: u64,
     /// Instead of running the daemon: the published repositories (`discomy repo` runs this).
     #[command(subcommand)]
     command: Option<Command>,
@@ -79,6 +87,7 @@ enum Command {
 enum RepoCmd {
     /// Re-check a published repository: every file against the recorded sha256, repomd.xml's
     /// checksums, the signatures of repomd.xml and of every RPM. Exit 1 when anything is wrong.
+    /// The result is recorded beside the repository (`NAME.verify.json`) for the web UI.
     Verify {
         /// The repository (`CHROOT-ARCH`), or a path to one.
         name: String,
@@ -155,7 +164,15 @@ fn repo(cli: &Cli, command: &RepoCmd) -> Result<std::process::ExitCode> {
     };
     match command {
         RepoCmd::Verify { name, public_key, json } => {
-            let report = agg::verify(&path_of(name)?, public_key)?;
+            let path = path_of(name)?;
+            let result = agg::verify(&path, public_key);
+            // Kept beside the repository for the web UI; not being able to is no verify failure.
+            match agg::record_verify(&path, &result, &agg::who("discomy repo verify")) {
+                Ok(Some(record)) => tracing::info!("recorded in {}", record.display()),
+                Ok(None) => tracing::info!("not a published repository's link: not recorded"),
+                Err(err) => tracing::warn!("the verify's result is not recorded: {err}"),
+            }
+            let report = result?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -198,6 +215,16 @@ async fn run(cli: Cli) -> Result<()> {
     let auth = AuthConfig::from_option(token.as_deref());
     let shutdown = CancellationToken::new();
     discomy_protocol::plumbing::daemon::cancel_on_signals(shutdown.clone());
+    // The fleet (CA, admin certificate) is ready before the address file says we listen.
+    let fleet = match &cli.fleet_dir {
+        Some(dir) => {
+            let lifetime = std::time::Duration::from_secs(cli.cert_lifetime.max(1));
+            let fleet = discomy_coordinator::fleet::Fleet::open(dir, &cli.farm, lifetime)
+                .with_context(|| format!("failed to open the fleet directory {}", dir.display()))?;
+            Some(std::sync::Arc::new(fleet))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("failed to listen on {}", cli.listen))?;
@@ -232,6 +259,7 @@ async fn run(cli: Cli) -> Result<()> {
             .with_context(|| format!("failed to create {}", file.ops.state_dir.display()))?;
         config.quarantine_file = Some(file.ops.state_dir.join("quarantine.json"));
     }
+    config.fleet = fleet;
     let farm = server::FarmHandle::new(config);
     let ops = match file.ops.api_listen {
         Some(_) => Some(Ops::open(file.ops.clone(), token.as_deref()).with_context(|| {

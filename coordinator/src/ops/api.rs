@@ -1,7 +1,9 @@
 //! The operations API: axum routes over [`super::Ops`], as `discomy_protocol::ops` documents
-//! them. Every request proves the farm token (`Authorization: Bearer`, compared in constant time
-//! through blake3); without a token configured, only loopback clients are served. JSON bodies are
-//! capped at 1 MiB; uploads stream to the blob store under its own limit.
+//! them. Every request proves the farm token or a tenant token (`Authorization: Bearer`, compared
+//! in constant time through blake3); without a farm token configured, loopback clients need none.
+//! What each route needs is [`super::tokens::need`]; the caller reaches handlers as an
+//! [`Extension`] of [`Caller`]. JSON bodies are capped at 1 MiB; uploads stream to the blob store
+//! under its own limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,17 +12,19 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use discomy_protocol::ops::{
     ApiError, BatchRequest, BatchResponse, BlobRef, BuilderReport, FinishRequest, JobDetail,
-    JobState, SubmitRequest, SubmitResponse, is_blake3_hex, is_plain_file_name,
+    JobState, SubmitRequest, SubmitResponse, TOKEN_PREFIX, TokenCreateRequest, TokenCreated,
+    TokenInfo, is_blake3_hex, is_plain_file_name,
 };
 use serde::Deserialize;
 
+use super::tokens::{self, Caller};
 use super::{Ops, OpsError, now};
 
 /// JSON bodies larger than this are refused.
@@ -44,10 +48,12 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/api/v1/jobs/{id}/finish", post(finish))
         .route("/api/v1/builders/report", post(report))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .merge(uploads)
         .layer(middleware::from_fn_with_state(Arc::clone(&ops), authenticate))
-        // Forges prove themselves with their hook's secret, not the farm token.
+        // Forges prove themselves with their hook's secret, not a token.
         .merge(super::job_listener::routes())
         .with_state(ops)
 }
@@ -94,28 +100,41 @@ pub(crate) async fn blob_response(ops: &Ops, hex: &str) -> Result<Response, OpsE
     Ok(([(header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
+/// Who calls (the farm token, a tenant token, loopback without a farm token) and whether the
+/// route allows it: 401 for an unknown, revoked, expired or missing token, 403 for one without
+/// the scope the route needs.
 async fn authenticate(
     State(ops): State<Arc<Ops>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let allowed = match &ops.token {
-        Some(expected) => headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            // blake3::Hash compares in constant time.
-            .is_some_and(|given| blake3::hash(given.as_bytes()) == *expected),
-        None => peer.ip().is_loopback(),
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let need = tokens::need(request.method(), request.uri().path());
+    let verdict = match ops.caller(bearer, peer.ip().is_loopback()).await {
+        Ok(verdict) => verdict.and_then(|caller| caller.allows(need).map(|()| caller)),
+        Err(err) => return err.into_response(),
     };
-    if !allowed {
-        tracing::warn!(%peer, path = %request.uri().path(), "API request refused: no valid token");
-        let error = ApiError { error: "the farm token is missing or wrong".into() };
-        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+    match verdict {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            tracing::warn!(
+                %peer,
+                method = %request.method(),
+                path = %request.uri().path(),
+                why = refusal.message(),
+                "API request refused"
+            );
+            (refusal.status(), Json(ApiError { error: refusal.message() })).into_response()
+        }
     }
-    next.run(request).await
 }
 
 fn checked_hex(hex: &str) -> Result<(), OpsError> {
@@ -207,25 +226,36 @@ async fn show(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Respon
     Ok(Json(detail).into_response())
 }
 
-async fn cancel(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Response, OpsError> {
-    let (job, events) = ops.db(move |db, _| db.cancel(id, "the API", now())).await?;
+async fn cancel(
+    State(ops): State<Arc<Ops>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Result<Response, OpsError> {
+    let who = caller.who("the API");
+    let (job, events) = ops.db(move |db, _| db.cancel(id, &who, now())).await?;
     ops.publish(events);
     Ok(Json(job).into_response())
 }
 
-async fn retry(State(ops): State<Arc<Ops>>, Path(id): Path<u64>) -> Result<Response, OpsError> {
-    let (job, events) = ops.db(move |db, _| db.retry(id, "the API", now())).await?;
+async fn retry(
+    State(ops): State<Arc<Ops>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Result<Response, OpsError> {
+    let who = caller.who("the API");
+    let (job, events) = ops.db(move |db, _| db.retry(id, &who, now())).await?;
     ops.publish(events);
     Ok(Json(job).into_response())
 }
 
 async fn set_priority(
     State(ops): State<Arc<Ops>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<u64>,
     Json(req): Json<discomy_protocol::ops::PriorityRequest>,
 ) -> Result<Response, OpsError> {
-    let (job, events) =
-        ops.db(move |db, _| db.set_priority(id, req.priority, "the API", now())).await?;
+    let who = caller.who("the API");
+    let (job, events) = ops.db(move |db, _| db.set_priority(id, req.priority, &who, now())).await?;
     ops.publish(events);
     Ok(Json(job).into_response())
 }
@@ -351,4 +381,49 @@ async fn events(
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let events = ops.db(move |db, _| db.events(q.job, q.after.unwrap_or(0), limit)).await?;
     Ok(Json(events).into_response())
+}
+
+/// `POST /api/v1/tokens` (admin): a new tenant token, its text shown in this answer only.
+async fn create_token(
+    State(ops): State<Arc<Ops>>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<TokenCreateRequest>,
+) -> Result<(StatusCode, Json<TokenCreated>), OpsError> {
+    req.check().map_err(OpsError::BadRequest)?;
+    let secret = tokens::new_secret()?;
+    let hash = blake3::hash(secret.as_bytes());
+    let mut scopes = req.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let at = now();
+    let expires_at = req.ttl_secs.map(|t| at + t as f64);
+    let name = req.name;
+    let info = ops
+        .db(move |db, _| db.tokens().token_create(&name, &scopes, &hash, at, expires_at))
+        .await?;
+    tracing::info!(
+        token = info.id,
+        name = %info.name,
+        scopes = %discomy_protocol::ops::TokenScope::join(&info.scopes),
+        by = %caller.who("the API"),
+        "tenant token created"
+    );
+    let token = format!("{TOKEN_PREFIX}{}_{secret}", info.id);
+    Ok((StatusCode::CREATED, Json(TokenCreated { token, info })))
+}
+
+/// `GET /api/v1/tokens` (admin): every token, without secrets or hashes.
+async fn list_tokens(State(ops): State<Arc<Ops>>) -> Result<Json<Vec<TokenInfo>>, OpsError> {
+    Ok(Json(ops.db(|db, _| db.tokens().token_list()).await?))
+}
+
+/// `DELETE /api/v1/tokens/ID` (admin): revoked at once (every request reads its token's row).
+async fn revoke_token(
+    State(ops): State<Arc<Ops>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Result<Json<TokenInfo>, OpsError> {
+    let info = ops.db(move |db, _| db.tokens().token_revoke(id, now())).await?;
+    tracing::info!(token = id, name = %info.name, by = %caller.who("the API"), "token revoked");
+    Ok(Json(info))
 }

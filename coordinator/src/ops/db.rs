@@ -96,6 +96,7 @@ impl Db {
     fn init(conn: Connection) -> Result<Db, OpsError> {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::outbox::SCHEMA)?;
+        conn.execute_batch(super::tokens::SCHEMA)?;
         Ok(Db { conn })
     }
 

@@ -18,7 +18,9 @@
 //!   repository (createrepo_c, rpmsign, gpg), switched atomically; `verify` and `sync`.
 //! - [`ci_notify`]: commit statuses posted to the forge when a push's jobs end.
 //! - [`counters`]: webhook deliveries, commit statuses and build durations, for `/metrics`.
-//! - [`api`]: the JSON HTTP API (`discomy submit`, `discomy jobs`, builders).
+//! - [`api`]: the JSON HTTP API (`discomy submit`, `discomy jobs`, `discomy tokens`, builders).
+//! - [`tokens`]: tenant tokens (scopes `compile`, `submit`, `admin`; stored hashed) beside the
+//!   farm token, and what each route needs.
 //!
 //! Wire types are `discomy_protocol::ops`. Nothing here touches the compile farm's scheduler:
 //! builds reach the farm through the agents on their builders, like any other build.
@@ -42,6 +44,9 @@ pub mod queue_rules;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
+#[cfg(test)]
+mod tokens_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use super::OpsError;
 use super::db::Db;
 use super::job_queue::{Events, QueueConfig};
 use super::outbox::{self, OutboxItem};
+use super::tokens::TokenStore;
 
 /// Whether the coordinator holds a blob with that size.
 pub type BlobPresent<'a> = &'a dyn Fn(&BlobRef) -> bool;
@@ -19,6 +20,8 @@ pub type BlobPresent<'a> = &'a dyn Fn(&BlobRef) -> bool;
 /// A queue's storage. See [`super::job_queue`] for what each operation means. Reads take
 /// `&mut self` too: a PostgreSQL connection is used mutably.
 pub trait QueueStore: Send {
+    /// The tenant tokens' table ([`super::tokens`]).
+    fn tokens(&mut self) -> &mut dyn TokenStore;
     /// One job with its current attempt's artefacts.
     fn job(&mut self, id: u64) -> Result<JobView, OpsError>;
     /// Jobs, oldest first, optionally by state and batch.
@@ -111,6 +114,9 @@ pub trait QueueStore: Send {
 }
 
 impl QueueStore for Db {
+    fn tokens(&mut self) -> &mut dyn TokenStore {
+        self
+    }
     fn job(&mut self, id: u64) -> Result<JobView, OpsError> {
         Db::job(self, id)
     }

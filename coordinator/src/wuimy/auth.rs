@@ -1,6 +1,8 @@
-//! Who may see and act in the web UI. It mirrors the API's rule: with a farm token configured,
-//! a client proves it (once, on the login form) and gets a session; without one, only loopback
-//! clients are served, and they get a session without logging in.
+//! Who may see and act in the web UI. It mirrors the API's rule: a client proves the farm token
+//! or a tenant token (once, on the login form) and gets a session; without a farm token
+//! configured, loopback clients get a session without logging in. A tenant token's session
+//! holds its scopes (operators' actions need `admin`) and ends when the token is revoked or
+//! expires (checked at each page and action, `Ui::token_live`).
 //!
 //! Sessions live in memory (lost on restart), bounded in number ([`MAX_SESSIONS`], the oldest
 //! go first) and age ([`MAX_AGE`]); the cookie is `HttpOnly; SameSite=Strict` and holds 32
@@ -37,13 +39,26 @@ pub struct Session {
     pub id: String,
     /// The session's CSRF token (what forms carry).
     pub csrf: String,
-    /// Logged in with the farm token (else: a loopback client of a coordinator without one).
+    /// Logged in (else: a loopback client of a coordinator without a farm token).
     pub login: bool,
+    /// Logged in with this tenant token (else: the farm token, or loopback).
+    pub tenant: Option<u64>,
+    /// May act as an operator (cancel, retry, priority): the farm token, loopback, or a tenant
+    /// token with the `admin` scope.
+    pub admin: bool,
+}
+
+/// What a session was made from: [`Session`]'s `login`, `tenant` and `admin`.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    login: bool,
+    tenant: Option<u64>,
+    admin: bool,
 }
 
 /// The sessions and the CSRF key.
 pub struct Sessions {
-    map: Mutex<HashMap<String, (Instant, bool)>>,
+    map: Mutex<HashMap<String, (Instant, Grant)>>,
     csrf_key: [u8; 32],
     token: Option<blake3::Hash>,
 }
@@ -57,9 +72,10 @@ pub enum Access {
         /// `Set-Cookie` for a session made for this request.
         set_cookie: Option<HeaderValue>,
     },
-    /// Log in first (a farm token is configured).
+    /// Log in first (with the farm token, or a tenant token).
     Login,
-    /// Refused: no token configured and the client is not on loopback.
+    /// Refused: no farm token configured, and a loopback client asks for a stream or an action
+    /// without a session.
     Refused,
 }
 
@@ -86,16 +102,30 @@ impl Sessions {
 
     fn lookup(&self, id: &str) -> Option<Session> {
         let mut map = self.map.lock().ok()?;
-        let (since, login) = *map.get(id)?;
+        let (since, grant) = *map.get(id)?;
         if since.elapsed() > MAX_AGE {
             map.remove(id);
             return None;
         }
-        Some(Session { id: id.to_owned(), csrf: self.csrf_of(id), login })
+        Some(self.session(id.to_owned(), grant))
     }
 
-    /// A new session and its cookie.
+    fn session(&self, id: String, g: Grant) -> Session {
+        Session { csrf: self.csrf_of(&id), id, login: g.login, tenant: g.tenant, admin: g.admin }
+    }
+
+    /// A new session with every scope (`login`: with the farm token; else loopback) and its
+    /// cookie.
     pub fn create(&self, login: bool) -> Result<(Session, HeaderValue), AuthError> {
+        self.make(Grant { login, tenant: None, admin: true })
+    }
+
+    /// A new session of tenant token `id` (`admin`: it has the admin scope) and its cookie.
+    pub fn create_tenant(&self, id: u64, admin: bool) -> Result<(Session, HeaderValue), AuthError> {
+        self.make(Grant { login: true, tenant: Some(id), admin })
+    }
+
+    fn make(&self, grant: Grant) -> Result<(Session, HeaderValue), AuthError> {
         let id = random_hex()?;
         if let Ok(mut map) = self.map.lock() {
             map.retain(|_, (since, _)| since.elapsed() <= MAX_AGE);
@@ -107,15 +137,14 @@ impl Sessions {
                     None => break,
                 };
             }
-            map.insert(id.clone(), (Instant::now(), login));
+            map.insert(id.clone(), (Instant::now(), grant));
         }
         let cookie = format!(
             "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
             MAX_AGE.as_secs()
         );
         let cookie = HeaderValue::from_str(&cookie).unwrap_or(HeaderValue::from_static(""));
-        let csrf = self.csrf_of(&id);
-        Ok((Session { id, csrf, login }, cookie))
+        Ok((self.session(id, grant), cookie))
     }
 
     /// Ends a session; returns the cookie that clears it.
@@ -135,15 +164,14 @@ impl Sessions {
     /// without a session gets one now (pages); live streams and actions never make one.
     pub fn access(&self, peer: SocketAddr, headers: &HeaderMap, make: bool) -> Access {
         if let Some(session) = cookie(headers).and_then(|id| self.lookup(&id)) {
-            // A login session outlives nothing: it is only valid while a token is configured,
-            // and a loopback session only from loopback.
+            // A loopback session is valid only from loopback.
             if session.login || peer.ip().is_loopback() {
                 return Access::Session { session, set_cookie: None };
             }
         }
         match (&self.token, peer.ip().is_loopback()) {
-            (Some(_), _) => Access::Login,
-            (None, false) => Access::Refused,
+            // Elsewhere, a tenant token may log in even without a farm token.
+            (Some(_), _) | (None, false) => Access::Login,
             (None, true) if make => match self.create(false) {
                 Ok((session, cookie)) => Access::Session { session, set_cookie: Some(cookie) },
                 Err(err) => {

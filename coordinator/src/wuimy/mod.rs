@@ -4,7 +4,8 @@
 //! queue, its logs and blobs) and [`FarmHandle`] (the farm's status and events) and act through
 //! the same store calls and event publication as the JSON API.
 //!
-//! - [`auth`]: sessions (login with the farm token, or loopback without one), CSRF tokens.
+//! - [`auth`]: sessions (login with the farm token or a tenant token, or loopback without a
+//!   farm token), CSRF tokens.
 //! - [`fragments`]: the parts of pages that change (farm, queue, a job's summary, history,
 //!   artefacts), rendered into pages and again by the live streams.
 //! - [`html`]: escaping, layout, security headers, the live-update script.
@@ -133,6 +134,25 @@ impl Ui {
             Access::Refused => Err(Denied::Refused),
         }
     }
+
+    /// Whether the tenant token a session was made from (if any) is still live; a session of a
+    /// revoked or expired token ends here.
+    async fn token_live(&self, session: &Session) -> bool {
+        let Some(id) = session.tenant else { return true };
+        let live = self
+            .ops
+            .db(move |db, _| {
+                Ok(db.tokens().token_get(id)?.is_some_and(|t| t.info.is_live(crate::ops::now())))
+            })
+            .await;
+        match live {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(err) => tracing::warn!(%err, token = id, "web UI: reading a token failed"),
+        }
+        self.sessions.remove(&session.id);
+        false
+    }
 }
 
 /// Why a request is not served.
@@ -192,7 +212,8 @@ impl axum::extract::FromRequestParts<Arc<Ui>> for Viewer {
             .map(|c| c.0)
             .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
         match ui.viewer(peer, &parts.headers) {
-            Ok((session, cookie)) => Ok(Viewer(session, cookie)),
+            Ok((session, cookie)) if ui.token_live(&session).await => Ok(Viewer(session, cookie)),
+            Ok(_) => Err(Denied::Login.into_response()),
             Err(denied) => Err(denied.into_response()),
         }
     }
@@ -230,8 +251,10 @@ async fn artifact(
     h: HeaderMap,
     Path((id, name)): Path<(u64, String)>,
 ) -> Response {
-    if let Err(denied) = ui.session(peer, &h) {
-        return denied.into_response();
+    match ui.session(peer, &h) {
+        Ok(session) if ui.token_live(&session).await => {}
+        Ok(_) => return Denied::Unauthorized.into_response(),
+        Err(denied) => return denied.into_response(),
     }
     match pages::artifact(&ui, id, &name).await {
         Ok(resp) => resp,

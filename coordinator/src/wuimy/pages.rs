@@ -14,7 +14,7 @@ use super::auth::{self, Session};
 use super::fragments;
 use super::html::{self, Page, Tab, attr, esc, utc};
 use super::{Ui, UiError, error_page, with_cookie};
-use crate::ops::final_aggregator::{FileKind, Manifest};
+use crate::ops::final_aggregator::{FileKind, Manifest, Verdict, VerifyRecord, read_record};
 use crate::ops::{Ops, OpsError, now};
 
 /// The most of a log a job page shows at first (its end); the rest is in the API.
@@ -28,7 +28,8 @@ fn page(
     live: Option<String>,
     body: &str,
 ) -> String {
-    let logged_in = session.login && ui.sessions.has_token();
+    // Logged in with the farm token or a tenant token (a log-out button), not by loopback.
+    let logged_in = session.login && (ui.sessions.has_token() || session.tenant.is_some());
     let p = Page { title, tab, live, csrf: Some(&session.csrf), logged_in };
     html::page(&p, body)
 }
@@ -164,6 +165,8 @@ struct RepoInfo {
     target: String,
     manifest: Result<Manifest, String>,
     generations: usize,
+    /// Its last verify (`NAME.verify.json`): `None` when none is recorded.
+    verify: Result<Option<VerifyRecord>, String>,
 }
 
 fn read_repos(root: &Path) -> Result<Vec<RepoInfo>, std::io::Error> {
@@ -184,7 +187,8 @@ fn read_repos(root: &Path) -> Result<Vec<RepoInfo>, std::io::Error> {
                     .count()
             })
             .unwrap_or(0);
-        repos.push(RepoInfo { name, target, manifest, generations });
+        let verify = read_record(root, &name).map_err(|e| e.to_string());
+        repos.push(RepoInfo { name, target, manifest, generations, verify });
     }
     repos.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(repos)
@@ -202,8 +206,8 @@ pub async fn repos(ui: &Ui, session: &Session) -> Result<String, UiError> {
         .await
         .map_err(|e| UiError::Task(e.to_string()))?;
     let mut body = format!(
-        "<p>Repositories under <code>{}</code>. The last <em>verify</em> of a repository is not \
-         recorded by the coordinator: run <code>discomy repo verify NAME --public-key KEY</code>.</p>\
+        "<p>Repositories under <code>{}</code>, and the last <em>verify</em> of each (<code>discomy \
+         repo verify NAME --public-key KEY</code> records its result beside the repository).</p>\
          <table id=\"repos\"><tr><th>Repository</th><th>Generation</th><th>Batch</th>\
          <th>Published (UTC)</th><th>Packages</th><th>Source packages</th><th>Signed files</th>\
          <th>Key</th><th>Generations kept</th></tr>",
@@ -218,7 +222,9 @@ pub async fn repos(ui: &Ui, session: &Session) -> Result<String, UiError> {
             body.push_str("<tr><td colspan=\"9\" class=\"muted\">nothing published yet</td></tr>");
         }
         Ok(repos) => {
+            let mut verifies = String::new();
             for r in repos {
+                verify_row(&mut verifies, &r.name, &r.verify);
                 let _ = write!(body, "<tr id=\"repo-{}\"><td>{}</td>", attr(&r.name), esc(&r.name));
                 match &r.manifest {
                     Ok(m) => {
@@ -244,10 +250,88 @@ pub async fn repos(ui: &Ui, session: &Session) -> Result<String, UiError> {
                 }
                 body.push_str("</tr>");
             }
+            let _ = write!(
+                body,
+                "</table><h2>Last verify</h2><table id=\"verifies\"><tr><th>Repository</th>\
+                 <th>Verdict</th><th>When (UTC)</th><th>Generation</th><th>Files</th>\
+                 <th>Signatures</th><th>Problems</th><th>Run by</th></tr>{verifies}"
+            );
         }
     }
     body.push_str("</table>");
     Ok(page(ui, session, "Repositories", Tab::Repos, None, &body))
+}
+
+/// One row of the last-verify table: `tr#verify-NAME`, its verdict also in `data-verdict` (`ok`,
+/// `failed`, `error`, `none`, `unreadable`).
+fn verify_row(out: &mut String, name: &str, verify: &Result<Option<VerifyRecord>, String>) {
+    let _ = write!(out, "<tr id=\"verify-{}\"", attr(name));
+    let v = match verify {
+        Err(e) => {
+            let _ = write!(
+                out,
+                " data-verdict=\"unreadable\"><td>{}</td><td colspan=\"7\" class=\"err\">\
+                 unreadable: {}</td></tr>",
+                esc(name),
+                esc(e)
+            );
+            return;
+        }
+        Ok(None) => {
+            let _ = write!(
+                out,
+                " data-verdict=\"none\"><td>{}</td><td colspan=\"7\" class=\"muted\">never \
+                 verified (no record)</td></tr>",
+                esc(name)
+            );
+            return;
+        }
+        Ok(Some(v)) => v,
+    };
+    let (word, class) = match v.verdict {
+        Verdict::Ok => ("ok", "st-succeeded"),
+        Verdict::Failed => ("failed", "st-failed"),
+        Verdict::Error => ("error", "st-failed"),
+    };
+    let generation = v.generation.map_or_else(|| "—".to_owned(), |g| g.to_string());
+    let _ = write!(
+        out,
+        " data-verdict=\"{word}\"><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td>\
+         <td>{generation}</td><td>{}</td><td>{}</td><td>{}",
+        esc(name),
+        utc(v.at_unix as f64),
+        v.files_checked,
+        v.signatures_checked,
+        v.problem_count
+    );
+    if let Some(e) = &v.error {
+        let _ = write!(out, " <span class=\"err\">{}</span>", esc(e));
+    }
+    if !v.problems.is_empty() {
+        out.push_str("<ul class=\"problems\">");
+        for p in &v.problems {
+            let kind = serde_json::to_value(p.kind)
+                .ok()
+                .and_then(|k| k.as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = write!(
+                out,
+                "<li><strong>{}</strong> <code>{}</code> <span class=\"muted\">{}</span></li>",
+                esc(&kind),
+                esc(&p.path),
+                esc(&p.detail)
+            );
+        }
+        if v.problem_count > v.problems.len() {
+            let _ = write!(
+                out,
+                "<li class=\"muted\">and {} more (run the verify to see them all)</li>",
+                v.problem_count - v.problems.len()
+            );
+        }
+        out.push_str("</ul>");
+    }
+    let _ = write!(out, "</td><td>{}</td></tr>", esc(&v.by));
 }
 
 /// An operator's action on a job.
@@ -271,7 +355,8 @@ pub async fn act(
     body: &[u8],
 ) -> Response {
     let session = match ui.session(peer, headers) {
-        Ok(s) => s,
+        Ok(s) if ui.token_live(&s).await => s,
+        Ok(_) => return super::Denied::Unauthorized.into_response(),
         Err(denied) => return denied.into_response(),
     };
     let form = auth::form_fields(body);
@@ -279,7 +364,14 @@ pub async fn act(
         tracing::warn!(%peer, job = id, ?action, "web UI action refused: missing or wrong CSRF token");
         return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
-    let who = format!("the web UI ({})", peer.ip());
+    if !session.admin {
+        tracing::warn!(%peer, job = id, ?action, "web UI action refused: no admin scope");
+        return error_page(StatusCode::FORBIDDEN, "the token lacks the admin scope");
+    }
+    let who = match session.tenant {
+        Some(token) => format!("the web UI ({}, token {token})", peer.ip()),
+        None => format!("the web UI ({})", peer.ip()),
+    };
     let priority = form.get("priority").map(|p| p.trim().parse::<i32>());
     let priority = match (action, priority) {
         (Action::Priority, Some(Ok(p))) => p,
@@ -306,39 +398,53 @@ pub async fn act(
     }
 }
 
-/// The login form (or, without a farm token, why there is none).
+/// The login form: the farm token or a tenant token (without a farm token, loopback clients
+/// need no login, which it says).
 pub fn login_form(ui: &Ui, status: StatusCode, message: Option<&str>) -> Response {
     let mut body = String::new();
     if let Some(m) = message {
         let _ = write!(body, "<p class=\"err\" id=\"error\">{}</p>", esc(m));
     }
-    if ui.sessions.has_token() {
-        body.push_str(
-            "<form method=\"post\" action=\"/ui/login\"><label>Farm token \
-             <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus>\
-             </label> <button id=\"login\" type=\"submit\">Log in</button></form>",
-        );
-    } else {
+    if !ui.sessions.has_token() {
         body.push_str(
             "<p>This coordinator has no farm token: clients on its own host (loopback) use the \
-             UI without logging in, and nobody else can. <a href=\"/ui/\">Go to the farm</a>.</p>",
+             UI without logging in; others log in with a tenant token. \
+             <a href=\"/ui/\">Go to the farm</a>.</p>",
         );
     }
+    body.push_str(
+        "<form method=\"post\" action=\"/ui/login\"><label>Farm or tenant token \
+         <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus>\
+         </label> <button id=\"login\" type=\"submit\">Log in</button></form>",
+    );
     let p = Page { title: "Log in", tab: Tab::None, live: None, csrf: None, logged_in: false };
     html::respond(status, html::page(&p, &body))
 }
 
-/// `POST /ui/login`: the farm token, checked; a session on success.
+/// `POST /ui/login`: the farm token or a live tenant token, checked; a session on success (a
+/// tenant token's holds its scopes).
 pub async fn login(ui: &Ui, peer: SocketAddr, headers: &HeaderMap, body: &[u8]) -> Response {
+    use crate::ops::tokens::Caller;
     let form = auth::form_fields(body);
     let given = form.get("token").map_or("", String::as_str);
-    if !auth::same_origin(headers) || !ui.sessions.token_ok(given) {
+    let tenant = match ui.ops.caller(Some(given), false).await {
+        Ok(Ok(Caller::Tenant { id, scopes, .. })) => {
+            Some((id, scopes.contains(&discomy_protocol::ops::TokenScope::Admin)))
+        }
+        _ => None,
+    };
+    let farm = ui.sessions.token_ok(given);
+    if !auth::same_origin(headers) || !(farm || tenant.is_some()) {
         tracing::warn!(%peer, "web UI login refused");
         // Slows down guessing (one connection at a time per guess).
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        return login_form(ui, StatusCode::UNAUTHORIZED, Some("wrong farm token"));
+        return login_form(ui, StatusCode::UNAUTHORIZED, Some("wrong, revoked or expired token"));
     }
-    match ui.sessions.create(true) {
+    let made = match tenant {
+        Some((id, admin)) if !farm => ui.sessions.create_tenant(id, admin),
+        _ => ui.sessions.create(true),
+    };
+    match made {
         Ok((_, cookie)) => {
             tracing::info!(%peer, "web UI login");
             with_cookie(Redirect::to("/ui/").into_response(), Some(cookie))

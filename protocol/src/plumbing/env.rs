@@ -68,6 +68,12 @@ pub const VARS: &[Var] = &[
         "none",
         "the coordinator's icecream monitor listener for icemon (`--icemon-listen`)",
     ),
+    user(
+        "DISCOMY_FLEET_DIR",
+        "none",
+        "the fleet directory: farm CA and certificates, mutual TLS on every link (`--fleet-dir`)",
+    ),
+    user("DISCOMY_JOIN_TOKEN", "none", "the join token of `discomy-compilerd join`"),
     user(NO_MDNS, "unset", "1/true/yes: no mDNS discovery"),
     user(LOG, "info (daemons), off (wrapper)", "log filter"),
     user(LOG_FILE, "stderr", "where the wrapper logs"),

@@ -36,7 +36,7 @@ use tracing::debug;
 use crate::args::Unit;
 use crate::client::AgentClient;
 use crate::invocation::Invocation;
-use crate::prepared::Prepared;
+use crate::source_mode::Prepared;
 use stats::Counter;
 use store::{Kind, Store};
 

@@ -8,6 +8,8 @@
 //!   switches readers to it.
 //! - [`verify`]: re-checks a published repository against its manifest, `repomd.xml`'s checksums
 //!   and the signatures; [`Report`] names missing, changed, unsigned and unexpected files.
+//! - [`record_verify`]: the result of a verify, kept beside the repository (`NAME.verify.json`)
+//!   for the web UI's repositories page ([`read_record`]).
 //! - [`sync`]: mirrors a published repository to a directory (same atomic switch) or an rsync
 //!   target (packages first, metadata last).
 //!
@@ -16,6 +18,7 @@
 //! ```text
 //! REPOS_ROOT/NAME            -> NAME.d/000007      (symlink, replaced by rename(2))
 //! REPOS_ROOT/NAME.lock       (flock: one publisher of NAME at a time)
+//! REPOS_ROOT/NAME.verify.json  the last verify's result (`discomy repo verify`)
 //! REPOS_ROOT/NAME.d/000007/  Packages/*.rpm       binary RPMs, signed
 //!                            SRPMS/*.src.rpm      source RPMs, signed
 //!                            repodata/            createrepo_c's metadata, repomd.xml.asc
@@ -36,6 +39,7 @@
 mod cmd;
 mod manifest;
 mod publish;
+mod record;
 mod sign;
 mod sync;
 #[cfg(test)]
@@ -49,6 +53,10 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{FileKind, MANIFEST_NAME, Manifest, ManifestEntry, PUBLIC_KEY_NAME};
 pub use publish::{Published, publish};
+pub use record::{
+    MAX_PROBLEMS, RECORD_SUFFIX, Verdict, VerifyRecord, read_record, record_path, record_verify,
+    who, write_record,
+};
 pub use sync::{SyncDest, SyncReport, sync};
 pub use verify::{Problem, ProblemKind, Report, verify};
 
@@ -85,6 +93,14 @@ pub enum AggregatorError {
     /// The manifest cannot be read.
     #[error("manifest {path}: {message}")]
     Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The record of a repository's last verify cannot be read (or written).
+    #[error("verify record {path}: {message}")]
+    BadRecord {
         /// The file.
         path: PathBuf,
         /// Why.

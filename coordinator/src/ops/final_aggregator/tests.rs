@@ -272,9 +272,15 @@ fn verify_names_changed_missing_unexpected_and_unsigned_files() {
     let mut w = World::new();
     let artefacts = [w.build("discomy-hello", "1.0"), w.build("discomy-other", "2.0")].concat();
     let p = publish(&w.config, "el9-noarch", "batch-1", &artefacts).unwrap();
-    let report = verify(&w.link(), &w.public_key).unwrap();
+    let result = verify(&w.link(), &w.public_key);
+    let report = result.as_ref().unwrap();
     assert!(report.is_ok(), "{report}");
     assert_eq!(report.signatures_checked, 4);
+    // Its result is recorded beside the repository, for the web UI.
+    let recorded = record_verify(&w.link(), &result, "test").unwrap();
+    assert_eq!(recorded, Some(w.config.repos_root.join("el9-noarch.verify.json")));
+    let last = || read_record(&w.config.repos_root, "el9-noarch").unwrap().unwrap();
+    assert_eq!((last().verdict, last().signatures_checked), (Verdict::Ok, 4));
     let gen_dir = &p.path;
     // Corrupt one RPM, delete another, add a stranger.
     let corrupt = "Packages/discomy-hello-1.0-1.noarch.rpm";
@@ -291,6 +297,11 @@ fn verify_names_changed_missing_unexpected_and_unsigned_files() {
     assert_eq!(report.paths(ProblemKind::Changed), [corrupt], "{report}");
     assert_eq!(report.paths(ProblemKind::Missing), [deleted], "{report}");
     assert_eq!(report.paths(ProblemKind::Unexpected), ["Packages/stranger.rpm"], "{report}");
+    record_verify(&p.path, &Ok(report), "test").unwrap();
+    assert_eq!(
+        (last().verdict, last().problem_count, last().by.as_str()),
+        (Verdict::Failed, 3, "test")
+    );
     // An RPM whose signature was removed (and whose manifest entry was made to match): unsigned.
     let unsigned = "SRPMS/discomy-other-2.0-1.src.rpm";
     run(Command::new("rpmsign").arg("--delsign").arg(gen_dir.join(unsigned)));

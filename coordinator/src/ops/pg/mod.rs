@@ -28,6 +28,7 @@ mod queue;
 pub mod scratch;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ";
 
 /// Advisory locks, two-int keys (they never meet one-bigint keys): this class…
-const LOCK_CLASS: i32 = 0x6469_736b;
+pub(super) const LOCK_CLASS: i32 = 0x6469_736b;
 /// …the event tail…
 const EVENTS_LOCK: i32 = 1;
 /// …and schema creation (two coordinators starting at once).
@@ -183,6 +184,7 @@ impl PgStore {
         store.write(|tx| {
             tx.tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_CLASS, &SCHEMA_LOCK])?;
             tx.tx.batch_execute(SCHEMA)?;
+            tx.tx.batch_execute(tokens::SCHEMA)?;
             Ok(())
         })?;
         Ok(store)

@@ -27,6 +27,10 @@ use crate::ops::store::{BlobPresent, QueueStore};
 const LIVE: &str = "('scheduled', 'running')";
 
 impl QueueStore for PgStore {
+    fn tokens(&mut self) -> &mut dyn crate::ops::tokens::TokenStore {
+        self
+    }
+
     fn job(&mut self, id: u64) -> Result<JobView, OpsError> {
         PgStore::job(self, id)
     }

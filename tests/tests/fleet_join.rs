@@ -1,0 +1,256 @@
+//! The working fleet end to end on loopback (issue 17): a coordinator with a farm CA; a donor
+//! host joins with a single-use token, waits as pending, is approved by the operator, and then
+//! serves units over mutual TLS to a build whose objects equal a local build's. Refusals, each
+//! with a clear error and nothing served:
+//! - a used-up join token;
+//! - `discomy status` without a farm certificate;
+//! - a certificate without the worker role logging in as a node;
+//! - a joiner pointed at a coordinator of another CA (a rogue answering mDNS would be one);
+//! - a revoked node: its connection is closed within seconds and it cannot come back;
+//! - a revoked agent: the worker refuses its next unit, also on the connection it holds.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use discomy_protocol::AuthConfig;
+use discomy_protocol::asyncio::{client_handshake, recv, send};
+use discomy_protocol::coordinator::{CoordRequest, CoordResponse, NodeLogin};
+use discomy_protocol::fleet::FleetRole;
+use discomy_protocol::tls::{ClientAuth, FarmTls, Transport};
+use discomy_tests::{
+    Agent, BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, assert_same_objects, bin, clean_command,
+    discomy_run, lua_with_reference, objects, read_stats, start_coordinator,
+};
+
+fn run(cmd: &mut std::process::Command) -> Output {
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "[e2e] {:?} → {}\n{}",
+        cmd.get_args().collect::<Vec<_>>(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+    out
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn nodes(caddr: &str, cdir: &Path, args: &[&str]) -> Output {
+    let mut cmd = clean_command(bin("discomy"));
+    cmd.args(["nodes", "--json", "--coordinator", caddr, "--fleet-dir"]).arg(cdir).args(args);
+    run(&mut cmd)
+}
+
+fn join(caddr: &str, ca: &Path, dir: &Path, token: &str, name: &str, roles: &str) -> Output {
+    let mut cmd = clean_command(bin("discomy-compilerd"));
+    cmd.args(["--coordinator", caddr, "--fleet-dir"]).arg(dir);
+    cmd.args(["join", "--join-token", token, "--name", name, "--roles", roles, "--no-wait"]);
+    cmd.args(["--organisation", "Test Org", "--contact", "ops@example.org", "--ca"]).arg(ca);
+    run(&mut cmd)
+}
+
+fn status(caddr: &str, fleet_dir: Option<&Path>) -> Result<serde_json::Value, String> {
+    let mut cmd = clean_command(bin("discomy"));
+    cmd.args(["status", "--json", "--coordinator", caddr]);
+    if let Some(d) = fleet_dir {
+        cmd.arg("--fleet-dir").arg(d);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn node_count(caddr: &str, cdir: &Path) -> usize {
+    status(caddr, Some(cdir)).ok().and_then(|s| s["nodes"].as_array().map(Vec::len)).unwrap_or(0)
+}
+
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < within, "{what} not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("[e2e] {what} after {:?}", start.elapsed());
+}
+
+fn token(caddr: &str, cdir: &Path) -> String {
+    json(&nodes(caddr, cdir, &["token", "--uses", "1"]))["token"].as_str().unwrap().to_string()
+}
+
+/// Joins `name` with `roles`, approves it, and fetches its certificate into `dir`.
+fn enrol(caddr: &str, cdir: &Path, dir: &Path, name: &str, roles: &str) {
+    let ca = cdir.join("ca.pem");
+    let t = token(caddr, cdir);
+    let pending = json(&join(caddr, &ca, dir, &t, name, roles));
+    assert_eq!(pending["state"], "pending", "{pending}");
+    let id = pending["request"].as_u64().unwrap().to_string();
+    json(&nodes(caddr, cdir, &["approve", &id]));
+    let approved = json(&join(caddr, &ca, dir, &t, name, roles));
+    assert_eq!(approved["state"], "approved", "{approved}");
+}
+
+/// A NodeLogin over mutual TLS with the certificate in `dir`: the coordinator's answer.
+fn node_login(caddr: &str, dir: &Path) -> Result<CoordResponse, String> {
+    let tls = FarmTls::from_files(
+        &dir.join("ca.pem"),
+        &dir.join("node.pem"),
+        &dir.join("node.key"),
+        ClientAuth::Required,
+    )
+    .map_err(|e| e.to_string())?;
+    let transport = Transport::Tls(Arc::new(tls));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let stream =
+            transport.connect(caddr, FleetRole::Coordinator).await.map_err(|e| e.to_string())?;
+        let mut conn =
+            client_handshake(stream, &AuthConfig::none()).await.map_err(|e| e.to_string())?;
+        let login = NodeLogin {
+            host: "x".into(),
+            address: "127.0.0.1:9".into(),
+            cores: 1,
+            slots: 1,
+            memory_mb: 1,
+            toolchains: vec![],
+        };
+        send(&mut conn, &CoordRequest::NodeLogin(login)).await.map_err(|e| e.to_string())?;
+        recv::<_, CoordResponse>(&mut conn).await.map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cdir = dir.join("coordinator-fleet");
+    let (_coord, addr) = start_coordinator(
+        dir,
+        "coordinator",
+        "127.0.0.1:0",
+        &["--fleet-dir", cdir.to_str().unwrap()],
+    );
+    let caddr = addr.to_string();
+    let ca = cdir.join("ca.pem");
+
+    // A single-use token: the first join waits as pending, a replay is refused.
+    let ndir = dir.join("donor-fleet");
+    let t = token(&caddr, &cdir);
+    let pending = json(&join(&caddr, &ca, &ndir, &t, "donor-1", "worker,agent"));
+    assert_eq!(pending["state"], "pending");
+    let replay = join(&caddr, &ca, &dir.join("replay-fleet"), &t, "donor-2", "worker");
+    assert!(!replay.status.success());
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("used up"), "{replay:?}");
+    let listed = json(&nodes(&caddr, &cdir, &["list"]));
+    let record = &listed["nodes"][0];
+    assert_eq!(
+        (record["name"].as_str(), record["state"].as_str()),
+        (Some("donor-1"), Some("pending"))
+    );
+    assert_eq!(record["facts"]["organisation"], "Test Org");
+    assert!(record["facts"]["cores"].as_u64().unwrap() >= 1);
+    assert!(!ndir.join("node.pem").exists(), "a certificate before approval");
+
+    // Approved: the next poll writes the certificate; the key stays private.
+    let id = record["request"].as_u64().unwrap().to_string();
+    json(&nodes(&caddr, &cdir, &["approve", &id]));
+    let approved = json(&join(&caddr, &ca, &ndir, &t, "donor-1", "worker,agent"));
+    assert_eq!(approved["state"], "approved");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ndir.join("node.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0);
+
+    // Nothing is served without a farm certificate.
+    let refused = status(&caddr, None).unwrap_err();
+    assert!(refused.contains("fleet directory"), "{refused}");
+
+    // The donor's worker joins over mutual TLS; a build through the farm equals a local one.
+    let (tree, src, reference) = lua_with_reference(dir);
+    let nd = ndir.to_str().unwrap();
+    let worker =
+        Worker::start_with(dir, "worker0", 2, &["--coordinator", &caddr, "--fleet-dir", nd]);
+    wait_for("the approved worker in the farm", Duration::from_secs(20), || {
+        node_count(&caddr, &cdir) == 1
+    });
+    let summary_path = dir.join("summary.json");
+    let mut cmd = discomy_run(&tree, dir);
+    cmd.env("DISCOMY_COORDINATOR", &caddr).env("DISCOMY_FLEET_DIR", &ndir);
+    cmd.arg("--summary-json")
+        .arg(&summary_path)
+        .args(["--", "make", "-C", "src", MAKE_JOBS, "linux"]);
+    let mut build = Proc::spawn("discomy-run", &mut cmd, dir);
+    let code = build.wait_timeout(BUILD_TIMEOUT);
+    assert!(code.success(), "the build failed:\n{}", build.logs(60));
+    assert_same_objects(&reference, &objects(&src), "build over mutual TLS");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    eprintln!("[e2e] summary: {summary}");
+    assert!(summary["remote"].as_u64().unwrap_or(0) > 0, "nothing ran remotely: {summary}");
+
+    // A certificate without the worker role cannot log in as a node.
+    let adir = dir.join("agent-fleet");
+    enrol(&caddr, &cdir, &adir, "buildhost-1", "agent");
+    match node_login(&caddr, &adir).unwrap() {
+        CoordResponse::Refused { reason } => assert!(reason.contains("worker role"), "{reason}"),
+        other => panic!("an agent certificate logged in as a node: {other:?}"),
+    }
+
+    // A revoked agent is refused by the worker at its next unit, also on the connection it
+    // already holds: the coordinator tells its nodes of every revocation.
+    let bdir = dir.join("buildhost2-fleet");
+    enrol(&caddr, &cdir, &bdir, "buildhost-2", "agent");
+    let bd = bdir.to_str().unwrap();
+    let agent =
+        Agent::start_with(dir, "agent2", &worker.host_spec(), &[("DISCOMY_FLEET_DIR", bd)], &[]);
+    let stats_file = dir.join("agent2.tsv");
+    let compile = |n: usize| -> String {
+        let mut cc = clean_command(bin("discomy-cc"));
+        cc.current_dir(&src)
+            .args(["gcc", "-std=gnu99", "-O2", "-DLUA_USE_LINUX", &format!("-DREVOKE_PROBE={n}")])
+            .args(["-c", "lapi.c", "-o", "probe.o"])
+            .env("DISCOMY_SOCKET", &agent.socket)
+            .env("DISCOMY_CACHE", "0")
+            .env("DISCOMY_STATS_FILE", &stats_file);
+        assert!(run(&mut cc).status.success());
+        read_stats(&stats_file).last().unwrap().outcome.clone()
+    };
+    assert_eq!(compile(0), "remote", "the enrolled agent's unit did not run remotely");
+    json(&nodes(&caddr, &cdir, &["revoke", "buildhost-2"]));
+    let mut n = 0;
+    wait_for("the worker refusing the revoked agent", Duration::from_secs(10), || {
+        n += 1;
+        compile(n) != "remote"
+    });
+    assert_ne!(compile(n + 1), "remote", "a revoked agent's unit ran remotely");
+    drop(agent);
+
+    // A coordinator of another CA (what a rogue answering mDNS would be) is refused by a joiner.
+    let (_rogue, raddr) = start_coordinator(
+        dir,
+        "rogue",
+        "127.0.0.1:0",
+        &["--fleet-dir", dir.join("rogue-fleet").to_str().unwrap()],
+    );
+    let rogue =
+        join(&raddr.to_string(), &ca, &dir.join("fooled-fleet"), "x.y", "donor-9", "worker");
+    assert!(!rogue.status.success());
+    assert!(String::from_utf8_lossy(&rogue.stderr).contains("certificate"), "{rogue:?}");
+
+    // Revoked: the worker's connection is closed and it is out within seconds; its certificate
+    // is refused from then on.
+    json(&nodes(&caddr, &cdir, &["revoke", "donor-1"]));
+    wait_for("the revoked worker out of the farm", Duration::from_secs(10), || {
+        node_count(&caddr, &cdir) == 0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(node_count(&caddr, &cdir), 0, "the revoked worker came back");
+    assert!(node_login(&caddr, &ndir).is_err(), "a revoked certificate was served");
+    drop(worker);
+}
