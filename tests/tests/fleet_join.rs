@@ -1,6 +1,7 @@
 //! The working fleet end to end on loopback (issue 17): a coordinator with a farm CA; a donor
 //! host joins with a single-use token, waits as pending, is approved by the operator, and then
-//! serves units over mutual TLS to a build whose objects equal a local build's. Refusals, each
+//! serves units over mutual TLS to a build whose objects equal a local build's. Certificates
+//! live 12 s here, so the daemons renew theirs during the test and stay in the farm. Refusals, each
 //! with a clear error and nothing served:
 //! - a used-up join token;
 //! - `discomy status` without a farm certificate;
@@ -131,12 +132,9 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cdir = dir.join("coordinator-fleet");
-    let (_coord, addr) = start_coordinator(
-        dir,
-        "coordinator",
-        "127.0.0.1:0",
-        &["--fleet-dir", cdir.to_str().unwrap()],
-    );
+    // Certificates of 12 s: the daemons renew theirs (at two thirds) during the test.
+    let flags = ["--fleet-dir", cdir.to_str().unwrap(), "--cert-lifetime", "12"];
+    let (_coord, addr) = start_coordinator(dir, "coordinator", "127.0.0.1:0", &flags);
     let caddr = addr.to_string();
     let ca = cdir.join("ca.pem");
 
@@ -166,6 +164,11 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(ndir.join("node.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0);
+    let serial = || {
+        let pem = std::fs::read_to_string(ndir.join("node.pem")).unwrap();
+        discomy_protocol::tls::pki::read_pem(&pem).unwrap().serial
+    };
+    let first_serial = serial();
 
     // Nothing is served without a farm certificate.
     let refused = status(&caddr, None).unwrap_err();
@@ -193,6 +196,18 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
         serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
     eprintln!("[e2e] summary: {summary}");
     assert!(summary["remote"].as_u64().unwrap_or(0) > 0, "nothing ran remotely: {summary}");
+    // The worker (and the build's agent, sharing its directory) renewed the certificate on
+    // their own, and the worker is still in the farm with it.
+    wait_for("a renewed certificate", Duration::from_secs(20), || serial() != first_serial);
+    let renewed = FarmTls::from_files(
+        &ca,
+        &ndir.join("node.pem"),
+        &ndir.join("node.key"),
+        ClientAuth::Required,
+    );
+    assert!(renewed.is_ok(), "the key and the certificate on disk do not belong together");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_count(&caddr, &cdir), 1, "the worker left the farm after renewing");
 
     // A certificate without the worker role cannot log in as a node.
     let adir = dir.join("agent-fleet");

@@ -147,8 +147,14 @@ async fn run() -> Result<()> {
         let tls = std::sync::Arc::new(
             FleetDir(dir.clone()).tls(discomy_protocol::tls::ClientAuth::Required)?,
         );
-        if let Some(addr) = &cli.coordinator {
-            renew_in_background(tls.clone(), dir.clone(), addr.clone(), shutdown.clone());
+        if let Some(addr) = &coordinator {
+            let (addr, stop) = (addr.clone(), shutdown.clone());
+            let coordinators: discomy_compilerd::fleet::Coordinators =
+                std::sync::Arc::new(move || {
+                    let (addr, stop) = (addr.clone(), stop.clone());
+                    Box::pin(async move { addr.resolve_all(&stop).await })
+                });
+            renew_in_background(tls.clone(), dir.clone(), coordinators, shutdown.clone());
         }
         install(discomy_protocol::tls::Transport::Tls(tls));
     }

@@ -297,27 +297,41 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Renews this host's certificate from `coordinator` whenever two thirds of its life has
-/// passed, writing the new key and certificate into `dir` and swapping them into `tls`.
+/// Where the coordinators are, looked up again at each renewal (discovery may move them).
+pub type Coordinators = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Renews this host's certificate from one of `coordinators` whenever two thirds of its
+/// remaining life has passed, writing the new key and certificate into `dir` and swapping them
+/// into `tls`.
 pub fn renew_in_background(
     tls: Arc<FarmTls>,
     dir: PathBuf,
-    coordinator: String,
+    coordinators: Coordinators,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
             let Some(own) = tls.own() else { return };
-            let now = unix_now();
-            let life = own.not_after.saturating_sub(now);
+            let life = own.not_after.saturating_sub(unix_now());
             // Two thirds of the remaining life (at least 1 s; every 10 s after a failure).
             let wait = if failures > 0 { 10 } else { (life * 2 / 3).max(1) };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
             }
-            match renew(&tls, &dir, &coordinator).await {
+            let mut outcome = Err(FleetError::Input("no coordinator found".into()));
+            for target in coordinators().await {
+                outcome = renew(&tls, &dir, &target).await;
+                if outcome.is_ok() {
+                    break;
+                }
+            }
+            match outcome {
                 Ok(serial) => {
                     failures = 0;
                     info!(%serial, "certificate renewed");
@@ -331,23 +345,53 @@ pub fn renew_in_background(
     });
 }
 
-/// One renewal; returns the new serial.
+/// Holds `dir/.renew.lock`: daemons sharing one fleet directory renew one at a time.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, FleetError> {
+    let path = dir.join(".renew.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| FleetError::File { path: path.display().to_string(), err })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+        FleetError::File { path: path.display().to_string(), err: io::Error::from(errno) }
+    })
+}
+
+/// One renewal; returns the serial now in use. Under the directory's lock: when another daemon
+/// sharing the directory has just renewed, its certificate is taken instead of asking again (so
+/// the key and certificate on disk always belong together).
 pub async fn renew(
     tls: &Arc<FarmTls>,
     dir: &Path,
     coordinator: &str,
 ) -> Result<String, FleetError> {
     let own = tls.own().ok_or_else(|| TlsError::Pki("no certificate to renew".into()))?;
+    let locked = dir.to_path_buf();
+    let lock = tokio::task::spawn_blocking(move || lock_dir(&locked))
+        .await
+        .map_err(|e| FleetError::Input(format!("renewal lock: {e}")))??;
+    let fleet = FleetDir(dir.to_path_buf());
+    let on_disk =
+        read_pem_file(&fleet.path("node.pem"), false).ok().and_then(|pem| pki::read_pem(&pem).ok());
+    if let Some(disk) = on_disk.filter(|d| d.serial != own.serial && d.not_after > own.not_after) {
+        let cert = read_pem_file(&fleet.path("node.pem"), false)?;
+        let key = read_pem_file(&fleet.path("node.key"), true)?;
+        let info = tls.reload(&cert, &key)?;
+        drop(lock);
+        debug_assert_eq!(info.serial, disk.serial);
+        return Ok(info.serial);
+    }
     let (csr_pem, key_pem) = pki::new_request(&own.name)?;
     let transport = Transport::Tls(tls.clone());
-    match ask(&transport, coordinator, &CoordRequest::Renew { csr_pem }).await? {
-        CoordResponse::Join(JoinState::Approved { cert_pem }) => {
-            let info = tls.reload(&cert_pem, &key_pem)?;
-            let dir = FleetDir(dir.to_path_buf());
-            dir.write("node.key", &key_pem, 0o600)?;
-            dir.write("node.pem", &cert_pem, 0o644)?;
-            Ok(info.serial)
-        }
-        other => Err(unexpected(coordinator, &other)),
-    }
+    let answer = ask(&transport, coordinator, &CoordRequest::Renew { csr_pem }).await?;
+    let CoordResponse::Join(JoinState::Approved { cert_pem }) = answer else {
+        return Err(unexpected(coordinator, &answer));
+    };
+    let info = tls.reload(&cert_pem, &key_pem)?;
+    fleet.write("node.key", &key_pem, 0o600)?;
+    fleet.write("node.pem", &cert_pem, 0o644)?;
+    drop(lock);
+    Ok(info.serial)
 }
