@@ -58,7 +58,7 @@ impl ToolchainManifest {
         Digest::of(&bytes)
     }
 
-    /// Total bytes of file content.
+    /// Total bytes of file content (saturating: the sizes are what the sender claims).
     pub fn content_size(&self) -> u64 {
         self.entries
             .iter()
@@ -66,7 +66,7 @@ impl ToolchainManifest {
                 EntryKind::File { size, .. } => size,
                 _ => 0,
             })
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     /// Digests of every file's content, without duplicates.

@@ -34,6 +34,16 @@ impl FromStr for Cidr {
         if bits > max {
             return Err(err());
         }
+        // An IPv4-mapped network is the IPv4 network it maps (addresses are compared as IPv4);
+        // one wider than the mapped range would match nothing as written, so it is refused.
+        if let IpAddr::V6(v6) = net
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            if bits < 96 {
+                return Err(err());
+            }
+            return Ok(Cidr { net: IpAddr::V4(v4), bits: bits - 96 });
+        }
         Ok(Cidr { net, bits })
     }
 }
@@ -93,6 +103,11 @@ mod tests {
         assert!(c.contains(ip("10.1.200.3")));
         assert!(!c.contains(ip("10.2.0.1")));
         assert!(c.contains(ip("::ffff:10.1.0.9")));
+        // An IPv4-mapped network is that IPv4 network (it used to match nothing).
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!(mapped.contains(ip("10.9.8.7")) && mapped.contains(ip("::ffff:10.9.8.7")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
         let c: Cidr = "192.168.1.128/25".parse().unwrap();
         assert!(c.contains(ip("192.168.1.200")) && !c.contains(ip("192.168.1.100")));
         let one: Cidr = "127.0.0.1".parse().unwrap();
@@ -104,7 +119,9 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x", "1.2.3/8"] {
+        for bad in
+            ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x", "1.2.3/8", "::ffff:10.0.0.0/95"]
+        {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
