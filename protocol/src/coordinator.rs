@@ -56,6 +56,8 @@ pub enum CoordRequest {
     JoinPoll {
         /// The id the coordinator gave the request.
         request: u64,
+        /// The ticket the joiner chose in its [`crate::fleet::JoinRequest`].
+        ticket: String,
     },
     /// A node renews its certificate before it expires (over mutual TLS, with the current one):
     /// same name and roles, new key. Answered with [`CoordResponse::Join`].

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! joiner → Join(JoinRequest)        ← Join(Pending { request })      (TLS, server-authenticated)
-//! joiner → JoinPoll { request }     ← Join(Pending | Approved | Rejected)
+//! joiner → JoinPoll { request, ticket } ← Join(Pending | Approved | Rejected)
 //! node   → Renew { csr_pem }        ← Join(Approved)                 (mutual TLS, its own cert)
 //! admin  → Fleet(FleetCommand)      ← Fleet(FleetAnswer) | Refused   (mutual TLS, admin cert)
 //! ```
@@ -91,6 +91,9 @@ pub struct JoinRequest {
     pub roles: Vec<FleetRole>,
     /// What the host says about itself.
     pub facts: HostFacts,
+    /// A secret the joiner chose (16-64 hex digits): its polls must show it, so nobody else
+    /// learns how its request stands. The coordinator keeps only its hash.
+    pub ticket: String,
 }
 
 /// Longest node name, organisation, contact or network note kept.
@@ -117,6 +120,11 @@ impl JoinRequest {
         }
         if self.token.len() > MAX_FACT_LEN {
             return Err("join token too long".into());
+        }
+        if !(16..=64).contains(&self.ticket.len())
+            || !self.ticket.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("the poll ticket is not 16-64 hex digits".into());
         }
         let f = &self.facts;
         for (what, text) in
@@ -241,6 +249,7 @@ mod tests {
             csr_pem: "x".into(),
             roles: vec![FleetRole::Worker],
             facts: HostFacts::default(),
+            ticket: "0123456789abcdef".into(),
         }
     }
 
@@ -260,6 +269,10 @@ mod tests {
         assert!(r.check().is_err());
         let r = JoinRequest { csr_pem: "x".repeat(MAX_CSR_LEN + 1), ..request() };
         assert!(r.check().is_err());
+        for ticket in ["", "short", &"g".repeat(20), &"a".repeat(65)] {
+            let r = JoinRequest { ticket: ticket.into(), ..request() };
+            assert!(r.check().is_err(), "{ticket:?}");
+        }
     }
 
     #[test]

@@ -218,6 +218,8 @@ pub struct JoinOutcome {
 struct Pending {
     request: u64,
     coordinator: String,
+    /// The secret our polls show (the coordinator keeps its hash).
+    ticket: String,
 }
 
 /// Joins the fleet, or goes on waiting for a request made earlier (`request.json`).
@@ -229,11 +231,18 @@ pub async fn join(opts: &JoinOptions) -> Result<JoinOutcome, FleetError> {
     dir.write("ca.pem", &ca_pem, 0o644)?;
     let joiner = Transport::Tls(Arc::new(FarmTls::joiner(&ca_pem)?));
     let pending_file = dir.path("request.json");
-    let earlier =
-        std::fs::read(&pending_file).ok().and_then(|b| serde_json::from_slice::<Pending>(&b).ok());
-    let request = match earlier {
-        Some(p) => p.request,
+    let earlier = discomy_protocol::plumbing::read_untrusted(&pending_file, 4096)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Pending>(&b).ok());
+    let (request, ticket) = match earlier {
+        Some(p) => (p.request, p.ticket),
         None => {
+            let ticket: String = discomy_protocol::handshake::random_bytes()
+                .map_err(|e| FleetError::Input(format!("randomness: {e}")))?
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect();
             let (csr_pem, key_pem) = pki::new_request(&opts.name)?;
             dir.write("node.key.new", &key_pem, 0o600)?;
             let req = JoinRequest {
@@ -242,24 +251,32 @@ pub async fn join(opts: &JoinOptions) -> Result<JoinOutcome, FleetError> {
                 csr_pem,
                 roles: opts.roles.clone(),
                 facts: opts.facts.clone(),
+                ticket: ticket.clone(),
             };
             let request = match ask(&joiner, &opts.coordinator, &CoordRequest::Join(req)).await? {
                 CoordResponse::Join(JoinState::Pending { request }) => request,
                 other => return Err(unexpected(&opts.coordinator, &other)),
             };
-            let pending = Pending { request, coordinator: opts.coordinator.clone() };
+            let pending =
+                Pending { request, coordinator: opts.coordinator.clone(), ticket: ticket.clone() };
             let text = serde_json::to_string(&pending).map_err(|e| FleetError::File {
                 path: pending_file.display().to_string(),
                 err: io::Error::other(e),
             })?;
-            dir.write("request.json", &text, 0o644)?;
+            dir.write("request.json", &text, 0o600)?;
             info!(request, "join request sent; waiting for an operator (discomy nodes approve)");
-            request
+            (request, ticket)
         }
     };
     let deadline = tokio::time::Instant::now() + opts.wait;
     loop {
-        match ask(&joiner, &opts.coordinator, &CoordRequest::JoinPoll { request }).await? {
+        match ask(
+            &joiner,
+            &opts.coordinator,
+            &CoordRequest::JoinPoll { request, ticket: ticket.clone() },
+        )
+        .await?
+        {
             CoordResponse::Join(JoinState::Approved { cert_pem }) => {
                 let key = read_pem_file(&dir.path("node.key.new"), true)?;
                 // The certificate must be for our key and chain to the CA we trust.

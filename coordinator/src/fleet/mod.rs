@@ -162,16 +162,17 @@ impl Fleet {
         state.tokens.retain(|t| t.expires_at > now && t.uses_left > 0);
         let (id, secret) = req.token.split_once('.').ok_or("a join token is ID.SECRET")?;
         let hash = blake3::hash(secret.as_bytes());
-        let Some(token) = state.tokens.iter_mut().find(|t| t.id == id && t.matches(&hash)) else {
+        let Some(at) = state.tokens.iter().position(|t| t.id == id && t.matches(&hash)) else {
             return Err("join token unknown, expired or used up".into());
         };
-        token.uses_left -= 1;
+        // A request refused for what it asks does not use the token up.
         if state.pending() >= MAX_PENDING || state.nodes.len() >= MAX_RECORDS {
             return Err("too many join requests wait for an operator; try later".into());
         }
         if state.nodes.iter().any(|n| n.record.name == req.name && n.state().holds_name()) {
             return Err(format!("a node named {} is already pending or approved", req.name));
         }
+        state.tokens[at].uses_left -= 1;
         let request = state.next_id;
         state.next_id += 1;
         state.nodes.push(Entry::pending(request, req, from.to_string(), now));
@@ -180,12 +181,15 @@ impl Fleet {
         Ok(JoinState::Pending { request })
     }
 
-    /// Where request `request` stands.
-    pub fn poll(&self, request: u64) -> JoinState {
+    /// Where request `request` stands, for the joiner that shows its `ticket` (anyone else
+    /// learns nothing, not even whether the request exists).
+    pub fn poll(&self, request: u64, ticket: &str) -> JoinState {
         let state = self.state();
         match state.nodes.iter().find(|n| n.record.request == request) {
-            None => JoinState::Rejected { reason: format!("no join request {request}") },
-            Some(n) => n.join_state(),
+            Some(n) if n.ticket_matches(ticket) => n.join_state(),
+            _ => JoinState::Rejected {
+                reason: format!("no join request {request} with this ticket"),
+            },
         }
     }
 

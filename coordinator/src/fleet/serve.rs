@@ -64,7 +64,9 @@ pub async fn answer(
 ) -> Result<(), ProtocolError> {
     let outcome = match msg {
         CoordRequest::Join(req) => fleet.join(req, peer).map(CoordResponse::Join),
-        CoordRequest::JoinPoll { request } => Ok(CoordResponse::Join(fleet.poll(request))),
+        CoordRequest::JoinPoll { request, ticket } => {
+            Ok(CoordResponse::Join(fleet.poll(request, &ticket)))
+        }
         CoordRequest::Renew { csr_pem } => match cert {
             Some(cert) => fleet.renew(cert, &csr_pem).map(CoordResponse::Join),
             None => Err("renewing needs the current certificate".into()),

@@ -73,6 +73,9 @@ pub(super) struct Entry {
     pub serials: Vec<String>,
     /// The operator's reason, once rejected.
     pub reason: Option<String>,
+    /// blake3 of the joiner's poll ticket (hex).
+    #[serde(default)]
+    pub ticket_hash: String,
 }
 
 impl Entry {
@@ -93,7 +96,13 @@ impl Entry {
             cert_pem: None,
             serials: Vec::new(),
             reason: None,
+            ticket_hash: blake3::hash(req.ticket.as_bytes()).to_hex().to_string(),
         }
+    }
+    /// Whether `ticket` is the one the joiner chose (constant time, through blake3::Hash).
+    pub fn ticket_matches(&self, ticket: &str) -> bool {
+        blake3::Hash::from_hex(&self.ticket_hash)
+            .is_ok_and(|h| h == blake3::hash(ticket.as_bytes()))
     }
     pub fn state(&self) -> NodeState {
         NodeState::parse(&self.record.state)

@@ -26,10 +26,12 @@ fn ask(token: &str, name: &str) -> JoinRequest {
         csr_pem,
         roles: vec![FleetRole::Worker],
         facts: HostFacts::default(),
+        ticket: TICKET.into(),
     }
 }
 
 const FROM: &str = "127.0.0.1:9";
+const TICKET: &str = "00112233445566778899aabbccddeeff";
 
 #[test]
 fn a_join_token_is_bounded_and_approval_issues_the_roles_asked() {
@@ -46,10 +48,13 @@ fn a_join_token_is_bounded_and_approval_issues_the_roles_asked() {
     let forged = format!("{}.{}", t.split('.').next().unwrap(), "00".repeat(16));
     assert!(fleet.join(ask(&forged, "donor-3"), FROM.parse().unwrap()).is_err());
     assert!(fleet.join(ask("nodot", "donor-3"), FROM.parse().unwrap()).is_err());
-    assert_eq!(fleet.poll(request), JoinState::Pending { request });
+    assert_eq!(fleet.poll(request, TICKET), JoinState::Pending { request });
 
     fleet.command(FleetCommand::Approve { request }).unwrap();
-    let JoinState::Approved { cert_pem } = fleet.poll(request) else { panic!() };
+    let JoinState::Approved { cert_pem } = fleet.poll(request, TICKET) else { panic!() };
+    // Someone without the joiner's ticket learns nothing of the request.
+    let other = fleet.poll(request, "ffeeddccbbaa99887766554433221100");
+    assert!(matches!(other, JoinState::Rejected { .. }), "{other:?}");
     let info = pki::read_pem(&cert_pem).unwrap();
     assert_eq!((info.name.as_str(), info.roles.clone()), ("donor-1", vec![FleetRole::Worker]));
     assert!(fleet.command(FleetCommand::Approve { request }).is_err(), "approved twice");
@@ -57,11 +62,11 @@ fn a_join_token_is_bounded_and_approval_issues_the_roles_asked() {
     // Revoked: the serial is refused by the coordinator's TLS, also after a restart.
     fleet.command(FleetCommand::Revoke { name: "donor-1".into() }).unwrap();
     assert!(fleet.tls.revoked().contains(&info.serial));
-    assert!(matches!(fleet.poll(request), JoinState::Rejected { .. }));
+    assert!(matches!(fleet.poll(request, TICKET), JoinState::Rejected { .. }));
     drop(fleet);
     let again = Fleet::open(dir.path(), "t", Duration::from_secs(600)).unwrap();
     assert!(again.tls.revoked().contains(&info.serial));
-    assert!(matches!(again.poll(request), JoinState::Rejected { .. }));
+    assert!(matches!(again.poll(request, TICKET), JoinState::Rejected { .. }));
     // The token's secret is not on disk.
     let text = std::fs::read_to_string(dir.path().join("fleet.json")).unwrap();
     assert!(!text.contains(t.split('.').nth(1).unwrap()));
@@ -83,7 +88,7 @@ fn a_node_renews_only_with_a_certificate_it_was_given() {
         panic!()
     };
     fleet.command(FleetCommand::Approve { request }).unwrap();
-    let JoinState::Approved { cert_pem } = fleet.poll(request) else { panic!() };
+    let JoinState::Approved { cert_pem } = fleet.poll(request, TICKET) else { panic!() };
     let first = pki::read_pem(&cert_pem).unwrap();
     let (csr, _) = pki::new_request("donor-1").unwrap();
     let JoinState::Approved { cert_pem } = fleet.renew(&first, &csr).unwrap() else { panic!() };
