@@ -137,6 +137,9 @@ impl JoinRequest {
         if self.roles.is_empty() || self.roles.len() > 3 {
             return Err("ask for one to three of the roles worker, builder, agent".into());
         }
+        if (1..self.roles.len()).any(|i| self.roles[..i].contains(&self.roles[i])) {
+            return Err("a role is named twice".into());
+        }
         if self.roles.iter().any(|r| matches!(r, FleetRole::Admin | FleetRole::Coordinator)) {
             return Err("a node may ask for worker, builder and agent only".into());
         }
@@ -263,6 +266,8 @@ mod tests {
         let r = JoinRequest { roles: vec![FleetRole::Admin], ..request() };
         assert!(r.check().is_err());
         let r = JoinRequest { roles: vec![], ..request() };
+        assert!(r.check().is_err());
+        let r = JoinRequest { roles: vec![FleetRole::Worker, FleetRole::Worker], ..request() };
         assert!(r.check().is_err());
         let mut r = request();
         r.facts.contact = "a\nb".into();

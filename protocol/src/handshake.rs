@@ -191,6 +191,13 @@ pub fn random_bytes() -> std::io::Result<[u8; 32]> {
     Ok(out)
 }
 
+/// `bytes` (at most 32) random bytes from the kernel's source, in hex: for secrets, tickets and
+/// ids that must not be guessed.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let random = random_bytes()?;
+    Ok(crate::digest::hex(&random[..bytes.min(random.len())]))
+}
+
 /// Fresh random bytes for a challenge or nonce.
 pub fn random_nonce() -> [u8; 32] {
     random_bytes().unwrap_or_else(|_| {

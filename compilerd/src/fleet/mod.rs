@@ -237,12 +237,8 @@ pub async fn join(opts: &JoinOptions) -> Result<JoinOutcome, FleetError> {
     let (request, ticket) = match earlier {
         Some(p) => (p.request, p.ticket),
         None => {
-            let ticket: String = discomy_protocol::handshake::random_bytes()
-                .map_err(|e| FleetError::Input(format!("randomness: {e}")))?
-                .iter()
-                .take(16)
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let ticket = discomy_protocol::handshake::random_hex(16)
+                .map_err(|e| FleetError::Input(format!("randomness: {e}")))?;
             let (csr_pem, key_pem) = pki::new_request(&opts.name)?;
             dir.write("node.key.new", &key_pem, 0o600)?;
             let req = JoinRequest {
@@ -390,14 +386,16 @@ pub async fn renew(
         .await
         .map_err(|e| FleetError::Input(format!("renewal lock: {e}")))??;
     let fleet = FleetDir(dir.to_path_buf());
-    let on_disk =
-        read_pem_file(&fleet.path("node.pem"), false).ok().and_then(|pem| pki::read_pem(&pem).ok());
-    if let Some(disk) = on_disk.filter(|d| d.serial != own.serial && d.not_after > own.not_after) {
-        let cert = read_pem_file(&fleet.path("node.pem"), false)?;
+    // Another daemon sharing the directory renewed first: take its certificate (read once).
+    let on_disk = read_pem_file(&fleet.path("node.pem"), false).ok();
+    let newer = on_disk.as_deref().and_then(|pem| pki::read_pem(pem).ok());
+    if let (Some(cert), Some(disk)) = (&on_disk, newer)
+        && disk.serial != own.serial
+        && disk.not_after > own.not_after
+    {
         let key = read_pem_file(&fleet.path("node.key"), true)?;
-        let info = tls.reload(&cert, &key)?;
+        let info = tls.reload(cert, &key)?;
         drop(lock);
-        debug_assert_eq!(info.serial, disk.serial);
         return Ok(info.serial);
     }
     let (csr_pem, key_pem) = pki::new_request(&own.name)?;

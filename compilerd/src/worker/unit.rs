@@ -84,7 +84,7 @@ pub fn check_output(kind: OutputKind, bytes: &[u8]) -> Result<(), String> {
     if OTHER_OBJECTS.iter().any(|magic| bytes.starts_with(magic)) {
         return Ok(());
     }
-    let start: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let start = discomy_protocol::digest::hex(&bytes[..bytes.len().min(8)]);
     Err(format!("not an object file ({} bytes starting {start})", bytes.len()))
 }
 

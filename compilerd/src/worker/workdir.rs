@@ -93,7 +93,7 @@ fn default_parent() -> PathBuf {
 /// that no one can make it first.
 fn default_name() -> String {
     let nonce = discomy_protocol::handshake::random_nonce();
-    let tail: String = nonce[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let tail = discomy_protocol::digest::hex(&nonce[..8]);
     format!("{PREFIX}{}-{tail}", std::process::id())
 }
 

@@ -61,9 +61,7 @@ fn now() -> u64 {
 }
 
 fn random_hex(bytes: usize) -> Result<String, String> {
-    let buf =
-        discomy_protocol::handshake::random_bytes().map_err(|e| format!("randomness: {e}"))?;
-    Ok(buf.iter().take(bytes).map(|b| format!("{b:02x}")).collect())
+    discomy_protocol::handshake::random_hex(bytes).map_err(|e| format!("randomness: {e}"))
 }
 
 /// The fleet: CA, records, and the TLS the coordinator serves with.

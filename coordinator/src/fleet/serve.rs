@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use discomy_protocol::ProtocolError;
 use discomy_protocol::asyncio::{Conn, send};
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse};
-use discomy_protocol::fleet::{FleetRole, JoinState};
+use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::tls::{CertInfo, FarmStream};
 use tracing::warn;
 
@@ -105,9 +105,4 @@ pub async fn next_revocation(rx: &mut Option<Revocations>) -> Vec<String> {
         }
     }
     std::future::pending().await
-}
-
-/// Whether a join answer is final (approved or rejected).
-pub fn settled(state: &JoinState) -> bool {
-    !matches!(state, JoinState::Pending { .. })
 }

@@ -339,8 +339,7 @@ impl Ops {
 
 /// A new secret: 32 hex digits from the kernel's random source.
 pub fn new_secret() -> std::io::Result<String> {
-    let bytes = discomy_protocol::handshake::random_bytes()?;
-    Ok(bytes[..16].iter().map(|b| format!("{b:02x}")).collect())
+    discomy_protocol::handshake::random_hex(16)
 }
 
 #[cfg(test)]

@@ -80,8 +80,7 @@ pub enum Access {
 }
 
 fn random_hex() -> Result<String, AuthError> {
-    let bytes = discomy_protocol::handshake::random_bytes()?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(discomy_protocol::handshake::random_hex(32)?)
 }
 
 impl Sessions {

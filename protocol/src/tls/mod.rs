@@ -35,8 +35,6 @@ use rustls::{
 pub use pki::{Ca, CertInfo, Issued};
 pub use stream::{FarmStream, Transport};
 
-use crate::fleet::FleetRole;
-
 /// What can go wrong with the farm's TLS.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -373,10 +371,5 @@ impl FarmTls {
     /// The serials this host refuses.
     pub fn revoked(&self) -> &Revoked {
         &self.revoked
-    }
-
-    /// Whether `role` is what this host serves as.
-    pub fn serves_as(&self, role: FleetRole) -> bool {
-        self.own().is_some_and(|c| c.has(role))
     }
 }

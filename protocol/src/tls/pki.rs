@@ -87,8 +87,7 @@ fn random_serial() -> Result<(SerialNumber, String), TlsError> {
     getrandom::fill(&mut bytes).map_err(|e| TlsError::Pki(format!("randomness: {e}")))?;
     bytes[0] &= 0x7f; // a positive INTEGER
     bytes[0] |= 0x01; // with no leading zero byte to strip
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((SerialNumber::from_slice(&bytes), hex))
+    Ok((SerialNumber::from_slice(&bytes), crate::digest::hex(&bytes)))
 }
 
 impl Ca {
@@ -241,7 +240,7 @@ pub fn read_der(der: &[u8]) -> Result<CertInfo, TlsError> {
             }
         }
     }
-    let serial = cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let serial = crate::digest::hex(cert.raw_serial());
     let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
     let name = name.ok_or_else(|| TlsError::Pki("certificate names no discomy node".into()))?;
     Ok(CertInfo { name, roles, serial, not_after })

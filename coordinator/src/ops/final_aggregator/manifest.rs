@@ -177,7 +177,7 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), AggregatorError> {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    discomy_protocol::digest::hex(bytes)
 }
 
 fn is_sha256_hex(s: &str) -> bool {

@@ -234,7 +234,7 @@ mod tests {
     fn sign(secret: &[u8], body: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
         mac.update(body);
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        discomy_protocol::digest::hex(&mac.finalize().into_bytes())
     }
 
     #[test]
