@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`distcc`]: distcc's wire protocol (versions 1 and 2) and its LZO1X-1 codec.
+//! - [`cache`]: the object-cache entry, as workers store it in the farm tier and wrappers keep
+//!   it on disk.
 //! - [`coordinator`]: messages to and from the coordinator (nodes, agents, status).
 //! - [`digest`]: the blake3 [`Digest`] newtype used for content addresses and compiler identity.
 //! - [`fleet`]: joining the fleet: requests, host facts, roles, operators' commands.
@@ -31,6 +33,7 @@
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+pub mod cache;
 pub mod coordinator;
 pub mod digest;
 pub mod distcc;
@@ -73,5 +76,7 @@ pub mod version {
     /// agent's `Quarantine` of a node to its coordinator). Version 9: LTRANS units (source-mode
     /// units of `-x lto … -fltrans`, which workers before it refuse) and the agent's
     /// `LtransStats`. Version 10: the working fleet (`Join`, `JoinPoll`, `Renew`, `Fleet`).
-    pub const CURRENT: u16 = 10;
+    /// Version 11: the farm tier written by workers only (`CachedSources::store_at`, entries
+    /// bound to the key a worker derives from the unit).
+    pub const CURRENT: u16 = 11;
 }

@@ -28,7 +28,12 @@ pub enum Request {
     /// Farm tier of the object cache: the entry stored under this key, if any; answered with
     /// [`Response::CacheHit`] or [`Response::CacheMiss`]. Since version 3.
     CacheGet(Digest),
-    /// Farm tier: store an entry; answered with [`Response::Stored`] (the key).
+    /// Farm tier: store an entry; answered with [`Response::Stored`] (the key). Only a worker
+    /// sends it (a worker's certificate under the fleet's TLS; any token holder on a plain lab
+    /// farm): the worker that compiled a unit hands its entry to the worker owning the unit's
+    /// key ([`CachedSources::store_at`]). The entry must name that key
+    /// ([`crate::cache::Entry::farm_key`]) and is stored only if absent. Since version 3; from
+    /// workers only since version 11.
     CachePut(CacheEntry),
     /// What one compiler call became, sent by the wrapper when it is done; never answered.
     /// Since version 6.
@@ -36,11 +41,12 @@ pub enum Request {
     /// A node's counters; an agent answers with [`Response::Stats`], a worker with
     /// [`Response::WorkerStats`]. Since version 6.
     Stats,
-    /// A source-mode unit with its object-cache key: the farm tier is asked first, by the agent
-    /// or, when the worker the unit is placed on holds that key, by that worker. Answered with
-    /// [`Response::CacheHit`] (the entry's body) when the farm holds it, otherwise like
-    /// [`Request::CompileSources`]. One trip instead of a [`Request::CacheGet`] and then the
-    /// compile. Since version 7.
+    /// A source-mode unit with its farm-tier key ([`crate::SourceCompileRequest::farm_key`]):
+    /// the farm tier is asked first, by the agent or, when the worker the unit is placed on owns
+    /// that key, by that worker. Answered with [`Response::CacheHit`] (the entry's body) when
+    /// the farm holds it, otherwise like [`Request::CompileSources`]; a clean compile's entry is
+    /// then stored by the worker that made it, under the key it derives from the unit itself.
+    /// One trip instead of a [`Request::CacheGet`] and then the compile. Since version 7.
     CompileSourcesCached(CachedSources),
     /// The wrapper compiled a remote unit locally as well, as its agent asked
     /// ([`CompileResult::verify`]), and compared the two; never answered. Since version 8.
@@ -54,21 +60,30 @@ pub enum Request {
     LtransStats,
 }
 
-/// A [`Request::CompileSourcesCached`]: the unit and its object-cache key.
+/// A [`Request::CompileSourcesCached`]: the unit and its farm-tier key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachedSources {
-    /// The unit's key in the object cache (the key of [`Request::CacheGet`]).
+    /// The unit's farm-tier key as the sender computed it, for routing only: a worker derives
+    /// the key it looks up and stores under from the unit ([`crate::SourceCompileRequest::farm_key`]).
     pub key: Digest,
     /// The unit.
     pub unit: crate::SourceCompileRequest,
+    /// The worker (`host:port`) owning the key in the farm tier, when it is not the one the unit
+    /// is sent to: the agent asked it already, and the compiling worker hands it the entry it
+    /// makes ([`Request::CachePut`]). `None`: the receiving worker owns the key. Since version 11.
+    pub store_at: Option<String>,
 }
+
+/// Longest [`CachedSources::store_at`] address a worker connects to.
+pub const MAX_STORE_AT: usize = 256;
 
 /// One object-cache entry crossing the wire: its key and its encoded body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheEntry {
-    /// The preprocessed key of the result.
+    /// The farm-tier key of the result ([`crate::SourceCompileRequest::farm_key`]).
     pub key: Digest,
-    /// The entry body, compressed; its digest is verified on decompression.
+    /// The entry body (a postcard-encoded [`crate::cache::Entry`]), compressed; its digest is
+    /// verified on decompression.
     pub body: Payload,
 }
 

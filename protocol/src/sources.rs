@@ -165,7 +165,89 @@ pub fn check_path(path: &str) -> Result<(), InvalidUnit> {
     Ok(())
 }
 
+/// Context string of [`SourceCompileRequest::farm_key`]; change it to retire every farm entry.
+const FARM_KEY_CONTEXT: &str = "discomy farm-tier key v1 (source-mode unit)";
+
+/// What a unit's farm-tier key depends on beyond its fields: read from its files' contents, by
+/// the wrapper before it asks and by the worker before it looks up or stores (it trusts no
+/// client's claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FarmKeyFacts {
+    /// No file uses `__DATE__`, `__TIME__` or `__TIMESTAMP__` (whose values are the compiling
+    /// host's): only such a unit's result is stored.
+    pub cacheable: bool,
+    /// The working directory appears nowhere (no argument, no file's text) and the unit is not
+    /// an LTO one: its object depends on the directory only through what the wrapper's ELF
+    /// rewriter moves, so the key leaves the directory out and builds elsewhere share it.
+    pub cwd_independent: bool,
+}
+
+impl FarmKeyFacts {
+    /// The facts of no file: the start of a fold over a unit's files.
+    pub const NONE: FarmKeyFacts = FarmKeyFacts { cacheable: true, cwd_independent: true };
+
+    /// The facts of one file's content for a unit compiled in `cwd` (combine with [`Self::and`]).
+    pub fn of_file(content: &[u8], cwd: &str) -> FarmKeyFacts {
+        let timed = ["__DATE__", "__TIME__", "__TIMESTAMP__"]
+            .iter()
+            .any(|m| memchr::memmem::find(content, m.as_bytes()).is_some());
+        let here = !cwd.is_empty() && memchr::memmem::find(content, cwd.as_bytes()).is_some();
+        FarmKeyFacts { cacheable: !timed, cwd_independent: !here }
+    }
+
+    /// Both files' facts at once.
+    pub fn and(self, other: FarmKeyFacts) -> FarmKeyFacts {
+        FarmKeyFacts {
+            cacheable: self.cacheable && other.cacheable,
+            cwd_independent: self.cwd_independent && other.cwd_independent,
+        }
+    }
+}
+
 impl SourceCompileRequest {
+    /// The facts of the unit's arguments, combined with its files' ([`FarmKeyFacts::of_file`]).
+    pub fn farm_key_facts(&self, files: FarmKeyFacts) -> FarmKeyFacts {
+        let lto = self.args.iter().any(|a| a.starts_with("-flto") || a.starts_with("-fltrans"));
+        let here = self.args.iter().any(|a| a.contains(self.cwd.as_str()));
+        FarmKeyFacts {
+            cacheable: files.cacheable,
+            cwd_independent: files.cwd_independent && !lto && !here && !self.cwd.is_empty(),
+        }
+    }
+
+    /// The unit's key in the farm tier of the object cache: blake3 over everything a worker's
+    /// compile of it depends on (the compiler by name and content identity, language, output
+    /// kind, arguments, every file by content and by path, relative to the working directory
+    /// when under it, the working directory unless `facts` say the unit does not depend on it,
+    /// `SOURCE_DATE_EPOCH` and the dependency-file request), not the source's display name.
+    /// Workers derive it from the unit they compile, with facts they read themselves, and store
+    /// their entry under it, so no peer chooses the key an entry lands under; the wrapper
+    /// computes the same to ask for it.
+    pub fn farm_key(&self, facts: FarmKeyFacts) -> Digest {
+        let prefix = format!("{}/", self.cwd);
+        let mut files: Vec<(&str, &Digest, u64)> = self
+            .files
+            .iter()
+            .map(|f| (f.path.strip_prefix(&prefix).unwrap_or(&f.path), &f.digest, f.size))
+            .collect();
+        files.sort_unstable();
+        let cwd = if facts.cwd_independent { "" } else { self.cwd.as_str() };
+        let keyed = (
+            &self.compiler,
+            self.language,
+            self.output,
+            &self.args,
+            cwd,
+            files,
+            &self.source_date_epoch,
+            &self.deps,
+        );
+        let mut hasher = blake3::Hasher::new_derive_key(FARM_KEY_CONTEXT);
+        // Serialising these types cannot fail; an empty encoding would still be keyed apart.
+        hasher.update(&postcard::to_stdvec(&keyed).unwrap_or_default());
+        Digest(*hasher.finalize().as_bytes())
+    }
+
     /// Structural checks a node makes before touching its disk.
     pub fn validate(&self) -> Result<(), InvalidUnit> {
         if self.files.is_empty() || self.files.len() > MAX_SOURCE_FILES {
@@ -196,5 +278,72 @@ mod tests {
         for bad in ["usr/x.h", "/usr/../etc/passwd", "/usr//x.h", "/usr/./x.h", "/a/", "/a\0b"] {
             assert!(check_path(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn unit() -> SourceCompileRequest {
+        SourceCompileRequest {
+            compiler: CompilerId { name: "gcc".into(), identity: Digest([1; 32]) },
+            language: Language::C,
+            output: OutputKind::Object,
+            args: vec!["-O2".into(), "-c".into(), "a.c".into()],
+            cwd: "/b".into(),
+            source_name: "a.c".into(),
+            files: vec![SourceFile { path: "/b/a.c".into(), digest: Digest([2; 32]), size: 9 }],
+            source_date_epoch: None,
+            deps: None,
+        }
+    }
+
+    const DEPENDENT: FarmKeyFacts = FarmKeyFacts { cacheable: true, cwd_independent: false };
+
+    /// Everything the object depends on moves the key; the display name does not.
+    #[test]
+    fn the_farm_key_covers_what_the_object_depends_on() {
+        let base = unit().farm_key(DEPENDENT);
+        let mut named = unit();
+        named.source_name = "elsewhere.c".into();
+        assert_eq!(named.farm_key(DEPENDENT), base);
+        let changes: Vec<fn(&mut SourceCompileRequest)> = vec![
+            |u| u.compiler.name = "g++".into(),
+            |u| u.compiler.identity = Digest([3; 32]),
+            |u| u.language = Language::Cxx,
+            |u| u.output = OutputKind::Assembly,
+            |u| u.args.push("-g".into()),
+            |u| u.cwd = "/c".into(),
+            |u| u.files[0].digest = Digest([4; 32]),
+            |u| u.files[0].path = "/b/b.c".into(),
+            |u| u.source_date_epoch = Some("1".into()),
+            |u| u.deps = Some(DepRequest { user_only: true, targets: vec![] }),
+        ];
+        for (i, change) in changes.into_iter().enumerate() {
+            let mut u = unit();
+            change(&mut u);
+            assert_ne!(u.farm_key(DEPENDENT), base, "change {i} kept the key");
+        }
+    }
+
+    /// A unit that names its directory nowhere shares its key with the same build elsewhere;
+    /// one that names it (an argument, a file's text) or is an LTO unit does not.
+    #[test]
+    fn only_a_unit_that_names_its_directory_nowhere_is_keyed_without_it() {
+        let file = |text: &[u8], u: &SourceCompileRequest| {
+            u.farm_key_facts(FarmKeyFacts::of_file(text, &u.cwd))
+        };
+        let a = unit();
+        let mut b = unit();
+        b.cwd = "/elsewhere".into();
+        b.files[0].path = "/elsewhere/a.c".into();
+        let (fa, fb) = (file(b"int x;", &a), file(b"int x;", &b));
+        assert!(fa.cwd_independent && fa.cacheable);
+        assert_eq!(a.farm_key(fa), b.farm_key(fb));
+        assert_ne!(a.farm_key(DEPENDENT), b.farm_key(DEPENDENT));
+        assert!(!file(b"char *p = \"/b/x\";", &a).cwd_independent);
+        let mut named = unit();
+        named.args.push("-fdebug-prefix-map=/b=.".into());
+        assert!(!file(b"int x;", &named).cwd_independent);
+        let mut lto = unit();
+        lto.args.push("-flto=auto".into());
+        assert!(!file(b"int x;", &lto).cwd_independent);
+        assert!(!file(b"const char *d = __DATE__;", &a).cacheable);
     }
 }

@@ -8,7 +8,9 @@
 //! - a certificate without the worker role logging in as a node;
 //! - a joiner pointed at a coordinator of another CA (a rogue answering mDNS would be one);
 //! - a revoked node: its connection is closed within seconds and it cannot come back;
-//! - a revoked agent: the worker refuses its next unit, also on the connection it holds.
+//! - a revoked agent: the worker refuses its next unit, also on the connection it holds;
+//! - a farm-tier store from an agent's certificate, and anything but a store from a certificate
+//!   that is only a worker's (only workers write the farm tier; workers ask nothing else).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::Path;
@@ -16,11 +18,12 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use discomy_protocol::AuthConfig;
 use discomy_protocol::asyncio::{client_handshake, recv, send};
+use discomy_protocol::cache::Entry;
 use discomy_protocol::coordinator::{CoordRequest, CoordResponse, NodeLogin};
 use discomy_protocol::fleet::FleetRole;
 use discomy_protocol::tls::{ClientAuth, FarmTls, Transport};
+use discomy_protocol::{AuthConfig, CacheEntry, Digest, Payload, Request, Response};
 use discomy_tests::{
     Agent, BUILD_TIMEOUT, MAKE_JOBS, Proc, Worker, assert_same_objects, bin, clean_command,
     discomy_run, lua_with_reference, objects, read_stats, start_coordinator,
@@ -98,8 +101,8 @@ fn enrol(caddr: &str, cdir: &Path, dir: &Path, name: &str, roles: &str) {
     assert_eq!(approved["state"], "approved", "{approved}");
 }
 
-/// A NodeLogin over mutual TLS with the certificate in `dir`: the coordinator's answer.
-fn node_login(caddr: &str, dir: &Path) -> Result<CoordResponse, String> {
+/// The mutual-TLS transport of the certificate in `dir`, and a runtime to use it on.
+fn transport_in(dir: &Path) -> Result<(Transport, tokio::runtime::Runtime), String> {
     let tls = FarmTls::from_files(
         &dir.join("ca.pem"),
         &dir.join("node.pem"),
@@ -107,8 +110,13 @@ fn node_login(caddr: &str, dir: &Path) -> Result<CoordResponse, String> {
         ClientAuth::Required,
     )
     .map_err(|e| e.to_string())?;
-    let transport = Transport::Tls(Arc::new(tls));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    Ok((Transport::Tls(Arc::new(tls)), rt))
+}
+
+/// A NodeLogin over mutual TLS with the certificate in `dir`: the coordinator's answer.
+fn node_login(caddr: &str, dir: &Path) -> Result<CoordResponse, String> {
+    let (transport, rt) = transport_in(dir)?;
     rt.block_on(async {
         let stream =
             transport.connect(caddr, FleetRole::Coordinator).await.map_err(|e| e.to_string())?;
@@ -127,6 +135,32 @@ fn node_login(caddr: &str, dir: &Path) -> Result<CoordResponse, String> {
     })
 }
 
+/// One request to the worker at `addr` over mutual TLS with the certificate in `dir`.
+fn worker_call(addr: &str, dir: &Path, request: &Request) -> Result<Response, String> {
+    let (transport, rt) = transport_in(dir)?;
+    rt.block_on(async {
+        let stream = transport.connect(addr, FleetRole::Worker).await.map_err(|e| e.to_string())?;
+        let mut conn =
+            client_handshake(stream, &AuthConfig::none()).await.map_err(|e| e.to_string())?;
+        send(&mut conn, request).await.map_err(|e| e.to_string())?;
+        recv::<_, Response>(&mut conn).await.map_err(|e| e.to_string())
+    })
+}
+
+/// A farm-tier store of an entry bound to its key, as a worker hands one to the key's owner.
+fn bound_put(key: Digest) -> Request {
+    let entry = Entry {
+        cwd: "/b".into(),
+        stdout: vec![],
+        stderr: vec![],
+        object: b"\x7fELF".to_vec(),
+        dep: None,
+        node: Some("n".into()),
+        farm_key: Some(key),
+    };
+    Request::CachePut(CacheEntry { key, body: Payload::compress(&entry.encode().unwrap()) })
+}
+
 #[test]
 fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     let tmp = tempfile::tempdir().unwrap();
@@ -137,6 +171,9 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     let (_coord, addr) = start_coordinator(dir, "coordinator", "127.0.0.1:0", &flags);
     let caddr = addr.to_string();
     let ca = cdir.join("ca.pem");
+    // The local reference build first: certificates live 12 s, so the approved worker must
+    // start right after its approval, however slow a loaded machine builds Lua.
+    let (tree, src, reference) = lua_with_reference(dir);
 
     // A single-use token: the first join waits as pending, a replay is refused.
     let ndir = dir.join("donor-fleet");
@@ -175,7 +212,6 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     assert!(refused.contains("fleet directory"), "{refused}");
 
     // The donor's worker joins over mutual TLS; a build through the farm equals a local one.
-    let (tree, src, reference) = lua_with_reference(dir);
     let nd = ndir.to_str().unwrap();
     let worker =
         Worker::start_with(dir, "worker0", 2, &["--coordinator", &caddr, "--fleet-dir", nd]);
@@ -215,6 +251,24 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     match node_login(&caddr, &adir).unwrap() {
         CoordResponse::Refused { reason } => assert!(reason.contains("worker role"), "{reason}"),
         other => panic!("an agent certificate logged in as a node: {other:?}"),
+    }
+
+    // Only a worker's certificate stores in the farm tier, and it stores only.
+    let waddr = worker.addr.to_string();
+    let put = bound_put(Digest([9; 32]));
+    match worker_call(&waddr, &adir, &put).unwrap() {
+        Response::Refused(r) => assert!(r.message.contains("only a worker"), "{r:?}"),
+        other => panic!("an agent's certificate stored a farm-tier entry: {other:?}"),
+    }
+    let wdir = dir.join("donor3-fleet");
+    enrol(&caddr, &cdir, &wdir, "donor-3", "worker");
+    match worker_call(&waddr, &wdir, &put).unwrap() {
+        Response::Stored(key) => assert_eq!(key, Digest([9; 32])),
+        other => panic!("a worker's store was not taken: {other:?}"),
+    }
+    match worker_call(&waddr, &wdir, &Request::CacheGet(Digest([9; 32]))).unwrap() {
+        Response::Refused(r) => assert!(r.message.contains("only hands"), "{r:?}"),
+        other => panic!("a worker-only certificate was served a lookup: {other:?}"),
     }
 
     // A revoked agent is refused by the worker at its next unit, also on the connection it

@@ -12,6 +12,7 @@ use std::process::{ExitCode, Stdio};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::plumbing::write_atomically;
+use discomy_protocol::sources::FarmKeyFacts;
 use discomy_protocol::{
     CompileRequest, CompileResult, CompilerId, Payload, RefusalKind, Request, Response,
 };
@@ -70,32 +71,33 @@ pub fn dispatch(inv: &Invocation) -> ExitCode {
     if !farm_on {
         return run_local(inv, Outcome::Local, Reason::Disabled, &unit.source, cached);
     }
-    let farm_key = cached.as_ref().and_then(|pending| pending.farm_key());
-    match remote(inv, &unit, &mut prep, farm_key) {
+    let farm_facts = cached.as_ref().and_then(|pending| pending.farm_facts());
+    match remote(inv, &unit, &mut prep, farm_facts) {
         Ok((Remote::Compiled { stdout, node }, mut agent)) => {
-            // The report first: the entry offered to the farm tier after it is not acknowledged.
             stats::record(Outcome::Remote, Reason::None, 0, &unit.source, Some(&mut agent));
             if let Some(pending) = cached {
-                pending.store(&stdout, b"", Some(&node), Some(&mut agent));
+                pending.store(&stdout, b"", Some(&node));
             }
             ExitCode::SUCCESS
         }
         Ok((Remote::Verify { node, object }, agent)) => {
             verify_locally(inv, &unit, cached, node, &object, agent)
         }
-        Ok((Remote::FarmHit(entry), mut agent)) => match cached.map(|p| p.serve_farm(&entry)) {
-            Some(Ok(code)) => {
-                stats::record(Outcome::Cache, Reason::None, 0, &unit.source, Some(&mut agent));
-                code
+        Ok((Remote::FarmHit { key, entry }, mut agent)) => {
+            match cached.map(|p| p.serve_farm(key, &entry)) {
+                Some(Ok(code)) => {
+                    stats::record(Outcome::Cache, Reason::None, 0, &unit.source, Some(&mut agent));
+                    code
+                }
+                // Not usable here (its output would differ on this terminal or in this directory).
+                unusable => {
+                    let detail = "the farm tier's entry is not usable here";
+                    info!(source = %unit.source, detail, "compiling locally instead");
+                    let cached = unusable.and_then(Result::err);
+                    run_local(inv, Outcome::Fallback, Reason::FarmRefused, &unit.source, cached)
+                }
             }
-            // Not usable here (its output would differ on this terminal or in this directory).
-            unusable => {
-                let detail = "the farm tier's entry is not usable here";
-                info!(source = %unit.source, detail, "compiling locally instead");
-                let cached = unusable.and_then(Result::err);
-                run_local(inv, Outcome::Fallback, Reason::FarmRefused, &unit.source, cached)
-            }
-        },
+        }
         Err(fallback) => {
             info!(source = %unit.source, %fallback, "compiling locally instead");
             run_local(inv, Outcome::Fallback, fallback.reason, &unit.source, cached)
@@ -179,17 +181,23 @@ enum Remote {
         object: Vec<u8>,
     },
     /// The farm tier's entry for the key sent with the unit, to serve.
-    FarmHit(Payload),
+    FarmHit {
+        /// The unit's farm-tier key, which the entry must name.
+        key: discomy_protocol::Digest,
+        /// The entry.
+        entry: Payload,
+    },
 }
 
-/// Tries the farm, asking its cache tier in the same trip when `farm_key` is given: `Ok` carries
+/// Tries the farm, asking its cache tier in the same trip when given the unit's `farm_facts`
+/// (its files' facts for the farm-tier key): `Ok` carries
 /// what the farm did and the agent connection, `Err` why the call must be compiled locally
 /// instead.
 fn remote(
     inv: &Invocation,
     unit: &Unit,
     prep: &mut Prepared<'_>,
-    farm_key: Option<discomy_protocol::Digest>,
+    farm_facts: Option<FarmKeyFacts>,
 ) -> Result<(Remote, AgentClient), Fallback> {
     // The agent first: without one (a fast refusal), nothing is scanned or preprocessed for it.
     let no_agent = |e: source_mode::NoAgent| Fallback::new(Reason::NoAgent, e.to_string());
@@ -205,11 +213,13 @@ fn remote(
     match scanned {
         Ok(Scanned { files, deps, .. }) => {
             let tools = prep.take_toolchain().map_err(toolchain_error)?;
-            match source_mode::send(&mut agent, inv, unit, &tools, files, deps, farm_key) {
+            match source_mode::send(&mut agent, inv, unit, &tools, files, deps, farm_facts) {
                 Ok(Answer::Compiled(result, dep_file)) => {
                     return finish(unit, result, dep_file).map(|r| (r, agent));
                 }
-                Ok(Answer::FarmHit(entry)) => return Ok((Remote::FarmHit(entry), agent)),
+                Ok(Answer::FarmHit { key, entry }) => {
+                    return Ok((Remote::FarmHit { key, entry }, agent));
+                }
                 Err(SourceModeError::Final(fallback)) => return Err(fallback),
                 Err(SourceModeError::Unavailable(fallback)) => {
                     debug!(source = %unit.source, %fallback, "scanned unit refused; preprocessing");
@@ -240,7 +250,7 @@ fn remote(
             Ok(Answer::Compiled(result, _)) => {
                 return finish(unit, result, None).map(|r| (r, agent));
             }
-            Ok(Answer::FarmHit(_)) => {
+            Ok(Answer::FarmHit { .. }) => {
                 return Err(Fallback::new(Reason::AgentError, "agent answered out of turn"));
             }
             Err(SourceModeError::Final(fallback)) => return Err(fallback),

@@ -359,7 +359,7 @@ fn remote(inv: &Invocation, call: &Ltrans) -> Result<Done, Fallback> {
     });
     let result = match source_mode::exchange(&mut agent, &tools, &files, &request, None) {
         Ok(Answer::Compiled(result, _)) => result,
-        Ok(Answer::FarmHit(_)) => {
+        Ok(Answer::FarmHit { .. }) => {
             return Err(Fallback::new(Reason::AgentError, "agent answered out of turn"));
         }
         Err(SourceModeError::Final(f) | SourceModeError::Unavailable(f)) => return Err(f),

@@ -12,6 +12,7 @@
 //! agent asks for the toolchain and any file contents it lacks; they are sent, then the unit
 //! again ([`exchange`], shared with LTRANS units).
 
+use discomy_protocol::sources::FarmKeyFacts;
 use discomy_protocol::{
     CachedSources, CompileResult, CompilerId, DepRequest, Digest, Payload, RefusalKind, Request,
     Response, SourceCompileRequest,
@@ -198,7 +199,12 @@ pub enum Answer {
     /// The compile, and the dependency file when one was asked for.
     Compiled(CompileResult, Option<DepFile>),
     /// The farm tier's entry for the key sent with the unit: nothing was compiled.
-    FarmHit(Payload),
+    FarmHit {
+        /// The unit's farm-tier key, which the entry must name.
+        key: Digest,
+        /// The entry.
+        entry: Payload,
+    },
 }
 
 /// How source mode failed.
@@ -346,8 +352,8 @@ pub fn from_linemarkers(
 
 /// Sends the unit, supplying the toolchain and file contents the agent asks for; returns the
 /// compile and, when one was asked for, the dependency file with the path it goes to. With
-/// `farm_key`, the farm tier is asked for that object-cache key in the same trip, and its entry
-/// may come back instead.
+/// `farm_facts` (its files' facts, [`crate::cache::key::Scanned`]), the farm tier is asked for
+/// the unit's farm-tier key in the same trip, and its entry may come back instead.
 pub fn send(
     agent: &mut AgentClient,
     inv: &Invocation,
@@ -355,7 +361,7 @@ pub fn send(
     tools: &toolchain::Toolchain,
     files: UnitFiles,
     deps: Option<(String, DepRequest)>,
-    farm_key: Option<Digest>,
+    farm_facts: Option<FarmKeyFacts>,
 ) -> Result<Answer, SourceModeError> {
     let started = std::time::Instant::now();
     let (dep_path, dep_request) = match deps {
@@ -373,8 +379,11 @@ pub fn send(
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         deps: dep_request,
     };
-    let request = match farm_key {
-        Some(key) => Request::CompileSourcesCached(CachedSources { key, unit: source_unit }),
+    let request = match farm_facts {
+        Some(facts) => {
+            let key = source_unit.farm_key(source_unit.farm_key_facts(facts));
+            Request::CompileSourcesCached(CachedSources { key, unit: source_unit, store_at: None })
+        }
         None => Request::CompileSources(source_unit),
     };
     let answer = exchange(agent, tools, &files, &request, dep_path);
@@ -398,7 +407,10 @@ pub fn exchange(
     dep_path: Option<String>,
 ) -> Result<Answer, SourceModeError> {
     use SourceModeError::{Final, Unavailable};
-    let farm_key = matches!(request, Request::CompileSourcesCached(_));
+    let farm_key = match request {
+        Request::CompileSourcesCached(cached) => Some(cached.key),
+        _ => None,
+    };
     let agent_error = |detail: String| Final(Fallback::new(Reason::AgentError, detail));
     let call = |agent: &mut AgentClient, r: &Request| {
         agent.call(r).map_err(|e| agent_error(format!("agent: {e}")))
@@ -432,8 +444,11 @@ pub fn exchange(
         }
         response = call(agent, request)?;
     }
+    let response = match (response, farm_key) {
+        (Response::CacheHit(entry), Some(key)) => return Ok(Answer::FarmHit { key, entry }),
+        (response, _) => response,
+    };
     match (response, dep_path) {
-        (Response::CacheHit(entry), _) if farm_key => Ok(Answer::FarmHit(entry)),
         (Response::Compiled(result), None) => Ok(Answer::Compiled(result, None)),
         (Response::Compiled(result), Some(_)) if result.exit_code != 0 => {
             Ok(Answer::Compiled(result, None))

@@ -196,30 +196,40 @@ async fn farm_lookup(state: &State, key: Digest) -> Option<Response> {
     }
 }
 
-/// What to send to the worker of `lease` for `unit`: with the cache key when that worker owns
-/// it (it looks the key up itself), otherwise the unit alone after the agent asked the owner
-/// (once per unit). `Err` carries the farm tier's entry. Only the keyed form is a new request:
-/// the unit's own is lent, not copied, on every attempt.
+/// What to send to the worker of `spec` for `unit`: asks the farm tier's owner of the unit's key
+/// first (once per unit) unless that worker is the owner, which looks the key up itself; then
+/// [`keyed_request`]. `Err` carries the farm tier's entry.
 async fn request_for<'u>(
     state: &State,
     unit: &'u Unit,
     spec: &HostSpec,
     farm_asked: &mut bool,
 ) -> Result<Cow<'u, Request>, Response> {
-    let (Some(key), Request::CompileSources(req)) = (unit.cache_key, &unit.request) else {
-        return Ok(Cow::Borrowed(&unit.request));
-    };
-    let owner = cache_tier::owner(&state.config.hosts, &key);
-    if owner.is_some_and(|o| o.address() == spec.address()) {
-        let cached = CachedSources { key, unit: req.clone() };
-        return Ok(Cow::Owned(Request::CompileSourcesCached(cached)));
-    }
-    if !std::mem::replace(farm_asked, true)
+    let Some(key) = unit.cache_key else { return Ok(Cow::Borrowed(&unit.request)) };
+    let owner = cache_tier::owner(&state.config.hosts, &key).map(HostSpec::address);
+    let address = spec.address();
+    if owner.as_ref().is_some_and(|o| *o != address)
+        && !std::mem::replace(farm_asked, true)
         && let Some(hit) = farm_lookup(state, key).await
     {
         return Err(hit);
     }
-    Ok(Cow::Borrowed(&unit.request))
+    Ok(keyed_request(state, unit, &address))
+}
+
+/// The request for `unit` on the worker at `address`: a unit with a farm-tier key goes with it
+/// and with the key's owner when that is another worker, so the compiling worker stores the
+/// entry it makes there (workers alone write the farm tier). Only the keyed form is a new
+/// request: the unit's own is lent, not copied, on every attempt.
+fn keyed_request<'u>(state: &State, unit: &'u Unit, address: &str) -> Cow<'u, Request> {
+    let (Some(key), Request::CompileSources(req)) = (unit.cache_key, &unit.request) else {
+        return Cow::Borrowed(&unit.request);
+    };
+    let Some(owner) = cache_tier::owner(&state.config.hosts, &key).map(HostSpec::address) else {
+        return Cow::Borrowed(&unit.request);
+    };
+    let store_at = (owner != address).then_some(owner);
+    Cow::Owned(Request::CompileSourcesCached(CachedSources { key, unit: req.clone(), store_at }))
 }
 
 /// Places one unit, retrying on other workers after transport failures: where the coordinator

@@ -6,7 +6,7 @@ use discomy_protocol::coordinator::{JobDone, Placement};
 use discomy_protocol::{RefusalKind, Response, SourceResult};
 use tracing::{info, warn};
 
-use super::{State, TransportError, Unit, exchange, supply};
+use super::{State, TransportError, Unit, exchange, keyed_request, supply};
 use crate::agent::pool::Lease;
 use crate::coord::client::{CoordClient, Placed, Unplaced};
 
@@ -29,7 +29,11 @@ pub(super) async fn forward_placed(
         let (done, outcome) = run_hedged(state, coord, unit, placed).await;
         coord.done(done);
         match outcome {
-            Ok(response @ (Response::Compiled(_) | Response::CompiledSources(_))) => {
+            Ok(
+                response @ (Response::Compiled(_)
+                | Response::CompiledSources(_)
+                | Response::CacheHit(_)),
+            ) => {
                 return Ok(response);
             }
             Ok(Response::Refused(refusal)) if !retryable(refusal.kind) => {
@@ -53,7 +57,7 @@ fn retryable(kind: RefusalKind) -> bool {
 /// An answer that ends the unit (no other copy's answer could be better).
 fn decisive(outcome: &Result<Response, TransportError>) -> bool {
     match outcome {
-        Ok(Response::Compiled(_) | Response::CompiledSources(_)) => true,
+        Ok(Response::Compiled(_) | Response::CompiledSources(_) | Response::CacheHit(_)) => true,
         Ok(Response::Refused(r)) => !retryable(r.kind),
         _ => false,
     }
@@ -123,8 +127,10 @@ async fn attempt(
     }
     let started = std::time::Instant::now();
     let lease = Lease { host: usize::MAX, spec, conn: None };
-    let answered = match exchange(state, lease, &unit.request).await {
-        Ok((answer, mut conn)) => supply(state, &mut conn, unit, &unit.request, answer).await,
+    // The agent asked the farm tier before placing; the worker still stores what it makes.
+    let request = keyed_request(state, unit, &address);
+    let answered = match exchange(state, lease, &request).await {
+        Ok((answer, mut conn)) => supply(state, &mut conn, unit, &request, answer).await,
         Err(e) => Err(e),
     };
     let (mut exchanged, took) = match answered {

@@ -325,7 +325,8 @@ async fn serve_wrapper(
                 }
                 response
             }
-            Ok(Request::CompileSourcesCached(CachedSources { key, unit })) => {
+            // The wrapper's key routes the unit; `store_at` is the agent's to decide.
+            Ok(Request::CompileSourcesCached(CachedSources { key, unit, .. })) => {
                 tokio::select! {
                     _ = shutdown.cancelled() => Response::refused(RefusalKind::Unavailable, "agent is shutting down"),
                     r = compile_sources(&state, unit, Some(key)) => state.verifier.mark(r),
@@ -341,7 +342,12 @@ async fn serve_wrapper(
                     Err(err) => Response::refused(RefusalKind::Internal, err.to_string()),
                 }
             }
-            Ok(req @ (Request::CacheGet(_) | Request::CachePut(_))) => {
+            // Only the worker that compiled a unit stores its entry in the farm tier.
+            Ok(Request::CachePut(_)) => Response::refused(
+                RefusalKind::BadRequest,
+                "the farm tier is written by the workers that compile, not through an agent",
+            ),
+            Ok(req @ Request::CacheGet(_)) => {
                 let hosts = &state.config.hosts;
                 crate::store::cache_tier::serve_agent(
                     hosts,

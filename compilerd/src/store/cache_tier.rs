@@ -6,8 +6,13 @@
 //! A worker keeps an index of the keys it stores ([`FarmStore`]), so a unit sent with its key
 //! (placed on the worker that owns the key) costs no file-system lookup when it misses.
 //!
-//! Trust: any peer that passes the handshake (farm token holders, loopback without a token) may
-//! store entries, like any shared ccache/sccache storage.
+//! Trust: only workers write. The worker that compiles a source-mode unit derives the unit's key
+//! itself ([`discomy_protocol::SourceCompileRequest::farm_key`]), makes the entry and keeps it
+//! ([`FarmStore::keep`]) or hands it to the key's owner ([`push`]); the owner takes a
+//! [`Request::CachePut`] only from a worker (its certificate's role under the fleet's TLS; on a
+//! plain lab farm any token holder is every role), only if the entry names that key, and only if
+//! absent. Agents and wrappers read; a hostile client can get its own unit's result stored, never
+//! an object under another unit's key.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,13 +20,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discomy_protocol::asyncio::{Conn, client_handshake, recv, send};
+use discomy_protocol::cache::Entry;
 use discomy_protocol::fleet::FleetRole;
+use discomy_protocol::message::MAX_STORE_AT;
+use discomy_protocol::sources::FarmKeyFacts;
 use discomy_protocol::tls::FarmStream;
-use discomy_protocol::{AuthConfig, CacheEntry, Digest, Payload, Request, Response};
+use discomy_protocol::{
+    AuthConfig, CacheEntry, Digest, Payload, RefusalKind, Request, Response, SourceCompileRequest,
+};
 use discomy_wrapper::cache::store::{Kind, Store};
 use tracing::debug;
 
 use crate::hosts::HostSpec;
+use crate::store::sources::SourceStore;
 
 /// Size bound of a worker's object store.
 pub const WORKER_STORE_BYTES: u64 = 4 << 30;
@@ -50,14 +61,23 @@ pub struct FarmStore {
     /// The keys on disk, as far as this process knows; `None` past [`MAX_INDEXED`] keys. An
     /// entry evicted meanwhile is a miss when read, and leaves the index then.
     keys: Mutex<Option<HashSet<[u8; 32]>>>,
+    /// Connections to the workers this one hands entries to ([`FarmStore::push`]).
+    owners: Arc<IdleConns>,
+    /// Each file's [`FarmKeyFacts`] for a working directory, by blake3(digest ‖ directory): the
+    /// same headers come unit after unit, and reading them for every key would cost more than
+    /// the lookup saves. Cleared when full.
+    facts: Mutex<HashMap<[u8; 32], FarmKeyFacts>>,
 }
+
+/// Most files whose facts are remembered ([`FarmStore::unit_key`]).
+const MAX_FACTS: usize = 1 << 18;
 
 impl FarmStore {
     /// The store next to `toolchain_store` ([`worker_store_dir`]), its keys indexed.
     pub fn open(toolchain_store: &Path) -> FarmStore {
         let store = Store::new(worker_store_dir(toolchain_store), WORKER_STORE_BYTES);
         let keys = index(store.root());
-        FarmStore { store, keys: Mutex::new(keys) }
+        FarmStore { store, keys: Mutex::new(keys), owners: Arc::default(), facts: Mutex::default() }
     }
 
     fn indexed(&self, key: &Digest) -> bool {
@@ -97,36 +117,135 @@ impl FarmStore {
         }
     }
 
-    /// Serves a cache request; `None` for any other request.
-    pub async fn serve(&self, request: &Request) -> Option<Response> {
+    /// The farm-tier key of `unit`, derived here from the unit and its files as stored in
+    /// `sources` (blocking: it may read them). `Ok(None)`: the unit is not cacheable (a file
+    /// uses a time macro); `Err`: a file is not stored here (yet).
+    pub fn unit_key(
+        &self,
+        unit: &SourceCompileRequest,
+        sources: &SourceStore,
+    ) -> Result<Option<Digest>, Digest> {
+        let mut facts = FarmKeyFacts::NONE;
+        for file in &unit.files {
+            let mut h = blake3::Hasher::new();
+            h.update(&file.digest.0);
+            h.update(unit.cwd.as_bytes());
+            let memo = *h.finalize().as_bytes();
+            let known = self.facts.lock().ok().and_then(|f| f.get(&memo).copied());
+            let of_file = match known {
+                Some(known) => known,
+                None => {
+                    let content = sources
+                        .path(&file.digest)
+                        .and_then(|p| std::fs::read(p).ok())
+                        .ok_or(file.digest)?;
+                    let found = FarmKeyFacts::of_file(&content, &unit.cwd);
+                    if let Ok(mut memos) = self.facts.lock() {
+                        if memos.len() >= MAX_FACTS {
+                            memos.clear();
+                        }
+                        memos.insert(memo, found);
+                    }
+                    found
+                }
+            };
+            facts = facts.and(of_file);
+        }
+        let facts = unit.farm_key_facts(facts);
+        Ok(facts.cacheable.then(|| unit.farm_key(facts)))
+    }
+
+    /// Keeps an entry this worker made under the key it derived, if none is stored yet (off
+    /// the runtime's threads).
+    pub async fn keep(&self, key: Digest, body: Vec<u8>) {
+        let store = self.store.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || store.put_if_absent(&key.0, Kind::Result, &body))
+                .await;
+        if matches!(stored, Ok(Ok(_))) {
+            self.note(&key, true);
+        } else {
+            debug!(%key, "failed to store a cache entry");
+        }
+    }
+
+    /// Serves a cache request; `None` for any other request. `from_worker`: the peer proved a
+    /// worker's role (or the farm has no roles), the only peer whose puts are taken.
+    pub async fn serve(&self, request: &Request, from_worker: bool) -> Option<Response> {
+        let refused = |why: &str| Some(Response::refused(RefusalKind::BadRequest, why));
         match request {
             Request::CacheGet(key) => Some(match self.get(*key).await {
                 Some(body) => Response::CacheHit(body),
                 None => Response::CacheMiss,
             }),
+            Request::CachePut(_) if !from_worker => {
+                refused("only a worker stores entries in the farm tier")
+            }
             Request::CachePut(entry) => {
                 let key = entry.key;
                 let Ok(body) = entry.body.decompress(MAX_ENTRY) else {
-                    return Some(Response::refused(
-                        discomy_protocol::RefusalKind::BadRequest,
-                        "cache entry payload invalid",
-                    ));
+                    return refused("cache entry payload invalid");
                 };
-                let store = self.store.clone();
-                let stored = tokio::task::spawn_blocking(move || {
-                    store.put_if_absent(&key.0, Kind::Result, &body)
-                })
-                .await;
-                if matches!(stored, Ok(Ok(_))) {
-                    self.note(&key, true);
-                } else {
-                    debug!(%key, "failed to store a cache entry");
+                if Entry::decode(&body).is_none_or(|e| e.farm_key != Some(key)) {
+                    return refused("the cache entry does not name the key it is put under");
                 }
+                self.keep(key, body).await;
                 Some(Response::Stored(key))
             }
             _ => None,
         }
     }
+}
+
+/// The entry a worker made for a unit whose compile `response` answered, bound to `key` (the key
+/// the worker derived from the unit); `None` for anything but a clean compile (a failure,
+/// diagnostics, no output): the wrapper replays those locally and keeps them out of the tier.
+pub fn entry_of(response: &Response, key: Digest, cwd: String, node: &str) -> Option<Vec<u8>> {
+    let (result, dep) = match response {
+        Response::Compiled(result) => (result, None),
+        Response::CompiledSources(r) => (&r.result, Some(r.dep_file.clone())),
+        _ => return None,
+    };
+    if result.exit_code != 0 || !result.stderr.is_empty() {
+        return None;
+    }
+    let object = result.output.as_ref()?.decompress(MAX_ENTRY).ok()?;
+    let entry = Entry {
+        cwd,
+        stdout: result.stdout.clone(),
+        stderr: Vec::new(),
+        object,
+        dep,
+        node: Some(node.to_string()),
+        farm_key: Some(key),
+    };
+    entry.encode()
+}
+
+impl FarmStore {
+    /// Hands an entry this worker made to the worker owning its key (`owner`, `host:port`), in
+    /// the background; a lost owner loses the entry, nothing else.
+    pub fn push(&self, owner: &str, auth: &AuthConfig, key: Digest, body: &[u8]) {
+        push(owner, auth, &self.owners, key, body);
+    }
+}
+
+fn push(owner: &str, auth: &AuthConfig, idle: &Arc<IdleConns>, key: Digest, body: &[u8]) {
+    let host = match crate::hosts::parse_host_list(owner) {
+        Ok(mut hosts) if hosts.len() == 1 && owner.len() <= MAX_STORE_AT => hosts.remove(0),
+        _ => {
+            debug!(owner, "not a worker address; entry not handed over");
+            return;
+        }
+    };
+    let request = Request::CachePut(CacheEntry { key, body: Payload::compress(body) });
+    let (auth, idle) = (auth.clone(), idle.clone());
+    tokio::spawn(async move {
+        let answer = ask(&host, &auth, &idle, &request).await;
+        if !matches!(answer, Some(Response::Stored(_))) {
+            debug!(owner = %host.address(), ?answer, "the key's owner did not take the entry");
+        }
+    });
 }
 
 /// The keys of the results stored under `root` (`xx/yyyy….r`); `None` when there are more than
@@ -183,36 +302,20 @@ impl IdleConns {
     }
 }
 
-/// Serves a wrapper's cache request on an agent; `None` for any other request. Stores are
-/// acknowledged at once and forwarded in the background.
+/// Serves a lookup ([`Request::CacheGet`]) on an agent, asking the key's owner; `None` for any
+/// other request (an agent stores nothing in the farm tier).
 pub async fn serve_agent(
     hosts: &[HostSpec],
     auth: &AuthConfig,
     idle: &Arc<IdleConns>,
     request: &Request,
 ) -> Option<Response> {
-    match request {
-        Request::CacheGet(key) => {
-            let Some(host) = owner(hosts, key) else { return Some(Response::CacheMiss) };
-            Some(match ask(host, auth, idle, request).await {
-                Some(r @ Response::CacheHit(_)) => r,
-                _ => Response::CacheMiss,
-            })
-        }
-        Request::CachePut(CacheEntry { key, .. }) => {
-            let key = *key;
-            if let Some(host) = owner(hosts, &key).cloned() {
-                let auth = auth.clone();
-                let request = request.clone();
-                let idle = idle.clone();
-                tokio::spawn(async move {
-                    let _ = ask(&host, &auth, &idle, &request).await;
-                });
-            }
-            Some(Response::Stored(key))
-        }
-        _ => None,
-    }
+    let Request::CacheGet(key) = request else { return None };
+    let Some(host) = owner(hosts, key) else { return Some(Response::CacheMiss) };
+    Some(match ask(host, auth, idle, request).await {
+        Some(r @ Response::CacheHit(_)) => r,
+        _ => Response::CacheMiss,
+    })
 }
 
 async fn ask(
@@ -271,20 +374,98 @@ mod tests {
         assert_eq!(owners.len(), 3, "keys spread over every host");
     }
 
+    fn entry(key: Digest, object: &[u8]) -> Payload {
+        let entry = Entry {
+            cwd: "/b".into(),
+            stdout: vec![],
+            stderr: vec![],
+            object: object.to_vec(),
+            dep: None,
+            node: Some("w".into()),
+            farm_key: Some(key),
+        };
+        Payload::compress(&entry.encode().expect("encodes"))
+    }
+
+    fn object_under(body: Payload) -> Vec<u8> {
+        let body = body.decompress(MAX_ENTRY).expect("payload");
+        Entry::decode(&body).expect("an entry").object
+    }
+
     /// A put never replaces an entry others may already read: the first one stays.
     #[tokio::test]
     async fn the_first_entry_under_a_key_stays() {
         let dir = tempfile::tempdir().expect("tempdir");
         let farm = FarmStore::open(dir.path());
         let key = Digest(*blake3::hash(b"unit").as_bytes());
-        for body in [&b"first"[..], b"second, from someone else"] {
-            let put = Request::CachePut(discomy_protocol::CacheEntry {
-                key,
-                body: Payload::compress(body),
-            });
-            assert!(matches!(farm.serve(&put).await, Some(Response::Stored(k)) if k == key));
+        for object in [&b"first"[..], b"second, from someone else"] {
+            let put = Request::CachePut(CacheEntry { key, body: entry(key, object) });
+            let stored = farm.serve(&put, true).await;
+            assert!(matches!(stored, Some(Response::Stored(k)) if k == key), "{stored:?}");
         }
-        let got = farm.get(key).await.expect("stored").decompress(MAX_ENTRY).expect("payload");
-        assert_eq!(got, b"first");
+        assert_eq!(object_under(farm.get(key).await.expect("stored")), b"first");
+    }
+
+    /// Only a worker stores, and only an entry made for the key it is put under: an agent, a
+    /// wrapper or a client cannot place an object under another unit's key.
+    #[tokio::test]
+    async fn a_put_from_a_non_worker_or_for_another_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let farm = FarmStore::open(dir.path());
+        let key = Digest(*blake3::hash(b"victim unit").as_bytes());
+        let other = Digest(*blake3::hash(b"attacker's unit").as_bytes());
+        let from_agent = Request::CachePut(CacheEntry { key, body: entry(key, b"evil") });
+        let named_other = Request::CachePut(CacheEntry { key, body: entry(other, b"evil") });
+        let unbound = Request::CachePut(CacheEntry { key, body: Payload::compress(b"raw") });
+        let answers = [
+            farm.serve(&from_agent, false).await,
+            farm.serve(&named_other, true).await,
+            farm.serve(&unbound, true).await,
+        ];
+        for answer in answers {
+            assert!(matches!(answer, Some(Response::Refused(_))), "{answer:?}");
+        }
+        assert!(farm.get(key).await.is_none(), "nothing stored under the victim's key");
+    }
+
+    /// The worker keys a unit from the files it holds, not from what a client says: a file not
+    /// stored yet gives no key, a time macro makes the unit uncacheable, and the key is the one
+    /// the wrapper computes from the same unit.
+    #[test]
+    fn a_worker_keys_a_unit_from_the_files_it_holds() {
+        use discomy_protocol::sources::FarmKeyFacts;
+        use discomy_protocol::{CompilerId, Language, OutputKind, SourceFile};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let farm = FarmStore::open(&dir.path().join("tools"));
+        let sources = SourceStore::open(&dir.path().join("sources"), 1 << 20).expect("store");
+        let unit_of = |text: &[u8]| SourceCompileRequest {
+            compiler: CompilerId { name: "gcc".into(), identity: Digest([1; 32]) },
+            language: Language::C,
+            output: OutputKind::Object,
+            args: vec!["-c".into(), "a.c".into()],
+            cwd: "/b".into(),
+            source_name: "a.c".into(),
+            files: vec![SourceFile {
+                path: "/b/a.c".into(),
+                digest: Digest(*blake3::hash(text).as_bytes()),
+                size: text.len() as u64,
+            }],
+            source_date_epoch: None,
+            deps: None,
+        };
+        let plain = unit_of(b"int x;");
+        assert_eq!(farm.unit_key(&plain, &sources), Err(plain.files[0].digest));
+        sources.put(&Payload::compress(b"int x;")).expect("stored");
+        let wrapper_side =
+            plain
+                .farm_key(plain.farm_key_facts(
+                    FarmKeyFacts::NONE.and(FarmKeyFacts::of_file(b"int x;", "/b")),
+                ));
+        assert_eq!(farm.unit_key(&plain, &sources), Ok(Some(wrapper_side)));
+        // Remembered: the same answer without the file.
+        assert_eq!(farm.unit_key(&plain, &sources), Ok(Some(wrapper_side)));
+        let timed = unit_of(b"const char *d = __DATE__;");
+        sources.put(&Payload::compress(b"const char *d = __DATE__;")).expect("stored");
+        assert_eq!(farm.unit_key(&timed, &sources), Ok(None));
     }
 }

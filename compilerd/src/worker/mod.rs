@@ -234,14 +234,14 @@ async fn serve_connection(
     let kind = transport.peer_kind(peer);
     let handshake = async {
         let stream = transport.accept(stream).await.map_err(ProtocolError::Io)?;
-        // Under the fleet's TLS only agents (units, cache), the coordinator (its connect-back
-        // ping) and the operator (`discomy stats --worker`) are served; workers and builders
-        // ask nothing of a worker.
+        // Under the fleet's TLS agents (units, cache lookups), the coordinator (its
+        // connect-back ping) and the operator (`discomy stats --worker`) are served, and other
+        // workers hand over farm-tier entries; builders ask nothing of a worker.
         if let Some(cert) = stream.peer_cert() {
             let allowed = [FleetRole::Agent, FleetRole::Coordinator, FleetRole::Admin];
-            if !allowed.iter().any(|r| cert.has(*r)) {
+            if !allowed.iter().chain([&FleetRole::Worker]).any(|r| cert.has(*r)) {
                 return Err(ProtocolError::Auth(format!(
-                    "{} holds no agent certificate; a worker serves agents only",
+                    "{} holds no agent or worker certificate; a worker serves those only",
                     cert.name
                 )));
             }
@@ -266,6 +266,13 @@ async fn serve_connection(
     };
     // A revoked agent is dropped at its next request, also on a connection opened before.
     let peer_serial = conn.get_ref().peer_cert().map(|c| c.serial);
+    // What the peer's certificate lets it ask: units and lookups (an agent, the coordinator, the
+    // operator), farm-tier stores (a worker). Without the fleet's TLS every token holder is
+    // every role (a lab farm).
+    let (serves_units, from_worker) = conn.get_ref().peer_cert().map_or((true, true), |c| {
+        let units = [FleetRole::Agent, FleetRole::Coordinator, FleetRole::Admin];
+        (units.iter().any(|r| c.has(*r)), c.has(FleetRole::Worker))
+    });
     loop {
         if conn.read_buffer().is_empty() {
             let woke = tokio::select! {
@@ -298,6 +305,11 @@ async fn serve_connection(
             let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
             return;
         }
+        if !serves_units && !matches!(request, Request::CachePut(_) | Request::Ping) {
+            let msg = "a worker's certificate only hands farm-tier entries to a worker";
+            let _ = send(&mut conn, &Response::refused(RefusalKind::BadRequest, msg)).await;
+            continue;
+        }
         // Room for the payload before anything is decompressed; a unit takes its room after its
         // slot ([`unit::compile`]), so a unit waiting for a slot holds none.
         let len = request.payload_raw_len().filter(|_| !matches!(request, Request::Compile(_)));
@@ -321,20 +333,15 @@ async fn serve_connection(
             }),
             Request::Compile(req) => unit::compile(req, &state, &shutdown).await,
             Request::CompileSources(req) => unit::compile_sources(req, &state, &shutdown).await,
-            // The agent sends the key along when this worker owns it in the farm tier.
             Request::CompileSourcesCached(cached) => {
-                let got = state.farm.get(cached.key).await;
-                match got {
-                    Some(body) => Response::CacheHit(body),
-                    None => unit::compile_sources(cached.unit, &state, &shutdown).await,
-                }
+                unit::compile_cached(cached, &state, &shutdown).await
             }
             Request::PutSource(payload) => {
                 off_runtime(&state, move |st| st.sources.put(&payload).map_err(|e| e.to_string()))
                     .await
             }
             req @ (Request::CacheGet(_) | Request::CachePut(_)) => {
-                state.farm.serve(&req).await.unwrap_or(Response::CacheMiss)
+                state.farm.serve(&req, from_worker).await.unwrap_or(Response::CacheMiss)
             }
             Request::PutBlob(_) | Request::InstallToolchain(_)
                 if !state.config.runner.accepts_uploads() =>

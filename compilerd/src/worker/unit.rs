@@ -1,7 +1,9 @@
 //! A unit on the worker, from request to answer: a native unit (preprocessed on the client,
 //! [`compile`]) or a source-mode unit (the build's own command over the files it can open,
 //! [`compile_sources`]; one whose files are not all stored yet is answered with
-//! [`Response::MissingBlobs`], and the client sends them with `PutSource` and asks again).
+//! [`Response::MissingBlobs`], and the client sends them with `PutSource` and asks again), and
+//! a source-mode unit asked with the farm tier ([`compile_cached`]: this worker derives the key,
+//! answers from its store or compiles, and stores the entry it made).
 //!
 //! Both stand on the one skeleton every unit goes through, distcc's ([`super::distcc`]) too: a
 //! slot (or the shutdown), the slot's own uid, the count of units compiling (what the
@@ -12,12 +14,13 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use discomy_protocol::payload::MAX_RAW_LEN;
 use discomy_protocol::plumbing::read_untrusted;
 use discomy_protocol::{
-    CompileRequest, CompileResult, OutputKind, Payload, RefusalKind, Response,
+    CachedSources, CompileRequest, CompileResult, OutputKind, Payload, RefusalKind, Response,
     SourceCompileRequest, SourceResult, ToolchainManifest,
 };
 use tokio::sync::SemaphorePermit;
@@ -27,6 +30,7 @@ use tracing::debug;
 use super::argcheck::{check_compile_args, check_source_args};
 use super::exec::{self, ExecError, compile_unit};
 use super::{State, UidLease};
+use crate::store::cache_tier;
 use crate::store::sources::Materialized;
 use crate::store::tools::TreeLease;
 
@@ -384,6 +388,65 @@ async fn run_sources(
         verify: false,
     };
     Ok((result, dep_file))
+}
+
+/// A source-mode unit asked with the farm tier ([`Request::CompileSourcesCached`]): the entry
+/// stored under the key this worker derives from the unit (never the client's) when it owns the
+/// key, else the compile; a clean compile's entry, bound to that key, is kept here or handed to
+/// the owner the agent named, after the answer is on its way (off the unit's path).
+pub(crate) async fn compile_cached(
+    cached: CachedSources,
+    node: &Arc<State>,
+    shutdown: &CancellationToken,
+) -> Response {
+    let CachedSources { unit, store_at, .. } = cached;
+    // Before the compile only when this worker owns the key (it looks it up); a unit whose
+    // files are not all here yet is keyed after its compile, when they are.
+    let keyed = match store_at {
+        None => unit_key(node, unit.clone()).await,
+        Some(_) => None,
+    };
+    if let Some(Ok(Some(key))) = keyed
+        && let Some(body) = node.farm.get(key).await
+    {
+        return Response::CacheHit(body);
+    }
+    let again = if matches!(keyed, Some(Ok(_))) { None } else { Some(unit.clone()) };
+    let cwd = unit.cwd.clone();
+    let response = compile_sources(unit, node, shutdown).await;
+    if matches!(response, Response::Compiled(_) | Response::CompiledSources(_)) {
+        let (node, response) = (node.clone(), response.clone());
+        tokio::spawn(async move {
+            let key = match (keyed, again) {
+                (Some(Ok(key)), _) => key,
+                (_, Some(unit)) => match unit_key(&node, unit).await {
+                    Some(Ok(key)) => key,
+                    _ => return,
+                },
+                _ => return,
+            };
+            let Some(key) = key else { return };
+            let name = node.config.node_name.clone();
+            let made = tokio::task::spawn_blocking(move || {
+                cache_tier::entry_of(&response, key, cwd, &name)
+            });
+            let Ok(Some(body)) = made.await else { return };
+            match store_at {
+                None => node.farm.keep(key, body).await,
+                Some(owner) => node.farm.push(&owner, &node.config.auth, key, &body),
+            }
+        });
+    }
+    response
+}
+
+/// [`cache_tier::FarmStore::unit_key`] off the runtime's threads; `None` if that task failed.
+async fn unit_key(
+    node: &Arc<State>,
+    unit: SourceCompileRequest,
+) -> Option<Result<Option<discomy_protocol::Digest>, discomy_protocol::Digest>> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || node.farm.unit_key(&unit, &node.sources)).await.ok()
 }
 
 /// Makes a unit's directory under `work_dir`, with its empty `out/` and its `tree.list`.

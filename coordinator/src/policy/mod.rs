@@ -44,7 +44,7 @@ pub use fit::{Fit, Fitted, Obs};
 pub use history::{CostHistory, UnitKey};
 pub use ids::{IdHasher, IdMap};
 pub use queue::FairQueue;
-pub use speed::{Sample, Speed, cpu_share};
+pub use speed::{Sample, Speed, cpu_share, learning_share};
 
 /// A node's id, given by the caller.
 pub type NodeId = u64;
@@ -488,7 +488,7 @@ impl Scheduler {
             n.stalled = false;
             n.exploring = false;
             if stats.ok {
-                let full_ms = stats.cpu_ms as f64 * cpu_share(n.load.foreign_load);
+                let full_ms = stats.cpu_ms as f64 * learning_share(n.load.foreign_load);
                 // A unit seen for the first time: its cost at this node's rate as the other jobs
                 // taught it (this one would make any cost look typical), until the next fit.
                 if n.speed.samples > 0 && self.history.estimate(spec.unit).is_none() {

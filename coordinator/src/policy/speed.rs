@@ -31,6 +31,17 @@ pub fn cpu_share(foreign_load: u16) -> f64 {
     (1000.0 - f64::from(foreign_load.min(990))) / 1000.0
 }
 
+/// The least share a node's own load report may claim while its jobs ran, when its rate with
+/// the CPU to itself is learned: the agent measures the time, the node only says how busy it
+/// was, so a node claiming 99 % foreign load during its jobs (and none when placed) could
+/// otherwise pass for 100 times faster than measured; now for at most twice.
+pub const MIN_LEARNING_SHARE: f64 = 0.5;
+
+/// [`cpu_share`] as the learned rate takes it ([`MIN_LEARNING_SHARE`]).
+pub fn learning_share(foreign_load: u16) -> f64 {
+    cpu_share(foreign_load).max(MIN_LEARNING_SHARE)
+}
+
 /// What a node's finished jobs taught us.
 #[derive(Debug, Clone, Default)]
 pub struct Speed {
@@ -65,7 +76,7 @@ impl Speed {
         self.work = self.work * keep + s.work;
         self.wall_ms = self.wall_ms * keep + s.wall_ms as f64;
         self.cpu_ms = self.cpu_ms * keep + cpu;
-        self.full_ms = self.full_ms * keep + cpu * cpu_share(s.foreign_load);
+        self.full_ms = self.full_ms * keep + cpu * learning_share(s.foreign_load);
         self.overhead_ms = self.overhead_ms * keep + (s.wall_ms as f64 - cpu).max(0.0);
         self.bytes = self.bytes * keep + s.bytes_in.max(1) as f64;
         self.wall_bps = self.work * 1000.0 / self.wall_ms;
@@ -113,5 +124,19 @@ mod tests {
         s.add(&sample(1000.0, 2000, 2000, 500), 1);
         assert_eq!(s.cpu_bps, 500.0);
         assert_eq!(s.rate_bps, 1000.0);
+    }
+
+    /// A node that reports 99 % foreign load while its jobs run cannot make its learned rate
+    /// (what placement divides the work by) more than twice what the agents measured.
+    #[test]
+    fn a_node_s_own_load_report_inflates_its_rate_at_most_twice() {
+        let mut honest = Speed::default();
+        let mut claims_busy = Speed::default();
+        for t in 1..=20 {
+            honest.add(&sample(1000.0, 1000, 1000, 0), t);
+            claims_busy.add(&sample(1000.0, 1000, 1000, 990), t);
+        }
+        assert_eq!(honest.rate_bps, 1000.0);
+        assert!(claims_busy.rate_bps <= 2.0 * honest.rate_bps + 1e-6, "{}", claims_busy.rate_bps);
     }
 }

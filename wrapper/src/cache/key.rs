@@ -11,10 +11,11 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use discomy_protocol::sources::FarmKeyFacts;
 use discomy_protocol::{Language, OutputKind};
 
 /// Version of the keying rules; bump to invalidate every entry when they change.
-const KEY_VERSION: &[u8] = b"discomy-cache-key-v2";
+const KEY_VERSION: &[u8] = b"discomy-cache-key-v3";
 
 /// Environment variables that change what gcc does or prints.
 const ENV_KEYS: &[&str] = &[
@@ -173,20 +174,20 @@ pub fn scanned(
     canon: &[&str],
     cwd: &str,
     lto: bool,
-) -> Result<([u8; 32], Vec<super::direct::FileDigest>, bool), String> {
+) -> Result<Scanned, String> {
     let unit = &scan.files;
-    let date = memchr::memmem::Finder::new(b"__DATE__");
-    let time = memchr::memmem::Finder::new(b"__TIME__");
-    if unit.contents.values().any(|c| date.find(c).is_some() || time.find(c).is_some()) {
-        return Err("a file uses __DATE__ or __TIME__".into());
-    }
-    // The directory the scan named files under (the PWD gcc reports may be another name of it).
+    // The directory the scan named files under (the PWD gcc reports may be another name of it),
+    // which is the source-mode unit's: the files' facts serve its farm-tier key too.
     let real = scan.cwd.as_str();
-    let here = memchr::memmem::Finder::new(cwd.as_bytes());
-    let independent = !lto
-        && real == cwd
-        && !canon.iter().any(|a| a.contains(cwd))
-        && !unit.contents.values().any(|c| here.find(c).is_some());
+    let facts = unit
+        .contents
+        .values()
+        .fold(FarmKeyFacts::NONE, |facts, c| facts.and(FarmKeyFacts::of_file(c, real)));
+    if !facts.cacheable {
+        return Err("a file uses __DATE__, __TIME__ or __TIMESTAMP__".into());
+    }
+    let independent =
+        !lto && real == cwd && !canon.iter().any(|a| a.contains(cwd)) && facts.cwd_independent;
     let prefix = format!("{real}/");
     let mut files: Vec<super::direct::FileDigest> = unit
         .files
@@ -205,7 +206,19 @@ pub fn scanned(
         field(&mut h, f.path.as_bytes());
         field(&mut h, &f.digest);
     }
-    Ok((*h.finalize().as_bytes(), files, independent))
+    Ok(Scanned { key: *h.finalize().as_bytes(), files, independent, facts })
+}
+
+/// A scanned key and what came with it.
+pub struct Scanned {
+    /// The result key.
+    pub key: [u8; 32],
+    /// The files, by path relative to the build directory where under it, sorted.
+    pub files: Vec<super::direct::FileDigest>,
+    /// The key leaves the working directory out.
+    pub independent: bool,
+    /// The files' facts for the unit's farm-tier key (computed once, here).
+    pub facts: FarmKeyFacts,
 }
 
 /// Whether the text uses a macro whose value depends on when or where it is compiled.

@@ -30,11 +30,10 @@ use std::process::{ExitCode, Stdio};
 use std::time::SystemTime;
 
 use discomy_protocol::plumbing::write_atomically;
-use serde::{Deserialize, Serialize};
+use discomy_protocol::sources::FarmKeyFacts;
 use tracing::debug;
 
 use crate::args::Unit;
-use crate::client::AgentClient;
 use crate::invocation::Invocation;
 use crate::source_mode::Prepared;
 use stats::Counter;
@@ -49,27 +48,8 @@ pub const ENV_CACHE_DIRECT: &str = "DISCOMY_CACHE_DIRECT";
 /// Default size bound.
 pub const DEFAULT_MAX_SIZE: u64 = 5 << 30;
 
-/// A stored compile result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
-    /// The working directory it was compiled in.
-    pub cwd: String,
-    /// The compiler's standard output.
-    #[serde(with = "serde_bytes")]
-    pub stdout: Vec<u8>,
-    /// The compiler's standard error (warnings).
-    #[serde(with = "serde_bytes")]
-    pub stderr: Vec<u8>,
-    /// The object (or assembly).
-    #[serde(with = "serde_bytes")]
-    pub object: Vec<u8>,
-    /// The dependency file, when the call writes one.
-    #[serde(with = "serde_bytes")]
-    pub dep: Option<Vec<u8>>,
-    /// The farm node that compiled it (`None`: compiled here). Entries of a node the agent
-    /// quarantined are not served ([`crate::verify::quarantined`]).
-    pub node: Option<String>,
-}
+/// A stored compile result (the wire's type: workers make the farm tier's entries).
+pub use discomy_protocol::cache::Entry;
 
 /// What the cache made of a call.
 pub enum Lookup {
@@ -90,8 +70,9 @@ pub struct Pending {
     result_key: [u8; 32],
     manifest: Option<([u8; 32], direct::ManifestFiles, bool)>,
     start: SystemTime,
-    /// The farm tier is asked with the unit itself (source mode), not before it.
-    farm_with_unit: bool,
+    /// The unit's files' facts for its farm-tier key, when the farm tier is asked with the unit
+    /// itself (a scanned unit in source mode); otherwise the farm tier is not asked.
+    farm_facts: Option<FarmKeyFacts>,
 }
 
 /// The local tier for this user: `<cache dir>/objects`, bounded by `DISCOMY_CACHE_MAX` or the
@@ -184,9 +165,9 @@ fn try_lookup(
     // trip ([`Pending::farm_key`]).
     let (result_key, files, independent, scanned) = match prep.scan() {
         Ok(scanned) => {
-            let (result_key, files, independent) =
+            let key::Scanned { key, files, independent, facts } =
                 key::scanned(common, scanned, &canon, &cwd, lto)?;
-            (result_key, direct::ManifestFiles::Known(files), independent, true)
+            (key, direct::ManifestFiles::Known(files), independent, Some(facts))
         }
         Err(why) => {
             debug!(%why, "no include scan; keyed on the preprocessed unit");
@@ -202,7 +183,7 @@ fn try_lookup(
             key::field(&mut h, &stripped);
             let files = direct::included_files(&text).map(direct::ManifestFiles::Names);
             let files = files.unwrap_or(direct::ManifestFiles::None);
-            (*h.finalize().as_bytes(), files, independent, false)
+            (*h.finalize().as_bytes(), files, independent, None)
         }
     };
     let pending = Pending {
@@ -213,39 +194,16 @@ fn try_lookup(
         result_key,
         manifest: if direct_on { Some((direct_key, files, independent)) } else { None },
         start,
-        farm_with_unit: scanned && farm::enabled(),
+        farm_facts: scanned.filter(|_| farm::enabled()),
     };
     if let Some(code) = ctx.serve(&result_key, Counter::HitPreprocessed) {
         pending.record_manifest();
         return Ok(Lookup::Hit(code));
     }
-    if pending.farm_with_unit {
-        let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
-        return Ok(Lookup::Miss(Box::new(pending)));
-    }
-    if let Some(code) = farm_get(prep, &result_key).and_then(|b| pending.serve_farm_body(&b)) {
-        return Ok(Lookup::Hit(code));
-    }
+    // The farm tier holds only what workers compiled from source-mode units, under the key they
+    // derive from the unit: a scanned unit asks it with the compile; a preprocessed one cannot.
     let _ = stats::add(store.root(), &[(Counter::Miss, 1)]);
     Ok(Lookup::Miss(Box::new(pending)))
-}
-
-/// The farm tier's entry for `key`, asked on the call's agent connection.
-fn farm_get(prep: &mut Prepared<'_>, key: &[u8; 32]) -> Option<Vec<u8>> {
-    if !farm::enabled() {
-        return None;
-    }
-    let agent = prep.agent_mut().ok()?;
-    match farm::get_on(agent.stream(), key) {
-        farm::Asked::Answered(body) => {
-            debug!(hit = body.is_some(), "farm tier asked");
-            body
-        }
-        farm::Asked::Lost => {
-            prep.drop_agent();
-            None
-        }
-    }
 }
 
 fn read_manifest(store: &Store, key: &[u8; 32]) -> Option<direct::Manifest> {
@@ -336,7 +294,7 @@ impl Ctx<'_> {
 
     /// Serves an entry's body, if usable here.
     fn serve_body(&self, body: &[u8], counter: Counter) -> Option<ExitCode> {
-        let Ok(entry) = postcard::from_bytes::<Entry>(body) else {
+        let Some(entry) = Entry::decode(body) else {
             let _ = stats::add(self.store.root(), &[(Counter::Error, 1)]);
             return None;
         };
@@ -409,18 +367,26 @@ fn replay(stdout: &[u8], stderr: &[u8]) {
 }
 
 impl Pending {
-    /// The key to send with the unit when the farm tier is asked in the compile's own trip.
-    pub fn farm_key(&self) -> Option<discomy_protocol::Digest> {
-        self.farm_with_unit.then_some(discomy_protocol::Digest(self.result_key))
+    /// The facts of the unit's files for its farm-tier key, when the farm tier is asked in the
+    /// compile's own trip (a scanned unit, sent in source mode with its farm-tier key).
+    pub fn farm_facts(&self) -> Option<FarmKeyFacts> {
+        self.farm_facts
     }
 
-    /// Serves the farm tier's entry that came back instead of a compile, and stores it here;
-    /// `Err` gives the call back when the entry is not usable (it is compiled then).
+    /// Serves the farm tier's entry that came back for `key` instead of a compile, and stores it
+    /// here; `Err` gives the call back when the entry is not usable (it is compiled then). An
+    /// entry that does not name `key` (made for another unit) is refused.
     pub fn serve_farm(
         self: Box<Self>,
+        key: discomy_protocol::Digest,
         payload: &discomy_protocol::Payload,
     ) -> Result<ExitCode, Box<Self>> {
         let Ok(body) = payload.decompress(farm::MAX_ENTRY) else { return Err(self) };
+        if Entry::decode(&body).is_none_or(|e| e.farm_key != Some(key)) {
+            debug!(source = %self.unit.source, "farm-tier entry made for another key");
+            let _ = stats::add(self.store.root(), &[(Counter::Error, 1)]);
+            return Err(self);
+        }
         let Some(code) = self.serve_farm_body(&body) else { return Err(self) };
         // The lookup counted it as a miss before the farm was asked.
         let _ = stats::add(self.store.root(), &[(Counter::Miss, -1)]);
@@ -428,7 +394,7 @@ impl Pending {
     }
 
     /// Serves a farm-tier entry's body, if usable here, and keeps it in the local tier (with its
-    /// direct-mode manifest), however the farm was asked.
+    /// direct-mode manifest).
     fn serve_farm_body(&self, body: &[u8]) -> Option<ExitCode> {
         let ctx = Ctx {
             store: &self.store,
@@ -443,15 +409,9 @@ impl Pending {
     }
 
     /// Stores the result of a successful compile (its output files are on disk now) made on
-    /// `node` (`None`: here), offering it to the farm tier on `agent` when the call holds a
-    /// connection.
-    pub fn store(
-        self,
-        stdout: &[u8],
-        stderr: &[u8],
-        node: Option<&str>,
-        agent: Option<&mut AgentClient>,
-    ) {
+    /// `node` (`None`: here) in the local tier. The farm tier is not offered it: only the worker
+    /// that compiled a unit stores there.
+    pub fn store(self, stdout: &[u8], stderr: &[u8], node: Option<&str>) {
         let object = match std::fs::read(&self.unit.output) {
             Ok(o) => o,
             Err(_) => return,
@@ -470,14 +430,14 @@ impl Pending {
             object,
             dep,
             node: node.map(str::to_owned),
+            farm_key: None,
         };
-        let Some(body) = postcard::to_stdvec(&entry).ok() else { return };
+        let Some(body) = entry.encode() else { return };
         if self.store.put(&self.result_key, Kind::Result, &body).is_err() {
             let _ = stats::add(self.store.root(), &[(Counter::Error, 1)]);
             return;
         }
         self.record_manifest();
-        farm::put(&self.result_key, &body, agent.map(AgentClient::stream));
     }
 
     /// Adds this unit's include list to its direct-mode manifest, when every file is settled.
@@ -511,7 +471,7 @@ impl Pending {
         };
         replay(&out.stdout, &out.stderr);
         if out.status.success() {
-            self.store(&out.stdout, &out.stderr, None, None);
+            self.store(&out.stdout, &out.stderr, None);
         }
         (crate::local::exit_code(out.status), crate::local::raw_code(out.status))
     }
