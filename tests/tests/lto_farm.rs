@@ -13,6 +13,8 @@
 //! - The counters: links and `-E` are counted apart from units, a `conftest.c` stays local with
 //!   its reason, and a rebuild with the object cache on is served from it (LTO objects are cached
 //!   like any other), still giving identical binaries.
+//! - With every remote result verified (`DISCOMY_VERIFY_RATE=1`), LTRANS units are compiled
+//!   locally too and compared byte for byte: no mismatch, no quarantine, identical binaries.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::Path;
@@ -20,7 +22,8 @@ use std::process::Command;
 
 use discomy_tests::lto::run_quietly;
 use discomy_tests::{
-    Farm, MAKE_JOBS, Proc, agent_stats, bin, clean_command, extract_lua, make_clean, run_to_success,
+    Agent, Farm, MAKE_JOBS, Proc, agent_stats, bin, clean_command, extract_lua, make_clean,
+    run_to_success,
 };
 
 /// Rocky Linux 9's `%optflags` for x86_64 (without the redhat specs files, which Debian lacks).
@@ -169,5 +172,24 @@ fn lto_units_go_to_the_farm_and_link_identically() {
         }
         assert_eq!(binaries(&tree), reference, "{round}: lua/luac differ from the local build");
     }
+
+    // Verification covers LTRANS units too: with every remote result checked, each partition is
+    // compiled locally as well and compared byte for byte; none differs, no node is quarantined.
+    let hosts = discomy_tests::hosts_of(&farm.workers);
+    let verifying =
+        Agent::start_with(tmp.path(), "agent-verify", &hosts, &[("DISCOMY_VERIFY_RATE", "1")], &[]);
+    make_clean(&tree, tmp.path());
+    let vsocket = verifying.socket.clone();
+    make_el9(&tree, "make-verify-el9", &wrapper, &[("DISCOMY_SOCKET", &vsocket)], tmp.path());
+    let checked = agent_stats(&vsocket);
+    eprintln!("[e2e] agent stats with every result verified: {checked}");
+    assert!(count(&checked, &["ltrans", "remote"]) >= 2, "no LTRANS unit remote: {checked}");
+    let requested = count(&checked, &["verification", "requested"]);
+    assert!(requested >= count(&checked, &["ltrans", "remote"]), "{checked}");
+    assert_eq!(count(&checked, &["verification", "checked"]), requested, "{checked}");
+    assert_eq!(count(&checked, &["verification", "mismatched"]), 0, "{checked}");
+    assert_eq!(checked["verification"]["quarantined"], serde_json::json!([]), "{checked}");
+    assert_eq!(binaries(&tree), reference, "verified build: lua/luac differ from the local build");
+    drop(verifying);
     drop(farm);
 }
