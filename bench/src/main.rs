@@ -10,6 +10,7 @@ mod cache_bench;
 mod coord_scale;
 mod distcc_compat;
 mod farm;
+mod lto_bench;
 mod nodes;
 mod overhead;
 mod proc;
@@ -62,6 +63,9 @@ enum Cmd {
     /// What the working fleet's mutual TLS costs a unit: the same units through a plain and a
     /// TLS agent-to-worker link, side by side, default settings.
     TlsCost(tls_cost::Args),
+    /// Lua with Rocky 9's flags and LTO links: compile and link phases, plain gcc vs
+    /// `discomy run --local-farm`, LTRANS units remote, linked programs compared.
+    Lto(lto_bench::Args),
 }
 
 /// Options shared by both subcommands.
@@ -101,6 +105,7 @@ fn main() {
         Cmd::Queue(a) => queue_bench::run(a),
         Cmd::QueueOverhead(a) => queue_overhead::run(a).map(|()| 0),
         Cmd::TlsCost(a) => tls_cost::run(a),
+        Cmd::Lto(a) => lto_bench::run(a),
     };
     match result {
         Ok(0) => {}

@@ -1,9 +1,11 @@
 //! `discomy-bench sim`: replays a job trace over simulated fleets with a virtual clock and
 //! compares placement policies by makespan against the lower bound. The engine, node model,
 //! trace and discomy's policy adapter are `discomy_coordinator::plan` (which `discomy plan`
-//! uses too); this command keeps the generated fleets and the peer policies.
+//! uses too); this command keeps the generated fleets and the peer policies. With `--lto`, it
+//! replays packages that end with LTO links instead ([`lto`]).
 
 mod fleet;
+mod lto;
 mod policies;
 
 use anyhow::{Context, Result, bail};
@@ -43,6 +45,16 @@ pub struct Args {
     /// these units).
     #[arg(long)]
     pub cold: bool,
+    /// Packages ending with LTO links (a recorded trace: WPA, LTRANS partitions, final link) on
+    /// a 32-node fleet: makespan with the partitions on the build host and on the farm.
+    #[arg(long)]
+    pub lto: bool,
+    /// An LTO trace file for `--lto` (default: the shipped bench/traces/lua-5.4-lto.json).
+    #[arg(long, requires = "lto")]
+    pub lto_trace: Option<PathBuf>,
+    /// Package counts for `--lto`, comma-separated (default 1,32).
+    #[arg(long, requires = "lto", value_delimiter = ',')]
+    pub lto_packages: Option<Vec<usize>>,
 }
 
 const POLICIES: &[&str] = &["discomy", "random", "round-robin", "least-loaded", "icecream-fastest"];
@@ -60,6 +72,12 @@ fn policy(name: &str, nodes: &[SimNode]) -> Box<dyn SimPolicy> {
 /// Runs the simulation. Whether discomy met its targets is reported (`targets_met`), not
 /// turned into an exit code.
 pub fn run(args: &Args) -> Result<i32> {
+    if args.lto {
+        if args.trace.is_some() || args.fleet.is_some() || args.cold {
+            bail!("--lto takes none of --trace, --fleet, --cold (see --lto-trace)");
+        }
+        return lto::run(args.lto_trace.as_deref(), args.lto_packages.as_deref(), args.json);
+    }
     let trace = load_trace(args.trace.as_deref())?;
     let builds: Vec<SimBuild> = trace.builds(&default_builds());
     let mut fleets = fleet::fleets();
