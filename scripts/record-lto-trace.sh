@@ -15,17 +15,21 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/bench/traces/lua-5.4-lto.json}
-tarball=$(ls "$root"/target/projects/lua5.4_*.orig.tar.gz | tail -1)
+tarballs=("$root"/target/projects/lua5.4_*.orig.tar.gz)
+tarball=${tarballs[${#tarballs[@]}-1]}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tar -xzf "$tarball" -C "$work"
 src=$(dirname "$(ls "$work"/*/src/Makefile)")
+# shellcheck disable=SC2054 # commas inside -Wl,… and -Wp,… are the options' own
 el9=(-O2 -flto=auto -ffat-lto-objects -fexceptions -g -grecord-gcc-switches -pipe -Wall
   -Werror=format-security -Wp,-D_FORTIFY_SOURCE=2 -Wp,-D_GLIBCXX_ASSERTIONS
   -fstack-protector-strong -m64 -march=x86-64-v2 -mtune=generic -fasynchronous-unwind-tables
   -fstack-clash-protection -fcf-protection)
 flags=(-std=gnu99 -O2 -Wall -Wextra -DLUA_COMPAT_5_3 -DLUA_USE_LINUX "${el9[@]}")
+# shellcheck disable=SC2054
 ldflags=(-std=gnu99 -flto=auto -Wl,-z,relro -Wl,-z,now)
+# shellcheck disable=SC2054
 libs=(-lm -Wl,-E -ldl)
 cpu() { # prints user+sys seconds of the command (and its children)
   local t; t=$( { TIMEFORMAT='%U %S'; time "$@" >/dev/null 2>&1; } 2>&1 )
@@ -72,7 +76,11 @@ for c in "$src"/*.c; do
   units+=("$(printf '{"name":"%s.c","cpu_s":%s,"bytes_in":%d,"source_bytes":%d,"bytes_out":%d,"submit_s":0.0}' \
     "$name" "$best" "$(stat -c %s "$work/$name.i")" "$(main_bytes "$work/$name.i" "$name.c")" "$(stat -c %s "$src/$name.o")")")
 done
-(cd "$src" && ar rc liblua.a $(ls *.o | grep -v -e '^lua\.o$' -e '^luac\.o$') && ranlib liblua.a)
+lib_objects=()
+for o in "$src"/*.o; do
+  case ${o##*/} in lua.o | luac.o) ;; *) lib_objects+=("$o") ;; esac
+done
+ar rc "$src/liblua.a" "${lib_objects[@]}" && ranlib "$src/liblua.a"
 
 links=()
 for prog in lua luac; do

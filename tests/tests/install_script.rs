@@ -278,6 +278,8 @@ fn the_scripts_pass_shellcheck() {
         "scripts/configure.sh",
         "scripts/vfarm",
         "scripts/release.sh",
+        "scripts/record-lto-trace.sh",
+        "scripts/lto-partitions.sh",
         "rpm/make-tarball.sh",
         "rpm/changelog.sh",
     ];
