@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use discomy_protocol::plumbing::{Daemon, Logs};
+use discomy_protocol::plumbing::{Daemon, Logs, env};
 use discomy_protocol::stats::{LtransCounts, StatsLine, UnitCounts};
 use serde::Serialize;
 
@@ -169,7 +169,15 @@ pub fn run(opts: &RunOptions) -> Result<Summary, FarmError> {
     let started = Instant::now();
     // On a terminal, a progress line until the command ends (cleared before the summary).
     let progress = progress::Progress::start(&stats_file, started);
-    let status = Command::new(program)
+    let mut command = Command::new(program);
+    // LTO links: as many LTRANS units at once as the farm has slots (gcc's own count is the
+    // host's cores), unless the user set it; the partitions, and so the bytes, are gcc's.
+    if std::env::var_os(env::LTRANS_JOBS).is_none()
+        && let Some(slots) = farm_slots(&hosts)
+    {
+        command.env(env::LTRANS_JOBS, slots.to_string());
+    }
+    let status = command
         .args(args)
         .env("PATH", &new_path)
         .env("CC", masquerade.join("cc"))
@@ -261,9 +269,23 @@ pub fn make_masquerade_dir(
     Ok(names)
 }
 
+/// The slots of the farm `hosts` name (`host:port/N`, …); `None` when none is known.
+fn farm_slots(hosts: &[String]) -> Option<usize> {
+    let specs = crate::hosts::parse_host_list(&hosts.join(",")).ok()?;
+    let slots: usize = specs.iter().map(|h| h.limit).sum();
+    (slots > 0).then_some(slots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ltrans_jobs_default_to_the_farm_s_slots() {
+        let hosts = ["127.0.0.1:4000/2".to_string(), "127.0.0.1:4001/3".to_string()];
+        assert_eq!(farm_slots(&hosts), Some(5));
+        assert_eq!(farm_slots(&[]), None);
+    }
 
     #[test]
     fn summary_counts_outcomes_and_failures() {

@@ -38,3 +38,24 @@ fn farm_build_identical() {
     assert!(s.remote >= s.units / 2, "expected at least half the units remote, summary: {}", s.raw);
     assert_eq!(s.failed, 0, "failed units in summary: {}", s.raw);
 }
+
+/// LTO links through `discomy run` run as many LTRANS units at once as the embedded farm has
+/// slots (gcc's own count would be the host's cores); a value the user set is kept.
+#[test]
+fn ltrans_jobs_follow_the_farm_s_slots() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let seen = |preset: Option<&str>| {
+        let out = tmp.path().join("jobs");
+        let mut cmd = discomy_run(tmp.path(), tmp.path());
+        if let Some(v) = preset {
+            cmd.env("DISCOMY_LTRANS_JOBS", v);
+        }
+        cmd.args(["--local-farm", "2", "--slots", "3", "--", "sh", "-c"])
+            .arg(format!("printf %s \"$DISCOMY_LTRANS_JOBS\" > '{}'", out.display()));
+        let mut run = Proc::spawn("discomy-run-jobs", &mut cmd, tmp.path());
+        assert!(run.wait_timeout(BUILD_TIMEOUT).success(), "{}", run.logs(20));
+        std::fs::read_to_string(&out).expect("the command wrote the value")
+    };
+    assert_eq!(seen(None), "6", "2 workers of 3 slots");
+    assert_eq!(seen(Some("40")), "40");
+}
