@@ -46,7 +46,7 @@ pub mod store;
 mod tests;
 pub mod tokens;
 #[cfg(test)]
-mod tokens_tests;
+pub(crate) mod tokens_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
