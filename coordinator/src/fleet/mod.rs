@@ -9,6 +9,7 @@
 //! The coordinator's own certificate is issued afresh at each start and never written.
 //! [`serve`] holds the wire side: what each message may do, given the peer's certificate.
 
+mod names;
 pub mod serve;
 mod state;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use discomy_protocol::tls::{Ca, CertInfo, ClientAuth, FarmTls, TlsError, Transpo
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use names::{https_names, valid_dns_name};
 use state::{Entry, NodeState, State, Token};
 
 /// What can go wrong opening the fleet directory.
@@ -134,6 +136,26 @@ impl Fleet {
             sessions: Mutex::new(HashMap::new()),
             revoked,
         })
+    }
+
+    /// The TLS of the coordinator's HTTPS (build queue API, web UI, builders' uploads): a
+    /// certificate of role coordinator that also names `names` (the host names and addresses
+    /// clients dial), issued afresh at each start like the farm listener's and never written;
+    /// clients' certificates are checked against the fleet's revocations.
+    pub fn https(&self, names: &[String]) -> Result<Arc<FarmTls>, FleetError> {
+        let (own, key) = self.ca.issue_server_with_key(
+            "coordinator",
+            &[FleetRole::Coordinator],
+            Duration::from_secs(30 * 86_400),
+            names,
+        )?;
+        let tls = FarmTls::https(self.ca.pem(), &own.pem, &key, self.tls.revoked().clone())?;
+        Ok(Arc::new(tls))
+    }
+
+    /// The farm CA's certificate (PEM), which clients trust.
+    pub fn ca_pem(&self) -> &str {
+        self.ca.pem()
     }
 
     /// The transport the coordinator's listener serves with.
