@@ -317,7 +317,24 @@ async fn run(cli: Cli) -> Result<()> {
                     let names = discomy_coordinator::fleet::https_names(bound, &cli.http_names)
                         .map_err(anyhow::Error::msg)?;
                     tracing::info!(?names, "the API serves HTTPS only (working fleet)");
-                    Some(fleet.https(&names).context("the API's HTTPS certificate")?)
+                    let tls = fleet.https(&names).context("the API's HTTPS certificate")?;
+                    let (fleet, tls2, stop) = (fleet.clone(), tls.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        let every = discomy_coordinator::fleet::HTTPS_RENEW;
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = tokio::time::sleep(every) => {}
+                            }
+                            match fleet.renew_https(&tls2, &names) {
+                                Ok(()) => tracing::info!("the API's HTTPS certificate renewed"),
+                                Err(err) => {
+                                    tracing::warn!(%err, "renewing the API's HTTPS certificate failed")
+                                }
+                            }
+                        }
+                    });
+                    Some(tls)
                 }
                 None => None,
             };

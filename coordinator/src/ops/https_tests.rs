@@ -98,11 +98,13 @@ async fn the_api_and_the_web_ui_are_served_over_https_with_the_farm_ca_only() {
     coordinator.fleet = Some(Arc::clone(&fleet));
     let farm = crate::server::FarmHandle::new(coordinator);
     let ui = crate::wuimy::router(Arc::clone(&ops), farm, shutdown.clone()).unwrap();
+    let served = Arc::clone(&tls);
     let server = tokio::spawn(super::serve_with(listener, Some(tls), ops, ui, shutdown.clone()));
     let ca_pem = fleet.ca_pem().to_owned();
     let (cert, key, serial) = node(&fleet, "builder-1");
     let (revoked_cert, revoked_key, _) = node(&fleet, "builder-2");
     fleet.command(FleetCommand::Revoke { name: "builder-2".into() }).unwrap();
+    let renewing = Arc::clone(&fleet);
     tokio::task::spawn_blocking(move || {
         let jobs = format!("https://127.0.0.1:{}/api/v1/jobs", addr.port());
         // The farm CA: served, by address and by name, with and without a certificate.
@@ -130,6 +132,11 @@ async fn the_api_and_the_web_ui_are_served_over_https_with_the_farm_ca_only() {
         let (status, body) = get(&plain, &url, Some("farm-secret")).unwrap();
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("HTTPS only") && !body.contains('['), "{body}");
+        // A renewed certificate (the coordinator's daily swap) serves the next connections.
+        let before = served.own().unwrap().serial;
+        renewing.renew_https(&served, &names).unwrap();
+        assert_ne!(served.own().unwrap().serial, before);
+        assert_eq!(get(&agent(&ca_pem, None), &jobs, Some("farm-secret")).unwrap().0, 200);
     })
     .await
     .unwrap();
