@@ -131,6 +131,9 @@ fn node_login(caddr: &str, dir: &Path) -> Result<CoordResponse, String> {
 fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // The local reference build first: on a loaded machine it outlasts the 12 s certificates
+    // below, which would expire before the worker starts.
+    let (tree, src, reference) = lua_with_reference(dir);
     let cdir = dir.join("coordinator-fleet");
     // Certificates of 12 s: the daemons renew theirs (at two thirds) during the test.
     let flags = ["--fleet-dir", cdir.to_str().unwrap(), "--cert-lifetime", "12"];
@@ -175,7 +178,6 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     assert!(refused.contains("fleet directory"), "{refused}");
 
     // The donor's worker joins over mutual TLS; a build through the farm equals a local one.
-    let (tree, src, reference) = lua_with_reference(dir);
     let nd = ndir.to_str().unwrap();
     let worker =
         Worker::start_with(dir, "worker0", 2, &["--coordinator", &caddr, "--fleet-dir", nd]);
