@@ -118,6 +118,15 @@ async fn the_api_and_the_web_ui_are_served_over_https_with_the_farm_ca_only() {
         let login = format!("https://127.0.0.1:{}/ui/login", addr.port());
         let (status, page) = get(&trusted, &login, None).unwrap();
         assert!(status == 200 && page.contains("Log in"), "{status} {page}");
+        // Its session cookie is for HTTPS only.
+        let resp = trusted
+            .post(&login)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send("token=farm-secret")
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 303);
+        let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.ends_with("; Secure"), "{cookie}");
         // Another CA, even one naming the same roles and names, is refused.
         let (other, _) = Ca::create("rogue").unwrap();
         let err = get(&agent(other.pem(), None), &jobs, Some("farm-secret")).unwrap_err();

@@ -96,7 +96,8 @@ pub fn router(
     farm: FarmHandle,
     shutdown: CancellationToken,
 ) -> Result<Router, UiError> {
-    let sessions = Sessions::new(ops.token)?;
+    // With a working fleet the UI is served over HTTPS only: its cookie never goes in clear.
+    let sessions = Sessions::new(ops.token)?.with_secure(farm.fleet().is_some());
     let ui = Arc::new(Ui { ops, farm, sessions, shutdown });
     Ok(Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
