@@ -371,6 +371,7 @@ fn run() -> Result<ExitCode> {
                 refresh.is_finite() && (0.1..=3600.0).contains(&refresh),
                 "--refresh takes 0.1 to 3600 seconds"
             );
+            let fleet_dir = coord.fleet_dir.clone();
             let (coordinator, token) = coord.resolve()?;
             let api = api.filter(|a| !a.is_empty());
             let refresh = Duration::from_secs_f64(refresh);
@@ -378,6 +379,7 @@ fn run() -> Result<ExitCode> {
                 coordinator,
                 token,
                 api,
+                fleet_dir,
                 refresh,
             })?;
             Ok(ExitCode::SUCCESS)
