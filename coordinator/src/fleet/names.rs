@@ -103,6 +103,11 @@ mod tests {
         let one = https_names("192.0.2.7:3635".parse().unwrap(), &[]).unwrap_or_default();
         assert!(one.iter().any(|x| x == "192.0.2.7") && !one.iter().any(|x| x == "localhost"));
         assert!(https_names("127.0.0.1:1".parse().unwrap(), &["<x>".into()]).is_err());
+        // A wildcard: the host's own addresses (loopback among them) and their names.
+        let all = https_names("0.0.0.0:3635".parse().unwrap(), &[]).unwrap_or_default();
+        assert!(all.iter().any(|x| x == "127.0.0.1") && all.iter().any(|x| x == "localhost"));
+        assert!(!all.iter().any(|x| x == "0.0.0.0"), "{all:?}");
+        assert!(interface_addresses().contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert!(valid_dns_name("build-1.farm.example") && !valid_dns_name("-a.b"));
     }
 }
