@@ -31,7 +31,8 @@
 #   --ca FILE         the farm CA certificate (from the provisioning bundle)
 #   --node-name N     this node's name in the fleet (default: the host name)
 #   --organisation O, --contact C   who donates this host, carried into the join request
-#   --api URL         the build queue API for a builder (default http://COORDINATOR-HOST:3635)
+#   --api URL         the build queue API for a builder (default http://COORDINATOR-HOST:3635;
+#                     https://… in a working fleet, whose coordinator serves HTTPS only)
 #   --api-listen A    the coordinator's API address (default 0.0.0.0:3635)
 #   --slots N         a worker's compile slots / a builder's builds at once
 #   --socket-group G  the group that may use the agent's socket (default discomy; `everyone`)
@@ -290,10 +291,14 @@ for c in "${chroots[@]}"; do
 done
 if [ -n "${has[builder]:-}" ]; then
   if [ -z "$api" ]; then
+    # A working fleet's coordinator serves its API over HTTPS only (its certificate names its
+    # addresses, localhost and its host name; the builder trusts the farm CA, ca_file below).
+    scheme=http
+    [ "$in_fleet" = 0 ] || scheme=https
     if [ -n "${has[coordinator]:-}" ] && [ -z "$coordinator" ]; then
-      api=http://127.0.0.1:${api_listen##*:}
+      api=$scheme://127.0.0.1:${api_listen##*:}
     elif [ -n "$coordinator" ]; then
-      api=http://$coord_host:3635
+      api=$scheme://$coord_host:3635
     else
       die "a builder needs the coordinator's address (--coordinator HOST or --api URL)"
     fi
@@ -394,6 +399,7 @@ if [ -n "${has[builder]:-}" ]; then
       echo "name = \"$builder_name\""
       echo "api = \"$api\""
       [ ! -s "$etc/token" ] || echo 'token_file = "/etc/discomy/token"'
+      [ "$in_fleet" = 0 ] || echo "ca_file = \"$fleet_dir/ca.pem\""
       echo 'work_dir = "/var/lib/discomy/builder"'
       echo "slots = ${slots:-1}"
       if [ -n "${has[agent]:-}" ]; then

@@ -146,6 +146,11 @@ impl FarmHandle {
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::core::FarmEvent> {
         self.0.core().subscribe()
     }
+
+    /// The working fleet, when the coordinator runs with one (`--fleet-dir`).
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.0.config.fleet.as_ref()
+    }
 }
 
 /// Serves until `shutdown` is cancelled.

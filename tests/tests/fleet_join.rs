@@ -165,15 +165,15 @@ fn bound_put(key: Digest) -> Request {
 fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // The local reference build first: on a loaded machine it outlasts the 12 s certificates
+    // below, which would expire before the worker starts.
+    let (tree, src, reference) = lua_with_reference(dir);
     let cdir = dir.join("coordinator-fleet");
     // Certificates of 12 s: the daemons renew theirs (at two thirds) during the test.
     let flags = ["--fleet-dir", cdir.to_str().unwrap(), "--cert-lifetime", "12"];
     let (_coord, addr) = start_coordinator(dir, "coordinator", "127.0.0.1:0", &flags);
     let caddr = addr.to_string();
     let ca = cdir.join("ca.pem");
-    // The local reference build first: certificates live 12 s, so the approved worker must
-    // start right after its approval, however slow a loaded machine builds Lua.
-    let (tree, src, reference) = lua_with_reference(dir);
 
     // A single-use token: the first join waits as pending, a replay is refused.
     let ndir = dir.join("donor-fleet");

@@ -167,6 +167,7 @@ async fn run() -> Result<()> {
         }
         Role::Builder(args) => {
             let mut config = discomy_compilerd::builder::Config::load(&args.config)?;
+            config.fleet_dir = fleet_dir;
             if args.metrics_listen.is_some() {
                 config.metrics_listen = args.metrics_listen;
             }

@@ -171,12 +171,19 @@ impl CoordArgs {
 /// Where the coordinator's build queue API is, and the token.
 #[derive(clap::Args)]
 struct ApiArgs {
-    /// The coordinator's API (`http://HOST:PORT`).
+    /// The coordinator's API (`http://HOST:PORT`, or `https://` for a working fleet's).
     #[arg(long, global = true, env = "DISCOMY_API", default_value = "http://127.0.0.1:3635")]
     api: String,
     /// A file holding the farm token (otherwise `DISCOMY_TOKEN`; never on the command line).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The farm CA that verifies an `https://` API (otherwise `--fleet-dir`'s `ca.pem`).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A fleet directory: its `ca.pem` verifies an `https://` API, and this host's certificate
+    /// in it (`node.pem`, else `admin.pem`) is shown.
+    #[arg(long, global = true, env = "DISCOMY_FLEET_DIR", value_name = "DIR")]
+    fleet_dir: Option<PathBuf>,
 }
 
 impl ApiArgs {
@@ -184,7 +191,8 @@ impl ApiArgs {
         let env = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
         let (token, _) =
             discomy_protocol::plumbing::secret::token(env, self.token_file.as_deref())?;
-        Ok(ApiClient::new(&self.api, token)?)
+        let (ca, dir) = (self.ca.as_deref(), self.fleet_dir.as_deref());
+        Ok(ApiClient::from_args(&self.api, token, ca, dir)?)
     }
 }
 
@@ -363,6 +371,7 @@ fn run() -> Result<ExitCode> {
                 refresh.is_finite() && (0.1..=3600.0).contains(&refresh),
                 "--refresh takes 0.1 to 3600 seconds"
             );
+            let fleet_dir = coord.fleet_dir.clone();
             let (coordinator, token) = coord.resolve()?;
             let api = api.filter(|a| !a.is_empty());
             let refresh = Duration::from_secs_f64(refresh);
@@ -370,6 +379,7 @@ fn run() -> Result<ExitCode> {
                 coordinator,
                 token,
                 api,
+                fleet_dir,
                 refresh,
             })?;
             Ok(ExitCode::SUCCESS)

@@ -3,8 +3,10 @@
 //!
 //! ```toml
 //! name = "builder-1"
-//! api = "http://coordinator:3635"
+//! api = "http://coordinator:3635"    # https://… for a working fleet's coordinator
 //! token_file = "/etc/discomy/token"   # or env DISCOMY_TOKEN; never the command line
+//! ca_file = "/var/lib/discomy/fleet/ca.pem"  # optional: the farm CA for an https api
+//!                                     # (else the daemon's --fleet-dir: its ca.pem and node.pem)
 //! work_dir = "/var/lib/discomy/builder"
 //! slots = 2
 //! arches = ["x86_64"]                 # default: the host's
@@ -110,6 +112,7 @@ struct RawConfig {
     name: String,
     api: String,
     token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     work_dir: PathBuf,
     #[serde(default = "one")]
     slots: u32,
@@ -139,6 +142,11 @@ pub struct Config {
     pub api: String,
     /// The farm token (from `token_file` or `DISCOMY_TOKEN`).
     pub token: Option<String>,
+    /// The farm CA that verifies an `https://` API (`ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// The daemon's fleet directory (`--fleet-dir`, not in the file): its `ca.pem` verifies an
+    /// `https://` API when no `ca_file` is given, and its `node.pem` is shown.
+    pub fleet_dir: Option<PathBuf>,
     /// Where jobs' work directories go (made at start, mode 0700).
     pub work_dir: PathBuf,
     /// Builds at once.
@@ -263,6 +271,8 @@ impl Config {
             name: raw.name,
             api: raw.api,
             token,
+            ca_file: raw.ca_file,
+            fleet_dir: None,
             work_dir: raw.work_dir,
             slots: raw.slots,
             arches,
@@ -284,7 +294,12 @@ impl Config {
 }
 
 fn check_api(api: &str) -> Result<(), ConfigError> {
-    crate::coord::api::ApiClient::new(api, None)
+    // The URL's shape only: whether an https API has a CA is known once `--fleet-dir` is.
+    let shape = match api.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => api.to_owned(),
+    };
+    crate::coord::api::ApiClient::new(&shape, None)
         .map(drop)
         .map_err(|e| invalid("api", e.to_string()))
 }
@@ -439,7 +454,8 @@ mod tests {
         let good = base(tmp.path(), "");
         for (from, to, field) in [
             ("name = \"b1\"", "name = \"b 1\"", "name"),
-            ("http://127.0.0.1:3635", "https://x", "api"),
+            ("http://127.0.0.1:3635", "ftp://x", "api"),
+            ("http://127.0.0.1:3635", "https://x/path", "api"),
             ("name = \"rocky-9\"", "name = \"../x\"", "chroot[\"../x\"].name"),
             (&format!("root = \"{d}/root\""), "root = \"/nonexistent\"", "chroot[rocky-9].root"),
             ("\"/etc/rpm/macros.el9\"", "\"/etc/../x\"", "chroot[rocky-9].install"),
@@ -450,6 +466,11 @@ mod tests {
                 other => panic!("{to}: {other:?}"),
             }
         }
+        // An https API parses; its CA (`ca_file`, or the daemon's --fleet-dir) is read at start.
+        let https = good.replace("http://127.0.0.1:3635", "https://coord.example:3635");
+        let https = https.replacen("\n", "\nca_file = \"/etc/discomy/ca.pem\"\n", 1);
+        let parsed = Config::parse(&https, None).unwrap();
+        assert_eq!(parsed.ca_file.as_deref(), Some(Path::new("/etc/discomy/ca.pem")));
         assert!(matches!(
             Config::parse(&format!("{good}\nbogus = 1"), None),
             Err(ConfigError::Parse(_))

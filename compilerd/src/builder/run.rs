@@ -64,7 +64,8 @@ type HeldMap = BTreeMap<(u64, u32), Arc<Control>>;
 
 /// Runs the builder until `shutdown`; then stops its builds and reports that it wants no work.
 pub fn run(config: Config, shutdown: CancellationToken) -> Result<(), BuilderError> {
-    let client = ApiClient::new(&config.api, config.token.clone())?;
+    let (ca, dir) = (config.ca_file.as_deref(), config.fleet_dir.as_deref());
+    let client = ApiClient::from_args(&config.api, config.token.clone(), ca, dir)?;
     let work_err = |source| BuilderError::WorkDir { path: config.work_dir.clone(), source };
     fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.work_dir).map_err(work_err)?;
     fs::set_permissions(&config.work_dir, fs::Permissions::from_mode(0o700)).map_err(work_err)?;

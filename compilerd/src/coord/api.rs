@@ -1,5 +1,10 @@
 //! A blocking client of the coordinator's operations API (`discomy_protocol::ops`): JSON over
-//! plain HTTP (ureq), for the `discomy submit`/`discomy jobs` commands and the builder role.
+//! HTTP (ureq), for the `discomy submit`/`discomy jobs` commands and the builder role.
+//!
+//! A coordinator of a working fleet serves HTTPS only: an `https://` URL needs the farm CA
+//! ([`ApiTls`]: a fleet directory's `ca.pem`, or `--ca FILE`) and is never sent unverified;
+//! this host's farm certificate (`node.pem`, else `admin.pem`) is shown when it has one, and
+//! read again when renewal replaces it.
 //!
 //! Every call has a timeout; JSON answers are read up to [`MAX_JSON_BYTES`]; files go up and down
 //! streamed, hashed with blake3 (uploads hash first, downloads verify digest and size and never
@@ -10,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use discomy_protocol::ops::{
@@ -20,6 +26,9 @@ use discomy_protocol::ops::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::api_tls::Agents;
+pub use super::api_tls::ApiTls;
+
 /// The most a JSON answer may hold.
 pub const MAX_JSON_BYTES: u64 = 64 << 20;
 /// The most a build log may hold when fetched whole.
@@ -27,9 +36,9 @@ pub const MAX_LOG_BYTES: u64 = 256 << 20;
 /// The most of an error body read.
 const MAX_ERROR_BYTES: u64 = 64 << 10;
 /// Connecting.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A JSON call, start to end.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A transfer gets [`CALL_TIMEOUT`] plus one second per this many bytes.
 const TRANSFER_BYTES_PER_SEC: u64 = 1 << 20;
 
@@ -82,6 +91,9 @@ pub enum ApiClientError {
     /// digest).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The farm CA or this host's certificate could not be read.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ApiClientError {
@@ -104,47 +116,68 @@ impl ApiClientError {
     }
 }
 
-type Result<T> = std::result::Result<T, ApiClientError>;
+pub(super) type Result<T> = std::result::Result<T, ApiClientError>;
 
 /// A client of one coordinator's operations API.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    agent: ureq::Agent,
+    agents: Arc<Agents>,
     base: String,
     token: Option<String>,
 }
 
 impl ApiClient {
     /// A client of the API at `base_url` (`http://host:port`, no path), sending `token` as
-    /// `Authorization: Bearer TOKEN` when given.
+    /// `Authorization: Bearer TOKEN` when given. For `https://`, see [`ApiClient::with_tls`].
     pub fn new(base_url: &str, token: Option<String>) -> Result<ApiClient> {
+        ApiClient::with_tls(base_url, token, ApiTls::default())
+    }
+
+    /// A client of the API at `base_url` (`http://` or `https://host:port`, no path); an
+    /// `https://` URL needs `tls` to trust a CA (the farm's), and is never used unverified.
+    pub fn with_tls(base_url: &str, token: Option<String>, tls: ApiTls) -> Result<ApiClient> {
         let bad = |why| ApiClientError::BadUrl { url: base_url.to_owned(), why };
-        let rest = match base_url.strip_prefix("http://") {
-            Some(rest) => rest.trim_end_matches('/'),
-            None if base_url.starts_with("https://") => {
-                return Err(bad("https is not supported yet: use http://"));
+        let (scheme, rest) = match base_url.split_once("://") {
+            Some(("http", rest)) => ("http", rest.trim_end_matches('/')),
+            Some(("https", rest)) if tls.has_ca() => ("https", rest.trim_end_matches('/')),
+            Some(("https", _)) => {
+                return Err(bad(
+                    "https needs the farm CA to verify the coordinator: give --fleet-dir DIR \
+                     (its ca.pem) or --ca FILE (a builder: ca_file, or the daemon's \
+                     --fleet-dir); it is never used unverified",
+                ));
             }
-            None => return Err(bad("must start with http://")),
+            _ => return Err(bad("must start with http:// or https://")),
         };
         if rest.is_empty()
             || rest.contains(['/', '?', '#', '@'])
             || rest.contains(char::is_whitespace)
         {
-            return Err(bad("must be http://HOST[:PORT] with no path"));
+            return Err(bad("must be http(s)://HOST[:PORT] with no path"));
         }
         if token.as_deref().is_some_and(|t| t.is_empty() || t.contains(['\r', '\n'])) {
             return Err(bad("the token is empty or holds a line break"));
         }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(CALL_TIMEOUT))
-            .user_agent(concat!("discomy/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Ok(ApiClient { agent: config.into(), base: format!("http://{rest}"), token })
+        let agents = Arc::new(Agents::new(tls)?);
+        Ok(ApiClient { agents, base: format!("{scheme}://{rest}"), token })
     }
 
-    /// The base URL (`http://host:port`).
+    /// As [`ApiClient::with_tls`], the TLS from the command line (`--ca FILE`, else
+    /// `--fleet-dir DIR`), read only for an `https://` URL.
+    pub fn from_args(
+        base_url: &str,
+        token: Option<String>,
+        ca: Option<&Path>,
+        fleet_dir: Option<&Path>,
+    ) -> Result<ApiClient> {
+        let tls = match base_url.starts_with("https://") {
+            true => ApiTls::from_args(ca, fleet_dir)?,
+            false => ApiTls::default(),
+        };
+        ApiClient::with_tls(base_url, token, tls)
+    }
+
+    /// The base URL (`http(s)://host:port`).
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -174,7 +207,7 @@ impl ApiClient {
             })?;
         let (mut file, blob) = hashed_file(path, name)?;
         let url = self.url(&format!("/blobs/{}", blob.blake3));
-        self.send_file(self.agent.put(&url), &url, &mut file, path, blob.size)?;
+        self.send_file(self.agents.get().put(&url), &url, &mut file, path, blob.size)?;
         Ok(blob)
     }
 
@@ -186,7 +219,7 @@ impl ApiClient {
         }
         let url = self.url(&format!("/blobs/{}", blob.blake3));
         let req = self
-            .auth(self.agent.get(&url))
+            .auth(self.agents.get().get(&url))
             .config()
             .timeout_global(Some(transfer_timeout(blob.size)))
             .build();
@@ -286,7 +319,7 @@ impl ApiClient {
         };
         let url = self.url(&path);
         let req = self
-            .auth(self.agent.get(&url))
+            .auth(self.agents.get().get(&url))
             .config()
             .timeout_global(Some(transfer_timeout(MAX_LOG_BYTES / 4)))
             .build();
@@ -314,7 +347,8 @@ impl ApiClient {
     /// Revokes a tenant token at once (`DELETE /tokens/ID`).
     pub fn revoke_token(&self, id: u64) -> Result<TokenInfo> {
         let url = self.url(&format!("/tokens/{id}"));
-        let resp = self.auth(self.agent.delete(&url)).call().map_err(|e| transport(&url, e))?;
+        let resp =
+            self.auth(self.agents.get().delete(&url)).call().map_err(|e| transport(&url, e))?;
         parse_json(&url, check_status(&url, resp)?)
     }
 
@@ -330,7 +364,7 @@ impl ApiClient {
     pub fn append_log(&self, id: u64, attempt: u32, offset: u64, bytes: &[u8]) -> Result<()> {
         let url = self.url(&format!("/jobs/{id}/log?attempt={attempt}&offset={offset}"));
         let req = self
-            .auth(self.agent.post(&url))
+            .auth(self.agents.get().post(&url))
             .header("Content-Type", "application/octet-stream")
             .config()
             .timeout_global(Some(transfer_timeout(bytes.len() as u64)))
@@ -353,7 +387,7 @@ impl ApiClient {
             blob.blake3,
             blob.size
         ));
-        self.send_file(self.agent.put(&url), &url, &mut file, path, blob.size)?;
+        self.send_file(self.agents.get().put(&url), &url, &mut file, path, blob.size)?;
         Ok(blob)
     }
 
@@ -366,14 +400,15 @@ impl ApiClient {
 
     fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = self.url(path);
-        let resp = self.auth(self.agent.get(&url)).call().map_err(|e| transport(&url, e))?;
+        let resp = self.auth(self.agents.get().get(&url)).call().map_err(|e| transport(&url, e))?;
         parse_json(&url, check_status(&url, resp)?)
     }
 
     fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let url = self.url(path);
         let bytes = serde_json::to_vec(body).map_err(|e| ApiClientError::Invalid(e.to_string()))?;
-        let req = self.auth(self.agent.post(&url)).header("Content-Type", "application/json");
+        let req =
+            self.auth(self.agents.get().post(&url)).header("Content-Type", "application/json");
         let resp = req.send(&bytes[..]).map_err(|e| transport(&url, e))?;
         parse_json(&url, check_status(&url, resp)?)
     }
@@ -502,7 +537,7 @@ mod tests {
         assert!(ApiClient::new("http://127.0.0.1:3635", None).is_ok());
         let c = ApiClient::new("http://127.0.0.1:3635/", Some("t".into())).map(|c| c.url("/jobs"));
         assert_eq!(c.ok().as_deref(), Some("http://127.0.0.1:3635/api/v1/jobs"));
-        for bad in ["https://h", "h:1", "http://", "http://h/x", "http://u@h"] {
+        for bad in ["https://h", "h:1", "http://", "http://h/x", "http://u@h", "ftp://h"] {
             assert!(ApiClient::new(bad, None).is_err(), "{bad}");
         }
         assert!(ApiClient::new("http://h", Some("a\nb".into())).is_err());

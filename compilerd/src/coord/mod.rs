@@ -5,6 +5,9 @@
 //! and what the command line shows ([`status`]: `discomy status`, `discomy stats`).
 
 pub mod api;
+pub mod api_tls;
+#[cfg(test)]
+mod api_tls_tests;
 pub mod client;
 pub mod discover;
 pub mod memory;

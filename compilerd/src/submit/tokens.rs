@@ -28,9 +28,16 @@ pub enum TokensError {
 /// `discomy tokens …`.
 #[derive(Debug, clap::Args)]
 pub struct TokensArgs {
-    /// The coordinator's API (`http://HOST:PORT`).
+    /// The coordinator's API (`http://HOST:PORT`, or `https://` for a working fleet's).
     #[arg(long, global = true, env = "DISCOMY_API", default_value = "http://127.0.0.1:3635")]
     pub api: String,
+    /// The farm CA that verifies an `https://` API (otherwise `--fleet-dir`'s `ca.pem`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// A fleet directory: its `ca.pem` verifies an `https://` API, and this host's certificate
+    /// in it (`node.pem`, else `admin.pem`) is shown.
+    #[arg(long, global = true, env = "DISCOMY_FLEET_DIR", value_name = "DIR")]
+    pub fleet_dir: Option<PathBuf>,
     /// A file holding the farm token or an admin tenant token (otherwise `DISCOMY_TOKEN`; never
     /// on the command line).
     #[arg(long, global = true, value_name = "FILE")]
@@ -76,7 +83,8 @@ impl TokensArgs {
     pub fn run(self) -> Result<String, TokensError> {
         let env = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
         let (token, _) = secret::token(env, self.token_file.as_deref())?;
-        let api = ApiClient::new(&self.api, token)?;
+        let api =
+            ApiClient::from_args(&self.api, token, self.ca.as_deref(), self.fleet_dir.as_deref())?;
         match self.command {
             TokensCmd::Create { name, scope, ttl, json } => {
                 let scopes = TokenScope::parse_list(&scope).map_err(TokensError::Input)?;

@@ -31,8 +31,11 @@ pub struct TopOptions {
     pub coordinator: String,
     /// The farm token (the coordinator's and the API's).
     pub token: Option<String>,
-    /// The build queue's API (`http://HOST:PORT`), when there is one to show.
+    /// The build queue's API (`http://HOST:PORT`, `https://` for a working fleet's), when there
+    /// is one to show.
     pub api: Option<String>,
+    /// The fleet directory (`--fleet-dir`): its `ca.pem` verifies an `https://` API.
+    pub fleet_dir: Option<std::path::PathBuf>,
     /// How often both are asked again.
     pub refresh: Duration,
 }
@@ -48,7 +51,9 @@ pub fn run(opts: &TopOptions) -> Result<()> {
     );
     let coordinator = CoordinatorAddr::explicit(&opts.coordinator).to_string();
     let api = match &opts.api {
-        Some(url) => Some(ApiClient::new(url, opts.token.clone())?),
+        Some(url) => {
+            Some(ApiClient::from_args(url, opts.token.clone(), None, opts.fleet_dir.as_deref())?)
+        }
         None => None,
     };
     let (tx, rx) = mpsc::channel();

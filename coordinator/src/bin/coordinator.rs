@@ -66,6 +66,11 @@ struct Cli {
     /// How long a node's certificate lives (it renews itself at two thirds), seconds.
     #[arg(long, default_value_t = 86_400)]
     cert_lifetime: u64,
+    /// With `--fleet-dir`, the API is served over HTTPS only; its certificate names the API's
+    /// listen address (every interface's for a wildcard), localhost on loopback, the host
+    /// name, and each NAME given here (a DNS name or an IP address clients use; repeatable).
+    #[arg(long = "http-name", value_name = "NAME")]
+    http_names: Vec<String>,
     /// Instead of running the daemon: the published repositories (`discomy repo` runs this).
     #[command(subcommand)]
     command: Option<Command>,
@@ -259,6 +264,12 @@ async fn run(cli: Cli) -> Result<()> {
             .with_context(|| format!("failed to create {}", file.ops.state_dir.display()))?;
         config.quarantine_file = Some(file.ops.state_dir.join("quarantine.json"));
     }
+    let fleet_for_api = fleet.clone();
+    if fleet.is_some() && file.ops.public_url.is_none() {
+        if let Some(addr) = file.ops.api_listen {
+            file.ops.public_url = Some(format!("https://{addr}"));
+        }
+    }
     config.fleet = fleet;
     let farm = server::FarmHandle::new(config);
     let ops = match file.ops.api_listen {
@@ -301,12 +312,38 @@ async fn run(cli: Cli) -> Result<()> {
                 discomy_protocol::plumbing::write_atomically(path, format!("{bound}\n").as_bytes())
                     .with_context(|| format!("failed to write {}", path.display()))?;
             }
-            tracing::info!(%bound, "build queue API listening");
+            let tls = match &fleet_for_api {
+                Some(fleet) => {
+                    let names = discomy_coordinator::fleet::https_names(bound, &cli.http_names)
+                        .map_err(anyhow::Error::msg)?;
+                    tracing::info!(?names, "the API serves HTTPS only (working fleet)");
+                    let tls = fleet.https(&names).context("the API's HTTPS certificate")?;
+                    let (fleet, tls2, stop) = (fleet.clone(), tls.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        let every = discomy_coordinator::fleet::HTTPS_RENEW;
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = tokio::time::sleep(every) => {}
+                            }
+                            match fleet.renew_https(&tls2, &names) {
+                                Ok(()) => tracing::info!("the API's HTTPS certificate renewed"),
+                                Err(err) => {
+                                    tracing::warn!(%err, "renewing the API's HTTPS certificate failed")
+                                }
+                            }
+                        }
+                    });
+                    Some(tls)
+                }
+                None => None,
+            };
+            tracing::info!(%bound, https = tls.is_some(), "build queue API listening");
             let ui =
                 discomy_coordinator::wuimy::router(ops.clone(), farm.clone(), shutdown.clone())
                     .context("the web UI")?;
             let extra = discomy_protocol::plumbing::metrics::router(render).merge(ui);
-            Some(tokio::spawn(ops::serve(api_listener, ops, extra, shutdown.clone())))
+            Some(tokio::spawn(ops::serve_with(api_listener, tls, ops, extra, shutdown.clone())))
         }
         _ => None,
     };

@@ -9,6 +9,7 @@
 //! The coordinator's own certificate is issued afresh at each start and never written.
 //! [`serve`] holds the wire side: what each message may do, given the peer's certificate.
 
+mod names;
 pub mod serve;
 mod state;
 #[cfg(test)]
@@ -22,10 +23,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use discomy_protocol::fleet::{FleetAnswer, FleetCommand, FleetRole, JoinRequest, JoinState};
 use discomy_protocol::plumbing::fs::{WriteOptions, write_atomically_with};
-use discomy_protocol::tls::{Ca, CertInfo, ClientAuth, FarmTls, TlsError, Transport, pki};
+use discomy_protocol::tls::{Ca, CertInfo, ClientAuth, FarmTls, Issued, TlsError, Transport, pki};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use names::{https_names, valid_dns_name};
 use state::{Entry, NodeState, State, Token};
 
 /// What can go wrong opening the fleet directory.
@@ -49,6 +51,10 @@ pub enum FleetError {
 
 /// How long a node's certificate lives unless configured (it renews at two thirds).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long the HTTPS certificate of the build queue's API lives.
+pub const HTTPS_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// How often the coordinator gives its HTTPS a fresh certificate.
+pub const HTTPS_RENEW: Duration = Duration::from_secs(86_400);
 /// Most join requests waiting for an operator at once.
 pub const MAX_PENDING: usize = 1024;
 /// Most join tokens alive at once.
@@ -134,6 +140,38 @@ impl Fleet {
             sessions: Mutex::new(HashMap::new()),
             revoked,
         })
+    }
+
+    /// The TLS of the coordinator's HTTPS (build queue API, web UI, builders' uploads): a
+    /// certificate of role coordinator that also names `names` (the host names and addresses
+    /// clients dial), issued afresh at each start like the farm listener's and never written;
+    /// clients' certificates are checked against the fleet's revocations.
+    pub fn https(&self, names: &[String]) -> Result<Arc<FarmTls>, FleetError> {
+        let (own, key) = self.https_certificate(names)?;
+        let tls = FarmTls::https(self.ca.pem(), &own.pem, &key, self.tls.revoked().clone())?;
+        Ok(Arc::new(tls))
+    }
+
+    /// Swaps a fresh certificate (same names) into `tls`, made by [`Fleet::https`]; the
+    /// coordinator does it every [`HTTPS_RENEW`], well within the certificate's life.
+    pub fn renew_https(&self, tls: &FarmTls, names: &[String]) -> Result<(), FleetError> {
+        let (own, key) = self.https_certificate(names)?;
+        tls.reload(&own.pem, &key)?;
+        Ok(())
+    }
+
+    fn https_certificate(&self, names: &[String]) -> Result<(Issued, String), FleetError> {
+        Ok(self.ca.issue_server_with_key(
+            "coordinator",
+            &[FleetRole::Coordinator],
+            HTTPS_LIFETIME,
+            names,
+        )?)
+    }
+
+    /// The farm CA's certificate (PEM), which clients trust.
+    pub fn ca_pem(&self) -> &str {
+        self.ca.pem()
     }
 
     /// The transport the coordinator's listener serves with.

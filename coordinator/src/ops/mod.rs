@@ -18,6 +18,7 @@
 //!   repository (createrepo_c, rpmsign, gpg), switched atomically; `verify` and `sync`.
 //! - [`ci_notify`]: commit statuses posted to the forge when a push's jobs end.
 //! - [`counters`]: webhook deliveries, commit statuses and build durations, for `/metrics`.
+//! - [`https`]: the API's listener under the working fleet's TLS (HTTPS only).
 //! - [`api`]: the JSON HTTP API (`discomy submit`, `discomy jobs`, `discomy tokens`, builders).
 //! - [`tokens`]: tenant tokens (scopes `compile`, `submit`, `admin`; stored hashed) beside the
 //!   farm token, and what each route needs.
@@ -33,6 +34,9 @@ pub mod counters;
 pub mod db;
 pub mod final_aggregator;
 pub mod host_scheduler;
+pub mod https;
+#[cfg(test)]
+mod https_tests;
 pub mod job_listener;
 pub mod job_queue;
 pub mod logs;
@@ -46,7 +50,7 @@ pub mod store;
 mod tests;
 pub mod tokens;
 #[cfg(test)]
-mod tokens_tests;
+pub(crate) mod tokens_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -331,10 +335,22 @@ impl Ops {
     }
 }
 
-/// Serves the API on `listener`, with `extra` routes beside it (the web UI, `/metrics`), and
-/// expires leases and timeouts every second, until `shutdown`.
+/// Serves the API on `listener` over plain HTTP (a plain-token lab farm), with `extra` routes
+/// beside it (the web UI, `/metrics`), and expires leases and timeouts every second, until
+/// `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    ops: Arc<Ops>,
+    extra: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, None, ops, extra, shutdown).await
+}
+
+/// As [`serve`]; with `tls` (a working fleet, [`crate::fleet::Fleet::https`]) over HTTPS only.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<discomy_protocol::tls::FarmTls>>,
     ops: Arc<Ops>,
     extra: axum::Router,
     shutdown: CancellationToken,
@@ -357,10 +373,22 @@ pub async fn serve(
         })
     };
     let notifier = tokio::spawn(outbox::run(Arc::clone(&ops), shutdown.clone()));
-    let app = api::router(ops).merge(extra);
-    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let app = api::router(ops).merge(extra).into_make_service_with_connect_info::<SocketAddr>();
+    let result = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's `ConnectInfo<SocketAddr>`.
+            match https::TlsListener::new(listener, tls, shutdown.clone()) {
+                Ok(listener) => {
+                    axum::serve(listener.tap_io(|_| {}), app)
+                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .await
+                }
+                Err(err) => Err(err),
+            }
+        }
+    };
     ticker.abort();
     notifier.abort();
     result

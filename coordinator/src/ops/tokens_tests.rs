@@ -85,7 +85,12 @@ fn tokens_in_the_store(store: &mut dyn TokenStore) {
 }
 
 /// One HTTP call: its status and body.
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
+pub(crate) fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, String) {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let bearer = token.map(|t| format!("Bearer {t}"));
@@ -119,7 +124,13 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> (u
     (status, resp.body_mut().read_to_string().unwrap())
 }
 
-fn create(api: &str, by: &str, name: &str, scopes: &str, ttl: Option<u64>) -> TokenCreated {
+pub(crate) fn create(
+    api: &str,
+    by: &str,
+    name: &str,
+    scopes: &str,
+    ttl: Option<u64>,
+) -> TokenCreated {
     let scopes = TokenScope::parse_list(scopes).unwrap();
     let body = serde_json::json!({ "name": name, "scopes": scopes, "ttl_secs": ttl });
     let (status, text) =
@@ -233,7 +244,11 @@ fn the_api_by_scope(api: &str, state_dir: &std::path::Path) -> u64 {
 }
 
 /// One web UI call without following redirects: status, cookie set, body.
-fn ui_call(url: &str, cookie: Option<&str>, form: Option<&str>) -> (u16, String, String) {
+pub(crate) fn ui_call(
+    url: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (u16, String, String) {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
     let resp = match form {

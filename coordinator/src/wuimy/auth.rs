@@ -5,7 +5,8 @@
 //! expires (checked at each page and action, `Ui::token_live`).
 //!
 //! Sessions live in memory (lost on restart), bounded in number ([`MAX_SESSIONS`], the oldest
-//! go first) and age ([`MAX_AGE`]); the cookie is `HttpOnly; SameSite=Strict` and holds 32
+//! go first) and age ([`MAX_AGE`]); the cookie is `HttpOnly; SameSite=Strict` (and `Secure`
+//! under a working fleet, whose UI is HTTPS only) and holds 32
 //! random bytes from the kernel (no fallback: without them no session is made). Every form carries a CSRF token derived from the session id
 //! with a key known only to this process (keyed blake3), checked in constant time on POST,
 //! together with the `Origin` header when the browser sends one.
@@ -61,6 +62,8 @@ pub struct Sessions {
     map: Mutex<HashMap<String, (Instant, Grant)>>,
     csrf_key: [u8; 32],
     token: Option<blake3::Hash>,
+    /// Cookies carry `Secure` (the UI is served over HTTPS: a working fleet).
+    secure: bool,
 }
 
 /// What a request may do.
@@ -87,7 +90,13 @@ impl Sessions {
     /// Sessions for a UI whose farm token hashes to `token` (`None`: loopback only).
     pub fn new(token: Option<blake3::Hash>) -> Result<Sessions, AuthError> {
         let csrf_key = discomy_protocol::handshake::random_bytes()?;
-        Ok(Sessions { map: Mutex::new(HashMap::new()), csrf_key, token })
+        Ok(Sessions { map: Mutex::new(HashMap::new()), csrf_key, token, secure: false })
+    }
+
+    /// Cookies marked `Secure` (sent over HTTPS only), for a UI served over HTTPS.
+    pub fn with_secure(mut self, secure: bool) -> Sessions {
+        self.secure = secure;
+        self
     }
 
     /// Whether logging in is possible (a farm token is configured).
@@ -139,8 +148,9 @@ impl Sessions {
             map.insert(id.clone(), (Instant::now(), grant));
         }
         let cookie = format!(
-            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-            MAX_AGE.as_secs()
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            MAX_AGE.as_secs(),
+            if self.secure { "; Secure" } else { "" }
         );
         let cookie = HeaderValue::from_str(&cookie).unwrap_or(HeaderValue::from_static(""));
         Ok((self.session(id, grant), cookie))

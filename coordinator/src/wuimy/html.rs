@@ -38,6 +38,8 @@ pub enum Tab {
     Queue,
     /// Published repositories.
     Repos,
+    /// The working fleet: join requests and nodes.
+    Fleet,
     /// No tab (login, errors).
     None,
 }
@@ -121,6 +123,7 @@ pub fn page(p: &Page<'_>, body: &str) -> String {
         (Tab::Farm, "/ui/", "Farm"),
         (Tab::Queue, "/ui/queue", "Queue"),
         (Tab::Repos, "/ui/repos", "Repositories"),
+        (Tab::Fleet, "/ui/fleet", "Fleet"),
     ] {
         let on = if tab == p.tab { " class=\"on\"" } else { "" };
         let _ = write!(out, "<a href=\"{href}\"{on}>{name}</a>");

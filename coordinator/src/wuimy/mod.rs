@@ -11,6 +11,7 @@
 //! - [`html`]: escaping, layout, security headers, the live-update script.
 //! - [`pages`]: the farm, the queue and its batches, a job (log, history, artefacts), the
 //!   published repositories; login and the operator's actions (cancel, retry, priority).
+//! - [`fleet`]: the working fleet's join requests and nodes; approve, reject, revoke.
 //! - [`live`]: Server-Sent Events: page fragments re-rendered as the farm and the queue change,
 //!   and a job's log as it arrives.
 //!
@@ -18,6 +19,9 @@
 //! streams send. Every interpolated value is escaped.
 
 pub mod auth;
+pub mod fleet;
+#[cfg(test)]
+mod fleet_tests;
 pub mod fragments;
 pub mod html;
 pub mod live;
@@ -92,7 +96,8 @@ pub fn router(
     farm: FarmHandle,
     shutdown: CancellationToken,
 ) -> Result<Router, UiError> {
-    let sessions = Sessions::new(ops.token)?;
+    // With a working fleet the UI is served over HTTPS only: its cookie never goes in clear.
+    let sessions = Sessions::new(ops.token)?.with_secure(farm.fleet().is_some());
     let ui = Arc::new(Ui { ops, farm, sessions, shutdown });
     Ok(Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
@@ -103,6 +108,8 @@ pub fn router(
         .route("/ui/jobs/{id}/artifacts/{name}", get(artifact))
         .route("/ui/jobs/{id}/{action}", post(act))
         .route("/ui/repos", get(repos_page))
+        .route("/ui/fleet", get(fleet_page))
+        .route("/ui/fleet/{id}/{action}", post(fleet_act))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/live/overview", get(live::overview))
@@ -243,6 +250,24 @@ async fn job_page(
 
 async fn repos_page(State(ui): St, Viewer(session, cookie): Viewer) -> Response {
     render(pages::repos(&ui, &session).await, cookie)
+}
+
+async fn fleet_page(State(ui): St, Viewer(session, cookie): Viewer) -> Response {
+    render(fleet::fleet_page(&ui, &session).await, cookie)
+}
+
+/// `POST /ui/fleet/ID/{approve,reject,revoke}`.
+async fn fleet_act(
+    State(ui): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((id, action)): Path<(u64, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(action) = fleet::FleetAction::parse(&action) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    fleet::act(&ui, peer, &h, id, action, &body).await
 }
 
 async fn artifact(

@@ -124,6 +124,12 @@ impl Identity {
     }
 }
 
+/// Checks that `key_pem` is the key of the certificate in `cert_pem`, and what it says (for
+/// clients that hand both to another TLS stack, such as the API's HTTP client).
+pub fn check_key_pair(cert_pem: &str, key_pem: &str) -> Result<CertInfo, TlsError> {
+    certified(cert_pem, key_pem).map(|(_, info)| info)
+}
+
 fn certified(cert_pem: &str, key_pem: &str) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
     let chain = certs_from_pem(cert_pem)?;
     let first = chain.first().ok_or_else(|| TlsError::Pki("no certificate in PEM".into()))?;
@@ -302,8 +308,32 @@ impl FarmTls {
         key_pem: &str,
         auth: ClientAuth,
     ) -> Result<FarmTls, TlsError> {
+        FarmTls::build(ca_pem, cert_pem, key_pem, auth, Revoked::default(), Vec::new())
+    }
+
+    /// The coordinator's HTTPS (build queue API, web UI, builders' uploads): it serves
+    /// `cert_pem` (which names the host names and addresses clients dial) offering HTTP/1.1 by
+    /// ALPN; a client may show a farm certificate, which must then chain to the CA and not be in
+    /// `revoked` (the fleet's own set, shared with the farm listener).
+    pub fn https(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        revoked: Revoked,
+    ) -> Result<FarmTls, TlsError> {
+        let alpn = vec![b"http/1.1".to_vec()];
+        FarmTls::build(ca_pem, cert_pem, key_pem, ClientAuth::Optional, revoked, alpn)
+    }
+
+    fn build(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        auth: ClientAuth,
+        revoked: Revoked,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<FarmTls, TlsError> {
         let roots = roots(ca_pem)?;
-        let revoked = Revoked::default();
         let identity = Arc::new(Identity::new(cert_pem, key_pem)?);
         let client = client_config(roots.clone(), &revoked, Some(identity.clone()))?;
         let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
@@ -324,6 +354,7 @@ impl FarmTls {
         // Every connection verifies the client's certificate anew (see `client_config`).
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
+        server.alpn_protocols = alpn;
         Ok(FarmTls {
             identity: Some(identity),
             revoked,

@@ -141,7 +141,7 @@ impl Ca {
     ) -> Result<Issued, TlsError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(pki("certificate request (bad PEM or signature)"))?;
-        self.sign(&csr.public_key, name, roles, lifetime)
+        self.sign(&csr.public_key, name, roles, lifetime, Vec::new())
     }
 
     /// A new key and a certificate for it: (certificate, key PEM). For the coordinator's own
@@ -152,8 +152,30 @@ impl Ca {
         roles: &[FleetRole],
         lifetime: Duration,
     ) -> Result<(Issued, String), TlsError> {
+        self.issue_server_with_key(name, roles, lifetime, &[])
+    }
+
+    /// As [`Ca::issue_with_key`], with more names a client may dial the holder by: each of
+    /// `names` becomes an IP address or a DNS name in the subject alternative names (for the
+    /// coordinator's HTTPS, which clients reach by its host name or address).
+    pub fn issue_server_with_key(
+        &self,
+        name: &str,
+        roles: &[FleetRole],
+        lifetime: Duration,
+        names: &[String],
+    ) -> Result<(Issued, String), TlsError> {
         let key = KeyPair::generate().map_err(pki("key"))?;
-        let issued = self.sign(&key, name, roles, lifetime)?;
+        let mut extra = Vec::with_capacity(names.len());
+        for n in names {
+            extra.push(match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    n.clone().try_into().map_err(pki("DNS name for the certificate"))?,
+                ),
+            });
+        }
+        let issued = self.sign(&key, name, roles, lifetime, extra)?;
         Ok((issued, key.serialize_pem()))
     }
 
@@ -163,6 +185,7 @@ impl Ca {
         name: &str,
         roles: &[FleetRole],
         lifetime: Duration,
+        extra: Vec<SanType>,
     ) -> Result<Issued, TlsError> {
         if !valid_node_name(name) {
             return Err(TlsError::Pki(format!("invalid node name {name:?}")));
@@ -182,6 +205,7 @@ impl Ca {
                 sans.push(SanType::DnsName(dns));
             }
         }
+        sans.extend(extra);
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
