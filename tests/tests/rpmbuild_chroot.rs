@@ -15,7 +15,8 @@
 //! chroot's gcc 14 to them as a toolchain.
 //!
 //! Asserts: at least 90 % of the compile units ran remotely (`discomy stats --json`, which agrees
-//! with the wrappers' `DISCOMY_STATS_FILE` lines), the workers installed the chroot's gcc 14 (its
+//! with the wrappers' `DISCOMY_STATS_FILE` lines), and at least 90 % of the LTO links' LTRANS
+//! units, the workers installed the chroot's gcc 14 (its
 //! `cc1` is in their toolchain trees), and every file of every binary RPM's payload (`rpm2cpio | cpio`)
 //! is byte-identical to the plain build's. Also checks that the mock snippet turns the settings
 //! into exactly the mock options the runner applies.
@@ -332,6 +333,12 @@ fn rpmbuild_in_chroot_through_the_farm() {
         "only {remote} of {units} units ran remotely (local reasons: {}): {stats}",
         stats.get("local_reasons").map(ToString::to_string).unwrap_or_default()
     );
+    // The spec's -flto=auto links: their LTRANS units (partitions) went to the farm too.
+    let ltrans = |name: &str| stats["ltrans"][name].as_u64().unwrap_or(0);
+    let (lt_units, lt_remote) = (ltrans("units"), ltrans("remote"));
+    eprintln!("[e2e] LTRANS units in the chroot: {lt_remote} of {lt_units} remote");
+    assert!(lt_remote >= 2, "no LTRANS unit of the LTO links ran remotely: {stats}");
+    assert!(lt_remote * 10 >= lt_units * 9, "{lt_remote} of {lt_units} LTRANS units remote");
 
     // (b) The payload is the plain build's, file by file.
     let mismatches = file_mismatches(&local, &farm);
