@@ -15,6 +15,8 @@
 //!   like any other), still giving identical binaries.
 //! - With every remote result verified (`DISCOMY_VERIFY_RATE=1`), LTRANS units are compiled
 //!   locally too and compared byte for byte: no mismatch, no quarantine, identical binaries.
+//! - The same build through `discomy run --local-farm 2`: at least 90 % of units and of LTRANS
+//!   units remote by its summary, identical binaries.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::Path;
@@ -22,8 +24,8 @@ use std::process::Command;
 
 use discomy_tests::lto::run_quietly;
 use discomy_tests::{
-    Agent, Farm, MAKE_JOBS, Proc, agent_stats, bin, clean_command, extract_lua, make_clean,
-    run_to_success,
+    Agent, Farm, MAKE_JOBS, Proc, agent_stats, bin, clean_command, discomy_run, extract_lua,
+    make_clean, read_summary, run_to_success,
 };
 
 /// Rocky Linux 9's `%optflags` for x86_64 (without the redhat specs files, which Debian lacks).
@@ -192,4 +194,28 @@ fn lto_units_go_to_the_farm_and_link_identically() {
     assert_eq!(binaries(&tree), reference, "verified build: lua/luac differ from the local build");
     drop(verifying);
     drop(farm);
+
+    // Through `discomy run --local-farm 2`, its embedded farm sized for the LTRANS units too: the
+    // summary counts them, and the programs are still the local build's.
+    make_clean(&tree, tmp.path());
+    let summary_path = tmp.path().join("run-summary.json");
+    let mut cmd = discomy_run(&tree, tmp.path());
+    cmd.args(["--local-farm", "2", "--summary-json"])
+        .arg(&summary_path)
+        .args(["--", "make", "-C", "src", MAKE_JOBS, "linux", "CC=gcc -std=gnu99"])
+        .arg(format!("MYCFLAGS={EL9_CFLAGS}"))
+        .arg("MYLDFLAGS=-flto=auto -Wl,-z,relro -Wl,-z,now");
+    run_to_success("discomy-run-el9", &mut cmd, tmp.path());
+    let summary = read_summary(&summary_path);
+    eprintln!("[e2e] discomy run summary: {}", summary.raw.trim());
+    let json: serde_json::Value = serde_json::from_str(&summary.raw).unwrap();
+    let (units, remote) = (count(&json, &["units"]), count(&json, &["remote"]));
+    assert!(units >= 33 && remote * 10 >= units * 9, "{remote} of {units} units remote");
+    let (ltrans, ltrans_remote) =
+        (count(&json, &["ltrans", "units"]), count(&json, &["ltrans", "remote"]));
+    assert!(
+        ltrans_remote >= 2 && ltrans_remote * 10 >= ltrans * 9,
+        "{ltrans_remote} of {ltrans} LTRANS"
+    );
+    assert_eq!(binaries(&tree), reference, "discomy run: lua/luac differ from the local build");
 }
