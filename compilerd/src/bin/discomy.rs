@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 
 use discomy_compilerd::coord::api::ApiClient;
+use discomy_compilerd::coord::api_tls::ApiArgs;
 use discomy_compilerd::run::RunOptions;
 use discomy_compilerd::submit::{Options, What};
 use discomy_coordinator::plan;
@@ -165,34 +166,6 @@ impl CoordArgs {
             }
         };
         Ok((coordinator, token))
-    }
-}
-
-/// Where the coordinator's build queue API is, and the token.
-#[derive(clap::Args)]
-struct ApiArgs {
-    /// The coordinator's API (`http://HOST:PORT`, or `https://` for a working fleet's).
-    #[arg(long, global = true, env = "DISCOMY_API", default_value = "http://127.0.0.1:3635")]
-    api: String,
-    /// A file holding the farm token (otherwise `DISCOMY_TOKEN`; never on the command line).
-    #[arg(long, global = true, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// The farm CA that verifies an `https://` API (otherwise `--fleet-dir`'s `ca.pem`).
-    #[arg(long, global = true, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// A fleet directory: its `ca.pem` verifies an `https://` API, and this host's certificate
-    /// in it (`node.pem`, else `admin.pem`) is shown.
-    #[arg(long, global = true, env = "DISCOMY_FLEET_DIR", value_name = "DIR")]
-    fleet_dir: Option<PathBuf>,
-}
-
-impl ApiArgs {
-    fn client(&self) -> Result<ApiClient> {
-        let env = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
-        let (token, _) =
-            discomy_protocol::plumbing::secret::token(env, self.token_file.as_deref())?;
-        let (ca, dir) = (self.ca.as_deref(), self.fleet_dir.as_deref());
-        Ok(ApiClient::from_args(&self.api, token, ca, dir)?)
     }
 }
 

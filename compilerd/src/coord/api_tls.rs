@@ -8,7 +8,48 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::api::{ApiClientError, CALL_TIMEOUT, CONNECT_TIMEOUT, Result};
+use super::api::{ApiClient, ApiClientError, CALL_TIMEOUT, CONNECT_TIMEOUT, Result};
+
+/// Where the coordinator's build queue API is, and the token and trust to reach it with: the
+/// flags of every `discomy` command that calls the API.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The coordinator's API (`http://HOST:PORT`, or `https://` for a working fleet's).
+    #[arg(long, global = true, env = "DISCOMY_API", default_value = "http://127.0.0.1:3635")]
+    pub api: String,
+    /// A file holding the farm token (otherwise `DISCOMY_TOKEN`; never on the command line).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The farm CA that verifies an `https://` API (otherwise `--fleet-dir`'s `ca.pem`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// A fleet directory: its `ca.pem` verifies an `https://` API, and this host's certificate
+    /// in it (`node.pem`, else `admin.pem`) is shown.
+    #[arg(long, global = true, env = "DISCOMY_FLEET_DIR", value_name = "DIR")]
+    pub fleet_dir: Option<PathBuf>,
+}
+
+/// Why [`ApiArgs::client`] made no client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiArgsError {
+    /// The token could not be read.
+    #[error(transparent)]
+    Token(#[from] discomy_protocol::plumbing::secret::SecretError),
+    /// The URL or the trust is not usable.
+    #[error(transparent)]
+    Client(#[from] ApiClientError),
+}
+
+impl ApiArgs {
+    /// The client these flags describe (the token from `--token-file` or `DISCOMY_TOKEN`).
+    pub fn client(&self) -> std::result::Result<ApiClient, ApiArgsError> {
+        let env = std::env::var("DISCOMY_TOKEN").ok().filter(|t| !t.is_empty());
+        let (token, _) =
+            discomy_protocol::plumbing::secret::token(env, self.token_file.as_deref())?;
+        let (ca, dir) = (self.ca.as_deref(), self.fleet_dir.as_deref());
+        Ok(ApiClient::from_args(&self.api, token, ca, dir)?)
+    }
+}
 
 /// How a client trusts the API's HTTPS and who it is: the farm CA, and this host's farm
 /// certificate and key when it has them.
