@@ -186,13 +186,31 @@ impl FarmKeyFacts {
     /// The facts of no file: the start of a fold over a unit's files.
     pub const NONE: FarmKeyFacts = FarmKeyFacts { cacheable: true, cwd_independent: true };
 
-    /// The facts of one file's content for a unit compiled in `cwd` (combine with [`Self::and`]).
+    /// The facts of one file's content for a unit compiled in `cwd`.
     pub fn of_file(content: &[u8], cwd: &str) -> FarmKeyFacts {
-        let timed = ["__DATE__", "__TIME__", "__TIMESTAMP__"]
-            .iter()
-            .any(|m| memchr::memmem::find(content, m.as_bytes()).is_some());
-        let here = !cwd.is_empty() && memchr::memmem::find(content, cwd.as_bytes()).is_some();
-        FarmKeyFacts { cacheable: !timed, cwd_independent: !here }
+        FarmKeyFacts::of_files([content], cwd)
+    }
+
+    /// The facts of every file of a unit compiled in `cwd`: two passes over each file (the
+    /// searchers are built once), one for the time macros and one for the directory.
+    pub fn of_files<'a>(files: impl IntoIterator<Item = &'a [u8]>, cwd: &str) -> FarmKeyFacts {
+        let date = memchr::memmem::Finder::new(b"__DATE__");
+        // `__TIME__` and `__TIMESTAMP__` in one search (`__TIME_T_TYPE` and the like are not).
+        let time = memchr::memmem::Finder::new(b"__TIME");
+        let here = memchr::memmem::Finder::new(cwd.as_bytes());
+        let timed = |c: &[u8]| {
+            date.find(c).is_some()
+                || time.find_iter(c).any(|at| {
+                    let rest = &c[at + 6..];
+                    rest.starts_with(b"__") || rest.starts_with(b"STAMP__")
+                })
+        };
+        let mut facts = FarmKeyFacts::NONE;
+        for content in files {
+            facts.cacheable &= !timed(content);
+            facts.cwd_independent &= cwd.is_empty() || here.find(content).is_none();
+        }
+        facts
     }
 
     /// Both files' facts at once.
@@ -345,5 +363,8 @@ mod tests {
         lto.args.push("-flto=auto".into());
         assert!(!file(b"int x;", &lto).cwd_independent);
         assert!(!file(b"const char *d = __DATE__;", &a).cacheable);
+        assert!(!file(b"const char *t = __TIME__;", &a).cacheable);
+        assert!(!file(b"const char *s = __TIMESTAMP__;", &a).cacheable);
+        assert!(file(b"typedef long __TIME_T_TYPE; int __TIME", &a).cacheable);
     }
 }

@@ -153,9 +153,7 @@ fn a_client_cannot_put_an_object_under_another_unit_s_key() {
         deps: None,
     };
     let key_of = |unit: &SourceCompileRequest, content: &[u8]| {
-        let facts = [content, &predef[..]].iter().fold(FarmKeyFacts::NONE, |facts, content| {
-            facts.and(FarmKeyFacts::of_file(content, &cwd))
-        });
+        let facts = FarmKeyFacts::of_files([content, &predef[..]], &cwd);
         unit.farm_key(unit.farm_key_facts(facts))
     };
     let (victim, evil) = (unit_of(VICTIM), unit_of(EVIL));

@@ -19,6 +19,8 @@ use crate::client::AgentClient;
 
 /// Environment variable naming the stats file.
 pub const ENV_STATS_FILE: &str = "DISCOMY_STATS_FILE";
+/// How long a call without an agent connection waits for one to send its report.
+const REPORT_CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Records one call: the stats file line (compile units only) and the agent's report, on
 /// `agent` when the call holds a connection already.
@@ -39,10 +41,9 @@ pub fn record(
         }
         None => {
             // Links, `-E` and local compiles report on a connection of their own: a wedged
-            // agent may cost them the short farm-tier limit, never more.
+            // agent may cost them this short limit, never more.
             let socket = crate::client::socket_path();
-            let limit = crate::cache::farm::TIMEOUT;
-            if let Ok(mut agent) = AgentClient::connect_within(&socket, limit) {
+            if let Ok(mut agent) = AgentClient::connect_within(&socket, REPORT_CONNECT_LIMIT) {
                 let _ = write_frame(agent.stream(), &report);
             }
         }

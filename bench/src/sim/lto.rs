@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use discomy_coordinator::plan::discomy::Discomy;
 use discomy_coordinator::plan::engine::{lower_bound, simulate};
 use discomy_coordinator::plan::fleet::SimNode;
-use discomy_coordinator::plan::workload::{SimBuild, SimUnit, Unit};
+use discomy_coordinator::plan::workload::{SimBuild, SimUnit, Unit, sim_units};
 
 /// The shipped LTO trace.
 pub const LUA_LTO_TRACE: &str = include_str!("../../traces/lua-5.4-lto.json");
@@ -143,19 +143,7 @@ pub fn list_schedule(cpu: &[f64], cores: u32) -> f64 {
 /// The engine's builds for `packages` packages (each on its own build host of `cores` cores,
 /// all starting at 0), their LTRANS partitions run as `mode` says.
 pub fn builds(trace: &LtoTrace, packages: usize, cores: u32, mode: Ltrans) -> Vec<SimBuild> {
-    let units: Vec<SimUnit> = trace
-        .units
-        .iter()
-        .enumerate()
-        .map(|(k, u)| SimUnit {
-            cpu_s: u.cpu_s,
-            bytes_in: u.bytes_in,
-            work: u.source_bytes,
-            bytes_out: u.bytes_out,
-            submit_s: u.submit_s,
-            key: k as u64 + 1,
-        })
-        .collect();
+    let units = sim_units(&trace.units);
     let mut out = Vec::new();
     for p in 0..packages {
         let host = format!("builder-{p}");

@@ -205,27 +205,32 @@ async fn request_for<'u>(
     spec: &HostSpec,
     farm_asked: &mut bool,
 ) -> Result<Cow<'u, Request>, Response> {
-    let Some(key) = unit.cache_key else { return Ok(Cow::Borrowed(&unit.request)) };
-    let owner = cache_tier::owner(&state.config.hosts, &key).map(HostSpec::address);
-    let address = spec.address();
-    if owner.as_ref().is_some_and(|o| *o != address)
+    let (owner, address) = (key_owner(state, unit), spec.address());
+    if let Some(key) = unit.cache_key
+        && owner.as_ref().is_some_and(|o| *o != address)
         && !std::mem::replace(farm_asked, true)
         && let Some(hit) = farm_lookup(state, key).await
     {
         return Err(hit);
     }
-    Ok(keyed_request(state, unit, &address))
+    Ok(keyed_request(unit, owner, &address))
 }
 
-/// The request for `unit` on the worker at `address`: a unit with a farm-tier key goes with it
-/// and with the key's owner when that is another worker, so the compiling worker stores the
-/// entry it makes there (workers alone write the farm tier). Only the keyed form is a new
-/// request: the unit's own is lent, not copied, on every attempt.
-fn keyed_request<'u>(state: &State, unit: &'u Unit, address: &str) -> Cow<'u, Request> {
-    let (Some(key), Request::CompileSources(req)) = (unit.cache_key, &unit.request) else {
-        return Cow::Borrowed(&unit.request);
-    };
-    let Some(owner) = cache_tier::owner(&state.config.hosts, &key).map(HostSpec::address) else {
+/// The worker owning `unit`'s farm-tier key (`host:port`), when it has one.
+fn key_owner(state: &State, unit: &Unit) -> Option<String> {
+    unit.cache_key
+        .and_then(|key| cache_tier::owner(&state.config.hosts, &key).map(HostSpec::address))
+}
+
+/// The request for `unit` on the worker at `address`: a unit with a farm-tier key owned by a
+/// worker (`owner`, [`key_owner`]) goes with the key, and with that owner when it is another
+/// worker, so the compiling worker stores the entry it makes there (workers alone write the
+/// farm tier). Only the keyed form is a new request: the unit's own is lent, not copied, on
+/// every attempt.
+fn keyed_request<'u>(unit: &'u Unit, owner: Option<String>, address: &str) -> Cow<'u, Request> {
+    let (Some(key), Some(owner), Request::CompileSources(req)) =
+        (unit.cache_key, owner, &unit.request)
+    else {
         return Cow::Borrowed(&unit.request);
     };
     let store_at = (owner != address).then_some(owner);

@@ -6,7 +6,7 @@ use discomy_protocol::coordinator::{JobDone, Placement};
 use discomy_protocol::{RefusalKind, Response, SourceResult};
 use tracing::{info, warn};
 
-use super::{State, TransportError, Unit, exchange, keyed_request, supply};
+use super::{State, TransportError, Unit, exchange, key_owner, keyed_request, supply};
 use crate::agent::pool::Lease;
 use crate::coord::client::{CoordClient, Placed, Unplaced};
 
@@ -128,7 +128,7 @@ async fn attempt(
     let started = std::time::Instant::now();
     let lease = Lease { host: usize::MAX, spec, conn: None };
     // The agent asked the farm tier before placing; the worker still stores what it makes.
-    let request = keyed_request(state, unit, &address);
+    let request = keyed_request(unit, key_owner(state, unit), &address);
     let answered = match exchange(state, lease, &request).await {
         Ok((answer, mut conn)) => supply(state, &mut conn, unit, &request, answer).await,
         Err(e) => Err(e),

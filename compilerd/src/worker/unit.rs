@@ -400,30 +400,31 @@ pub(crate) async fn compile_cached(
     shutdown: &CancellationToken,
 ) -> Response {
     let CachedSources { unit, store_at, .. } = cached;
-    // Before the compile only when this worker owns the key (it looks it up); a unit whose
-    // files are not all here yet is keyed after its compile, when they are.
-    let keyed = match store_at {
-        None => unit_key(node, unit.clone()).await,
+    // Looked up only when this worker owns the key. A key derived now is kept for the store; a
+    // unit whose files were not all here yet, or one for another owner, is keyed after its
+    // compile (its files are here then, their facts remembered).
+    let known = match store_at {
+        None => match unit_key(node, unit.clone()).await {
+            Some(Ok(key)) => Some(key),
+            _ => None,
+        },
         Some(_) => None,
     };
-    if let Some(Ok(Some(key))) = keyed
+    if let Some(Some(key)) = known
         && let Some(body) = node.farm.get(key).await
     {
         return Response::CacheHit(body);
     }
-    let again = if matches!(keyed, Some(Ok(_))) { None } else { Some(unit.clone()) };
+    let for_key = known.is_none().then(|| unit.clone());
     let cwd = unit.cwd.clone();
     let response = compile_sources(unit, node, shutdown).await;
     if matches!(response, Response::Compiled(_) | Response::CompiledSources(_)) {
         let (node, response) = (node.clone(), response.clone());
         tokio::spawn(async move {
-            let key = match (keyed, again) {
-                (Some(Ok(key)), _) => key,
-                (_, Some(unit)) => match unit_key(&node, unit).await {
-                    Some(Ok(key)) => key,
-                    _ => return,
-                },
-                _ => return,
+            let key = match (known, for_key) {
+                (Some(key), _) => key,
+                (None, Some(unit)) => unit_key(&node, unit).await.and_then(Result::ok).flatten(),
+                (None, None) => None,
             };
             let Some(key) = key else { return };
             let name = node.config.node_name.clone();

@@ -73,19 +73,7 @@ impl Trace {
 
     /// The engine's builds: every build replays every unit, then the link.
     pub fn builds(&self, builds: &[Build]) -> Vec<SimBuild> {
-        let units: Vec<SimUnit> = self
-            .units
-            .iter()
-            .enumerate()
-            .map(|(k, u)| SimUnit {
-                cpu_s: u.cpu_s,
-                bytes_in: u.bytes_in,
-                work: u.source_bytes,
-                bytes_out: u.bytes_out,
-                submit_s: u.submit_s,
-                key: k as u64 + 1,
-            })
-            .collect();
+        let units = sim_units(&self.units);
         builds
             .iter()
             .map(|b| SimBuild {
@@ -100,6 +88,23 @@ impl Trace {
             })
             .collect()
     }
+}
+
+/// The engine's units of a trace's `units`, keyed 1, 2, … in their order (the cost history's
+/// keys: the same unit in every build of the trace).
+pub fn sim_units(units: &[Unit]) -> Vec<SimUnit> {
+    units
+        .iter()
+        .enumerate()
+        .map(|(k, u)| SimUnit {
+            cpu_s: u.cpu_s,
+            bytes_in: u.bytes_in,
+            work: u.source_bytes,
+            bytes_out: u.bytes_out,
+            submit_s: u.submit_s,
+            key: k as u64 + 1,
+        })
+        .collect()
 }
 
 /// One replay of a trace by one submitter, starting at `start_s`.

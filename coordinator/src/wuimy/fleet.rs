@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use discomy_protocol::fleet::{FleetAnswer, FleetCommand, FleetRole, NodeRecord};
 
-use super::auth::{self, Session};
+use super::auth::Session;
 use super::html::{self, Page, Tab, attr, esc, utc};
 use super::{Ui, UiError, error_page};
 use crate::fleet::Fleet;
@@ -172,20 +172,11 @@ pub async fn act(
     action: FleetAction,
     body: &[u8],
 ) -> Response {
-    let session = match ui.session(peer, headers) {
-        Ok(s) if ui.token_live(&s).await => s,
-        Ok(_) => return super::Denied::Unauthorized.into_response(),
-        Err(denied) => return denied.into_response(),
+    let what = format!("fleet request {id}: {action:?}");
+    let (_, form) = match ui.admin_action(peer, headers, body, &what).await {
+        Ok(allowed) => allowed,
+        Err(refused) => return refused,
     };
-    let form = auth::form_fields(body);
-    if !ui.sessions.csrf_ok(&session, form.get("csrf").map(String::as_str), headers) {
-        tracing::warn!(%peer, request = id, ?action, "web UI fleet action refused: CSRF");
-        return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
-    if !session.admin {
-        tracing::warn!(%peer, request = id, ?action, "web UI fleet action refused: no admin scope");
-        return error_page(StatusCode::FORBIDDEN, "the token lacks the admin scope");
-    }
     let Some(fleet) = ui.farm.fleet().cloned() else {
         return error_page(StatusCode::NOT_FOUND, "this coordinator has no working fleet");
     };

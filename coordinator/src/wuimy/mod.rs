@@ -27,6 +27,7 @@ pub mod html;
 pub mod live;
 pub mod pages;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -159,6 +160,33 @@ impl Ui {
         }
         self.sessions.remove(&session.id);
         false
+    }
+
+    /// The session and form fields of an operator's action (`POST`), or the refusal: a live
+    /// session, its CSRF token and the admin scope are required. `what` names the action in
+    /// the log.
+    async fn admin_action(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: &[u8],
+        what: &str,
+    ) -> Result<(Session, HashMap<String, String>), Response> {
+        let session = match self.session(peer, headers) {
+            Ok(s) if self.token_live(&s).await => s,
+            Ok(_) => return Err(Denied::Unauthorized.into_response()),
+            Err(denied) => return Err(denied.into_response()),
+        };
+        let form = auth::form_fields(body);
+        if !self.sessions.csrf_ok(&session, form.get("csrf").map(String::as_str), headers) {
+            tracing::warn!(%peer, what, "web UI action refused: missing or wrong CSRF token");
+            return Err(error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+        }
+        if !session.admin {
+            tracing::warn!(%peer, what, "web UI action refused: no admin scope");
+            return Err(error_page(StatusCode::FORBIDDEN, "the token lacks the admin scope"));
+        }
+        Ok((session, form))
     }
 }
 

@@ -354,20 +354,11 @@ pub async fn act(
     action: Action,
     body: &[u8],
 ) -> Response {
-    let session = match ui.session(peer, headers) {
-        Ok(s) if ui.token_live(&s).await => s,
-        Ok(_) => return super::Denied::Unauthorized.into_response(),
-        Err(denied) => return denied.into_response(),
+    let what = format!("job {id}: {action:?}");
+    let (session, form) = match ui.admin_action(peer, headers, body, &what).await {
+        Ok(allowed) => allowed,
+        Err(refused) => return refused,
     };
-    let form = auth::form_fields(body);
-    if !ui.sessions.csrf_ok(&session, form.get("csrf").map(String::as_str), headers) {
-        tracing::warn!(%peer, job = id, ?action, "web UI action refused: missing or wrong CSRF token");
-        return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
-    if !session.admin {
-        tracing::warn!(%peer, job = id, ?action, "web UI action refused: no admin scope");
-        return error_page(StatusCode::FORBIDDEN, "the token lacks the admin scope");
-    }
     let who = match session.tenant {
         Some(token) => format!("the web UI ({}, token {token})", peer.ip()),
         None => format!("the web UI ({})", peer.ip()),

@@ -7,8 +7,6 @@
 
 /// Environment variable: `0` keeps the cache local (no farm tier).
 pub const ENV_CACHE_FARM: &str = "DISCOMY_CACHE_FARM";
-/// Limit for each socket operation towards the agent on the farm tier's behalf.
-pub const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 /// Largest entry accepted from the farm (decompressed).
 pub const MAX_ENTRY: usize = 256 << 20;
 

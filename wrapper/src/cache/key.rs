@@ -179,10 +179,7 @@ pub fn scanned(
     // The directory the scan named files under (the PWD gcc reports may be another name of it),
     // which is the source-mode unit's: the files' facts serve its farm-tier key too.
     let real = scan.cwd.as_str();
-    let facts = unit
-        .contents
-        .values()
-        .fold(FarmKeyFacts::NONE, |facts, c| facts.and(FarmKeyFacts::of_file(c, real)));
+    let facts = FarmKeyFacts::of_files(unit.contents.values().map(Vec::as_slice), real);
     if !facts.cacheable {
         return Err("a file uses __DATE__, __TIME__ or __TIMESTAMP__".into());
     }
