@@ -290,6 +290,11 @@ async fn serve(
                 let status = shared.core().status();
                 let _ = send(&mut conn, &CoordResponse::Status(status)).await;
             }
+            CoordRequest::WatchRevoked => {
+                if let Some(fleet) = &fleet {
+                    crate::fleet::serve::watch(fleet, &mut conn, &shutdown).await;
+                }
+            }
             msg @ (CoordRequest::Join(_)
             | CoordRequest::JoinPoll { .. }
             | CoordRequest::Renew { .. }

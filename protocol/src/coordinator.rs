@@ -67,6 +67,11 @@ pub enum CoordRequest {
     },
     /// An operator's command (admin certificate). Answered with [`CoordResponse::Fleet`].
     Fleet(crate::fleet::FleetCommand),
+    /// Any fleet certificate: tell me every revoked serial now and at each change. Answered
+    /// with [`CoordResponse::Revoked`] at once and again whenever the list grows, until either
+    /// side closes; for hosts with no node or agent session (a host-list agent). Since
+    /// version 12.
+    WatchRevoked,
 }
 
 /// The coordinator's answers.

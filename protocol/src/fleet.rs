@@ -220,6 +220,10 @@ pub struct NodeRecord {
     pub asked_at: u64,
     /// The peer address it asked from.
     pub asked_from: String,
+    /// The tenant token that enrolled it (`token 7 (alice)`), for an agent enrolled without an
+    /// operator; none for a node an operator approved.
+    #[serde(default)]
+    pub enrolled_by: Option<String>,
 }
 
 /// The coordinator's answer to a [`FleetCommand`].

@@ -77,6 +77,8 @@ pub mod version {
     /// units of `-x lto … -fltrans`, which workers before it refuse) and the agent's
     /// `LtransStats`. Version 10: the working fleet (`Join`, `JoinPoll`, `Renew`, `Fleet`).
     /// Version 11: the farm tier written by workers only (`CachedSources::store_at`, entries
-    /// bound to the key a worker derives from the unit).
-    pub const CURRENT: u16 = 11;
+    /// bound to the key a worker derives from the unit). Version 12: `WatchRevoked` (a host with
+    /// no coordinator session learns the fleet's revocations) and agents enrolled by tenant
+    /// tokens (`NodeRecord::enrolled_by`).
+    pub const CURRENT: u16 = 12;
 }

@@ -9,11 +9,18 @@
 //! - a joiner pointed at a coordinator of another CA (a rogue answering mDNS would be one);
 //! - a revoked node: its connection is closed within seconds and it cannot come back;
 //! - a revoked agent: the worker refuses its next unit, also on the connection it holds;
+//! - a revoked worker: a host-list agent (no coordinator session) learns it from the coordinator
+//!   it enrolled with and stops sending it units, also on the idle connection it kept;
+//! - a tenant token of scope `compile` enrolling anything but an agent.
+//!
+//! A host-list agent also renews its certificate with the coordinator it enrolled through, and
+//! a tenant token of scope `compile` enrols a CI runner as an agent at once, until the token is
+//! revoked.
 //! - a farm-tier store from an agent's certificate, and anything but a store from a certificate
 //!   that is only a worker's (only workers write the farm tier; workers ask nothing else).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +94,41 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 
 fn token(caddr: &str, cdir: &Path) -> String {
     json(&nodes(caddr, cdir, &["token", "--uses", "1"]))["token"].as_str().unwrap().to_string()
+}
+
+/// The serial of the certificate in the fleet directory `dir`.
+fn serial_in(dir: &Path) -> String {
+    let pem = std::fs::read_to_string(dir.join("node.pem")).unwrap();
+    discomy_protocol::tls::pki::read_pem(&pem).unwrap().serial
+}
+
+/// One compile of Lua's `lapi.c` (made distinct by `n`) through the agent at `socket`: how it
+/// ran (`remote`, `local`, …), from the wrapper's stats file.
+fn compile_via(socket: &Path, src: &Path, stats_file: &Path, n: usize) -> String {
+    let mut cc = clean_command(bin("discomy-cc"));
+    cc.current_dir(src)
+        .args(["gcc", "-std=gnu99", "-O2", "-DLUA_USE_LINUX", &format!("-DREVOKE_PROBE={n}")])
+        .args(["-c", "lapi.c", "-o", "probe.o"])
+        .env("DISCOMY_SOCKET", socket)
+        .env("DISCOMY_CACHE", "0")
+        .env("DISCOMY_STATS_FILE", stats_file);
+    assert!(run(&mut cc).status.success());
+    read_stats(stats_file).last().unwrap().outcome.clone()
+}
+
+/// An agent with `worker` as its host list (no coordinator) and the certificate in `fleet`;
+/// the stats file its compiles are read from.
+fn host_list_agent(dir: &Path, name: &str, worker: &Worker, fleet: &Path) -> (Agent, PathBuf) {
+    let env = [("DISCOMY_FLEET_DIR", fleet.to_str().unwrap())];
+    let agent = Agent::start_with(dir, name, &worker.host_spec(), &env, &[]);
+    (agent, dir.join(format!("{name}.tsv")))
+}
+
+/// `discomy tokens …` against the build queue's API at `api` (HTTPS, the farm CA from `cdir`).
+fn tokens(api: &str, cdir: &Path, args: &[&str]) -> Output {
+    let mut cmd = clean_command(bin("discomy"));
+    cmd.args(["tokens", "--api", api, "--fleet-dir"]).arg(cdir).args(args);
+    run(&mut cmd)
 }
 
 /// Joins `name` with `roles`, approves it, and fetches its certificate into `dir`.
@@ -170,10 +212,29 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     let (tree, src, reference) = lua_with_reference(dir);
     let cdir = dir.join("coordinator-fleet");
     // Certificates of 12 s: the daemons renew theirs (at two thirds) during the test.
-    let flags = ["--fleet-dir", cdir.to_str().unwrap(), "--cert-lifetime", "12"];
+    // With a build queue, whose tenant tokens may enrol agents.
+    let (state, api_file) = (dir.join("ops"), dir.join("api.addr"));
+    let flags = [
+        "--fleet-dir",
+        cdir.to_str().unwrap(),
+        "--cert-lifetime",
+        "12",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--api-addr-file",
+        api_file.to_str().unwrap(),
+    ];
     let (_coord, addr) = start_coordinator(dir, "coordinator", "127.0.0.1:0", &flags);
     let caddr = addr.to_string();
     let ca = cdir.join("ca.pem");
+    let mut api = String::new();
+    wait_for("the API's address", Duration::from_secs(20), || {
+        api = std::fs::read_to_string(&api_file).unwrap_or_default();
+        api.ends_with('\n')
+    });
+    let api = format!("https://{}", api.trim());
 
     // A single-use token: the first join waits as pending, a replay is refused.
     let ndir = dir.join("donor-fleet");
@@ -201,10 +262,7 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(ndir.join("node.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0);
-    let serial = || {
-        let pem = std::fs::read_to_string(ndir.join("node.pem")).unwrap();
-        discomy_protocol::tls::pki::read_pem(&pem).unwrap().serial
-    };
+    let serial = || serial_in(&ndir);
     let first_serial = serial();
 
     // Nothing is served without a farm certificate.
@@ -275,22 +333,16 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     // already holds: the coordinator tells its nodes of every revocation.
     let bdir = dir.join("buildhost2-fleet");
     enrol(&caddr, &cdir, &bdir, "buildhost-2", "agent");
-    let bd = bdir.to_str().unwrap();
-    let agent =
-        Agent::start_with(dir, "agent2", &worker.host_spec(), &[("DISCOMY_FLEET_DIR", bd)], &[]);
-    let stats_file = dir.join("agent2.tsv");
-    let compile = |n: usize| -> String {
-        let mut cc = clean_command(bin("discomy-cc"));
-        cc.current_dir(&src)
-            .args(["gcc", "-std=gnu99", "-O2", "-DLUA_USE_LINUX", &format!("-DREVOKE_PROBE={n}")])
-            .args(["-c", "lapi.c", "-o", "probe.o"])
-            .env("DISCOMY_SOCKET", &agent.socket)
-            .env("DISCOMY_CACHE", "0")
-            .env("DISCOMY_STATS_FILE", &stats_file);
-        assert!(run(&mut cc).status.success());
-        read_stats(&stats_file).last().unwrap().outcome.clone()
-    };
+    let (agent, stats_file) = host_list_agent(dir, "agent2", &worker, &bdir);
+    let compile = |n: usize| compile_via(&agent.socket, &src, &stats_file, n);
     assert_eq!(compile(0), "remote", "the enrolled agent's unit did not run remotely");
+    // This agent has a host list and no coordinator session: it renews with the coordinator it
+    // enrolled through (12 s certificates, renewed at two thirds), and its units stay remote.
+    let first_agent_serial = serial_in(&bdir);
+    wait_for("the host-list agent's renewal", Duration::from_secs(20), || {
+        serial_in(&bdir) != first_agent_serial
+    });
+    assert_eq!(compile(1), "remote", "the renewed agent's unit did not run remotely");
     json(&nodes(&caddr, &cdir, &["revoke", "buildhost-2"]));
     let mut n = 0;
     wait_for("the worker refusing the revoked agent", Duration::from_secs(10), || {
@@ -312,6 +364,27 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     assert!(!rogue.status.success());
     assert!(String::from_utf8_lossy(&rogue.stderr).contains("certificate"), "{rogue:?}");
 
+    // A tenant token of scope compile enrols a CI runner as an agent at once, with no
+    // operator; it enrols nothing else.
+    let made =
+        json(&tokens(&api, &cdir, &["create", "ci-runners", "--scope", "compile", "--json"]));
+    let tenant = made["token"].as_str().unwrap().to_owned();
+    let tenant_id = made["id"].as_u64().unwrap().to_string();
+    let rdir = dir.join("runner-fleet");
+    let runner = json(&join(&caddr, &ca, &rdir, &tenant, "runner-1", "agent"));
+    assert_eq!(runner["state"], "approved", "{runner}");
+    let worker_too = join(&caddr, &ca, &dir.join("donor7-fleet"), &tenant, "donor-7", "worker");
+    assert!(!worker_too.status.success());
+    assert!(String::from_utf8_lossy(&worker_too.stderr).contains("agents only"), "{worker_too:?}");
+    let listed = json(&nodes(&caddr, &cdir, &["list"]));
+    let by = listed["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "runner-1").unwrap();
+    assert!(by["enrolled_by"].as_str().unwrap().contains("ci-runners"), "{by}");
+
+    // The runner's agent keeps an idle connection to the worker after a unit.
+    let (runner_agent, runner_stats) = host_list_agent(dir, "agent3", &worker, &rdir);
+    let compile3 = |n: usize| compile_via(&runner_agent.socket, &src, &runner_stats, n);
+    assert_eq!(compile3(100), "remote", "the runner's unit did not run remotely");
+
     // Revoked: the worker's connection is closed and it is out within seconds; its certificate
     // is refused from then on.
     json(&nodes(&caddr, &cdir, &["revoke", "donor-1"]));
@@ -321,5 +394,21 @@ fn a_donor_joins_is_approved_serves_over_mutual_tls_and_is_revoked() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(node_count(&caddr, &cdir), 0, "the revoked worker came back");
     assert!(node_login(&caddr, &ndir).is_err(), "a revoked certificate was served");
+    // The runner's agent, which has no coordinator session, learns it from its revocation
+    // watch: the worker (still running) gets no more of its units, not even on the idle
+    // connection.
+    let mut n = 100;
+    wait_for("the host-list agent leaving the revoked worker", Duration::from_secs(10), || {
+        n += 1;
+        compile3(n) != "remote"
+    });
+    assert_ne!(compile3(n + 1), "remote", "a unit went to a revoked worker");
     drop(worker);
+
+    // Revoking the tenant token revokes the agent it enrolled.
+    assert!(tokens(&api, &cdir, &["revoke", &tenant_id]).status.success());
+    let listed = json(&nodes(&caddr, &cdir, &["list"]));
+    let runner = listed["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "runner-1");
+    assert_eq!(runner.unwrap()["state"], "revoked", "{listed}");
+    drop(runner_agent);
 }

@@ -127,7 +127,10 @@ impl Pool {
         let Some((i, _)) = best else { return Err(any_usable) };
         let host = &mut hosts[i];
         host.in_flight += 1;
-        host.idle.retain(|(t, _)| now.duration_since(*t) < IDLE_REUSE);
+        // A worker revoked since it served the connection is not asked again on it.
+        host.idle.retain(|(t, c)| {
+            now.duration_since(*t) < IDLE_REUSE && !crate::fleet::peer_revoked(c.get_ref())
+        });
         let conn = host.idle.pop().map(|(_, c)| c);
         Ok(Lease { host: i, spec: host.spec.clone(), conn })
     }

@@ -96,5 +96,9 @@ pub async fn start(
         }
         !(loopback_only && c.is_mdns())
     });
+    if config.coordinator.is_none() {
+        // No coordinator session tells this agent of revoked workers: watch for them.
+        crate::fleet::home::watch_revocations_in_background(shutdown.clone());
+    }
     Ok(super::run(opts.socket, config, shutdown).await?)
 }

@@ -80,7 +80,8 @@ struct BuilderArgs {
 
 #[derive(clap::Args)]
 struct JoinArgs {
-    /// The join token (`ID.SECRET`) from `discomy nodes token`.
+    /// The join token (`ID.SECRET`) from `discomy nodes token`; or, to join as an agent
+    /// approved at once, a tenant token (`dsc_…`) of scope `compile` with `--roles agent`.
     #[arg(long, env = "DISCOMY_JOIN_TOKEN", hide_env_values = true)]
     join_token: String,
     /// The farm CA certificate to trust (the coordinator's `ca.pem`, from the bundle).
@@ -147,15 +148,23 @@ async fn run() -> Result<()> {
         let tls = std::sync::Arc::new(
             FleetDir(dir.clone()).tls(discomy_protocol::tls::ClientAuth::Required)?,
         );
-        if let Some(addr) = &coordinator {
-            let (addr, stop) = (addr.clone(), shutdown.clone());
-            let coordinators: discomy_compilerd::fleet::Coordinators =
-                std::sync::Arc::new(move || {
-                    let (addr, stop) = (addr.clone(), stop.clone());
-                    Box::pin(async move { addr.resolve_all(&stop).await })
-                });
-            renew_in_background(tls.clone(), dir.clone(), coordinators, shutdown.clone());
-        }
+        // Renewal asks the coordinator given (or discovered), then the one the host enrolled
+        // with; a host-list agent has only the latter.
+        discomy_compilerd::fleet::home::remember(&FleetDir(dir.clone()));
+        let enrolled = discomy_compilerd::fleet::home::enrolled();
+        let (addr, stop) = (coordinator.clone(), shutdown.clone());
+        let coordinators: discomy_compilerd::fleet::Coordinators = std::sync::Arc::new(move || {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            Box::pin(async move {
+                let mut all = match addr {
+                    Some(addr) => addr.resolve_all(&stop).await,
+                    None => Vec::new(),
+                };
+                all.extend(enrolled.map(str::to_owned).filter(|e| !all.contains(e)));
+                all
+            })
+        });
+        renew_in_background(tls.clone(), dir.clone(), coordinators, shutdown.clone());
         install(discomy_protocol::tls::Transport::Tls(tls));
     }
     match cli.role {

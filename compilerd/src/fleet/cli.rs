@@ -208,7 +208,10 @@ fn table(nodes: &[NodeRecord]) -> String {
             n.facts.cores,
             n.facts.memory_bytes as f64 / f64::from(1u32 << 30),
             n.facts.organisation,
-            n.asked_from
+            match &n.enrolled_by {
+                Some(by) => format!("{} (enrolled by {by})", n.asked_from),
+                None => n.asked_from.clone(),
+            }
         ));
     }
     out

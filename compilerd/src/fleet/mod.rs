@@ -8,10 +8,13 @@
 //! - [`renew_in_background`]: asks the coordinator for a new certificate (new key) once two
 //!   thirds of the current one's life has passed, and swaps it in.
 //!
+//! - [`home`]: the coordinator the host enrolled with, where a daemon without a coordinator
+//!   session of its own (a host-list agent) renews and watches revocations.
 //! - [`cli`]: `discomy nodes`, the operator's commands; [`bundle`]: the provisioning bundle.
 //!
 //! A node's fleet directory holds `ca.pem` (the farm CA it enrolled with), `node.key` (0600),
-//! `node.pem`, and `request.json` while a request waits.
+//! `node.pem`, `coordinator` (the address it joined through), and `request.json` while a
+//! request waits.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ use tracing::{info, warn};
 
 pub mod bundle;
 pub mod cli;
+pub mod home;
 
 static TRANSPORT: OnceLock<Transport> = OnceLock::new();
 
@@ -106,6 +110,17 @@ pub fn learn_revoked(serials: Vec<String>) {
 /// Whether the peer certificate with `serial` was revoked.
 pub fn is_revoked(serial: &str) -> bool {
     transport().tls().is_some_and(|tls| tls.revoked().contains(serial))
+}
+
+/// Whether the peer of an open connection was revoked since it was opened (an idle connection
+/// kept for reuse is dropped then, not used). Reads the peer's certificate only when anything
+/// was revoked at all.
+pub fn peer_revoked(stream: &FarmStream) -> bool {
+    let Some(tls) = transport().tls() else { return false };
+    if tls.revoked().is_empty() {
+        return false;
+    }
+    stream.peer_cert().is_some_and(|cert| tls.revoked().contains(&cert.serial))
 }
 
 /// Dials a server of `role` through the process's transport.
@@ -279,6 +294,7 @@ pub async fn join(opts: &JoinOptions) -> Result<JoinOutcome, FleetError> {
                 FarmTls::new(&ca_pem, &cert_pem, &key, ClientAuth::Required)?;
                 dir.write("node.key", &key, 0o600)?;
                 dir.write("node.pem", &cert_pem, 0o644)?;
+                dir.write_enrolled_coordinator(&opts.coordinator)?;
                 let _ = std::fs::remove_file(dir.path("node.key.new"));
                 let _ = std::fs::remove_file(&pending_file);
                 let cert = Some(dir.path("node.pem"));

@@ -289,7 +289,11 @@ const IDLE_PER_HOST: usize = 4;
 
 impl IdleConns {
     fn take(&self, addr: &str) -> Option<Conn<FarmStream>> {
-        self.0.lock().ok()?.get_mut(addr)?.pop()
+        let mut map = self.0.lock().ok()?;
+        let idle = map.get_mut(addr)?;
+        // A worker revoked since it served the connection is not asked again on it.
+        idle.retain(|c| !crate::fleet::peer_revoked(c.get_ref()));
+        idle.pop()
     }
 
     fn give_back(&self, addr: String, conn: Conn<FarmStream>) {

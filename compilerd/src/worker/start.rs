@@ -215,6 +215,9 @@ pub async fn start(
             work_dir: config.work_dir.clone(),
         };
         tokio::spawn(node::run(addr, info, config.auth.clone(), shutdown.clone()));
+    } else {
+        // No node session tells this worker of revoked agents: watch for them.
+        crate::fleet::home::watch_revocations_in_background(shutdown.clone());
     }
     let result = super::run(listener, distcc, config, store, shutdown).await;
     if work.owned {

@@ -278,6 +278,9 @@ async fn run(cli: Cli) -> Result<()> {
         })?),
         None => None,
     };
+    if let (Some(ops), Some(fleet)) = (&ops, farm.fleet()) {
+        ops.attach_fleet(fleet);
+    }
     let render = discomy_coordinator::metrics::renderer(farm.clone(), ops.clone());
     let metrics = match cli.metrics_listen {
         Some(addr) => {

@@ -12,6 +12,7 @@
 mod names;
 pub mod serve;
 mod state;
+pub mod tenant;
 #[cfg(test)]
 mod tests;
 
@@ -81,12 +82,33 @@ pub struct Fleet {
     sessions: Mutex<HashMap<String, Vec<CancellationToken>>>,
     /// Every revoked serial, for nodes and agents to refuse (sent after login and on change).
     revoked: tokio::sync::watch::Sender<Arc<Vec<String>>>,
+    /// The tenant tokens' keeper (the build queue), once the coordinator has one.
+    tenants: std::sync::OnceLock<tenant::Tenants>,
 }
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet").field("dir", &self.dir).finish_non_exhaustive()
     }
+}
+
+/// Records a pending request, unless too many wait or its name is taken; its id.
+fn record_request(
+    state: &mut State,
+    req: JoinRequest,
+    from: SocketAddr,
+    now: u64,
+) -> Result<u64, String> {
+    if state.pending() >= MAX_PENDING || state.nodes.len() >= MAX_RECORDS {
+        return Err("too many join requests wait for an operator; try later".into());
+    }
+    if state.nodes.iter().any(|n| n.record.name == req.name && n.state().holds_name()) {
+        return Err(format!("a node named {} is already pending or approved", req.name));
+    }
+    let request = state.next_id;
+    state.next_id += 1;
+    state.nodes.push(Entry::pending(request, req, from.to_string(), now));
+    Ok(request)
 }
 
 fn write_secret(path: &Path, text: &str, mode: u32) -> Result<(), FleetError> {
@@ -139,6 +161,7 @@ impl Fleet {
             state: Mutex::new(state),
             sessions: Mutex::new(HashMap::new()),
             revoked,
+            tenants: std::sync::OnceLock::new(),
         })
     }
 
@@ -202,16 +225,8 @@ impl Fleet {
             return Err("join token unknown, expired or used up".into());
         };
         // A request refused for what it asks does not use the token up.
-        if state.pending() >= MAX_PENDING || state.nodes.len() >= MAX_RECORDS {
-            return Err("too many join requests wait for an operator; try later".into());
-        }
-        if state.nodes.iter().any(|n| n.record.name == req.name && n.state().holds_name()) {
-            return Err(format!("a node named {} is already pending or approved", req.name));
-        }
+        let request = record_request(&mut state, req, from, now)?;
         state.tokens[at].uses_left -= 1;
-        let request = state.next_id;
-        state.next_id += 1;
-        state.nodes.push(Entry::pending(request, req, from.to_string(), now));
         self.save(&state)?;
         info!(request, %from, "join request waits for an operator");
         Ok(JoinState::Pending { request })
@@ -300,16 +315,7 @@ impl Fleet {
                         entry.record.state
                     ));
                 }
-                let issued = self
-                    .ca
-                    .issue_for_request(
-                        &entry.csr_pem,
-                        &entry.record.name,
-                        &entry.record.roles,
-                        self.lifetime,
-                    )
-                    .map_err(|e| e.to_string())?;
-                entry.approve(&issued);
+                self.approve_entry(entry)?;
                 info!(request, name = %entry.record.name, "node approved");
                 FleetAnswer::Done { what: format!("approved {} ({request})", entry.record.name) }
             }
@@ -332,19 +338,38 @@ impl Fleet {
                 else {
                     return Err(format!("no approved node named {name}"));
                 };
-                entry.revoke();
-                for serial in &entry.serials {
-                    self.tls.revoked().insert(serial.clone());
-                }
-                let serials = entry.serials.clone();
-                self.revoked.send_modify(|all| Arc::make_mut(all).extend(serials));
-                let closed = self.close_sessions(&name);
-                warn!(%name, closed, "node revoked");
+                let closed = self.revoke_entry(entry, "revoked by the operator");
                 FleetAnswer::Done { what: format!("revoked {name}; closed {closed} connections") }
             }
         };
         self.save(&state)?;
         Ok(answer)
+    }
+
+    /// Approves a pending request: a certificate for its key, with the name and roles recorded.
+    fn approve_entry(&self, entry: &mut Entry) -> Result<(), String> {
+        let record = &entry.record;
+        let issued = self
+            .ca
+            .issue_for_request(&entry.csr_pem, &record.name, &record.roles, self.lifetime)
+            .map_err(|e| e.to_string())?;
+        entry.approve(&issued);
+        Ok(())
+    }
+
+    /// Revokes an approved node: its serials are refused by the coordinator's TLS and pushed
+    /// to every node and agent, and its open connections are closed; how many were.
+    fn revoke_entry(&self, entry: &mut Entry, reason: &str) -> usize {
+        entry.revoke(reason);
+        for serial in &entry.serials {
+            self.tls.revoked().insert(serial.clone());
+        }
+        let serials = entry.serials.clone();
+        self.revoked.send_modify(|all| Arc::make_mut(all).extend(serials));
+        let name = entry.record.name.clone();
+        let closed = self.close_sessions(&name);
+        warn!(%name, closed, reason, "node revoked");
+        closed
     }
 
     fn close_sessions(&self, name: &str) -> usize {

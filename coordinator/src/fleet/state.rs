@@ -76,6 +76,10 @@ pub(super) struct Entry {
     /// blake3 of the joiner's poll ticket (hex).
     #[serde(default)]
     pub ticket_hash: String,
+    /// The tenant token that enrolled it (an agent enrolled without an operator): its
+    /// renewals need the token alive, and revoking the token revokes it.
+    #[serde(default)]
+    pub tenant: Option<u64>,
 }
 
 impl Entry {
@@ -91,12 +95,14 @@ impl Entry {
                 not_after: None,
                 asked_at: now,
                 asked_from: from,
+                enrolled_by: None,
             },
             csr_pem: req.csr_pem,
             cert_pem: None,
             serials: Vec::new(),
             reason: None,
             ticket_hash: blake3::hash(req.ticket.as_bytes()).to_hex().to_string(),
+            tenant: None,
         }
     }
     /// Whether `ticket` is the one the joiner chose (constant time, through blake3::Hash).
@@ -120,9 +126,9 @@ impl Entry {
         self.reason = Some(reason);
         self.csr_pem.clear();
     }
-    pub fn revoke(&mut self) {
+    pub fn revoke(&mut self, reason: &str) {
         self.record.state = "revoked".into();
-        self.reason = Some("revoked by the operator".into());
+        self.reason = Some(reason.into());
         self.cert_pem = None;
     }
     pub fn join_state(&self) -> JoinState {

@@ -98,3 +98,27 @@ fn a_node_renews_only_with_a_certificate_it_was_given() {
     let stranger = pki::CertInfo { serial: "01".into(), ..first.clone() };
     assert!(fleet.renew(&stranger, &csr).is_err());
 }
+
+#[test]
+fn a_tenant_token_enrols_a_bounded_number_of_agents() {
+    use super::tenant::Tenant;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = Fleet::open(dir.path(), "t", Duration::from_secs(600)).unwrap();
+    let ci = Tenant { id: 7, name: "ci".into(), compile: true };
+    let agent = |name: &str| JoinRequest { roles: vec![FleetRole::Agent], ..ask("dsc_7_x", name) };
+    for name in ["runner-1", "runner-2"] {
+        let state = fleet.enrol_within(agent(name), FROM.parse().unwrap(), &ci, 2).unwrap();
+        assert!(matches!(state, JoinState::Pending { .. }), "{state:?}");
+    }
+    let third = fleet.enrol_within(agent("runner-3"), FROM.parse().unwrap(), &ci, 2);
+    assert!(third.unwrap_err().contains("enrolled 2 agents already"));
+    // Another token's agents are counted apart; a revoked agent frees its place.
+    let other = Tenant { id: 8, name: "ci2".into(), compile: true };
+    fleet.enrol_within(agent("runner-4"), FROM.parse().unwrap(), &other, 2).unwrap();
+    fleet.command(FleetCommand::Revoke { name: "runner-1".into() }).unwrap();
+    fleet.enrol_within(agent("runner-5"), FROM.parse().unwrap(), &ci, 2).unwrap();
+    assert_eq!(fleet.enrolled_by("runner-5"), Some(7));
+    // The token's end revokes its agents only.
+    assert_eq!(fleet.revoke_enrolled_by(7, "test").unwrap(), 2);
+    assert_eq!(fleet.enrolled_by("runner-4"), Some(8));
+}

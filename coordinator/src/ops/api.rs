@@ -417,13 +417,17 @@ async fn list_tokens(State(ops): State<Arc<Ops>>) -> Result<Json<Vec<TokenInfo>>
     Ok(Json(ops.db(|db, _| db.tokens().token_list()).await?))
 }
 
-/// `DELETE /api/v1/tokens/ID` (admin): revoked at once (every request reads its token's row).
+/// `DELETE /api/v1/tokens/ID` (admin): revoked at once (every request reads its token's row),
+/// with the agents it enrolled in the fleet.
 async fn revoke_token(
     State(ops): State<Arc<Ops>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<u64>,
 ) -> Result<Json<TokenInfo>, OpsError> {
-    let info = ops.db(move |db, _| db.tokens().token_revoke(id, now())).await?;
-    tracing::info!(token = id, name = %info.name, by = %caller.who("the API"), "token revoked");
+    let (info, agents) = ops
+        .db(move |db, ops| Ok((db.tokens().token_revoke(id, now())?, ops.token_revoked(id))))
+        .await?;
+    let by = caller.who("the API");
+    tracing::info!(token = id, name = %info.name, %by, agents, "token revoked");
     Ok(Json(info))
 }

@@ -47,6 +47,8 @@ pub mod queue_executor;
 pub mod queue_rules;
 pub mod store;
 #[cfg(test)]
+mod tenant_tests;
+#[cfg(test)]
 mod tests;
 pub mod tokens;
 #[cfg(test)]
@@ -198,6 +200,9 @@ pub struct Ops {
     work: tokio::sync::Notify,
     /// Counts for `/metrics`.
     pub counters: counters::OpsCounters,
+    /// The working fleet, whose agents tenant tokens of scope `compile` enrol
+    /// ([`Ops::attach_fleet`]).
+    fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
 }
 
 /// Unix seconds now.
@@ -243,6 +248,7 @@ impl Ops {
             repos,
             work: tokio::sync::Notify::new(),
             counters: counters::OpsCounters::default(),
+            fleet: std::sync::OnceLock::new(),
         }))
     }
 

@@ -14,6 +14,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::db::Db;
 use super::{Ops, OpsError, now};
+use crate::fleet::Fleet;
+use crate::fleet::tenant::{NoTenant, Tenant, TenantAsk};
+use std::sync::Arc;
 
 /// The table (SQLite). Append-only, like the rest of the schema.
 pub const SCHEMA: &str = "
@@ -334,6 +337,72 @@ impl Ops {
             return self.db(move |db, _| check(db.tokens(), id, &secret, now())).await;
         }
         Ok(if self.token.is_none() && loopback { Ok(Caller::Farm) } else { Err(Refusal::Missing) })
+    }
+}
+
+impl Ops {
+    /// Makes this build queue the keeper of `fleet`'s tenant tokens: a token of scope
+    /// `compile` enrols agents ([`crate::fleet::tenant`]), and revoking a token revokes the
+    /// agents it enrolled. Holds the fleet; the fleet holds this queue weakly.
+    pub fn attach_fleet(self: &Arc<Self>, fleet: &Arc<Fleet>) {
+        if self.fleet.set(Arc::clone(fleet)).is_err() {
+            tracing::warn!("the build queue was given a fleet twice; the first stays");
+            return;
+        }
+        let ops = Arc::downgrade(self);
+        fleet.set_tenants(Arc::new(move |ask| {
+            let ops = ops.clone();
+            Box::pin(async move {
+                let ops = ops.upgrade().ok_or_else(|| NoTenant::Unavailable("stopping".into()))?;
+                ops.tenant(ask).await
+            })
+        }));
+    }
+
+    /// A tenant token as the fleet asks about it.
+    async fn tenant(self: &Arc<Self>, ask: TenantAsk) -> Result<Tenant, NoTenant> {
+        let unavailable = |e: OpsError| NoTenant::Unavailable(e.to_string());
+        let row = match ask {
+            TenantAsk::Token(text) => {
+                let Some((id, secret)) = discomy_protocol::ops::parse_token(&text) else {
+                    return Err(NoTenant::Refused("not a tenant token's form".into()));
+                };
+                let secret = secret.to_owned();
+                let caller = self.db(move |db, _| check(db.tokens(), id, &secret, now())).await;
+                match caller.map_err(unavailable)? {
+                    Ok(Caller::Tenant { id, name, scopes }) => {
+                        let compile = scopes.contains(&TokenScope::Compile);
+                        return Ok(Tenant { id, name, compile });
+                    }
+                    Ok(Caller::Farm) => None,
+                    Err(refusal) => return Err(NoTenant::Refused(refusal.message())),
+                }
+            }
+            TenantAsk::Live(id) => {
+                self.db(move |db, _| db.tokens().token_get(id)).await.map_err(unavailable)?
+            }
+        };
+        match row {
+            Some(row) if row.info.is_live(now()) => {
+                let compile = row.info.scopes.contains(&TokenScope::Compile);
+                Ok(Tenant { id: row.info.id, name: row.info.name, compile })
+            }
+            Some(row) if row.info.revoked_at.is_some() => {
+                Err(NoTenant::Refused(Refusal::UnknownOrRevoked.message()))
+            }
+            Some(_) => Err(NoTenant::Refused(Refusal::Expired.message())),
+            None => Err(NoTenant::Refused(Refusal::UnknownOrRevoked.message())),
+        }
+    }
+
+    /// After token `id` was revoked: the agents it enrolled are revoked too; how many.
+    pub(crate) fn token_revoked(&self, id: u64) -> usize {
+        let Some(fleet) = self.fleet.get() else { return 0 };
+        let why = format!("its tenant token {id} was revoked");
+        fleet.revoke_enrolled_by(id, &why).unwrap_or_else(|err| {
+            tracing::error!(token = id, %err, "revoking the agents a token enrolled failed");
+            0
+        })
     }
 }
 

@@ -89,11 +89,15 @@ fn row(out: &mut String, n: &NodeRecord, csrf: &str, admin: bool, now: u64) {
         Some(t) => utc(t as f64),
         None => "—".into(),
     };
+    let by = match &n.enrolled_by {
+        Some(by) => format!("<br><span class=\"muted\">enrolled by {}</span>", esc(by)),
+        None => String::new(),
+    };
     let _ = write!(
         out,
         "<tr id=\"node-{}\" data-state=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
          <td>{}</td><td>{} cores, {} memory, {} disk<br><span class=\"muted\">{}</span></td>\
-         <td>{}</td><td><code>{}</code></td><td>{expiry}</td><td>{}<br>\
+         <td>{}{by}</td><td><code>{}</code></td><td>{expiry}</td><td>{}<br>\
          <span class=\"muted\">{}</span></td><td>",
         n.request,
         attr(&n.state),

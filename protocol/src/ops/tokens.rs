@@ -26,8 +26,8 @@ pub const MAX_LIVE_TOKENS: u64 = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenScope {
-    /// The compile farm (agents). Not used by the HTTP API yet: it will gate agents' logins
-    /// to the coordinator when they present tenant tokens.
+    /// The compile farm: enrols agents in a working fleet without an operator (a join with
+    /// this token in the join token's place, for the agent role only).
     Compile,
     /// Submitting jobs and batches (and uploading their sources); reading jobs and logs.
     Submit,

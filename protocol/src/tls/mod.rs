@@ -103,6 +103,10 @@ impl Revoked {
     pub fn contains(&self, serial: &str) -> bool {
         self.0.read().unwrap_or_else(|e| e.into_inner()).contains(serial)
     }
+    /// Whether nothing is refused (the common case, checked before reading a peer's serial).
+    pub fn is_empty(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
     /// Refuses `serial` from now on.
     pub fn insert(&self, serial: String) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).insert(serial);
