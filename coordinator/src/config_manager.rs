@@ -13,6 +13,8 @@
 //! # password in a file or PGPASSWORD, never in the URL. state_dir must then be shared storage.
 //! # database = "postgres://discomy@db.example/discomy"
 //! # database_password_file = "/etc/discomy/db-password"
+//! # Forges over https are verified against the system's roots; a forge under a private CA:
+//! # forge_ca_file = "/etc/discomy/forge-ca.pem"
 //!
 //! [ops.queue]
 //! default_timeout_secs = 14400
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::ops::OpsConfig;
+use crate::ops::ci_notify::forge_tls::read_ca_file;
 
 /// What can be wrong with the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,14 @@ impl CoordinatorFile {
             setting: "ops.database",
             message: e.to_string(),
         })?;
+        // The forges' private CA, if any: readable, with a certificate in it.
+        if let Some(ca) = &file.ops.forge_ca_file {
+            read_ca_file(ca).map_err(|e| ConfigError::Invalid {
+                path: path.into(),
+                setting: "ops.forge_ca_file",
+                message: e.to_string(),
+            })?;
+        }
         Ok(file)
     }
 
@@ -147,5 +158,23 @@ mod tests {
         assert!(err.contains("database_password_file") && err.contains("/nonexistent/pw"), "{err}");
         let err = load("[ops]\ndatabase_password_file = \"/x\"\n").unwrap_err().to_string();
         assert!(err.contains("without a PostgreSQL database"), "{err}");
+    }
+
+    #[test]
+    fn the_forge_ca_file_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = discomy_protocol::tls::Ca::create("forge").unwrap();
+        let good = dir.path().join("forge-ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        let file = load(&format!("[ops]\nforge_ca_file = \"{}\"\n", good.display())).unwrap();
+        assert_eq!(file.ops.forge_ca_file.as_deref(), Some(good.as_path()));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        for (bad, why) in [(empty, "no certificate"), (dir.path().join("absent.pem"), "No such")] {
+            let err = load(&format!("[ops]\nforge_ca_file = \"{}\"\n", bad.display()));
+            let err = err.unwrap_err().to_string();
+            assert!(err.contains("ops.forge_ca_file") && err.contains(why), "{err}");
+            assert!(err.contains(&bad.display().to_string()), "{err}");
+        }
     }
 }

@@ -14,8 +14,13 @@
 //! or `failure` when every job has ended. A forge that is down or refuses is tried again with a
 //! backoff (5 s, doubling, at most 10 min), forever: the watch stays in the database until the
 //! forge took its final state, and a late delivery sends the current state, never an older one.
+//!
+//! [`forge_tls`]: forges over https are verified against the system's root certificates and the
+//! operator's `forge_ca_file`.
 
-use std::time::Duration;
+pub mod forge_tls;
+#[cfg(test)]
+mod https_tests;
 
 use discomy_protocol::ops::JobState;
 use serde::{Deserialize, Serialize};
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::job_listener::forge::Forge;
 use super::store::QueueStore;
 use super::{Ops, OpsError, now};
+use forge_tls::ForgeClient;
 
 /// The outbox kind of a watch.
 pub const WATCH: &str = "watch";
@@ -162,29 +168,10 @@ fn backoff(attempts: u32) -> f64 {
     (5.0 * 2f64.powi(attempts.saturating_sub(1).min(10) as i32)).min(600.0)
 }
 
-fn post(req: &Request) -> Result<(), String> {
-    // ureq's TLS is built for the fleet's HTTPS, trusting only the farm CA; no public roots are
-    // bundled, so a forge over https fails verification (an error, retried) instead of
-    // reaching ureq's default roots, which are not compiled in (a panic).
-    let tls = ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(Vec::new())))
-        .build();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .tls_config(tls)
-        .build()
-        .into();
-    let mut call = agent.post(&req.url);
-    for (k, v) in &req.headers {
-        call = call.header(*k, v);
-    }
+/// POSTs `req` to its forge; any 2xx is success.
+pub fn post(client: &ForgeClient, req: &Request) -> Result<(), String> {
     let body = serde_json::to_vec(&req.body).map_err(|e| e.to_string())?;
-    match call.send(&body[..]) {
-        Ok(resp) if resp.status().is_success() => Ok(()),
-        Ok(resp) => Err(format!("{} answered {}", req.url, resp.status())),
-        Err(e) => Err(format!("{}: {e}", req.url)),
-    }
+    client.post(&req.url, &req.headers, &body)
 }
 
 /// One watch: the jobs' state, and the forge told when it changed. Blocking.
@@ -220,7 +207,10 @@ pub(super) fn step(ops: &Ops, id: u64, payload: &str, attempts: u32) {
     let result = if watch.sent == Some(state) {
         Ok(())
     } else {
-        let posted = post(&request(&watch, api, token, state, &description));
+        let client = ForgeClient::for_ca_file(ops.config.forge_ca_file.as_deref());
+        let posted = client
+            .map_err(|e| e.to_string())
+            .and_then(|c| post(&c, &request(&watch, api, token, state, &description)));
         ops.counters.notification(posted.is_ok());
         posted
     };
@@ -250,7 +240,8 @@ pub(super) fn step(ops: &Ops, id: u64, payload: &str, attempts: u32) {
 mod tests {
     use super::*;
 
-    fn watch(forge: Forge) -> Watch {
+    /// A watch of `rpms/lua`'s commit `aaa…` for `forge` (the HTTPS tests' too).
+    pub(super) fn watch(forge: Forge) -> Watch {
         Watch {
             forge,
             repo: "rpms/lua".into(),

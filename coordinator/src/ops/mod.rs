@@ -128,6 +128,9 @@ pub struct OpsConfig {
     pub public_url: Option<String>,
     /// Where and how batches are published (`[ops.publish]`); nothing is published without it.
     pub publish: Option<final_aggregator::RepoConfig>,
+    /// CA certificates (PEM) trusted for forges over https besides the system's roots: a
+    /// forge under a private CA (`status_api` of a company GitLab).
+    pub forge_ca_file: Option<PathBuf>,
 }
 
 impl Default for OpsConfig {
@@ -143,6 +146,7 @@ impl Default for OpsConfig {
             repos: Vec::new(),
             public_url: None,
             publish: None,
+            forge_ca_file: None,
         }
     }
 }
