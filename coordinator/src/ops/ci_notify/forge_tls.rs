@@ -92,6 +92,9 @@ impl ForgeClient {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
+            // A status API answers where it is asked; a redirect (elsewhere, or to plain
+            // http) would carry the token along, so it is an answer, not followed.
+            .max_redirects(0)
             .tls_config(tls)
             .build()
             .into();
