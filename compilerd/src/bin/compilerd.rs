@@ -164,7 +164,14 @@ async fn run() -> Result<()> {
                 all
             })
         });
-        renew_in_background(tls.clone(), dir.clone(), coordinators, shutdown.clone());
+        if coordinator.is_some() || enrolled.is_some() {
+            renew_in_background(tls.clone(), dir.clone(), coordinators, shutdown.clone());
+        } else {
+            tracing::warn!(
+                "no coordinator, and none recorded in the fleet directory: this host's \
+                 certificate is not renewed"
+            );
+        }
         install(discomy_protocol::tls::Transport::Tls(tls));
     }
     match cli.role {

@@ -107,6 +107,8 @@ pub const VARS: &[Var] = &[
     internal("DISCOMY_SIM_VERBOSE", "the simulator's trace output"),
     internal("DISCOMY_TEST", "a variable the sandbox tests pass through"),
     internal("DISCOMY_TEST_NO_ICECC", "the toolchain tests' fallback tarball"),
+    internal("DISCOMY_TEST_FORGE_URL", "the forge TLS test's child process: where to post"),
+    internal("DISCOMY_TEST_FORGE_EXPECT", "the forge TLS test's child process: delivered or not"),
 ];
 
 const fn user(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
