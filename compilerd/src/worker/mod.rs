@@ -223,6 +223,9 @@ pub(crate) async fn accept_each<F, Fut>(
 
 /// Serves one connection. It is idle (closed when room is needed) during its handshake and
 /// whenever it waits for a request; from the first byte of a request to the answer it is busy.
+/// The roles whose certificates may send a worker units and lookups.
+const UNIT_ROLES: [FleetRole; 3] = [FleetRole::Agent, FleetRole::Coordinator, FleetRole::Admin];
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -237,23 +240,24 @@ async fn serve_connection(
         // Under the fleet's TLS agents (units, cache lookups), the coordinator (its
         // connect-back ping) and the operator (`discomy stats --worker`) are served, and other
         // workers hand over farm-tier entries; builders ask nothing of a worker.
-        if let Some(cert) = stream.peer_cert() {
-            let allowed = [FleetRole::Agent, FleetRole::Coordinator, FleetRole::Admin];
-            if !allowed.iter().chain([&FleetRole::Worker]).any(|r| cert.has(*r)) {
-                return Err(ProtocolError::Auth(format!(
-                    "{} holds no agent or worker certificate; a worker serves those only",
-                    cert.name
-                )));
-            }
+        let cert = stream.peer_cert();
+        if let Some(cert) = &cert
+            && !cert.has(FleetRole::Worker)
+            && !UNIT_ROLES.iter().any(|r| cert.has(*r))
+        {
+            return Err(ProtocolError::Auth(format!(
+                "{} holds no agent or worker certificate; a worker serves those only",
+                cert.name
+            )));
         }
-        server_handshake(stream, &state.config.auth, kind).await
+        Ok((server_handshake(stream, &state.config.auth, kind).await?, cert))
     };
     let handshake = tokio::select! {
         _ = ticket.evicted() => return,
         h = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => h,
     };
-    let mut conn = match handshake {
-        Ok(Ok(conn)) => conn,
+    let (mut conn, cert) = match handshake {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(ProtocolError::Closed)) => return,
         Ok(Err(err)) => {
             warn!(%peer, %err, "handshake refused");
@@ -264,15 +268,14 @@ async fn serve_connection(
             return;
         }
     };
-    // A revoked agent is dropped at its next request, also on a connection opened before.
-    let peer_serial = conn.get_ref().peer_cert().map(|c| c.serial);
     // What the peer's certificate lets it ask: units and lookups (an agent, the coordinator, the
     // operator), farm-tier stores (a worker). Without the fleet's TLS every token holder is
     // every role (a lab farm).
-    let (serves_units, from_worker) = conn.get_ref().peer_cert().map_or((true, true), |c| {
-        let units = [FleetRole::Agent, FleetRole::Coordinator, FleetRole::Admin];
-        (units.iter().any(|r| c.has(*r)), c.has(FleetRole::Worker))
-    });
+    let (serves_units, from_worker) = cert
+        .as_ref()
+        .map_or((true, true), |c| (UNIT_ROLES.iter().any(|r| c.has(*r)), c.has(FleetRole::Worker)));
+    // A revoked agent is dropped at its next request, also on a connection opened before.
+    let peer_serial = cert.map(|c| c.serial);
     loop {
         if conn.read_buffer().is_empty() {
             let woke = tokio::select! {

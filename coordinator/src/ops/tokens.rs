@@ -292,6 +292,18 @@ impl Refusal {
     }
 }
 
+/// Whether a token may act at `now`: revoked ones are told apart from unknown ones by nobody,
+/// expired ones are told so.
+fn live(info: &TokenInfo, now: f64) -> Result<(), Refusal> {
+    if info.revoked_at.is_some() {
+        Err(Refusal::UnknownOrRevoked)
+    } else if !info.is_live(now) {
+        Err(Refusal::Expired)
+    } else {
+        Ok(())
+    }
+}
+
 /// A presented tenant token (`id`, `secret`) against the store at `now`: the caller, or why not.
 /// A use is recorded (at most once a minute); failing to record it refuses nothing.
 pub fn check(
@@ -302,11 +314,11 @@ pub fn check(
 ) -> Result<Result<Caller, Refusal>, OpsError> {
     let Some(row) = store.token_get(id)? else { return Ok(Err(Refusal::UnknownOrRevoked)) };
     // blake3::Hash compares in constant time.
-    if blake3::hash(secret.as_bytes()) != row.hash || row.info.revoked_at.is_some() {
+    if blake3::hash(secret.as_bytes()) != row.hash {
         return Ok(Err(Refusal::UnknownOrRevoked));
     }
-    if !row.info.is_live(now) {
-        return Ok(Err(Refusal::Expired));
+    if let Err(refusal) = live(&row.info, now) {
+        return Ok(Err(refusal));
     }
     if row.info.last_used_at.is_none_or(|at| at <= now - TOUCH_EVERY_SECS)
         && let Err(err) = store.token_touch(id, now)
@@ -362,37 +374,29 @@ impl Ops {
     /// A tenant token as the fleet asks about it.
     async fn tenant(self: &Arc<Self>, ask: TenantAsk) -> Result<Tenant, NoTenant> {
         let unavailable = |e: OpsError| NoTenant::Unavailable(e.to_string());
-        let row = match ask {
+        let refused = |r: Refusal| NoTenant::Refused(r.message());
+        let info = match ask {
             TenantAsk::Token(text) => {
                 let Some((id, secret)) = discomy_protocol::ops::parse_token(&text) else {
                     return Err(NoTenant::Refused("not a tenant token's form".into()));
                 };
                 let secret = secret.to_owned();
                 let caller = self.db(move |db, _| check(db.tokens(), id, &secret, now())).await;
-                match caller.map_err(unavailable)? {
-                    Ok(Caller::Tenant { id, name, scopes }) => {
-                        let compile = scopes.contains(&TokenScope::Compile);
-                        return Ok(Tenant { id, name, compile });
-                    }
-                    Ok(Caller::Farm) => None,
-                    Err(refusal) => return Err(NoTenant::Refused(refusal.message())),
+                match caller.map_err(unavailable)?.map_err(refused)? {
+                    Caller::Tenant { id, name, scopes } => (id, name, scopes),
+                    // `check` answers for tenant tokens only.
+                    Caller::Farm => return Err(refused(Refusal::UnknownOrRevoked)),
                 }
             }
             TenantAsk::Live(id) => {
-                self.db(move |db, _| db.tokens().token_get(id)).await.map_err(unavailable)?
+                let row = self.db(move |db, _| db.tokens().token_get(id)).await;
+                let row = row.map_err(unavailable)?.ok_or(refused(Refusal::UnknownOrRevoked))?;
+                live(&row.info, now()).map_err(refused)?;
+                (row.info.id, row.info.name, row.info.scopes)
             }
         };
-        match row {
-            Some(row) if row.info.is_live(now()) => {
-                let compile = row.info.scopes.contains(&TokenScope::Compile);
-                Ok(Tenant { id: row.info.id, name: row.info.name, compile })
-            }
-            Some(row) if row.info.revoked_at.is_some() => {
-                Err(NoTenant::Refused(Refusal::UnknownOrRevoked.message()))
-            }
-            Some(_) => Err(NoTenant::Refused(Refusal::Expired.message())),
-            None => Err(NoTenant::Refused(Refusal::UnknownOrRevoked.message())),
-        }
+        let (id, name, scopes) = info;
+        Ok(Tenant { id, name, compile: scopes.contains(&TokenScope::Compile) })
     }
 
     /// After token `id` was revoked: the agents it enrolled are revoked too; how many.

@@ -218,11 +218,6 @@ pub struct Scanned {
     pub facts: FarmKeyFacts,
 }
 
-/// Whether the text uses a macro whose value depends on when or where it is compiled.
-pub fn uses_time_macros(text: &[u8]) -> bool {
-    ["__DATE__", "__TIME__", "__TIMESTAMP__"].iter().any(|m| find(text, m.as_bytes()).is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,7 +243,8 @@ mod tests {
         let (s, ind) = strip_cwd_marker(unit, "/w/d");
         assert!(!ind);
         assert_eq!(&s[..], &unit[..]);
-        assert!(uses_time_macros(b"x = __TIME__;"));
-        assert!(!uses_time_macros(b"x = TIME;"));
+        // The preprocessed key's time-macro check is the farm key's (no directory to find).
+        assert!(!FarmKeyFacts::of_file(b"x = __TIME__;", "").cacheable);
+        assert!(FarmKeyFacts::of_file(b"x = TIME;", "").cacheable);
     }
 }

@@ -162,7 +162,7 @@ fn try_lookup(
 
     // The result key: from the include scan (no preprocessor), else from the preprocessed unit.
     // `scanned`: the unit goes to the farm in source mode, which asks the farm tier in the same
-    // trip ([`Pending::farm_key`]).
+    // trip ([`Pending::farm_facts`]).
     let (result_key, files, independent, scanned) = match prep.scan() {
         Ok(scanned) => {
             let key::Scanned { key, files, independent, facts } =
@@ -172,7 +172,7 @@ fn try_lookup(
         Err(why) => {
             debug!(%why, "no include scan; keyed on the preprocessed unit");
             let text = preprocess(inv, unit)?;
-            if key::uses_time_macros(&text) {
+            if !FarmKeyFacts::of_file(&text, "").cacheable {
                 return Err("unit uses __DATE__, __TIME__ or __TIMESTAMP__".into());
             }
             let (stripped, independent) = key::strip_cwd_marker(&text, &cwd);
